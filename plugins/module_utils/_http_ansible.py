@@ -1,0 +1,39 @@
+# -*- coding: utf-8 -*-
+# Private to swallowkeeper.dyups: the HTTP transport that modules use (ansible.module_utils.urls).
+# Copyright: swallowkeeper.dyups contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""``ansible_transport``: HTTP through ``open_url``, so a managed node needs no extra package."""
+
+from __future__ import annotations
+
+import socket
+from urllib.error import HTTPError, URLError
+
+from ansible.module_utils.urls import open_url
+
+from ansible_collections.swallowkeeper.dyups.plugins.module_utils._errors import TransportError
+
+
+def ansible_transport(headers=None, validate_certs=True, ca_path=None, client_cert=None, client_key=None):
+    """A transport callable bound to TLS settings and fixed headers (a token, say)."""
+    fixed = dict(headers or {})
+
+    def transport(method, url, body, timeout, extra_headers=None):
+        request_headers = dict(fixed)
+        request_headers.update(extra_headers or {})
+        try:
+            response = open_url(url, data=body, method=method, headers=request_headers, timeout=timeout,
+                                validate_certs=validate_certs, ca_path=ca_path, client_cert=client_cert,
+                                client_key=client_key, follow_redirects="none", use_proxy=False)
+            return response.getcode(), response.read()
+        except HTTPError as exc:
+            try:
+                data = exc.read()
+            except Exception:  # the error body is informative only; its absence is not a failure
+                data = b""
+            return exc.code, data
+        except (URLError, OSError, socket.timeout) as exc:
+            reason = getattr(exc, "reason", exc)
+            raise TransportError(f"{type(reason).__name__}: {reason}") from None
+
+    return transport

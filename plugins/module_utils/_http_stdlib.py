@@ -1,0 +1,37 @@
+# -*- coding: utf-8 -*-
+# Private to swallowkeeper.dyups: an HTTP transport on the standard library's http.client.
+# Copyright: swallowkeeper.dyups contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""``stdlib_transport``: the smallest transport, for scripts and tests that want no dependency.
+
+One new connection per request, plain HTTP or HTTPS with the default context.
+"""
+
+from __future__ import annotations
+
+import http.client
+import socket
+import ssl
+from urllib.parse import urlsplit
+
+from ansible_collections.swallowkeeper.dyups.plugins.module_utils._errors import TransportError
+
+
+def stdlib_transport(method, url, body, timeout, headers=None):
+    parts = urlsplit(url)
+    path = parts.path or "/"
+    if parts.query:
+        path += "?" + parts.query
+    if parts.scheme == "https":
+        connection = http.client.HTTPSConnection(parts.hostname, parts.port, timeout=timeout,
+                                                 context=ssl.create_default_context())
+    else:
+        connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=timeout)
+    try:
+        connection.request(method, path, body=body, headers=dict(headers or {}))
+        response = connection.getresponse()
+        return response.status, response.read()
+    except (OSError, socket.timeout, http.client.HTTPException) as exc:
+        raise TransportError(f"{type(exc).__name__}: {exc}") from None
+    finally:
+        connection.close()

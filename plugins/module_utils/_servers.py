@@ -1,0 +1,379 @@
+# -*- coding: utf-8 -*-
+# Private to swallowkeeper.dyups: the server spec, the one place it is parsed, checked and rendered.
+# Copyright: swallowkeeper.dyups contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""One upstream server: parsed from user input, rendered for nginx, read back from ``/detail``.
+
+Accepted input, as a string (nginx's own syntax, without ``server`` and ``;``)::
+
+    10.0.0.1:8080 weight=2 max_fails=3 fail_timeout=5s max_conns=100 backup
+    [2001:db8::1]:8080 down
+    app1.example.internal:8080
+
+or as a dict with the keys ``address`` (or ``host`` and ``port``), ``weight``,
+``max_fails``, ``fail_timeout``, ``max_conns``, ``backup``, ``down``.
+
+Rules (``tests/vectors/servers.json`` holds the cases that the Python and the
+Lua implementation both run):
+
+* host: dotted IPv4 without leading zeros, IPv6 in brackets, or an RFC 1123
+  host name (letters, digits, hyphens; labels of 1-63, 253 in all);
+* port: 1-65535; when missing, 80 (nginx's default);
+* ``weight`` 1-``MAX_WEIGHT``; ``max_fails`` 0-``MAX_FAILS``; ``max_conns``
+  0-``MAX_CONNS`` (0: no limit);
+* ``fail_timeout``: whole seconds, 0-``MAX_FAIL_TIMEOUT``, written as ``10``,
+  ``10s``, ``2m``, ``1h``, ``1d``, or ``Nms`` when N is a whole number of
+  seconds. nginx parses this parameter in seconds and refuses ``500ms``;
+* ``backup`` and ``down`` are flags; nothing else is accepted.
+
+``/detail`` prints ``fail_timeout=10`` with no unit: it is seconds.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from dataclasses import dataclass
+
+from ansible_collections.swallowkeeper.dyups.plugins.module_utils._errors import ValidationError
+
+DEFAULT_PORT = 80
+MAX_WEIGHT = 10000
+MAX_FAILS = 10000
+MAX_CONNS = 1000000
+MAX_FAIL_TIMEOUT = 86400
+
+DEFAULTS = {"weight": 1, "max_fails": 1, "fail_timeout": 10, "max_conns": 0, "backup": False, "down": False}
+NUMERIC_LIMITS = {
+    "weight": (1, MAX_WEIGHT),
+    "max_fails": (0, MAX_FAILS),
+    "max_conns": (0, MAX_CONNS),
+    "fail_timeout": (0, MAX_FAIL_TIMEOUT),
+}
+FLAGS = ("backup", "down")
+PARAMETERS = ("weight", "max_fails", "fail_timeout", "max_conns", "backup", "down")
+
+_IPV4_RE = re.compile(r"(0|[1-9][0-9]{0,2})(\.(0|[1-9][0-9]{0,2})){3}\Z")
+_DOTTED_NUMBERS_RE = re.compile(r"[0-9.]+\Z")
+_LABEL_RE = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\Z")
+_DIGITS_RE = re.compile(r"[0-9]+\Z")
+_TIME_RE = re.compile(r"([0-9]+)(ms|s|m|h|d)?\Z")
+_TIME_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
+_TRUE = ("true", "yes", "on", "1")
+_FALSE = ("false", "no", "off", "0")
+
+
+def _fail(value, rule):
+    raise ValidationError("server", value, rule)
+
+
+def parse_host(host, original=None):
+    """Return the canonical form of a host (IPv6 without brackets) or raise ValidationError."""
+    shown = host if original is None else original
+    if not host:
+        _fail(shown, "the host is empty")
+    if ":" in host:
+        try:
+            return ipaddress.IPv6Address(host).compressed
+        except ValueError:
+            _fail(shown, f"{host!r} is not an IPv6 address")
+    if _DOTTED_NUMBERS_RE.match(host):
+        if not _IPV4_RE.match(host) or any(int(part) > 255 for part in host.split(".")):
+            _fail(shown, f"{host!r} is not a dotted IPv4 address (four numbers 0-255, no leading zeros)")
+        return host
+    name = host.lower().rstrip(".") if host.endswith(".") and len(host) > 1 else host.lower()
+    if len(name) > 253:
+        _fail(shown, f"the host name is {len(name)} characters long, over 253")
+    labels = name.split(".")
+    for label in labels:
+        if not _LABEL_RE.match(label):
+            _fail(shown, f"{host!r} is not a host name: each dot-separated label is 1-63 letters, "
+                         "digits or hyphens, and does not start or end with a hyphen")
+    if _DIGITS_RE.match(labels[-1]):
+        _fail(shown, f"{host!r} is not a host name: its last label is all digits")
+    return name
+
+
+def host_kind(host):
+    """'ipv4', 'ipv6' or 'hostname', for a host already in canonical form."""
+    if ":" in host:
+        return "ipv6"
+    if _IPV4_RE.match(host):
+        return "ipv4"
+    return "hostname"
+
+
+def parse_address(address, original=None):
+    """Split ``host:port`` / ``[v6]:port`` / ``host`` into (canonical host, port)."""
+    shown = address if original is None else original
+    if not isinstance(address, str):
+        _fail(shown, "the address must be a string")
+    if address.startswith("unix:"):
+        _fail(shown, "unix sockets are not supported; use host:port")
+    if address.startswith("["):
+        close = address.find("]")
+        if close < 0:
+            _fail(shown, "an IPv6 address opened with '[' is not closed with ']'")
+        host, rest = address[1:close], address[close + 1:]
+        if ":" not in host:
+            _fail(shown, f"{host!r} in brackets is not an IPv6 address")
+        if rest and not rest.startswith(":"):
+            _fail(shown, "expected ':port' after the bracketed IPv6 address")
+        port_text = rest[1:] if rest else None
+    else:
+        if address.count(":") > 1:
+            _fail(shown, "an IPv6 address must be written in brackets, like [2001:db8::1]:8080")
+        host, sep, port_text = address.partition(":")
+        if not sep:
+            port_text = None
+    canonical = parse_host(host, shown)
+    if port_text is None:
+        return canonical, DEFAULT_PORT
+    return canonical, parse_port(port_text, shown)
+
+
+def parse_port(value, original=None):
+    shown = value if original is None else original
+    if isinstance(value, bool):
+        _fail(shown, "the port must be a number 1-65535")
+    if isinstance(value, int):
+        port = value
+    elif isinstance(value, str) and _DIGITS_RE.match(value) and len(value) <= 5:
+        port = int(value)
+    else:
+        _fail(shown, f"the port {value!r} is not a number 1-65535")
+    if not 1 <= port <= 65535:
+        _fail(shown, f"the port {port} is outside 1-65535")
+    return port
+
+
+def _parse_number(key, value, original):
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        _fail(original, f"{key} must be a whole number")
+    if isinstance(value, str):
+        if not _DIGITS_RE.match(value) or len(value) > 9:
+            _fail(original, f"{key}={value!r} is not a whole number")
+        value = int(value)
+    low, high = NUMERIC_LIMITS[key]
+    if not low <= value <= high:
+        _fail(original, f"{key}={value} is outside {low}-{high}")
+    return value
+
+
+def parse_fail_timeout(value, original=None):
+    """Seconds from ``10``, ``'10'``, ``'10s'``, ``'2m'``, ``'1h'``, ``'1d'`` or ``'3000ms'``."""
+    shown = value if original is None else original
+    if isinstance(value, bool):
+        _fail(shown, "fail_timeout must be a time in seconds")
+    if isinstance(value, int):
+        seconds = value
+    elif isinstance(value, str):
+        match = _TIME_RE.match(value)
+        if not match or len(match.group(1)) > 9:
+            _fail(shown, f"fail_timeout={value!r} is not a time: use N, Ns, Nm, Nh or Nd")
+        number, unit = int(match.group(1)), match.group(2)
+        if unit == "ms":
+            if number % 1000:
+                _fail(shown, f"fail_timeout={value} is not a whole number of seconds; "
+                             "nginx reads fail_timeout in seconds and refuses milliseconds")
+            seconds = number // 1000
+        else:
+            seconds = number * _TIME_UNITS[unit]
+    else:
+        _fail(shown, "fail_timeout must be a time in seconds")
+    if not 0 <= seconds <= MAX_FAIL_TIMEOUT:
+        _fail(shown, f"fail_timeout={seconds}s is outside 0-{MAX_FAIL_TIMEOUT}s")
+    return seconds
+
+
+def _parse_flag(key, value, original):
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str) and value.lower() in _TRUE + _FALSE:
+        return value.lower() in _TRUE
+    _fail(original, f"{key} must be true or false, not {value!r}")
+
+
+@dataclass(frozen=True)
+class Server:
+    """A validated server; build it with ``parse_server`` or ``parse_detail_line``."""
+
+    host: str
+    port: int = DEFAULT_PORT
+    weight: int = 1
+    max_fails: int = 1
+    fail_timeout: int = 10
+    max_conns: int = 0
+    backup: bool = False
+    down: bool = False
+
+    @property
+    def address(self):
+        if ":" in self.host:
+            return f"[{self.host}]:{self.port}"
+        return f"{self.host}:{self.port}"
+
+    @property
+    def kind(self):
+        return host_kind(self.host)
+
+    def parameters(self):
+        """Parameters that differ from nginx's defaults, in nginx's syntax."""
+        words = []
+        for key in ("weight", "max_fails", "fail_timeout", "max_conns"):
+            value = getattr(self, key)
+            if value != DEFAULTS[key]:
+                words.append(f"{key}={value}s" if key == "fail_timeout" else f"{key}={value}")
+        words.extend(flag for flag in FLAGS if getattr(self, flag))
+        return words
+
+    def spec(self):
+        """``10.0.0.1:8080 weight=2 backup``: the form users write, also the file's and the body's."""
+        return " ".join([self.address] + self.parameters())
+
+    def directive(self):
+        return f"server {self.spec()};"
+
+    def detail_line(self):
+        """The line Tengine's ``/detail`` prints for this server."""
+        return (
+            f"server {self.address} weight={self.weight} max_conns={self.max_conns} "
+            f"max_fails={self.max_fails} fail_timeout={self.fail_timeout} "
+            f"backup={int(self.backup)} down={int(self.down)}"
+        )
+
+    def to_dict(self):
+        return {
+            "address": self.address,
+            "host": self.host,
+            "port": self.port,
+            "weight": self.weight,
+            "max_fails": self.max_fails,
+            "fail_timeout": self.fail_timeout,
+            "max_conns": self.max_conns,
+            "backup": self.backup,
+            "down": self.down,
+        }
+
+    def sort_key(self):
+        return (self.backup, self.kind, self.host, self.port)
+
+    def replace(self, **changes):
+        values = {key: getattr(self, key) for key in ("host", "port") + PARAMETERS}
+        values.update(changes)
+        return Server(**values)
+
+
+def _from_string(text):
+    if any(char in text for char in ";{}\"'#\\") or any(ord(c) < 32 or ord(c) == 127 for c in text):
+        _fail(text, "a server is written as 'host:port [parameter ...]' with no ; { } quotes, # or control characters")
+    words = text.split()
+    if not words:
+        _fail(text, "the server is empty")
+    if words[0] == "server":
+        _fail(text, "write the server without the word 'server', like '10.0.0.1:8080 weight=2'")
+    host, port = parse_address(words[0], text)
+    values = {}
+    for word in words[1:]:
+        key, sep, value = word.partition("=")
+        if key in values:
+            _fail(text, f"{key} is given twice")
+        if key in FLAGS:
+            if sep:
+                _fail(text, f"{key} is a flag and takes no value: write '{key}'")
+            values[key] = True
+        elif key in NUMERIC_LIMITS and sep:
+            values[key] = parse_fail_timeout(value, text) if key == "fail_timeout" else _parse_number(key, value, text)
+        elif key in NUMERIC_LIMITS:
+            _fail(text, f"{key} needs a value, like {key}=2")
+        else:
+            _fail(text, f"unknown parameter {word!r}; known: {', '.join(PARAMETERS)}")
+    return Server(host=host, port=port, **values)
+
+
+def _from_dict(data):
+    unknown = sorted(set(data) - set(("address", "host", "port") + PARAMETERS))
+    if unknown:
+        _fail(data, f"unknown key(s) {', '.join(unknown)}; known: address, host, port, {', '.join(PARAMETERS)}")
+    if "address" in data and data["address"] is not None:
+        if data.get("host") is not None:
+            _fail(data, "give either address or host (with port), not both")
+        host, port = parse_address(data["address"], data)
+        if data.get("port") is not None:
+            _fail(data, "the port belongs in address ('host:port') when address is given")
+    elif data.get("host") is not None:
+        if not isinstance(data["host"], str):
+            _fail(data, "host must be a string")
+        host = data["host"]
+        if host.startswith("[") and host.endswith("]"):
+            host = host[1:-1]
+        host = parse_host(host, data)
+        port = DEFAULT_PORT if data.get("port") is None else parse_port(data["port"], data)
+    else:
+        _fail(data, "a server needs address ('host:port') or host")
+    values = {}
+    for key in PARAMETERS:
+        value = data.get(key)
+        if value is None:
+            continue
+        if key in FLAGS:
+            values[key] = _parse_flag(key, value, data)
+        elif key == "fail_timeout":
+            values[key] = parse_fail_timeout(value, data)
+        else:
+            values[key] = _parse_number(key, value, data)
+    return Server(host=host, port=port, **values)
+
+
+def parse_server(value):
+    """A Server from a string, a dict or a Server; raises ValidationError with the value and the rule."""
+    if isinstance(value, Server):
+        return value
+    if isinstance(value, str):
+        return _from_string(value.strip())
+    if isinstance(value, dict):
+        return _from_dict(value)
+    _fail(value, f"a server is a string like '10.0.0.1:8080 weight=2' or a dict, not {type(value).__name__}")
+
+
+def parse_servers(values):
+    """Parse a list of servers; the same address twice is an error (nginx would balance to it twice)."""
+    if isinstance(values, (str, dict)):
+        values = [values]
+    servers = [parse_server(value) for value in values]
+    seen = set()
+    for server in servers:
+        if server.address in seen:
+            raise ValidationError("server", server.address, "the same address is listed twice in one upstream")
+        seen.add(server.address)
+    return servers
+
+
+def sort_servers(servers):
+    return sorted(servers, key=Server.sort_key)
+
+
+def parse_detail_line(line):
+    """A Server from one ``/detail`` line (``server ADDR weight=2 ... backup=0 down=0``).
+
+    Keys that this version does not know are ignored, so that another Tengine
+    build that prints more (or fewer) fields still reads; a line that is not
+    ``server ADDR key=value ...`` raises ValidationError.
+    """
+    words = line.split()
+    if len(words) < 2 or words[0] != "server":
+        raise ValidationError("/detail line", line, "expected 'server ADDRESS key=value ...'")
+    host, port = parse_address(words[1], line)
+    values = {}
+    for word in words[2:]:
+        key, sep, value = word.partition("=")
+        if not sep or not re.match(r"-?[0-9]+\Z", value):
+            raise ValidationError("/detail line", line, f"expected key=number, got {word!r}")
+        number = int(value)
+        if key in FLAGS:
+            values[key] = number != 0
+        elif key in NUMERIC_LIMITS:
+            values[key] = number
+    return Server(host=host, port=port, **values)

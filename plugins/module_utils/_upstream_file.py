@@ -1,0 +1,225 @@
+# -*- coding: utf-8 -*-
+# Private to swallowkeeper.dyups: the upstream file, the one place it is rendered, parsed and replaced.
+# Copyright: swallowkeeper.dyups contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The upstream file: ``upstream NAME { server ...; }`` blocks that nginx includes.
+
+dyups keeps what it is told in memory only: a reload or restart rebuilds the
+upstreams from the configuration. So every change is written here first, then
+sent to the interface. Three guarantees:
+
+* ``render`` only ever writes upstreams that passed ``build_upstream``;
+* ``parse`` reads what ``render`` writes (and hand-written files of the same
+  shape) and rejects anything else with the line number;
+* ``replace_file`` never leaves a half-written file: a temporary file in the
+  same directory, fsync, an optional validation command, then ``rename``
+  over the old one, keeping its mode and owner.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+import stat
+import subprocess
+import tempfile
+import time
+
+from ansible_collections.swallowkeeper.dyups.plugins.module_utils._errors import ValidationError
+from ansible_collections.swallowkeeper.dyups.plugins.module_utils._upstream import build_upstream
+
+HEADER = (
+    "# Upstreams managed by swallowkeeper.dyups. Written atomically by the dyups_upstream module\n"
+    "# or the watcher; edits by hand are kept only if they follow this format.\n"
+)
+DEFAULT_MODE = 0o644
+
+
+def render(upstreams, header=HEADER):
+    """The file's text for an iterable of Upstream (sorted by name: stable, diffable)."""
+    parts = [header] if header else []
+    for upstream in sorted(upstreams, key=lambda item: item.name):
+        lines = [f"upstream {upstream.name} {{"]
+        lines.extend(f"    {statement}" for statement in upstream.statements())
+        lines.append("}")
+        parts.append("\n".join(lines) + "\n")
+    return "\n".join(parts)
+
+
+def _tokens(text):
+    """Yield (line, token) where a token is a word, '{', '}' or ';'. Comments are dropped."""
+    i, n, line = 0, len(text), 1
+    while i < n:
+        char = text[i]
+        if char == "\n":
+            line += 1
+            i += 1
+        elif char in " \t\r":
+            i += 1
+        elif char == "#":
+            while i < n and text[i] != "\n":
+                i += 1
+        elif char in "{};":
+            yield line, char
+            i += 1
+        elif char == '"':
+            j = i + 1
+            while j < n and text[j] != '"':
+                j += 2 if text[j] == "\\" else 1
+            if j >= n:
+                raise ValidationError("upstream file", f"line {line}", "a double quote is not closed")
+            yield line, text[i:j + 1]
+            line += text.count("\n", i, j)
+            i = j + 1
+        else:
+            j = i
+            while j < n and text[j] not in " \t\r\n{};#\"":
+                j += 1
+            yield line, text[i:j]
+            i = j
+
+
+def parse(text):
+    """Return {name: Upstream} from the file's text; raises ValidationError naming the line."""
+    upstreams = {}
+    tokens = list(_tokens(text))
+    i = 0
+    while i < len(tokens):
+        line, word = tokens[i]
+        if word != "upstream" or i + 2 >= len(tokens) or tokens[i + 2][1] != "{":
+            raise ValidationError("upstream file", f"line {line}", f"expected 'upstream NAME {{', found {word!r}")
+        name = tokens[i + 1][1]
+        i += 3
+        servers, directives, words = [], [], []
+        while True:
+            if i >= len(tokens):
+                raise ValidationError("upstream file", f"line {line}", f"upstream {name} is not closed with '}}'")
+            at, word = tokens[i]
+            i += 1
+            if word == "}":
+                if words:
+                    raise ValidationError("upstream file", f"line {at}", f"missing ';' after {' '.join(words)!r}")
+                break
+            if word == "{":
+                raise ValidationError("upstream file", f"line {at}", "blocks inside an upstream are not supported")
+            if word == ";":
+                if not words:
+                    raise ValidationError("upstream file", f"line {at}", "an empty statement")
+                if words[0] == "server":
+                    servers.append(" ".join(words[1:]))
+                else:
+                    directives.append(" ".join(words))
+                words = []
+            else:
+                words.append(word)
+        if name in upstreams:
+            raise ValidationError("upstream file", f"line {line}", f"upstream {name} is defined twice")
+        try:
+            upstreams[name] = build_upstream(name, servers, directives)
+        except ValidationError as exc:
+            raise ValidationError("upstream file", f"line {line}", str(exc)) from None
+    return upstreams
+
+
+def read(path):
+    """{name: Upstream} from the file at ``path``; an absent file holds nothing."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return parse(handle.read())
+    except FileNotFoundError:
+        return {}
+
+
+def backup_path_for(path):
+    return f"{path}.{os.getpid()}.{time.strftime('%Y-%m-%d@%H:%M:%S')}~"
+
+
+def _fsync_directory(directory):
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+class ValidateCommandFailed(Exception):
+    def __init__(self, command, returncode, output):
+        self.command = command
+        self.returncode = returncode
+        self.output = output
+        super().__init__(f"validation command {command!r} failed with exit status {returncode}: {output.strip()}")
+
+
+def run_validate(command, candidate):
+    """Run ``command`` (``%s`` replaced by the candidate file's path); raise ValidateCommandFailed."""
+    if "%s" not in command:
+        raise ValidationError("validate command", command, "must contain %s, replaced by the new file's path")
+    argv = [word.replace("%s", candidate) for word in shlex.split(command)]
+    result = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, check=False)
+    if result.returncode != 0:
+        raise ValidateCommandFailed(command, result.returncode, result.stdout.decode("utf-8", "replace"))
+
+
+def replace_file(path, content, mode=None, backup=False, validate=None):
+    """Atomically replace ``path`` with ``content``; return the backup's path (or None).
+
+    The old file stays whole until ``rename``; a crash at any point before it
+    leaves the old file as it was and at most a ``.NAME.*.tmp`` beside it.
+    Mode and owner of an existing file are kept; a new file gets ``mode``
+    (default 0644).
+    """
+    path = os.path.abspath(path)
+    directory, base = os.path.split(path)
+    data = content.encode("utf-8") if isinstance(content, str) else content
+    try:
+        current = os.stat(path)
+    except FileNotFoundError:
+        current = None
+    fd, tmp = tempfile.mkstemp(prefix=f".{base}.", suffix=".tmp", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        if current is not None:
+            os.chmod(tmp, stat.S_IMODE(current.st_mode))
+            if hasattr(os, "chown") and (current.st_uid, current.st_gid) != (os.getuid(), os.getgid()):
+                try:
+                    os.chown(tmp, current.st_uid, current.st_gid)
+                except PermissionError:
+                    pass
+        else:
+            os.chmod(tmp, DEFAULT_MODE if mode is None else mode)
+        if validate:
+            run_validate(validate, tmp)
+        backup_file = None
+        if backup and current is not None:
+            backup_file = backup_path_for(path)
+            shutil.copy2(path, backup_file)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    _fsync_directory(directory)
+    return backup_file
+
+
+def write_upstreams(path, upstreams, mode=None, backup=False, validate=None):
+    """Render and replace; return (changed, backup_file). Nothing is written when the text is the same."""
+    content = render(upstreams)
+    try:
+        with open(path, encoding="utf-8") as handle:
+            if handle.read() == content:
+                return False, None
+    except FileNotFoundError:
+        pass
+    return True, replace_file(path, content, mode=mode, backup=backup, validate=validate)

@@ -1,0 +1,28 @@
+"""Make this checkout importable as ``ansible_collections.swallowkeeper.dyups``.
+
+Ansible (and the collection's own absolute imports) need the tree to sit at
+``.../ansible_collections/swallowkeeper/dyups``. A checkout can live anywhere, so
+``.cache/collections/ansible_collections/swallowkeeper/dyups`` is made a symlink
+to the checkout; that folder goes on ``sys.path`` and into
+``ANSIBLE_COLLECTIONS_PATH`` for the ansible commands the tests run.
+"""
+
+import os
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+COLLECTIONS = ROOT / ".cache" / "collections"
+LINK = COLLECTIONS / "ansible_collections" / "swallowkeeper" / "dyups"
+
+
+def ensure_importable():
+    LINK.parent.mkdir(parents=True, exist_ok=True)
+    if not LINK.is_symlink():
+        tmp = LINK.with_name(f".dyups.{os.getpid()}")
+        tmp.symlink_to(ROOT, target_is_directory=True)
+        os.replace(tmp, LINK)
+    if str(COLLECTIONS) not in sys.path:
+        sys.path.insert(0, str(COLLECTIONS))
+    os.environ["ANSIBLE_COLLECTIONS_PATH"] = str(COLLECTIONS)
+    return COLLECTIONS

@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Install the Debian packages the tests use: stock nginx with the Lua module (the stock-nginx flavor),
+# wrk (load), supervisor (molecule's service manager), python3-venv. Package installs must not start
+# services (no systemd here, and a stray nginx on port 80 is not wanted): a policy-rc.d denies that
+# for the duration of the install. Uses the machine's own apt sources; idempotent.
+set -euo pipefail
+packages=(nginx libnginx-mod-http-lua lua-resty-core lua-resty-lrucache wrk supervisor python3-venv curl ca-certificates procps iproute2 util-linux)
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+done
+[ ${#missing[@]} -eq 0 ] && { echo "system packages: all present"; exit 0; }
+echo "system packages: installing ${missing[*]}"
+created_policy=0
+if [ ! -e /usr/sbin/policy-rc.d ]; then
+  printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d; chmod 755 /usr/sbin/policy-rc.d; created_policy=1
+fi
+trap '[ $created_policy = 1 ] && rm -f /usr/sbin/policy-rc.d' EXIT
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq
+apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+echo "system packages: done"
