@@ -5,7 +5,7 @@
 """A client for the dyups interface, independent of the HTTP library.
 
 The HTTP call is a *transport*: ``transport(method, url, body, timeout) ->
-(status, body_bytes)``, raising ``TransportError`` when no answer came.
+(status, body_bytes, headers)``, raising ``TransportError`` when no answer came.
 Modules pass one built on ``ansible.module_utils.urls``; the watcher one built
 on a pooled ``requests`` session; tests may pass the standard library's.
 
@@ -54,7 +54,7 @@ class DyupsClient:
         for attempt in range(self.busy_retries + 1):
             try:
                 self.requests_sent += 1
-                status, raw = self.transport(method, url, data, self.timeout)
+                status, raw, _headers = self.transport(method, url, data, self.timeout)
             except TransportError as exc:
                 raise DyupsUnavailable(f"the dyups interface at {url} did not answer {method}: {exc.reason}",
                                        url=url) from None

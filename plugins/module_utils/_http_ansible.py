@@ -2,7 +2,12 @@
 # Private to swallowkeeper.dyups: the HTTP transport that modules use (ansible.module_utils.urls).
 # Copyright: swallowkeeper.dyups contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""``ansible_transport``: HTTP through ``open_url``, so a managed node needs no extra package."""
+"""``ansible_transport``: HTTP through ``open_url``, so a managed node needs no extra package.
+
+A transport is ``transport(method, url, body, timeout, extra_headers=None) -> (status, body_bytes,
+headers)`` with header names in lower case; it raises TransportError when no answer came. Every
+HTTP status, 4xx and 5xx included, is an answer and is returned, not raised.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +17,10 @@ from urllib.error import HTTPError, URLError
 from ansible.module_utils.urls import open_url
 
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._errors import TransportError
+
+
+def _lower(headers):
+    return {key.lower(): value for key, value in (headers or {}).items()}
 
 
 def ansible_transport(headers=None, validate_certs=True, ca_path=None, client_cert=None, client_key=None):
@@ -25,13 +34,13 @@ def ansible_transport(headers=None, validate_certs=True, ca_path=None, client_ce
             response = open_url(url, data=body, method=method, headers=request_headers, timeout=timeout,
                                 validate_certs=validate_certs, ca_path=ca_path, client_cert=client_cert,
                                 client_key=client_key, follow_redirects="none", use_proxy=False)
-            return response.getcode(), response.read()
+            return response.getcode(), response.read(), _lower(response.headers)
         except HTTPError as exc:
             try:
                 data = exc.read()
             except Exception:  # the error body is informative only; its absence is not a failure
                 data = b""
-            return exc.code, data
+            return exc.code, data, _lower(exc.headers)
         except (URLError, OSError, socket.timeout) as exc:
             reason = getattr(exc, "reason", exc)
             raise TransportError(f"{type(reason).__name__}: {reason}") from None

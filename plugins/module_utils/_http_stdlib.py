@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._errors import TransportError
 
 
-def stdlib_transport(method, url, body, timeout, headers=None):
+def stdlib_transport(method, url, body, timeout, extra_headers=None):
     parts = urlsplit(url)
     path = parts.path or "/"
     if parts.query:
@@ -28,9 +28,9 @@ def stdlib_transport(method, url, body, timeout, headers=None):
     else:
         connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=timeout)
     try:
-        connection.request(method, path, body=body, headers=dict(headers or {}))
+        connection.request(method, path, body=body, headers=dict(extra_headers or {}))
         response = connection.getresponse()
-        return response.status, response.read()
+        return response.status, response.read(), {key.lower(): value for key, value in response.getheaders()}
     except (OSError, socket.timeout, http.client.HTTPException) as exc:
         raise TransportError(f"{type(exc).__name__}: {exc}") from None
     finally:
