@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# THE test command of swallowkeeper.dyups (README.md and .ci/run call it). On a fresh Debian machine, as
+# root, it installs what the tests need (Debian packages, a Python virtual environment, a Consul binary),
+# then runs every suite. Each suite starts the servers it needs on loopback and stops them after.
+#
+#   tests/run.sh              everything, in this order
+#   tests/run.sh unit integration ...   only the named stages
+#
+# Stages: unit, integration (modules, Consul, Lua flavor, watcher, playbooks), conformance (dyups
+# contract suite; DYUPS_URL=http://... to aim it at your own Tengine), sanity (ansible-test), lint
+# (ansible-lint), molecule (role), bench (short benchmark and resilience runs; results to
+# tests/output/, not to docs/).
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+all=(unit integration conformance sanity lint molecule bench)
+stages=("$@")
+[ ${#stages[@]} -eq 0 ] && stages=("${all[@]}")
+
+step() { printf '\n=== %s (%s)\n' "$1" "$(date -u +%H:%M:%S)"; }
+
+step "setup: Debian packages"
+tests/tools/install-system-deps.sh
+step "setup: Python environment"
+tests/tools/venv.sh
+step "setup: Consul"
+CONSUL_BIN=$(tests/tools/get-consul.sh)
+export CONSUL_BIN
+echo "consul: $CONSUL_BIN ($("$CONSUL_BIN" version | head -1))"
+
+export PATH="$root/.venv/bin:$PATH"
+mkdir -p tests/output
+pytest=(python -m pytest -p no:cacheprovider -o console_output_style=classic)
+status=0
+run() {  # run a stage, remember failure, keep going so one run reports every broken stage
+  local name=$1; shift
+  step "$name"
+  local start=$SECONDS
+  if "$@"; then echo "--- $name: passed in $((SECONDS - start))s"
+  else echo "--- $name: FAILED in $((SECONDS - start))s"; status=1; fi
+}
+for stage in "${stages[@]}"; do
+  case "$stage" in
+    unit)        run unit "${pytest[@]}" -q tests/unit ;;
+    integration) run integration "${pytest[@]}" -q --timeout 600 tests/integration ;;
+    conformance) run conformance "${pytest[@]}" -q --timeout 300 tests/conformance ;;
+    sanity)      run sanity tests/tools/sanity.sh ;;
+    lint)        run lint tests/tools/lint.sh ;;
+    molecule)    run molecule tests/tools/molecule.sh ;;
+    bench)       run bench tests/tools/bench.sh --short ;;
+    *) echo "unknown stage: $stage (known: ${all[*]})"; exit 2 ;;
+  esac
+done
+step "done"
+[ $status -eq 0 ] && echo "all stages passed" || echo "some stages FAILED"
+exit $status
