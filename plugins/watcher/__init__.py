@@ -1,0 +1,24 @@
+# -*- coding: utf-8 -*-
+# Copyright: swallowkeeper.dyups contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The swallowkeeper watcher: Consul -> upstream file -> dyups, without reloading nginx.
+
+Not an Ansible plugin: a long-running program that ships inside the collection so that it shares
+one source of truth with the modules (plugins/module_utils: name and server rules, the Consul
+mapping, the upstream file, the dyups wire format). The role installs it as a service.
+
+Where things are:
+
+- ``settings.py``   every option, its default, the config file and the command line
+- ``transport.py``  pooled ``requests`` sessions as transports for the shared clients
+- ``consul_source.py``  blocking queries on Consul and the cache of service instances
+- ``safety.py``     the zero-instance policy and the mass-removal hold
+- ``sync.py``       desired upstreams -> file first -> POST/DELETE what changed; drift repair
+- ``metrics.py``    counters and the loopback status / Prometheus endpoint
+- ``daemon.py``     the event loop: coalescing, retries with backoff, signals
+- ``cli.py``        ``--once``, ``--dry-run``, exit codes
+- ``__main__.py``   ``python3 plugins/watcher`` from a checkout, or ``python3 -m
+  ansible_collections.swallowkeeper.dyups.plugins.watcher`` where the collection is installed
+"""
+
+__version__ = "0.1.0"

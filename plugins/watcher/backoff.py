@@ -1,0 +1,26 @@
+# -*- coding: utf-8 -*-
+# Copyright: swallowkeeper.dyups contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Capped exponential backoff with jitter, for every retry loop of the watcher."""
+
+from __future__ import annotations
+
+import random
+
+
+class Backoff:
+    """Delays that double from ``initial`` up to ``maximum``, each drawn from [step/2, step]."""
+
+    def __init__(self, initial, maximum, rand=random.random):
+        self.initial = initial
+        self.maximum = maximum
+        self.rand = rand
+        self.step = initial
+
+    def next(self):
+        delay = self.step * (0.5 + self.rand() / 2)
+        self.step = min(self.step * 2, self.maximum)
+        return delay
+
+    def reset(self):
+        self.step = self.initial

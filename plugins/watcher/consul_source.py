@@ -1,0 +1,284 @@
+# -*- coding: utf-8 -*-
+# Copyright: swallowkeeper.dyups contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""What Consul says, kept current with two blocking queries whatever the number of services.
+
+Consul limits concurrent HTTP connections per client address (200 by default), so one long poll
+per service does not scale. The watcher holds exactly two:
+
+- ``/v1/health/state/any``: wakes on every check status change (and on new or removed checks). Its
+  answer is every check in the datacenter, so a health flip needs no further request: the statuses
+  are applied to the cached instances of the services whose checks changed.
+- ``/v1/catalog/services``: wakes on registrations and deregistrations. New, removed or retagged
+  services are read with ``/v1/health/service/NAME``; a change this answer cannot pin down (a new
+  instance of a service without checks, say) makes every service be read again.
+
+``/v1/catalog/services`` alone never wakes on a health change (consul-facts.md: the original script
+kept a critical instance in rotation for 200 s), hence the health query.
+
+A full read of every service also runs at start, after Consul comes back from an outage, and every
+``consul_resync_interval`` as a safety net. The mapping of instances to upstreams is the shared one
+(plugins/module_utils/_consul_mapping.py), applied per service and cached, so a change costs the
+mapping of the services it touched only.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+from ansible_collections.swallowkeeper.dyups.plugins.module_utils import _consul_mapping as mapping
+from ansible_collections.swallowkeeper.dyups.plugins.module_utils._consul_client import BlockingQuery, ConsulClient
+from ansible_collections.swallowkeeper.dyups.plugins.module_utils._errors import (
+    ConsulBadAnswer, ConsulError, ConsulForbidden, ConsulRateLimited, ConsulServerError, ConsulUnavailable)
+from ansible_collections.swallowkeeper.dyups.plugins.watcher.backoff import Backoff
+from ansible_collections.swallowkeeper.dyups.plugins.watcher.settings import read_token
+from ansible_collections.swallowkeeper.dyups.plugins.watcher.transport import SessionTransport
+
+log = logging.getLogger("swallowkeeper.watcher")
+FETCH_THREADS = 8
+
+
+def consul_error_kind(exc):
+    for cls, kind in ((ConsulForbidden, "consul_forbidden"), (ConsulRateLimited, "consul_rate_limited"),
+                      (ConsulServerError, "consul_server_error"), (ConsulUnavailable, "consul_unavailable"),
+                      (ConsulBadAnswer, "consul_bad_answer")):
+        if isinstance(exc, cls):
+            return kind
+    return "consul_bad_answer"
+
+
+def _check_groups(checks):
+    """{(node, service_id): ((check_id, status), ...)} and the service name per key, from a check list."""
+    groups = {}
+    names = {}
+    for check in checks:
+        key = (check.get("Node", ""), check.get("ServiceID", ""))
+        groups.setdefault(key, []).append((check.get("CheckID", ""), check.get("Status", "")))
+        if key[1]:
+            names[key] = check.get("ServiceName", "")
+    return {key: tuple(sorted(value)) for key, value in groups.items()}, names
+
+
+class MappingView:
+    """The merged mapping of every cached service: upstreams, empty upstream names, skipped items."""
+
+    def __init__(self, upstreams, empty, skipped):
+        self.upstreams = upstreams
+        self.empty = empty
+        self.skipped = skipped
+
+
+class ConsulSource:
+    def __init__(self, settings, metrics):
+        self.settings = settings
+        self.metrics = metrics
+        self.options = mapping.MappingOptions(
+            tag_key=settings.tag_key, include=tuple(settings.include), exclude=tuple(settings.exclude),
+            prefix=settings.prefix, include_warning=settings.include_warning)
+        token = read_token(settings)
+        cert = (settings.consul_client_cert, settings.consul_client_key) if settings.consul_client_cert else None
+        verify = settings.consul_ca_path or settings.consul_validate_certs
+        self.transport = SessionTransport(verify=verify, cert=cert, pool_size=FETCH_THREADS)
+        self.client = ConsulClient(settings.consul_url, self.transport, token=token,
+                                   datacenter=settings.consul_datacenter, timeout=settings.consul_timeout)
+        self.watch_client = ConsulClient(settings.consul_url, self.transport, token=token,
+                                         datacenter=settings.consul_datacenter, timeout=settings.consul_timeout,
+                                         stale=settings.consul_stale)
+        self.entries = {}        # service -> {(node, service_id): {"Node": ..., "Service": ...}}
+        self.checks = {}         # (node, service_id) -> [check dicts]
+        self.check_groups = {}   # (node, service_id) -> ((check_id, status), ...)
+        self.node_services = {}  # node -> {service names with an instance there}
+        self.catalog = None      # service -> sorted tags, from /v1/catalog/services
+        self.results = {}        # service -> mapping result of that service alone
+        self.lock = threading.Lock()
+        self.catalog_index = None
+        self.threads = []
+        self.stop_event = threading.Event()
+        self.failure = None
+
+    # -- reading -----------------------------------------------------------------------------------
+    def _fetch_service(self, name):
+        answer = self.client.health_service(name)
+        return name, answer.data
+
+    def _store_service(self, name, health_entries):
+        instances = {}
+        for entry in health_entries or []:
+            node = (entry.get("Node") or {}).get("Node", "")
+            service = entry.get("Service") or {}
+            key = (node, service.get("ID", ""))
+            instances[key] = {"Node": entry.get("Node") or {}, "Service": service}
+            node_checks = [c for c in entry.get("Checks") or [] if not c.get("ServiceID")]
+            service_checks = [c for c in entry.get("Checks") or [] if c.get("ServiceID")]
+            self.checks[key] = service_checks
+            self.checks[(node, "")] = node_checks
+            self.node_services.setdefault(node, set()).add(name)
+        for key in set(self.entries.get(name, {})) - set(instances):
+            self.checks.pop(key, None)
+        if instances:
+            self.entries[name] = instances
+        else:
+            self.entries.pop(name, None)
+        self._remap(name)
+
+    def _remap(self, name):
+        instances = self.entries.get(name)
+        if not instances:
+            self.results.pop(name, None)
+            return
+        health = {name: [dict(entry, Checks=self.checks.get((key[0], ""), []) + self.checks.get(key, []))
+                         for key, entry in sorted(instances.items())]}
+        self.results[name] = mapping.map_services(health, self.options)
+
+    def _fetch_many(self, names):
+        names = sorted(names)
+        if len(names) <= 1:
+            return [self._fetch_service(name) for name in names]
+        with ThreadPoolExecutor(max_workers=min(FETCH_THREADS, len(names)), thread_name_prefix="consul-fetch") as pool:
+            return list(pool.map(self._fetch_service, names))
+
+    def refresh_all(self):
+        """Read every selected service from Consul; raises ConsulError and changes nothing then."""
+        started = time.monotonic()
+        answer = self.client.catalog_services()
+        catalog = answer.data
+        if not isinstance(catalog, dict):
+            raise ConsulBadAnswer("/v1/catalog/services did not answer a JSON object", url=self.settings.consul_url)
+        selected = sorted(name for name in catalog if self.options.selects(name))
+        fetched = self._fetch_many(selected)
+        with self.lock:
+            self.catalog = {name: sorted(tags or []) for name, tags in catalog.items()}
+            self.catalog_index = answer.index
+            for name in set(self.entries) - set(selected):
+                self._store_service(name, [])
+            for name, data in fetched:
+                self._store_service(name, data)
+            self.check_groups, _names = _check_groups(
+                [check for checks in self.checks.values() for check in checks])
+        self._recovered()
+        log.debug("read %d services from Consul in %.3fs", len(selected), time.monotonic() - started)
+
+    def _recovered(self):
+        self.metrics.set(consul_up=1)
+        if self.failure is not None:
+            log.warning("Consul answers again after %s; state resynced", self.failure)
+            self.failure = None
+
+    def note_failure(self, kind, exc):
+        """Log a Consul failure once per kind of failure, not once per retry."""
+        self.metrics.set(consul_up=0)
+        if self.failure != kind:
+            log.error("Consul unavailable (%s), keeping the last good state and retrying: %s", kind, exc)
+            self.failure = kind
+
+    # -- events ------------------------------------------------------------------------------------
+    def apply_events(self, batch):
+        """Fold a batch of watch events into the cache; True when a sync is needed."""
+        health = catalog = None
+        if any(event[0] == "resync" for event in batch):
+            self.refresh_all()
+            return True
+        for event in batch:
+            if event[0] == "health":
+                health = event[1]
+            elif event[0] == "catalog" and event[2] != self.catalog_index:
+                catalog, catalog_index = event[1], event[2]
+            elif event[0] == "consul_error":
+                self.note_failure(event[1], event[2])
+        if health is None and catalog is None:
+            return False
+        refetch = set()
+        touched = set()
+        with self.lock:
+            if health is not None:
+                groups, names = _check_groups(health)
+                changed = {key for key in set(groups) | set(self.check_groups)
+                           if groups.get(key) != self.check_groups.get(key)}
+                by_key = {}
+                for check in health:
+                    by_key.setdefault((check.get("Node", ""), check.get("ServiceID", "")), []).append(check)
+                for key in changed:
+                    node, service_id = key
+                    if not service_id:
+                        self.checks[key] = by_key.get(key, [])
+                        touched.update(self.node_services.get(node, ()))
+                        continue
+                    name = names.get(key) or self._service_of(key)
+                    if not name or not self.options.selects(name):
+                        continue
+                    if key in self.entries.get(name, {}) and key in groups:
+                        self.checks[key] = by_key[key]
+                        touched.add(name)
+                    else:
+                        refetch.add(name)
+                self.check_groups = groups
+            if catalog is not None:
+                current = {name: sorted(tags or []) for name, tags in catalog.items()}
+                previous = self.catalog or {}
+                moved = {name for name in set(current) | set(previous) if current.get(name) != previous.get(name)}
+                self.catalog = current
+                self.catalog_index = catalog_index
+                moved = {name for name in moved if self.options.selects(name)}
+                if moved:
+                    refetch.update(moved)
+                elif not refetch and not touched:
+                    refetch.update(name for name in current if self.options.selects(name))
+                for name in set(self.entries) - set(current):
+                    self._store_service(name, [])
+                    refetch.discard(name)
+            for name in touched - refetch:
+                self._remap(name)
+        if refetch:
+            fetched = self._fetch_many(refetch)
+            with self.lock:
+                for name, data in fetched:
+                    self._store_service(name, data)
+        return bool(touched or refetch or catalog is not None)
+
+    def _service_of(self, key):
+        for name, instances in self.entries.items():
+            if key in instances:
+                return name
+        return None
+
+    def mapping(self):
+        with self.lock:
+            return mapping.merge_results(self.results.values())
+
+    # -- watching ----------------------------------------------------------------------------------
+    def start_watching(self, events):
+        """Start the two long polls; their events go to ``events`` until ``stop()``."""
+        for kind, path in (("health", "/v1/health/state/any"), ("catalog", "/v1/catalog/services")):
+            thread = threading.Thread(target=self._watch, args=(kind, path, events), name=f"consul-{kind}",
+                                      daemon=True)
+            thread.start()
+            self.threads.append(thread)
+
+    def _watch(self, kind, path, events):
+        query = BlockingQuery(self.watch_client, path, wait=self.settings.consul_wait)
+        backoff = Backoff(self.settings.retry_initial, self.settings.retry_max)
+        failed = False
+        while not self.stop_event.is_set():
+            try:
+                result = query.poll()
+            except ConsulError as exc:
+                failed = True
+                events.put(("consul_error", consul_error_kind(exc), exc))
+                self.stop_event.wait(backoff.next())
+                continue
+            backoff.reset()
+            if failed:
+                failed = False
+                events.put(("resync", kind, None))
+            self.metrics.set_index(kind, result.index)
+            if result.changed and not self.stop_event.is_set():
+                events.put((kind, result.data, result.index))
+
+    def stop(self):
+        """Stop the long polls. A poll in flight ends with its wait; its thread is a daemon thread and
+        drops what it reads after ``stop``."""
+        self.stop_event.set()
+        self.transport.close()

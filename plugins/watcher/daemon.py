@@ -1,0 +1,243 @@
+# -*- coding: utf-8 -*-
+# Copyright: swallowkeeper.dyups contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The event loop: Consul events in, coalesced, synced; retries, drift repair and signals.
+
+Threads: two Consul long polls (consul_source.py) put events on a queue; this loop takes them,
+waits until Consul has been quiet for ``quiescence_min`` (but never longer than
+``quiescence_max`` from the first event), then syncs once. The loop also wakes for retries of
+failed pushes (capped exponential backoff with jitter), for the periodic drift repair and the
+periodic full Consul read, and for signals:
+
+- SIGTERM / SIGINT: finish the current step, stop the long polls, exit 0;
+- SIGHUP: read the config file again and resync everything;
+- SIGUSR1: release a change held by the removal guard.
+
+Fail-static: when Consul cannot be read, nothing is changed; when dyups cannot be reached, the file
+keeps the desired state and pushes are retried. The loop never exits on such errors.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import signal
+import threading
+import time
+
+from ansible_collections.swallowkeeper.dyups.plugins.module_utils._dyups_client import DyupsClient
+from ansible_collections.swallowkeeper.dyups.plugins.module_utils._errors import DyupsError
+from ansible_collections.swallowkeeper.dyups.plugins.watcher import settings as settings_mod
+from ansible_collections.swallowkeeper.dyups.plugins.watcher.backoff import Backoff
+from ansible_collections.swallowkeeper.dyups.plugins.watcher.consul_source import ConsulSource, consul_error_kind
+from ansible_collections.swallowkeeper.dyups.plugins.watcher.metrics import Metrics, StatusServer
+from ansible_collections.swallowkeeper.dyups.plugins.watcher.sync import Syncer, dyups_error_kind
+from ansible_collections.swallowkeeper.dyups.plugins.watcher.transport import SessionTransport
+
+log = logging.getLogger("swallowkeeper.watcher")
+
+
+class Daemon:
+    def __init__(self, settings, dry_run=False, flag_values=None, clock=time.monotonic):
+        self.settings = settings
+        self.flag_values = flag_values or {}
+        self.dry_run = dry_run
+        self.clock = clock
+        self.metrics = Metrics()
+        self.events = queue.Queue()
+        self.stopping = threading.Event()
+        self.reload_requested = False
+        self._skipped_seen = set()
+        self._build()
+
+    def _build(self):
+        settings = self.settings
+        self.dyups_transport = SessionTransport(pool_size=4)
+        self.client = DyupsClient(settings.dyups_url, self.dyups_transport, timeout=settings.dyups_timeout)
+        self.syncer = Syncer(settings, self.client, self.metrics, clock=self.clock, dry_run=self.dry_run)
+        self.source = ConsulSource(settings, self.metrics)
+        self.retry = Backoff(settings.retry_initial, settings.retry_max)
+        self.consul_retry = Backoff(settings.retry_initial, settings.retry_max)
+
+    # -- one-shot ----------------------------------------------------------------------------------
+    def once(self):
+        """One full sync; returns the exit status (0 ok, 1 failed, 3 a change is held)."""
+        try:
+            self.source.refresh_all()
+        except Exception as exc:  # a ConsulError or a bad answer: report, change nothing
+            kind = consul_error_kind(exc)
+            self.metrics.error(kind)
+            log.error("Consul could not be read (%s), nothing changed: %s", kind, exc)
+            return 1
+        result = self.source.mapping()
+        report = self.syncer.sync(result.upstreams, result.empty)
+        self._log_skipped(result.skipped)
+        status = 0 if report.ok else 1
+        if not self.dry_run and report.ok:
+            try:
+                repaired = self.syncer.repair()
+                status = 0 if not repaired.failed else 1
+            except DyupsError as exc:
+                self.metrics.error(dyups_error_kind(exc))
+                log.error("dyups could not be compared: %s", exc)
+                status = 1
+        if self.syncer.hold_since is not None and status == 0:
+            status = 3
+        return status
+
+    # -- daemon ------------------------------------------------------------------------------------
+    def request_stop(self, *_args):
+        self.stopping.set()
+        self.events.put(("wake", None))
+
+    def request_reload(self, *_args):
+        self.reload_requested = True
+        self.events.put(("wake", None))
+
+    def request_release(self, *_args):
+        message = self.syncer.release()
+        log.warning("operator: %s", message)
+        self.events.put(("wake", None))
+        return message
+
+    def install_signals(self):
+        signal.signal(signal.SIGTERM, self.request_stop)
+        signal.signal(signal.SIGINT, self.request_stop)
+        signal.signal(signal.SIGHUP, self.request_reload)
+        signal.signal(signal.SIGUSR1, self.request_release)
+
+    def run(self):
+        status_server = None
+        if self.settings.status_listen:
+            status_server = StatusServer(self.settings.status_listen, self.metrics, self.request_release).start()
+            log.info("status and metrics on http://%s:%d/", *status_server.address[:2])
+        log.info("watching Consul at %s; upstream file %s; dyups at %s%s", self.settings.consul_url,
+                 self.settings.upstream_file, self.settings.dyups_url, " (dry run)" if self.dry_run else "")
+        try:
+            self._loop()
+        finally:
+            self.source.stop()
+            self.dyups_transport.close()
+            if status_server:
+                status_server.stop()
+            log.info("stopped")
+        return 0
+
+    def _loop(self):
+        now = self.clock()
+        next_refresh = now
+        next_drift = now
+        next_retry = None
+        need_sync = False
+        watching = False
+        while not self.stopping.is_set():
+            self.metrics.heartbeat()
+            now = self.clock()
+            if self.reload_requested:
+                self.reload_requested = False
+                self._reload()
+                next_refresh = next_drift = now
+                watching = False
+            if now >= next_refresh:
+                if self._refresh():
+                    need_sync = True
+                    self.consul_retry.reset()
+                    next_refresh = now + self.settings.consul_resync_interval
+                    if not watching:
+                        self.source.start_watching(self.events)
+                        watching = True
+                else:
+                    next_refresh = now + self.consul_retry.next()
+            if need_sync:
+                need_sync = False
+                self._sync()
+            if self.syncer.has_pending and (next_retry is None or now >= next_retry):
+                if next_retry is not None:
+                    self.syncer.push()
+                next_retry = None if not self.syncer.has_pending else now + self.retry.next()
+                if next_retry is None:
+                    self.retry.reset()
+            if now >= next_drift and not self.dry_run:
+                next_drift = now + self.settings.drift_interval
+                try:
+                    self.syncer.repair()
+                except DyupsError as exc:
+                    self.metrics.error(dyups_error_kind(exc))
+                    self.metrics.set(dyups_up=0)
+                    log.error("drift check failed, will retry: %s", exc)
+                    next_drift = now + min(self.settings.drift_interval, self.retry.next())
+            deadlines = [next_refresh, next_drift] + ([next_retry] if next_retry else [])
+            if self.syncer.hold_since is not None:
+                deadlines.append(now + 1.0)
+                need_sync = True
+            timeout = max(0.0, min(deadlines) - self.clock())
+            batch = self._collect(timeout)
+            if batch:
+                try:
+                    if self.source.apply_events(batch):
+                        need_sync = True
+                except Exception as exc:  # ConsulError while fetching changed services: full read later
+                    kind = consul_error_kind(exc)
+                    self.metrics.error(kind)
+                    log.error("Consul read failed after an event (%s), keeping the current state: %s", kind, exc)
+                    next_refresh = self.clock() + self.consul_retry.next()
+
+    def _collect(self, timeout):
+        """Events that arrived within ``timeout``, coalesced by the quiescence window."""
+        try:
+            first = self.events.get(timeout=timeout)
+        except queue.Empty:
+            return []
+        batch = [first]
+        if first[0] == "wake":
+            return [event for event in batch if event[0] != "wake"]
+        deadline = self.clock() + self.settings.quiescence_max
+        while not self.stopping.is_set():
+            remaining = min(self.settings.quiescence_min, deadline - self.clock())
+            if remaining <= 0:
+                break
+            try:
+                batch.append(self.events.get(timeout=remaining))
+            except queue.Empty:
+                break
+        self.metrics.count("consul_events", sum(1 for event in batch if event[0] in ("health", "catalog")))
+        return [event for event in batch if event[0] != "wake"]
+
+    def _refresh(self):
+        try:
+            self.source.refresh_all()
+            return True
+        except Exception as exc:  # ConsulError or a bad answer: keep serving, retry with backoff
+            kind = consul_error_kind(exc)
+            self.metrics.error(kind)
+            self.source.note_failure(kind, exc)
+            return False
+
+    def _sync(self):
+        result = self.source.mapping()
+        self._log_skipped(result.skipped)
+        self.syncer.sync(result.upstreams, result.empty)
+
+    def _log_skipped(self, skipped):
+        self.metrics.set_status(skipped=skipped[:100])
+        self.metrics.set(skipped_instances=len(skipped))
+        new = {(item["what"], item["why"]) for item in skipped}
+        for what, why in sorted(new - self._skipped_seen):
+            log.warning("skipped %s: %s", what, why)
+        self._skipped_seen = new
+
+    def _reload(self):
+        if not self.settings.config_file:
+            log.info("SIGHUP: no config file to read again; resyncing")
+            return
+        try:
+            file_values = settings_mod.load_file(self.settings.config_file)
+            new = settings_mod.build(file_values, self.flag_values, config_file=self.settings.config_file)
+        except settings_mod.SettingsError as exc:
+            log.error("SIGHUP: config not reloaded, keeping the running settings: %s", exc)
+            return
+        log.info("SIGHUP: config reloaded from %s; resyncing", self.settings.config_file)
+        self.source.stop()
+        self.dyups_transport.close()
+        self.settings = new
+        self._build()

@@ -1,0 +1,217 @@
+# -*- coding: utf-8 -*-
+# Copyright: swallowkeeper.dyups contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Every watcher setting: name, default, meaning. The config file and the flags use the same names.
+
+The config file is YAML (``.yml``/``.yaml``, needs PyYAML) or JSON; keys are the option names below.
+A flag given on the command line wins over the file; the file wins over the default. SIGHUP reads the
+file again (flags still win). The Consul token is read from ``consul_token_file`` or the environment
+variable ``CONSUL_HTTP_TOKEN``, never from a flag (flags are visible to every user in ``ps``).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+from dataclasses import dataclass, field, replace
+
+from ansible_collections.swallowkeeper.dyups.plugins.module_utils._directives import parse_directives
+from ansible_collections.swallowkeeper.dyups.plugins.module_utils._errors import ValidationError
+from ansible_collections.swallowkeeper.dyups.plugins.module_utils._names import validate_name
+
+ZERO_INSTANCE_POLICIES = ("keep", "down", "delete")
+
+
+class SettingsError(ValueError):
+    """A setting that cannot be used; the message names it."""
+
+
+@dataclass(frozen=True)
+class Option:
+    name: str
+    default: object
+    kind: type
+    help: str
+
+
+OPTIONS = (
+    Option("consul_url", "http://127.0.0.1:8500", str, "the local Consul agent's HTTP API"),
+    Option("consul_token_file", None, str, "file holding the Consul ACL token (else CONSUL_HTTP_TOKEN)"),
+    Option("consul_datacenter", None, str, "datacenter to read (default: the agent's)"),
+    Option("consul_timeout", 10.0, float, "seconds for a Consul request that does not block"),
+    Option("consul_wait", 300.0, float, "seconds a blocking query may wait (Consul caps it at 600)"),
+    Option("consul_stale", True, bool, "let any Consul server answer the blocking queries"),
+    Option("consul_ca_path", None, str, "CA bundle for an https consul_url"),
+    Option("consul_client_cert", None, str, "client certificate for an https consul_url"),
+    Option("consul_client_key", None, str, "client key for an https consul_url"),
+    Option("consul_validate_certs", True, bool, "verify the Consul agent's TLS certificate"),
+    Option("consul_resync_interval", 300.0, float, "seconds between full reads of every service (safety net)"),
+    Option("tag_key", "gray", str, "KEY of KEY=TAG service tags that select upstream Service_TAG"),
+    Option("include", [], list, "only these services (empty: all)"),
+    Option("exclude", ["consul"], list, "never these services"),
+    Option("prefix", "", str, "only services whose name starts with this"),
+    Option("include_warning", False, bool, "count Consul's warning state as passing"),
+    Option("dyups_url", "http://127.0.0.1:18882", str, "the dyups interface"),
+    Option("dyups_timeout", 5.0, float, "seconds for a dyups request"),
+    Option("upstream_file", "/etc/nginx/dyups.upstream.conf", str,
+           "upstream file, written atomically before every change reaches the interface"),
+    Option("validate_command", None, str, "command run on a new upstream file before it replaces the old "
+                                          "one; %s is the new file's path"),
+    Option("directives", [], list, "upstream-level directives sent with every upstream (e.g. 'keepalive 32')"),
+    Option("upstream_directives", {}, dict, "per-upstream directives, replacing 'directives' for that name"),
+    Option("quiescence_min", 0.02, float, "seconds without a new Consul event before a change is applied"),
+    Option("quiescence_max", 0.25, float, "longest a burst of events may delay a change"),
+    Option("drift_interval", 30.0, float, "seconds between comparisons of the interface with the desired state"),
+    Option("zero_instances", "keep", str, "when a service has no passing instance: keep | down | delete"),
+    Option("removal_guard_share", 0.5, float, "hold a change that removes more than this share of all servers"),
+    Option("removal_guard_min", 3, int, "the hold applies only when at least this many servers would go"),
+    Option("removal_hold_seconds", 600.0, float, "apply a held change once it persisted this long (0: only "
+                                                 "when an operator releases it)"),
+    Option("retry_initial", 0.5, float, "first retry delay after a failure (doubles, with jitter)"),
+    Option("retry_max", 30.0, float, "longest retry delay"),
+    Option("status_listen", "127.0.0.1:18883", str, "loopback address:port of the status and metrics "
+                                                    "endpoint ('' to disable)"),
+    Option("log_level", "info", str, "debug | info | warning | error"),
+)
+_BY_NAME = {option.name: option for option in OPTIONS}
+
+
+@dataclass(frozen=True)
+class Settings:
+    values: dict = field(default_factory=dict)
+    config_file: str = None
+
+    def __getattr__(self, name):
+        option = _BY_NAME.get(name)
+        if option is None:
+            raise AttributeError(name)
+        value = self.values.get(name, option.default)
+        return list(value) if isinstance(value, list) else value
+
+    def public(self):
+        """Settings as a dict for the status page (no secrets live in settings)."""
+        return {option.name: getattr(self, option.name) for option in OPTIONS}
+
+
+def _coerce(option, value):
+    if value is None:
+        return None
+    kind = option.kind
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+            return value.lower() in ("1", "true", "yes", "on")
+        raise SettingsError(f"{option.name}: expected true or false, got {value!r}")
+    if kind is list:
+        if isinstance(value, str):
+            return [item.strip() for item in value.split(",") if item.strip()]
+        if isinstance(value, list) and all(isinstance(item, str) for item in value):
+            return list(value)
+        raise SettingsError(f"{option.name}: expected a list of strings, got {value!r}")
+    if kind is dict:
+        if isinstance(value, dict):
+            return dict(value)
+        raise SettingsError(f"{option.name}: expected a mapping, got {value!r}")
+    try:
+        return kind(value)
+    except (TypeError, ValueError):
+        raise SettingsError(f"{option.name}: expected {kind.__name__}, got {value!r}") from None
+
+
+def load_file(path):
+    """The settings mapping stored in a YAML or JSON file."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            text = handle.read()
+    except OSError as exc:
+        raise SettingsError(f"config file {path}: {exc.strerror}") from None
+    if path.endswith((".yml", ".yaml")):
+        try:
+            import yaml
+        except ImportError:
+            raise SettingsError(f"config file {path}: YAML needs PyYAML (python3-yaml); or write it as JSON") from None
+        try:
+            data = yaml.safe_load(text) or {}
+        except yaml.YAMLError as exc:
+            raise SettingsError(f"config file {path}: not valid YAML: {exc}") from None
+    else:
+        try:
+            data = json.loads(text or "{}")
+        except ValueError as exc:
+            raise SettingsError(f"config file {path}: not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise SettingsError(f"config file {path}: expected a mapping of option names to values")
+    unknown = sorted(set(data) - set(_BY_NAME))
+    if unknown:
+        raise SettingsError(f"config file {path}: unknown option(s) {', '.join(unknown)}")
+    return data
+
+
+def build(file_values=None, flag_values=None, config_file=None):
+    """Settings from defaults < file < flags, checked; raises SettingsError naming the bad option."""
+    values = {}
+    for source in (file_values or {}, flag_values or {}):
+        for name, value in source.items():
+            if value is None:
+                continue
+            values[name] = _coerce(_BY_NAME[name], value)
+    settings = Settings(values=values, config_file=config_file)
+    check(settings)
+    return settings
+
+
+def check(settings):
+    if settings.zero_instances not in ZERO_INSTANCE_POLICIES:
+        raise SettingsError(f"zero_instances: expected one of {', '.join(ZERO_INSTANCE_POLICIES)}, "
+                            f"got {settings.zero_instances!r}")
+    if not 0 < settings.removal_guard_share <= 1:
+        raise SettingsError("removal_guard_share: expected a share above 0 and at most 1")
+    if settings.quiescence_min < 0 or settings.quiescence_max < settings.quiescence_min:
+        raise SettingsError("quiescence_min/quiescence_max: expected 0 <= min <= max")
+    if not 0 < settings.consul_wait <= 600:
+        raise SettingsError("consul_wait: expected seconds above 0 and at most 600")
+    if settings.validate_command and "%s" not in settings.validate_command:
+        raise SettingsError("validate_command: must contain %s (the new file's path)")
+    if settings.log_level not in ("debug", "info", "warning", "error"):
+        raise SettingsError("log_level: expected debug, info, warning or error")
+    if not settings.upstream_file:
+        raise SettingsError("upstream_file: required; changes are written there before they reach dyups")
+    try:
+        parse_directives(settings.directives)
+        for name, directives in settings.upstream_directives.items():
+            validate_name(name)
+            parse_directives(directives)
+    except ValidationError as exc:
+        raise SettingsError(f"directives: {exc}") from None
+    if settings.status_listen:
+        host, _sep, port = settings.status_listen.rpartition(":")
+        try:
+            loopback = ipaddress.ip_address(host.strip("[]")).is_loopback
+        except ValueError:
+            loopback = False
+        if not loopback or not port.isdigit():
+            raise SettingsError(f"status_listen: expected a loopback address:port, got {settings.status_listen!r}")
+
+
+def with_values(settings, **values):
+    merged = dict(settings.values)
+    merged.update(values)
+    return replace(settings, values=merged)
+
+
+def read_token(settings):
+    """The Consul token from consul_token_file, else CONSUL_HTTP_TOKEN, else None."""
+    if settings.consul_token_file:
+        try:
+            with open(settings.consul_token_file, encoding="utf-8") as handle:
+                return handle.read().strip() or None
+        except OSError as exc:
+            raise SettingsError(f"consul_token_file {settings.consul_token_file}: {exc.strerror}") from None
+    return os.environ.get("CONSUL_HTTP_TOKEN") or None
+
+
+def option_names():
+    return [option.name for option in OPTIONS]
+

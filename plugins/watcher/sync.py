@@ -1,0 +1,277 @@
+# -*- coding: utf-8 -*-
+# Copyright: swallowkeeper.dyups contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Desired upstreams -> the upstream file first -> the dyups interface, for changed upstreams only.
+
+The Syncer owns exactly the upstreams in its upstream file (it reads them at start). Upstreams that
+nginx.conf defines, or that anyone else added through the interface, are never posted or deleted.
+
+Order of every sync:
+
+1. desired = the Consul mapping, with the configured directives, after the zero-instance policy and
+   the mass-removal hold (safety.py);
+2. if it differs from what is applied: the file is replaced atomically (and validated, when a
+   command is configured). If that fails, nothing is sent: the interface keeps the last good state,
+   the file stays whole, and the sync is retried;
+3. POST every upstream whose body changed (the whole upstream: servers and directives), DELETE every
+   owned upstream that disappeared. A failed request leaves the upstream pending; it is retried.
+
+``repair`` compares ``/detail`` with what is applied and pushes what differs: a POST lost in an
+nginx reload, or an nginx restart that left only the file's state.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field, replace
+
+from ansible_collections.swallowkeeper.dyups.plugins.module_utils import _upstream_file
+from ansible_collections.swallowkeeper.dyups.plugins.module_utils._directives import NO_BACKUP, parse_directives
+from ansible_collections.swallowkeeper.dyups.plugins.module_utils._errors import (
+    DyupsError, DyupsRejected, DyupsUnavailable)
+from ansible_collections.swallowkeeper.dyups.plugins.module_utils._plan import servers_equal
+from ansible_collections.swallowkeeper.dyups.plugins.watcher import safety
+
+log = logging.getLogger("swallowkeeper.watcher")
+
+
+def dyups_error_kind(exc):
+    if isinstance(exc, DyupsUnavailable):
+        return "dyups_unavailable"
+    if isinstance(exc, DyupsRejected):
+        return "dyups_rejected"
+    return "dyups_protocol"
+
+
+def describe_change(before, after):
+    """``+10.0.0.3:8080 -10.0.0.1:8080 ~10.0.0.2:8080(weight=3)``, for the one log line per change."""
+    old = {server.address: server for server in (before.servers if before else ())}
+    new = {server.address: server for server in (after.servers if after else ())}
+    words = [f"+{address}" for address in sorted(set(new) - set(old))]
+    words += [f"-{address}" for address in sorted(set(old) - set(new))]
+    words += [f"~{new[a].spec()}" for a in sorted(set(old) & set(new)) if old[a] != new[a]]
+    if before and after and before.directives != after.directives:
+        words.append("directives: " + ("; ".join(after.directive_lines()) or "none"))
+    return " ".join(words) or "unchanged servers"
+
+
+@dataclass
+class SyncReport:
+    posted: list = field(default_factory=list)
+    deleted: list = field(default_factory=list)
+    failed: list = field(default_factory=list)
+    file_changed: bool = False
+    file_error: str = None
+    held: object = None
+    planned: list = field(default_factory=list)
+
+    @property
+    def ok(self):
+        return not self.failed and not self.file_error
+
+
+class Syncer:
+    def __init__(self, settings, client, metrics, clock=time.monotonic, dry_run=False):
+        self.settings = settings
+        self.client = client
+        self.metrics = metrics
+        self.clock = clock
+        self.dry_run = dry_run
+        self.default_directives = parse_directives(settings.directives)
+        self.upstream_directives = {name: parse_directives(values)
+                                    for name, values in settings.upstream_directives.items()}
+        self.applied = _upstream_file.read(settings.upstream_file)
+        self.pushed = dict(self.applied)
+        self.pending = set()
+        self.gone = set()
+        self.deleted_here = set()
+        self.hold_since = None
+        self.release_requested = False
+        self.skipped = []
+        self._update_gauges()
+
+    # -- desired state ---------------------------------------------------------------------------
+    def with_directives(self, upstreams):
+        """Upstreams from the mapping with the configured directives attached; conflicts are skipped."""
+        result = {}
+        for name, upstream in upstreams.items():
+            directives = self.upstream_directives.get(name, self.default_directives)
+            conflict = [d.name for d in directives if d.name in NO_BACKUP]
+            if conflict and any(server.backup for server in upstream.servers):
+                self.skipped.append({"what": f"upstream {name}",
+                                     "why": f"{conflict[0]} does not support backup servers"})
+                continue
+            result[name] = replace(upstream, directives=directives) if directives != upstream.directives else upstream
+        return result
+
+    def desired_from(self, upstreams, empty=()):
+        self.skipped = []
+        desired = self.with_directives(upstreams)
+        desired = safety.apply_zero_instance_policy(desired, empty, self.applied, self.settings.zero_instances)
+        return self._guard(desired)
+
+    def _guard(self, desired):
+        removal = safety.removals(self.applied, desired)
+        if not safety.exceeds_guard(removal, self.settings.removal_guard_share, self.settings.removal_guard_min):
+            if self.hold_since is not None:
+                log.warning("removal hold cleared: the change no longer removes more than %.0f%% of servers",
+                            self.settings.removal_guard_share * 100)
+            self.hold_since = None
+            self.release_requested = False
+            self.metrics.set(held_changes=0, held_removals=0)
+            self.metrics.set_status(held=None)
+            return desired
+        now = self.clock()
+        if self.hold_since is None:
+            self.hold_since = now
+            log.error("HOLDING a change that would remove %d of %d servers (%.0f%%, limit %.0f%%) across %d "
+                      "upstream(s): %s. Additions still apply. It is applied after %s, or now with "
+                      "POST /release on the status endpoint or SIGUSR1.",
+                      removal.removed, removal.total, removal.share * 100, self.settings.removal_guard_share * 100,
+                      len(removal.by_upstream), ", ".join(sorted(removal.by_upstream)[:10]),
+                      f"{self.settings.removal_hold_seconds:.0f}s" if self.settings.removal_hold_seconds
+                      else "an operator's release only")
+        hold_over = self.settings.removal_hold_seconds and now - self.hold_since >= self.settings.removal_hold_seconds
+        if self.release_requested or hold_over:
+            log.warning("releasing the held change (%s): removing %d server(s)",
+                        "operator" if self.release_requested else "held past removal_hold_seconds", removal.removed)
+            self.hold_since = None
+            self.release_requested = False
+            self.metrics.set(held_changes=0, held_removals=0)
+            self.metrics.set_status(held=None)
+            return desired
+        self.metrics.set(held_changes=1, held_removals=removal.removed)
+        self.metrics.set_status(held={"removed": removal.removed, "total": removal.total,
+                                      "upstreams": removal.by_upstream, "held_for_seconds": round(now - self.hold_since, 1)})
+        return safety.hold_removals(self.applied, desired, removal)
+
+    def release(self):
+        self.release_requested = True
+        return "release requested: a held change is applied at the next sync" if self.hold_since is not None \
+            else "nothing is held"
+
+    # -- applying --------------------------------------------------------------------------------
+    def sync(self, upstreams, empty=()):
+        """Bring file and interface to the desired state for ``upstreams`` ({name: Upstream})."""
+        started = self.clock()
+        report = SyncReport()
+        desired = self.desired_from(upstreams, empty)
+        report.held = self.hold_since
+        changed = sorted(name for name, upstream in desired.items() if self.applied.get(name) != upstream)
+        removed = sorted(name for name in self.applied if name not in desired)
+        if changed or removed:
+            if self.dry_run:
+                report.planned = [f"POST {name}: {describe_change(self.applied.get(name), desired[name])}"
+                                  for name in changed] + [f"DELETE {name}" for name in removed]
+                for line in report.planned:
+                    log.info("dry run: would %s", line)
+                self.applied = desired
+                self._finish(report, started)
+                return report
+            try:
+                _changed, _backup = _upstream_file.write_upstreams(
+                    self.settings.upstream_file, desired.values(), validate=self.settings.validate_command)
+                report.file_changed = True
+            except _upstream_file.ValidateCommandFailed as exc:
+                return self._file_failed(report, started, "file_validate", str(exc))
+            except OSError as exc:
+                return self._file_failed(report, started, "file_write",
+                                         f"cannot write {self.settings.upstream_file}: {exc.strerror or exc}")
+            self.applied = desired
+            self.pending.update(changed)
+            self.pending.difference_update(removed)
+            self.gone.update(removed)
+            self.gone.difference_update(changed)
+        self.push(report)
+        self._finish(report, started)
+        return report
+
+    def _file_failed(self, report, started, kind, message):
+        report.file_error = message
+        self.metrics.error(kind)
+        log.error("upstream file not replaced, nothing sent to dyups (the last good state keeps serving): %s", message)
+        self._finish(report, started)
+        return report
+
+    def push(self, report=None):
+        """POST pending upstreams, DELETE gone ones; failures stay pending for the next retry."""
+        report = report or SyncReport()
+        if self.dry_run:
+            return report
+        for name in sorted(self.pending):
+            upstream = self.applied.get(name)
+            if upstream is None:
+                self.pending.discard(name)
+                continue
+            try:
+                self.client.update(upstream)
+            except DyupsError as exc:
+                self._push_failed(report, name, exc)
+                continue
+            log.info("upstream %s: %s (%d server(s))", name, describe_change(self.pushed.get(name), upstream),
+                     len(upstream.servers))
+            self.pushed[name] = upstream
+            self.pending.discard(name)
+            report.posted.append(name)
+            self.metrics.count("changes_applied")
+        for name in sorted(self.gone):
+            try:
+                existed = self.client.delete(name)
+            except DyupsError as exc:
+                self._push_failed(report, name, exc)
+                continue
+            log.info("upstream %s: deleted%s", name, "" if existed else " (the interface did not hold it)")
+            self.pushed.pop(name, None)
+            self.gone.discard(name)
+            self.deleted_here.add(name)
+            report.deleted.append(name)
+            self.metrics.count("changes_applied")
+        self.metrics.set(dyups_up=0 if any(isinstance(e, DyupsUnavailable) for _n, e in report.failed) else 1)
+        return report
+
+    def _push_failed(self, report, name, exc):
+        report.failed.append((name, exc))
+        self.metrics.error(dyups_error_kind(exc))
+        if isinstance(exc, DyupsUnavailable) and len(report.failed) > 1:
+            return
+        log.error("upstream %s not applied, will retry: %s", name, exc)
+
+    def repair(self):
+        """Compare ``/detail`` with the applied state; push what differs. Returns the names repaired."""
+        detail = self.client.detail()
+        drifted = []
+        for name, upstream in self.applied.items():
+            if name in self.pending:
+                continue
+            if not servers_equal(upstream, detail.get(name)):
+                drifted.append(name)
+        stale = sorted((self.deleted_here & set(detail)) - set(self.applied))
+        if drifted or stale:
+            log.warning("dyups differs from the upstream file for %d upstream(s)%s; pushing them again",
+                        len(drifted) + len(stale), ": " + ", ".join((drifted + stale)[:10]))
+        self.pending.update(drifted)
+        self.gone.update(stale)
+        self.metrics.count("repairs", len(drifted) + len(stale))
+        report = self.push()
+        self._update_gauges()
+        return report
+
+    def _finish(self, report, started):
+        duration = self.clock() - started
+        self.metrics.count("syncs")
+        success = report.ok
+        gauges = {"last_sync_success": int(success), "last_sync_duration_seconds": round(duration, 6)}
+        if success:
+            gauges["last_sync_timestamp_seconds"] = time.time()
+        self.metrics.set(**gauges)
+        self._update_gauges()
+
+    def _update_gauges(self):
+        self.metrics.set(upstreams=len(self.applied),
+                         servers=sum(len(upstream.servers) for upstream in self.applied.values()),
+                         pending_upstreams=len(self.pending) + len(self.gone))
+
+    @property
+    def has_pending(self):
+        return bool(self.pending or self.gone)

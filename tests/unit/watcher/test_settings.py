@@ -1,0 +1,61 @@
+"""Watcher settings: defaults < file < flags, and clear errors (plugins/watcher/settings.py)."""
+
+import json
+
+import pytest
+
+from ansible_collections.swallowkeeper.dyups.plugins.watcher import settings as s
+
+
+def test_defaults():
+    settings = s.build()
+    assert settings.consul_url == "http://127.0.0.1:8500"
+    assert settings.dyups_url == "http://127.0.0.1:18882"
+    assert settings.exclude == ["consul"]
+    assert settings.zero_instances == "keep"
+
+
+def test_flags_win_over_file(tmp_path):
+    path = tmp_path / "w.json"
+    path.write_text(json.dumps({"tag_key": "canary", "include": ["A", "B"], "drift_interval": 5}))
+    settings = s.build(s.load_file(str(path)), {"tag_key": "gray", "include": "C,D"}, config_file=str(path))
+    assert settings.tag_key == "gray"
+    assert settings.include == ["C", "D"]
+    assert settings.drift_interval == 5.0
+
+
+def test_yaml_file(tmp_path):
+    path = tmp_path / "w.yml"
+    path.write_text("upstream_file: /tmp/x.conf\ndirectives:\n  - keepalive 32\nconsul_stale: false\n")
+    settings = s.build(s.load_file(str(path)))
+    assert settings.directives == ["keepalive 32"] and settings.consul_stale is False
+
+
+@pytest.mark.parametrize("values, fragment", [
+    ({"zero_instances": "maybe"}, "zero_instances"),
+    ({"removal_guard_share": 0}, "removal_guard_share"),
+    ({"validate_command": "nginx -t"}, "%s"),
+    ({"status_listen": "0.0.0.0:9000"}, "loopback"),
+    ({"directives": ["keepalive 32; server x"]}, "directives"),
+    ({"upstream_directives": {"bad name": ["keepalive 1"]}}, "bad name"),
+    ({"consul_wait": 900}, "consul_wait"),
+    ({"consul_stale": "perhaps"}, "consul_stale"),
+])
+def test_bad_settings_name_the_option(values, fragment):
+    with pytest.raises(s.SettingsError, match=fragment):
+        s.build(values)
+
+
+def test_unknown_key_in_file(tmp_path):
+    path = tmp_path / "w.json"
+    path.write_text('{"consul_token": "secret"}')
+    with pytest.raises(s.SettingsError, match="unknown option"):
+        s.load_file(str(path))
+
+
+def test_token_from_file_then_environment(tmp_path, monkeypatch):
+    token = tmp_path / "token"
+    token.write_text("abc\n")
+    monkeypatch.setenv("CONSUL_HTTP_TOKEN", "from-env")
+    assert s.read_token(s.build({"consul_token_file": str(token)})) == "abc"
+    assert s.read_token(s.build()) == "from-env"
