@@ -4,9 +4,10 @@
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """Errors raised by the shared dyups layer.
 
-Two families: ``ValidationError`` for input that must never reach nginx (raised
-before any request is sent or any file is written), and ``DyupsError`` for what
-the dyups interface answered or failed to answer.
+Three families: ``ValidationError`` for input that must never reach nginx (raised
+before any request is sent or any file is written), ``DyupsError`` for what the
+dyups interface answered or failed to answer, and ``ConsulError`` for what the
+Consul agent answered or failed to answer.
 """
 
 from __future__ import annotations
@@ -58,3 +59,36 @@ class DyupsBusy(DyupsError):
 
 class DyupsProtocolError(DyupsError):
     """An answer that does not follow the wire contract."""
+
+
+class ConsulError(Exception):
+    """Consul could not answer what was asked.
+
+    ``url`` is the request's URL (never with the token: the token travels in a header), ``status``
+    the HTTP status or None when no answer came.
+    """
+
+    def __init__(self, message, url=None, status=None):
+        self.url = url
+        self.status = status
+        super().__init__(message)
+
+
+class ConsulUnavailable(ConsulError):
+    """No answer from the agent: connection refused, reset, timed out, TLS failure."""
+
+
+class ConsulForbidden(ConsulError):
+    """403: the ACL token is missing or lacks the rights for this request."""
+
+
+class ConsulRateLimited(ConsulError):
+    """429: the agent limits this client's requests (``limits.http_max_conns_per_client`` or rate limits)."""
+
+
+class ConsulServerError(ConsulError):
+    """5xx: the agent answered but could not serve the request (no leader, RPC failure...)."""
+
+
+class ConsulBadAnswer(ConsulError):
+    """An answer that is not the expected JSON shape (or an unexpected status)."""

@@ -1,0 +1,345 @@
+# -*- coding: utf-8 -*-
+# Private to swallowkeeper.dyups: the Consul HTTP client and blocking queries (modules and watcher).
+# Copyright: swallowkeeper.dyups contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""A small read-only client for the Consul HTTP API, independent of the HTTP library.
+
+The HTTP call is a *transport* (the same contract as the dyups client's):
+``transport(method, url, body, timeout, extra_headers=None) -> (status, body_bytes, headers)`` with
+lower-case header names, raising ``TransportError`` when no answer came. Modules pass
+``_http_ansible.ansible_transport(...)``, the watcher a pooled ``requests`` transport, tests
+``_http_stdlib.stdlib_transport``.
+
+What the answers become:
+
+* 200 -> ``ConsulAnswer(data, index, url)``: ``data`` is the parsed JSON, ``index`` the integer from
+  ``X-Consul-Index`` (None when the endpoint sends none);
+* no answer -> ``ConsulUnavailable`` naming the URL;
+* 403 -> ``ConsulForbidden`` (the token is missing or lacks the rights);
+* 429 -> ``ConsulRateLimited``; 5xx -> ``ConsulServerError``;
+* any other status, a body that is not JSON, or JSON of the wrong shape -> ``ConsulBadAnswer``;
+* an empty ``/v1/catalog/services`` -> ``ConsulForbidden``: with ACLs on, Consul hides what a token
+  may not read rather than refusing it, and every datacenter has at least the ``consul`` service.
+
+The token travels in the ``X-Consul-Token`` header only: it is never put into a URL, an error
+message, a log line or a ``repr``.
+
+``BlockingQuery`` implements Consul's rules for long polls (see its docstring); ``resolve_token``
+picks the token from the module option, a token file or ``CONSUL_HTTP_TOKEN``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass
+from urllib.parse import quote, urlencode
+
+from ansible_collections.swallowkeeper.dyups.plugins.module_utils._errors import (
+    ConsulBadAnswer, ConsulForbidden, ConsulRateLimited, ConsulServerError, ConsulUnavailable, TransportError,
+    ValidationError)
+
+DEFAULT_URL = "http://127.0.0.1:8500"
+TOKEN_ENV = "CONSUL_HTTP_TOKEN"
+TOKEN_HEADER = "X-Consul-Token"
+MAX_WAIT = 600.0            # Consul caps ``wait`` at 10 minutes
+DEFAULT_WAIT = 300.0        # Consul's own default when ``wait`` is not sent
+DEFAULT_MIN_INTERVAL = 0.1  # seconds between the starts of two queries of one BlockingQuery
+_BODY_SHOWN = 200
+
+
+@dataclass(frozen=True)
+class ConsulAnswer:
+    """One successful answer: parsed JSON, the ``X-Consul-Index`` (int or None), the URL asked."""
+
+    data: object
+    index: object
+    url: str
+
+
+def resolve_token(token=None, token_file=None, environ=None):
+    """The ACL token to send, or None: ``token`` > the stripped content of ``token_file`` > ``CONSUL_HTTP_TOKEN``.
+
+    An explicit ``token_file`` that cannot be read or is empty raises ValidationError (naming the
+    file, never its content): a misconfigured file must not silently fall back to another token.
+    """
+    if token:
+        return token
+    if token_file:
+        try:
+            with open(token_file, encoding="utf-8") as handle:
+                value = handle.read().strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ValidationError("token_file", token_file, f"cannot be read: {exc.__class__.__name__}: "
+                                                            f"{getattr(exc, 'strerror', None) or exc}") from None
+        if not value:
+            raise ValidationError("token_file", token_file, "is empty")
+        return value
+    value = (os.environ if environ is None else environ).get(TOKEN_ENV, "").strip()
+    return value or None
+
+
+def format_wait(seconds):
+    """Consul's duration syntax for ``wait``, in whole milliseconds, capped at 10 minutes."""
+    milliseconds = max(1, int(round(min(float(seconds), MAX_WAIT) * 1000)))
+    return f"{milliseconds}ms"
+
+
+class ConsulClient:
+    """Read-only calls against one Consul agent's HTTP API.
+
+    ``url`` is the agent's base URL (``http://127.0.0.1:8500``, a path prefix is kept);
+    ``datacenter`` adds ``dc=``; ``stale=True`` adds ``stale`` to every read (any server may
+    answer; use it for long polls, not for one-shot reads that must be current); ``timeout`` is
+    for a request that does not block (a blocking one gets its ``wait`` plus Consul's jitter on top).
+    Safe to share between threads when the transport is.
+    """
+
+    def __init__(self, url, transport, token=None, datacenter=None, timeout=10.0, stale=False):
+        self.url = (url or DEFAULT_URL).rstrip("/")
+        self.transport = transport
+        self._token = token or None
+        self.datacenter = datacenter or None
+        self.timeout = float(timeout)
+        self.stale = bool(stale)
+
+    def __repr__(self):
+        return (f"ConsulClient(url={self.url!r}, token={'<set>' if self._token else None}, "
+                f"datacenter={self.datacenter!r}, stale={self.stale})")
+
+    @property
+    def has_token(self):
+        return self._token is not None
+
+    def url_for(self, path, params=None):
+        """The full URL of ``path`` with ``params`` (a dict; None values dropped). Never holds the token."""
+        query = [(key, "" if value is True else str(value)) for key, value in (params or {}).items()
+                 if value is not None and value is not False]
+        return self.url + path + ("?" + urlencode(query) if query else "")
+
+    def _redact(self, text):
+        if self._token and text:
+            text = text.replace(self._token, "<redacted>")
+        return text
+
+    def get(self, path, params=None, index=None, wait=None, stale=None):
+        """GET ``path``; with ``index`` > 0 it is a blocking query that waits up to ``wait`` seconds.
+
+        Returns a ConsulAnswer; raises a ConsulError subclass (see the module docstring).
+        """
+        query = dict(params or {})
+        if self.datacenter:
+            query.setdefault("dc", self.datacenter)
+        if self.stale if stale is None else stale:
+            query["stale"] = True
+        timeout = self.timeout
+        if index:
+            query["index"] = int(index)
+            seconds = min(float(wait if wait is not None else DEFAULT_WAIT), MAX_WAIT)
+            query["wait"] = format_wait(seconds)
+            timeout += seconds + seconds / 16.0
+        url = self.url_for(path, query)
+        headers = {TOKEN_HEADER: self._token} if self._token else {}
+        try:
+            status, raw, answer_headers = self.transport("GET", url, None, timeout, headers)
+        except TransportError as exc:
+            raise ConsulUnavailable(f"the Consul agent at {self.url} did not answer GET {url}: "
+                                    f"{self._redact(exc.reason)}", url=url) from None
+        text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else (raw or "")
+        if status != 200:
+            raise self._status_error(url, status, text)
+        try:
+            data = json.loads(text)
+        except ValueError:
+            raise ConsulBadAnswer(f"GET {url} answered 200 but not JSON: {self._shown(text)!r}",
+                                  url=url, status=status) from None
+        raw_index = (answer_headers or {}).get("x-consul-index")
+        index_value = None
+        if raw_index is not None:
+            try:
+                index_value = int(str(raw_index).strip())
+            except ValueError:
+                raise ConsulBadAnswer(f"GET {url}: X-Consul-Index {self._shown(str(raw_index))!r} is not a number",
+                                      url=url, status=status) from None
+            if index_value < 0:
+                raise ConsulBadAnswer(f"GET {url}: X-Consul-Index {index_value} is negative", url=url, status=status)
+        return ConsulAnswer(data=data, index=index_value, url=url)
+
+    def _shown(self, text):
+        text = self._redact(text.strip())
+        return text if len(text) <= _BODY_SHOWN else text[:_BODY_SHOWN] + "..."
+
+    def _status_error(self, url, status, text):
+        said = self._shown(text)
+        if status == 403:
+            hint = ("the ACL token is missing" if self._token is None else
+                    "the ACL token was refused or lacks the rights for this request")
+            return ConsulForbidden(f"Consul refused GET {url} (403 {said!r}): {hint}; it needs read rights on the "
+                                   "services and nodes (set token, token_file or CONSUL_HTTP_TOKEN)",
+                                   url=url, status=status)
+        if status == 429:
+            return ConsulRateLimited(f"Consul limited GET {url} (429 {said!r}): too many requests from this "
+                                     "client; retry later", url=url, status=status)
+        if 500 <= status <= 599:
+            return ConsulServerError(f"Consul failed GET {url} ({status} {said!r})", url=url, status=status)
+        hint = " (is this a Consul agent's HTTP API?)" if status == 404 else ""
+        return ConsulBadAnswer(f"GET {url} answered {status} {said!r}{hint}", url=url, status=status)
+
+    # -- endpoints -----------------------------------------------------------------------------------
+    def read(self, path, params=None, index=None, wait=None, stale=None):
+        """``get`` plus the shape check of the endpoints this project reads (others: ``get`` unchecked).
+
+        ``/v1/catalog/services``: a JSON object of lists of strings, and not empty: every datacenter
+        has the ``consul`` service, and Consul (1.8 as today) *filters* what a token may not read
+        instead of answering 403, so an empty answer means the token is missing or lacks
+        ``service:read``; that is raised as ConsulForbidden rather than read as "no services".
+        ``/v1/health/service/NAME`` and ``/v1/health/state/any``: a JSON list of objects.
+        ``/v1/status/leader``: a JSON string.
+        """
+        answer = self.get(path, params=params, index=index, wait=wait, stale=stale)
+        if path == "/v1/catalog/services":
+            return self._check_catalog(answer)
+        if path.startswith("/v1/health/service/"):
+            return self._expect_objects(answer, "a JSON list of service entries")
+        if path.startswith("/v1/health/state/") or path.startswith("/v1/health/checks/"):
+            return self._expect_objects(answer, "a JSON list of checks")
+        if path == "/v1/status/leader":
+            return self._expect(answer, str, "a JSON string")
+        return answer
+
+    def _expect(self, answer, kind, what):
+        if not isinstance(answer.data, kind):
+            raise ConsulBadAnswer(f"GET {answer.url} did not answer {what} but {type(answer.data).__name__}",
+                                  url=answer.url, status=200)
+        return answer
+
+    def _expect_objects(self, answer, what):
+        self._expect(answer, list, what)
+        if not all(isinstance(item, dict) for item in answer.data):
+            raise ConsulBadAnswer(f"GET {answer.url} did not answer {what}: an item is not a JSON object",
+                                  url=answer.url, status=200)
+        return answer
+
+    def _check_catalog(self, answer):
+        self._expect(answer, dict, "a JSON object of services")
+        for name, tags in answer.data.items():
+            if tags is not None and not (isinstance(tags, list) and all(isinstance(tag, str) for tag in tags)):
+                raise ConsulBadAnswer(f"GET {answer.url}: the tags of {name!r} are not a list of strings",
+                                      url=answer.url, status=200)
+        if not answer.data:
+            hint = ("no ACL token was sent" if self._token is None else
+                    "the ACL token lacks service:read (and node:read) rights")
+            raise ConsulForbidden(f"GET {answer.url} listed no service at all, not even 'consul': {hint}; with ACLs "
+                                  "enabled Consul hides what a token may not read instead of refusing "
+                                  "(set token, token_file or CONSUL_HTTP_TOKEN)", url=answer.url, status=200)
+        return answer
+
+    def catalog_services(self, index=None, wait=None, stale=None):
+        """``/v1/catalog/services``: data is {service name: [tags]} (see ``read`` for the checks)."""
+        return self.read("/v1/catalog/services", index=index, wait=wait, stale=stale)
+
+    def health_service(self, name, index=None, wait=None, stale=None):
+        """``/v1/health/service/NAME``: data is a list of {Node, Service, Checks} (all instances, any health)."""
+        return self.read("/v1/health/service/" + quote(str(name), safe=""), index=index, wait=wait, stale=stale)
+
+    def health_state_any(self, index=None, wait=None, stale=None):
+        """``/v1/health/state/any``: data is a list of every check in the datacenter."""
+        return self.read("/v1/health/state/any", index=index, wait=wait, stale=stale)
+
+    def status_leader(self):
+        """``/v1/status/leader``: data is the leader's ``host:port``, or "" while there is none."""
+        return self.read("/v1/status/leader")
+
+
+@dataclass(frozen=True)
+class PollResult:
+    """What one ``BlockingQuery.poll()`` saw.
+
+    ``changed`` is False for a spurious wake-up or a timeout (the index did not move); ``reset`` names
+    why the index was set back to 0 (``"backwards"``, ``"zero"``) or is None.
+    """
+
+    data: object
+    index: object
+    changed: bool
+    reset: object = None
+
+
+class BlockingQuery:
+    """One long poll on one endpoint, following Consul's rules for blocking queries.
+
+    Intended use (the watcher runs two of these, one per thread, on ``/v1/health/state/any`` and
+    ``/v1/catalog/services``)::
+
+        query = BlockingQuery(client, "/v1/health/state/any", wait=300, sleep=stop_event.wait)
+        while not stop_event.is_set():
+            result = query.poll()          # raises ConsulError; back off, then poll again
+            if result.changed:
+                handle(result.data)
+
+    The rules it keeps:
+
+    * the first poll (and the one after a reset) is a plain read (no ``index``); every next one sends
+      the last ``X-Consul-Index`` as ``index`` and ``wait`` (capped at 10 minutes);
+    * an answer with the same index is a spurious wake-up or a timeout: ``changed`` is False;
+    * an index that went backwards (new leader, restored snapshot) or is 0 resets the index to 0, so
+      the next poll reads afresh instead of waiting for a stale larger index; that answer's data is
+      current and is reported as changed;
+    * two polls start at least ``min_interval`` seconds apart, so an endpoint that answers at once
+      every time (index 0, a flapping check) costs at most 1/min_interval requests a second;
+    * ``stale`` (None: the client's setting) lets any server answer;
+    * answers are checked with ``client.read`` (shape per endpoint; an empty catalog is
+      ConsulForbidden), so a watcher never mistakes an ACL-filtered answer for "all gone".
+
+    ``clock`` and ``sleep`` are injectable (unit tests; ``sleep=stop_event.wait`` makes the pause
+    interruptible). One instance belongs to one thread at a time; it holds no global state, and
+    several instances may share one ConsulClient.
+    """
+
+    def __init__(self, client, path, params=None, wait=DEFAULT_WAIT, min_interval=DEFAULT_MIN_INTERVAL, stale=None,
+                 clock=time.monotonic, sleep=time.sleep):
+        if not wait or wait <= 0:
+            raise ValueError("wait must be above 0 seconds")
+        if min_interval < 0:
+            raise ValueError("min_interval must not be negative")
+        self.client = client
+        self.path = path
+        self.params = dict(params or {})
+        self.wait = min(float(wait), MAX_WAIT)
+        self.min_interval = float(min_interval)
+        self.stale = stale
+        self.clock = clock
+        self.sleep = sleep
+        self.index = 0           # what the next poll sends (0: a plain read)
+        self.last_index = None   # the index of the last answer
+        self.polls = 0
+        self._last_start = None
+
+    def _pace(self):
+        if self._last_start is not None:
+            delay = self._last_start + self.min_interval - self.clock()
+            if delay > 0:
+                self.sleep(delay)
+        self._last_start = self.clock()
+
+    def poll(self):
+        """One query; returns a PollResult, raises what the client raises (the index is kept then)."""
+        self._pace()
+        self.polls += 1
+        fetch = getattr(self.client, "read", None) or self.client.get
+        answer = fetch(self.path, params=self.params, index=self.index or None,
+                       wait=self.wait if self.index else None, stale=self.stale)
+        new = answer.index
+        if new is None:
+            raise ConsulBadAnswer(f"GET {answer.url} sent no X-Consul-Index: it cannot be used as a blocking query",
+                                  url=answer.url, status=200)
+        reset = None
+        if new == 0:
+            reset = "zero"
+        elif self.last_index is not None and new < self.last_index:
+            reset = "backwards"
+        changed = reset is not None or new != self.last_index
+        self.index = 0 if reset else new
+        self.last_index = new
+        return PollResult(data=answer.data, index=new, changed=changed, reset=reset)
