@@ -1,0 +1,56 @@
+# -*- coding: utf-8 -*-
+# Private to swallowkeeper.dyups: the documentation of the Consul connection options (_consul_options.py).
+# Copyright: swallowkeeper.dyups contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import annotations
+
+
+class ModuleDocFragment:
+    DOCUMENTATION = r"""
+options:
+  consul_url:
+    description:
+      - Base URL of the Consul agent's HTTP API.
+      - Talk to the local agent, not to the servers directly.
+    type: str
+    default: http://127.0.0.1:8500
+  token:
+    description:
+      - ACL token sent in the C(X-Consul-Token) header. Never logged, never returned.
+      - When not set, the content of O(token_file) is used, else the E(CONSUL_HTTP_TOKEN) environment variable
+        of the managed node.
+      - With ACLs enabled, the token needs C(service:read) and C(node:read) on what is to be read.
+    type: str
+  token_file:
+    description:
+      - File on the managed node holding the ACL token (surrounding whitespace is ignored).
+      - Used when O(token) is not set. A file that cannot be read or is empty fails the task.
+    type: path
+  datacenter:
+    description:
+      - Datacenter to read. Default is the agent's own.
+    type: str
+  validate_certs:
+    description:
+      - Verify the agent's TLS certificate when O(consul_url) is C(https://).
+    type: bool
+    default: true
+  ca_path:
+    description:
+      - CA bundle to verify the agent's certificate with.
+    type: path
+  client_cert:
+    description:
+      - Client certificate (PEM) for agents that require one.
+    type: path
+  client_key:
+    description:
+      - Private key (PEM) of O(client_cert), when the certificate file does not hold it.
+    type: path
+  timeout:
+    description:
+      - Seconds to wait for an answer from the agent.
+    type: float
+    default: 10.0
+"""

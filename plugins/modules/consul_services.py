@@ -1,0 +1,303 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright: swallowkeeper.dyups contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+module: consul_services
+short_description: Read services and their health from Consul and map them to nginx upstreams
+version_added: 0.1.0
+description:
+  - Reads the service catalog and the health of every instance from a Consul agent and maps them to upstreams
+    the way the swallowkeeper watcher does (one shared mapping).
+  - An instance goes to upstream C(SERVICE), or C(SERVICE_TAG) when it carries the tag C(KEY=TAG) (O(tag_key));
+    C(KEY=default) or no such tag means no suffix.
+  - The server address is the service's C(Address), else its node's; server parameters come from the service
+    C(Meta) keys C(dyups_weight), C(dyups_max_fails), C(dyups_fail_timeout), C(dyups_max_conns), C(dyups_backup)
+    and C(dyups_down).
+  - Only instances whose checks (node and service checks) are all in O(passing_states) serve.
+  - Anything that breaks the upstream name or server rules (a service C(a b), a tag C(gray=x y), a weight
+    C(abc), an unknown C(dyups_*) Meta key) is left out and listed in RV(skipped_items) with the reason, and a warning
+    is shown. Nothing invalid is ever returned in RV(upstreams).
+  - Read-only. RV(upstreams) is ready for the O(swallowkeeper.dyups.dyups_upstream#module:upstreams) option of
+    M(swallowkeeper.dyups.dyups_upstream).
+author:
+  - swallowkeeper.dyups contributors
+extends_documentation_fragment:
+  - swallowkeeper.dyups._consul
+attributes:
+  check_mode:
+    support: full
+    description: The module never changes anything; it reads the same in check mode.
+  diff_mode:
+    support: none
+    description: Nothing changes, so there is no diff.
+  action_group:
+    support: full
+    membership:
+      - swallowkeeper.dyups.consul
+options:
+  tag_key:
+    description:
+      - Key of the C(KEY=TAG) tag that selects the upstream C(SERVICE_TAG).
+      - An instance with two different C(KEY=) tags, or an empty C(KEY=), is skipped.
+    type: str
+    default: gray
+  services:
+    description:
+      - Read only these services (still subject to O(include), O(exclude) and O(prefix)).
+      - Default is every service in the catalog. A listed service that is not registered is reported in
+        RV(skipped_items).
+    type: list
+    elements: str
+  include:
+    description:
+      - When not empty, only these services.
+    type: list
+    elements: str
+    default: []
+  exclude:
+    description:
+      - Never these services.
+    type: list
+    elements: str
+    default: [consul]
+  prefix:
+    description:
+      - Only services whose name starts with this.
+    type: str
+    default: ""
+  passing_states:
+    description:
+      - Check states that count as passing. An instance serves when every one of its checks is in this list.
+    type: list
+    elements: str
+    choices: [passing, warning, critical]
+    default: [passing]
+  include_warning:
+    description:
+      - Count C(warning) as passing (the same as adding C(warning) to O(passing_states)).
+    type: bool
+    default: false
+notes:
+  - With ACLs enabled Consul does not refuse what a token may not read, it hides it. A catalog that lists no service
+    at all (every datacenter has at least C(consul)) therefore fails the task as a missing or insufficient token,
+    and a service the catalog lists but whose instances cannot be read is reported in RV(skipped_items).
+seealso:
+  - module: swallowkeeper.dyups.dyups_upstream
+  - name: The mapping from Consul to upstreams
+    description: docs/consul.md in the collection.
+    link: https://github.com/swallowkeeper/dyups/blob/main/docs/consul.md
+"""
+
+EXAMPLES = r"""
+- name: Read every service from the local agent
+  swallowkeeper.dyups.consul_services:
+  register: consul
+
+- name: Read the webapp services through an ACL token kept in a file, counting warning as passing
+  swallowkeeper.dyups.consul_services:
+    consul_url: http://127.0.0.1:8500
+    token_file: /etc/consul.d/read.token
+    prefix: webapp
+    include_warning: true
+  register: webapps
+
+- name: Push them to nginx through dyups and keep the upstream file in step
+  swallowkeeper.dyups.dyups_upstream:
+    upstreams: "{{ webapps.upstreams }}"
+    exclusive: true
+    upstream_conf: /etc/nginx/dyups.upstream.conf
+
+- name: Show what was left out and why
+  ansible.builtin.debug:
+    msg: "{{ item.what }}: {{ item.why }}"
+  loop: "{{ webapps.skipped_items }}"
+"""
+
+RETURN = r"""
+upstreams:
+  description:
+    - Upstream name to its servers (nginx syntax, sorted) and directives (always empty here), for every upstream
+      with at least one serving instance. The form that M(swallowkeeper.dyups.dyups_upstream) takes in
+      O(swallowkeeper.dyups.dyups_upstream#module:upstreams).
+  returned: success
+  type: dict
+  sample:
+    WebappReadonly:
+      servers: ["10.0.0.11:8080", "10.0.0.12:8080 weight=2"]
+      directives: []
+    WebappReadonly_b:
+      servers: ["10.0.0.13:8080 backup"]
+      directives: []
+empty:
+  description:
+    - Upstreams that have instances, none of them serving. They are not in RV(upstreams); decide yourself whether
+      to keep, mark down or remove them.
+  returned: success
+  type: list
+  elements: str
+  sample: [WebappWrite]
+instances:
+  description: Every instance that maps to an upstream, serving or not, sorted by service, node and ID.
+  returned: success
+  type: list
+  elements: dict
+  contains:
+    service:
+      description: Consul service name.
+      type: str
+      sample: WebappReadonly
+    id:
+      description: Service instance ID.
+      type: str
+      sample: webapp-ro-1
+    node:
+      description: Consul node name.
+      type: str
+      sample: web-01
+    address:
+      description: Host the server uses (the service address, else the node address).
+      type: str
+      sample: 10.0.0.11
+    port:
+      description: Port.
+      type: int
+      sample: 8080
+    server:
+      description: The server in nginx syntax, with parameters from Meta.
+      type: str
+      sample: 10.0.0.12:8080 weight=2
+    tags:
+      description: The instance's tags.
+      type: list
+      elements: str
+      sample: ["gray=b"]
+    meta:
+      description: The instance's service Meta.
+      type: dict
+      sample: {dyups_weight: "2"}
+    status:
+      description: Worst status of the instance's checks (V(passing), V(warning) or V(critical)).
+      type: str
+      sample: passing
+    serving:
+      description: Whether all its checks are in O(passing_states), so that it is in RV(upstreams).
+      type: bool
+      sample: true
+    upstream:
+      description: Upstream the instance maps to.
+      type: str
+      sample: WebappReadonly_b
+skipped_items:
+  description:
+    - What was left out because it breaks a rule, and why. Also shown as warnings.
+    - Not called C(skipped), because Ansible reads a true C(skipped) in a result as "this task was skipped".
+  returned: success
+  type: list
+  elements: dict
+  contains:
+    what:
+      description: The service or instance.
+      type: str
+      sample: instance 'w5' of service 'web' on node 'n2'
+    why:
+      description: The rule it breaks.
+      type: str
+      sample: "its server breaks the server rules: weight='abc' is not a whole number"
+    service:
+      description: Service name.
+      type: str
+    node:
+      description: Node name, for an instance.
+      type: str
+    id:
+      description: Instance ID, for an instance.
+      type: str
+catalog_index:
+  description: X-Consul-Index of the catalog read.
+  returned: success
+  type: int
+  sample: 4711
+"""
+
+from concurrent.futures import ThreadPoolExecutor
+
+from ansible.module_utils.basic import AnsibleModule
+
+from ansible_collections.swallowkeeper.dyups.plugins.module_utils._consul_mapping import (
+    MappingOptions, MappingResult, map_services, merge_results)
+from ansible_collections.swallowkeeper.dyups.plugins.module_utils._consul_options import (
+    CONSUL_REQUIRED_BY, consul_argument_spec, consul_client_from_params)
+from ansible_collections.swallowkeeper.dyups.plugins.module_utils._errors import ConsulError, ValidationError
+
+FETCH_THREADS = 4
+WARNINGS_SHOWN = 20
+
+
+def read_health(client, names):
+    """{name: health entries} for ``names``, a few requests at a time."""
+    names = sorted(names)
+    if len(names) <= 1:
+        return {name: client.health_service(name).data for name in names}
+    with ThreadPoolExecutor(max_workers=min(FETCH_THREADS, len(names))) as pool:
+        answers = list(pool.map(client.health_service, names))
+    return {name: answer.data for name, answer in zip(names, answers)}
+
+
+def run(module):
+    params = module.params
+    try:
+        options = MappingOptions(tag_key=params["tag_key"], include=tuple(params["include"] or ()),
+                                 exclude=tuple(params["exclude"] or ()), prefix=params["prefix"] or "",
+                                 include_warning=params["include_warning"],
+                                 passing_states=tuple(params["passing_states"] or ()))
+    except ValueError as exc:
+        module.fail_json(msg=str(exc))
+    try:
+        client = consul_client_from_params(params)
+    except ValidationError as exc:
+        module.fail_json(msg=str(exc))
+    try:
+        catalog = client.catalog_services()
+        wanted = set(params["services"]) if params["services"] is not None else set(catalog.data)
+        selected = {name for name in wanted if name in catalog.data and options.selects(name)}
+        health = read_health(client, selected)
+    except ConsulError as exc:
+        module.fail_json(msg=str(exc), url=exc.url, status=exc.status)
+    result = map_services(health, options)
+    missing = sorted(name for name in wanted - set(catalog.data) if options.selects(name))
+    if missing:
+        extra = MappingResult(skipped=[{"what": f"service {name!r}", "why": "it is not registered in Consul",
+                                       "service": name, "node": None, "id": None} for name in missing])
+        result = merge_results([result, extra])
+    for item in result.skipped[:WARNINGS_SHOWN]:
+        module.warn(f"skipped {item['what']}: {item['why']}")
+    if len(result.skipped) > WARNINGS_SHOWN:
+        module.warn(f"... and {len(result.skipped) - WARNINGS_SHOWN} more skipped (see skipped_items)")
+    output = result.to_dict()
+    # "skipped" is reserved: Ansible shows a result with a true "skipped" as a skipped task.
+    output["skipped_items"] = output.pop("skipped")
+    module.exit_json(changed=False, catalog_index=catalog.index, **output)
+
+
+def main():
+    argument_spec = consul_argument_spec()
+    argument_spec.update(
+        tag_key=dict(type="str", default="gray", no_log=False),
+        services=dict(type="list", elements="str"),
+        include=dict(type="list", elements="str", default=[]),
+        exclude=dict(type="list", elements="str", default=["consul"]),
+        prefix=dict(type="str", default=""),
+        passing_states=dict(type="list", elements="str", choices=["passing", "warning", "critical"],
+                            default=["passing"]),
+        include_warning=dict(type="bool", default=False),
+    )
+    module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True, required_by=CONSUL_REQUIRED_BY)
+    run(module)
+
+
+if __name__ == "__main__":
+    main()

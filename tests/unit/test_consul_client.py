@@ -1,0 +1,309 @@
+"""ConsulClient, BlockingQuery and resolve_token (plugins/module_utils/_consul_client.py).
+
+``ScriptedTransport`` below is a stand-in for error paths a real agent will not produce on demand
+(a 429, a 500, a body that is not JSON, a bad X-Consul-Index, an index that goes backwards); the
+same client runs against a real Consul agent in tests/integration/test_consul_client.py.
+"""
+
+import pytest
+
+from ansible_collections.swallowkeeper.dyups.plugins.module_utils._consul_client import (
+    MAX_WAIT, BlockingQuery, ConsulAnswer, ConsulClient, format_wait, resolve_token)
+from ansible_collections.swallowkeeper.dyups.plugins.module_utils._errors import (
+    ConsulBadAnswer, ConsulError, ConsulForbidden, ConsulRateLimited, ConsulServerError, ConsulUnavailable,
+    TransportError, ValidationError)
+
+TOKEN = "3f1c2d4e-secret-token"
+
+
+class ScriptedTransport:
+    """Answers from a script of (status, body, headers) or exceptions; records every call.
+
+    A stand-in for error paths only (see the module docstring).
+    """
+
+    def __init__(self, *answers):
+        self.answers = list(answers)
+        self.calls = []
+
+    def __call__(self, method, url, body, timeout, extra_headers=None):
+        self.calls.append({"method": method, "url": url, "timeout": timeout, "headers": dict(extra_headers or {})})
+        answer = self.answers.pop(0) if len(self.answers) > 1 else self.answers[0]
+        if isinstance(answer, Exception):
+            raise answer
+        status, body, headers = answer
+        return status, body.encode() if isinstance(body, str) else body, headers
+
+
+def ok(body="{}", index="7"):
+    return 200, body, {"x-consul-index": index} if index is not None else {}
+
+
+# -- requests ---------------------------------------------------------------------------------------------
+def test_token_goes_in_the_header_only_and_never_in_the_url_or_repr():
+    transport = ScriptedTransport(ok('{"web": []}'))
+    client = ConsulClient("http://127.0.0.1:8500/", transport, token=TOKEN, datacenter="dc2")
+    answer = client.catalog_services()
+    call = transport.calls[0]
+    assert call["headers"] == {"X-Consul-Token": TOKEN}
+    assert TOKEN not in call["url"] and TOKEN not in repr(client) and TOKEN not in answer.url
+    assert call["url"] == "http://127.0.0.1:8500/v1/catalog/services?dc=dc2"
+    assert answer == ConsulAnswer(data={"web": []}, index=7, url=call["url"])
+
+
+def test_no_token_sends_no_header():
+    transport = ScriptedTransport(ok('"127.0.0.1:8300"'))
+    ConsulClient("http://c:8500", transport).status_leader()
+    assert transport.calls[0]["headers"] == {}
+
+
+def test_blocking_parameters_and_timeout():
+    transport = ScriptedTransport(ok("[]", "42"))
+    client = ConsulClient("http://c:8500", transport, timeout=5, stale=True)
+    client.health_state_any(index=41, wait=160)
+    call = transport.calls[0]
+    assert call["url"] == "http://c:8500/v1/health/state/any?stale=&index=41&wait=160000ms"
+    assert call["timeout"] == pytest.approx(5 + 160 + 10)
+
+
+def test_wait_is_capped_at_ten_minutes():
+    transport = ScriptedTransport(ok("[]", "42"))
+    ConsulClient("http://c:8500", transport).get("/v1/health/state/any", index=1, wait=3600)
+    assert "wait=600000ms" in transport.calls[0]["url"]
+    assert format_wait(MAX_WAIT * 2) == "600000ms" and format_wait(0.0001) == "1ms"
+
+
+def test_service_names_are_quoted_in_the_path():
+    transport = ScriptedTransport(ok("[]"))
+    ConsulClient("http://c:8500", transport).health_service("a b/../x?y")
+    assert transport.calls[0]["url"] == "http://c:8500/v1/health/service/a%20b%2F..%2Fx%3Fy"
+
+
+# -- errors --------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("answer, error, words", [
+    (TransportError("ConnectionRefusedError: [Errno 111] Connection refused"), ConsulUnavailable,
+     ["http://127.0.0.1:1", "did not answer", "Connection refused"]),
+    ((403, "Permission denied", {}), ConsulForbidden, ["403", "token", "missing"]),
+    ((429, "Your IP is issuing too many concurrent connections", {}), ConsulRateLimited, ["429", "too many"]),
+    ((500, "No cluster leader", {}), ConsulServerError, ["500", "No cluster leader"]),
+    ((503, "", {}), ConsulServerError, ["503"]),
+    ((404, "not found", {}), ConsulBadAnswer, ["404", "Consul agent's HTTP API"]),
+    ((200, "<html>proxy</html>", {"x-consul-index": "1"}), ConsulBadAnswer, ["not JSON", "proxy"]),
+    ((200, "{}", {"x-consul-index": "abc"}), ConsulBadAnswer, ["X-Consul-Index", "abc"]),
+    ((200, "{}", {"x-consul-index": "-3"}), ConsulBadAnswer, ["negative"]),
+    ((200, "[]", {"x-consul-index": "1"}), ConsulBadAnswer, ["JSON object"]),
+    ((200, '{"web": "notalist"}', {"x-consul-index": "1"}), ConsulBadAnswer, ["tags of 'web'"]),
+    ((200, "{}", {"x-consul-index": "1"}), ConsulForbidden, ["not even 'consul'", "no ACL token"]),
+])
+def test_error_mapping_of_the_catalog_read(answer, error, words):
+    client = ConsulClient("http://127.0.0.1:1", ScriptedTransport(answer))
+    with pytest.raises(error) as caught:
+        client.catalog_services()
+    assert isinstance(caught.value, ConsulError)
+    for word in words:
+        assert word in str(caught.value)
+    assert caught.value.url.startswith("http://127.0.0.1:1/v1/catalog/services")
+
+
+def test_forbidden_with_a_token_says_it_lacks_rights_and_never_shows_it():
+    client = ConsulClient("http://c:8500", ScriptedTransport((403, f"ACL not found for {TOKEN}", {})), token=TOKEN)
+    with pytest.raises(ConsulForbidden) as caught:
+        client.health_service("web")
+    assert "refused or lacks the rights" in str(caught.value)
+    assert TOKEN not in str(caught.value) and "<redacted>" in str(caught.value)
+
+
+def test_transport_reason_is_redacted_too():
+    client = ConsulClient("http://c:8500", ScriptedTransport(TransportError(f"odd {TOKEN}")), token=TOKEN)
+    with pytest.raises(ConsulUnavailable) as caught:
+        client.status_leader()
+    assert TOKEN not in str(caught.value)
+
+
+@pytest.mark.parametrize("method, body", [
+    ("health_service", '{"a": 1}'), ("health_service", "[1, 2]"), ("health_state_any", '"x"'),
+    ("health_state_any", "[null]"), ("status_leader", "[]"),
+])
+def test_wrong_json_shapes_are_bad_answers(method, body):
+    client = ConsulClient("http://c:8500", ScriptedTransport(ok(body)))
+    call = getattr(client, method)
+    with pytest.raises(ConsulBadAnswer):
+        call("web") if method == "health_service" else call()
+
+
+def test_long_bodies_are_cut_in_messages():
+    client = ConsulClient("http://c:8500", ScriptedTransport((500, "x" * 5000, {})))
+    with pytest.raises(ConsulServerError) as caught:
+        client.status_leader()
+    assert len(str(caught.value)) < 400
+
+
+# -- token resolution ------------------------------------------------------------------------------------------
+def test_token_precedence(tmp_path):
+    path = tmp_path / "token"
+    path.write_text(f"  {TOKEN}\n")
+    env = {"CONSUL_HTTP_TOKEN": "from-env"}
+    assert resolve_token("explicit", str(path), env) == "explicit"
+    assert resolve_token(None, str(path), env) == TOKEN
+    assert resolve_token("", str(path), env) == TOKEN
+    assert resolve_token(None, None, env) == "from-env"
+    assert resolve_token(None, None, {"CONSUL_HTTP_TOKEN": "  "}) is None
+    assert resolve_token(None, None, {}) is None
+
+
+def test_unreadable_or_empty_token_file_fails_without_falling_back(tmp_path):
+    env = {"CONSUL_HTTP_TOKEN": "from-env"}
+    with pytest.raises(ValidationError) as caught:
+        resolve_token(None, str(tmp_path / "missing"), env)
+    assert "cannot be read" in str(caught.value) and "missing" in str(caught.value)
+    empty = tmp_path / "empty"
+    empty.write_text("\n")
+    with pytest.raises(ValidationError, match="is empty"):
+        resolve_token(None, str(empty), env)
+
+
+# -- blocking queries -----------------------------------------------------------------------------------------
+class FakeClock:
+    """A clock that only moves when the code under test sleeps (or a fake request takes time)."""
+
+    def __init__(self):
+        self.now = 1000.0
+        self.sleeps = []
+
+    def __call__(self):
+        return self.now
+
+    def sleep(self, seconds):
+        self.sleeps.append(round(seconds, 6))
+        self.now += seconds
+
+
+class FakeClient:
+    """Returns scripted (index, data) answers and records the index / wait of every read."""
+
+    def __init__(self, clock, answers, duration=0.0):
+        self.clock = clock
+        self.answers = list(answers)
+        self.duration = duration
+        self.calls = []
+
+    def read(self, path, params=None, index=None, wait=None, stale=None):
+        self.calls.append({"path": path, "index": index, "wait": wait, "stale": stale})
+        self.clock.now += self.duration
+        answer = self.answers.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        index, data = answer
+        return ConsulAnswer(data=data, index=index, url="http://c/v1" + path)
+
+
+def query_with(answers, duration=0.0, **kwargs):
+    clock = FakeClock()
+    client = FakeClient(clock, answers, duration)
+    kwargs.setdefault("wait", 300)
+    query = BlockingQuery(client, "/v1/health/state/any", clock=clock, sleep=clock.sleep, **kwargs)
+    return query, client, clock
+
+
+def test_first_read_is_plain_then_it_blocks_on_the_last_index():
+    query, client, _ = query_with([(10, "a"), (12, "b")])
+    first, second = query.poll(), query.poll()
+    assert [call["index"] for call in client.calls] == [None, 10]
+    assert [call["wait"] for call in client.calls] == [None, 300]
+    assert (first.changed, first.data, second.changed, second.index) == (True, "a", True, 12)
+
+
+def test_same_index_is_a_spurious_wakeup():
+    query, client, _ = query_with([(10, "a"), (10, "a"), (10, "a"), (11, "b")])
+    results = [query.poll() for _ in range(4)]
+    assert [result.changed for result in results] == [True, False, False, True]
+    assert [call["index"] for call in client.calls] == [None, 10, 10, 10]
+
+
+def test_index_going_backwards_resets_to_a_plain_read():
+    query, client, _ = query_with([(50, "a"), (60, "b"), (5, "c"), (5, "c"), (7, "d")])
+    results = [query.poll() for _ in range(5)]
+    assert [call["index"] for call in client.calls] == [None, 50, 60, None, 5]
+    assert [(result.changed, result.reset) for result in results] == [
+        (True, None), (True, None), (True, "backwards"), (False, None), (True, None)]
+
+
+def test_index_zero_resets_and_is_never_sent():
+    query, client, _ = query_with([(10, "a"), (0, "b"), (0, "c"), (3, "d")])
+    results = [query.poll() for _ in range(4)]
+    assert [call["index"] for call in client.calls] == [None, 10, None, None]
+    assert [result.reset for result in results] == [None, "zero", "zero", None]
+    assert all(result.changed for result in results)
+
+
+def test_an_always_returning_query_cannot_spin():
+    answers = [(0, "x")] * 50
+    query, client, clock = query_with(answers, min_interval=0.25)
+    start = clock.now
+    for _ in range(50):
+        query.poll()
+    assert clock.now - start >= 49 * 0.25
+    assert clock.sleeps == [0.25] * 49
+
+
+def test_time_spent_blocking_counts_towards_the_interval():
+    query, client, clock = query_with([(1, "a"), (2, "b"), (3, "c")], duration=5.0, min_interval=1.0)
+    for _ in range(3):
+        query.poll()
+    assert clock.sleeps == []
+
+
+def test_errors_keep_the_index_and_are_paced_too():
+    query, client, clock = query_with([(10, "a"), ConsulUnavailable("down"), ConsulUnavailable("down"), (10, "a")],
+                                      min_interval=0.5)
+    query.poll()
+    for _ in range(2):
+        with pytest.raises(ConsulUnavailable):
+            query.poll()
+    result = query.poll()
+    assert [call["index"] for call in client.calls] == [None, 10, 10, 10]
+    assert result.changed is False
+    assert clock.sleeps == [0.5, 0.5, 0.5]
+
+
+def test_missing_index_header_is_a_bad_answer():
+    query, _, _ = query_with([(None, "a")])
+    with pytest.raises(ConsulBadAnswer, match="X-Consul-Index"):
+        query.poll()
+
+
+def test_wait_is_capped_and_stale_is_passed():
+    query, client, _ = query_with([(1, "a"), (2, "b")], wait=3600, stale=True)
+    query.poll()
+    query.poll()
+    assert client.calls[1]["wait"] == MAX_WAIT and client.calls[1]["stale"] is True
+
+
+@pytest.mark.parametrize("kwargs", [{"wait": 0}, {"wait": -1}, {"min_interval": -0.1}])
+def test_bad_settings_are_refused(kwargs):
+    with pytest.raises(ValueError):
+        BlockingQuery(object(), "/v1/health/state/any", **kwargs)
+
+
+def test_queries_share_a_client_but_not_state():
+    clock = FakeClock()
+    client = FakeClient(clock, [(5, "h"), (9, "c"), (6, "h2")])
+    health = BlockingQuery(client, "/v1/health/state/any", clock=clock, sleep=clock.sleep)
+    catalog = BlockingQuery(client, "/v1/catalog/services", clock=clock, sleep=clock.sleep)
+    health.poll()
+    catalog.poll()
+    health.poll()
+    assert (health.index, catalog.index) == (6, 9)
+    assert [call["index"] for call in client.calls] == [None, None, 5]
+
+
+def test_with_a_real_client_over_the_scripted_transport():
+    transport = ScriptedTransport(ok("[]", "3"), ok("[]", "3"), ok("[]", "4"))
+    clock = FakeClock()
+    query = BlockingQuery(ConsulClient("http://c:8500", transport), "/v1/health/state/any", wait=10, clock=clock,
+                          sleep=clock.sleep)
+    assert [query.poll().changed for _ in range(3)] == [True, False, True]
+    assert [call["url"] for call in transport.calls] == [
+        "http://c:8500/v1/health/state/any",
+        "http://c:8500/v1/health/state/any?index=3&wait=10000ms",
+        "http://c:8500/v1/health/state/any?index=3&wait=10000ms"]
