@@ -30,11 +30,11 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils import _consul_mapping as mapping
-from ansible_collections.swallowkeeper.dyups.plugins.module_utils._consul_client import BlockingQuery, ConsulClient
+from ansible_collections.swallowkeeper.dyups.plugins.module_utils._consul_client import (
+    BlockingQuery, ConsulClient, resolve_token)
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._errors import (
     ConsulBadAnswer, ConsulError, ConsulForbidden, ConsulRateLimited, ConsulServerError, ConsulUnavailable)
 from ansible_collections.swallowkeeper.dyups.plugins.watcher.backoff import Backoff
-from ansible_collections.swallowkeeper.dyups.plugins.watcher.settings import read_token
 from ansible_collections.swallowkeeper.dyups.plugins.watcher.transport import SessionTransport
 
 log = logging.getLogger("swallowkeeper.watcher")
@@ -50,25 +50,13 @@ def consul_error_kind(exc):
     return "consul_bad_answer"
 
 
-def _check_groups(checks):
-    """{(node, service_id): ((check_id, status), ...)} and the service name per key, from a check list."""
+def _by_instance(checks):
+    """{(node, service_id): [check, ...]} from a ``/v1/health/state/any`` answer."""
     groups = {}
-    names = {}
     for check in checks:
-        key = (check.get("Node", ""), check.get("ServiceID", ""))
-        groups.setdefault(key, []).append((check.get("CheckID", ""), check.get("Status", "")))
-        if key[1]:
-            names[key] = check.get("ServiceName", "")
-    return {key: tuple(sorted(value)) for key, value in groups.items()}, names
-
-
-class MappingView:
-    """The merged mapping of every cached service: upstreams, empty upstream names, skipped items."""
-
-    def __init__(self, upstreams, empty, skipped):
-        self.upstreams = upstreams
-        self.empty = empty
-        self.skipped = skipped
+        if isinstance(check, dict):
+            groups.setdefault((str(check.get("Node") or ""), str(check.get("ServiceID") or "")), []).append(check)
+    return groups
 
 
 class ConsulSource:
@@ -78,7 +66,7 @@ class ConsulSource:
         self.options = mapping.MappingOptions(
             tag_key=settings.tag_key, include=tuple(settings.include), exclude=tuple(settings.exclude),
             prefix=settings.prefix, include_warning=settings.include_warning)
-        token = read_token(settings)
+        token = resolve_token(token_file=settings.consul_token_file)
         cert = (settings.consul_client_cert, settings.consul_client_key) if settings.consul_client_cert else None
         verify = settings.consul_ca_path or settings.consul_validate_certs
         self.transport = SessionTransport(verify=verify, cert=cert, pool_size=FETCH_THREADS)
@@ -88,8 +76,8 @@ class ConsulSource:
                                          datacenter=settings.consul_datacenter, timeout=settings.consul_timeout,
                                          stale=settings.consul_stale)
         self.entries = {}        # service -> {(node, service_id): {"Node": ..., "Service": ...}}
-        self.checks = {}         # (node, service_id) -> [check dicts]
-        self.check_groups = {}   # (node, service_id) -> ((check_id, status), ...)
+        self.checks = {}         # (node, service_id) -> [check dicts]; node checks under (node, "")
+        self.health = None       # the last /v1/health/state/any answer (or the checks the last full read saw)
         self.node_services = {}  # node -> {service names with an instance there}
         self.catalog = None      # service -> sorted tags, from /v1/catalog/services
         self.results = {}        # service -> mapping result of that service alone
@@ -156,8 +144,7 @@ class ConsulSource:
                 self._store_service(name, [])
             for name, data in fetched:
                 self._store_service(name, data)
-            self.check_groups, _names = _check_groups(
-                [check for checks in self.checks.values() for check in checks])
+            self.health = [check for checks in self.checks.values() for check in checks]
         self._recovered()
         log.debug("read %d services from Consul in %.3fs", len(selected), time.monotonic() - started)
 
@@ -194,27 +181,25 @@ class ConsulSource:
         touched = set()
         with self.lock:
             if health is not None:
-                groups, names = _check_groups(health)
-                changed = {key for key in set(groups) | set(self.check_groups)
-                           if groups.get(key) != self.check_groups.get(key)}
-                by_key = {}
-                for check in health:
-                    by_key.setdefault((check.get("Node", ""), check.get("ServiceID", "")), []).append(check)
-                for key in changed:
-                    node, service_id = key
-                    if not service_id:
-                        self.checks[key] = by_key.get(key, [])
-                        touched.update(self.node_services.get(node, ()))
+                change = mapping.changed_services(self.health, health)
+                self.health = health
+                by_instance = _by_instance(health)
+                affected = set(change.services)
+                for node in change.nodes:
+                    self.checks[(node, "")] = by_instance.get((node, ""), [])
+                    touched.update(self.node_services.get(node, ()))
+                for name in affected:
+                    if not self.options.selects(name):
                         continue
-                    name = names.get(key) or self._service_of(key)
-                    if not name or not self.options.selects(name):
+                    cached = {key for key in self.entries.get(name, {}) if self.checks.get(key)}
+                    current = {key for key, checks in by_instance.items()
+                               if key[1] and checks[0].get("ServiceName") == name}
+                    if cached != current:
+                        refetch.add(name)  # an instance came or went: its address and tags are needed
                         continue
-                    if key in self.entries.get(name, {}) and key in groups:
-                        self.checks[key] = by_key[key]
-                        touched.add(name)
-                    else:
-                        refetch.add(name)
-                self.check_groups = groups
+                    for key in current:
+                        self.checks[key] = by_instance[key]
+                    touched.add(name)
             if catalog is not None:
                 current = {name: sorted(tags or []) for name, tags in catalog.items()}
                 previous = self.catalog or {}
@@ -238,12 +223,6 @@ class ConsulSource:
                     self._store_service(name, data)
         return bool(touched or refetch or catalog is not None)
 
-    def _service_of(self, key):
-        for name, instances in self.entries.items():
-            if key in instances:
-                return name
-        return None
-
     def mapping(self):
         with self.lock:
             return mapping.merge_results(self.results.values())
@@ -258,7 +237,7 @@ class ConsulSource:
             self.threads.append(thread)
 
     def _watch(self, kind, path, events):
-        query = BlockingQuery(self.watch_client, path, wait=self.settings.consul_wait)
+        query = BlockingQuery(self.watch_client, path, wait=self.settings.consul_wait, sleep=self.stop_event.wait)
         backoff = Backoff(self.settings.retry_initial, self.settings.retry_max)
         failed = False
         while not self.stop_event.is_set():

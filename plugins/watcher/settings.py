@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import ipaddress
 import json
-import os
 from dataclasses import dataclass, field, replace
 
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._directives import parse_directives
@@ -199,17 +198,6 @@ def with_values(settings, **values):
     merged = dict(settings.values)
     merged.update(values)
     return replace(settings, values=merged)
-
-
-def read_token(settings):
-    """The Consul token from consul_token_file, else CONSUL_HTTP_TOKEN, else None."""
-    if settings.consul_token_file:
-        try:
-            with open(settings.consul_token_file, encoding="utf-8") as handle:
-                return handle.read().strip() or None
-        except OSError as exc:
-            raise SettingsError(f"consul_token_file {settings.consul_token_file}: {exc.strerror}") from None
-    return os.environ.get("CONSUL_HTTP_TOKEN") or None
 
 
 def option_names():

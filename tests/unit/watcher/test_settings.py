@@ -51,11 +51,3 @@ def test_unknown_key_in_file(tmp_path):
     path.write_text('{"consul_token": "secret"}')
     with pytest.raises(s.SettingsError, match="unknown option"):
         s.load_file(str(path))
-
-
-def test_token_from_file_then_environment(tmp_path, monkeypatch):
-    token = tmp_path / "token"
-    token.write_text("abc\n")
-    monkeypatch.setenv("CONSUL_HTTP_TOKEN", "from-env")
-    assert s.read_token(s.build({"consul_token_file": str(token)})) == "abc"
-    assert s.read_token(s.build()) == "from-env"
