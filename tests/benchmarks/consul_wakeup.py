@@ -1,0 +1,131 @@
+"""How fast Consul's blocking queries return after a change, on a real throwaway agent.
+
+    .venv/bin/python tests/benchmarks/consul_wakeup.py [--flips 30] [--json]
+
+For each of ``--flips`` rounds: a BlockingQuery (the project's own, stdlib transport) is started
+and left 0.2 s to reach the agent and block, then the change is made through the agent API and the
+time from just before that request to the query's return is measured. Measured:
+
+* ``health_state_any``: /v1/health/state/any, a TTL check flipped passing <-> critical;
+* ``health_service``: /v1/health/service/NAME, the same flip;
+* ``catalog_services_register``: /v1/catalog/services, a new instance registered;
+* ``catalog_services_flip``: /v1/catalog/services, a check flipped (a few rounds, wait=2 s): it is
+  expected NOT to wake (the wait runs out with the same index).
+
+Prints median / p90 / max in milliseconds per case (``--json``: one JSON object). Timing is
+reported, not asserted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import threading
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from tests.support.collection import ensure_importable  # noqa: E402
+
+ensure_importable()
+
+from ansible_collections.swallowkeeper.dyups.plugins.module_utils._consul_client import (  # noqa: E402
+    BlockingQuery, ConsulClient)
+from ansible_collections.swallowkeeper.dyups.plugins.module_utils._http_stdlib import stdlib_transport  # noqa: E402
+from tests.support.consul import ConsulAgent  # noqa: E402
+
+SETTLE = 0.2
+
+
+def one_round(query, change, wait):
+    """Seconds from the change's start to the query's return, and whether the index changed."""
+    box = {}
+
+    def run():
+        box["result"] = query.poll()
+        box["end"] = time.perf_counter()
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    time.sleep(SETTLE)
+    start = time.perf_counter()
+    change()
+    thread.join(wait * 2 + 5)
+    if thread.is_alive():
+        raise RuntimeError("the blocking query did not return")
+    return box["end"] - start, box["result"].changed
+
+
+def summary(samples):
+    ordered = sorted(samples)
+    return {
+        "n": len(ordered),
+        "median_ms": round(statistics.median(ordered) * 1000, 1),
+        "p90_ms": round(ordered[min(len(ordered) - 1, int(len(ordered) * 0.9))] * 1000, 1),
+        "max_ms": round(ordered[-1] * 1000, 1),
+    }
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--flips", type=int, default=30)
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args(argv)
+    report = {}
+    with ConsulAgent() as agent:
+        version = agent.get("/v1/agent/self")["Config"]["Version"]
+        agent.register("bench", "b1", port=18101)
+        client = ConsulClient(agent.url, stdlib_transport)
+        state = {"status": "passing"}
+
+        def flip():
+            state["status"] = "critical" if state["status"] == "passing" else "passing"
+            agent.set_status("b1", state["status"], wait=False)
+
+        for name, path in (("health_state_any", "/v1/health/state/any"), ("health_service", "/v1/health/service/bench")):
+            query = BlockingQuery(client, path, wait=30, min_interval=0)
+            query.poll()
+            samples = []
+            for _ in range(args.flips):
+                elapsed, changed = one_round(query, flip, 30)
+                if not changed:
+                    raise RuntimeError(f"{path}: returned without a new index after a flip")
+                samples.append(elapsed)
+            report[name] = summary(samples)
+
+        query = BlockingQuery(client, "/v1/catalog/services", wait=30, min_interval=0)
+        query.poll()
+        samples = []
+        for number in range(args.flips):
+            elapsed, changed = one_round(
+                query, lambda n=number: agent.register(f"new{n}", f"n{n}", port=19000 + n, wait=False), 30)
+            if not changed:
+                raise RuntimeError("/v1/catalog/services: returned without a new index after a registration")
+            samples.append(elapsed)
+        report["catalog_services_register"] = summary(samples)
+
+        query = BlockingQuery(client, "/v1/catalog/services", wait=2, min_interval=0)
+        query.poll()
+        woke = 0
+        samples = []
+        for _ in range(3):
+            elapsed, changed = one_round(query, flip, 2)
+            woke += bool(changed)
+            samples.append(elapsed)
+        report["catalog_services_flip"] = dict(summary(samples), woke=woke, wait_s=2)
+    report["consul_version"] = version
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print(f"Consul {version}, {args.flips} changes per case (ms from the change request to the wake-up)")
+        for name, row in report.items():
+            if isinstance(row, dict):
+                print(f"  {name:28s} " + "  ".join(f"{key}={value}" for key, value in row.items()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
