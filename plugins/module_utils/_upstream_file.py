@@ -213,6 +213,28 @@ def replace_file(path, content, mode=None, backup=False, validate=None):
     return backup_file
 
 
+def remove_stale_temp_files(path, older_than=60.0):
+    """Remove ``.NAME.*.tmp`` files that a writer killed mid-write left beside ``path``; their names."""
+    path = os.path.abspath(path)
+    directory, base = os.path.split(path)
+    removed = []
+    now = time.time()
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return removed
+    for name in names:
+        if name.startswith(f".{base}.") and name.endswith(".tmp"):
+            candidate = os.path.join(directory, name)
+            try:
+                if now - os.stat(candidate).st_mtime >= older_than:
+                    os.unlink(candidate)
+                    removed.append(candidate)
+            except OSError:
+                continue
+    return removed
+
+
 def write_upstreams(path, upstreams, mode=None, backup=False, validate=None):
     """Render and replace; return (changed, backup_file). Nothing is written when the text is the same."""
     content = render(upstreams)

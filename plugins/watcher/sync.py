@@ -81,6 +81,8 @@ class Syncer:
         self.default_directives = parse_directives(settings.directives)
         self.upstream_directives = {name: parse_directives(values)
                                     for name, values in settings.upstream_directives.items()}
+        for leftover in _upstream_file.remove_stale_temp_files(settings.upstream_file):
+            log.warning("removed %s, left by a writer that stopped mid-write", leftover)
         self.applied = _upstream_file.read(settings.upstream_file)
         self.pushed = dict(self.applied)
         self.pending = set()

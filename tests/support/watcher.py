@@ -1,0 +1,158 @@
+"""Run the real watcher (``python plugins/watcher``) as a process, for integration tests and benchmarks.
+
+    with WatcherProcess(tmp_path, consul_url=agent.url, dyups_url=nginx.api_url,
+                        upstream_file=str(tmp_path / "upstreams.conf"), drift_interval=1) as watcher:
+        watcher.status()            # GET /status (JSON)
+        watcher.metrics()           # {metric line name: value} from GET /metrics
+        watcher.wait_for(lambda: ..., "what")   # poll a condition, fail with the log tail
+        watcher.hup() / watcher.usr1() / watcher.kill() / watcher.stop()
+        watcher.log_text()
+
+Settings are written to a JSON config file (``watcher.config_path``) so SIGHUP can re-read it:
+``watcher.rewrite_config(**changes)``. ``run_once(...)`` runs ``--once`` and returns the
+CompletedProcess.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+from tests.support.ports import free_port, wait_port
+
+ROOT = Path(__file__).resolve().parents[2]
+ENTRY = ROOT / "plugins" / "watcher"
+
+
+def _command(config_path, *extra):
+    return [sys.executable, str(ENTRY), "--config", str(config_path), *extra]
+
+
+class WatcherProcess:
+    def __init__(self, workdir, **settings):
+        self.workdir = Path(workdir)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        defaults = {"status_listen": f"127.0.0.1:{self.port}", "log_level": "debug", "consul_wait": 30,
+                    "retry_initial": 0.1, "retry_max": 1.0}
+        defaults.update(settings)
+        self.settings = defaults
+        self.config_path = self.workdir / f"watcher-{self.port}.json"
+        self.log_path = self.workdir / f"watcher-{self.port}.log"
+        self.process = None
+        self._write_config()
+
+    def _write_config(self):
+        tmp = self.config_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.settings, indent=1))
+        os.replace(tmp, self.config_path)
+
+    def rewrite_config(self, **changes):
+        self.settings.update(changes)
+        self._write_config()
+
+    def start(self, timeout=20.0):
+        log = open(self.log_path, "ab")
+        self.process = subprocess.Popen(_command(self.config_path), stdout=log, stderr=subprocess.STDOUT,
+                                        cwd=str(ROOT), env=dict(os.environ, PYTHONUNBUFFERED="1"))
+        log.close()
+        try:
+            wait_port(self.port, timeout=timeout)
+        except TimeoutError:
+            self.stop()
+            raise RuntimeError(f"the watcher did not start:\n{self.log_text()[-3000:]}") from None
+        return self
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.stop()
+
+    @property
+    def pid(self):
+        return self.process.pid
+
+    def alive(self):
+        return self.process is not None and self.process.poll() is None
+
+    def signal(self, signum):
+        self.process.send_signal(signum)
+
+    def hup(self):
+        self.signal(signal.SIGHUP)
+
+    def usr1(self):
+        self.signal(signal.SIGUSR1)
+
+    def kill(self):
+        if self.alive():
+            self.process.kill()
+            self.process.wait(timeout=10)
+
+    def stop(self, timeout=15.0):
+        if not self.alive():
+            return None
+        self.process.terminate()
+        try:
+            return self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(timeout=10)
+            raise RuntimeError(f"the watcher ignored SIGTERM for {timeout}s") from None
+
+    def _get(self, path, method="GET"):
+        request = urllib.request.Request(f"http://127.0.0.1:{self.port}{path}", method=method,
+                                         data=b"" if method == "POST" else None)
+        with urllib.request.urlopen(request, timeout=5) as response:
+            return response.read().decode()
+
+    def status(self):
+        return json.loads(self._get("/status"))
+
+    def release(self):
+        return self._get("/release", method="POST")
+
+    def metrics(self):
+        values = {}
+        for line in self._get("/metrics").splitlines():
+            if line and not line.startswith("#"):
+                name, _sep, value = line.rpartition(" ")
+                values[name] = float(value)
+        return values
+
+    def log_text(self):
+        try:
+            return self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def wait_for(self, predicate, what, timeout=10.0, interval=0.02):
+        deadline = time.monotonic() + timeout
+        last_error = None
+        while time.monotonic() < deadline:
+            try:
+                if predicate():
+                    return
+            except Exception as exc:  # the condition may fail while things settle; report the last one
+                last_error = exc
+            time.sleep(interval)
+        raise AssertionError(f"timed out after {timeout}s waiting for {what} (last error: {last_error!r})\n"
+                             f"--- watcher log tail ---\n{self.log_text()[-4000:]}")
+
+
+def run_once(workdir, *extra, timeout=60, **settings):
+    """``--once`` (plus ``extra`` flags such as ``--dry-run``) with these settings; CompletedProcess."""
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    settings.setdefault("status_listen", "")
+    config = workdir / f"once-{time.monotonic_ns()}.json"
+    config.write_text(json.dumps(settings))
+    return subprocess.run(_command(config, "--once", *extra), capture_output=True, text=True, timeout=timeout,
+                          cwd=str(ROOT))
