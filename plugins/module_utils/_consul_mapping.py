@@ -77,7 +77,8 @@ class MappingOptions:
     passing_states: tuple = DEFAULT_PASSING
 
     def __post_init__(self):
-        if not isinstance(self.tag_key, str) or not self.tag_key or "=" in self.tag_key or self.tag_key.strip() != self.tag_key:
+        tag_key = self.tag_key
+        if not isinstance(tag_key, str) or not tag_key or "=" in tag_key or tag_key.strip() != tag_key:
             raise ValueError(f"tag_key must be a non-empty word without '=' or spaces, not {self.tag_key!r}")
         for what in ("include", "exclude"):
             value = getattr(self, what)

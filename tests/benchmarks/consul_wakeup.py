@@ -85,7 +85,8 @@ def main(argv=None):
             state["status"] = "critical" if state["status"] == "passing" else "passing"
             agent.set_status("b1", state["status"], wait=False)
 
-        for name, path in (("health_state_any", "/v1/health/state/any"), ("health_service", "/v1/health/service/bench")):
+        for name, path in (("health_state_any", "/v1/health/state/any"),
+                           ("health_service", "/v1/health/service/bench")):
             query = BlockingQuery(client, path, wait=30, min_interval=0)
             query.poll()
             samples = []

@@ -54,7 +54,8 @@ def test_gray_tag_selects_the_suffixed_upstream_and_default_means_none():
     ]})
     assert servers(result, "Webapp_b") == ["10.0.0.1:80"]
     assert servers(result, "Webapp") == ["10.0.0.1:81", "10.0.0.1:82"]
-    assert {item["id"]: item["upstream"] for item in result.instances} == {"a": "Webapp_b", "b": "Webapp", "c": "Webapp"}
+    upstream_of = {item["id"]: item["upstream"] for item in result.instances}
+    assert upstream_of == {"a": "Webapp_b", "b": "Webapp", "c": "Webapp"}
 
 
 def test_tag_key_is_configurable():
