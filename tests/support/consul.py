@@ -163,16 +163,14 @@ class ConsulAgent:
                 raise TimeoutError(f"consul at {self.url} had no leader after {timeout}s:\n{self.log_text()[-3000:]}")
             time.sleep(0.1)
 
-    def stop(self, timeout=15.0):
-        """SIGTERM, then SIGKILL after ``timeout``; safe to call twice."""
+    def _end(self, first_signal, timeout):
         process, self.process = self.process, None
         if process is not None and process.poll() is None:
             try:
-                os.killpg(process.pid, signal.SIGTERM)
+                os.killpg(process.pid, first_signal)
+                process.wait(timeout=timeout)
             except ProcessLookupError:
                 pass
-            try:
-                process.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
                 os.killpg(process.pid, signal.SIGKILL)
                 process.wait(timeout=10)
@@ -180,18 +178,13 @@ class ConsulAgent:
         self._registered.clear()
         self._external_nodes.clear()
 
+    def stop(self, timeout=15.0):
+        """SIGTERM, then SIGKILL after ``timeout``; safe to call twice."""
+        self._end(signal.SIGTERM, timeout)
+
     def kill(self):
         """SIGKILL at once (an agent that dies); safe to call twice."""
-        process, self.process = self.process, None
-        if process is not None and process.poll() is None:
-            try:
-                os.killpg(process.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            process.wait(timeout=10)
-        _LIVE.discard(self)
-        self._registered.clear()
-        self._external_nodes.clear()
+        self._end(signal.SIGKILL, 10)
 
     def restart(self, timeout=60.0):
         """Stop and start on the same ports. -dev keeps nothing: services are gone, indexes start over."""
