@@ -1,0 +1,196 @@
+-- swallowkeeper_dyups.balancer: balancer_by_lua for the `dyups_balancer` upstream.
+--
+--     upstream dyups_balancer {
+--         server 0.0.0.1:1 down;    # placeholder; "no live upstreams" (502) when Lua sets no peer
+--         balancer_by_lua_block { require("swallowkeeper_dyups.balancer").balance() }
+--         keepalive 64;             # after balancer_by_lua: idle connections kept per worker
+--     }
+--     log_by_lua_block { require("swallowkeeper_dyups.balancer").log() }   # http level
+--
+--     location / { set $dyups_upstream WebappReadonly_b; proxy_pass http://dyups_balancer; }
+--
+-- The upstream is the one $dyups_upstream names, looked up on every request in the worker's copy
+-- (cache.lua), which follows every change on the worker's next request.
+--
+-- Peer selection is nginx's round robin (ngx_http_upstream_round_robin.c), per worker:
+--   * smooth weighted round robin over the primary peers that are not down, not tried yet by this
+--     request, not failed (fails >= max_fails within fail_timeout) and below max_conns;
+--   * the backup peers only when no primary peer can be chosen;
+--   * nothing left: every peer's failure count is reset (nginx: "quick recovery") and the request
+--     gets 502 with "no live upstreams" in the error log;
+--   * one primary peer and no backup: it is used whenever it is not down (max_fails ignored).
+-- Retries: set_more_tries(peers - 1) on the first try, so proxy_next_upstream (and
+-- proxy_next_upstream_tries) decides as with a static upstream; each try picks an untried peer.
+-- Passive health: a try that fails (error, timeout, invalid header, or an http_* condition listed
+-- in proxy_next_upstream, as nginx's get_last_failure reports it) counts against its peer; the
+-- last try's outcome is read in the log phase (log()), where a success also clears the peer's
+-- failures once fail_timeout has passed, as nginx does.
+
+local ngx_balancer = require("ngx.balancer")
+local cache = require("swallowkeeper_dyups.cache")
+
+local ngx = ngx
+local var = ngx.var
+local set_current_peer = ngx_balancer.set_current_peer
+local set_more_tries = ngx_balancer.set_more_tries
+local get_last_failure = ngx_balancer.get_last_failure
+local ngx_time, byte, floor = ngx.time, string.byte, math.floor
+local log, ERR, WARN = ngx.log, ngx.ERR, ngx.WARN
+
+local _M = {}
+
+-- nginx's ngx_http_upstream_get_peer: smooth weighted round robin over the usable peers.
+local function pick_from(peers, tried, now)
+    local best, total = nil, 0
+    for i = 1, #peers do
+        local peer = peers[i]
+        if not peer.down
+            and not (tried and tried[peer])
+            and not (peer.max_fails > 0 and peer.fails >= peer.max_fails and now - peer.checked <= peer.fail_timeout)
+            and not (peer.max_conns > 0 and peer.conns >= peer.max_conns)
+        then
+            local effective = peer.effective
+            peer.current = peer.current + effective
+            total = total + effective
+            if effective < peer.weight then
+                peer.effective = effective + 1
+            end
+            if best == nil or peer.current > best.current then
+                best = peer
+            end
+        end
+    end
+    if best then
+        best.current = best.current - total
+        if now - best.checked > best.fail_timeout then
+            best.checked = now
+        end
+    end
+    return best
+end
+
+local function reset_fails(peers)
+    for i = 1, #peers do
+        peers[i].fails = 0
+    end
+end
+
+local function pick(ups, ctx, now)
+    if ups.single then
+        local peer = ups.primary[1]
+        if peer.down or (peer.max_conns > 0 and peer.conns >= peer.max_conns) or ctx.dyups_tried then
+            return nil
+        end
+        return peer
+    end
+    local tried = ctx.dyups_tried
+    local peer
+    if not ctx.dyups_in_backup then
+        peer = pick_from(ups.primary, tried, now)
+        if peer == nil and #ups.backup > 0 then
+            ctx.dyups_in_backup = true
+        end
+    end
+    if peer == nil and ctx.dyups_in_backup then
+        peer = pick_from(ups.backup, tried, now)
+    end
+    if peer == nil then
+        -- all peers failed: mark them live for quick recovery (nginx does the same)
+        reset_fails(ups.primary)
+        reset_fails(ups.backup)
+    end
+    return peer
+end
+
+-- nginx's ngx_http_upstream_free_round_robin_peer.
+local function release(ups, peer, failed)
+    peer.conns = peer.conns - 1
+    if ups.single then
+        return
+    end
+    if failed then
+        local now = ngx_time()
+        peer.fails = peer.fails + 1
+        peer.accessed = now
+        peer.checked = now
+        if peer.max_fails > 0 then
+            peer.effective = peer.effective - floor(peer.weight / peer.max_fails)
+            if peer.fails >= peer.max_fails then
+                log(WARN, "dyups: upstream server ", peer.name, " of \"", ups.name,
+                    "\" temporarily disabled (", peer.fails, " failures, max_fails=", peer.max_fails, ")")
+            end
+        end
+        if peer.effective < 0 then
+            peer.effective = 0
+        end
+    elseif peer.accessed < peer.checked then
+        peer.fails = 0
+    end
+end
+
+function _M.balance()
+    local ctx = ngx.ctx
+    local ups = ctx.dyups_ups
+    if ups == nil then
+        local name = var.dyups_upstream
+        cache.sync()
+        ups = name and name ~= "" and cache.lookup(name)
+        if not ups then
+            if name == nil or name == "" then
+                log(ERR, "dyups: $dyups_upstream is empty: no upstream to proxy to")
+            else
+                log(ERR, "dyups: upstream \"", name, "\" not found")
+            end
+            return   -- no peer set: the placeholder server is down, nginx answers 502
+        end
+        ctx.dyups_ups = ups
+        if ups.tries > 1 then
+            set_more_tries(ups.tries - 1)
+        end
+    else
+        local previous = ctx.dyups_peer
+        if previous then
+            local state = get_last_failure()
+            release(ups, previous, state == "failed")
+            ctx.dyups_peer = nil
+            local tried = ctx.dyups_tried
+            if not tried then
+                tried = {}
+                ctx.dyups_tried = tried
+            end
+            tried[previous] = true
+        end
+    end
+    local peer = pick(ups, ctx, ngx_time())
+    if not peer then
+        log(ERR, "dyups: no live upstreams in \"", ups.name, "\"")
+        return
+    end
+    peer.conns = peer.conns + 1
+    ctx.dyups_peer = peer
+    local ok, err = set_current_peer(peer.host, peer.port)
+    if not ok then
+        log(ERR, "dyups: cannot use peer ", peer.name, " of \"", ups.name, "\": ", err)
+    end
+end
+
+-- Log phase: the outcome of the last try. A try failed when no response header came and nginx
+-- answered 502 (error, invalid header) or 504 (timeout); a 5xx that the backend sent itself is a
+-- response, as nginx counts it when no retry is left.
+function _M.log()
+    local ctx = ngx.ctx
+    local peer = ctx.dyups_peer
+    if peer == nil then
+        return
+    end
+    ctx.dyups_peer = nil
+    local failed = false
+    local status = ngx.status
+    if status == 502 or status == 504 then
+        local header_time = var.upstream_header_time
+        failed = header_time == nil or byte(header_time, -1) == 45   -- "-": no header from the last try
+    end
+    release(ctx.dyups_ups, peer, failed)
+end
+
+return _M

@@ -1,0 +1,107 @@
+-- swallowkeeper_dyups.cache: each worker's own copy of the upstreams, ready for the balancer.
+--
+-- sync() compares the shared version with the worker's (one shared-dict read) and, when it moved,
+-- rebuilds the upstreams the journal names (all of them when the journal does not reach back far
+-- enough). Nothing is decoded on a request unless something changed; the per-peer balancing state
+-- (weights, failures, connection counts) lives here and is per worker, like nginx's own round
+-- robin without a `zone`. A replaced upstream starts with fresh peer state, as in Tengine.
+
+local state = require("swallowkeeper_dyups.state")
+local upstream = require("swallowkeeper_dyups.upstream")
+local rules = require("swallowkeeper_dyups.rules")
+
+local ngx = ngx
+local lower, pairs = string.lower, pairs
+
+local _M = {}
+
+local by_key = {}    -- lower-case name -> upstream
+local by_name = {}   -- names as requests spell them -> upstream (emptied on every change)
+local version = -1
+local dict
+
+-- The balancer's view of a record: peers (one per resolved address, as nginx makes them).
+local function build(record)
+    local ups = { name = record.name, record = record, primary = {}, backup = {} }
+    for i = 1, #record.servers do
+        local s = record.servers[i]
+        local list = s.backup and ups.backup or ups.primary
+        for j = 1, #s.ips do
+            list[#list + 1] = {
+                host = s.ips[j], port = s.port, name = rules.server_address(s.ips[j], s.port),
+                weight = s.weight, effective = s.weight, current = 0,
+                max_fails = s.max_fails, fail_timeout = s.fail_timeout, max_conns = s.max_conns,
+                down = s.down, fails = 0, checked = 0, accessed = 0, conns = 0,
+            }
+        end
+    end
+    ups.tries = #ups.primary + #ups.backup
+    ups.single = #ups.primary == 1 and #ups.backup == 0
+    return ups
+end
+
+local function load(key, encoded)
+    if not encoded then
+        by_key[key] = nil
+        return
+    end
+    local record, err = upstream.decode(encoded)
+    if not record then
+        ngx.log(ngx.ERR, "dyups: ", err)
+        by_key[key] = nil
+        return
+    end
+    by_key[key] = build(record)
+end
+
+function _M.sync()
+    if not dict then
+        dict = state.dict()
+    end
+    local current = dict:get("v") or 0
+    if current == version then
+        return
+    end
+    local keys = version >= 0 and current > version and state.changes(version, current)
+    if keys then
+        local done = {}
+        for i = 1, #keys do
+            local key = keys[i]
+            if not done[key] then
+                done[key] = true
+                load(key, state.get(key))
+            end
+        end
+    else
+        by_key = {}
+        for key, encoded in pairs(state.all()) do
+            load(key, encoded)
+        end
+    end
+    by_name = {}
+    version = current
+end
+
+-- The upstream a request names (case-insensitive, like nginx), or nil. Call sync() first.
+function _M.lookup(name)
+    local ups = by_name[name]
+    if ups then
+        return ups
+    end
+    ups = by_key[lower(name)]
+    if ups then
+        by_name[name] = ups
+    end
+    return ups
+end
+
+-- { key = upstream } of every upstream this worker holds (after sync()).
+function _M.all()
+    return by_key
+end
+
+function _M.version()
+    return version
+end
+
+return _M

@@ -1,0 +1,224 @@
+-- swallowkeeper_dyups.state: the upstreams in a lua_shared_dict, shared by all workers.
+--
+-- Keys of the dict (lua_shared_dict dyups_state 16m; by default):
+--   "v"         version, a number; +1 on every change (POST or DELETE)
+--   "u:<key>"   one upstream (upstream.encode), key = lower-case name
+--   "j:<n>"     journal: "<version> <key>" of the change that made version n (slot n % JOURNAL)
+--   "lock"      writers' mutex (add / delete, with an expiry in case a worker dies holding it)
+--   "loaded"    set once the upstream file was loaded: a HUP reload keeps the dict and must not
+--               load the file over what the interface changed since
+--
+-- Workers keep a local copy (cache.lua) and compare "v" on every request: one shared-memory read.
+-- When it moved, they read the journal entries since their own version and refresh only those
+-- upstreams; when they fell more than JOURNAL changes behind, they reload everything.
+--
+-- init(options) is called from init_by_lua (in the master, at start and at every HUP, and by
+-- `nginx -t`):
+--   dict            name of the lua_shared_dict (default "dyups_state")
+--   upstream_file   path of the upstream file to load at start (default: none)
+--   lock_timeout    seconds a writer waits for another one before answering 409 (default 1)
+
+local upstream = require("swallowkeeper_dyups.upstream")
+
+local ngx = ngx
+local format, sub, find, tonumber = string.format, string.sub, string.find, tonumber
+
+local _M = {}
+
+local JOURNAL = 1024
+local LOCK_EXPIRY = 5
+
+local config = { dict = "dyups_state", upstream_file = nil, lock_timeout = 1 }
+_M.config = config
+_M.JOURNAL = JOURNAL
+
+local shared
+
+function _M.dict()
+    if not shared then
+        shared = ngx.shared[config.dict]
+        if not shared then
+            error(format("lua_shared_dict %s is not defined (swallowkeeper_dyups.state)", config.dict))
+        end
+    end
+    return shared
+end
+
+function _M.version()
+    return _M.dict():get("v") or 0
+end
+
+-- Keys changed after version `from` up to `to`, or nil when the journal does not reach back that far.
+function _M.changes(from, to)
+    local dict = _M.dict()
+    if to - from > JOURNAL then
+        return nil
+    end
+    local keys = {}
+    for version = from + 1, to do
+        local entry = dict:get("j:" .. (version % JOURNAL))
+        if not entry then
+            return nil
+        end
+        local space = find(entry, " ", 1, true)
+        if tonumber(sub(entry, 1, space - 1)) ~= version then
+            return nil
+        end
+        keys[#keys + 1] = sub(entry, space + 1)
+    end
+    return keys
+end
+
+-- The encoded upstream stored under `key`, or nil.
+function _M.get(key)
+    return _M.dict():get("u:" .. key)
+end
+
+-- { key = encoded } of every stored upstream.
+function _M.all()
+    local dict = _M.dict()
+    local out = {}
+    local keys = dict:get_keys(0)
+    for i = 1, #keys do
+        local k = keys[i]
+        if sub(k, 1, 2) == "u:" then
+            local value = dict:get(k)
+            if value then
+                out[sub(k, 3)] = value
+            end
+        end
+    end
+    return out
+end
+
+local function publish(dict, key)
+    local version = (dict:get("v") or 0) + 1
+    local ok, err = dict:safe_set("j:" .. (version % JOURNAL), version .. " " .. key)
+    if not ok then
+        -- workers that miss the entry reload everything: slower, still correct
+        ngx.log(ngx.WARN, "dyups: journal entry for version ", version, " not stored: ", err)
+    end
+    dict:set("v", version)
+    return version
+end
+
+-- Run fn(dict) holding the writers' lock; nil, "busy" when another writer held it for lock_timeout.
+local function locked(fn)
+    local dict = _M.dict()
+    local deadline = ngx.now() + config.lock_timeout
+    while true do
+        local ok, err = dict:add("lock", ngx.worker.pid(), LOCK_EXPIRY)
+        if ok then
+            break
+        end
+        if err ~= "exists" then
+            return nil, "the lock could not be taken: " .. tostring(err)
+        end
+        if ngx.now() >= deadline then
+            return nil, "busy"
+        end
+        ngx.sleep(0.001)
+        ngx.update_time()
+    end
+    local ok, result, err = pcall(fn, dict)
+    dict:delete("lock")
+    if not ok then
+        return nil, result
+    end
+    return result, err
+end
+
+-- Store a record (create or replace). Returns the new version, or nil and "busy" / a reason.
+function _M.put(record)
+    local key = upstream.key(record.name)
+    local encoded = upstream.encode(record)
+    return locked(function(dict)
+        local ok, err = dict:safe_set("u:" .. key, encoded)
+        if not ok then
+            return nil, format("the shared dict %s is full (%s); give lua_shared_dict more memory", config.dict,
+                               tostring(err))
+        end
+        return publish(dict, key)
+    end)
+end
+
+-- Delete an upstream. Returns the new version, false when there was none, or nil and a reason.
+function _M.delete(name)
+    local key = upstream.key(name)
+    return locked(function(dict)
+        if dict:get("u:" .. key) == nil then
+            return false
+        end
+        dict:delete("u:" .. key)
+        return publish(dict, key)
+    end)
+end
+
+local function read_file(path)
+    local handle, err = io.open(path, "rb")
+    if not handle then
+        if find(err or "", "No such file", 1, true) then
+            return ""
+        end
+        return nil, err
+    end
+    local text = handle:read("*a")
+    handle:close()
+    return text
+end
+
+-- Load the upstream file into an empty dict. Raises (so nginx refuses to start, and `nginx -t`
+-- fails) when the file breaks the rules; logs and leaves out upstreams this flavor cannot take.
+local function load_file(dict, path)
+    local text, err = read_file(path)
+    if not text then
+        error(format("swallowkeeper_dyups: cannot read the upstream file %s: %s", path, err), 0)
+    end
+    local records, skipped = upstream.parse_file(text)
+    if not records then
+        error(format("swallowkeeper_dyups: the upstream file %s is not valid: %s", path, skipped), 0)
+    end
+    for i = 1, #skipped do
+        ngx.log(ngx.ERR, "dyups: upstream \"", skipped[i][1], "\" of ", path, " left out: ", skipped[i][2])
+    end
+    for i = 1, #records do
+        local record = records[i]
+        local ok
+        ok, err = dict:safe_set("u:" .. upstream.key(record.name), upstream.encode(record))
+        if not ok then
+            error(format("swallowkeeper_dyups: the shared dict %s is too small for %s: %s", config.dict, path,
+                         tostring(err)), 0)
+        end
+    end
+    return #records, #skipped
+end
+
+function _M.init(options)
+    for key, value in pairs(options or {}) do
+        if config[key] == nil and key ~= "upstream_file" then
+            error("swallowkeeper_dyups.state.init: unknown option " .. tostring(key), 2)
+        end
+        config[key] = value
+    end
+    shared = nil
+    local dict = _M.dict()
+    if dict:get("loaded") then
+        local count = 0
+        for _ in pairs(_M.all()) do
+            count = count + 1
+        end
+        ngx.log(ngx.NOTICE, "dyups: kept ", count, " upstreams of the running configuration (version ",
+                _M.version(), ")")
+        return
+    end
+    local loaded, skipped = 0, 0
+    if config.upstream_file and config.upstream_file ~= "" then
+        loaded, skipped = load_file(dict, config.upstream_file)
+        ngx.log(ngx.NOTICE, "dyups: loaded ", loaded, " upstreams from ", config.upstream_file,
+                skipped > 0 and format(" (%d left out, see above)", skipped) or "")
+    end
+    dict:set("v", (dict:get("v") or 0) + 1)
+    dict:set("loaded", true)
+end
+
+return _M
