@@ -293,23 +293,28 @@ def _from_string(text):
     return Server(host=host, port=port, **values)
 
 
+def _dict_host(data):
+    if not isinstance(data["host"], str):
+        _fail(data, "host must be a string")
+    host = data["host"]
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    return parse_host(host, data)
+
+
 def _from_dict(data):
     unknown = sorted(set(data) - set(("address", "host", "port") + PARAMETERS))
     if unknown:
         _fail(data, f"unknown key(s) {', '.join(unknown)}; known: address, host, port, {', '.join(PARAMETERS)}")
     if "address" in data and data["address"] is not None:
-        if data.get("host") is not None:
-            _fail(data, "give either address or host (with port), not both")
         host, port = parse_address(data["address"], data)
-        if data.get("port") is not None:
-            _fail(data, "the port belongs in address ('host:port') when address is given")
+        # Server.to_dict() gives address, host and port: accept all three when they agree, so it parses back.
+        if data.get("host") is not None and _dict_host(data) != host:
+            _fail(data, "host and address disagree; give either address or host (with port)")
+        if data.get("port") is not None and parse_port(data["port"], data) != port:
+            _fail(data, "port and address disagree; give either address ('host:port') or host and port")
     elif data.get("host") is not None:
-        if not isinstance(data["host"], str):
-            _fail(data, "host must be a string")
-        host = data["host"]
-        if host.startswith("[") and host.endswith("]"):
-            host = host[1:-1]
-        host = parse_host(host, data)
+        host = _dict_host(data)
         port = DEFAULT_PORT if data.get("port") is None else parse_port(data["port"], data)
     else:
         _fail(data, "a server needs address ('host:port') or host")

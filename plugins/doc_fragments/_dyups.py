@@ -1,0 +1,28 @@
+# -*- coding: utf-8 -*-
+# Private to swallowkeeper.dyups: the documentation of the dyups connection options (_dyups_options.py).
+# Copyright: swallowkeeper.dyups contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import annotations
+
+
+class ModuleDocFragment:
+    DOCUMENTATION = r"""
+options:
+  api_url:
+    description:
+      - Base URL of the dyups interface (Tengine's C(dyups_interface), or the stock nginx Lua flavor), as seen
+        from the managed node.
+      - The interface usually listens on loopback only, so the task runs on the nginx host itself.
+      - Set it for every dyups module at once with C(module_defaults) and the group
+        C(group/swallowkeeper.dyups.dyups).
+    type: str
+    default: http://127.0.0.1:18882
+  timeout:
+    description:
+      - Seconds to wait for each answer from the interface.
+      - A 409 answer (busy, C(dyups_trylock on)) is sent again up to six times, with pauses that double from 0.05
+        to 1 second (about 2.5 seconds in all).
+    type: float
+    default: 5.0
+"""

@@ -1,0 +1,467 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright: swallowkeeper.dyups contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+module: dyups_upstream
+short_description: Create, replace and delete nginx upstreams through the dyups interface, without a reload
+version_added: 0.1.0
+description:
+  - Manages upstreams through the dyups REST interface of Tengine (or of stock nginx with the Lua flavor that copies
+    it): one upstream with O(name) and O(servers), or many at once with O(upstreams).
+  - Every input (upstream names, servers, directives) is checked before anything is sent or written. A name such
+    as C(bad name) or C(x{y), a port 0 or 70000, C(weight=0) or an unknown parameter such as C(foo=1) fails the task
+    with a message that names the value and the rule, and nothing changes. Tengine itself would store such a name
+    and break the next reload, or answer 500.
+  - Idempotent. The servers are compared with what C(GET /detail) shows (not C(GET /upstream/NAME), which drops
+    weights), in any order. Host names are compared by the addresses they resolve to on the managed node, since
+    the interface shows addresses. An upstream that already has the desired servers is not sent again.
+  - dyups keeps what it is told in memory only; a reload or restart of nginx rebuilds upstreams from the
+    configuration. With O(upstream_conf) the module writes the upstream file B(first), atomically, and calls the
+    interface after, so that the change survives the next reload.
+  - A POST replaces the whole upstream. Directives that the upstream file holds for an upstream (C(keepalive),
+    C(check) ...) are therefore sent with its servers unless O(directives) says otherwise.
+author:
+  - swallowkeeper.dyups contributors
+extends_documentation_fragment:
+  - swallowkeeper.dyups._dyups
+attributes:
+  check_mode:
+    support: full
+    description: Reads C(/detail) and the upstream file, sends nothing, writes nothing, and reports what would change.
+  diff_mode:
+    support: full
+    description:
+      - The C(/detail) lines of every upstream to be sent or deleted, before and after.
+      - With O(upstream_conf), the upstream file's text before and after.
+  action_group:
+    support: full
+    membership:
+      - swallowkeeper.dyups.dyups
+options:
+  name:
+    description:
+      - Name of the one upstream to manage.
+      - 1 to 128 characters from C(A-Z a-z 0-9 _ . -), starting with a letter, a digit or C(_).
+      - Mutually exclusive with O(upstreams); one of the two is required.
+    type: str
+  servers:
+    description:
+      - Servers of the upstream O(name), required with O(state=present).
+      - Each one a string in nginx's syntax without C(server) and C(;), like V(10.0.0.1:8080 weight=2 max_fails=3
+        fail_timeout=5s backup), or a dict with C(address) (or C(host) and C(port)) and the parameters C(weight),
+        C(max_fails), C(fail_timeout), C(max_conns), C(backup), C(down).
+      - A host is a dotted IPv4 address, an IPv6 address in brackets (V([2001:db8::1]:8080)) or a host name; the port
+        is 1-65535 (default 80). C(weight) is 1-10000, C(max_fails) 0-10000, C(fail_timeout) whole seconds
+        (V(10), V(10s), V(2m)), C(max_conns) 0-1000000.
+      - On the command line, V(servers=10.0.0.1:8080,10.0.0.2:8080) is a list of two servers.
+    type: list
+    elements: raw
+  directives:
+    description:
+      - Upstream-level directives of O(name), one per entry, like V(keepalive 32), V(least_conn),
+        V(check interval=3000 rise=2 fall=5 timeout=1000 type=http).
+      - Known directives are C(ip_hash), C(least_conn), C(hash), C(keepalive), C(keepalive_timeout),
+        C(keepalive_requests), C(check), C(check_http_send), C(check_http_expect_alive), C(check_keepalive_requests).
+      - When not set, the directives that O(upstream_conf) holds for the upstream are kept (and sent, since a POST
+        replaces the whole upstream). V([]) removes them.
+      - C(/detail) does not show directives. Without O(upstream_conf) a change of directives alone is only sent
+        with O(force=true).
+    type: list
+    elements: str
+  state:
+    description:
+      - V(present) creates or replaces the upstream(s); V(absent) deletes them.
+      - With O(state=absent) and O(upstreams), every key of O(upstreams) is deleted (the values are ignored).
+    type: str
+    choices: [present, absent]
+    default: present
+  upstreams:
+    description:
+      - Bulk form, instead of O(name), O(servers) and O(directives). Each key is an upstream name, each value its
+        list of servers (as in O(servers)), or a dict with the keys C(servers) and C(directives) (as in
+        O(directives)).
+      - Every upstream is checked before anything is sent; one bad entry fails the task and changes nothing.
+      - The RV(swallowkeeper.dyups.consul_services#module:upstreams) value of M(swallowkeeper.dyups.consul_services)
+        and the RV(swallowkeeper.dyups.dyups_upstream_info#module:upstreams) value of
+        M(swallowkeeper.dyups.dyups_upstream_info) have this form.
+    type: dict
+  exclusive:
+    description:
+      - With O(upstreams) and O(upstream_conf), also delete the upstreams that the upstream file holds and
+        O(upstreams) does not name, from the file and from the interface.
+      - Upstreams that the file does not hold (defined in C(nginx.conf), or added by someone else) are never deleted.
+    type: bool
+    default: false
+  upstream_conf:
+    description:
+      - Path of the upstream file on the managed node (C(upstream NAME { server ...; }) blocks, C(include)d by
+        nginx, or read through C(dyups_upstream_conf) by Tengine 2.1).
+      - When set, the file is updated first (temporary file in the same directory, C(fsync), O(validate), rename;
+        mode and owner kept), then the interface. If the interface then fails, the file already holds the change
+        and the task fails saying so.
+      - The file holds only upstreams written by this module (or the swallowkeeper watcher), one block each.
+    type: path
+  backup:
+    description:
+      - Keep a time-stamped copy of O(upstream_conf) before replacing it. Its path is returned in RV(backup_file).
+    type: bool
+    default: false
+  validate:
+    description:
+      - Command run on the new upstream file before it replaces the old one; C(%s) is replaced by the new file's path.
+        When it fails, the old file stays and nothing is sent.
+      - For example V(/usr/sbin/nginx -t -q -c /etc/nginx/check-upstreams.conf -g "include %s;") with a small
+        configuration that includes nothing else.
+    type: str
+  resolve_check:
+    description:
+      - Check that every host name in the servers resolves on the managed node before anything is sent or written.
+        Tengine answers 500 to a name that it cannot resolve, which may leave nginx needing a reload.
+    type: bool
+    default: true
+  force:
+    description:
+      - Send every upstream with O(state=present) even when C(/detail) already shows its servers.
+      - Needed to push a change of directives alone when there is no O(upstream_conf) (C(/detail) shows no directives).
+    type: bool
+    default: false
+notes:
+  - Run the task on the nginx host; the interface usually listens on loopback only.
+  - C(proxy_pass) must name the upstream through a variable (C(set $ups NAME; proxy_pass http://$ups;)) for dyups
+    changes to take effect.
+  - Tengine applies a change in the worker that received it at once and in the others after
+    C(dyups_read_msg_timeout).
+seealso:
+  - module: swallowkeeper.dyups.dyups_upstream_info
+  - module: swallowkeeper.dyups.consul_services
+"""
+
+EXAMPLES = r"""
+- name: One upstream with two servers
+  swallowkeeper.dyups.dyups_upstream:
+    name: WebappReadonly_b
+    servers:
+      - 10.117.17.21:8180
+      - 10.117.17.22:8180 weight=2
+
+- name: The same with dicts, kept in the upstream file first so that it survives a reload
+  swallowkeeper.dyups.dyups_upstream:
+    name: WebappReadonly_b
+    servers:
+      - address: 10.117.17.21:8180
+      - address: 10.117.17.22:8180
+        weight: 2
+    directives:
+      - keepalive 32
+    upstream_conf: /etc/nginx/dyups.upstream.conf
+    backup: true
+
+- name: All upstreams the file manages, at once; those no longer listed are deleted
+  swallowkeeper.dyups.dyups_upstream:
+    upstreams:
+      WebappReadonly:
+        - 10.117.17.11:8180
+        - 10.117.17.12:8180
+      WebappReadonly_b:
+        servers:
+          - 10.117.17.21:8180
+          - 10.117.17.22:8180 backup
+        directives:
+          - keepalive 16
+    exclusive: true
+    upstream_conf: /etc/nginx/dyups.upstream.conf
+
+- name: Delete an upstream
+  swallowkeeper.dyups.dyups_upstream:
+    name: WebappReadonly_b
+    state: absent
+    upstream_conf: /etc/nginx/dyups.upstream.conf
+
+- name: Point every dyups task of a play at another interface
+  module_defaults:
+    group/swallowkeeper.dyups.dyups:
+      api_url: http://127.0.0.1:18883
+      timeout: 3
+  block:
+    - name: Mark one server down
+      swallowkeeper.dyups.dyups_upstream:
+        name: WebappReadonly_b
+        servers:
+          - 10.117.17.21:8180 down
+          - 10.117.17.22:8180
+"""
+
+RETURN = r"""
+upstreams:
+  description:
+    - Per upstream, what was (or, in check mode, would be) done.
+    - C(action) is V(create), V(update), V(delete) or V(none); C(request) the request sent (V(POST), V(DELETE) or
+      null); C(before) the servers C(/detail) showed (null when the interface did not hold the upstream);
+      C(after) the desired servers (null for a deletion); C(directives) the desired directives; C(added) and
+      C(removed) the servers (as C(/detail) shows them) that appear and disappear; a changed parameter counts as
+      removed and added.
+  returned: always
+  type: dict
+  sample:
+    WebappReadonly_b:
+      action: update
+      request: POST
+      before: ["10.117.17.21:8180"]
+      after: ["10.117.17.21:8180", "10.117.17.22:8180 weight=2"]
+      directives: []
+      added: ["10.117.17.22:8180 weight=2"]
+      removed: []
+requests:
+  description: The requests that were sent, in order (none in check mode).
+  returned: always
+  type: list
+  elements: str
+  sample: ["POST /upstream/WebappReadonly_b"]
+file_changed:
+  description: Whether O(upstream_conf) was (or, in check mode, would be) replaced.
+  returned: always
+  type: bool
+  sample: true
+backup_file:
+  description: Path of the copy of O(upstream_conf) made before it was replaced.
+  returned: when O(backup=true) and the file was replaced
+  type: str
+  sample: /etc/nginx/dyups.upstream.conf.1234.2024-05-01@12:00:00~
+"""
+
+import socket
+
+from ansible.module_utils.basic import AnsibleModule
+
+from ansible_collections.swallowkeeper.dyups.plugins.module_utils import _upstream_file
+from ansible_collections.swallowkeeper.dyups.plugins.module_utils._dyups_options import (
+    dyups_argument_spec, dyups_client_from_params)
+from ansible_collections.swallowkeeper.dyups.plugins.module_utils._errors import (
+    DyupsError, ValidationError)
+from ansible_collections.swallowkeeper.dyups.plugins.module_utils._names import validate_name
+from ansible_collections.swallowkeeper.dyups.plugins.module_utils._plan import (
+    desired_upstream, interface_text, plan)
+from ansible_collections.swallowkeeper.dyups.plugins.module_utils._servers import parse_host
+from ansible_collections.swallowkeeper.dyups.plugins.module_utils._upstream import upstream_from_spec
+
+
+def argument_spec():
+    spec = dyups_argument_spec()
+    spec.update(
+        name=dict(type="str"),
+        servers=dict(type="list", elements="raw"),
+        directives=dict(type="list", elements="str"),
+        state=dict(type="str", default="present", choices=["present", "absent"]),
+        upstreams=dict(type="dict"),
+        exclusive=dict(type="bool", default=False),
+        upstream_conf=dict(type="path"),
+        backup=dict(type="bool", default=False),
+        validate=dict(type="str"),
+        resolve_check=dict(type="bool", default=True),
+        force=dict(type="bool", default=False),
+    )
+    return spec
+
+
+def requested(params):
+    """The request as {name: (servers, directives or None)}, or {name: None} to delete; all of it validated.
+
+    Raises ValidationError for the first bad name, server or directive.
+    """
+    absent = params["state"] == "absent"
+    if params["exclusive"] and absent:
+        raise ValidationError("exclusive", True, "applies to state=present only")
+    if params["validate"] and "%s" not in params["validate"]:
+        raise ValidationError("validate command", params["validate"], "must contain %s, replaced by the new file's path")
+    if params["name"] is not None:
+        if absent and (params["servers"] or params["directives"]):
+            raise ValidationError("state", "absent", "takes no servers or directives")
+        specs = {params["name"]: None if absent else {"servers": params["servers"], "directives": params["directives"]}}
+    else:
+        specs = {name: None if absent else spec for name, spec in params["upstreams"].items()}
+    wanted = {}
+    for name, spec in specs.items():
+        validate_name(name)
+        if spec is None:
+            wanted[name] = None
+            continue
+        upstream_from_spec(name, spec)  # the whole check, before the upstream file is even read
+        if isinstance(spec, dict):
+            wanted[name] = (spec.get("servers"), spec.get("directives"))
+        else:
+            wanted[name] = (spec, None)
+    return wanted
+
+
+def make_resolver(getaddrinfo=socket.getaddrinfo):
+    """host -> sorted canonical addresses it resolves to on this node (cached; [] when it does not resolve)."""
+    cache = {}
+
+    def resolve(host):
+        if host not in cache:
+            try:
+                infos = getaddrinfo(host, None, 0, socket.SOCK_STREAM)
+            except (OSError, UnicodeError):
+                infos = []
+            addresses = set()
+            for family, _type, _proto, _name, sockaddr in infos:
+                if family in (socket.AF_INET, socket.AF_INET6):
+                    addresses.add(parse_host(sockaddr[0].split("%")[0]))
+            cache[host] = sorted(addresses)
+        return cache[host]
+
+    return resolve
+
+
+def check_resolvable(desired, resolve):
+    for upstream in desired.values():
+        if upstream is None:
+            continue
+        for server in upstream.servers:
+            if server.kind == "hostname" and not resolve(server.host):
+                raise ValidationError(
+                    "server", server.spec(),
+                    f"the host name {server.host!r} (upstream {upstream.name}) does not resolve on this host, and "
+                    "Tengine answers 500 to a name it cannot resolve; fix the name or set resolve_check=false")
+
+
+def read_file(path):
+    """(text or None, {name: Upstream}) of the upstream file; an absent file holds nothing."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            text = handle.read()
+    except FileNotFoundError:
+        return None, {}
+    return text, _upstream_file.parse(text)
+
+
+class Runner:
+    def __init__(self, module):
+        self.module = module
+        self.params = module.params
+        self.path = self.params["upstream_conf"]
+        self.result = dict(changed=False, upstreams={}, requests=[], file_changed=False)
+        self.file_written = False
+
+    def fail(self, msg, **extra):
+        self.result.update(extra)
+        self.module.fail_json(msg=msg, **self.result)
+
+    def file_note(self):
+        if self.file_written:
+            return (f" The upstream file {self.path} was written before the request and already holds the desired "
+                    "state, so a reload of nginx applies it.")
+        if self.path:
+            return f" The upstream file {self.path} holds the desired state."
+        return ""
+
+    def run(self):
+        try:
+            wanted = requested(self.params)
+            client = dyups_client_from_params(self.params)
+        except ValidationError as exc:
+            self.fail(f"{exc}. Nothing was sent or written.")
+        resolve = make_resolver()
+        file_text, file_upstreams = None, None
+        try:
+            if self.path:
+                file_text, file_upstreams = read_file(self.path)
+            desired = {name: None if spec is None else desired_upstream(name, spec[0], spec[1], file_upstreams)
+                       for name, spec in wanted.items()}
+            if self.params["resolve_check"]:
+                check_resolvable(desired, resolve)
+        except ValidationError as exc:
+            self.fail(f"{exc}. Nothing was sent or written.")
+        except OSError as exc:
+            self.fail(f"cannot read the upstream file {self.path}: {exc.strerror or exc}. Nothing was sent or written.")
+
+        detail_error = None
+        try:
+            detail = client.detail()
+        except DyupsError as exc:
+            if self.module.check_mode or not self.path:
+                self.fail(f"{exc}. Nothing was sent or written.")
+            detail, detail_error = None, exc
+
+        the_plan = plan(desired, detail, file_upstreams, exclusive=self.params["exclusive"],
+                        force=self.params["force"], resolve=resolve)
+        new_text = None
+        if the_plan.file_after is not None and (file_text is not None or the_plan.file_after):
+            new_text = _upstream_file.render(the_plan.file_after.values())
+        file_changed = new_text is not None and new_text != file_text
+        self.result.update(
+            changed=file_changed or bool(the_plan.posts or the_plan.deletes),
+            upstreams={change.name: change.to_result() for change in the_plan.changes},
+            file_changed=file_changed,
+        )
+        if self.module._diff:
+            self.result["diff"] = self.diff(the_plan, client.api_url, file_text, new_text if file_changed else file_text)
+        if self.module.check_mode:
+            self.module.exit_json(**self.result)
+
+        if file_changed:
+            self.write_file(new_text)
+        if detail_error is not None:
+            self.fail(f"{detail_error}. Nothing was sent to the interface.{self.file_note()}")
+        self.apply(client, the_plan)
+        self.module.exit_json(**self.result)
+
+    def write_file(self, text):
+        try:
+            backup_file = _upstream_file.replace_file(self.path, text, backup=self.params["backup"],
+                                                      validate=self.params["validate"])
+        except _upstream_file.ValidateCommandFailed as exc:
+            self.fail(f"{exc}. The upstream file {self.path} was not changed and nothing was sent.",
+                      changed=False, file_changed=False)
+        except OSError as exc:
+            self.fail(f"cannot write the upstream file {self.path}: {exc.strerror or exc}. "
+                      "It was not changed and nothing was sent.", changed=False, file_changed=False)
+        self.file_written = True
+        if backup_file:
+            self.result["backup_file"] = backup_file
+
+    def apply(self, client, the_plan):
+        requests = self.result["requests"]
+        for upstream in the_plan.posts:
+            try:
+                client.update(upstream)
+            except DyupsError as exc:
+                self.fail(f"upstream {upstream.name}: {exc}.{self.file_note()}", changed=bool(requests) or self.file_written)
+            requests.append(f"POST /upstream/{upstream.name}")
+        for name in the_plan.deletes:
+            try:
+                client.delete(name)
+            except DyupsError as exc:
+                self.fail(f"upstream {name}: {exc}.{self.file_note()}", changed=bool(requests) or self.file_written)
+            requests.append(f"DELETE /upstream/{name}")
+
+    def diff(self, the_plan, api_url, file_text, new_text):
+        header = f"dyups {api_url}/detail"
+        diffs = [dict(before_header=header, after_header=header,
+                      before=interface_text(the_plan.changes, "before"),
+                      after=interface_text(the_plan.changes, "after"))]
+        if self.path:
+            diffs.append(dict(before_header=self.path, after_header=self.path,
+                              before=file_text or "", after=new_text or ""))
+        return diffs
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec=argument_spec(),
+        supports_check_mode=True,
+        mutually_exclusive=[("name", "upstreams"), ("servers", "upstreams"), ("directives", "upstreams")],
+        required_one_of=[("name", "upstreams")],
+        required_if=[("exclusive", True, ("upstreams", "upstream_conf")),
+                     ("backup", True, ("upstream_conf",))],
+        required_by={"validate": ("upstream_conf",)},
+    )
+    Runner(module).run()
+
+
+if __name__ == "__main__":
+    main()
