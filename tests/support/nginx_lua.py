@@ -26,7 +26,7 @@ Options (all keyword): ``workers`` (2), ``upstream_file`` (None: nothing is load
 ``locations`` (text replacing the default proxy locations), ``lua_path`` (extra Lua directories),
 ``dict_size`` ("16m"), ``keepalive`` (64, the dyups_balancer pool), ``proxy_next_upstream``
 ("error timeout"), ``proxy_next_upstream_tries`` (0: no limit), ``connect_timeout`` ("2s"),
-``read_timeout`` ("10s"), ``error_log_level`` ("info"), ``access_log`` (False; True writes
+``read_timeout`` ("10s"), ``error_log_level`` ("notice"), ``access_log`` (False; True writes
 ``logs/access.log`` with the upstream address and status of every try), ``api_port`` /
 ``proxy_port`` (None: free ports), ``lock_timeout`` (None: the state module's default).
 
@@ -167,7 +167,7 @@ class NginxLua:
 
     def __init__(self, workers=2, upstream_file=None, http_snippet="", server_snippet="", locations=None,
                  lua_path=(), dict_size="16m", keepalive=64, proxy_next_upstream="error timeout",
-                 proxy_next_upstream_tries=0, connect_timeout="2s", read_timeout="10s", error_log_level="info",
+                 proxy_next_upstream_tries=0, connect_timeout="2s", read_timeout="10s", error_log_level="notice",
                  access_log=False, api_port=None, proxy_port=None, lock_timeout=None, prefix=None):
         self.workers = workers
         self.upstream_file = str(upstream_file) if upstream_file else None
