@@ -11,6 +11,7 @@ HTTP status, 4xx and 5xx included, is an answer and is returned, not raised.
 
 from __future__ import annotations
 
+import http.client
 import socket
 from urllib.error import HTTPError, URLError
 
@@ -41,7 +42,7 @@ def ansible_transport(headers=None, validate_certs=True, ca_path=None, client_ce
             except Exception:  # the error body is informative only; its absence is not a failure
                 data = b""
             return exc.code, data, _lower(exc.headers)
-        except (URLError, OSError, socket.timeout) as exc:
+        except (URLError, OSError, socket.timeout, http.client.HTTPException) as exc:  # not HTTP, cut short
             reason = getattr(exc, "reason", exc)
             raise TransportError(f"{type(reason).__name__}: {reason}") from None
 

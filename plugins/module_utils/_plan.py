@@ -65,7 +65,9 @@ def servers_equal(desired, current_servers, resolve=None):
     servers = _servers_of(desired)
     if Counter(servers) == current:
         return True
-    return resolve is not None and Counter(expand_servers(servers, resolve)) == current
+    if resolve is None or any(s.kind == "hostname" and not resolve(s.host) for s in servers):
+        return False  # a name that resolves to nothing is never there: Tengine refuses it
+    return Counter(expand_servers(servers, resolve)) == current
 
 
 def desired_upstream(name, servers, directives=None, file_upstreams=None):

@@ -17,17 +17,12 @@ import pytest
 from tests.support.fake_dyups import FakeDyups
 
 
-def _nginx_lua_factory():
-    """A context-manager factory for the Lua flavor, or None when its helper is not there."""
+def _nginx_lua_class():
+    """The Lua flavor's NginxLua class, or None when its helper is not there."""
     try:
-        nginx_lua = importlib.import_module("tests.support.nginx_lua")
-    except ImportError:
+        return importlib.import_module("tests.support.nginx_lua").NginxLua
+    except (ImportError, AttributeError):
         return None
-    for name in ("NginxLua", "NginxLuaServer", "NginxDyups"):
-        factory = getattr(nginx_lua, name, None)
-        if factory is not None:
-            return factory
-    return None
 
 
 @pytest.fixture
@@ -38,18 +33,19 @@ def fake_dyups():
 
 @pytest.fixture
 def dyups_server(tmp_path):
-    factory = _nginx_lua_factory()
-    if factory is not None:
+    nginx_lua = _nginx_lua_class()
+    if nginx_lua is not None:
+        server = nginx_lua(workers=1)
         try:
-            server = factory(tmp_path / "nginx")
-            server.__enter__()
+            server.start()
         except Exception as exc:  # the Lua flavor cannot start here: say so, and use the stand-in
+            server.cleanup()
             warnings.warn(f"the nginx Lua flavor did not start ({exc}); using the stand-in fake_dyups", stacklevel=1)
         else:
             try:
                 yield server
             finally:
-                server.__exit__(None, None, None)
+                server.cleanup()
             return
     with FakeDyups() as server:
         yield server
