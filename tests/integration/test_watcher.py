@@ -1,0 +1,279 @@
+"""The watcher against a real Consul agent and real nginx (the Lua flavor), all on loopback.
+
+Each test starts its own Consul agent, backend nginx, proxy nginx and watcher process, and stops
+them after. Traffic is checked through the proxy: ``/u/NAME/`` is served by upstream NAME and the
+backends answer with their own port.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import pytest
+
+from ansible_collections.swallowkeeper.dyups.plugins.module_utils import _upstream_file
+from tests.support.backends import Backends
+from tests.support.consul import ConsulAgent
+from tests.support.nginx_lua import NginxLua
+from tests.support.watcher import WatcherProcess, run_once
+
+
+@pytest.fixture
+def stack(tmp_path):
+    upstream_file = tmp_path / "upstreams.conf"
+    with ConsulAgent() as agent, Backends(count=4) as backends, \
+            NginxLua(workers=2, upstream_file=str(upstream_file)) as nginx:
+        yield agent, backends, nginx, upstream_file
+
+
+def served(nginx, name, tries=12):
+    """The set of backend ports that answered ``tries`` requests for upstream ``name``."""
+    ports = set()
+    for _ in range(tries):
+        status, text, _headers = nginx.request(f"/u/{name}/")
+        ports.add(text.strip() if status == 200 else f"HTTP {status}")
+    return ports
+
+
+def start_watcher(tmp_path, agent, nginx, upstream_file, **settings):
+    settings.setdefault("drift_interval", 1)
+    return WatcherProcess(tmp_path, consul_url=agent.url, dyups_url=nginx.api_url,
+                          upstream_file=str(upstream_file), **settings).start()
+
+
+def test_registration_health_and_deregistration_reach_traffic(stack, tmp_path):
+    agent, backends, nginx, upstream_file = stack
+    p1, p2, p3, _p4 = backends.ports
+    agent.register("Web", "w1", port=p1)
+    agent.register("Web", "w2", port=p2)
+    watcher = start_watcher(tmp_path, agent, nginx, upstream_file)
+    try:
+        watcher.wait_for(lambda: served(nginx, "Web") == {str(p1), str(p2)}, "both instances serve")
+        master = nginx.master_pid()
+
+        agent.register("Web", "w3", port=p3)                      # scale out
+        watcher.wait_for(lambda: served(nginx, "Web") == {str(p1), str(p2), str(p3)}, "w3 joins")
+
+        agent.fail_check("w1")                                    # health flip
+        watcher.wait_for(lambda: served(nginx, "Web") == {str(p2), str(p3)}, "w1 leaves on critical")
+        agent.warn_check("w1")                                    # warning is not passing by default
+        time.sleep(0.3)
+        assert served(nginx, "Web") == {str(p2), str(p3)}
+        agent.pass_check("w1")
+        watcher.wait_for(lambda: served(nginx, "Web") == {str(p1), str(p2), str(p3)}, "w1 returns")
+
+        agent.deregister("w3")                                    # scale in
+        watcher.wait_for(lambda: served(nginx, "Web") == {str(p1), str(p2)}, "w3 leaves")
+
+        on_disk = _upstream_file.read(str(upstream_file))
+        assert sorted(s.port for s in on_disk["Web"].servers) == sorted([p1, p2])
+        assert nginx.master_pid() == master, "nginx was reloaded or restarted"
+        log = watcher.log_text()
+        assert "upstream Web: +127.0.0.1:%d" % p3 in log and "upstream Web: -127.0.0.1:%d" % p1 in log
+    finally:
+        watcher.stop()
+
+
+def test_gray_tag_makes_its_own_upstream_and_hostile_input_is_skipped(stack, tmp_path):
+    agent, backends, nginx, upstream_file = stack
+    p1, p2, p3, _p4 = backends.ports
+    agent.register("Web", "w1", port=p1)
+    agent.register("Web", "w2", port=p2, tags=["gray=b"])
+    agent.register("Web", "w3", port=p3, tags=["gray=x y"])          # breaks the name rule
+    agent.register("Api", "a1", port=p3, meta={"dyups_weight": "abc"})  # breaks the server rule
+    watcher = start_watcher(tmp_path, agent, nginx, upstream_file)
+    try:
+        watcher.wait_for(lambda: served(nginx, "Web_b") == {str(p2)}, "gray upstream Web_b")
+        assert served(nginx, "Web") == {str(p1)}
+        assert "upstream Api" not in upstream_file.read_text()
+        assert "x y" not in upstream_file.read_text()
+        watcher.wait_for(lambda: watcher.metrics()["swallowkeeper_watcher_skipped_instances"] == 2, "2 skipped")
+        log = watcher.log_text()
+        assert "skipped" in log and "Web_x y" in log and "abc" in log
+        _upstream_file.read(str(upstream_file))  # the file parses: nothing invalid was written
+    finally:
+        watcher.stop()
+
+
+def test_consul_outage_keeps_state_and_the_watcher_catches_up(stack, tmp_path):
+    agent, backends, nginx, upstream_file = stack
+    p1, p2, p3, _p4 = backends.ports
+    agent.register("Web", "w1", port=p1)
+    agent.register("Web", "w2", port=p2)
+    watcher = start_watcher(tmp_path, agent, nginx, upstream_file, removal_guard_min=100)
+    try:
+        watcher.wait_for(lambda: served(nginx, "Web") == {str(p1), str(p2)}, "initial sync")
+        before = upstream_file.read_text()
+        agent.kill()
+        watcher.wait_for(lambda: watcher.metrics()["swallowkeeper_watcher_consul_up"] == 0, "consul_up 0", timeout=15)
+        time.sleep(1.5)
+        assert watcher.alive()
+        assert upstream_file.read_text() == before
+        assert served(nginx, "Web") == {str(p1), str(p2)}
+        log = watcher.log_text()
+        assert log.count("Consul unavailable") <= 2, "an outage is logged once per state change, not per retry"
+
+        agent.start()                                   # a -dev agent comes back empty, then instances
+        agent.register("Web", "w1", port=p1)            # register again, as real agents do
+        agent.register("Web", "w3", port=p3)
+        watcher.wait_for(lambda: served(nginx, "Web") == {str(p1), str(p3)}, "caught up after the outage", timeout=20)
+        assert "Consul answers again" in watcher.log_text()
+    finally:
+        watcher.stop()
+
+
+def test_nginx_restart_and_lost_posts_are_repaired(stack, tmp_path):
+    agent, backends, nginx, upstream_file = stack
+    p1, p2, p3, _p4 = backends.ports
+    agent.register("Web", "w1", port=p1)
+    agent.register("Web", "w2", port=p2)
+    watcher = start_watcher(tmp_path, agent, nginx, upstream_file)
+    try:
+        watcher.wait_for(lambda: served(nginx, "Web") == {str(p1), str(p2)}, "initial sync")
+        # a POST lost in a reload looks like this: the interface holds something else
+        assert nginx.api("POST", "/upstream/Web", f"server 127.0.0.1:{p3};")[0] == 200
+        assert served(nginx, "Web") == {str(p3)}
+        watcher.wait_for(lambda: served(nginx, "Web") == {str(p1), str(p2)}, "drift repaired", timeout=5)
+        assert watcher.metrics()["swallowkeeper_watcher_repairs_total"] >= 1
+
+        nginx.restart()                                 # starts from the file the watcher wrote
+        assert served(nginx, "Web") == {str(p1), str(p2)}
+        agent.register("Web", "w3", port=p3)
+        watcher.wait_for(lambda: served(nginx, "Web") == {str(p1), str(p2), str(p3)}, "changes apply after restart")
+    finally:
+        watcher.stop()
+
+
+def test_nginx_down_keeps_the_file_and_retries(stack, tmp_path):
+    agent, backends, nginx, upstream_file = stack
+    p1, p2, _p3, _p4 = backends.ports
+    agent.register("Web", "w1", port=p1)
+    watcher = start_watcher(tmp_path, agent, nginx, upstream_file)
+    try:
+        watcher.wait_for(lambda: served(nginx, "Web") == {str(p1)}, "initial sync")
+        nginx.stop()
+        agent.register("Web", "w2", port=p2)
+        watcher.wait_for(lambda: f"127.0.0.1:{p2}" in upstream_file.read_text(), "the file is written first")
+        watcher.wait_for(lambda: watcher.metrics()["swallowkeeper_watcher_pending_upstreams"] >= 1, "push pending")
+        nginx.start()
+        watcher.wait_for(lambda: served(nginx, "Web") == {str(p1), str(p2)}, "retried after nginx is back")
+    finally:
+        watcher.stop()
+
+
+def test_mass_deregistration_is_held_until_released(stack, tmp_path):
+    agent, backends, nginx, upstream_file = stack
+    ports = backends.ports
+    for i, port in enumerate(ports):
+        agent.register("Web", f"w{i}", port=port)
+    watcher = start_watcher(tmp_path, agent, nginx, upstream_file, removal_guard_share=0.5, removal_guard_min=2,
+                            removal_hold_seconds=0)
+    try:
+        watcher.wait_for(lambda: served(nginx, "Web", 16) == {str(p) for p in ports}, "initial sync")
+        for i in range(3):
+            agent.deregister(f"w{i}")
+        watcher.wait_for(lambda: watcher.metrics()["swallowkeeper_watcher_held_changes"] == 1, "change held")
+        assert watcher.metrics()["swallowkeeper_watcher_held_removals"] == 3
+        assert served(nginx, "Web", 16) == {str(p) for p in ports}, "held: every server still serves"
+        assert watcher.status()["status"]["held"]["removed"] == 3
+        assert "HOLDING a change" in watcher.log_text()
+        agent.register("Api", "a1", port=ports[0])           # additions still go through
+        watcher.wait_for(lambda: served(nginx, "Api") == {str(ports[0])}, "addition applied while held")
+
+        assert "release requested" in watcher.release()
+        watcher.wait_for(lambda: served(nginx, "Web", 8) == {str(ports[3])}, "released removal applied")
+        assert watcher.metrics()["swallowkeeper_watcher_held_changes"] == 0
+    finally:
+        watcher.stop()
+
+
+def test_zero_passing_instances_keep_the_last_servers(stack, tmp_path):
+    agent, backends, nginx, upstream_file = stack
+    p1, p2, _p3, _p4 = backends.ports
+    agent.register("Web", "w1", port=p1)
+    agent.register("Web", "w2", port=p2)
+    watcher = start_watcher(tmp_path, agent, nginx, upstream_file)
+    try:
+        watcher.wait_for(lambda: served(nginx, "Web") == {str(p1), str(p2)}, "initial sync")
+        agent.fail_check("w1")
+        watcher.wait_for(lambda: served(nginx, "Web") == {str(p2)}, "w1 out")
+        agent.fail_check("w2")                      # the last one fails too: keep it (policy keep)
+        time.sleep(0.5)
+        assert served(nginx, "Web") == {str(p2)}
+
+        watcher.rewrite_config(zero_instances="down")  # SIGHUP: the policy changes without a restart
+        watcher.hup()
+        watcher.wait_for(lambda: "config reloaded" in watcher.log_text(), "SIGHUP handled")
+        watcher.wait_for(lambda: served(nginx, "Web", 4) == {"HTTP 502"}, "policy down: marked down")
+        assert " down;" in upstream_file.read_text()
+    finally:
+        watcher.stop()
+
+
+def test_kill_9_during_writes_never_leaves_a_broken_file(stack, tmp_path):
+    agent, backends, nginx, upstream_file = stack
+    p1 = backends.ports[0]
+    for i in range(30):
+        agent.register(f"Svc{i}", f"s{i}", port=p1)
+    kills = 0
+    for round_ in range(6):
+        watcher = start_watcher(tmp_path, agent, nginx, upstream_file, removal_guard_min=1000)
+        for i in range(30):                        # a burst of changes while the watcher writes
+            agent.set_status(f"s{i}", "critical" if (i + round_) % 2 else "passing", wait=False)
+        time.sleep(0.05 * round_)
+        os.kill(watcher.pid, signal.SIGKILL)
+        watcher.process.wait(timeout=10)
+        kills += 1
+        text = upstream_file.read_text() if upstream_file.exists() else ""
+        _upstream_file.parse(text)                 # whole and valid after every kill
+    assert kills == 6
+    watcher = start_watcher(tmp_path, agent, nginx, upstream_file, removal_guard_min=1000)
+    try:
+        watcher.wait_for(lambda: watcher.metrics()["swallowkeeper_watcher_last_sync_success"] == 1, "recovers")
+    finally:
+        watcher.stop()
+
+
+def test_sigterm_stops_cleanly(stack, tmp_path):
+    agent, _backends, nginx, upstream_file = stack
+    watcher = start_watcher(tmp_path, agent, nginx, upstream_file)
+    started = time.monotonic()
+    assert watcher.stop() == 0
+    assert time.monotonic() - started < 10
+    assert "stopped" in watcher.log_text()
+
+
+def test_once_and_dry_run(stack, tmp_path):
+    agent, backends, nginx, upstream_file = stack
+    p1, p2, _p3, _p4 = backends.ports
+    agent.register("Web", "w1", port=p1)
+    agent.register("Web", "w2", port=p2, tags=["gray=b"])
+    common = {"consul_url": agent.url, "dyups_url": nginx.api_url, "upstream_file": str(upstream_file)}
+
+    dry = run_once(tmp_path, "--dry-run", **common)
+    assert dry.returncode == 0, dry.stdout + dry.stderr
+    assert "would POST Web:" in dry.stdout and "would POST Web_b:" in dry.stdout
+    assert not upstream_file.exists()
+    assert nginx.api("GET", "/list")[0] == 204
+
+    once = run_once(tmp_path, **common)
+    assert once.returncode == 0, once.stdout + once.stderr
+    assert served(nginx, "Web") == {str(p1)} and served(nginx, "Web_b") == {str(p2)}
+    assert "upstream Web:" in once.stdout
+
+    again = run_once(tmp_path, **common)
+    assert again.returncode == 0 and "upstream Web" not in again.stdout, "a second run changes nothing"
+
+    down = run_once(tmp_path, **dict(common, consul_url="http://127.0.0.1:9"))
+    assert down.returncode == 1 and "Consul could not be read" in down.stdout
+
+    bad = run_once(tmp_path, **dict(common, zero_instances="sometimes"))
+    assert bad.returncode == 2 and "zero_instances" in bad.stderr
+
+    agent.deregister("w1")
+    agent.deregister("w2")
+    held = run_once(tmp_path, **dict(common, removal_guard_min=1))
+    assert held.returncode == 3, held.stdout
+    assert served(nginx, "Web") == {str(p1)}
