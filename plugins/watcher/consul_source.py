@@ -184,6 +184,10 @@ class ConsulSource:
                 change = mapping.changed_services(self.health, health)
                 self.health = health
                 by_instance = _by_instance(health)
+                keys_by_service = {}
+                for key, checks in by_instance.items():
+                    if key[1]:
+                        keys_by_service.setdefault(str(checks[0].get("ServiceName") or ""), set()).add(key)
                 affected = set(change.services)
                 for node in change.nodes:
                     self.checks[(node, "")] = by_instance.get((node, ""), [])
@@ -192,8 +196,7 @@ class ConsulSource:
                     if not self.options.selects(name):
                         continue
                     cached = {key for key in self.entries.get(name, {}) if self.checks.get(key)}
-                    current = {key for key, checks in by_instance.items()
-                               if key[1] and checks[0].get("ServiceName") == name}
+                    current = keys_by_service.get(name, set())
                     if cached != current:
                         refetch.add(name)  # an instance came or went: its address and tags are needed
                         continue
