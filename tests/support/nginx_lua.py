@@ -251,7 +251,8 @@ http {{
         return [NGINX, "-p", str(self.prefix), "-c", str(self.conf_path), "-e", str(self.error_log), *extra]
 
     def test_config(self):
-        """``nginx -t`` on this configuration (the upstream file included): CompletedProcess."""
+        """``nginx -t`` on this configuration: CompletedProcess. It checks the nginx syntax only:
+        lua-nginx-module does not run init_by_lua in test mode, so the upstream file is not read."""
         self.write_config()
         return subprocess.run(self._command("-t"), capture_output=True, text=True, timeout=60, check=False)
 

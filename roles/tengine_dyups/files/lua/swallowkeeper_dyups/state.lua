@@ -12,8 +12,8 @@
 -- When it moved, they read the journal entries since their own version and refresh only those
 -- upstreams; when they fell more than JOURNAL changes behind, they reload everything.
 --
--- init(options) is called from init_by_lua (in the master, at start and at every HUP, and by
--- `nginx -t`):
+-- init(options) is called from init_by_lua (in the master, at start and at every HUP; lua-nginx-module
+-- does not run init_by_lua for `nginx -t`):
 --   dict            name of the lua_shared_dict (default "dyups_state")
 --   upstream_file   path of the upstream file to load at start (default: none)
 --   lock_timeout    seconds a writer waits for another one before answering 409 (default 1)
@@ -167,8 +167,8 @@ local function read_file(path)
     return text
 end
 
--- Load the upstream file into an empty dict. Raises (so nginx refuses to start, and `nginx -t`
--- fails) when the file breaks the rules; logs and leaves out upstreams this flavor cannot take.
+-- Load the upstream file into an empty dict. Raises (so nginx refuses to start, naming the line)
+-- when the file breaks the rules; logs and leaves out upstreams this flavor cannot take.
 local function load_file(dict, path)
     local text, err = read_file(path)
     if not text then

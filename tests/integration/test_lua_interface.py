@@ -1,0 +1,193 @@
+"""The Lua flavor's interface beyond the wire contract: persistence, the upstream file, locking, limits.
+
+Real nginx (tests/support/nginx_lua.py); the wire contract itself is tests/conformance/.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from ansible_collections.swallowkeeper.dyups.plugins.module_utils._dyups_client import DyupsClient
+from ansible_collections.swallowkeeper.dyups.plugins.module_utils._errors import DyupsBusy
+from ansible_collections.swallowkeeper.dyups.plugins.module_utils._http_stdlib import stdlib_transport
+from ansible_collections.swallowkeeper.dyups.plugins.module_utils._upstream import build_upstream
+from ansible_collections.swallowkeeper.dyups.plugins.module_utils._upstream_file import render, write_upstreams
+from tests.support.nginx_lua import NginxLua, nginx_lua_factory  # noqa: F401  (fixture)
+
+LOCK_HOLDER = """
+        location = /_test/hold_lock {
+            content_by_lua_block {
+                ngx.shared.dyups_state:set("lock", 0, tonumber(ngx.var.arg_seconds))
+                ngx.say("held")
+            }
+        }
+"""
+
+
+def detail(nginx):
+    status, text, _ = nginx.api("GET", "/detail")
+    return text if status == 200 else ""
+
+
+# -- state across reload and restart ------------------------------------------------------------------
+
+def test_state_survives_hup_reload(nginx_lua_factory):
+    nginx = nginx_lua_factory(workers=2)
+    client = nginx.client()
+    client.update(build_upstream("Kept", ["127.0.0.1:18101 weight=3", "127.0.0.1:18102 backup"], ["keepalive 16"]))
+    client.update(build_upstream("Gone", ["127.0.0.1:18103"]))
+    client.delete("Gone")
+    before = detail(nginx)
+    master, workers = nginx.master_pid(), nginx.worker_pids()
+    new_workers = nginx.reload()
+    assert nginx.master_pid() == master
+    assert not set(new_workers) & set(workers)
+    assert detail(nginx) == before
+    assert client.list() == ["Kept"]
+    assert "kept 1 upstreams" in nginx.error_log_text()
+
+
+def test_restart_loads_the_upstream_file(nginx_lua_factory, tmp_path):
+    """A restart starts from the upstream file (the format _upstream_file.render writes)."""
+    path = tmp_path / "dyups.upstream.conf"
+    upstreams = [build_upstream("WebappReadonly", ["127.0.0.1:18101 weight=2 max_fails=3 fail_timeout=5s",
+                                                   "127.0.0.1:18102 backup"], ["keepalive 32"]),
+                 build_upstream("WebappReadonly_b", ["127.0.0.1:18103 down", "[::1]:18104"])]
+    write_upstreams(str(path), upstreams)
+    nginx = nginx_lua_factory(workers=2, upstream_file=path)
+    expected = {u.name: u.server_lines() for u in upstreams}
+    got = {name: sorted(server.detail_line() for server in servers) for name, servers in nginx.client().detail().items()}
+    assert got == expected
+    # a POST not written to the file is lost by a restart, as with Tengine
+    nginx.client().update(build_upstream("NotInFile", ["127.0.0.1:18105"]))
+    master = nginx.master_pid()
+    nginx.restart()
+    assert nginx.master_pid() != master
+    assert sorted(nginx.client().list()) == ["WebappReadonly", "WebappReadonly_b"]
+
+
+def test_upstream_file_host_names_are_resolved_at_start(nginx_lua_factory, tmp_path):
+    path = tmp_path / "dyups.upstream.conf"
+    path.write_text("upstream named {\n    server localhost:18102;  # resolved when nginx starts\n}\n")
+    nginx = nginx_lua_factory(upstream_file=path)
+    assert nginx.api("GET", "/upstream/named")[1] == "server 127.0.0.1:18102\n"
+
+
+def test_upstream_file_entries_this_flavor_cannot_take_are_left_out(nginx_lua_factory, tmp_path):
+    """Valid for the rules, but not for this flavor (ip_hash, a host that does not resolve): logged and
+    left out, the rest loaded, nginx starts (the client wrote the file before the POST that failed)."""
+    path = tmp_path / "dyups.upstream.conf"
+    path.write_text(render([build_upstream("good", ["127.0.0.1:18101"]),
+                            build_upstream("hashed", ["127.0.0.1:18102"], ["ip_hash"]),
+                            build_upstream("unknown", ["no-such-host.invalid:80"]),
+                            build_upstream("Good", ["127.0.0.1:18103"])]))
+    nginx = nginx_lua_factory(upstream_file=path)
+    assert nginx.client().list() == ["Good"]   # the file is sorted by name: "Good" comes before "good"
+    log = nginx.error_log_text()
+    assert 'upstream "hashed" of' in log and "ip_hash" in log
+    assert 'upstream "unknown" of' in log and "no-such-host.invalid" in log
+    assert 'upstream "good" of' in log and "letter case" in log
+
+
+@pytest.mark.parametrize("text, words", [
+    ("upstream bad name {\n    server 127.0.0.1:1;\n}\n", ["line 1", "expected 'upstream NAME {'"]),
+    ("upstream a {\n    server 127.0.0.1:0;\n}\n", ["line 1", "port 0"]),
+    ("upstream a {\n    server 127.0.0.1:1\n}\n", ["line 3", "missing ';'"]),
+    ("upstream a {\n    server 127.0.0.1:1;\n}\nupstream a {\n    server 127.0.0.1:2;\n}\n", ["defined twice"]),
+])
+def test_invalid_upstream_file_stops_nginx_from_starting(tmp_path, text, words):
+    """A file that breaks the rules fails the start, naming the line, like an invalid include would.
+
+    (``nginx -t`` cannot catch it: lua-nginx-module does not run init_by_lua in test mode. The
+    collection's Python rules, identical to the Lua ones, validate the file before it is written.)
+    """
+    path = tmp_path / "dyups.upstream.conf"
+    path.write_text(text)
+    nginx = NginxLua(upstream_file=path)
+    try:
+        with pytest.raises(RuntimeError) as failed:
+            nginx.start(timeout=10)
+        message = str(failed.value)
+        assert "the upstream file" in message and "is not valid" in message
+        for word in words:
+            assert word in message, message
+        assert not nginx.running
+    finally:
+        nginx.cleanup()
+
+
+def test_missing_upstream_file_is_an_empty_start(nginx_lua_factory, tmp_path):
+    nginx = nginx_lua_factory(upstream_file=tmp_path / "not-yet-written.conf")
+    assert nginx.api("GET", "/list")[0] == 204
+
+
+# -- writers -------------------------------------------------------------------------------------------
+
+def test_busy_writer_answers_409(nginx_lua_factory):
+    """Another writer holding the lock longer than lock_timeout: 409, which the client retries."""
+    nginx = nginx_lua_factory(workers=1, lock_timeout=0.2, server_snippet=LOCK_HOLDER)
+    assert nginx.request("/_test/hold_lock?seconds=3")[0] == 200
+    status, text, _ = nginx.api("POST", "/upstream/busy", "server 127.0.0.1:18101;")
+    assert (status, text) == (409, "wait and try again\n")
+    client = DyupsClient(nginx.api_url, stdlib_transport, busy_retries=1, busy_backoff=0.01)
+    with pytest.raises(DyupsBusy):
+        client.update(build_upstream("busy", ["127.0.0.1:18101"]))
+    patient = DyupsClient(nginx.api_url, stdlib_transport, busy_retries=8, busy_backoff=0.5)
+    patient.update(build_upstream("busy", ["127.0.0.1:18101"]))
+    assert patient.get("busy") == [("127.0.0.1", 18101)]
+
+
+def test_full_shared_dict_answers_500_with_the_reason(nginx_lua_factory):
+    nginx = nginx_lua_factory(workers=1, dict_size="64k")
+    body = "".join(f"server 127.0.0.{i // 250 + 1}:{1000 + i % 250} weight={i % 9 + 1};" for i in range(120))
+    answers = [nginx.api("POST", f"/upstream/big{n}", body) for n in range(10)]
+    statuses = [status for status, _, _ in answers]
+    assert 200 in statuses and 500 in statuses, statuses
+    refused = next(text for status, text, _ in answers if status == 500)
+    assert "is full" in refused and "lua_shared_dict" in refused
+    # what was stored is still served whole
+    listed = nginx.client().list()
+    assert listed and all(len(nginx.client().get(name)) == 120 for name in listed)
+
+
+def test_names_compare_case_insensitively_like_nginx(nginx_lua_factory):
+    nginx = nginx_lua_factory(workers=1)
+    assert nginx.api("POST", "/upstream/MixedCase", "server 127.0.0.1:18101;")[0] == 200
+    assert nginx.api("GET", "/upstream/mixedcase")[1] == "server 127.0.0.1:18101\n"
+    assert nginx.api("POST", "/upstream/MIXEDCASE", "server 127.0.0.1:18102;")[0] == 200
+    assert nginx.api("GET", "/list")[1] == "MIXEDCASE\n"
+    assert nginx.api("DELETE", "/upstream/mixedCase")[0] == 200
+    assert nginx.api("GET", "/list")[0] == 204
+
+
+@pytest.mark.parametrize("method, path, status, body", [
+    ("GET", "/", 404, ""),
+    ("GET", "/nothing", 404, ""),
+    ("GET", "/upstream", 404, "not support this interface"),
+    ("GET", "/LIST", 204, ""),
+    ("POST", "/list", 404, "not support this interface"),
+    ("POST", "/list/x", 404, "not support this api"),
+    ("POST", "/upstream/a/b", 404, "not support this interface"),
+    ("DELETE", "/detail", 405, "not support this interface"),
+    ("DELETE", "/nothing/x", 405, "not support this api"),
+    ("HEAD", "/list", 405, ""),
+    ("PATCH", "/upstream/x", 405, ""),
+])
+def test_other_paths_and_methods_answer_like_tengine(nginx_lua_factory, method, path, status, body):
+    nginx = nginx_lua_factory(workers=1)
+    got_status, got_body, _ = nginx.api(method, path, "server 127.0.0.1:1;" if method in ("POST", "PATCH") else None)
+    assert (got_status, got_body) == (status, body)
+
+
+def test_many_changes_while_a_worker_is_idle(nginx_lua_factory):
+    """More changes than the journal holds: a worker that was idle meanwhile reloads everything."""
+    nginx = nginx_lua_factory(workers=2)
+    nginx.api("POST", "/upstream/counted", "server 127.0.0.1:18101;")
+    for n in range(1100):
+        status, _, _ = nginx.api("POST", f"/upstream/many{n % 7}", f"server 127.0.0.1:{20000 + n};")
+        assert status == 200
+    nginx.api("DELETE", "/upstream/counted")
+    for _ in range(20):
+        status, text, _ = nginx.api("GET", "/list")
+        assert sorted(text.split()) == [f"many{k}" for k in range(7)]
+        assert nginx.api("GET", "/upstream/many0")[1] == f"server 127.0.0.1:{20000 + 1099 - 1099 % 7}\n"
