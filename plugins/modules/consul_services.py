@@ -132,6 +132,17 @@ upstreams:
     WebappReadonly_b:
       servers: ["10.0.0.13:8080 backup"]
       directives: []
+upstream_servers:
+  description:
+    - The same upstreams as RV(upstreams), each with its list of servers only.
+    - Given to O(swallowkeeper.dyups.dyups_upstream#module:upstreams) in this form,
+      M(swallowkeeper.dyups.dyups_upstream) keeps the directives that its upstream file holds for each upstream (a C(keepalive) added by hand, say), where
+      RV(upstreams) (with C(directives) set to V([])) would remove them.
+  returned: success
+  type: dict
+  sample:
+    WebappReadonly: ["10.0.0.11:8080", "10.0.0.12:8080 weight=2"]
+    WebappReadonly_b: ["10.0.0.13:8080 backup"]
 empty:
   description:
     - Upstreams that have instances, none of them serving. They are not in RV(upstreams); decide yourself whether
@@ -280,6 +291,7 @@ def run(module):
     output = result.to_dict()
     # "skipped" is reserved: Ansible shows a result with a true "skipped" as a skipped task.
     output["skipped_items"] = output.pop("skipped")
+    output["upstream_servers"] = {name: spec["servers"] for name, spec in output["upstreams"].items()}
     module.exit_json(changed=False, catalog_index=catalog.index, **output)
 
 

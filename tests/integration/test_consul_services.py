@@ -77,6 +77,8 @@ def test_gray_tags_and_health_states(agent, tmp_path):
         "Webapp_b": {"servers": ["127.0.0.1:18103"], "directives": []},
     }
     assert result["empty"] == ["Webapp_c"]
+    assert result["upstream_servers"] == {"Webapp": ["127.0.0.1:18101", "127.0.0.1:18102"],
+                                          "Webapp_b": ["127.0.0.1:18103"]}
     status = {item["id"]: (item["status"], item["serving"], item["upstream"]) for item in result["instances"]}
     assert status == {"w1": ("passing", True, "Webapp"), "w2": ("passing", True, "Webapp"),
                       "w3": ("passing", True, "Webapp_b"), "w4": ("warning", False, "Webapp_b"),

@@ -1,0 +1,179 @@
+"""playbooks/sync.yml end to end: a real Consul agent -> consul_services -> dyups_upstream -> a dyups server.
+
+The dyups server is the ``dyups_server`` fixture (tests/integration/conftest.py): the stock-nginx Lua
+flavor, or the stand-in when nginx cannot start here. The playbook runs unmodified through
+``ansible-playbook`` against localhost.
+"""
+
+from pathlib import Path
+
+import pytest
+
+from ansible_collections.swallowkeeper.dyups.plugins.module_utils._dyups_client import DyupsClient
+from ansible_collections.swallowkeeper.dyups.plugins.module_utils._http_stdlib import stdlib_transport
+from ansible_collections.swallowkeeper.dyups.plugins.module_utils._upstream import build_upstream
+from ansible_collections.swallowkeeper.dyups.plugins.module_utils._upstream_file import read as read_upstream_file
+from tests.support.ansible_run import AnsibleRunner
+from tests.support.collection import ROOT
+from tests.support.consul import consul_agent  # noqa: F401 (fixture)
+
+PLAYBOOK = (ROOT / "playbooks" / "sync.yml").read_text()
+PUSH = "Write the upstream file, then send what differs to dyups"
+READ = "Read services and their health from Consul"
+
+
+@pytest.fixture
+def agent(consul_agent):  # noqa: F811
+    yield consul_agent
+    consul_agent.clear_services()
+
+
+@pytest.fixture
+def sync(agent, dyups_server, tmp_path):
+    """A function running the playbook with extra vars on top of the test's Consul and dyups."""
+    runner = AnsibleRunner(tmp_path / "ansible")
+    conf = tmp_path / "dyups.upstream.conf"
+
+    def run(check=False, diff=False, expect_rc=0, **extra):
+        variables = {"dyups_sync_consul_url": agent.url, "dyups_sync_api_url": dyups_server.api_url,
+                     "dyups_sync_upstream_conf": str(conf)}
+        variables.update(extra)
+        done = runner.playbook(PLAYBOOK, check=check, diff=diff, extra_vars=variables)
+        assert done.rc == expect_rc, f"rc {done.rc}\n{done.stdout[-5000:]}\n{done.stderr[-3000:]}"
+        return done
+
+    run.conf = conf
+    run.client = DyupsClient(dyups_server.api_url, stdlib_transport)
+    return run
+
+
+def detail(sync):
+    return {name: sorted(server.spec() for server in servers) for name, servers in sync.client.detail().items()}
+
+
+def in_file(path):
+    return {name: sorted(server.spec() for server in upstream.servers)
+            for name, upstream in read_upstream_file(str(path)).items()}
+
+
+def register_fleet(agent):
+    agent.register("Webapp", "w1", port=18101)
+    agent.register("Webapp", "w2", port=18102, tags=["gray=default"])
+    agent.register("Webapp", "w3", port=18103, tags=["gray=b"])
+    agent.register("Webapp", "w4", port=18104, tags=["gray=b"], status="critical")
+    agent.register("Api", "a1", port=18201, meta={"dyups_weight": "3", "dyups_max_fails": "2"})
+    agent.register("Api", "a2", port=18202, meta={"dyups_backup": "true"})
+    agent.register("Api", "bad", port=18203, meta={"dyups_weight": "abc"})
+    agent.register("a b", "hostile", port=18301)
+
+
+EXPECTED = {
+    "Api": ["127.0.0.1:18201 weight=3 max_fails=2", "127.0.0.1:18202 backup"],
+    "Webapp": ["127.0.0.1:18101", "127.0.0.1:18102"],
+    "Webapp_b": ["127.0.0.1:18103"],
+}
+
+
+def test_sync_then_second_run_changes_nothing(agent, sync):
+    register_fleet(agent)
+    first = sync()
+    assert first.task(PUSH)["changed"] is True
+    assert detail(sync) == EXPECTED
+    assert in_file(sync.conf) == EXPECTED
+    skipped = {item["what"] for item in first.task(READ)["skipped_items"]}
+    assert skipped == {"service 'a b'", "instance 'bad' of service 'Api' on node 'consul-test'"}
+    assert "skipped instance 'bad' of service 'Api'" in first.stdout
+
+    second = sync()
+    assert not any(result.get("changed") for _name, result in second.tasks), second.stdout[-3000:]
+    assert "changed=0" in second.stdout
+    assert detail(sync) == EXPECTED
+
+
+def test_health_changes_registrations_and_the_zero_instance_policy(agent, sync):
+    register_fleet(agent)
+    sync()
+    agent.pass_check("w4")
+    agent.fail_check("w1")
+    agent.register("Api", "a3", port=18204)
+    assert sync().task(PUSH)["changed"] is True
+    assert detail(sync)["Webapp_b"] == ["127.0.0.1:18103", "127.0.0.1:18104"]
+    assert detail(sync)["Webapp"] == ["127.0.0.1:18102"]
+    assert "127.0.0.1:18204" in detail(sync)["Api"]
+
+    agent.fail_check("w3")
+    agent.fail_check("w4")   # every Webapp_b instance fails: kept as it was (policy keep)
+    kept = sync()
+    assert kept.task(READ)["empty"] == ["Webapp_b"]
+    assert kept.task(PUSH)["changed"] is False
+    assert detail(sync)["Webapp_b"] == ["127.0.0.1:18103", "127.0.0.1:18104"]
+
+    sync(dyups_sync_zero_instances="delete")
+    assert "Webapp_b" not in detail(sync) and "Webapp_b" not in in_file(sync.conf)
+
+    agent.deregister("a1")
+    agent.deregister("a2")
+    agent.deregister("a3")
+    agent.deregister("bad")
+    sync()   # Api is gone from Consul: exclusive removes it
+    assert set(detail(sync)) == {"Webapp"} and set(in_file(sync.conf)) == {"Webapp"}
+
+
+def test_directives_in_the_file_are_kept(agent, sync, tmp_path):
+    register_fleet(agent)
+    sync()
+    runner = AnsibleRunner(tmp_path / "adhoc")
+    added = runner.adhoc("swallowkeeper.dyups.dyups_upstream",
+                         f"name=Webapp servers=127.0.0.1:18101,127.0.0.1:18102 directives='keepalive 8' "
+                         f"upstream_conf={sync.conf} api_url={sync.client.api_url}")
+    assert added.rc == 0 and added.module["changed"] is True, added.stdout
+    assert "keepalive 8;" in sync.conf.read_text()
+    again = sync()
+    assert again.task(PUSH)["changed"] is False
+    assert "keepalive 8;" in sync.conf.read_text()
+    agent.register("Webapp", "w5", port=18105)
+    sync()
+    text = sync.conf.read_text()
+    assert "keepalive 8;" in text and "127.0.0.1:18105" in text
+
+
+def test_check_mode_changes_nothing(agent, sync):
+    register_fleet(agent)
+    checked = sync(check=True, diff=True)
+    assert checked.task(PUSH)["changed"] is True
+    assert detail(sync) == {} and not Path(sync.conf).exists()
+    sync()
+    assert detail(sync) == EXPECTED
+
+
+def test_upstreams_the_file_does_not_hold_are_left_alone(agent, sync):
+    register_fleet(agent)
+    sync.client.update(build_upstream("HandMade", ["127.0.0.1:18999"]))
+    sync()
+    assert detail(sync)["HandMade"] == ["127.0.0.1:18999"]
+    assert "HandMade" not in in_file(sync.conf)
+
+
+def test_refuses_to_empty_nginx_when_consul_maps_to_nothing(agent, sync):
+    register_fleet(agent)
+    sync()
+    failed = sync(dyups_sync_prefix="NoSuchPrefix", expect_rc=2)
+    assert "maps to no upstream at all" in failed.stdout
+    assert detail(sync) == EXPECTED
+    sync(dyups_sync_prefix="NoSuchPrefix", dyups_sync_allow_empty=True)
+    assert detail(sync) == {}
+
+
+def test_a_bad_policy_value_fails_before_anything(agent, sync):
+    register_fleet(agent)
+    failed = sync(dyups_sync_zero_instances="down", expect_rc=2)
+    assert "must be keep or delete" in failed.stdout
+    assert detail(sync) == {}
+
+
+def test_consul_down_fails_and_changes_nothing(agent, sync):
+    register_fleet(agent)
+    sync()
+    failed = sync(dyups_sync_consul_url="http://127.0.0.1:1", expect_rc=2)
+    assert "did not answer" in failed.stdout
+    assert detail(sync) == EXPECTED
