@@ -45,7 +45,8 @@ TOKEN_ENV = "CONSUL_HTTP_TOKEN"
 TOKEN_HEADER = "X-Consul-Token"
 MAX_WAIT = 600.0            # Consul caps ``wait`` at 10 minutes
 DEFAULT_WAIT = 300.0        # Consul's own default when ``wait`` is not sent
-DEFAULT_MIN_INTERVAL = 0.1  # seconds between the starts of two queries of one BlockingQuery
+DEFAULT_MIN_INTERVAL = 0.1  # sustained: at most one query start per this many seconds per BlockingQuery
+DEFAULT_BURST = 5           # this many query starts may follow each other without waiting
 _BODY_SHOWN = 200
 
 
@@ -286,8 +287,10 @@ class BlockingQuery:
     * an index that went backwards (new leader, restored snapshot) or is 0 resets the index to 0, so
       the next poll reads afresh instead of waiting for a stale larger index; that answer's data is
       current and is reported as changed;
-    * two polls start at least ``min_interval`` seconds apart, so an endpoint that answers at once
-      every time (index 0, a flapping check) costs at most 1/min_interval requests a second;
+    * polls are paced by a token bucket: ``burst`` of them may start back to back (two changes a few
+      milliseconds apart are both seen at once), after which they start ``min_interval`` seconds apart
+      on average, so an endpoint that answers at once every time (index 0, a flapping check) costs at
+      most 1/min_interval requests a second;
     * ``stale`` (None: the client's setting) lets any server answer;
     * answers are checked with ``client.read`` (shape per endpoint; an empty catalog is
       ConsulForbidden), so a watcher never mistakes an ACL-filtered answer for "all gone".
@@ -298,11 +301,13 @@ class BlockingQuery:
     """
 
     def __init__(self, client, path, params=None, wait=DEFAULT_WAIT, min_interval=DEFAULT_MIN_INTERVAL, stale=None,
-                 clock=time.monotonic, sleep=time.sleep):
+                 clock=time.monotonic, sleep=time.sleep, burst=DEFAULT_BURST):
         if not wait or wait <= 0:
             raise ValueError("wait must be above 0 seconds")
         if min_interval < 0:
             raise ValueError("min_interval must not be negative")
+        if burst < 1:
+            raise ValueError("burst must be at least 1")
         self.client = client
         self.path = path
         self.params = dict(params or {})
@@ -314,14 +319,29 @@ class BlockingQuery:
         self.index = 0           # what the next poll sends (0: a plain read)
         self.last_index = None   # the index of the last answer
         self.polls = 0
+        self.burst = int(burst)
+        self._tokens = float(self.burst)
         self._last_start = None
 
     def _pace(self):
+        """A token bucket: ``burst`` starts at once, then one per ``min_interval`` on average.
+
+        Two changes close together are therefore not delayed (the second poll starts at once), while
+        an endpoint that answers at once every time still costs at most 1/min_interval requests a
+        second once the burst is spent.
+        """
+        now = self.clock()
+        if self.min_interval <= 0:
+            self._last_start = now
+            return
         if self._last_start is not None:
-            delay = self._last_start + self.min_interval - self.clock()
-            if delay > 0:
-                self.sleep(delay)
-        self._last_start = self.clock()
+            self._tokens = min(float(self.burst), self._tokens + (now - self._last_start) / self.min_interval)
+        if self._tokens < 1:
+            self.sleep((1 - self._tokens) * self.min_interval)
+            now = self.clock()
+            self._tokens = 1.0
+        self._tokens -= 1
+        self._last_start = now
 
     def poll(self):
         """One query; returns a PollResult, raises what the client raises (the index is kept then)."""

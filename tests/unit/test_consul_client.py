@@ -2,7 +2,7 @@
 
 ``ScriptedTransport`` below is a stand-in for error paths a real agent will not produce on demand
 (a 429, a 500, a body that is not JSON, a bad X-Consul-Index, an index that goes backwards); the
-same client runs against a real Consul agent in tests/integration/test_consul_client.py.
+same client runs against a real Consul agent in tests/integration/test_consul_live_client.py.
 """
 
 import pytest
@@ -238,12 +238,23 @@ def test_index_zero_resets_and_is_never_sent():
 
 def test_an_always_returning_query_cannot_spin():
     answers = [(0, "x")] * 50
-    query, client, clock = query_with(answers, min_interval=0.25)
+    query, client, clock = query_with(answers, min_interval=0.25, burst=1)
     start = clock.now
     for _ in range(50):
         query.poll()
     assert clock.now - start >= 49 * 0.25
     assert clock.sleeps == [0.25] * 49
+
+
+def test_a_burst_starts_at_once_then_the_rate_is_capped():
+    answers = [(0, "x")] * 50
+    query, client, clock = query_with(answers, min_interval=0.25, burst=5)
+    start = clock.now
+    for _ in range(50):
+        query.poll()
+    assert clock.sleeps[:1] == [0.25] and len(clock.sleeps) == 45, "the first 5 polls start without waiting"
+    assert clock.now - start >= 45 * 0.25
+    assert len(client.calls) == 50
 
 
 def test_time_spent_blocking_counts_towards_the_interval():
@@ -255,7 +266,7 @@ def test_time_spent_blocking_counts_towards_the_interval():
 
 def test_errors_keep_the_index_and_are_paced_too():
     query, client, clock = query_with([(10, "a"), ConsulUnavailable("down"), ConsulUnavailable("down"), (10, "a")],
-                                      min_interval=0.5)
+                                      min_interval=0.5, burst=1)
     query.poll()
     for _ in range(2):
         with pytest.raises(ConsulUnavailable):
@@ -279,7 +290,7 @@ def test_wait_is_capped_and_stale_is_passed():
     assert client.calls[1]["wait"] == MAX_WAIT and client.calls[1]["stale"] is True
 
 
-@pytest.mark.parametrize("kwargs", [{"wait": 0}, {"wait": -1}, {"min_interval": -0.1}])
+@pytest.mark.parametrize("kwargs", [{"wait": 0}, {"wait": -1}, {"min_interval": -0.1}, {"burst": 0}])
 def test_bad_settings_are_refused(kwargs):
     with pytest.raises(ValueError):
         BlockingQuery(object(), "/v1/health/state/any", **kwargs)
