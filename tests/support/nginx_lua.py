@@ -209,7 +209,7 @@ class NginxLua:
                          for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
         if self.access_log:
             access = (f"    log_format dyups '$request $status upstream=$upstream_addr "
-                      f"upstream_status=$upstream_status dyups=$dyups_upstream';\n"
+                      f"upstream_status=$upstream_status';\n"
                       f"    access_log {self.access_log_path} dyups;")
         else:
             access = "    access_log off;"

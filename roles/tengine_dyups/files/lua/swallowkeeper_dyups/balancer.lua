@@ -19,7 +19,7 @@
 --   * nothing left: every peer's failure count is reset (nginx: "quick recovery") and the request
 --     gets 502 with "no live upstreams" in the error log;
 --   * one primary peer and no backup: it is used whenever it is not down (max_fails ignored).
--- Retries: set_more_tries(peers - 1) on the first try, so proxy_next_upstream (and
+-- Retries: set_more_tries(peers) on the first try, so proxy_next_upstream (and
 -- proxy_next_upstream_tries) decides as with a static upstream; each try picks an untried peer.
 -- Passive health: a try that fails (error, timeout, invalid header, or an http_* condition listed
 -- in proxy_next_upstream, as nginx's get_last_failure reports it) counts against its peer; the
@@ -144,9 +144,9 @@ function _M.balance()
             return   -- no peer set: the placeholder server is down, nginx answers 502
         end
         ctx.dyups_ups = ups
-        if ups.tries > 1 then
-            set_more_tries(ups.tries - 1)
-        end
+        -- the placeholder server is down, so nginx starts this request with 0 tries left: one
+        -- try per peer (nginx's round robin allows as many), capped by proxy_next_upstream_tries
+        set_more_tries(ups.tries)
     else
         local previous = ctx.dyups_peer
         if previous then
