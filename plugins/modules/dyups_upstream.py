@@ -11,7 +11,7 @@ short_description: Create, replace and delete nginx upstreams through the dyups 
 version_added: 0.1.0
 description:
   - Manages upstreams through the dyups REST interface of Tengine (or of stock nginx with the Lua flavor that copies
-    it): one upstream with O(name) and O(servers), or many at once with O(upstreams).
+    it), one upstream with O(name) and O(servers), or many at once with O(upstreams).
   - Every input (upstream names, servers, directives) is checked before anything is sent or written. A name such
     as C(bad name) or C(x{y), a port 0 or 70000, C(weight=0) or an unknown parameter such as C(foo=1) fails the task
     with a message that names the value and the rule, and nothing changes. Tengine itself would store such a name

@@ -37,7 +37,11 @@ class Completed:
         self.stderr = done.stderr
         lines = record.read_text().splitlines() if record.exists() else []
         record.unlink(missing_ok=True)
-        self.tasks = [(entry["task"], entry["result"]) for entry in map(json.loads, lines)]
+        self.tasks = []
+        for entry in map(json.loads, lines):
+            if entry["status"] == "failed":  # ansible-core 2.19 hands callbacks the result without "failed"
+                entry["result"]["failed"] = True
+            self.tasks.append((entry["task"], entry["result"]))
 
     @property
     def module(self):
