@@ -107,7 +107,7 @@ EXAMPLES = r"""
 
 - name: Push them to nginx through dyups and keep the upstream file in step
   swallowkeeper.dyups.dyups_upstream:
-    upstreams: "{{ webapps.upstreams }}"
+    upstreams: "{{ webapps.upstream_servers }}"
     exclusive: true
     upstream_conf: /etc/nginx/dyups.upstream.conf
 
@@ -136,8 +136,8 @@ upstream_servers:
   description:
     - The same upstreams as RV(upstreams), each with its list of servers only.
     - Given to O(swallowkeeper.dyups.dyups_upstream#module:upstreams) in this form,
-      M(swallowkeeper.dyups.dyups_upstream) keeps the directives that its upstream file holds for each upstream (a C(keepalive) added by hand, say), where
-      RV(upstreams) (with C(directives) set to V([])) would remove them.
+      M(swallowkeeper.dyups.dyups_upstream) keeps the directives that its upstream file holds for each upstream
+      (a C(keepalive) added by hand, say), where RV(upstreams) (with C(directives) set to V([])) would remove them.
   returned: success
   type: dict
   sample:

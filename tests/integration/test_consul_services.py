@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.collection import COLLECTIONS, ROOT
+from tests.support.ansible_run import AnsibleRunner
+from tests.support.collection import COLLECTIONS
 from tests.support.consul import consul_acl_agent, consul_agent  # noqa: F401 (fixtures)
 from tests.support.ports import free_port
 
@@ -352,13 +353,29 @@ def test_ansible_doc_renders(tmp_path):
     assert "consul_url" in everything and "CONSUL_HTTP_TOKEN" in everything and "skipped_items" in everything
 
 
-def test_examples_are_valid_yaml_with_known_modules():
+def test_examples_run_as_written(agent, dyups_server, tmp_path):
+    """The EXAMPLES, with only the agent's URL, the dyups URL and two paths pointed at this test."""
     import yaml
 
     from ansible_collections.swallowkeeper.dyups.plugins.modules import consul_services
 
-    tasks = yaml.safe_load(consul_services.EXAMPLES)
-    modules = {key for task in tasks for key in task if "." in key}
-    assert modules <= {"swallowkeeper.dyups.consul_services", "swallowkeeper.dyups.dyups_upstream",
-                       "ansible.builtin.debug"}
-    assert (ROOT / "meta" / "runtime.yml").exists()
+    agent.register("webappReadonly", "r1", port=18101)
+    agent.register("webappReadonly", "r2", port=18102, tags=["gray=b"], status="warning")
+    agent.register("webappBad", "x", port=18103, meta={"dyups_weight": "abc"})
+    token_file = tmp_path / "read.token"
+    token_file.write_text("anything: this agent has no ACLs\n")
+    conf = tmp_path / "dyups.upstream.conf"
+    text = (consul_services.EXAMPLES.replace("http://127.0.0.1:8500", agent.url)
+            .replace("/etc/consul.d/read.token", str(token_file)).replace("/etc/nginx/dyups.upstream.conf", str(conf)))
+    tasks = yaml.safe_load(text)
+    play = [{"name": "EXAMPLES", "hosts": "all", "gather_facts": False, "tasks": tasks,
+             "module_defaults": {"group/swallowkeeper.dyups.consul": {"consul_url": agent.url},
+                                 "group/swallowkeeper.dyups.dyups": {"api_url": dyups_server.api_url}}}]
+    runner = AnsibleRunner(tmp_path / "ansible")
+    done = runner.playbook(yaml.safe_dump(play, sort_keys=False))
+    assert done.rc == 0, done.stdout[-4000:]
+    assert done.tasks[0][1]["upstreams"]["webappReadonly"]["servers"] == ["127.0.0.1:18101"]
+    assert sorted(done.tasks[1][1]["upstreams"]) == ["webappReadonly", "webappReadonly_b"]
+    assert "webappBad" not in done.tasks[1][1]["upstreams"]
+    assert "weight='abc'" in done.stdout
+    assert "upstream webappReadonly_b" in conf.read_text()
