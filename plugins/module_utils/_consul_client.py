@@ -287,10 +287,10 @@ class BlockingQuery:
     * an index that went backwards (new leader, restored snapshot) or is 0 resets the index to 0, so
       the next poll reads afresh instead of waiting for a stale larger index; that answer's data is
       current and is reported as changed;
-    * polls are paced by a token bucket: ``burst`` of them may start back to back (two changes a few
-      milliseconds apart are both seen at once), after which they start ``min_interval`` seconds apart
-      on average, so an endpoint that answers at once every time (index 0, a flapping check) costs at
-      most 1/min_interval requests a second;
+    * a poll after an answer with a new index starts at once (a change in the meantime is seen at
+      once); a poll after a timeout, a spurious wake-up, a reset or an error is paced by a token
+      bucket: ``burst`` back to back, then one per ``min_interval`` on average, so an endpoint that
+      answers at once every time (index 0, say) costs at most 1/min_interval requests a second;
     * ``stale`` (None: the client's setting) lets any server answer;
     * answers are checked with ``client.read`` (shape per endpoint; an empty catalog is
       ConsulForbidden), so a watcher never mistakes an ACL-filtered answer for "all gone".
@@ -322,16 +322,19 @@ class BlockingQuery:
         self.burst = int(burst)
         self._tokens = float(self.burst)
         self._last_start = None
+        self._productive = False
 
     def _pace(self):
-        """A token bucket: ``burst`` starts at once, then one per ``min_interval`` on average.
+        """A token bucket for polls that follow an unproductive one.
 
-        Two changes close together are therefore not delayed (the second poll starts at once), while
-        an endpoint that answers at once every time still costs at most 1/min_interval requests a
-        second once the burst is spent.
+        A poll that follows an answer with a new index starts at once: the change it brings is real
+        work, and its cost is bounded by Consul's own rate of change. A poll that follows a timeout,
+        a spurious wake-up, an index reset or an error takes a token: ``burst`` of them may start back
+        to back, then one per ``min_interval`` on average, so an endpoint that answers at once every
+        time (index 0, say) costs at most 1/min_interval requests a second.
         """
         now = self.clock()
-        if self.min_interval <= 0:
+        if self.min_interval <= 0 or self._productive:
             self._last_start = now
             return
         if self._last_start is not None:
@@ -346,6 +349,7 @@ class BlockingQuery:
     def poll(self):
         """One query; returns a PollResult, raises what the client raises (the index is kept then)."""
         self._pace()
+        self._productive = False
         self.polls += 1
         fetch = getattr(self.client, "read", None) or self.client.get
         answer = fetch(self.path, params=self.params, index=self.index or None,
@@ -360,6 +364,7 @@ class BlockingQuery:
         elif self.last_index is not None and new < self.last_index:
             reset = "backwards"
         changed = reset is not None or new != self.last_index
+        self._productive = changed and reset is None and self.last_index is not None
         self.index = 0 if reset else new
         self.last_index = new
         return PollResult(data=answer.data, index=new, changed=changed, reset=reset)

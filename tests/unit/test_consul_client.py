@@ -257,6 +257,20 @@ def test_a_burst_starts_at_once_then_the_rate_is_capped():
     assert len(client.calls) == 50
 
 
+def test_a_poll_after_a_real_change_is_never_delayed():
+    answers = [(1, "a")] + [(1, "a")] * 8 + [(2, "b"), (3, "c"), (4, "d"), (4, "d")]
+    query, client, clock = query_with(answers, min_interval=0.5, burst=2)
+    for _ in range(9):
+        query.poll()                       # 8 spurious wake-ups drain the bucket
+    spent = len(clock.sleeps)
+    assert spent >= 6
+    for _ in range(3):
+        assert query.poll().changed        # 2, 3, 4: the poll after each change starts at once
+    assert len(clock.sleeps) == spent + 1, "only the poll after the first change waited (it followed a spurious one)"
+    query.poll()                           # after 4 (a change) the next starts at once, then is spurious
+    assert len(clock.sleeps) == spent + 1
+
+
 def test_time_spent_blocking_counts_towards_the_interval():
     query, client, clock = query_with([(1, "a"), (2, "b"), (3, "c")], duration=5.0, min_interval=1.0)
     for _ in range(3):

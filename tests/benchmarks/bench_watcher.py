@@ -1,0 +1,334 @@
+"""Watcher benchmarks: Consul change -> every nginx worker serving the new set; resync, memory, CPU.
+
+    .venv/bin/python tests/benchmarks/bench_watcher.py                 # the full run (docs/benchmarks.md)
+    .venv/bin/python tests/benchmarks/bench_watcher.py --short         # CI: small sizes, few flips
+    .venv/bin/python tests/benchmarks/bench_watcher.py --sizes 1000 --flips 200 --json out.json
+
+Set-up, per size N (all on loopback, all started and stopped here): a Consul ``-dev`` agent; three
+backend ports (tests/support/backends.py); stock nginx with the Lua flavor, 2 workers; N services
+``SvcI``, each with 3 instances on three catalog nodes (``bench-n1..3``, address 127.0.0.1), one per
+backend port, each with a passing check. So every upstream is ``{P1, P2, P3}``.
+
+Measured:
+
+* propagation of a health flip: the check of ``SvcK``'s instance on P3 goes critical (a catalog
+  register with the new status); the clock runs from just before that request until every worker
+  serves ``{P1, P2}``. Requests go through the proxy on new connections (``/u/SvcK/``, the
+  answering worker in ``X-Dyups-Worker``); a worker counts as switched at its third P3-free answer
+  in the final P3-free streak (a stale worker returns P3 at least once in any 3 answers, smooth
+  weighted round robin), and the flip is done when both workers have switched: an upper bound.
+  The check goes back to passing (not measured) before the next flip. K is random.
+* propagation of a registration (scale out): a fourth instance of ``SvcK`` on a fourth backend
+  port; done when both workers have answered from it.
+* the same two for the baseline: tests/benchmarks/original_approach.py (blocking on
+  /v1/catalog/services with wait=180s; a health flip is expected never to arrive: counted as
+  "not within TIMEOUT").
+* full resync: ``--once`` with an empty upstream file and an empty interface (read every
+  service, write the file, POST every upstream), wall time of the process;
+* watcher RSS (VmRSS) at steady state, and its CPU use while idle and while 50 health flips a
+  second arrive (from /proc/PID/stat over a fixed window).
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import random
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+from tests.support.collection import ensure_importable  # noqa: E402
+
+ensure_importable()
+
+from tests.support.backends import Backends  # noqa: E402
+from tests.support.consul import ConsulAgent  # noqa: E402
+from tests.support.nginx_lua import NginxLua  # noqa: E402
+from tests.support.ports import wait_port  # noqa: E402
+from tests.support.watcher import WatcherProcess, run_once  # noqa: E402
+
+NODES = ("bench-n1", "bench-n2", "bench-n3")
+TIMEOUT = 5.0
+
+
+class CatalogWriter:
+    """PUT /v1/catalog/register on keep-alive connections, one per thread."""
+
+    def __init__(self, port):
+        self.port = port
+        self.local = threading.local()
+
+    def _connection(self):
+        connection = getattr(self.local, "connection", None)
+        if connection is None:
+            connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
+            self.local.connection = connection
+        return connection
+
+    def register(self, node, service, instance_id, port, status="passing"):
+        self._put("/v1/catalog/register", {
+            "Node": node, "Address": "127.0.0.1", "SkipNodeUpdate": True,
+            "Service": {"ID": instance_id, "Service": service, "Port": port},
+            "Check": {"Node": node, "CheckID": f"check:{instance_id}", "Name": "bench", "Status": status,
+                      "ServiceID": instance_id},
+        })
+
+    def set_check(self, node, instance_id, status):
+        """Only the check's status changes (as a TTL check update does); the service is not written."""
+        self._put("/v1/catalog/register", {
+            "Node": node, "Address": "127.0.0.1", "SkipNodeUpdate": True,
+            "Check": {"Node": node, "CheckID": f"check:{instance_id}", "Name": "bench", "Status": status,
+                      "ServiceID": instance_id},
+        })
+
+    def _put(self, path, payload):
+        body = json.dumps(payload)
+        for attempt in range(3):
+            connection = self._connection()
+            try:
+                connection.request("PUT", path, body=body)
+                response = connection.getresponse()
+                response.read()
+                if response.status != 200:
+                    raise RuntimeError(f"catalog register answered {response.status}")
+                return
+            except (OSError, http.client.HTTPException):
+                connection.close()
+                self.local.connection = None
+                if attempt == 2:
+                    raise
+
+    def deregister(self, node, instance_id):
+        connection = self._connection()
+        connection.request("PUT", "/v1/catalog/deregister", body=json.dumps({"Node": node, "ServiceID": instance_id}))
+        response = connection.getresponse()
+        response.read()
+
+
+def populate(writer, size, ports):
+    jobs = [(NODES[j], f"Svc{i}", f"Svc{i}-{j}", ports[j]) for i in range(size) for j in range(3)]
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        list(pool.map(lambda job: writer.register(*job), jobs))
+
+
+def proxy_get(port, name):
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    try:
+        connection.request("GET", f"/u/{name}/", headers={"Connection": "close"})
+        response = connection.getresponse()
+        return response.status, response.read().decode().strip(), response.getheader("X-Dyups-Worker")
+    finally:
+        connection.close()
+
+
+def wait_switched(proxy_port, name, started, gone=None, new=None, workers=2, timeout=TIMEOUT):
+    """Seconds from ``started`` until every worker serves the new set (see the module docstring)."""
+    streak = {}
+    seen_new = {}
+    while time.perf_counter() - started < timeout:
+        status, body, pid = proxy_get(proxy_port, name)
+        now = time.perf_counter()
+        if gone is not None:
+            if status == 200 and body != gone:
+                streak.setdefault(pid, []).append(now)
+            else:
+                streak = {}
+            done = [times[2] for times in streak.values() if len(times) >= 3]
+            if len(done) >= workers:
+                return max(done) - started
+        else:
+            if body == new:
+                seen_new.setdefault(pid, now)
+            if len(seen_new) >= workers:
+                return max(seen_new.values()) - started
+    return None
+
+
+def percentile(values, share):
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(share * (len(ordered) - 1))))]
+
+
+def summary(values, attempts):
+    done = [v for v in values if v is not None]
+    result = {"attempts": attempts, "propagated": len(done), "not_within_timeout": attempts - len(done)}
+    if done:
+        result.update({"p50_ms": round(statistics.median(done) * 1000, 1),
+                       "p99_ms": round(percentile(done, 0.99) * 1000, 1),
+                       "max_ms": round(max(done) * 1000, 1)})
+    return result
+
+
+def flips(writer, proxy_port, size, ports, count, rng):
+    results = []
+    for _ in range(count):
+        k = rng.randrange(size)
+        name, instance = f"Svc{k}", f"Svc{k}-2"
+        started = time.perf_counter()
+        writer.set_check(NODES[2], instance, "critical")
+        results.append(wait_switched(proxy_port, name, started, gone=str(ports[2])))
+        writer.set_check(NODES[2], instance, "passing")
+        wait_switched(proxy_port, name, time.perf_counter(), new=str(ports[2]), timeout=TIMEOUT)
+    return results
+
+
+def scale_outs(writer, proxy_port, size, extra_port, count, rng):
+    results = []
+    for i in range(count):
+        k = rng.randrange(size)
+        name, instance = f"Svc{k}", f"Svc{k}-extra{i}"
+        started = time.perf_counter()
+        writer.register("bench-n4", name, instance, extra_port)
+        results.append(wait_switched(proxy_port, name, started, new=str(extra_port)))
+        writer.deregister("bench-n4", instance)
+        time.sleep(0.2)
+    return results
+
+
+def cpu_seconds(pid):
+    with open(f"/proc/{pid}/stat") as handle:
+        fields = handle.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def rss_mb(pid):
+    with open(f"/proc/{pid}/status") as handle:
+        for line in handle:
+            if line.startswith("VmRSS:"):
+                return round(int(line.split()[1]) / 1024, 1)
+    return None
+
+
+def cpu_share(pid, seconds, load=None):
+    before = cpu_seconds(pid)
+    started = time.perf_counter()
+    if load:
+        load(seconds)
+    else:
+        time.sleep(seconds)
+    return round(100 * (cpu_seconds(pid) - before) / (time.perf_counter() - started), 1)
+
+
+def flip_load(writer, size, ports, rate, rng):
+    def run(seconds):
+        end = time.perf_counter() + seconds
+        state = {}
+        next_at = time.perf_counter()
+        while time.perf_counter() < end:
+            k = rng.randrange(size)
+            status = "passing" if state.get(k) == "critical" else "critical"
+            state[k] = status
+            writer.set_check(NODES[2], f"Svc{k}-2", status)
+            next_at += 1.0 / rate
+            delay = next_at - time.perf_counter()
+            if delay > 0:
+                time.sleep(delay)
+        for k, status in state.items():
+            if status == "critical":
+                writer.set_check(NODES[2], f"Svc{k}-2", "passing")
+    return run
+
+
+def bench_size(size, flip_count, baseline_flips, measure_resources, rng, workdir):
+    out = {"upstreams": size, "instances": size * 3}
+    with ConsulAgent() as agent, Backends(count=4) as backends, \
+            NginxLua(workers=2, dict_size="128m", upstream_file=str(workdir / "ours.conf")) as nginx:
+        ports = backends.ports
+        writer = CatalogWriter(int(agent.url.rsplit(":", 1)[1]))
+        started = time.perf_counter()
+        populate(writer, size, ports)
+        out["populate_seconds"] = round(time.perf_counter() - started, 1)
+        proxy_port = int(nginx.proxy_url.rsplit(":", 1)[1])
+        common = {"consul_url": agent.url, "dyups_url": nginx.api_url, "log_level": "info",
+                  "drift_interval": 3600, "consul_resync_interval": 3600, "removal_guard_min": 10 ** 6}
+
+        resync_file = workdir / f"resync-{size}.conf"
+        started = time.perf_counter()
+        once = run_once(workdir, upstream_file=str(resync_file), timeout=600, **common)
+        out["full_resync_seconds"] = round(time.perf_counter() - started, 2)
+        if once.returncode != 0:
+            raise RuntimeError(f"--once failed:\n{once.stdout[-2000:]}\n{once.stderr[-2000:]}")
+
+        watcher = WatcherProcess(workdir / f"w{size}", upstream_file=str(workdir / "ours.conf"), **common).start()
+        try:
+            watcher.wait_for(lambda: watcher.metrics()["swallowkeeper_watcher_upstreams"] == size, "watcher synced",
+                             timeout=120)
+            time.sleep(1.0)
+            out["ours_health_flip"] = summary(flips(writer, proxy_port, size, ports, flip_count, rng), flip_count)
+            out["ours_scale_out"] = summary(scale_outs(writer, proxy_port, size, ports[3], min(20, flip_count), rng),
+                                            min(20, flip_count))
+            if measure_resources:
+                time.sleep(2.0)
+                out["ours_rss_mb"] = rss_mb(watcher.pid)
+                out["ours_cpu_idle_percent"] = cpu_share(watcher.pid, 20)
+                out["ours_cpu_50_flips_per_s_percent"] = cpu_share(
+                    watcher.pid, 20, flip_load(writer, size, ports, 50, rng))
+                out["ours_rss_after_load_mb"] = rss_mb(watcher.pid)
+        finally:
+            watcher.stop()
+
+        if baseline_flips:
+            for i in range(size):  # the baseline starts from an interface it filled itself
+                nginx.api("DELETE", f"/upstream/Svc{i}")
+            log = open(workdir / f"original-{size}.log", "wb")
+            original = subprocess.Popen(
+                [sys.executable, str(ROOT / "tests" / "benchmarks" / "original_approach.py"), "--consul", agent.url,
+                 "--dyups", nginx.api_url, "--file", str(workdir / f"original-{size}.conf")],
+                stdout=log, stderr=subprocess.STDOUT)
+            try:
+                deadline = time.monotonic() + 300
+                while time.monotonic() < deadline and b"synced index" not in (workdir / f"original-{size}.log").read_bytes():
+                    time.sleep(0.2)
+                time.sleep(1.0)
+                out["original_health_flip"] = summary(flips(writer, proxy_port, size, ports, baseline_flips, rng),
+                                                      baseline_flips)
+                out["original_scale_out"] = summary(
+                    scale_outs(writer, proxy_port, size, ports[3], baseline_flips, rng), baseline_flips)
+                if measure_resources:
+                    out["original_rss_mb"] = rss_mb(original.pid)
+            finally:
+                original.terminate()
+                original.wait(timeout=10)
+                log.close()
+    return out
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--short", action="store_true", help="CI: sizes 10 and 200, 20 flips, no resource run")
+    parser.add_argument("--sizes", default="10,1000,5000")
+    parser.add_argument("--flips", type=int, default=120)
+    parser.add_argument("--baseline-flips", type=int, default=10)
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--json", help="also write the results to this file")
+    args = parser.parse_args(argv)
+    if args.short:
+        args.sizes, args.flips, args.baseline_flips = "10,200", 20, 3
+    rng = random.Random(args.seed)
+    results = {"date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "machine": f"{os.cpu_count()} cores, "
+               f"{os.uname().sysname} {os.uname().release}", "command": " ".join([Path(sys.argv[0]).name] + sys.argv[1:]),
+               "timeout_s": TIMEOUT, "sizes": []}
+    with tempfile.TemporaryDirectory(prefix="bench-watcher-") as tmp:
+        for size in [int(s) for s in args.sizes.split(",")]:
+            measure = not args.short and size == max(int(s) for s in args.sizes.split(","))
+            result = bench_size(size, args.flips, args.baseline_flips, measure, rng, Path(tmp))
+            results["sizes"].append(result)
+            print(json.dumps(result), flush=True)
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
