@@ -25,7 +25,7 @@ description:
   - A POST replaces the whole upstream. Directives that the upstream file holds for an upstream (C(keepalive),
     C(check) ...) are therefore sent with its servers unless O(directives) says otherwise.
 author:
-  - swallowkeeper.dyups contributors
+  - Swallowkeeper maintainers (@swallowkeeper)
 extends_documentation_fragment:
   - swallowkeeper.dyups._dyups
 attributes:
@@ -39,6 +39,7 @@ attributes:
       - With O(upstream_conf), the upstream file's text before and after.
   action_group:
     support: full
+    description: Use C(group/swallowkeeper.dyups.dyups) in C(module_defaults) to set O(api_url) and O(timeout) once.
     membership:
       - swallowkeeper.dyups.dyups
 options:

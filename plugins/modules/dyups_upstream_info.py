@@ -16,7 +16,7 @@ description:
   - The interface shows addresses, not host names; a server added as a host name appears once per address it
     resolved to.
 author:
-  - swallowkeeper.dyups contributors
+  - Swallowkeeper maintainers (@swallowkeeper)
 extends_documentation_fragment:
   - swallowkeeper.dyups._dyups
 attributes:
@@ -28,6 +28,7 @@ attributes:
     description: Nothing changes, so there is no diff.
   action_group:
     support: full
+    description: Use C(group/swallowkeeper.dyups.dyups) in C(module_defaults) to set O(api_url) and O(timeout) once.
     membership:
       - swallowkeeper.dyups.dyups
 options:

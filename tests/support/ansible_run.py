@@ -93,7 +93,8 @@ class AnsibleRunner:
 
     def _run(self, argv, timeout):
         self.record.unlink(missing_ok=True)
-        done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env=self.env(), cwd=self.workdir)
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env=self.env(), cwd=self.workdir,
+                              check=False)
         return Completed(done, self.record)
 
     def adhoc(self, module, args, pattern=None, check=False, diff=False, timeout=120):

@@ -4,7 +4,7 @@
 # services (no systemd here, and a stray nginx on port 80 is not wanted): a policy-rc.d denies that
 # for the duration of the install. Uses the machine's own apt sources; idempotent.
 set -euo pipefail
-packages=(nginx libnginx-mod-http-lua lua-resty-core lua-resty-lrucache wrk supervisor python3-venv curl ca-certificates procps iproute2 util-linux)
+packages=(nginx libnginx-mod-http-lua lua-resty-core lua-resty-lrucache wrk supervisor python3-venv curl ca-certificates procps iproute2 util-linux shellcheck)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

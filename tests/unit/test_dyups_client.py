@@ -38,13 +38,18 @@ class Scripted:
 
 
 def client(*answers, **options):
+    """(DyupsClient, its transport, the pauses it slept) for scripted answers."""
     transport = Scripted(*answers)
     sleeps = []
     return DyupsClient(URL, transport, sleep=sleeps.append, **options), transport, sleeps
 
 
+def answering(*answers):
+    return client(*answers)[0]
+
+
 def test_list_and_detail_200_and_204():
-    dyups, transport, _ = client((200, "a\nb\n"), (204, ""), (200, "a\nserver 10.0.0.1:80 weight=2\n\n"), (204, ""))
+    dyups, transport, _sleeps = client((200, "a\nb\n"), (204, ""), (200, "a\nserver 10.0.0.1:80 weight=2\n\n"), (204, ""))
     assert dyups.list() == ["a", "b"]
     assert dyups.list() == []
     assert dyups.detail() == {"a": [Server("10.0.0.1", 80, weight=2)]}
@@ -54,13 +59,13 @@ def test_list_and_detail_200_and_204():
 
 
 def test_get_404_is_absent():
-    dyups, _, _ = client((404, ""), (200, "server 10.0.0.1:80\n"))
+    dyups = answering((404, ""), (200, "server 10.0.0.1:80\n"))
     assert dyups.get("Web") is None
     assert dyups.get("Web") == [("10.0.0.1", 80)]
 
 
 def test_update_posts_the_whole_upstream():
-    dyups, transport, _ = client((200, "success"))
+    dyups, transport, _sleeps = client((200, "success"))
     dyups.update(UP)
     method, url, body, timeout = transport.calls[0]
     assert (method, url, timeout) == ("POST", URL + "/upstream/Web", 5.0)
@@ -68,14 +73,14 @@ def test_update_posts_the_whole_upstream():
 
 
 def test_update_takes_only_a_built_upstream():
-    dyups, transport, _ = client()
+    dyups, transport, _sleeps = client()
     with pytest.raises(TypeError):
         dyups.update("server 10.0.0.1:80;")
     assert transport.calls == []
 
 
 def test_delete_200_and_404():
-    dyups, _, _ = client((200, "success"), (404, ""))
+    dyups = answering((200, "success"), (404, ""))
     assert dyups.delete("Web") is True
     assert dyups.delete("Web") is False
 
@@ -97,14 +102,14 @@ def test_409_gives_up_after_the_retries():
 
 
 def test_400_from_the_lua_flavor_is_rejected():
-    dyups, _, _ = client((400, "invalid server '10.0.0.1:0'"))
+    dyups = answering((400, "invalid server '10.0.0.1:0'"))
     with pytest.raises(DyupsRejected) as caught:
         dyups.update(UP)
     assert caught.value.status == 400 and "invalid server" in str(caught.value)
 
 
 def test_500_from_tengine_says_a_reload_may_be_needed():
-    dyups, _, _ = client((500, "add server failed"), (500, "del failed"))
+    dyups = answering((500, "add server failed"), (500, "del failed"))
     with pytest.raises(DyupsRejected) as caught:
         dyups.update(UP)
     message = str(caught.value)
@@ -116,21 +121,21 @@ def test_500_from_tengine_says_a_reload_may_be_needed():
 
 @pytest.mark.parametrize("status, hint", [(404, "is dyups_interface configured"), (405, "does not allow"), (502, "")])
 def test_unexpected_status_is_a_protocol_error(status, hint):
-    dyups, _, _ = client((status, "nope"))
+    dyups = answering((status, "nope"))
     with pytest.raises(DyupsProtocolError) as caught:
         dyups.detail()
     assert str(status) in str(caught.value) and hint in str(caught.value)
 
 
 def test_garbage_detail_is_a_protocol_error():
-    dyups, _, _ = client((200, "server 10.0.0.1:80 weight=1\n"))
+    dyups = answering((200, "server 10.0.0.1:80 weight=1\n"))
     with pytest.raises(DyupsProtocolError) as caught:
         dyups.detail()
     assert "does not follow the wire format" in str(caught.value)
 
 
 def test_no_answer_is_unavailable_naming_the_url():
-    dyups, _, _ = client(TransportError("ConnectionRefusedError: [Errno 111] Connection refused"))
+    dyups = answering(TransportError("ConnectionRefusedError: [Errno 111] Connection refused"))
     with pytest.raises(DyupsUnavailable) as caught:
         dyups.detail()
     assert caught.value.url == URL + "/detail"
@@ -138,7 +143,7 @@ def test_no_answer_is_unavailable_naming_the_url():
 
 
 def test_bad_names_never_reach_the_transport():
-    dyups, transport, _ = client()
+    dyups, transport, _sleeps = client()
     for call in (dyups.get, dyups.delete):
         for name in ("bad name", "x{y", "a/b"):
             with pytest.raises(ValueError):
@@ -174,7 +179,7 @@ class Silent:
     def _serve(self):
         while not self.stopped.is_set():
             try:
-                conn, _ = self.sock.accept()
+                conn, _address = self.sock.accept()
             except socket.timeout:
                 continue
             except OSError:

@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# ansible-lint (production profile, configuration in .ansible-lint) over the whole collection: playbooks,
+# roles, meta/runtime.yml, galaxy.yml, changelogs. Passes only with no violation at all.
+#
+#   tests/tools/lint.sh                 everything
+#   tests/tools/lint.sh playbooks/      extra arguments go to ansible-lint
+set -euo pipefail
+root=$(cd "$(dirname "$0")/../.." && pwd)
+lint="$root/.venv/bin/ansible-lint"
+[ -x "$lint" ] || { echo "no $lint: run tests/tools/venv.sh first" >&2; exit 2; }
+cd "$root"
+export PATH="$root/.venv/bin:$PATH"
+# The collection is found through the same symlink the tests use; ansible-lint's own cache stays in .cache.
+export ANSIBLE_COLLECTIONS_PATH="$root/.cache/collections"
+export ANSIBLE_HOME="$root/.cache/ansible-home"
+"$lint" --version | head -1
+exec "$lint" --profile production --strict --nocolor "$@"
