@@ -284,6 +284,8 @@ class BlockingQuery:
     * the first poll (and the one after a reset) is a plain read (no ``index``); every next one sends
       the last ``X-Consul-Index`` as ``index`` and ``wait`` (capped at 10 minutes);
     * an answer with the same index is a spurious wake-up or a timeout: ``changed`` is False;
+    * after no answer at all (the agent down or restarting) the next poll is a plain read, so a
+      restarted agent with a smaller index is noticed at once;
     * an index that went backwards (new leader, restored snapshot) or is 0 resets the index to 0, so
       the next poll reads afresh instead of waiting for a stale larger index; that answer's data is
       current and is reported as changed;
@@ -347,13 +349,22 @@ class BlockingQuery:
         self._last_start = now
 
     def poll(self):
-        """One query; returns a PollResult, raises what the client raises (the index is kept then)."""
+        """One query; returns a PollResult, raises what the client raises.
+
+        After ConsulUnavailable (no answer at all) the next poll is a plain read: the agent may have
+        been restarted with a smaller index, and blocking on the old one would wait out the whole
+        ``wait`` before noticing. After any other error the index is kept.
+        """
         self._pace()
         self._productive = False
         self.polls += 1
         fetch = getattr(self.client, "read", None) or self.client.get
-        answer = fetch(self.path, params=self.params, index=self.index or None,
-                       wait=self.wait if self.index else None, stale=self.stale)
+        try:
+            answer = fetch(self.path, params=self.params, index=self.index or None,
+                           wait=self.wait if self.index else None, stale=self.stale)
+        except ConsulUnavailable:
+            self.index = 0
+            raise
         new = answer.index
         if new is None:
             raise ConsulBadAnswer(f"GET {answer.url} sent no X-Consul-Index: it cannot be used as a blocking query",

@@ -309,6 +309,20 @@ def _winner(upstream, services):
     return min(services)
 
 
+def _collision_survivors(result, winners, skipped):
+    """The instances of ``result`` whose upstream its service wins; a skip item for each other one."""
+    for item in result.instances:
+        winner = winners.get(item["upstream"])
+        if winner is not None and winner != item["service"]:
+            skipped.append(_skip_item(
+                _instance_what(item["service"], item["node"], item["id"]),
+                f"upstream {item['upstream']} already comes from service {_text(winner)}, which wins "
+                "(the service named like the upstream, else the alphabetically first)",
+                service=item["service"], node=item["node"], instance_id=item["id"]))
+            continue
+        yield item
+
+
 def merge_results(results):
     """One MappingResult from per-service results (or merged ones), resolving name collisions (rule 6)."""
     results = list(results)
@@ -321,16 +335,10 @@ def merge_results(results):
     upstreams = {}
     empty = set()
     for result in results:
-        for item in result.instances:
-            winner = winners.get(item["upstream"])
-            if winner is not None and winner != item["service"]:
-                merged.skipped.append(_skip_item(
-                    _instance_what(item["service"], item["node"], item["id"]),
-                    f"upstream {item['upstream']} already comes from service {_text(winner)}, which wins "
-                    "(the service named like the upstream, else the alphabetically first)",
-                    service=item["service"], node=item["node"], instance_id=item["id"]))
-                continue
-            merged.instances.append(item)
+        if all(winners[upstream] == service for upstream, service in result.sources.items()):
+            merged.instances.extend(result.instances)  # the common case: no name collision
+        else:
+            merged.instances.extend(_collision_survivors(result, winners, merged.skipped))
         merged.skipped.extend(result.skipped)
         for upstream, service in result.sources.items():
             if winners[upstream] != service:
@@ -357,17 +365,44 @@ def map_services(health, options=None):
 
 
 # -- health/state/any snapshots ------------------------------------------------------------------------
-def _check_index(checks):
-    """{(node, service id): (service name, frozenset((check id, status)))} from a list of checks."""
-    groups = {}
+@dataclass(frozen=True)
+class CheckSnapshot:
+    """One ``/v1/health/state/any`` answer, indexed once by instance.
+
+    ``states``: {(node, service id): (service name, ((check id, status), ...) sorted)};
+    ``checks``: {(node, service id): [the check dicts]}. Node-level checks have service id "".
+    A watcher keeps the last snapshot and compares the next answer against it, so each answer is
+    indexed once (one pass over the list).
+    """
+
+    states: dict
+    checks: dict
+
+    def keys_of(self, service):
+        """Instance keys with at least one check of ``service``."""
+        return {key for key, (name, _states) in self.states.items() if key[1] and name == service}
+
+
+def index_checks(checks):
+    """A CheckSnapshot from a list of checks (anything that is not a dict is ignored)."""
+    grouped = {}
     for check in checks or ():
-        if not isinstance(check, dict):
+        if type(check) is not dict:
             continue
-        key = (str(check.get("Node") or ""), str(check.get("ServiceID") or ""))
-        name, states = groups.get(key, (str(check.get("ServiceName") or ""), set()))
-        states.add((str(check.get("CheckID") or ""), str(check.get("Status") or "")))
-        groups[key] = (name, states)
-    return {key: (name, frozenset(states)) for key, (name, states) in groups.items()}
+        node, service_id = check.get("Node") or "", check.get("ServiceID") or ""
+        key = (node if type(node) is str else str(node), service_id if type(service_id) is str else str(service_id))
+        found = grouped.get(key)
+        if found is None:
+            grouped[key] = [check]
+        else:
+            found.append(check)
+    states = {}
+    for key, group in grouped.items():
+        pairs = [(str(c.get("CheckID") or ""), str(c.get("Status") or "")) for c in group]
+        if len(pairs) > 1:
+            pairs = sorted(set(pairs))
+        states[key] = (str(group[0].get("ServiceName") or ""), tuple(pairs))
+    return CheckSnapshot(states=states, checks=grouped)
 
 
 @dataclass(frozen=True)
@@ -385,18 +420,14 @@ class ChecksChange:
         return bool(self.services or self.nodes)
 
 
-def changed_services(old_checks, new_checks):
-    """Compare two ``/v1/health/state/any`` answers: a check added, removed or with a new status.
-
-    Only ``CheckID`` and ``Status`` count (``Output`` changes do not change the mapping). ``old_checks``
-    None (no earlier snapshot) reports every service and node of ``new_checks``.
-    """
-    new = _check_index(new_checks)
-    old = _check_index(old_checks) if old_checks is not None else {}
+def diff_snapshots(old, new):
+    """What changed from snapshot ``old`` (None: nothing known) to snapshot ``new`` (see ChecksChange)."""
+    old_states = old.states if old is not None else {}
+    new_states = new.states
     services = set()
     nodes = set()
-    for key in set(old) | set(new):
-        before, after = old.get(key), new.get(key)
+    for key in old_states.keys() | new_states.keys():
+        before, after = old_states.get(key), new_states.get(key)
         if before is not None and after is not None and before[1] == after[1]:
             continue
         node, service_id = key
@@ -407,3 +438,12 @@ def changed_services(old_checks, new_checks):
             if side is not None and side[0]:
                 services.add(side[0])
     return ChecksChange(services=frozenset(services), nodes=frozenset(nodes))
+
+
+def changed_services(old_checks, new_checks):
+    """Compare two ``/v1/health/state/any`` answers: a check added, removed or with a new status.
+
+    Only ``CheckID`` and ``Status`` count (``Output`` changes do not change the mapping). ``old_checks``
+    None (no earlier snapshot) reports every service and node of ``new_checks``.
+    """
+    return diff_snapshots(index_checks(old_checks) if old_checks is not None else None, index_checks(new_checks))

@@ -36,14 +36,21 @@ HEADER = (
 DEFAULT_MODE = 0o644
 
 
-def render(upstreams, header=HEADER):
-    """The file's text for an iterable of Upstream (sorted by name: stable, diffable)."""
+def render_block(upstream):
+    """``upstream NAME { ... }`` for one Upstream."""
+    lines = [f"upstream {upstream.name} {{"]
+    lines.extend(f"    {statement}" for statement in upstream.statements())
+    lines.append("}")
+    return "\n".join(lines) + "\n"
+
+
+def render(upstreams, header=HEADER, block=render_block):
+    """The file's text for an iterable of Upstream (sorted by name: stable, diffable).
+
+    ``block`` renders one upstream; a caller that renders often may pass a memoizing one.
+    """
     parts = [header] if header else []
-    for upstream in sorted(upstreams, key=lambda item: item.name):
-        lines = [f"upstream {upstream.name} {{"]
-        lines.extend(f"    {statement}" for statement in upstream.statements())
-        lines.append("}")
-        parts.append("\n".join(lines) + "\n")
+    parts.extend(block(upstream) for upstream in sorted(upstreams, key=lambda item: item.name))
     return "\n".join(parts)
 
 

@@ -115,8 +115,8 @@ options:
     description:
       - Command run on the new upstream file before it replaces the old one; C(%s) is replaced by the new file's path.
         When it fails, the old file stays and nothing is sent.
-      - For example V(/usr/sbin/nginx -t -q -c /etc/nginx/check-upstreams.conf -g "include %s;") with a small
-        configuration that includes nothing else.
+      - The command runs without a shell; use C(/bin/sh -c '...') for one. The EXAMPLES show a check of the new file
+        with C(nginx -t) and a minimal configuration that includes only it.
     type: str
   resolve_check:
     description:
@@ -160,6 +160,9 @@ EXAMPLES = r"""
       - keepalive 32
     upstream_conf: /etc/nginx/dyups.upstream.conf
     backup: true
+    validate: >-
+      /bin/sh -c 'printf "events {}\nhttp { include %s; }\n" > /tmp/dyups-check.conf
+      && /usr/sbin/nginx -t -q -c /tmp/dyups-check.conf'
 
 - name: All upstreams the file manages, at once; those no longer listed are deleted
   swallowkeeper.dyups.dyups_upstream:

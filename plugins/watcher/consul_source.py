@@ -24,6 +24,7 @@ mapping of the services it touched only.
 
 from __future__ import annotations
 
+import gc
 import logging
 import threading
 import time
@@ -50,15 +51,6 @@ def consul_error_kind(exc):
     return "consul_bad_answer"
 
 
-def _by_instance(checks):
-    """{(node, service_id): [check, ...]} from a ``/v1/health/state/any`` answer."""
-    groups = {}
-    for check in checks:
-        if isinstance(check, dict):
-            groups.setdefault((str(check.get("Node") or ""), str(check.get("ServiceID") or "")), []).append(check)
-    return groups
-
-
 class ConsulSource:
     def __init__(self, settings, metrics):
         self.settings = settings
@@ -77,7 +69,7 @@ class ConsulSource:
                                          stale=settings.consul_stale)
         self.entries = {}        # service -> {(node, service_id): {"Node": ..., "Service": ...}}
         self.checks = {}         # (node, service_id) -> [check dicts]; node checks under (node, "")
-        self.health = None       # the last /v1/health/state/any answer (or the checks the last full read saw)
+        self.snapshot = None     # the last /v1/health/state/any answer, indexed (CheckSnapshot)
         self.node_services = {}  # node -> {service names with an instance there}
         self.catalog = None      # service -> sorted tags, from /v1/catalog/services
         self.results = {}        # service -> mapping result of that service alone
@@ -144,9 +136,13 @@ class ConsulSource:
                 self._store_service(name, [])
             for name, data in fetched:
                 self._store_service(name, data)
-            self.health = [check for checks in self.checks.values() for check in checks]
+            self.snapshot = mapping.index_checks([check for checks in self.checks.values() for check in checks])
         self._recovered()
         log.debug("read %d services from Consul in %.3fs", len(selected), time.monotonic() - started)
+        # The cache is large and lives long: keep it out of the cyclic collector's full scans (it holds
+        # no reference cycles; reference counting still frees what is replaced later).
+        gc.collect()
+        gc.freeze()
 
     def _recovered(self):
         self.metrics.set(consul_up=1)
@@ -181,39 +177,16 @@ class ConsulSource:
         touched = set()
         with self.lock:
             if health is not None:
-                change = mapping.changed_services(self.health, health)
-                self.health = health
-                by_instance = _by_instance(health)
-                keys_by_service = {}
-                for key, checks in by_instance.items():
-                    if key[1]:
-                        keys_by_service.setdefault(str(checks[0].get("ServiceName") or ""), set()).add(key)
-                affected = set(change.services)
-                for node in change.nodes:
-                    self.checks[(node, "")] = by_instance.get((node, ""), [])
-                    touched.update(self.node_services.get(node, ()))
-                for name in affected:
-                    if not self.options.selects(name):
-                        continue
-                    cached = {key for key in self.entries.get(name, {}) if self.checks.get(key)}
-                    current = keys_by_service.get(name, set())
-                    if cached != current:
-                        refetch.add(name)  # an instance came or went: its address and tags are needed
-                        continue
-                    for key in current:
-                        self.checks[key] = by_instance[key]
-                    touched.add(name)
+                self._fold_health(health, touched, refetch)
             if catalog is not None:
                 current = {name: sorted(tags or []) for name, tags in catalog.items()}
                 previous = self.catalog or {}
                 moved = {name for name in set(current) | set(previous) if current.get(name) != previous.get(name)}
                 self.catalog = current
                 self.catalog_index = catalog_index
-                moved = {name for name in moved if self.options.selects(name)}
-                if moved:
-                    refetch.update(moved)
-                elif not refetch and not touched:
-                    refetch.update(name for name in current if self.options.selects(name))
+                refetch.update(name for name in moved if self.options.selects(name))
+                if not refetch and not touched:
+                    self._explain_catalog_change(current, touched, refetch)
                 for name in set(self.entries) - set(current):
                     self._store_service(name, [])
                     refetch.discard(name)
@@ -226,9 +199,45 @@ class ConsulSource:
                     self._store_service(name, data)
         return bool(touched or refetch or catalog is not None)
 
+    def _fold_health(self, health, touched, refetch):
+        """Apply a ``/v1/health/state/any`` answer: statuses in place, or a read of services whose
+        instances came or went."""
+        snapshot = mapping.index_checks(health)
+        change = mapping.diff_snapshots(self.snapshot, snapshot)
+        self.snapshot = snapshot
+        for node in change.nodes:
+            self.checks[(node, "")] = snapshot.checks.get((node, ""), [])
+            touched.update(self.node_services.get(node, ()))
+        affected = {name for name in change.services if self.options.selects(name)}
+        keys_by_service = {}
+        if affected:
+            for key, (name, _states) in snapshot.states.items():
+                if key[1] and name in affected:
+                    keys_by_service.setdefault(name, set()).add(key)
+        for name in affected:
+            cached = {key for key in self.entries.get(name, {}) if self.checks.get(key)}
+            current = keys_by_service.get(name, set())
+            if cached != current:
+                refetch.add(name)  # an instance came or went: its address and tags are needed
+                continue
+            for key in current:
+                self.checks[key] = snapshot.checks[key]
+            touched.add(name)
+
+    def _explain_catalog_change(self, catalog, touched, refetch):
+        """The catalog moved, but no service was added, removed or retagged.
+
+        Usually a new instance of an existing service, whose check the health poll has not delivered
+        yet: one plain read of ``/v1/health/state/any`` finds it. If that explains nothing either (an
+        instance without checks, a changed port or Meta), every service is read again.
+        """
+        self._fold_health(self.client.health_state_any().data, touched, refetch)
+        if not touched and not refetch:
+            refetch.update(name for name in catalog if self.options.selects(name))
+
     def mapping(self):
         with self.lock:
-            return mapping.merge_results(self.results.values())
+            return mapping.merge_results(result for _name, result in sorted(self.results.items()))
 
     # -- watching ----------------------------------------------------------------------------------
     def start_watching(self, events):

@@ -174,8 +174,10 @@ class Daemon:
             batch = self._collect(timeout)
             if batch:
                 try:
+                    started = self.clock()
                     if self.source.apply_events(batch):
                         need_sync = True
+                    log.debug("%d event(s) folded in %.1f ms", len(batch), (self.clock() - started) * 1000)
                 except Exception as exc:  # ConsulError while fetching changed services: full read later
                     kind = consul_error_kind(exc)
                     self.metrics.error(kind)
@@ -214,9 +216,13 @@ class Daemon:
             return False
 
     def _sync(self):
+        started = self.clock()
         result = self.source.mapping()
+        mapped = self.clock()
         self._log_skipped(result.skipped)
-        self.syncer.sync(result.upstreams, result.empty)
+        report = self.syncer.sync(result.upstreams, result.empty)
+        log.debug("sync: mapping %.1f ms, apply %.1f ms, %d posted, %d deleted", (mapped - started) * 1000,
+                  (self.clock() - mapped) * 1000, len(report.posted), len(report.deleted))
 
     def _log_skipped(self, skipped):
         self.metrics.set_status(skipped=skipped[:100])

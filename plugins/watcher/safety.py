@@ -55,7 +55,10 @@ def removals(applied, desired):
     total = 0
     for name, upstream in applied.items():
         total += len(upstream.servers)
-        kept = {server.address for server in desired[name].servers} if name in desired else set()
+        wanted = desired.get(name)
+        if wanted is upstream:
+            continue
+        kept = {server.address for server in wanted.servers} if wanted is not None else set()
         gone = sorted(server.address for server in upstream.servers if server.address not in kept)
         if gone:
             by_upstream[name] = gone

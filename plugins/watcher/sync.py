@@ -91,6 +91,7 @@ class Syncer:
         self.hold_since = None
         self.release_requested = False
         self.skipped = []
+        self._blocks = {}
         self._update_gauges()
 
     # -- desired state ---------------------------------------------------------------------------
@@ -160,7 +161,8 @@ class Syncer:
         report = SyncReport()
         desired = self.desired_from(upstreams, empty)
         report.held = self.hold_since
-        changed = sorted(name for name, upstream in desired.items() if self.applied.get(name) != upstream)
+        changed = sorted(name for name, upstream in desired.items()
+                         if self.applied.get(name) is not upstream and self.applied.get(name) != upstream)
         removed = sorted(name for name in self.applied if name not in desired)
         if changed or removed:
             if self.dry_run:
@@ -172,8 +174,9 @@ class Syncer:
                 self._finish(report, started)
                 return report
             try:
-                _changed, _backup = _upstream_file.write_upstreams(
-                    self.settings.upstream_file, desired.values(), validate=self.settings.validate_command)
+                _upstream_file.replace_file(self.settings.upstream_file,
+                                            _upstream_file.render(desired.values(), block=self._block),
+                                            validate=self.settings.validate_command)
                 report.file_changed = True
             except _upstream_file.ValidateCommandFailed as exc:
                 return self._file_failed(report, started, "file_validate", str(exc))
@@ -188,6 +191,15 @@ class Syncer:
         self.push(report)
         self._finish(report, started)
         return report
+
+    def _block(self, upstream):
+        """The file block of ``upstream``, rendered once per Upstream object (most are unchanged)."""
+        cached = self._blocks.get(upstream.name)
+        if cached is not None and cached[0] is upstream:
+            return cached[1]
+        text = _upstream_file.render_block(upstream)
+        self._blocks[upstream.name] = (upstream, text)
+        return text
 
     def _file_failed(self, report, started, kind, message):
         report.file_error = message

@@ -279,16 +279,28 @@ def test_time_spent_blocking_counts_towards_the_interval():
 
 
 def test_errors_keep_the_index_and_are_paced_too():
-    query, client, clock = query_with([(10, "a"), ConsulUnavailable("down"), ConsulUnavailable("down"), (10, "a")],
+    query, client, clock = query_with([(10, "a"), ConsulServerError("500"), ConsulServerError("500"), (10, "a")],
                                       min_interval=0.5, burst=1)
     query.poll()
     for _ in range(2):
-        with pytest.raises(ConsulUnavailable):
+        with pytest.raises(ConsulServerError):
             query.poll()
     result = query.poll()
     assert [call["index"] for call in client.calls] == [None, 10, 10, 10]
     assert result.changed is False
     assert clock.sleeps == [0.5, 0.5, 0.5]
+
+
+def test_no_answer_makes_the_next_poll_a_plain_read():
+    """A restarted agent may have a smaller index: blocking on the old one would wait out ``wait``."""
+    query, client, clock = query_with([(50, "a"), ConsulUnavailable("down"), (7, "b"), (8, "c")], burst=1)
+    query.poll()
+    with pytest.raises(ConsulUnavailable):
+        query.poll()
+    after = query.poll()
+    query.poll()
+    assert [call["index"] for call in client.calls] == [None, 50, None, None]  # 7 < 50: reset, read afresh
+    assert (after.changed, after.reset) == (True, "backwards")
 
 
 def test_missing_index_header_is_a_bad_answer():
