@@ -51,3 +51,11 @@ def test_unknown_key_in_file(tmp_path):
     path.write_text('{"consul_token": "secret"}')
     with pytest.raises(s.SettingsError, match="unknown option"):
         s.load_file(str(path))
+
+
+def test_every_option_is_documented():
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[3] / "docs" / "watcher.md").read_text()
+    missing = [option.name for option in s.OPTIONS if f"`{option.name}`" not in text]
+    assert not missing, f"docs/watcher.md lacks {missing}"
