@@ -17,6 +17,8 @@ Where things are:
 - ``metrics.py``    counters and the loopback status / Prometheus endpoint
 - ``daemon.py``     the event loop: coalescing, retries with backoff, signals
 - ``cli.py``        ``--once``, ``--dry-run``, exit codes
+- ``validate_upstreams.py``  ``nginx -t`` on a candidate upstream file alone (a validate_command)
+- ``backoff.py``    capped exponential backoff with jitter
 - ``__main__.py``   ``python3 plugins/watcher`` from a checkout, or ``python3 -m
   ansible_collections.swallowkeeper.dyups.plugins.watcher`` where the collection is installed
 """

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -18,6 +20,8 @@ from tests.support.backends import Backends
 from tests.support.consul import ConsulAgent
 from tests.support.nginx_lua import NginxLua
 from tests.support.watcher import WatcherProcess, run_once
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
@@ -277,3 +281,26 @@ def test_once_and_dry_run(stack, tmp_path):
     held = run_once(tmp_path, **dict(common, removal_guard_min=1))
     assert held.returncode == 3, held.stdout
     assert served(nginx, "Web") == {str(p1)}
+
+
+def test_validate_command_guards_the_file(stack, tmp_path):
+    agent, backends, nginx, upstream_file = stack
+    p1, p2, _p3, _p4 = backends.ports
+    validator = f"{sys.executable} {ROOT / 'plugins' / 'watcher' / 'validate_upstreams.py'} --nginx /usr/sbin/nginx %s"
+    agent.register("Web", "w1", port=p1)
+    watcher = start_watcher(tmp_path, agent, nginx, upstream_file, validate_command=validator)
+    try:
+        watcher.wait_for(lambda: served(nginx, "Web") == {str(p1)}, "synced through nginx -t")
+        before = upstream_file.read_text()
+        watcher.rewrite_config(validate_command="/bin/false %s")   # a validator that refuses everything
+        watcher.hup()
+        watcher.wait_for(lambda: "config reloaded" in watcher.log_text(), "SIGHUP handled")
+        agent.register("Web", "w2", port=p2)
+        watcher.wait_for(lambda: watcher.metrics()['swallowkeeper_watcher_errors_total{kind="file_validate"}'] >= 1,
+                         "validation failure counted")
+        assert upstream_file.read_text() == before, "a refused file never replaces the live one"
+        assert served(nginx, "Web") == {str(p1)}, "nothing is sent when the file was not written"
+        assert "nothing sent to dyups" in watcher.log_text()
+        assert not list(upstream_file.parent.glob(".upstreams.conf.*.tmp")), "the candidate file is removed"
+    finally:
+        watcher.stop()
