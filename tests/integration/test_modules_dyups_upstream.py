@@ -192,6 +192,27 @@ def test_the_file_is_written_first_and_kept_when_the_interface_is_down(ansible, 
     assert "did not answer" in result["msg"] and not other.exists()
 
 
+def test_the_file_holds_the_change_before_the_interface_is_called(ansible, tmp_path):
+    conf = tmp_path / "upstreams.conf"
+    seen = []
+
+    def look_at_the_file(request):
+        if request.method in ("POST", "DELETE"):
+            seen.append((request.method, request.path, conf.read_text() if conf.exists() else None))
+
+    with FakeDyups(on_request=look_at_the_file) as server:
+        ok(ansible.playbook(play(task("set", api_url=server.api_url, upstream_conf=str(conf),
+                                      upstreams={"A": ["127.0.0.1:18101"], "B": ["127.0.0.1:18102"]}))))
+        ok(ansible.playbook(play(task("set", api_url=server.api_url, upstream_conf=str(conf), exclusive=True,
+                                      upstreams={"A": ["127.0.0.1:18103"]}))))
+    assert [(method, path) for method, path, _text in seen] == [
+        ("POST", "/upstream/A"), ("POST", "/upstream/B"), ("POST", "/upstream/A"), ("DELETE", "/upstream/B")]
+    for method, path, text in seen[:2]:
+        assert "upstream A {\n    server 127.0.0.1:18101;" in text and "upstream B {" in text, (method, path)
+    for method, path, text in seen[2:]:
+        assert "upstream A {\n    server 127.0.0.1:18103;" in text and "upstream B" not in text, (method, path)
+
+
 def test_directives_in_the_file_are_kept_and_sent(fake_dyups, ansible, tmp_path):
     conf = tmp_path / "upstreams.conf"
     conf.write_text("upstream Web {\n    server 127.0.0.1:18101;\n    check interval=3000 rise=2 fall=5 timeout=1000 type=http;\n}\n")

@@ -20,6 +20,8 @@ POST naming it gets the 500 Tengine gives.
         fake.requests           # [Request(method, path, body), ...]
         fake.busy(2)            # the next two requests answer 409
         fake.upstreams          # {name: {"servers": [dict, ...], "directives": [str, ...]}}
+
+    FakeDyups(on_request=callback)  # callback(Request) runs before each answer (to look at a file then)
 """
 
 from __future__ import annotations
@@ -66,8 +68,9 @@ def _seconds(value):
 
 
 class _State:
-    def __init__(self, hosts):
+    def __init__(self, hosts, on_request=None):
         self.lock = threading.Lock()
+        self.on_request = on_request
         self.hosts = dict(hosts)
         self.upstreams = {}  # insertion order; /detail prints the newest first (the order is not stable)
         self.requests = []
@@ -168,8 +171,11 @@ class _Handler(BaseHTTPRequestHandler):
         state = self.server.state
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length) if length else b""
+        request = Request(self.command, self.path, body.decode("utf-8", "replace"))
+        if state.on_request is not None:
+            state.on_request(request)
         with state.lock:
-            state.requests.append(Request(self.command, self.path, body.decode("utf-8", "replace")))
+            state.requests.append(request)
             if state.busy_always or state.busy_left > 0:
                 state.busy_left = max(0, state.busy_left - 1)
                 return self._answer(409)
@@ -218,10 +224,10 @@ class _Handler(BaseHTTPRequestHandler):
 class FakeDyups:
     """The stand-in server on 127.0.0.1 (a free port), in a thread of the test process."""
 
-    def __init__(self, hosts=None, port=0):
+    def __init__(self, hosts=None, port=0, on_request=None):
         self._server = ThreadingHTTPServer(("127.0.0.1", port), _Handler)
         self._server.daemon_threads = True
-        self._server.state = _State({"localhost": ["127.0.0.1"]} if hosts is None else hosts)
+        self._server.state = _State({"localhost": ["127.0.0.1"]} if hosts is None else hosts, on_request)
         self._thread = None
 
     @property
