@@ -8,6 +8,12 @@ from __future__ import annotations
 
 class ModuleDocFragment:
     DOCUMENTATION = r"""
+attributes:
+  action_group:
+    support: full
+    description: Use C(group/swallowkeeper.dyups.dyups) in C(module_defaults) to set O(api_url) and O(timeout) once.
+    membership:
+      - swallowkeeper.dyups.dyups
 options:
   api_url:
     description:

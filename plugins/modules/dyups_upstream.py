@@ -37,11 +37,6 @@ attributes:
     description:
       - The C(/detail) lines of every upstream to be sent or deleted, before and after.
       - With O(upstream_conf), the upstream file's text before and after.
-  action_group:
-    support: full
-    description: Use C(group/swallowkeeper.dyups.dyups) in C(module_defaults) to set O(api_url) and O(timeout) once.
-    membership:
-      - swallowkeeper.dyups.dyups
 options:
   name:
     description:
@@ -429,19 +424,16 @@ class Runner:
             self.result["backup_file"] = backup_file
 
     def apply(self, client, the_plan):
+        """POST, then DELETE; the first failure stops and says what was already done."""
+        steps = [("POST", upstream.name, client.update, upstream) for upstream in the_plan.posts]
+        steps += [("DELETE", name, client.delete, name) for name in the_plan.deletes]
         requests = self.result["requests"]
-        for upstream in the_plan.posts:
+        for method, name, send, argument in steps:
             try:
-                client.update(upstream)
-            except DyupsError as exc:
-                self.fail(f"upstream {upstream.name}: {exc}.{self.file_note()}", changed=bool(requests) or self.file_written)
-            requests.append(f"POST /upstream/{upstream.name}")
-        for name in the_plan.deletes:
-            try:
-                client.delete(name)
+                send(argument)
             except DyupsError as exc:
                 self.fail(f"upstream {name}: {exc}.{self.file_note()}", changed=bool(requests) or self.file_written)
-            requests.append(f"DELETE /upstream/{name}")
+            requests.append(f"{method} /upstream/{name}")
 
     def diff(self, the_plan, api_url, file_text, new_text):
         header = f"dyups {api_url}/detail"

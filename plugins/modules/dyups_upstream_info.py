@@ -26,11 +26,6 @@ attributes:
   diff_mode:
     support: none
     description: Nothing changes, so there is no diff.
-  action_group:
-    support: full
-    description: Use C(group/swallowkeeper.dyups.dyups) in C(module_defaults) to set O(api_url) and O(timeout) once.
-    membership:
-      - swallowkeeper.dyups.dyups
 options:
   names:
     description:
