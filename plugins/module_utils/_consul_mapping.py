@@ -387,10 +387,10 @@ def index_checks(checks):
     """A CheckSnapshot from a list of checks (anything that is not a dict is ignored)."""
     grouped = {}
     for check in checks or ():
-        if type(check) is not dict:
+        if not isinstance(check, dict):
             continue
         node, service_id = check.get("Node") or "", check.get("ServiceID") or ""
-        key = (node if type(node) is str else str(node), service_id if type(service_id) is str else str(service_id))
+        key = (node if isinstance(node, str) else str(node), service_id if isinstance(service_id, str) else str(service_id))
         found = grouped.get(key)
         if found is None:
             grouped[key] = [check]

@@ -160,7 +160,7 @@ class ConsulSource:
     # -- events ------------------------------------------------------------------------------------
     def apply_events(self, batch):
         """Fold a batch of watch events into the cache; True when a sync is needed."""
-        health = catalog = None
+        health = catalog = catalog_index = None
         if any(event[0] == "resync" for event in batch):
             self.refresh_all()
             return True

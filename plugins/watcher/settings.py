@@ -202,4 +202,3 @@ def with_values(settings, **values):
 
 def option_names():
     return [option.name for option in OPTIONS]
-

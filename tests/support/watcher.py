@@ -155,4 +155,4 @@ def run_once(workdir, *extra, timeout=60, **settings):
     config = workdir / f"once-{time.monotonic_ns()}.json"
     config.write_text(json.dumps(settings))
     return subprocess.run(_command(config, "--once", *extra), capture_output=True, text=True, timeout=timeout,
-                          cwd=str(ROOT))
+                          cwd=str(ROOT), check=False)

@@ -98,7 +98,7 @@ deb_dir=$(mktemp -d)
 trap 'rm -rf "$deb_dir"' EXIT
 say "downloading consul ($suite)"
 (cd "$deb_dir" && apt-get "${apt_opts[@]}" -o APT::Sandbox::User=root -qq download "consul" >&2)
-deb=$(ls "$deb_dir"/consul_*.deb 2>/dev/null | head -1)
+deb=$(find "$deb_dir" -maxdepth 1 -name 'consul_*.deb' | sort | head -1)
 if [ -z "$deb" ]; then
   say "apt-get download produced no consul .deb"
   exit 1
