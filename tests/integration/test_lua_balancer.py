@@ -184,6 +184,35 @@ def test_without_proxy_next_upstream_the_error_reaches_the_client(nginx_lua_fact
     assert statuses[1:] == [200] * 19
 
 
+REDIRECTING = """
+        location / {
+            set $dyups_upstream web;
+            proxy_pass http://dyups_balancer;
+            proxy_intercept_errors on;
+            error_page 502 = /fallback;
+        }
+        location = /fallback {
+            return 200 "fallback\\n";
+        }
+"""
+
+
+def test_failures_and_connections_are_accounted_across_an_internal_redirect(nginx_lua_factory, backends):
+    """error_page after a proxied try (an internal redirect) neither hides the failure nor keeps the
+    try's connection counted against max_conns."""
+    nginx = nginx_lua_factory(workers=1, proxy_next_upstream="off", locations=REDIRECTING)
+    dead, alive, erring = backends.ports[:3]
+    post(nginx, "web", f"server 127.0.0.1:{dead} max_fails=1 fail_timeout=30s; server 127.0.0.1:{alive};")
+    backends.stop_port(dead)
+    answers = [nginx.request("/")[1].strip() for _ in range(8)]
+    assert answers == ["fallback"] + [str(alive)] * 7, answers
+    # a server answering 502 itself (intercepted, redirected) is used again: its slot was released
+    backends.set_mode(erring, "status:502")
+    post(nginx, "web", f"server 127.0.0.1:{erring} max_conns=1; server 127.0.0.1:{alive};")
+    answers = [nginx.request("/")[1].strip() for _ in range(6)]
+    assert answers == ["fallback", str(alive)] * 3, answers
+
+
 def test_tries_stop_at_proxy_next_upstream_tries(nginx_lua_factory, backends):
     nginx = nginx_lua_factory(workers=1, access_log=True, proxy_next_upstream_tries=2)
     ports = backends.ports

@@ -28,7 +28,8 @@ Options (all keyword): ``workers`` (2), ``upstream_file`` (None: nothing is load
 ("error timeout"), ``proxy_next_upstream_tries`` (0: no limit), ``connect_timeout`` ("2s"),
 ``read_timeout`` ("10s"), ``error_log_level`` ("notice"), ``access_log`` (False; True writes
 ``logs/access.log`` with the upstream address and status of every try), ``api_port`` /
-``proxy_port`` (None: free ports), ``lock_timeout`` (None: the state module's default).
+``proxy_port`` (None: free ports), ``lock_timeout`` (None: the state module's default),
+``worker_header`` (True: every proxied answer carries ``X-Dyups-Worker``, see below).
 
 The default proxy locations choose the upstream per request:
 
@@ -168,7 +169,8 @@ class NginxLua:
     def __init__(self, workers=2, upstream_file=None, http_snippet="", server_snippet="", locations=None,
                  lua_path=(), dict_size="16m", keepalive=64, proxy_next_upstream="error timeout",
                  proxy_next_upstream_tries=0, connect_timeout="2s", read_timeout="10s", error_log_level="notice",
-                 access_log=False, api_port=None, proxy_port=None, lock_timeout=None, prefix=None):
+                 access_log=False, api_port=None, proxy_port=None, lock_timeout=None, worker_header=True,
+                 prefix=None):
         self.workers = workers
         self.upstream_file = str(upstream_file) if upstream_file else None
         self.http_snippet = http_snippet
@@ -184,6 +186,7 @@ class NginxLua:
         self.error_log_level = error_log_level
         self.access_log = access_log
         self.lock_timeout = lock_timeout
+        self.worker_header = worker_header
         self.api_port = api_port or free_port()
         self.proxy_port = proxy_port or free_port()
         self._own_prefix = prefix is None
@@ -233,7 +236,7 @@ http {{
         proxy_next_upstream_tries {self.proxy_next_upstream_tries};
         proxy_connect_timeout {self.connect_timeout};
         proxy_read_timeout {self.read_timeout};
-        add_header X-Dyups-Worker $pid always;
+{"        add_header X-Dyups-Worker $pid always;" if self.worker_header else ""}
 {self.locations}
 {self.server_snippet}
     }}

@@ -24,9 +24,12 @@
 -- Passive health: a try that fails (error, timeout, invalid header, or an http_* condition listed
 -- in proxy_next_upstream, as nginx's get_last_failure reports it) counts against its peer; the
 -- last try's outcome is read in the log phase (log()), where a success also clears the peer's
--- failures once fail_timeout has passed, as nginx does.
+-- failures once fail_timeout has passed, as nginx does. Per-request state is keyed by the
+-- request, not kept in ngx.ctx, so an internal redirect (error_page) loses nothing.
 
+local ffi = require("ffi")
 local ngx_balancer = require("ngx.balancer")
+local get_request = require("resty.core.base").get_request
 local cache = require("swallowkeeper_dyups.cache")
 
 local ngx = ngx
@@ -34,10 +37,33 @@ local var = ngx.var
 local set_current_peer = ngx_balancer.set_current_peer
 local set_more_tries = ngx_balancer.set_more_tries
 local get_last_failure = ngx_balancer.get_last_failure
-local ngx_time, byte, floor = ngx.time, string.byte, math.floor
+local ngx_time, byte, floor, setmetatable, tonumber = ngx.time, string.byte, math.floor, setmetatable, tonumber
+local cast = ffi.cast
 local log, ERR, WARN = ngx.log, ngx.ERR, ngx.WARN
 
 local _M = {}
+
+-- What a request's tries need to remember, keyed by the request: the address of its
+-- ngx_http_request_t (a number) for a main request (the same across internal redirects; removed
+-- in the log phase, which nginx always runs for a main request), its ngx.ctx table for a
+-- subrequest (which has no log phase: the weak keys let those go with the subrequest). No table
+-- is made per request.
+local weak = { __mode = "k" }
+local req_ups = setmetatable({}, weak)       -- the upstream of the request's first try
+local req_peer = setmetatable({}, weak)      -- the peer of its current try
+local req_tried = setmetatable({}, weak)     -- {peer = true} of earlier tries (made on a retry)
+local req_backup = setmetatable({}, weak)    -- true once it moved to the backup servers
+
+local function main_request_key()
+    return tonumber(cast("uintptr_t", get_request()))
+end
+
+local function request_key()
+    if ngx.is_subrequest then
+        return ngx.ctx
+    end
+    return main_request_key()
+end
 
 -- nginx's ngx_http_upstream_get_peer: smooth weighted round robin over the usable peers.
 local function pick_from(peers, tried, now)
@@ -75,23 +101,23 @@ local function reset_fails(peers)
     end
 end
 
-local function pick(ups, ctx, now)
+local function pick(ups, key, now)
+    local tried = req_tried[key]
     if ups.single then
         local peer = ups.primary[1]
-        if peer.down or (peer.max_conns > 0 and peer.conns >= peer.max_conns) or ctx.dyups_tried then
+        if peer.down or (peer.max_conns > 0 and peer.conns >= peer.max_conns) or tried then
             return nil
         end
         return peer
     end
-    local tried = ctx.dyups_tried
     local peer
-    if not ctx.dyups_in_backup then
+    if not req_backup[key] then
         peer = pick_from(ups.primary, tried, now)
         if peer == nil and #ups.backup > 0 then
-            ctx.dyups_in_backup = true
+            req_backup[key] = true
         end
     end
-    if peer == nil and ctx.dyups_in_backup then
+    if peer == nil and req_backup[key] then
         peer = pick_from(ups.backup, tried, now)
     end
     if peer == nil then
@@ -104,7 +130,9 @@ end
 
 -- nginx's ngx_http_upstream_free_round_robin_peer.
 local function release(ups, peer, failed)
-    peer.conns = peer.conns - 1
+    if peer.conns > 0 then
+        peer.conns = peer.conns - 1
+    end
     if ups.single then
         return
     end
@@ -128,13 +156,22 @@ local function release(ups, peer, failed)
     end
 end
 
+local function forget(key)
+    req_ups[key] = nil
+    req_peer[key] = nil
+    req_tried[key] = nil
+    req_backup[key] = nil
+end
+
 function _M.balance()
-    local ctx = ngx.ctx
-    local ups = ctx.dyups_ups
-    if ups == nil then
+    local key = request_key()
+    local state = get_last_failure()     -- nil on a request's first try
+    local ups
+    if state == nil then
         local name = var.dyups_upstream
         cache.sync()
         ups = name and name ~= "" and cache.lookup(name)
+        forget(key)
         if not ups then
             if name == nil or name == "" then
                 log(ERR, "dyups: $dyups_upstream is empty: no upstream to proxy to")
@@ -143,54 +180,57 @@ function _M.balance()
             end
             return   -- no peer set: the placeholder server is down, nginx answers 502
         end
-        ctx.dyups_ups = ups
+        req_ups[key] = ups
         -- the placeholder server is down, so nginx starts this request with 0 tries left: one
         -- try per peer (nginx's round robin allows as many), capped by proxy_next_upstream_tries
         set_more_tries(ups.tries)
     else
-        local previous = ctx.dyups_peer
+        ups = req_ups[key]
+        if ups == nil then
+            log(ERR, "dyups: a retry without a first try")
+            return
+        end
+        local previous = req_peer[key]
         if previous then
-            local state = get_last_failure()
             release(ups, previous, state == "failed")
-            ctx.dyups_peer = nil
-            local tried = ctx.dyups_tried
+            req_peer[key] = nil
+            local tried = req_tried[key]
             if not tried then
                 tried = {}
-                ctx.dyups_tried = tried
+                req_tried[key] = tried
             end
             tried[previous] = true
         end
     end
-    local peer = pick(ups, ctx, ngx_time())
+    local peer = pick(ups, key, ngx_time())
     if not peer then
         log(ERR, "dyups: no live upstreams in \"", ups.name, "\"")
         return
     end
     peer.conns = peer.conns + 1
-    ctx.dyups_peer = peer
+    req_peer[key] = peer
     local ok, err = set_current_peer(peer.host, peer.port)
     if not ok then
         log(ERR, "dyups: cannot use peer ", peer.name, " of \"", ups.name, "\": ", err)
     end
 end
 
--- Log phase: the outcome of the last try. A try failed when no response header came and nginx
--- answered 502 (error, invalid header) or 504 (timeout); a 5xx that the backend sent itself is a
--- response, as nginx counts it when no retry is left.
+-- Log phase: the outcome of the last try. It failed when no response header came from it
+-- ($upstream_header_time ends with "-": connection error, timeout, invalid header), unless the
+-- client went away first (499), which nginx does not count either. A 5xx that the server sent is
+-- a response, as nginx counts it when no retry is left. Read from the variables, so this holds
+-- after an internal redirect (error_page) too.
 function _M.log()
-    local ctx = ngx.ctx
-    local peer = ctx.dyups_peer
+    local key = main_request_key()
+    local peer = req_peer[key]
     if peer == nil then
         return
     end
-    ctx.dyups_peer = nil
-    local failed = false
-    local status = ngx.status
-    if status == 502 or status == 504 then
-        local header_time = var.upstream_header_time
-        failed = header_time == nil or byte(header_time, -1) == 45   -- "-": no header from the last try
-    end
-    release(ctx.dyups_ups, peer, failed)
+    local ups = req_ups[key]
+    forget(key)
+    local header_time = var.upstream_header_time
+    local failed = (header_time == nil or byte(header_time, -1) == 45) and ngx.status ~= 499
+    release(ups, peer, failed)
 end
 
 return _M
