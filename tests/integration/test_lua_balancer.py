@@ -12,20 +12,8 @@ import threading
 import time
 from collections import Counter
 
-import pytest
-
-from tests.support.backends import Backends
+from tests.support.backends import backends  # noqa: F401  (fixture)
 from tests.support.nginx_lua import nginx_lua_factory  # noqa: F401  (fixture)
-
-
-@pytest.fixture
-def backends():
-    instance = Backends(count=4)
-    try:
-        instance.start()
-        yield instance
-    finally:
-        instance.stop()
 
 
 def post(nginx, name, body):

@@ -15,20 +15,11 @@ import subprocess
 import threading
 import time
 
-import pytest
-
-from tests.support.backends import Backends
+from tests.support.backends import make_backends_fixture
 from tests.support.nginx_lua import nginx_lua_factory  # noqa: F401  (fixture)
 
 
-@pytest.fixture
-def six_backends():
-    instance = Backends(count=6)
-    try:
-        instance.start()
-        yield instance
-    finally:
-        instance.stop()
+six_backends = make_backends_fixture(6)
 
 
 def body_for(ports):

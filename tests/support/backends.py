@@ -25,7 +25,8 @@ module, watcher and benchmark tests: keep this API stable.
 
 ``set_mode`` and the helpers above rewrite the configuration and reload (SIGHUP) the backend
 nginx, then wait until the change is visible (a port that must refuse does refuse; an answer
-comes in the new mode). A pytest fixture ``backends`` gives a started instance with 4 ports.
+comes in the new mode). The pytest fixture ``backends`` gives a started instance with 4 ports
+(stopped after the test); ``make_backends_fixture(count, scope)`` declares one with other values.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.nginx_lua import MODULES, NGINX, _children, http_request
+from tests.support.nginx_lua import MODULES, NGINX, _children, end_process_group, http_request
 from tests.support.ports import free_port, wait_port
 
 _LIVE = set()
@@ -227,15 +228,7 @@ http {{
 
     def _end(self, first_signal, timeout):
         process, self.process = self.process, None
-        if process is not None and process.poll() is None:
-            try:
-                os.killpg(process.pid, first_signal)
-                process.wait(timeout=timeout)
-            except ProcessLookupError:
-                pass
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait(timeout=10)
+        end_process_group(process, first_signal, timeout)
         _LIVE.discard(self)
 
     def stop(self, timeout=10.0):
@@ -258,12 +251,19 @@ def _stop_leftovers():
         instance.kill()
 
 
-@pytest.fixture
-def backends():
-    """A started Backends with 4 ports, stopped after the test."""
-    instance = Backends(count=4)
-    try:
-        instance.start()
-        yield instance
-    finally:
-        instance.stop()
+def make_backends_fixture(count=4, scope="function"):
+    """A pytest fixture that yields a started Backends with ``count`` ports and stops it after."""
+
+    @pytest.fixture(scope=scope)
+    def _fixture():
+        instance = Backends(count=count)
+        try:
+            instance.start()
+            yield instance
+        finally:
+            instance.stop()
+
+    return _fixture
+
+
+backends = make_backends_fixture(4)

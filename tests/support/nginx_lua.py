@@ -163,6 +163,20 @@ def http_request(port, method, path, body=None, headers=None, timeout=10.0, host
         connection.close()
 
 
+def end_process_group(process, first_signal, timeout):
+    """Signal the group of a Popen started with start_new_session=True; SIGKILL after ``timeout``."""
+    if process is None or process.poll() is not None:
+        return
+    try:
+        os.killpg(process.pid, first_signal)
+        process.wait(timeout=timeout)
+    except ProcessLookupError:
+        pass
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=10)
+
+
 class NginxLua:
     """One nginx master with the Lua flavor; see the module docstring."""
 
@@ -334,15 +348,7 @@ http {{
 
     def _end(self, first_signal, timeout):
         process, self.process = self.process, None
-        if process is not None and process.poll() is None:
-            try:
-                os.killpg(process.pid, first_signal)
-                process.wait(timeout=timeout)
-            except ProcessLookupError:
-                pass
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait(timeout=10)
+        end_process_group(process, first_signal, timeout)
         _LIVE.discard(self)
 
     def stop(self, timeout=10.0):

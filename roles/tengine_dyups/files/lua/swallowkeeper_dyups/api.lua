@@ -124,26 +124,42 @@ local function do_get(parts)
     return respond(200, body)
 end
 
-local function do_delete(parts)
-    ngx.req.discard_body()
+-- The answer to a write the state module could not do: 409 when another writer held the lock.
+local function write_failed(what, name, err)
+    if err == "busy" then
+        return respond(409, "wait and try again\n")
+    end
+    ngx.log(ngx.ERR, "dyups: ", what, " upstream \"", name, "\" failed: ", err)
+    return respond(500, what .. " failed: " .. tostring(err) .. "\n")
+end
+
+-- The NAME of /upstream/NAME, or nil after answering `status` (Tengine: 404 on POST, 405 on DELETE).
+local function upstream_name(parts, status)
     if #parts ~= 2 then
-        return respond(405, "not support this interface")
+        respond(status, "not support this interface")
+        return nil
     end
     if lower(parts[1]) ~= "upstream" then
-        return respond(405, "not support this api")
+        respond(status, "not support this api")
+        return nil
     end
-    local version, err = state.delete(parts[2])
+    return parts[2]
+end
+
+local function do_delete(parts)
+    ngx.req.discard_body()
+    local name = upstream_name(parts, 405)
+    if not name then
+        return
+    end
+    local version, err = state.delete(name)
     if version == false then
         return respond(404, "not found upstream")
     end
     if not version then
-        if err == "busy" then
-            return respond(409, "wait and try again\n")
-        end
-        ngx.log(ngx.ERR, "dyups: delete upstream \"", parts[2], "\" failed: ", err)
-        return respond(500, "delete failed: " .. tostring(err) .. "\n")
+        return write_failed("delete", name, err)
     end
-    ngx.log(ngx.NOTICE, "dyups: deleted upstream \"", parts[2], "\" (version ", version, ")")
+    ngx.log(ngx.NOTICE, "dyups: deleted upstream \"", name, "\" (version ", version, ")")
     return respond(200, "success")
 end
 
@@ -171,13 +187,10 @@ local function do_post(parts)
     if not body then
         return respond(500, "the request body could not be read: " .. tostring(err) .. "\n")
     end
-    if #parts ~= 2 then
-        return respond(404, "not support this interface")
+    local name = upstream_name(parts, 404)
+    if not name then
+        return
     end
-    if lower(parts[1]) ~= "upstream" then
-        return respond(404, "not support this api")
-    end
-    local name = parts[2]
     if not find(body, "%S") then
         return respond(400, "the body is empty: send the upstream's server lines and directives, "
                             .. "like 'server 10.0.0.1:8080 weight=2;'\n")
@@ -191,11 +204,7 @@ local function do_post(parts)
     local version
     version, err = state.put(record)
     if not version then
-        if err == "busy" then
-            return respond(409, "wait and try again\n")
-        end
-        ngx.log(ngx.ERR, "dyups: update upstream \"", name, "\" failed: ", err)
-        return respond(500, "update failed: " .. tostring(err) .. "\n")
+        return write_failed("update", name, err)
     end
     ngx.log(ngx.NOTICE, "dyups: updated upstream \"", name, "\" with ", #record.servers, " servers (version ",
             version, ")")

@@ -905,6 +905,19 @@ local function list_repr(values)
     return "[" .. concat(out, ", ") .. "]"
 end
 
+-- parser() applied to every text; nil and the first refusal's message otherwise.
+local function parse_all(texts, parser)
+    local out = {}
+    for i = 1, #texts do
+        local item, err = parser(texts[i])
+        if not item then
+            return nil, err
+        end
+        out[i] = item
+    end
+    return out
+end
+
 -- { name, servers = {...} (in the given order), directives = {...} (balancing method first) } from
 -- server strings and directive strings; nil and a message when Python's build_upstream refuses.
 function _M.build_upstream(name, server_texts, directive_texts)
@@ -912,15 +925,12 @@ function _M.build_upstream(name, server_texts, directive_texts)
     if err then
         return nil, err
     end
-    local servers, seen = {}, {}
-    for i = 1, #server_texts do
-        local server
-        server, err = _M.parse_server(server_texts[i])
-        if not server then
-            return nil, err
-        end
-        servers[i] = server
+    local servers
+    servers, err = parse_all(server_texts, _M.parse_server)
+    if not servers then
+        return nil, err
     end
+    local seen = {}
     for i = 1, #servers do
         local address = servers[i].address
         if seen[address] then
@@ -933,15 +943,12 @@ function _M.build_upstream(name, server_texts, directive_texts)
         return nil, format("invalid upstream %s: has no servers; nginx refuses an upstream without servers "
                            .. "(use state=absent to remove it)", py_repr(name))
     end
-    local directives, names, balancing = {}, {}, {}
-    for i = 1, #directive_texts do
-        local directive
-        directive, err = _M.parse_directive(directive_texts[i])
-        if not directive then
-            return nil, err
-        end
-        directives[i] = directive
+    local directives
+    directives, err = parse_all(directive_texts, _M.parse_directive)
+    if not directives then
+        return nil, err
     end
+    local names, balancing = {}, {}
     for i = 1, #directives do
         local dname = directives[i].name
         if names[dname] then
