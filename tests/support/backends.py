@@ -36,14 +36,14 @@ import os
 import shutil
 import signal
 import socket
-import subprocess
 import tempfile
 import time
 from pathlib import Path
 
 import pytest
 
-from tests.support.nginx_lua import MODULES, NGINX, _children, end_process_group, http_request
+from tests.support.nginx_lua import (MODULES, NGINX, _children, end_process_group, http_request,
+                                     start_process_group)
 from tests.support.ports import free_port, wait_port
 
 _LIVE = set()
@@ -142,12 +142,7 @@ http {{
         if self.running:
             return self
         self._write()
-        out = open(self.prefix / "stderr.log", "ab")
-        try:
-            self.process = subprocess.Popen(self._command(), stdout=out, stderr=subprocess.STDOUT,
-                                            stdin=subprocess.DEVNULL, start_new_session=True)
-        finally:
-            out.close()
+        self.process = start_process_group(self._command(), self.prefix / "stderr.log")
         _LIVE.add(self)
         try:
             for port, mode in self.modes.items():

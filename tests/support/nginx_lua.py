@@ -163,6 +163,13 @@ def http_request(port, method, path, body=None, headers=None, timeout=10.0, host
         connection.close()
 
 
+def start_process_group(command, output_path):
+    """Popen ``command`` in a new session (so its whole group can be signalled), output appended to a file."""
+    with open(output_path, "ab") as out:
+        return subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                start_new_session=True)
+
+
 def end_process_group(process, first_signal, timeout):
     """Signal the group of a Popen started with start_new_session=True; SIGKILL after ``timeout``."""
     if process is None or process.poll() is not None:
@@ -279,12 +286,7 @@ http {{
         if self.running:
             return self
         self.write_config()
-        out = open(self.prefix / "logs" / "stderr.log", "ab")
-        try:
-            self.process = subprocess.Popen(self._command(), stdout=out, stderr=subprocess.STDOUT,
-                                            stdin=subprocess.DEVNULL, start_new_session=True)
-        finally:
-            out.close()
+        self.process = start_process_group(self._command(), self.prefix / "logs" / "stderr.log")
         _LIVE.add(self)
         try:
             deadline = time.monotonic() + timeout
