@@ -1,10 +1,9 @@
-#!/usr/bin/env python3
 # Copyright: swallowkeeper.dyups contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """A demo backend: answers every GET with one line, "<name> <port>", so traffic through nginx shows
 which backend served it. Loopback only. Used by playbooks/demo.yml and the molecule scenario.
 
-    demo_backend.py --name backend-1 --port 19001 [--address 127.0.0.1]
+    python3 demo_backend.py --name backend-1 --port 19001 [--address 127.0.0.1]
 """
 
 import argparse

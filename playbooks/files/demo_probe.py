@@ -1,11 +1,10 @@
-#!/usr/bin/env python3
 # Copyright: swallowkeeper.dyups contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """Send N requests to a URL (each on a new connection, so every nginx worker gets its share) and print
 one JSON object: {"answers": {"<body>": count, ...}, "errors": {"<what>": count}, "requests": N}.
 Used by playbooks/demo.yml and the molecule scenario to show which backends serve traffic.
 
-    demo_probe.py http://127.0.0.1:18880/ 20 [--source 127.0.0.2]
+    python3 demo_probe.py http://127.0.0.1:18880/ 20 [--source 127.0.0.2]
 """
 
 import argparse
@@ -24,7 +23,7 @@ def main():
     args = parser.parse_args()
     url = urllib.parse.urlsplit(args.url)
     answers, errors = Counter(), Counter()
-    for _ in range(max(0, min(args.count, 10000))):
+    for _request in range(max(0, min(args.count, 10000))):
         connection = http.client.HTTPConnection(url.hostname, url.port or 80, timeout=args.timeout,
                                                 source_address=(args.source, 0) if args.source else None)
         try:

@@ -1,11 +1,10 @@
-#!/usr/bin/env python3
 # Copyright: swallowkeeper.dyups contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """The tengine_dyups role's variable table, generated from its meta/argument_specs.yml.
 
-    tests/tools/role-vars-table.py            rewrite the table between the markers of docs/role-variables.md
-    tests/tools/role-vars-table.py --check    exit 1 (and say so) when the file is stale
-    tests/tools/role-vars-table.py --print    print the table only
+    .venv/bin/python tests/tools/role-vars-table.py            rewrite the table in docs/role-variables.md
+    .venv/bin/python tests/tools/role-vars-table.py --check    exit 1 (and say so) when it is stale
+    .venv/bin/python tests/tools/role-vars-table.py --print    print the table only
 
 tests/unit/test_role_variables.py runs the check, so a stale table fails the tests.
 """
@@ -106,7 +105,7 @@ def main(argv=None):
     wanted = render(document, generated)
     if args.check:
         if wanted != document:
-            print(f"{DOC.relative_to(ROOT)} is stale: run tests/tools/role-vars-table.py", file=sys.stderr)
+            print(f"{DOC.relative_to(ROOT)} is stale: run .venv/bin/python tests/tools/role-vars-table.py", file=sys.stderr)
             return 1
         return 0
     if wanted != document:

@@ -24,7 +24,7 @@ def _table_tool():
 def test_the_generated_table_is_current():
     tool = _table_tool()
     document = tool.DOC.read_text()
-    assert tool.render(document, tool.table()) == document, "run tests/tools/role-vars-table.py"
+    assert tool.render(document, tool.table()) == document, "run .venv/bin/python tests/tools/role-vars-table.py"
 
 
 def test_the_table_lists_every_variable_and_suboption():
