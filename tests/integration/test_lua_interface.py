@@ -5,6 +5,8 @@ Real nginx (tests/support/nginx_lua.py); the wire contract itself is tests/confo
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._dyups_client import DyupsClient
@@ -19,6 +21,24 @@ LOCK_HOLDER = """
             content_by_lua_block {
                 ngx.shared.dyups_state:set("lock", 0, tonumber(ngx.var.arg_seconds))
                 ngx.say("held")
+            }
+        }
+"""
+
+
+BEHIND_THE_PAGE = """
+        location = /_test/write_dict_only {
+            content_by_lua_block {
+                -- what a POST that an old worker answers during a reload does: the dict changes,
+                -- the new version page (mapped by the new master) does not
+                local upstream = require("swallowkeeper_dyups.upstream")
+                local record = assert(upstream.from_body("late", "server 127.0.0.1:" .. ngx.var.arg_port .. ";"))
+                local dict = ngx.shared.dyups_state
+                assert(dict:set("u:late", upstream.encode(record)))
+                local version = dict:get("v") + 1
+                assert(dict:set("j:" .. (version % 1024), version .. " late"))
+                assert(dict:set("v", version))
+                ngx.say(version, " page=", tostring(require("swallowkeeper_dyups.state").version_cell() ~= nil))
             }
         }
 """
@@ -119,6 +139,17 @@ def test_invalid_upstream_file_stops_nginx_from_starting(tmp_path, text, words):
 def test_missing_upstream_file_is_an_empty_start(nginx_lua_factory, tmp_path):
     nginx = nginx_lua_factory(upstream_file=tmp_path / "not-yet-written.conf")
     assert nginx.api("GET", "/list")[0] == 204
+
+
+def test_a_change_the_version_page_missed_is_seen_within_a_second(nginx_lua_factory):
+    """Workers read the version from a shared page and, once a second, from the dict itself."""
+    nginx = nginx_lua_factory(workers=1, server_snippet=BEHIND_THE_PAGE)
+    assert nginx.request("/", upstream="late")[0] == 502        # the worker has synced once
+    status, text, _ = nginx.request("/_test/write_dict_only?port=18101")
+    assert (status, text.split()[1]) == (200, "page=true")
+    started = time.monotonic()
+    nginx.wait_for(lambda: nginx.api("GET", "/upstream/late")[0] == 200, "the late change", timeout=3)
+    assert time.monotonic() - started < 2.5
 
 
 # -- writers -------------------------------------------------------------------------------------------

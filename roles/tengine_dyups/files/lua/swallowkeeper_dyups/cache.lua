@@ -11,14 +11,15 @@ local upstream = require("swallowkeeper_dyups.upstream")
 local rules = require("swallowkeeper_dyups.rules")
 
 local ngx = ngx
-local lower, pairs = string.lower, pairs
+local lower, pairs, ngx_now = string.lower, pairs, ngx.now
 
 local _M = {}
 
 local by_key = {}    -- lower-case name -> upstream
 local by_name = {}   -- names as requests spell them -> upstream (emptied on every change)
 local version = -1
-local dict
+local dict, cell
+local checked_dict_at = 0
 
 -- The balancer's view of a record: peers (one per resolved address, as nginx makes them).
 local function build(record)
@@ -55,12 +56,35 @@ local function load(key, encoded)
 end
 
 function _M.sync()
-    if not dict then
-        dict = state.dict()
-    end
-    local current = dict:get("v") or 0
-    if current == version then
-        return
+    local current
+    if cell then
+        current = cell[0]
+        if current == version then
+            -- the shared page is new at every reload: a change that an old worker made after
+            -- the master mapped it reaches the page only with the next one; the dict is read
+            -- once a second to catch that
+            local now = ngx_now()
+            if now - checked_dict_at < 1 then
+                return
+            end
+            checked_dict_at = now
+            current = dict:get("v") or 0
+            if current == version then
+                return
+            end
+        end
+    else
+        if not dict then
+            dict = state.dict()
+            cell = state.version_cell()
+            if cell then
+                return _M.sync()
+            end
+        end
+        current = dict:get("v") or 0
+        if current == version then
+            return
+        end
     end
     local keys = version >= 0 and current > version and state.changes(version, current)
     if keys then

@@ -8,9 +8,11 @@
 --   "loaded"    set once the upstream file was loaded: a HUP reload keeps the dict and must not
 --               load the file over what the interface changed since
 --
--- Workers keep a local copy (cache.lua) and compare "v" on every request: one shared-memory read.
--- When it moved, they read the journal entries since their own version and refresh only those
--- upstreams; when they fell more than JOURNAL changes behind, they reload everything.
+-- Workers keep a local copy (cache.lua) and compare the version on every request: a plain load
+-- from a page the master maps shared before the fork (version_cell(); "v" once a second, and on
+-- every request when there is no page). When it moved, they read the journal entries since their
+-- own version and refresh only those upstreams; when they fell more than JOURNAL changes behind,
+-- they reload everything.
 --
 -- init(options) is called from init_by_lua (in the master, at start and at every HUP; lua-nginx-module
 -- does not run init_by_lua for `nginx -t`):
@@ -18,6 +20,7 @@
 --   upstream_file   path of the upstream file to load at start (default: none)
 --   lock_timeout    seconds a writer waits for another one before answering 409 (default 1)
 
+local ffi = require("ffi")
 local upstream = require("swallowkeeper_dyups.upstream")
 
 local ngx = ngx
@@ -33,6 +36,27 @@ _M.config = config
 _M.JOURNAL = JOURNAL
 
 local shared
+
+-- The version again, in a page of memory the master maps shared before it forks the workers:
+-- workers read it with a plain load on every request (no lock, no hashing); writers store it after
+-- the dict. nil when mmap failed: readers then use the dict's "v".
+pcall(ffi.cdef, "void *mmap(void *addr, size_t length, int prot, int flags, int fd, long offset);")
+local version_cell
+
+local function map_version_cell()
+    local PROT_READ, PROT_WRITE, MAP_SHARED, MAP_ANONYMOUS = 1, 2, 1, 0x20
+    local ok, page = pcall(ffi.C.mmap, nil, 4096, PROT_READ + PROT_WRITE, MAP_SHARED + MAP_ANONYMOUS, -1, 0)
+    if not ok or page == nil or ffi.cast("intptr_t", page) == -1 then
+        ngx.log(ngx.WARN, "dyups: no shared page for the version (", tostring(page), "); workers read the dict")
+        return nil
+    end
+    return ffi.cast("double *", page)
+end
+
+-- The shared version cell (a double * whose [0] is the version), or nil.
+function _M.version_cell()
+    return version_cell
+end
 
 function _M.dict()
     if not shared then
@@ -99,6 +123,9 @@ local function publish(dict, key)
         ngx.log(ngx.WARN, "dyups: journal entry for version ", version, " not stored: ", err)
     end
     dict:set("v", version)
+    if version_cell then
+        version_cell[0] = version
+    end
     return version
 end
 
@@ -202,7 +229,11 @@ function _M.init(options)
     end
     shared = nil
     local dict = _M.dict()
+    version_cell = map_version_cell()
     if dict:get("loaded") then
+        if version_cell then
+            version_cell[0] = _M.version()
+        end
         local count = 0
         for _ in pairs(_M.all()) do
             count = count + 1
@@ -219,6 +250,9 @@ function _M.init(options)
     end
     dict:set("v", (dict:get("v") or 0) + 1)
     dict:set("loaded", true)
+    if version_cell then
+        version_cell[0] = _M.version()
+    end
 end
 
 return _M
