@@ -1,6 +1,7 @@
 -- swallowkeeper_dyups.cache: each worker's own copy of the upstreams, ready for the balancer.
 --
--- sync() compares the shared version with the worker's (one shared-dict read) and, when it moved,
+-- sync() compares the shared version with the worker's (a load from the version page, see
+-- state.lua) and, when it moved,
 -- rebuilds the upstreams the journal names (all of them when the journal does not reach back far
 -- enough). Nothing is decoded on a request unless something changed; the per-peer balancing state
 -- (weights, failures, connection counts) lives here and is per worker, like nginx's own round
