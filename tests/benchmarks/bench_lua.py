@@ -1,6 +1,6 @@
 """Benchmarks of the stock-nginx Lua flavor, each against a baseline measured in the same run.
 
-    .venv/bin/python tests/benchmarks/bench_lua.py            # full: ~6 minutes
+    .venv/bin/python tests/benchmarks/bench_lua.py            # full: ~10 minutes
     .venv/bin/python tests/benchmarks/bench_lua.py --short    # CI: under 2 minutes (or BENCH_SHORT=1)
     options: --runs N --duration S --connections C --workers W --rounds R --json --output FILE
 
@@ -9,7 +9,9 @@
    backends: a plain stock nginx with a static ``upstream { server ...; }`` (no Lua module
    loaded at all: the baseline) and the Lua flavor (tests/support/nginx_lua.py, the role's
    reference configuration, ``set $dyups_upstream`` + ``proxy_pass http://dyups_balancer``).
-   wrk runs against each in turn, ``--runs`` back-to-back pairs (the order alternates). Reported:
+   wrk runs against each in turn, ``--runs`` back-to-back pairs (the order alternates), once with
+   ``--connections`` (enough to saturate this machine) and once with ``--light-connections``
+   (below saturation, where latency is the proxy's own, not queueing). Reported:
    medians of requests/s, of wrk's p99 latency and of the proxy workers' CPU time per request
    (from /proc: less sensitive to other load on the machine than requests/s), and the median of
    the per-pair Lua/static ratios (a pair's two runs share the machine's conditions).
@@ -132,10 +134,10 @@ def cpu_seconds(pids):
     return total / os.sysconf("SC_CLK_TCK")
 
 
-def measured_run(url, pids, args):
+def measured_run(url, pids, args, connections):
     """One wrk run, plus the proxy workers' CPU time per request (less sensitive to other load)."""
     before = cpu_seconds(pids)
-    result = wrk(url, args.duration, args.connections)
+    result = wrk(url, args.duration, connections)
     used = cpu_seconds(pids) - before
     if result["non_2xx"] or result["socket_errors"]:
         raise RuntimeError(f"failed requests under load at {url}: {result}")
@@ -151,7 +153,7 @@ LUA_LOCATION = """
 """
 
 
-def throughput(args, backends):
+def throughput(args, backends, connections):
     addresses = backends.addresses()
     lua = NginxLua(workers=args.workers, error_log_level="warn", keepalive=64, locations=LUA_LOCATION,
                    worker_header=False)
@@ -165,10 +167,10 @@ def throughput(args, backends):
             targets = {"static": (static.url, _children(static.process.pid)),
                        "lua": (lua.proxy_url + "/", lua.worker_pids())}
             for url, _pids in targets.values():       # warm-up, not counted
-                wrk(url, 1, args.connections)
+                wrk(url, 1, connections)
             for number in range(args.runs):
                 order = ("static", "lua") if number % 2 == 0 else ("lua", "static")
-                pair = {name: measured_run(*targets[name], args) for name in order}
+                pair = {name: measured_run(*targets[name], args, connections) for name in order}
                 for name, result in pair.items():
                     samples[name].append(result)
                 ratios["rps"].append(pair["lua"]["rps"] / pair["static"]["rps"])
@@ -185,6 +187,7 @@ def throughput(args, backends):
                         "p99_ms_runs": [round(r["p99_ms"], 3) for r in runs]}
     report["lua_vs_static"] = {key: round(statistics.median(values), 3) for key, values in ratios.items()}
     report["lua_vs_static"]["rps_pairs"] = [round(value, 3) for value in ratios["rps"]]
+    report["connections"] = connections
     return report
 
 
@@ -283,22 +286,25 @@ def main(argv=None):
     parser.add_argument("--short", action="store_true", default=os.environ.get("BENCH_SHORT") == "1")
     parser.add_argument("--runs", type=int)
     parser.add_argument("--duration", type=int)
-    parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--connections", type=int, default=32, help="wrk connections: enough to saturate")
+    parser.add_argument("--light-connections", type=int, default=4, help="wrk connections: below saturation")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--rounds", type=int)
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--output")
     args = parser.parse_args(argv)
     args.runs = args.runs or (3 if args.short else 7)
-    args.duration = args.duration or (5 if args.short else 15)
+    args.duration = args.duration or (5 if args.short else 10)
     args.rounds = args.rounds or (50 if args.short else 300)
     if not shutil.which("wrk"):
         parser.error("wrk is not installed (tests/tools/install-system-deps.sh installs it)")
     report = {"machine": machine(), "settings": {"runs": args.runs, "duration_s": args.duration,
-                                                 "connections": args.connections, "workers": args.workers,
+                                                 "connections": [args.connections, args.light_connections],
+                                                 "workers": args.workers,
                                                  "backend_ports": 4, "short": args.short}}
     with Backends(count=4) as backends:
-        report["throughput"] = throughput(args, backends)
+        report["throughput"] = throughput(args, backends, args.connections)
+        report["throughput_light"] = throughput(args, backends, args.light_connections)
         report["propagation"] = propagation(args, backends)
     if args.output:
         Path(args.output).parent.mkdir(parents=True, exist_ok=True)
@@ -306,19 +312,22 @@ def main(argv=None):
     if args.json:
         print(json.dumps(report, indent=1))
         return 0
-    t, p = report["throughput"], report["propagation"]
+    p = report["propagation"]
     print(f"{report['machine']['date']}, {report['machine']['cpus']} CPUs ({report['machine']['cpu']}), "
           f"{report['machine']['nginx']}, {report['machine']['wrk']}")
-    print(f"wrk -t1 -c{args.connections} -d{args.duration}s --latency, {args.runs} runs each, alternating; "
-          f"{args.workers} workers each")
-    print("| proxy | requests/s (median) | p99 ms (median) | proxy CPU us/request (median) | runs (req/s) |")
-    print("| --- | --- | --- | --- | --- |")
-    for name in ("static", "lua"):
-        print(f"| {name} | {t[name]['rps_median']} | {t[name]['p99_ms_median']} | "
-              f"{t[name]['cpu_us_per_request_median']} | {t[name]['rps_runs']} |")
-    ratio = t["lua_vs_static"]
-    print(f"Lua / static, median of the {args.runs} back-to-back pairs: requests/s {ratio['rps']}, p99 {ratio['p99']}, "
-          f"CPU per request {ratio['cpu']}")
+    for key in ("throughput", "throughput_light"):
+        t = report[key]
+        print(f"\nwrk -t1 -c{t['connections']} -d{args.duration}s --latency, {args.runs} back-to-back pairs "
+              f"(order alternating); {args.workers} workers each")
+        print("| proxy | requests/s (median) | p99 ms (median) | proxy CPU us/request (median) | runs (req/s) |")
+        print("| --- | --- | --- | --- | --- |")
+        for name in ("static", "lua"):
+            print(f"| {name} | {t[name]['rps_median']} | {t[name]['p99_ms_median']} | "
+                  f"{t[name]['cpu_us_per_request_median']} | {t[name]['rps_runs']} |")
+        ratio = t["lua_vs_static"]
+        print(f"Lua / static, median of the per-pair ratios: requests/s {ratio['rps']}, p99 {ratio['p99']}, "
+              f"CPU per request {ratio['cpu']}")
+    print()
     print(f"propagation, {p['rounds']} rounds, {p['workers']} workers: POST round trip {p['post_round_trip']}; "
           f"POST sent -> every worker on the new set {p['post_to_every_worker_new_set']}; "
           f"old-set answers after the POST returned: {p['old_set_answers_after_post']}")
