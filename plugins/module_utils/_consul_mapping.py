@@ -166,8 +166,10 @@ def _status(checks):
     worst = "passing"
     for check in checks:
         status = check.get("Status")
-        if _SEVERITY.get(status, 2) > _SEVERITY[worst]:
-            worst = status if status in _SEVERITY else "critical"
+        if not isinstance(status, str) or status not in _SEVERITY:  # also a list or object: unhashable
+            status = "critical"
+        if _SEVERITY[status] > _SEVERITY[worst]:
+            worst = status
     return worst
 
 
