@@ -7,6 +7,7 @@
 --   "lock"      writers' mutex (add / delete, with an expiry in case a worker dies holding it)
 --   "loaded"    set once the upstream file was loaded: a HUP reload keeps the dict and must not
 --               load the file over what the interface changed since
+--   "page"      the master's address of the version page (see version_cell()), unmapped at a reload
 --
 -- Workers keep a local copy (cache.lua) and compare the version on every request: a plain load
 -- from a page the master maps shared before the fork (version_cell(); "v" once a second, and on
@@ -40,16 +41,27 @@ local shared
 -- The version again, in a page of memory the master maps shared before it forks the workers:
 -- workers read it with a plain load on every request (no lock, no hashing); writers store it after
 -- the dict. nil when mmap failed: readers then use the dict's "v".
-pcall(ffi.cdef, "void *mmap(void *addr, size_t length, int prot, int flags, int fd, long offset);")
+pcall(ffi.cdef, [[
+void *mmap(void *addr, size_t length, int prot, int flags, int fd, long offset);
+int munmap(void *addr, size_t length);
+]])
+local PAGE = 4096
 local version_cell
 
-local function map_version_cell()
+-- A new page for this configuration's workers. The master unmaps the page of the configuration
+-- before (its address is kept in the dict): the old workers keep their own mapping of it.
+local function map_version_cell(dict)
     local PROT_READ, PROT_WRITE, MAP_SHARED, MAP_ANONYMOUS = 1, 2, 1, 0x20
-    local ok, page = pcall(ffi.C.mmap, nil, 4096, PROT_READ + PROT_WRITE, MAP_SHARED + MAP_ANONYMOUS, -1, 0)
+    local ok, page = pcall(ffi.C.mmap, nil, PAGE, PROT_READ + PROT_WRITE, MAP_SHARED + MAP_ANONYMOUS, -1, 0)
     if not ok or page == nil or ffi.cast("intptr_t", page) == -1 then
         ngx.log(ngx.WARN, "dyups: no shared page for the version (", tostring(page), "); workers read the dict")
         return nil
     end
+    local previous = dict:get("page")
+    if previous then
+        ffi.C.munmap(ffi.cast("void *", previous), PAGE)
+    end
+    dict:set("page", tonumber(ffi.cast("intptr_t", page)))
     return ffi.cast("double *", page)
 end
 
@@ -229,7 +241,7 @@ function _M.init(options)
     end
     shared = nil
     local dict = _M.dict()
-    version_cell = map_version_cell()
+    version_cell = map_version_cell(dict)
     if dict:get("loaded") then
         if version_cell then
             version_cell[0] = _M.version()
