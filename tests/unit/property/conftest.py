@@ -18,7 +18,7 @@ from tests.unit.property.strategies import CASES
 
 settings.register_profile("ci", max_examples=300, deadline=None, print_blob=True,
                           suppress_health_check=[HealthCheck.too_slow])
-settings.register_profile("long", max_examples=20000, deadline=None, print_blob=True,
+settings.register_profile("long", max_examples=5000, deadline=None, print_blob=True,
                           suppress_health_check=[HealthCheck.too_slow])
 PROFILE = os.environ.get("HYPOTHESIS_PROFILE", "ci")
 settings.load_profile(PROFILE)
