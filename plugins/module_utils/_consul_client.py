@@ -97,8 +97,9 @@ class ConsulClient:
     Safe to share between threads when the transport is.
     """
 
-    def __init__(self, url, transport, token=None, datacenter=None, timeout=10.0, stale=False):
+    def __init__(self, url, transport, token=None, datacenter=None, timeout=10.0, stale=False, object_hook=None):
         self.url = (url or DEFAULT_URL).rstrip("/")
+        self.object_hook = object_hook  # json.loads' object_hook: a long-running reader slims what it keeps
         self.transport = transport
         self._token = token or None
         self.datacenter = datacenter or None
@@ -147,12 +148,13 @@ class ConsulClient:
         except TransportError as exc:
             raise ConsulUnavailable(f"the Consul agent at {self.url} did not answer GET {url}: "
                                     f"{self._redact(exc.reason)}", url=url) from None
-        text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else (raw or "")
+        raw = raw or b""
         if status != 200:
-            raise self._status_error(url, status, text)
+            raise self._status_error(url, status, raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw)
         try:
-            data = json.loads(text)
+            data = json.loads(raw, object_hook=self.object_hook)  # bytes as they are: no decoded copy of a big body
         except ValueError:
+            text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw
             raise ConsulBadAnswer(f"GET {url} answered 200 but not JSON: {self._shown(text)!r}",
                                   url=url, status=status) from None
         raw_index = (answer_headers or {}).get("x-consul-index")

@@ -41,6 +41,7 @@ which nodes, for node-level checks) changed, so a watcher reads again only those
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field
 
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._errors import ValidationError
@@ -312,7 +313,19 @@ def _winner(upstream, services):
 
 
 def _collision_survivors(result, winners, skipped):
-    """The instances of ``result`` whose upstream its service wins; a skip item for each other one."""
+    """The instances of ``result`` whose upstream its service wins; a skip item for each other one.
+
+    A result whose instances were dropped to save memory (the watcher keeps ``instances`` empty)
+    gets one skip item per lost upstream instead.
+    """
+    if not result.instances:
+        for upstream, service in sorted(result.sources.items()):
+            if winners[upstream] != service:
+                skipped.append(_skip_item(
+                    f"upstream {upstream} of service {_text(service)}",
+                    f"upstream {upstream} already comes from service {_text(winners[upstream])}, which wins "
+                    "(the service named like the upstream, else the alphabetically first)", service=service))
+        return
     for item in result.instances:
         winner = winners.get(item["upstream"])
         if winner is not None and winner != item["service"]:
@@ -367,6 +380,28 @@ def map_services(health, options=None):
 
 
 # -- health/state/any snapshots ------------------------------------------------------------------------
+# Fields of Consul's answers that neither the mapping nor the watcher reads; some are large (a check's
+# Output, Definition, ServiceTags). ``slim_object`` drops them as the JSON is parsed.
+UNREAD_FIELDS = frozenset((
+    "Output", "Notes", "Definition", "ServiceTags", "CreateIndex", "ModifyIndex", "TaggedAddresses", "Weights",
+    "Proxy", "Connect", "EnableTagOverride", "Type", "Datacenter", "Namespace", "Partition", "ExposedPort",
+    "Interval", "Timeout", "SocketPath", "PeerName", "ServiceMeta", "Name",
+))
+_SHARED_VALUES = ("Status", "Node", "ServiceName", "Service")
+
+
+def slim_object(obj):
+    """``json.loads`` object_hook for a long-running reader: the same object without UNREAD_FIELDS, and
+    with the values that repeat in every check and instance (status, node and service names) shared."""
+    for key in UNREAD_FIELDS.intersection(obj):
+        del obj[key]
+    for key in _SHARED_VALUES:
+        value = obj.get(key)
+        if type(value) is str:
+            obj[key] = sys.intern(value)
+    return obj
+
+
 @dataclass(frozen=True)
 class CheckSnapshot:
     """One ``/v1/health/state/any`` answer, indexed once by instance.

@@ -51,6 +51,20 @@ def consul_error_kind(exc):
     return "consul_bad_answer"
 
 
+def _compact(node_data, service):
+    """What the mapping reads of one instance, in a tuple (Meta: only the ``dyups_*`` keys it reads)."""
+    meta = service.get("Meta")
+    if isinstance(meta, dict):
+        meta = {key: value for key, value in meta.items() if str(key).startswith(mapping.META_PREFIX)} or None
+    return (node_data.get("Node"), node_data.get("Address"), service.get("ID"), service.get("Address"),
+            service.get("Port"), service.get("Tags"), meta)
+
+
+def _pairs(checks):
+    """((check id, status), ...) sorted, as CheckSnapshot states hold them."""
+    return tuple(sorted({(str(check.get("CheckID") or ""), str(check.get("Status") or "")) for check in checks}))
+
+
 class ConsulSource:
     def __init__(self, settings, metrics):
         self.settings = settings
@@ -63,12 +77,13 @@ class ConsulSource:
         verify = settings.consul_ca_path or settings.consul_validate_certs
         self.transport = SessionTransport(verify=verify, cert=cert, pool_size=FETCH_THREADS)
         self.client = ConsulClient(settings.consul_url, self.transport, token=token,
-                                   datacenter=settings.consul_datacenter, timeout=settings.consul_timeout)
+                                   datacenter=settings.consul_datacenter, timeout=settings.consul_timeout,
+                                   object_hook=mapping.slim_object)
         self.watch_client = ConsulClient(settings.consul_url, self.transport, token=token,
                                          datacenter=settings.consul_datacenter, timeout=settings.consul_timeout,
-                                         stale=settings.consul_stale)
-        self.entries = {}        # service -> {(node, service_id): {"Node": ..., "Service": ...}}
-        self.checks = {}         # (node, service_id) -> [check dicts]; node checks under (node, "")
+                                         stale=settings.consul_stale, object_hook=mapping.slim_object)
+        self.entries = {}        # service -> {(node, service_id): compact instance (see _compact)}
+        self.checks = {}         # (node, service_id) -> ((check id, status), ...); node checks under (node, "")
         self.snapshot = None     # the last /v1/health/state/any answer, indexed (CheckSnapshot)
         self.node_services = {}  # node -> {service names with an instance there}
         self.catalog = None      # service -> sorted tags, from /v1/catalog/services
@@ -85,16 +100,28 @@ class ConsulSource:
         return name, answer.data
 
     def _store_service(self, name, health_entries):
+        """Cache one service's instances (and their checks) from a ``/v1/health/service/NAME`` answer.
+
+        Instances are kept compact (what the mapping reads, in a tuple) and checks as (id, status)
+        pairs: at thousands of services the cache is most of the watcher's memory. Malformed entries
+        are kept as they are, under a key of their position, so that the mapping skips them with a
+        reason instead of the watcher failing on them.
+        """
         instances = {}
-        for entry in health_entries or []:
-            node = (entry.get("Node") or {}).get("Node", "")
-            service = entry.get("Service") or {}
-            key = (node, service.get("ID", ""))
-            instances[key] = {"Node": entry.get("Node") or {}, "Service": service}
-            node_checks = [c for c in entry.get("Checks") or [] if not c.get("ServiceID")]
-            service_checks = [c for c in entry.get("Checks") or [] if c.get("ServiceID")]
-            self.checks[key] = service_checks
-            self.checks[(node, "")] = node_checks
+        for position, entry in enumerate(health_entries if isinstance(health_entries, list) else []):
+            entry = entry if isinstance(entry, dict) else {"Node": entry}
+            node_data, service = entry.get("Node"), entry.get("Service")
+            node = node_data.get("Node") if isinstance(node_data, dict) else None
+            service_id = service.get("ID") if isinstance(service, dict) else None
+            raw_checks = entry.get("Checks") if isinstance(entry.get("Checks"), list) else []
+            checks = [check for check in raw_checks if isinstance(check, dict)]
+            if not (isinstance(node, str) and node and isinstance(service_id, str) and service_id):
+                instances[("", f"#malformed-{position}")] = {"Node": node_data, "Service": service, "Checks": checks}
+                continue
+            key = (node, service_id)
+            instances[key] = _compact(node_data, service)
+            self.checks[key] = _pairs(check for check in checks if check.get("ServiceID"))
+            self.checks[(node, "")] = _pairs(check for check in checks if not check.get("ServiceID"))
             self.node_services.setdefault(node, set()).add(name)
         for key in set(self.entries.get(name, {})) - set(instances):
             self.checks.pop(key, None)
@@ -109,9 +136,33 @@ class ConsulSource:
         if not instances:
             self.results.pop(name, None)
             return
-        health = {name: [dict(entry, Checks=self.checks.get((key[0], ""), []) + self.checks.get(key, []))
-                         for key, entry in sorted(instances.items())]}
-        self.results[name] = mapping.map_services(health, self.options)
+        entries = []
+        for key, instance in sorted(instances.items()):
+            if isinstance(instance, dict):  # malformed: as Consul sent it
+                entries.append(instance)
+                continue
+            node, node_address, service_id, address, port, tags, meta = instance
+            statuses = self.checks.get((node, ""), ()) + self.checks.get(key, ())
+            entries.append({
+                "Node": {"Node": node, "Address": node_address},
+                "Service": {"ID": service_id, "Service": name, "Address": address, "Port": port, "Tags": tags,
+                            "Meta": meta},
+                "Checks": [{"CheckID": check_id, "Status": status} for check_id, status in statuses],
+            })
+        result = mapping.map_services({name: entries}, self.options)
+        result.instances = []  # not needed here (merge_results copes), and the largest part of a result
+        self.results[name] = result
+
+    def _snapshot_of_cache(self):
+        """A CheckSnapshot of what the cache knows, as if /v1/health/state/any had answered it."""
+        states = {}
+        for name, instances in self.entries.items():
+            for key in instances:
+                if self.checks.get(key):
+                    states[key] = (name, self.checks[key])
+                if self.checks.get((key[0], "")):
+                    states[(key[0], "")] = ("", self.checks[(key[0], "")])
+        return mapping.CheckSnapshot(states=states, checks={})
 
     def _fetch_many(self, names):
         names = sorted(names)
@@ -136,7 +187,7 @@ class ConsulSource:
                 self._store_service(name, [])
             for name, data in fetched:
                 self._store_service(name, data)
-            self.snapshot = mapping.index_checks([check for checks in self.checks.values() for check in checks])
+            self.snapshot = self._snapshot_of_cache()
         self._recovered()
         log.debug("read %d services from Consul in %.3fs", len(selected), time.monotonic() - started)
         # The cache is large and lives long: keep it out of the cyclic collector's full scans (it holds
@@ -204,14 +255,17 @@ class ConsulSource:
         instances came or went."""
         snapshot = mapping.index_checks(health)
         change = mapping.diff_snapshots(self.snapshot, snapshot)
-        self.snapshot = snapshot
+        self.snapshot = mapping.CheckSnapshot(states=snapshot.states, checks={})  # the check dicts can go
+        states = snapshot.states
+        for key in self.checks.keys() & states.keys():
+            self.checks[key] = states[key][1]  # one copy of each status: the newest
         for node in change.nodes:
-            self.checks[(node, "")] = snapshot.checks.get((node, ""), [])
+            self.checks[(node, "")] = states[(node, "")][1] if (node, "") in states else ()
             touched.update(self.node_services.get(node, ()))
         affected = {name for name in change.services if self.options.selects(name)}
         keys_by_service = {}
         if affected:
-            for key, (name, _states) in snapshot.states.items():
+            for key, (name, _pairs_) in states.items():
                 if key[1] and name in affected:
                     keys_by_service.setdefault(name, set()).add(key)
         for name in affected:
@@ -221,7 +275,7 @@ class ConsulSource:
                 refetch.add(name)  # an instance came or went: its address and tags are needed
                 continue
             for key in current:
-                self.checks[key] = snapshot.checks[key]
+                self.checks[key] = states[key][1]
             touched.add(name)
 
     def _explain_catalog_change(self, catalog, touched, refetch):
