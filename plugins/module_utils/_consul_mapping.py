@@ -25,9 +25,9 @@ Rules, in order, for each instance (docs/consul.md has the table of skip reasons
    status is in ``passing_states`` (default ``("passing",)``; ``include_warning`` adds ``warning``).
 5. One address twice in one upstream: one instance is kept (a serving one before one that is not,
    then the first by node and ID), the others are skipped.
-6. One upstream name from two services (``a_b`` untagged and ``a`` tagged ``gray=b``): the service
-   whose name *is* the upstream name wins, else the alphabetically first; the other's instances
-   are skipped. The same rule applies whether services are mapped together or per service and
+6. One upstream name from two services (``a_b`` untagged and ``a`` tagged ``gray=b``; names that
+   differ only in letter case count as one, as nginx compares them so): the service whose name *is*
+   the upstream name wins, else the alphabetically first; the other's instances are skipped. The same rule applies whether services are mapped together or per service and
    merged (``merge_results``), so the watcher's per-service cache gives the module's answer.
 
 Output (``MappingResult``): ``instances`` (every usable instance, sorted), ``upstreams``
@@ -305,11 +305,17 @@ def _skip_order(item):
     return (item.get("service") or "", item.get("node") or "", item.get("id") or "", item["what"], item["why"])
 
 
-def _winner(upstream, services):
-    for service in services:
-        if service == upstream:
-            return service
-    return min(services)
+def _winner(claims):
+    """The (service, upstream) pair that keeps a name nginx sees as one (names compare case-insensitively):
+    a service named exactly like its upstream first, then the alphabetically first service, then upstream."""
+    return min(claims, key=lambda pair: (pair[0] != pair[1], pair[0], pair[1]))
+
+
+_WINS = "(the service named like the upstream, else the alphabetically first; nginx compares names ignoring case)"
+
+
+def _loses(winners, service, upstream):
+    return winners[upstream.lower()] != (service, upstream)
 
 
 def _collision_survivors(result, winners, skipped):
@@ -320,19 +326,19 @@ def _collision_survivors(result, winners, skipped):
     """
     if not result.instances:
         for upstream, service in sorted(result.sources.items()):
-            if winners[upstream] != service:
+            if _loses(winners, service, upstream):
+                winner, taken = winners[upstream.lower()]
                 skipped.append(_skip_item(
                     f"upstream {upstream} of service {_text(service)}",
-                    f"upstream {upstream} already comes from service {_text(winners[upstream])}, which wins "
-                    "(the service named like the upstream, else the alphabetically first)", service=service))
+                    f"upstream {taken} already comes from service {_text(winner)}, which wins {_WINS}",
+                    service=service))
         return
     for item in result.instances:
-        winner = winners.get(item["upstream"])
-        if winner is not None and winner != item["service"]:
+        if _loses(winners, item["service"], item["upstream"]):
+            winner, taken = winners[item["upstream"].lower()]
             skipped.append(_skip_item(
                 _instance_what(item["service"], item["node"], item["id"]),
-                f"upstream {item['upstream']} already comes from service {_text(winner)}, which wins "
-                "(the service named like the upstream, else the alphabetically first)",
+                f"upstream {taken} already comes from service {_text(winner)}, which wins {_WINS}",
                 service=item["service"], node=item["node"], instance_id=item["id"]))
             continue
         yield item
@@ -344,19 +350,19 @@ def merge_results(results):
     claims = {}
     for result in results:
         for upstream, service in result.sources.items():
-            claims.setdefault(upstream, set()).add(service)
-    winners = {upstream: _winner(upstream, sorted(services)) for upstream, services in claims.items()}
+            claims.setdefault(upstream.lower(), set()).add((service, upstream))
+    winners = {key: _winner(pairs) for key, pairs in claims.items()}
     merged = MappingResult()
     upstreams = {}
     empty = set()
     for result in results:
-        if all(winners[upstream] == service for upstream, service in result.sources.items()):
+        if not any(_loses(winners, service, upstream) for upstream, service in result.sources.items()):
             merged.instances.extend(result.instances)  # the common case: no name collision
         else:
             merged.instances.extend(_collision_survivors(result, winners, merged.skipped))
         merged.skipped.extend(result.skipped)
         for upstream, service in result.sources.items():
-            if winners[upstream] != service:
+            if _loses(winners, service, upstream):
                 continue
             merged.sources[upstream] = service
             if upstream in result.upstreams:

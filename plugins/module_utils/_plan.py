@@ -10,8 +10,9 @@ passes the results in. The dyups_upstream module and the watcher use the same co
 Rules:
 
 * servers are compared with ``/detail`` (``GET /upstream/NAME`` drops weights), order-insensitive;
-* ``/detail`` shows addresses, not host names: with a ``resolve`` callable (host -> [address, ...])
-  a server written as ``app1:8080`` equals the servers at every address the name resolves to;
+* ``/detail`` shows addresses, not host names: with a ``resolve`` callable (host -> [address, ...],
+  IPv4 first) a server written as ``app1:8080`` equals the line of its first address, which is what
+  Tengine prints for it;
 * ``/detail`` does not show upstream-level directives: they are compared through the upstream file
   when one is managed, and a POST is planned when the file's directives differ from the desired ones;
 * ``exclusive`` removes only upstreams that the file holds and the desired set does not name.
@@ -32,17 +33,20 @@ NONE = "none"
 
 
 def expand_servers(servers, resolve=None):
-    """Servers as ``/detail`` shows them: each host name replaced by every address it resolves to.
+    """Servers as ``/detail`` shows them: each host name replaced by the first address it resolves to.
 
-    ``resolve(host)`` returns canonical addresses (IPv6 without brackets, compressed); a name that
-    resolves to nothing disappears (Tengine would refuse it).
+    nginx keeps a server written with a host name as one server with all its addresses (IPv4 first)
+    and Tengine's ``/detail`` prints the first one; ``resolve(host)`` returns canonical addresses in
+    that order. A name that resolves to nothing disappears (Tengine would refuse it).
     """
     if resolve is None:
         return list(servers)
     expanded = []
     for server in servers:
         if server.kind == "hostname":
-            expanded.extend(server.replace(host=address) for address in resolve(server.host))
+            addresses = resolve(server.host)
+            if addresses:
+                expanded.append(server.replace(host=addresses[0]))
         else:
             expanded.append(server)
     return expanded

@@ -16,8 +16,10 @@ or as a dict with the keys ``address`` (or ``host`` and ``port``), ``weight``,
 Rules (``tests/vectors/servers.json`` holds the cases that the Python and the
 Lua implementation both run):
 
-* host: dotted IPv4 without leading zeros, IPv6 in brackets, or an RFC 1123
-  host name (letters, digits, hyphens; labels of 1-63, 253 in all);
+* ASCII only;
+* host: dotted IPv4 without leading zeros, IPv6 in brackets (no zone index; an
+  IPv4-mapped address is written ``::ffff:a.b.c.d``, as nginx prints it), or an
+  RFC 1123 host name (letters, digits, hyphens; labels of 1-63, 253 in all);
 * port: 1-65535; when missing, 80 (nginx's default);
 * ``weight`` 1-``MAX_WEIGHT``; ``max_fails`` 0-``MAX_FAILS``; ``max_conns``
   0-``MAX_CONNS`` (0: no limit);
@@ -72,11 +74,18 @@ def parse_host(host, original=None):
     shown = host if original is None else original
     if not host:
         _fail(shown, "the host is empty")
+    if not host.isascii():
+        _fail(shown, "only ASCII characters are allowed")
     if ":" in host:
+        if "%" in host:
+            _fail(shown, f"{host!r}: IPv6 zone indexes (%...) are not supported by nginx")
         try:
-            return ipaddress.IPv6Address(host).compressed
+            address = ipaddress.IPv6Address(host)
         except ValueError:
             _fail(shown, f"{host!r} is not an IPv6 address")
+        if address.ipv4_mapped is not None:  # nginx prints these as ::ffff:a.b.c.d
+            return f"::ffff:{address.ipv4_mapped}"
+        return address.compressed
     if _DOTTED_NUMBERS_RE.match(host):
         if not _IPV4_RE.match(host) or any(int(part) > 255 for part in host.split(".")):
             _fail(shown, f"{host!r} is not a dotted IPv4 address (four numbers 0-255, no leading zeros)")
@@ -337,6 +346,8 @@ def parse_server(value):
     if isinstance(value, Server):
         return value
     if isinstance(value, str):
+        if not value.isascii():  # nginx splits on ASCII whitespace only; no non-ASCII has a meaning here
+            _fail(value, "only ASCII characters are allowed")
         return _from_string(value.strip())
     if isinstance(value, dict):
         return _from_dict(value)

@@ -66,6 +66,9 @@ def build_upstream(name, servers, directives=None):
     if not parsed:
         raise ValidationError("upstream", name, "has no servers; nginx refuses an upstream without servers "
                                                 "(use state=absent to remove it)")
+    if all(server.backup for server in parsed):
+        raise ValidationError("upstream", name, "every server is a backup server; nginx needs at least one that is "
+                                                "not (Tengine answers 500)")
     parsed_directives = parse_directives(directives)
     for directive in parsed_directives:
         if directive.name in NO_BACKUP and any(server.backup for server in parsed):

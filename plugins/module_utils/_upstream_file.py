@@ -36,6 +36,16 @@ HEADER = (
 DEFAULT_MODE = 0o644
 
 
+def _unique_ignoring_case(names, where="upstream file"):
+    """nginx compares upstream names ignoring case: ``Web`` and ``web`` in one file break the next reload."""
+    seen = {}
+    for name in names:
+        other = seen.setdefault(name.lower(), name)
+        if other != name:
+            raise ValidationError(where, name, f"names {other!r} and {name!r} differ only in letter case; nginx "
+                                               "treats them as one upstream and refuses the file")
+
+
 def render_block(upstream):
     """``upstream NAME { ... }`` for one Upstream."""
     lines = [f"upstream {upstream.name} {{"]
@@ -49,8 +59,10 @@ def render(upstreams, header=HEADER, block=render_block):
 
     ``block`` renders one upstream; a caller that renders often may pass a memoizing one.
     """
+    upstreams = sorted(upstreams, key=lambda item: item.name)
+    _unique_ignoring_case(upstream.name for upstream in upstreams)
     parts = [header] if header else []
-    parts.extend(block(upstream) for upstream in sorted(upstreams, key=lambda item: item.name))
+    parts.extend(block(upstream) for upstream in upstreams)
     return "\n".join(parts)
 
 
@@ -120,8 +132,9 @@ def parse(text):
                 words = []
             else:
                 words.append(word)
-        if name in upstreams:
-            raise ValidationError("upstream file", f"line {line}", f"upstream {name} is defined twice")
+        if name.lower() in {known.lower() for known in upstreams}:
+            raise ValidationError("upstream file", f"line {line}", f"upstream {name} is defined twice (nginx "
+                                                                   "compares names ignoring case)")
         try:
             upstreams[name] = build_upstream(name, servers, directives)
         except ValidationError as exc:

@@ -232,8 +232,6 @@ backup_file:
   sample: /etc/nginx/dyups.upstream.conf.1234.2024-05-01@12:00:00~
 """
 
-import socket
-
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils import _upstream_file
@@ -244,7 +242,7 @@ from ansible_collections.swallowkeeper.dyups.plugins.module_utils._errors import
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._names import validate_name
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._plan import (
     desired_upstream, interface_text, plan)
-from ansible_collections.swallowkeeper.dyups.plugins.module_utils._servers import parse_host
+from ansible_collections.swallowkeeper.dyups.plugins.module_utils._resolve import check_resolvable, make_resolver
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._upstream import upstream_from_spec
 
 
@@ -294,38 +292,6 @@ def requested(params):
         else:
             wanted[name] = (spec, None)
     return wanted
-
-
-def make_resolver(getaddrinfo=socket.getaddrinfo):
-    """host -> sorted canonical addresses it resolves to on this node (cached; [] when it does not resolve)."""
-    cache = {}
-
-    def resolve(host):
-        if host not in cache:
-            try:
-                infos = getaddrinfo(host, None, 0, socket.SOCK_STREAM)
-            except (OSError, UnicodeError):
-                infos = []
-            addresses = set()
-            for family, _type, _proto, _name, sockaddr in infos:
-                if family in (socket.AF_INET, socket.AF_INET6):
-                    addresses.add(parse_host(sockaddr[0].split("%")[0]))
-            cache[host] = sorted(addresses)
-        return cache[host]
-
-    return resolve
-
-
-def check_resolvable(desired, resolve):
-    for upstream in desired.values():
-        if upstream is None:
-            continue
-        for server in upstream.servers:
-            if server.kind == "hostname" and not resolve(server.host):
-                raise ValidationError(
-                    "server", server.spec(),
-                    f"the host name {server.host!r} (upstream {upstream.name}) does not resolve on this host, and "
-                    "Tengine answers 500 to a name it cannot resolve; fix the name or set resolve_check=false")
 
 
 def read_file(path):

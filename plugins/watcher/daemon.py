@@ -71,7 +71,7 @@ class Daemon:
             return 1
         result = self.source.mapping()
         report = self.syncer.sync(result.upstreams, result.empty)
-        self._log_skipped(result.skipped)
+        self._log_skipped(result.skipped + self.syncer.skipped)
         status = 0 if report.ok else 1
         if not self.dry_run and report.ok:
             try:
@@ -219,8 +219,8 @@ class Daemon:
         started = self.clock()
         result = self.source.mapping()
         mapped = self.clock()
-        self._log_skipped(result.skipped)
         report = self.syncer.sync(result.upstreams, result.empty)
+        self._log_skipped(result.skipped + self.syncer.skipped)
         log.debug("sync: mapping %.1f ms, apply %.1f ms, %d posted, %d deleted", (mapped - started) * 1000,
                   (self.clock() - mapped) * 1000, len(report.posted), len(report.deleted))
 

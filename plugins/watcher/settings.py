@@ -55,6 +55,8 @@ OPTIONS = (
     Option("dyups_timeout", 5.0, float, "seconds for a dyups request"),
     Option("upstream_file", "/etc/nginx/dyups.upstream.conf", str,
            "upstream file, written atomically before every change reaches the interface"),
+    Option("hosts_file", None, str, "resolve host names in servers from this file (hosts format) only, never "
+                                    "through DNS (default: the system resolver)"),
     Option("validate_command", None, str, "command run on a new upstream file before it replaces the old "
                                           "one; %s is the new file's path"),
     Option("directives", [], list, "upstream-level directives sent with every upstream (e.g. 'keepalive 32')"),

@@ -31,6 +31,7 @@ from ansible_collections.swallowkeeper.dyups.plugins.module_utils._directives im
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._errors import (
     DyupsError, DyupsRejected, DyupsUnavailable)
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._plan import servers_equal
+from ansible_collections.swallowkeeper.dyups.plugins.module_utils._resolve import make_resolver
 from ansible_collections.swallowkeeper.dyups.plugins.watcher import safety
 
 log = logging.getLogger("swallowkeeper.watcher")
@@ -91,6 +92,7 @@ class Syncer:
         self.hold_since = None
         self.release_requested = False
         self.skipped = []
+        self.resolve = None
         self._blocks = {}
         self._update_gauges()
 
@@ -108,8 +110,30 @@ class Syncer:
             result[name] = replace(upstream, directives=directives) if directives != upstream.directives else upstream
         return result
 
+    def resolvable(self, upstreams, empty):
+        """Servers written as host names that resolve here; the others are skipped (Tengine would answer
+        500 to the whole POST). An upstream left without servers counts as empty."""
+        resolve = self.resolve = make_resolver(hosts_file=self.settings.hosts_file)  # fresh each sync
+        result = {}
+        empty = set(empty)
+        for name, upstream in upstreams.items():
+            if all(server.kind != "hostname" for server in upstream.servers):
+                result[name] = upstream
+                continue
+            kept = [server for server in upstream.servers if server.kind != "hostname" or resolve(server.host)]
+            for server in upstream.servers:
+                if server not in kept:
+                    self.skipped.append({"what": f"server {server.spec()} of upstream {name}",
+                                         "why": f"the host name {server.host!r} does not resolve on this host"})
+            if kept and not all(server.backup for server in kept):
+                result[name] = replace(upstream, servers=tuple(kept))
+            else:
+                empty.add(name)
+        return result, empty
+
     def desired_from(self, upstreams, empty=()):
         self.skipped = []
+        upstreams, empty = self.resolvable(upstreams, empty)
         desired = self.with_directives(upstreams)
         desired = safety.apply_zero_instance_policy(desired, empty, self.applied, self.settings.zero_instances)
         return self._guard(desired)
@@ -254,11 +278,12 @@ class Syncer:
     def repair(self):
         """Compare ``/detail`` with the applied state; push what differs. Returns the names repaired."""
         detail = self.client.detail()
+        self.resolve = make_resolver(hosts_file=self.settings.hosts_file)
         drifted = []
         for name, upstream in self.applied.items():
             if name in self.pending:
                 continue
-            if not servers_equal(upstream, detail.get(name)):
+            if not servers_equal(upstream, detail.get(name), resolve=self.resolve):
                 drifted.append(name)
         stale = sorted((self.deleted_here & set(detail)) - set(self.applied))
         if drifted or stale:

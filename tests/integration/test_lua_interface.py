@@ -13,7 +13,8 @@ from ansible_collections.swallowkeeper.dyups.plugins.module_utils._dyups_client 
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._errors import DyupsBusy
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._http_stdlib import stdlib_transport
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._upstream import build_upstream
-from ansible_collections.swallowkeeper.dyups.plugins.module_utils._upstream_file import render, write_upstreams
+from ansible_collections.swallowkeeper.dyups.plugins.module_utils._upstream_file import (
+    render, render_block, write_upstreams)
 from tests.support.nginx_lua import NginxLua, nginx_lua_factory  # noqa: F401  (fixture)
 
 LOCK_HOLDER = """
@@ -97,10 +98,10 @@ def test_upstream_file_entries_this_flavor_cannot_take_are_left_out(nginx_lua_fa
     """Valid for the rules, but not for this flavor (ip_hash, a host that does not resolve): logged and
     left out, the rest loaded, nginx starts (the client wrote the file before the POST that failed)."""
     path = tmp_path / "dyups.upstream.conf"
-    path.write_text(render([build_upstream("good", ["127.0.0.1:18101"]),
-                            build_upstream("hashed", ["127.0.0.1:18102"], ["ip_hash"]),
-                            build_upstream("unknown", ["no-such-host.invalid:80"]),
-                            build_upstream("Good", ["127.0.0.1:18103"])]))
+    blocks = [build_upstream("Good", ["127.0.0.1:18103"]), build_upstream("good", ["127.0.0.1:18101"]),
+              build_upstream("hashed", ["127.0.0.1:18102"], ["ip_hash"]),
+              build_upstream("unknown", ["no-such-host.invalid:80"])]
+    path.write_text("".join(render_block(upstream) for upstream in blocks))  # by hand: render() refuses Good+good
     nginx = nginx_lua_factory(upstream_file=path)
     assert nginx.client().list() == ["Good"]   # the file is sorted by name: "Good" comes before "good"
     log = nginx.error_log_text()

@@ -18,7 +18,7 @@ import pytest
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils import _upstream_file
 from tests.support.backends import Backends
 from tests.support.consul import ConsulAgent
-from tests.support.nginx_lua import NginxLua
+from tests.support.nginx_lua import TEST_HOSTS, NginxLua
 from tests.support.watcher import WatcherProcess, run_once
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -43,6 +43,9 @@ def served(nginx, name, tries=12):
 
 def start_watcher(tmp_path, agent, nginx, upstream_file, **settings):
     settings.setdefault("drift_interval", 1)
+    hosts = tmp_path / "hosts"
+    hosts.write_text(TEST_HOSTS)
+    settings.setdefault("hosts_file", str(hosts))  # host names never reach a DNS server from a test
     return WatcherProcess(tmp_path, consul_url=agent.url, dyups_url=nginx.api_url,
                           upstream_file=str(upstream_file), **settings).start()
 
@@ -302,5 +305,23 @@ def test_validate_command_guards_the_file(stack, tmp_path):
         assert served(nginx, "Web") == {str(p1)}, "nothing is sent when the file was not written"
         assert "nothing sent to dyups" in watcher.log_text()
         assert not list(upstream_file.parent.glob(".upstreams.conf.*.tmp")), "the candidate file is removed"
+    finally:
+        watcher.stop()
+
+
+def test_host_names_resolve_here_or_are_skipped(stack, tmp_path):
+    """Tengine answers 500 to a name it cannot resolve: such a server never reaches the interface, the
+    others do; a name that resolves is compared with /detail by address, so it is not re-pushed."""
+    agent, backends, nginx, upstream_file = stack
+    p1, p2, _p3, _p4 = backends.ports
+    agent.register("Web", "w1", port=p1, address="localhost")          # /etc/hosts (and the test hosts file)
+    agent.register("Web", "w2", port=p2, address="no-such-host.test")  # resolves nowhere, asks no DNS server here
+    watcher = start_watcher(tmp_path, agent, nginx, upstream_file)
+    try:
+        watcher.wait_for(lambda: served(nginx, "Web") == {str(p1)}, "the resolvable server serves")
+        assert "no-such-host.test" not in upstream_file.read_text()
+        watcher.wait_for(lambda: "does not resolve on this host" in watcher.log_text(), "the skip is logged")
+        time.sleep(2.5)  # two drift checks: the name compares equal to the addresses /detail shows
+        assert watcher.metrics()["swallowkeeper_watcher_repairs_total"] == 0
     finally:
         watcher.stop()

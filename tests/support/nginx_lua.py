@@ -26,7 +26,8 @@ Options (all keyword): ``workers`` (2), ``upstream_file`` (None: nothing is load
 ``locations`` (text replacing the default proxy locations), ``lua_path`` (extra Lua directories),
 ``dict_size`` ("16m"), ``keepalive`` (64, the dyups_balancer pool), ``proxy_next_upstream``
 ("error timeout"), ``proxy_next_upstream_tries`` (0: no limit), ``connect_timeout`` ("2s"),
-``read_timeout`` ("10s"), ``error_log_level`` ("notice"), ``access_log`` (False; True writes
+``read_timeout`` ("10s"), ``hosts`` (TEST_HOSTS: host names resolve from this text only, never through
+DNS; None: the system resolver), ``error_log_level`` ("notice"), ``access_log`` (False; True writes
 ``logs/access.log`` with the upstream address and status of every try), ``api_port`` /
 ``proxy_port`` (None: free ports), ``lock_timeout`` (None: the state module's default),
 ``worker_header`` (True: every proxied answer carries ``X-Dyups-Worker``, see below).
@@ -83,6 +84,11 @@ UPSTREAM_HEADER = "X-Dyups-Upstream"
 _LIVE = set()
 
 # Values of the reference file that an instance replaces; each must occur exactly once there.
+# Host names in server lines resolve from this hosts file only (the state option hosts_file): a test
+# never sends a DNS query off the machine, and an unknown name fails at once. ``hosts=None`` uses the
+# system resolver instead.
+TEST_HOSTS = "127.0.0.1 localhost\n::1 localhost ip6-localhost\n"
+
 REFERENCE_DEFAULTS = {
     "lua_path": '"/usr/share/swallowkeeper-dyups/lua/?.lua;;"',
     "upstream_file": '"/etc/nginx/dyups.upstream.conf"',
@@ -108,7 +114,8 @@ def _lua_string(value):
     return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-def render_reference(lua_paths, api_port, upstream_file=None, dict_size="16m", keepalive=64, lock_timeout=None):
+def render_reference(lua_paths, api_port, upstream_file=None, dict_size="16m", keepalive=64, lock_timeout=None,
+                     hosts_file=None):
     """The text of dyups_lua.conf with these values; raises if the reference file no longer has a default."""
     text = REFERENCE_CONF.read_text()
     for key, default in REFERENCE_DEFAULTS.items():
@@ -120,6 +127,8 @@ def render_reference(lua_paths, api_port, upstream_file=None, dict_size="16m", k
     state_options = 'dict = "dyups_state",'
     if lock_timeout is not None:
         state_options += f" lock_timeout = {float(lock_timeout)},"
+    if hosts_file:
+        state_options += f" hosts_file = {_lua_string(hosts_file)},"
     replacements = {
         "lua_path": _lua_string(path),
         "upstream_file": _lua_string(upstream_file) if upstream_file else "nil",
@@ -191,7 +200,7 @@ class NginxLua:
                  lua_path=(), dict_size="16m", keepalive=64, proxy_next_upstream="error timeout",
                  proxy_next_upstream_tries=0, connect_timeout="2s", read_timeout="10s", error_log_level="notice",
                  access_log=False, api_port=None, proxy_port=None, lock_timeout=None, worker_header=True,
-                 prefix=None):
+                 prefix=None, hosts=TEST_HOSTS):
         self.workers = workers
         self.upstream_file = str(upstream_file) if upstream_file else None
         self.http_snippet = http_snippet
@@ -208,6 +217,7 @@ class NginxLua:
         self.access_log = access_log
         self.lock_timeout = lock_timeout
         self.worker_header = worker_header
+        self.hosts = hosts
         self.api_port = api_port or free_port()
         self.proxy_port = proxy_port or free_port()
         self._own_prefix = prefix is None
@@ -267,8 +277,13 @@ http {{
     def write_config(self):
         (self.prefix / "logs").mkdir(exist_ok=True)
         (self.prefix / "tmp").mkdir(exist_ok=True)
+        hosts_file = None
+        if self.hosts is not None:
+            hosts_file = self.prefix / "hosts"
+            hosts_file.write_text(self.hosts)
         (self.prefix / "dyups_lua.conf").write_text(render_reference(
-            self.lua_paths, self.api_port, self.upstream_file, self.dict_size, self.keepalive, self.lock_timeout))
+            self.lua_paths, self.api_port, self.upstream_file, self.dict_size, self.keepalive, self.lock_timeout,
+            hosts_file))
         self.conf_path.write_text(self.config_text())
 
     def _command(self, *extra):

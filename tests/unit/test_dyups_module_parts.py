@@ -64,19 +64,27 @@ def fake_getaddrinfo(table):
     return getaddrinfo
 
 
-def test_resolver_canonical_sorted_cached():
+def test_resolver_canonical_in_nginx_order_cached():
     calls = []
-    table = {"app.example.internal": ["10.0.0.2", "10.0.0.1", "2001:DB8:0::1%eth0", "10.0.0.1"]}
+    table = {"app.example.internal": ["2001:DB8:0::1%eth0", "10.0.0.2", "10.0.0.1", "10.0.0.1"]}
 
     def counting(*args):
         calls.append(args[0])
         return fake_getaddrinfo(table)(*args)
 
     resolve = dyups_upstream.make_resolver(counting)
-    assert resolve("app.example.internal") == ["10.0.0.1", "10.0.0.2", "2001:db8::1"]
-    assert resolve("app.example.internal") == ["10.0.0.1", "10.0.0.2", "2001:db8::1"]
+    assert resolve("app.example.internal") == ["10.0.0.2", "10.0.0.1", "2001:db8::1"]  # IPv4 first, in order
+    assert resolve("app.example.internal") == ["10.0.0.2", "10.0.0.1", "2001:db8::1"]
     assert resolve("nowhere.example.internal") == []
     assert calls == ["app.example.internal", "nowhere.example.internal"]
+
+
+def test_resolver_from_a_hosts_file_only(tmp_path):
+    hosts = tmp_path / "hosts"
+    hosts.write_text("# comment\n10.0.0.7 app.example.internal app\n::1 App.Example.Internal\n")
+    resolve = dyups_upstream.make_resolver(hosts_file=str(hosts))
+    assert resolve("app.example.internal") == ["10.0.0.7", "::1"]
+    assert resolve("localhost") == []   # not in that file: the system resolver is not asked
 
 
 def test_resolver_with_the_system_for_localhost():

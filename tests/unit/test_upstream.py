@@ -27,8 +27,10 @@ def test_equal_whatever_the_input_order():
     ("a", [], None, "has no servers"),
     ("a", None, None, "has no servers"),
     ("a", ["10.0.0.1:70000"], None, "the port 70000 is outside 1-65535"),
-    ("a", ["10.0.0.1:80 backup"], ["ip_hash"], "ip_hash balancing does not support backup servers"),
-    ("a", ["10.0.0.1:80 backup"], ["hash $uri"], "hash balancing does not support backup servers"),
+    ("a", ["10.0.0.1:80", "10.0.0.2:80 backup"], ["ip_hash"], "ip_hash balancing does not support backup servers"),
+    ("a", ["10.0.0.1:80 backup"], None, "every server is a backup server"),
+    ("a", ["10.0.0.1:80 backup", "10.0.0.2:80 backup down"], None, "every server is a backup server"),
+    ("a", ["10.0.0.1:80"], ["hash $remote_addr"], "unknown upstream directive 'hash'"),
     ("a", ["10.0.0.1:80"], ["listen 80"], "unknown upstream directive 'listen'"),
 ])
 def test_gate(name, servers, directives, problem):

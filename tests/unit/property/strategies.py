@@ -42,7 +42,8 @@ name_candidates = st.one_of(
 )
 
 ipv4 = st.ip_addresses(v=4).map(str)
-ipv6 = st.ip_addresses(v=6).map(lambda address: address.compressed)
+ipv6 = st.ip_addresses(v=6).map(  # the canonical form: IPv4-mapped ones as nginx prints them
+    lambda address: f"::ffff:{address.ipv4_mapped}" if address.ipv4_mapped else address.compressed)
 _label = st.from_regex(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?", fullmatch=True)
 hostnames = st.lists(_label, min_size=1, max_size=4).map(".".join).filter(
     lambda host: len(host) <= 253 and not host.rsplit(".", 1)[-1].isdigit())
@@ -61,7 +62,7 @@ _check_values = {
     "type": st.sampled_from(["tcp", "http", "ssl_hello", "mysql", "ajp", "fastcgi"]),
     "default_down": st.sampled_from(["true", "false"]),
 }
-_quoted = st.lists(st.one_of(st.characters(min_codepoint=32, max_codepoint=0x2ff,
+_quoted = st.lists(st.one_of(st.characters(min_codepoint=32, max_codepoint=126,
                                            blacklist_characters='"\\\x7f'),
                              st.sampled_from(["\\r", "\\n", "\\t", '\\"', "\\\\"])), max_size=40).map(
     lambda parts: '"' + "".join(parts) + '"')
@@ -76,8 +77,6 @@ def check_directive(draw):
 directive_by_name = {
     "ip_hash": st.just("ip_hash"),
     "least_conn": st.just("least_conn"),
-    "hash": st.builds(lambda key, consistent: f"hash {key}" + (" consistent" if consistent else ""),
-                      st.from_regex(r"[A-Za-z0-9_$.:/=-]+", fullmatch=True), st.booleans()),
     "keepalive": st.integers(1, 100000).map(lambda n: f"keepalive {n}"),
     "keepalive_timeout": _time.map(lambda t: f"keepalive_timeout {t}"),
     "keepalive_requests": st.integers(1, 100000000).map(lambda n: f"keepalive_requests {n}"),
@@ -97,15 +96,17 @@ def upstreams(draw, name=None):
     name = name or draw(valid_names)
     chosen = draw(st.lists(servers, min_size=1, max_size=6, unique_by=lambda server: server.address))
     names = draw(st.lists(st.sampled_from(sorted(directive_by_name)), unique=True, max_size=4))
-    balancing = [n for n in names if n in ("ip_hash", "least_conn", "hash")]
+    balancing = [n for n in names if n in ("ip_hash", "least_conn")]
     names = [n for n in names if n not in balancing[1:]]
-    if any(n in ("ip_hash", "hash") for n in names):
+    if "ip_hash" in names:
         chosen = [server.replace(backup=False) for server in chosen]
+    if all(server.backup for server in chosen):  # nginx needs one primary server
+        chosen[0] = chosen[0].replace(backup=False)
     texts = [draw(directive_by_name[n]) for n in names]
     return build_upstream(name, [server.spec() for server in chosen], texts)
 
 
-upstream_sets = st.lists(upstreams(), max_size=6, unique_by=lambda upstream: upstream.name)
+upstream_sets = st.lists(upstreams(), max_size=6, unique_by=lambda upstream: upstream.name.lower())
 
 FILE_TOKENS = ["upstream", "server", "{", "}", ";", "\n", "# note\n", '"', "Web", "Web_b", "a b", "x{y",
                "127.0.0.1:80", "[::1]:8080", "app.internal", "weight=2", "weight=0", "backup", "down",

@@ -8,6 +8,10 @@
 --
 -- resolve(host) -> { "10.0.0.1", "2001:db8::1", ... } (IPv4 first, then IPv6, like nginx; IPv6 in
 -- Python's compressed form without brackets), or nil and a reason. IP literals are returned as is.
+--
+-- configure({ hosts_file = PATH }) (state.init's option of the same name) resolves from that file
+-- alone (the /etc/hosts format) and never asks DNS: for sites that want no DNS dependency on the
+-- management path, and for tests, which must not send a query off the machine.
 
 local ffi = require("ffi")
 local rules = require("swallowkeeper_dyups.rules")
@@ -62,6 +66,46 @@ local function ipv6_text(addr)
     return rules.ipv6_compressed(table.concat(groups, ":"))
 end
 
+local hosts_file
+
+function _M.configure(options)
+    hosts_file = options and options.hosts_file or nil
+end
+
+-- Addresses of ``host`` in the hosts file (names compare ignoring case), IPv4 first; nil when none.
+local function from_hosts_file(host)
+    local handle, err = io.open(hosts_file, "r")
+    if not handle then
+        return nil, format("host %s could not be resolved: hosts_file %s: %s", host, hosts_file, err)
+    end
+    local wanted = host:lower()
+    local v4, v6, seen = {}, {}, {}
+    for line in handle:lines() do
+        line = line:gsub("#.*", "")
+        local address, names = line:match("^%s*(%S+)%s+(.-)%s*$")
+        if address then
+            for name in names:gmatch("%S+") do
+                if name:lower() == wanted and not seen[address] then
+                    seen[address] = true
+                    if find(address, ":", 1, true) then
+                        v6[#v6 + 1] = rules.ipv6_compressed(address) or address
+                    else
+                        v4[#v4 + 1] = address
+                    end
+                end
+            end
+        end
+    end
+    handle:close()
+    for i = 1, #v6 do
+        v4[#v4 + 1] = v6[i]
+    end
+    if #v4 == 0 then
+        return nil, format("host %s could not be resolved: not in %s (DNS is not used)", host, hosts_file)
+    end
+    return v4
+end
+
 function _M.is_literal(host)
     return find(host, ":", 1, true) ~= nil or find(host, "^[0-9.]+$") ~= nil
 end
@@ -72,6 +116,9 @@ function _M.resolve(host)
     end
     if _M.is_literal(host) then
         return { host }
+    end
+    if hosts_file then
+        return from_hosts_file(host)
     end
     local hints = ffi.new("struct swallowkeeper_dyups_addrinfo")
     hints.ai_family = 0

@@ -356,6 +356,12 @@ local function ipv6_compressed(text)
         end
         groups[#groups + 1] = value
     end
+    -- an IPv4-mapped address reads ::ffff:a.b.c.d (Python: ipv4_mapped; nginx prints it so)
+    if groups[1] == 0 and groups[2] == 0 and groups[3] == 0 and groups[4] == 0 and groups[5] == 0
+        and groups[6] == 0xffff and not scope then
+        return format("::ffff:%d.%d.%d.%d", floor(groups[7] / 256), groups[7] % 256, floor(groups[8] / 256),
+                      groups[8] % 256)
+    end
     -- _compress_hextets: the first longest run (> 1) of zero groups becomes "::"
     local best_start, best_len, run_start, run_len = 0, 0, 0, 0
     for i = 1, 8 do
@@ -422,7 +428,13 @@ function _M.parse_host(host, shown)
     if host == "" then
         return server_error(shown, "the host is empty")
     end
+    if find(host, "[\128-\255]") then
+        return server_error(shown, "only ASCII characters are allowed")
+    end
     if find(host, ":", 1, true) then
+        if find(host, "%", 1, true) then
+            return server_error(shown, py_repr(host) .. ": IPv6 zone indexes (%...) are not supported by nginx")
+        end
         local compressed = ipv6_compressed(host)
         if not compressed then
             return server_error(shown, py_repr(host) .. " is not an IPv6 address")
@@ -569,6 +581,9 @@ _M.server_address = server_address
 -- A server table from nginx's syntax without "server" and ";" (Python: parse_server(str)):
 -- { host, port, address, weight, max_fails, fail_timeout, max_conns, backup, down }.
 function _M.parse_server(value)
+    if find(value, "[\128-\255]") then
+        return server_error(value, "only ASCII characters are allowed")
+    end
     local text = py_strip(value)
     if find(text, "[;{}\"'#\\]") or has_control(text, false) then
         return server_error(text, "a server is written as 'host:port [parameter ...]' with no ; { } quotes, "
@@ -652,9 +667,9 @@ end
 ---------------------------------------------------------------------------------------------------
 -- Directives (_directives.py)
 
-local BALANCING = { ip_hash = true, least_conn = true, hash = true }
-local NO_BACKUP = { ip_hash = true, hash = true }
-local KNOWN_DIRECTIVES = "ip_hash, least_conn, hash, keepalive, keepalive_timeout, keepalive_requests, check, "
+local BALANCING = { ip_hash = true, least_conn = true }
+local NO_BACKUP = { ip_hash = true }
+local KNOWN_DIRECTIVES = "ip_hash, least_conn, keepalive, keepalive_timeout, keepalive_requests, check, "
                          .. "check_http_send, check_http_expect_alive, check_keepalive_requests"
 local CHECK_KEYS = {
     interval = "digits", rise = "digits", fall = "digits", timeout = "digits", port = "digits",
@@ -779,14 +794,6 @@ local function check_args(value, name, args)
         if n > 0 then
             return directive_error(value, name .. " takes no arguments")
         end
-    elseif name == "hash" then
-        if n < 1 or n > 2 or (n == 2 and args[2] ~= "consistent") then
-            return directive_error(value, "write 'hash KEY' or 'hash KEY consistent'")
-        end
-        if not find(args[1], "^[A-Za-z0-9_$.:/=-]+$") then
-            return directive_error(value, format("the hash key %s has characters outside A-Z a-z 0-9 _ $ . : / = -",
-                                                 py_repr(args[1])))
-        end
     elseif name == "keepalive" then
         if n ~= 1 then
             return directive_error(value, "write 'keepalive N'")
@@ -863,6 +870,9 @@ function _M.parse_directive(value)
     end
     if text == "" then
         return directive_error(value, "the directive is empty")
+    end
+    if find(text, "[\128-\255]") then
+        return directive_error(value, "only ASCII characters are allowed")
     end
     if has_control(text, true) then
         return directive_error(value, "control characters and line breaks are not allowed")
@@ -942,6 +952,16 @@ function _M.build_upstream(name, server_texts, directive_texts)
     if #servers == 0 then
         return nil, format("invalid upstream %s: has no servers; nginx refuses an upstream without servers "
                            .. "(use state=absent to remove it)", py_repr(name))
+    end
+    local primary = false
+    for i = 1, #servers do
+        if not servers[i].backup then
+            primary = true
+        end
+    end
+    if not primary then
+        return nil, format("invalid upstream %s: every server is a backup server; nginx needs at least one that is "
+                           .. "not (Tengine answers 500)", py_repr(name))
     end
     local directives
     directives, err = parse_all(directive_texts, _M.parse_directive)

@@ -32,7 +32,8 @@ local _M = {}
 local JOURNAL = 1024
 local LOCK_EXPIRY = 5
 
-local config = { dict = "dyups_state", upstream_file = nil, lock_timeout = 1 }
+local config = { dict = "dyups_state", upstream_file = nil, lock_timeout = 1, hosts_file = nil }
+local OPTIONS = { dict = true, upstream_file = true, lock_timeout = true, hosts_file = true }
 _M.config = config
 _M.JOURNAL = JOURNAL
 
@@ -234,11 +235,13 @@ end
 
 function _M.init(options)
     for key, value in pairs(options or {}) do
-        if config[key] == nil and key ~= "upstream_file" then
+        if not OPTIONS[key] then
             error("swallowkeeper_dyups.state.init: unknown option " .. tostring(key), 2)
         end
         config[key] = value
     end
+    -- hosts_file: resolve host names in server lines from this file only, never through DNS
+    require("swallowkeeper_dyups.resolve").configure({ hosts_file = config.hosts_file })
     shared = nil
     local dict = _M.dict()
     version_cell = map_version_cell(dict)
