@@ -27,8 +27,9 @@ Rules, in order, for each instance (docs/consul.md has the table of skip reasons
    then the first by node and ID), the others are skipped.
 6. One upstream name from two services (``a_b`` untagged and ``a`` tagged ``gray=b``; names that
    differ only in letter case count as one, as nginx compares them so): the service whose name *is*
-   the upstream name wins, else the alphabetically first; the other's instances are skipped. The same rule applies whether services are mapped together or per service and
-   merged (``merge_results``), so the watcher's per-service cache gives the module's answer.
+   the upstream name wins, else the alphabetically first; the other's instances are skipped. The
+   same rule applies whether services are mapped together or per service and merged
+   (``merge_results``), so the watcher's per-service cache gives the module's answer.
 
 Output (``MappingResult``): ``instances`` (every usable instance, sorted), ``upstreams``
 ``{name: Upstream}`` (built by ``build_upstream``, only from serving instances), ``empty`` (upstream
@@ -403,7 +404,7 @@ def slim_object(obj):
         del obj[key]
     for key in _SHARED_VALUES:
         value = obj.get(key)
-        if type(value) is str:
+        if isinstance(value, str):
             obj[key] = sys.intern(value)
     return obj
 

@@ -24,7 +24,7 @@ description:
   - Read-only. RV(upstreams) is ready for the O(swallowkeeper.dyups.dyups_upstream#module:upstreams) option of
     M(swallowkeeper.dyups.dyups_upstream).
 author:
-  - swallowkeeper.dyups contributors
+  - Swallowkeeper maintainers (@swallowkeeper)
 extends_documentation_fragment:
   - swallowkeeper.dyups._consul
 attributes:
@@ -36,6 +36,7 @@ attributes:
     description: Nothing changes, so there is no diff.
   action_group:
     support: full
+    description: Use C(group/swallowkeeper.dyups.consul) in C(module_defaults) to set the connection options once.
     membership:
       - swallowkeeper.dyups.consul
 options:

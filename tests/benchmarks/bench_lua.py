@@ -162,7 +162,7 @@ def throughput(args, backends, connections):
     with StaticNginx(addresses, args.workers) as static:
         lua.start()
         try:
-            status, text, _ = lua.api("POST", "/upstream/bench", "".join(f"server {a};" for a in addresses))
+            status, text, _unused = lua.api("POST", "/upstream/bench", "".join(f"server {a};" for a in addresses))
             assert status == 200, text
             targets = {"static": (static.url, _children(static.process.pid)),
                        "lua": (lua.proxy_url + "/", lua.worker_pids())}
@@ -194,7 +194,7 @@ def throughput(args, backends, connections):
 def pinned_connections(nginx, workers, attempts=200):
     """One kept-alive connection per worker: {worker pid: HTTPConnection}."""
     pinned, spare = {}, []
-    for _ in range(attempts):
+    for _unused in range(attempts):
         connection = http.client.HTTPConnection("127.0.0.1", nginx.proxy_port, timeout=5)
         connection.request("GET", "/u/switch/")
         response = connection.getresponse()
@@ -222,7 +222,7 @@ def propagation(args, backends):
         def post(chosen):
             body = "".join(f"server 127.0.0.1:{port};" for port in sorted(chosen))
             started = time.perf_counter()
-            status, text, _ = nginx.api("POST", "/upstream/switch", body)
+            status, text, _unused = nginx.api("POST", "/upstream/switch", body)
             answered = time.perf_counter()
             assert status == 200, text
             return started, answered
@@ -235,7 +235,7 @@ def propagation(args, backends):
             started, answered = post(chosen)
             waiting = dict(pinned)
             done_at = None
-            for _ in range(1000):
+            for _unused in range(1000):
                 for worker, connection in list(waiting.items()):
                     connection.request("GET", "/u/switch/")
                     response = connection.getresponse()
@@ -275,8 +275,8 @@ def machine():
                 break
     except OSError:
         pass
-    nginx_version = subprocess.run([NGINX, "-v"], capture_output=True, text=True).stderr.strip()
-    wrk_version = subprocess.run(["wrk", "-v"], capture_output=True, text=True).stdout.splitlines()[0]
+    nginx_version = subprocess.run([NGINX, "-v"], capture_output=True, text=True, check=False).stderr.strip()
+    wrk_version = subprocess.run(["wrk", "-v"], capture_output=True, text=True, check=False).stdout.splitlines()[0]
     return {"date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "cpus": os.cpu_count(), "cpu": cpu,
             "kernel": platform.release(), "nginx": nginx_version, "wrk": wrk_version}
 

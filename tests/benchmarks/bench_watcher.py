@@ -55,7 +55,6 @@ ensure_importable()
 from tests.support.backends import Backends  # noqa: E402
 from tests.support.consul import ConsulAgent  # noqa: E402
 from tests.support.nginx_lua import NginxLua  # noqa: E402
-from tests.support.ports import wait_port  # noqa: E402
 from tests.support.watcher import WatcherProcess, run_once  # noqa: E402
 
 NODES = ("bench-n1", "bench-n2", "bench-n3")
@@ -172,7 +171,7 @@ def summary(values, attempts):
 
 def flips(writer, proxy_port, size, ports, count, rng):
     results = []
-    for _ in range(count):
+    for _unused in range(count):
         k = rng.randrange(size)
         name, instance = f"Svc{k}", f"Svc{k}-2"
         started = time.perf_counter()
@@ -305,7 +304,7 @@ def bench_size(size, flip_count, baseline_flips, measure_resources, rng, workdir
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n", maxsplit=1)[0])
     parser.add_argument("--short", action="store_true", help="CI: sizes 10 and 200, 20 flips, no resource run")
     parser.add_argument("--sizes", default="10,1000,5000")
     parser.add_argument("--flips", type=int, default=120)

@@ -90,7 +90,7 @@ def main(argv=None):
             query = BlockingQuery(client, path, wait=30, min_interval=0)
             query.poll()
             samples = []
-            for _ in range(args.flips):
+            for _unused in range(args.flips):
                 elapsed, changed = one_round(query, flip, 30)
                 if not changed:
                     raise RuntimeError(f"{path}: returned without a new index after a flip")
@@ -112,7 +112,7 @@ def main(argv=None):
         query.poll()
         woke = 0
         samples = []
-        for _ in range(3):
+        for _unused in range(3):
             elapsed, changed = one_round(query, flip, 2)
             woke += bool(changed)
             samples.append(elapsed)

@@ -28,13 +28,13 @@ def post(target, name, body):
 
 
 def created(target, name, body):
-    status, text, _ = post(target, name, body)
+    status, text, _unused = post(target, name, body)
     assert (status, text) == (200, "success"), (status, text)
 
 
 def detail_block(target, name):
     """The lines of ``name``'s block in GET /detail (server lines only), or None when absent."""
-    status, text, _ = target.raw("GET", "/detail")
+    status, text, _unused = target.raw("GET", "/detail")
     assert status in (200, 204), (status, text)
     blocks = text.split("\n\n")
     for block in blocks:
@@ -46,7 +46,7 @@ def detail_block(target, name):
 
 def own_upstreams_absent(target):
     """True when the interface holds nothing (the 204 rows need that)."""
-    status, text, _ = target.raw("GET", "/list")
+    status, text, _unused = target.raw("GET", "/list")
     return status == 204
 
 
@@ -64,7 +64,7 @@ def test_list_200_one_name_a_line(target, names):
     first, second = names(), names()
     created(target, first, "server 127.0.0.1:18101;")
     created(target, second, "server 127.0.0.1:18102;")
-    status, text, _ = target.raw("GET", "/list")
+    status, text, _unused = target.raw("GET", "/list")
     assert status == 200
     assert text.endswith("\n")
     lines = text.split("\n")[:-1]
@@ -75,7 +75,7 @@ def test_list_200_one_name_a_line(target, names):
 def test_list_204_empty_body_when_none(target):
     """GET /list: 204, empty body, when there is no upstream."""
     require_empty(target)
-    status, text, _ = target.raw("GET", "/list")
+    status, text, _unused = target.raw("GET", "/list")
     assert (status, text) == (204, "")
 
 
@@ -83,7 +83,7 @@ def test_detail_200_name_servers_blank_line(target, names):
     """GET /detail: per upstream its name on a line, one line per server, then a blank line."""
     name = names()
     created(target, name, "server 127.0.0.1:18101 weight=2;\nserver 127.0.0.1:18102;")
-    status, text, _ = target.raw("GET", "/detail")
+    status, text, _unused = target.raw("GET", "/detail")
     assert status == 200
     lines = text.split("\n")
     start = lines.index(name)
@@ -96,7 +96,7 @@ def test_detail_200_name_servers_blank_line(target, names):
 def test_detail_204_when_none(target):
     """GET /detail: 204 when there is no upstream."""
     require_empty(target)
-    status, text, _ = target.raw("GET", "/detail")
+    status, text, _unused = target.raw("GET", "/detail")
     assert (status, text) == (204, "")
 
 
@@ -104,7 +104,7 @@ def test_get_upstream_200_server_lines_only(target, names):
     """GET /upstream/NAME: 200, `server ADDR` lines only (no weight or other parameters)."""
     name = names()
     created(target, name, "server 127.0.0.1:18101 weight=3 max_fails=2; server 127.0.0.1:18102 backup;")
-    status, text, _ = target.raw("GET", f"/upstream/{name}")
+    status, text, _unused = target.raw("GET", f"/upstream/{name}")
     assert status == 200
     assert sorted(text.splitlines()) == ["server 127.0.0.1:18101", "server 127.0.0.1:18102"]
     assert text.endswith("\n")
@@ -112,13 +112,13 @@ def test_get_upstream_200_server_lines_only(target, names):
 
 def test_get_upstream_404_empty_when_unknown(target, names):
     """GET /upstream/NAME: 404 with an empty body when unknown."""
-    status, text, _ = target.raw("GET", f"/upstream/{names()}")
+    status, text, _unused = target.raw("GET", f"/upstream/{names()}")
     assert (status, text) == (404, "")
 
 
 def test_post_200_success_without_newline(target, names):
     """POST /upstream/NAME: 200 `success`, no trailing newline."""
-    status, text, _ = post(target, names(), "server 127.0.0.1:18101;")
+    status, text, _unused = post(target, names(), "server 127.0.0.1:18101;")
     assert status == 200
     assert text == "success"
 
@@ -136,7 +136,7 @@ def test_delete_200_success(target, names):
     """DELETE /upstream/NAME: 200 `success`; the upstream is gone."""
     name = names()
     created(target, name, "server 127.0.0.1:18101;")
-    status, text, _ = target.raw("DELETE", f"/upstream/{name}")
+    status, text, _unused = target.raw("DELETE", f"/upstream/{name}")
     assert (status, text) == (200, "success")
     assert target.raw("GET", f"/upstream/{name}")[0] == 404
     assert detail_block(target, name) is None
@@ -144,7 +144,7 @@ def test_delete_200_success(target, names):
 
 def test_delete_404_when_unknown(target, names):
     """DELETE /upstream/NAME: 404 when unknown."""
-    status, _text, _ = target.raw("DELETE", f"/upstream/{names()}")
+    status, _text, _unused = target.raw("DELETE", f"/upstream/{names()}")
     assert status == 404
 
 
@@ -153,24 +153,24 @@ def test_put_anything_405(target, names, path):
     """PUT anything: 405."""
     name = names()
     created(target, name, "server 127.0.0.1:18101;")
-    status, _text, _ = target.raw("PUT", path.replace("NAME", name), "server 127.0.0.1:18102;")
+    status, _text, _unused = target.raw("PUT", path.replace("NAME", name), "server 127.0.0.1:18102;")
     assert status == 405
     assert target.raw("GET", f"/upstream/{name}")[1] == "server 127.0.0.1:18101\n"
 
 
 def test_delete_list_405(target):
     """DELETE /list: 405."""
-    status, _text, _ = target.raw("DELETE", "/list")
+    status, _text, _unused = target.raw("DELETE", "/list")
     assert status == 405
 
 
 def test_slash_in_name_404_not_support_this_interface(target):
     """A slash in the name: 404. Tengine 3.2 answers GET /upstream/a/b with an empty body and
     POST /upstream/a/b with `not support this interface` (measured on a real build)."""
-    status, text, _ = target.raw("GET", "/upstream/a/b")
+    status, text, _unused = target.raw("GET", "/upstream/a/b")
     assert status == 404
     assert text.strip() in ("", "not support this interface")
-    status, text, _ = target.raw("POST", "/upstream/a/b", "server 127.0.0.1:18101;")
+    status, text, _unused = target.raw("POST", "/upstream/a/b", "server 127.0.0.1:18101;")
     assert status == 404
     assert text.strip() == "not support this interface"
 
@@ -195,7 +195,7 @@ def test_detail_fail_timeout_in_seconds_without_unit(target, names):
 
 def test_order_of_upstreams_is_not_relied_on(target, names):
     """The order of /list and /detail is not stable: the client reads them as sets."""
-    made = [names() for _ in range(3)]
+    made = [names() for _unused in range(3)]
     for index, name in enumerate(made):
         created(target, name, f"server 127.0.0.1:{18101 + index};")
     client = target.client()
@@ -252,7 +252,7 @@ def test_balancing_method_and_check(target, names, body, directive):
     cannot honour it (no ip_hash, no active checks in stock nginx); see docs/lua-flavor.md.
     """
     name = names()
-    status, text, _ = post(target, name, body)
+    status, text, _unused = post(target, name, body)
     if target.external and status == 200:
         assert text == "success"
         assert len(detail_block(target, name)) == body.count("server ")
@@ -274,7 +274,7 @@ def test_accepts_host_name_resolved_at_post(target, names):
     """`server localhost:18102;` (a host name is resolved once, at POST time): an address is shown."""
     name = names()
     created(target, name, "server localhost:18102;")
-    status, text, _ = target.raw("GET", f"/upstream/{name}")
+    status, text, _unused = target.raw("GET", f"/upstream/{name}")
     assert status == 200
     address = text.split()[1]
     host = address.rsplit(":", 1)[0].strip("[]")
@@ -305,7 +305,7 @@ def test_rejected_body(target, names, case):
     """
     body, words = REJECTED[case]
     name = names()
-    status, text, _ = post(target, name, body)
+    status, text, _unused = post(target, name, body)
     assert_refused(target, status, text, words)
     assert target.raw("GET", f"/upstream/{name}")[0] == 404
 
@@ -328,7 +328,7 @@ def test_names_that_would_break_nginx(target, label, name):
     Legitimate difference: the Lua flavor refuses them with 400 and the name rule, as the client's
     own validation does. Against Tengine the upstream is deleted again at once.
     """
-    status, text, _ = post(target, name, "server 127.0.0.1:18101;")
+    status, text, _unused = post(target, name, "server 127.0.0.1:18101;")
     if target.external and status == 200:
         assert text == "success"
         assert target.raw("DELETE", f"/upstream/{quote(name)}")[0] == 200
@@ -380,8 +380,8 @@ def test_change_seen_by_every_worker_at_once(target, names):
     for round_number in range(5):
         port = 18101 + round_number
         created(target, name, f"server 127.0.0.1:{port};")
-        for _ in range(10):    # new connections: spread over the workers
-            status, text, _ = target.raw("GET", f"/upstream/{name}")
+        for _unused in range(10):    # new connections: spread over the workers
+            status, text, _unused = target.raw("GET", f"/upstream/{name}")
             assert (status, text) == (200, f"server 127.0.0.1:{port}\n")
 
 

@@ -15,7 +15,7 @@ from ansible_collections.swallowkeeper.dyups.plugins.module_utils._consul_client
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._errors import (
     ConsulBadAnswer, ConsulForbidden, ConsulServerError, ConsulUnavailable)
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._http_stdlib import stdlib_transport
-from tests.support.consul import ConsulAgent, consul_acl_agent, consul_agent  # noqa: F401 (fixtures)
+from tests.support.consul import ConsulAgent, consul_acl_agent, consul_agent  # noqa: F401 (fixtures)  # pylint: disable=unused-import  # pytest fixtures
 from tests.support.ports import free_port
 
 WAKE_BOUND = 3.0   # a wake-up must come well before the 20 s wait ends (measured: ~0.01 s)

@@ -16,7 +16,7 @@ import pytest
 
 from tests.support.ansible_run import AnsibleRunner
 from tests.support.collection import COLLECTIONS
-from tests.support.consul import consul_acl_agent, consul_agent  # noqa: F401 (fixtures)
+from tests.support.consul import consul_acl_agent, consul_agent  # noqa: F401 (fixtures)  # pylint: disable=unused-import  # pytest fixtures
 from tests.support.ports import free_port
 
 MODULE = "ansible_collections.swallowkeeper.dyups.plugins.modules.consul_services"
@@ -35,7 +35,7 @@ def run_module(tmp_path, env=None, **args):
     path = tmp_path / "args.json"
     path.write_text(json.dumps({"ANSIBLE_MODULE_ARGS": args}))
     done = subprocess.run([sys.executable, "-m", MODULE, str(path)], capture_output=True, text=True, timeout=120,
-                          env=module_env(env), cwd=tmp_path)
+                          env=module_env(env), cwd=tmp_path, check=False)
     try:
         return done.returncode, json.loads(done.stdout)
     except ValueError:
@@ -278,7 +278,7 @@ def run_ansible(command, tmp_path, extra_env=None):
                       "ANSIBLE_KEEP_REMOTE_FILES": "0", "ANSIBLE_NO_TARGET_SYSLOG": "1"})
     env.update(extra_env or {})
     env["PATH"] = f"{BIN}:{env.get('PATH', '')}"
-    done = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path, check=False)
     logged = log.read_text() if log.exists() else ""
     return done, done.stdout + done.stderr + logged
 

@@ -12,19 +12,19 @@ import threading
 import time
 from collections import Counter
 
-from tests.support.backends import backends  # noqa: F401  (fixture)
-from tests.support.nginx_lua import nginx_lua_factory  # noqa: F401  (fixture)
+from tests.support.backends import backends  # noqa: F401  (fixture)  # pylint: disable=unused-import  # pytest fixtures
+from tests.support.nginx_lua import nginx_lua_factory  # noqa: F401  (fixture)  # pylint: disable=unused-import  # pytest fixtures
 
 
 def post(nginx, name, body):
-    status, text, _ = nginx.api("POST", f"/upstream/{name}", body)
+    status, text, _unused = nginx.api("POST", f"/upstream/{name}", body)
     assert (status, text) == (200, "success"), text
 
 
 def hits(nginx, name, count):
     """Port (int) of each of ``count`` sequential requests, each on a new connection; all must be 200."""
     ports = []
-    for _ in range(count):
+    for _unused in range(count):
         status, text, _headers = nginx.request(f"/u/{name}/")
         assert status == 200, (status, text, nginx.error_log_text()[-2000:])
         ports.append(int(text))
@@ -52,7 +52,7 @@ def swrr(weights, count):
     """nginx's smooth weighted round robin, as a reference: the index picked at each step."""
     current = [0] * len(weights)
     picks = []
-    for _ in range(count):
+    for _unused in range(count):
         for i, weight in enumerate(weights):
             current[i] += weight
         best = max(range(len(weights)), key=lambda i: (current[i], -i))
@@ -68,7 +68,7 @@ def test_smooth_weighted_round_robin_per_worker(nginx_lua_factory, backends):
     p1, p2, p3 = backends.ports[:3]
     post(nginx, "web", f"server 127.0.0.1:{p1} weight=5; server 127.0.0.1:{p2}; server 127.0.0.1:{p3};")
     per_worker = {}
-    for _ in range(140):
+    for _unused in range(140):
         status, text, headers = nginx.request("/u/web/")
         assert status == 200
         per_worker.setdefault(headers["x-dyups-worker"], []).append(int(text))
@@ -115,7 +115,7 @@ def test_one_server_is_used_even_after_failures(nginx_lua_factory, backends):
     port = backends.ports[0]
     post(nginx, "single", f"server 127.0.0.1:{port} max_fails=1 fail_timeout=60s;")
     backends.stop_port(port)
-    assert [nginx.request("/u/single/")[0] for _ in range(3)] == [502, 502, 502]
+    assert [nginx.request("/u/single/")[0] for _unused in range(3)] == [502, 502, 502]
     backends.start_port(port)
     assert hits(nginx, "single", 3) == [port] * 3
 
@@ -167,7 +167,7 @@ def test_without_proxy_next_upstream_the_error_reaches_the_client(nginx_lua_fact
     dead, alive = backends.ports[:2]
     post(nginx, "web", f"server 127.0.0.1:{dead} max_fails=1 fail_timeout=30s; server 127.0.0.1:{alive};")
     backends.stop_port(dead)
-    statuses = [nginx.request("/u/web/")[0] for _ in range(20)]
+    statuses = [nginx.request("/u/web/")[0] for _unused in range(20)]
     assert statuses[0] == 502
     assert statuses[1:] == [200] * 19
 
@@ -192,12 +192,12 @@ def test_failures_and_connections_are_accounted_across_an_internal_redirect(ngin
     dead, alive, erring = backends.ports[:3]
     post(nginx, "web", f"server 127.0.0.1:{dead} max_fails=1 fail_timeout=30s; server 127.0.0.1:{alive};")
     backends.stop_port(dead)
-    answers = [nginx.request("/")[1].strip() for _ in range(8)]
+    answers = [nginx.request("/")[1].strip() for _unused in range(8)]
     assert answers == ["fallback"] + [str(alive)] * 7, answers
     # a server answering 502 itself (intercepted, redirected) is used again: its slot was released
     backends.set_mode(erring, "status:502")
     post(nginx, "web", f"server 127.0.0.1:{erring} max_conns=1; server 127.0.0.1:{alive};")
-    answers = [nginx.request("/")[1].strip() for _ in range(6)]
+    answers = [nginx.request("/")[1].strip() for _unused in range(6)]
     assert answers == ["fallback", str(alive)] * 3, answers
 
 
@@ -233,7 +233,7 @@ def test_keepalive_connections_to_backends_are_reused(nginx_lua_factory, backend
     port = backends.ports[0]
     post(nginx, "web", f"server 127.0.0.1:{port}; keepalive 8;")
     seen = []
-    for _ in range(10):                         # a new client connection each time
+    for _unused in range(10):                         # a new client connection each time
         status, _text, headers = nginx.request("/u/web/")
         assert status == 200
         seen.append(int(headers["x-backend-requests"]))
@@ -248,13 +248,13 @@ def test_max_conns_is_honoured_per_worker(nginx_lua_factory, backends):
     results = []
 
     def one():
-        status, text, _ = nginx.request("/u/web/")
+        status, text, _unused = nginx.request("/u/web/")
         results.append((status, int(text)))
 
     first = threading.Thread(target=one)
     first.start()
     time.sleep(0.3)                              # the first request now holds the slow server
-    others = [threading.Thread(target=one) for _ in range(3)]
+    others = [threading.Thread(target=one) for _unused in range(3)]
     for thread in others:
         thread.start()
     for thread in [first] + others:
@@ -276,7 +276,7 @@ def test_host_name_servers_are_balanced_to_their_address(nginx_lua_factory, back
 def test_unknown_upstream_is_502_with_a_log_line_naming_it(nginx_lua_factory):
     nginx = nginx_lua_factory(workers=1)
     mark = nginx.log_mark()
-    status, _text, _ = nginx.request("/", upstream="NoSuchUpstream")
+    status, _text, _unused = nginx.request("/", upstream="NoSuchUpstream")
     assert status == 502
     nginx.wait_for(lambda: 'dyups: upstream "NoSuchUpstream" not found' in nginx.error_log_text(mark),
                    "the log line", timeout=5)
@@ -294,5 +294,5 @@ def test_upstream_name_in_a_request_is_case_insensitive(nginx_lua_factory, backe
     port = backends.ports[0]
     post(nginx, "WebappReadonly", f"server 127.0.0.1:{port};")
     for spelled in ("WebappReadonly", "webappreadonly", "WEBAPPREADONLY"):
-        status, text, _ = nginx.request("/", upstream=spelled)
+        status, text, _unused = nginx.request("/", upstream=spelled)
         assert (status, int(text)) == (200, port)

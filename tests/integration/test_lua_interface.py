@@ -13,9 +13,8 @@ from ansible_collections.swallowkeeper.dyups.plugins.module_utils._dyups_client 
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._errors import DyupsBusy
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._http_stdlib import stdlib_transport
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._upstream import build_upstream
-from ansible_collections.swallowkeeper.dyups.plugins.module_utils._upstream_file import (
-    render, render_block, write_upstreams)
-from tests.support.nginx_lua import NginxLua, nginx_lua_factory  # noqa: F401  (fixture)
+from ansible_collections.swallowkeeper.dyups.plugins.module_utils._upstream_file import render_block, write_upstreams
+from tests.support.nginx_lua import NginxLua, nginx_lua_factory  # noqa: F401  (fixture)  # pylint: disable=unused-import  # pytest fixtures
 
 LOCK_HOLDER = """
         location = /_test/hold_lock {
@@ -46,7 +45,7 @@ BEHIND_THE_PAGE = """
 
 
 def detail(nginx):
-    status, text, _ = nginx.api("GET", "/detail")
+    status, text, _unused = nginx.api("GET", "/detail")
     return text if status == 200 else ""
 
 
@@ -146,7 +145,7 @@ def test_a_change_the_version_page_missed_is_seen_within_a_second(nginx_lua_fact
     """Workers read the version from a shared page and, once a second, from the dict itself."""
     nginx = nginx_lua_factory(workers=1, server_snippet=BEHIND_THE_PAGE)
     assert nginx.request("/", upstream="late")[0] == 502        # the worker has synced once
-    status, text, _ = nginx.request("/_test/write_dict_only?port=18101")
+    status, text, _unused = nginx.request("/_test/write_dict_only?port=18101")
     assert (status, text.split()[1]) == (200, "page=true")
     started = time.monotonic()
     nginx.wait_for(lambda: nginx.api("GET", "/upstream/late")[0] == 200, "the late change", timeout=3)
@@ -159,7 +158,7 @@ def test_busy_writer_answers_409(nginx_lua_factory):
     """Another writer holding the lock longer than lock_timeout: 409, which the client retries."""
     nginx = nginx_lua_factory(workers=1, lock_timeout=0.2, server_snippet=LOCK_HOLDER)
     assert nginx.request("/_test/hold_lock?seconds=3")[0] == 200
-    status, text, _ = nginx.api("POST", "/upstream/busy", "server 127.0.0.1:18101;")
+    status, text, _unused = nginx.api("POST", "/upstream/busy", "server 127.0.0.1:18101;")
     assert (status, text) == (409, "wait and try again\n")
     client = DyupsClient(nginx.api_url, stdlib_transport, busy_retries=1, busy_backoff=0.01)
     with pytest.raises(DyupsBusy):
@@ -173,9 +172,9 @@ def test_full_shared_dict_answers_500_with_the_reason(nginx_lua_factory):
     nginx = nginx_lua_factory(workers=1, dict_size="64k")
     body = "".join(f"server 127.0.0.{i // 250 + 1}:{1000 + i % 250} weight={i % 9 + 1};" for i in range(120))
     answers = [nginx.api("POST", f"/upstream/big{n}", body) for n in range(10)]
-    statuses = [status for status, _, _ in answers]
+    statuses = [status for status, _unused, _unused in answers]
     assert 200 in statuses and 500 in statuses, statuses
-    refused = next(text for status, text, _ in answers if status == 500)
+    refused = next(text for status, text, _unused in answers if status == 500)
     assert "is full" in refused and "lua_shared_dict" in refused
     # what was stored is still served whole
     listed = nginx.client().list()
@@ -207,7 +206,7 @@ def test_names_compare_case_insensitively_like_nginx(nginx_lua_factory):
 ])
 def test_other_paths_and_methods_answer_like_tengine(nginx_lua_factory, method, path, status, body):
     nginx = nginx_lua_factory(workers=1)
-    got_status, got_body, _ = nginx.api(method, path, "server 127.0.0.1:1;" if method in ("POST", "PATCH") else None)
+    got_status, got_body, _unused = nginx.api(method, path, "server 127.0.0.1:1;" if method in ("POST", "PATCH") else None)
     assert (got_status, got_body) == (status, body)
 
 
@@ -216,10 +215,10 @@ def test_many_changes_while_a_worker_is_idle(nginx_lua_factory):
     nginx = nginx_lua_factory(workers=2)
     nginx.api("POST", "/upstream/counted", "server 127.0.0.1:18101;")
     for n in range(1100):
-        status, _, _ = nginx.api("POST", f"/upstream/many{n % 7}", f"server 127.0.0.1:{20000 + n};")
+        status, _unused, _unused = nginx.api("POST", f"/upstream/many{n % 7}", f"server 127.0.0.1:{20000 + n};")
         assert status == 200
     nginx.api("DELETE", "/upstream/counted")
-    for _ in range(20):
-        status, text, _ = nginx.api("GET", "/list")
+    for _unused in range(20):
+        status, text, _unused = nginx.api("GET", "/list")
         assert sorted(text.split()) == [f"many{k}" for k in range(7)]
         assert nginx.api("GET", "/upstream/many0")[1] == f"server 127.0.0.1:{20000 + 1099 - 1099 % 7}\n"

@@ -39,7 +39,7 @@ def lua(nginx, kind, inputs):
     for start in range(0, len(inputs), 2000):
         chunk = inputs[start:start + 2000]
         body = "".join(f"{kind}\t{text.encode('utf-8').hex()}\n" for text in chunk)
-        status, answer, _ = nginx.request("/_test/rules", method="POST", body=body, timeout=60)
+        status, answer, _unused = nginx.request("/_test/rules", method="POST", body=body, timeout=60)
         assert status == 200, answer
         lines = answer.rstrip("\n").split("\n")
         assert len(lines) == len(chunk), answer[-2000:]
@@ -139,15 +139,15 @@ SERVER_PIECES = [
 
 def random_servers(rng, count):
     out = []
-    for _ in range(count):
+    for _unused in range(count):
         if rng.random() < 0.5:
             host = rng.choice(SERVER_PIECES[:40])
             port = rng.choice(["", ":80", ":8080", ":0", ":65535", ":70000"]) if not host.endswith("]") or \
                 rng.random() < 0.8 else ""
-            params = [rng.choice(SERVER_PIECES[40:]) for _ in range(rng.randint(0, 4))]
+            params = [rng.choice(SERVER_PIECES[40:]) for _unused in range(rng.randint(0, 4))]
             text = host + port + "".join(rng.choice([" ", "  ", "\t", "\u00a0", " "]) + p for p in params)
         else:
-            text = "".join(rng.choice(SERVER_PIECES) for _ in range(rng.randint(1, 6)))
+            text = "".join(rng.choice(SERVER_PIECES) for _unused in range(rng.randint(1, 6)))
         if rng.random() < 0.1:
             text = rng.choice([" ", "\t", "\u3000", "\x1f"]) + text + rng.choice(["", " ", "\x0c", "\u2029"])
         out.append(text)
@@ -169,9 +169,9 @@ def test_ipv6_addresses_match_python(probe_nginx):
     rng = random.Random(7)
     groups = ["0", "00", "000", "0000", "1", "a", "A", "ffff", "FFFF", "12345", "g", "", "db8", "2001"]
     inputs = []
-    for _ in range(4000):
+    for _unused in range(4000):
         count = rng.randint(1, 9)
-        parts = [rng.choice(groups) for _ in range(count)]
+        parts = [rng.choice(groups) for _unused in range(count)]
         if rng.random() < 0.2:
             parts[-1] = rng.choice(["1.2.3.4", "01.2.3.4", "1.2.3", "255.255.255.255", "256.0.0.1"])
         address = ":".join(parts)
@@ -201,12 +201,12 @@ DIRECTIVE_PIECES = [
 def random_directives(rng, count):
     out = []
     names = DIRECTIVE_PIECES[:11]
-    for _ in range(count):
+    for _unused in range(count):
         if rng.random() < 0.6:
-            words = [rng.choice(names)] + [rng.choice(DIRECTIVE_PIECES[16:]) for _ in range(rng.randint(0, 3))]
+            words = [rng.choice(names)] + [rng.choice(DIRECTIVE_PIECES[16:]) for _unused in range(rng.randint(0, 3))]
             text = " ".join(words)
         else:
-            text = "".join(rng.choice(DIRECTIVE_PIECES) for _ in range(rng.randint(1, 6)))
+            text = "".join(rng.choice(DIRECTIVE_PIECES) for _unused in range(rng.randint(1, 6)))
         if rng.random() < 0.15:
             text += rng.choice([";", " ;", "; ", ";;"])
         out.append(text)
@@ -229,12 +229,12 @@ def random_bodies(rng, count):
     directives = [d for d in random_directives(rng, 400) if "\n" not in d]
     valid_directives = [d for d in directives if python_directive(d)[0] == "ok"]
     out = []
-    for _ in range(count):
+    for _unused in range(count):
         statements = []
-        for _ in range(rng.randint(0, 4)):
+        for _unused in range(rng.randint(0, 4)):
             pool = rng.choice([valid_servers, valid_servers, servers])
             statements.append("server " + rng.choice(pool) + ";")
-        for _ in range(rng.randint(0, 2)):
+        for _unused in range(rng.randint(0, 2)):
             statements.append(rng.choice(rng.choice([valid_directives, directives])).rstrip(";") + ";")
         rng.shuffle(statements)
         separator = rng.choice(["\n", "", " ", "\n\n", " # note\n"])
@@ -267,7 +267,7 @@ def test_body_that_closes_the_block_is_refused(probe_nginx):
 def test_names_match_python(probe_nginx):
     rng = random.Random(5)
     alphabet = "aZ09_.-/ \t{};'\"#$:%é\x00\x7f\u212a\u00a0"
-    inputs = ["".join(rng.choice(alphabet) for _ in range(rng.randint(0, 6))) for _ in range(3000)]
+    inputs = ["".join(rng.choice(alphabet) for _unused in range(rng.randint(0, 6))) for _unused in range(3000)]
     inputs += ["a" * n for n in (127, 128, 129)] + ["é" * 128, "é" * 129, "a" * 127 + "é"]
     got = lua(probe_nginx, "name", inputs)
     expected = [("err", problem) if problem else ("ok",) for problem in map(name_problem, inputs)]

@@ -16,7 +16,7 @@ import threading
 import time
 
 from tests.support.backends import make_backends_fixture
-from tests.support.nginx_lua import nginx_lua_factory  # noqa: F401  (fixture)
+from tests.support.nginx_lua import nginx_lua_factory  # noqa: F401  (fixture)  # pylint: disable=unused-import  # pytest fixtures
 
 
 six_backends = make_backends_fixture(6)
@@ -27,7 +27,7 @@ def body_for(ports):
 
 
 def switch(nginx, ports):
-    status, text, _ = nginx.api("POST", "/upstream/web", body_for(ports))
+    status, text, _unused = nginx.api("POST", "/upstream/web", body_for(ports))
     assert (status, text) == (200, "success")
 
 
@@ -35,13 +35,13 @@ def test_after_a_post_every_request_on_every_worker_goes_to_the_new_set(nginx_lu
     nginx = nginx_lua_factory(workers=2)
     ports = six_backends.ports
     sets = [ports[:3], ports[3:], ports[::2], ports[1:2]]
-    kept = [http.client.HTTPConnection("127.0.0.1", nginx.proxy_port, timeout=10) for _ in range(6)]
+    kept = [http.client.HTTPConnection("127.0.0.1", nginx.proxy_port, timeout=10) for _unused in range(6)]
     try:
         for round_number in range(12):
             chosen = sets[round_number % len(sets)]
             switch(nginx, chosen)
             workers = set()
-            for _ in range(30):                               # new connections, spread by reuseport
+            for _unused in range(30):                               # new connections, spread by reuseport
                 status, text, headers = nginx.request("/u/web/")
                 assert status == 200 and int(text) in chosen, (round_number, text, chosen)
                 workers.add(headers["x-dyups-worker"])
@@ -113,7 +113,7 @@ def test_hundred_switches_under_load_fail_no_request(nginx_lua_factory, six_back
         wrk = subprocess.Popen(["wrk", "-t1", "-c8", "-d8s", "-H", "X-Dyups-Upstream: web", nginx.proxy_url + "/"],
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     stop = threading.Event()
-    clients = [LoadClient(nginx.proxy_port, stop) for _ in range(4)]
+    clients = [LoadClient(nginx.proxy_port, stop) for _unused in range(4)]
     for client in clients:
         client.start()
     switches = []                        # (POST answered at, set) ; the set holds from then on

@@ -15,7 +15,7 @@ from ansible_collections.swallowkeeper.dyups.plugins.module_utils._upstream impo
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._upstream_file import read as read_upstream_file
 from tests.support.ansible_run import AnsibleRunner
 from tests.support.collection import ROOT
-from tests.support.consul import consul_agent  # noqa: F401 (fixture)
+from tests.support.consul import consul_agent  # noqa: F401 (fixture)  # pylint: disable=unused-import  # pytest fixtures
 
 PLAYBOOK = (ROOT / "playbooks" / "sync.yml").read_text()
 PUSH = "Write the upstream file, then send what differs to dyups"

@@ -35,7 +35,7 @@ def stack(tmp_path):
 def served(nginx, name, tries=12):
     """The set of backend ports that answered ``tries`` requests for upstream ``name``."""
     ports = set()
-    for _ in range(tries):
+    for _unused in range(tries):
         status, text, _headers = nginx.request(f"/u/{name}/")
         ports.add(text.strip() if status == 200 else f"HTTP {status}")
     return ports

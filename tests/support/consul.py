@@ -152,9 +152,9 @@ class ConsulAgent:
             if self.process.poll() is not None:
                 raise RuntimeError(f"consul exited with {self.process.returncode}:\n{self.log_text()[-3000:]}")
             try:
-                status, leader, _ = self.request("GET", "/v1/status/leader", timeout=2)
+                status, leader, _unused = self.request("GET", "/v1/status/leader", timeout=2)
                 if status == 200 and leader:
-                    status, nodes, _ = self.request("GET", "/v1/catalog/nodes", timeout=2)
+                    status, nodes, _unused = self.request("GET", "/v1/catalog/nodes", timeout=2)
                     if status == 200 and any(node.get("Node") == self.node_name for node in nodes or []):
                         return
             except OSError:
@@ -229,7 +229,7 @@ class ConsulAgent:
         return status, parsed, headers
 
     def call(self, method, path, body=None, token=None):
-        status, data, _ = self.request(method, path, body, token=token)
+        status, data, _unused = self.request(method, path, body, token=token)
         if status != 200:
             raise RuntimeError(f"{method} {path} answered {status}: {data!r}")
         return data
@@ -256,7 +256,7 @@ class ConsulAgent:
 
     def _instance_status(self, service, instance_id):
         """None when absent, else the worst status of the instance's checks in the catalog."""
-        status, entries, _ = self.request("GET", f"/v1/health/service/{urllib.request.quote(service, safe='')}")
+        status, entries, _unused = self.request("GET", f"/v1/health/service/{urllib.request.quote(service, safe='')}")
         if status != 200:
             return None
         for entry in entries or []:

@@ -206,7 +206,7 @@ def query_with(answers, duration=0.0, **kwargs):
 
 
 def test_first_read_is_plain_then_it_blocks_on_the_last_index():
-    query, client, _ = query_with([(10, "a"), (12, "b")])
+    query, client, _unused = query_with([(10, "a"), (12, "b")])
     first, second = query.poll(), query.poll()
     assert [call["index"] for call in client.calls] == [None, 10]
     assert [call["wait"] for call in client.calls] == [None, 300]
@@ -214,23 +214,23 @@ def test_first_read_is_plain_then_it_blocks_on_the_last_index():
 
 
 def test_same_index_is_a_spurious_wakeup():
-    query, client, _ = query_with([(10, "a"), (10, "a"), (10, "a"), (11, "b")])
-    results = [query.poll() for _ in range(4)]
+    query, client, _unused = query_with([(10, "a"), (10, "a"), (10, "a"), (11, "b")])
+    results = [query.poll() for _unused in range(4)]
     assert [result.changed for result in results] == [True, False, False, True]
     assert [call["index"] for call in client.calls] == [None, 10, 10, 10]
 
 
 def test_index_going_backwards_resets_to_a_plain_read():
-    query, client, _ = query_with([(50, "a"), (60, "b"), (5, "c"), (5, "c"), (7, "d")])
-    results = [query.poll() for _ in range(5)]
+    query, client, _unused = query_with([(50, "a"), (60, "b"), (5, "c"), (5, "c"), (7, "d")])
+    results = [query.poll() for _unused in range(5)]
     assert [call["index"] for call in client.calls] == [None, 50, 60, None, 5]
     assert [(result.changed, result.reset) for result in results] == [
         (True, None), (True, None), (True, "backwards"), (False, None), (True, None)]
 
 
 def test_index_zero_resets_and_is_never_sent():
-    query, client, _ = query_with([(10, "a"), (0, "b"), (0, "c"), (3, "d")])
-    results = [query.poll() for _ in range(4)]
+    query, client, _unused = query_with([(10, "a"), (0, "b"), (0, "c"), (3, "d")])
+    results = [query.poll() for _unused in range(4)]
     assert [call["index"] for call in client.calls] == [None, 10, None, None]
     assert [result.reset for result in results] == [None, "zero", "zero", None]
     assert all(result.changed for result in results)
@@ -240,7 +240,7 @@ def test_an_always_returning_query_cannot_spin():
     answers = [(0, "x")] * 50
     query, client, clock = query_with(answers, min_interval=0.25, burst=1)
     start = clock.now
-    for _ in range(50):
+    for _unused in range(50):
         query.poll()
     assert clock.now - start >= 49 * 0.25
     assert clock.sleeps == [0.25] * 49
@@ -250,7 +250,7 @@ def test_a_burst_starts_at_once_then_the_rate_is_capped():
     answers = [(0, "x")] * 50
     query, client, clock = query_with(answers, min_interval=0.25, burst=5)
     start = clock.now
-    for _ in range(50):
+    for _unused in range(50):
         query.poll()
     assert clock.sleeps[:1] == [0.25] and len(clock.sleeps) == 45, "the first 5 polls start without waiting"
     assert clock.now - start >= 45 * 0.25
@@ -260,11 +260,11 @@ def test_a_burst_starts_at_once_then_the_rate_is_capped():
 def test_a_poll_after_a_real_change_is_never_delayed():
     answers = [(1, "a")] + [(1, "a")] * 8 + [(2, "b"), (3, "c"), (4, "d"), (4, "d")]
     query, client, clock = query_with(answers, min_interval=0.5, burst=2)
-    for _ in range(9):
+    for _unused in range(9):
         query.poll()                       # 8 spurious wake-ups drain the bucket
     spent = len(clock.sleeps)
     assert spent >= 6
-    for _ in range(3):
+    for _unused in range(3):
         assert query.poll().changed        # 2, 3, 4: the poll after each change starts at once
     assert len(clock.sleeps) == spent + 1, "only the poll after the first change waited (it followed a spurious one)"
     query.poll()                           # after 4 (a change) the next starts at once, then is spurious
@@ -273,7 +273,7 @@ def test_a_poll_after_a_real_change_is_never_delayed():
 
 def test_time_spent_blocking_counts_towards_the_interval():
     query, client, clock = query_with([(1, "a"), (2, "b"), (3, "c")], duration=5.0, min_interval=1.0)
-    for _ in range(3):
+    for _unused in range(3):
         query.poll()
     assert clock.sleeps == []
 
@@ -282,7 +282,7 @@ def test_errors_keep_the_index_and_are_paced_too():
     query, client, clock = query_with([(10, "a"), ConsulServerError("500"), ConsulServerError("500"), (10, "a")],
                                       min_interval=0.5, burst=1)
     query.poll()
-    for _ in range(2):
+    for _unused in range(2):
         with pytest.raises(ConsulServerError):
             query.poll()
     result = query.poll()
@@ -304,13 +304,13 @@ def test_no_answer_makes_the_next_poll_a_plain_read():
 
 
 def test_missing_index_header_is_a_bad_answer():
-    query, _, _ = query_with([(None, "a")])
+    query, _unused, _unused = query_with([(None, "a")])
     with pytest.raises(ConsulBadAnswer, match="X-Consul-Index"):
         query.poll()
 
 
 def test_wait_is_capped_and_stale_is_passed():
-    query, client, _ = query_with([(1, "a"), (2, "b")], wait=3600, stale=True)
+    query, client, _unused = query_with([(1, "a"), (2, "b")], wait=3600, stale=True)
     query.poll()
     query.poll()
     assert client.calls[1]["wait"] == MAX_WAIT and client.calls[1]["stale"] is True
@@ -339,7 +339,7 @@ def test_with_a_real_client_over_the_scripted_transport():
     clock = FakeClock()
     query = BlockingQuery(ConsulClient("http://c:8500", transport), "/v1/health/state/any", wait=10, clock=clock,
                           sleep=clock.sleep)
-    assert [query.poll().changed for _ in range(3)] == [True, False, True]
+    assert [query.poll().changed for _unused in range(3)] == [True, False, True]
     assert [call["url"] for call in transport.calls] == [
         "http://c:8500/v1/health/state/any",
         "http://c:8500/v1/health/state/any?index=3&wait=10000ms",
