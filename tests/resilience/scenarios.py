@@ -551,6 +551,14 @@ class Armed:
             return mutate(self.kind, answer, self.rng, self.last_index)
 
 
+def _rss_mb(pid):
+    try:
+        with open(f"/proc/{pid}/status") as handle:
+            return round(int(next(line.split()[1] for line in handle if line.startswith("VmRSS:"))) / 1024, 1)
+    except (OSError, StopIteration):
+        return 0.0
+
+
 def _valid_body(name, body):
     """True when a POST body for ``name`` is a valid upstream (the file parser's own rules)."""
     if not is_valid_name(name):
@@ -612,12 +620,16 @@ def fuzz_consul_answers(workdir, params, seed=23):
             return owned == expected and file_state(stack.upstream_file) == expected
 
         def converge(label):
+            rss_series.append([label, _rss_mb(watcher.pid)])
             settle_statuses()
             out["convergence_checks"] += 1
             watcher.hup()
             if wait_until(truth_reached, 30) is None:
                 out["convergence_failures"].append(label)
 
+        rss_series = []
+        growth = {}
+        last_rss = _rss_mb(watcher.pid)
         if wait_until(truth_reached, 60) is None:
             raise RuntimeError(f"fuzz stack did not sync:\n{watcher.log_text()[-3000:]}")
         for case in range(params["cases"]):
@@ -645,6 +657,9 @@ def fuzz_consul_answers(workdir, params, seed=23):
             out["mutations"][kind] = out["mutations"].get(kind, 0) + 1
             if not delivered:
                 out["not_delivered"] += 1
+            rss = _rss_mb(watcher.pid) if watcher.alive() else 0.0
+            growth[kind] = growth.get(kind, 0.0) + max(0.0, rss - last_rss)
+            last_rss = rss
             # the invariants, after every case
             if not watcher.alive():
                 out["watcher_crashes"] += 1
@@ -681,8 +696,10 @@ def fuzz_consul_answers(workdir, params, seed=23):
         out["answers_mutated"] = armed.total
         out["log_consul_errors"] = log.count("Consul unavailable (")
         out["log_skipped_instances"] = log.count(" skipped ")
-        out["watcher_rss_mb_end"] = round(int(next(line.split()[1] for line in open(f"/proc/{watcher.pid}/status")
-                                                   if line.startswith("VmRSS:"))) / 1024, 1)
+        out["watcher_rss_mb_end"] = _rss_mb(watcher.pid)
+        out["watcher_rss_mb_series"] = rss_series
+        out["watcher_rss_growth_by_mutation_mb"] = {kind: round(mb, 1) for kind, mb in sorted(
+            growth.items(), key=lambda item: -item[1])}
     out["seconds"] = round(time.monotonic() - started, 1)
     out["problems"] = out["problems"][:20]
     return out
