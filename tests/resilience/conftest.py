@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import signal
+import sys
 import time
 from pathlib import Path
 
@@ -12,6 +14,11 @@ from tests.resilience import scenarios
 from tests.resilience.run import machine
 
 OUTPUT = Path(__file__).resolve().parents[1] / "output" / "resilience-short.json"
+
+
+def pytest_configure(config):
+    """SIGTERM (tests/tools/bench.sh's timeout) unwinds the running test, so its servers are stopped."""
+    signal.signal(signal.SIGTERM, lambda *_args: sys.exit(143))
 
 
 @pytest.fixture(scope="session")

@@ -20,8 +20,8 @@ from pathlib import Path
 
 from tests.resilience.faultproxy import Answer, FaultProxy
 from tests.resilience.stack import (
-    SERVICES, ConsulWithDefinitions, _cmdline, Load, NginxAccounting, detail, file_state, nginx_snapshot, shared_stack,
-    stack_a, stack_b, wait_until)
+    SERVICES, ConsulWithDefinitions, Load, NginxAccounting, _cmdline, detail, file_state, nginx_snapshot, proc_kb,
+    shared_stack, stack_a, stack_b, wait_until)
 from tests.support.nginx_lua import NginxLua
 from tests.support.watcher import WatcherProcess
 
@@ -552,11 +552,7 @@ class Armed:
 
 
 def _rss_mb(pid):
-    try:
-        with open(f"/proc/{pid}/status") as handle:
-            return round(int(next(line.split()[1] for line in handle if line.startswith("VmRSS:"))) / 1024, 1)
-    except (OSError, StopIteration):
-        return 0.0
+    return round(proc_kb(pid, "VmRSS") / 1024, 1)
 
 
 def _valid_body(name, body):

@@ -36,7 +36,7 @@ from pathlib import Path
 
 from tests.support.backends import Backends
 from tests.support.consul import ConsulAgent
-from tests.support.nginx_lua import MODULES, NGINX, NginxLua, _children, http_request
+from tests.support.nginx_lua import NGINX, NginxLua, _children, http_request
 from tests.support.ports import free_port, wait_port
 from tests.support.watcher import WatcherProcess
 
@@ -69,22 +69,12 @@ PRODUCT_WATCHER = {"consul_wait": 300.0, "retry_initial": 0.5, "retry_max": 30.0
 
 
 # -- nginx processes ------------------------------------------------------------------------------
-def _status_kb(pid, key):
+def proc_kb(pid, key, name="status"):
+    """The kB figure of line ``key`` in /proc/PID/NAME (status: VmRSS; smaps_rollup: Pss); 0 if gone."""
     try:
-        with open(f"/proc/{pid}/status") as handle:
+        with open(f"/proc/{pid}/{name}") as handle:
             for line in handle:
                 if line.startswith(key + ":"):
-                    return int(line.split()[1])
-    except OSError:
-        return 0
-    return 0
-
-
-def _pss_kb(pid):
-    try:
-        with open(f"/proc/{pid}/smaps_rollup") as handle:
-            for line in handle:
-                if line.startswith("Pss:"):
                     return int(line.split()[1])
     except OSError:
         return 0
@@ -104,7 +94,8 @@ def nginx_snapshot(master_pid):
     pids = [master_pid] + _children(master_pid)
     shutting = sum(1 for pid in pids[1:] if "shutting down" in _cmdline(pid))
     return {"processes": len(pids), "workers": len(pids) - 1 - shutting, "shutting_down": shutting,
-            "rss_kb": sum(_status_kb(pid, "VmRSS") for pid in pids), "pss_kb": sum(_pss_kb(pid) for pid in pids)}
+            "rss_kb": sum(proc_kb(pid, "VmRSS") for pid in pids),
+            "pss_kb": sum(proc_kb(pid, "Pss", "smaps_rollup") for pid in pids)}
 
 
 class NginxAccounting(threading.Thread):

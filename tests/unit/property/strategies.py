@@ -54,7 +54,8 @@ servers = st.builds(
     fail_timeout=st.integers(0, 86400), max_conns=st.integers(0, 1000000), backup=st.booleans(),
     down=st.booleans())
 
-_time = st.builds(lambda n, unit: f"{n}{unit}", st.integers(0, 999999999), st.sampled_from(["", "ms", "s", "m", "h", "d"]))
+_time = st.builds(lambda n, unit: f"{n}{unit}", st.integers(0, 999999999),
+                  st.sampled_from(["", "ms", "s", "m", "h", "d"]))
 _check_values = {
     "interval": st.integers(0, 999999999).map(str), "rise": st.integers(0, 999999999).map(str),
     "fall": st.integers(0, 999999999).map(str), "timeout": st.integers(0, 999999999).map(str),
