@@ -6,12 +6,14 @@
 Consul limits concurrent HTTP connections per client address (200 by default), so one long poll
 per service does not scale. The watcher holds exactly two:
 
-- ``/v1/health/state/any``: wakes on every check status change (and on new or removed checks). Its
-  answer is every check in the datacenter, so a health flip needs no further request: the statuses
-  are applied to the cached instances of the services whose checks changed.
+- ``/v1/health/state/any?filter=Status != "passing"``: wakes on every check change (its index is
+  that of all checks), and its answer lists only the checks that are not passing: small while the
+  fleet is healthy, whatever its size. A check that goes bad is applied in place, without another
+  request; one that recovers (or whose instance went away) makes its service be read again.
 - ``/v1/catalog/services``: wakes on registrations and deregistrations. New, removed or retagged
   services are read with ``/v1/health/service/NAME``; a change this answer cannot pin down (a new
-  instance of a service without checks, say) makes every service be read again.
+  instance of an existing service, say) is looked up in one full ``/v1/health/state/any`` read,
+  and only if that explains nothing either is every service read again.
 
 ``/v1/catalog/services`` alone never wakes on a health change (consul-facts.md: the original script
 kept a critical instance in rotation for 200 s), hence the health query.
@@ -40,6 +42,7 @@ from ansible_collections.swallowkeeper.dyups.plugins.watcher.transport import Se
 
 log = logging.getLogger("swallowkeeper.watcher")
 FETCH_THREADS = 8
+FAILING_FILTER = 'Status != "passing"'  # the health poll reads only the checks that are not passing
 
 
 def consul_error_kind(exc):
@@ -58,6 +61,29 @@ def _compact(node_data, service):
         meta = {key: value for key, value in meta.items() if str(key).startswith(mapping.META_PREFIX)} or None
     return (node_data.get("Node"), node_data.get("Address"), service.get("ID"), service.get("Address"),
             service.get("Port"), service.get("Tags"), meta)
+
+
+def _updatable(known, failing_pairs):
+    """True when every failing check is one the cache knows for that instance (so it can be updated
+    in place)."""
+    ids = {check_id for check_id, _status in known}
+    return all(check_id in ids for check_id, _status in failing_pairs)
+
+
+def _updated(known, failing_pairs):
+    """The instance's (id, status) pairs: the failing ones as listed, every other one passing."""
+    failing = dict(failing_pairs)
+    return tuple(sorted((check_id, failing.get(check_id, "passing")) for check_id, _status in known))
+
+
+def _failing_snapshot(states):
+    """The part of full check states that is not passing, as a CheckSnapshot."""
+    failing = {}
+    for key, (name, pairs) in states.items():
+        bad = tuple(pair for pair in pairs if pair[1] != "passing")
+        if bad:
+            failing[key] = (name, bad)
+    return mapping.CheckSnapshot(states=failing, checks={})
 
 
 def _pairs(checks):
@@ -84,7 +110,7 @@ class ConsulSource:
                                          stale=settings.consul_stale, object_hook=mapping.slim_object)
         self.entries = {}        # service -> {(node, service_id): compact instance (see _compact)}
         self.checks = {}         # (node, service_id) -> ((check id, status), ...); node checks under (node, "")
-        self.snapshot = None     # the last /v1/health/state/any answer, indexed (CheckSnapshot)
+        self.snapshot = None     # the checks not passing, as the health poll last answered (CheckSnapshot)
         self.node_services = {}  # node -> {service names with an instance there}
         self.catalog = None      # service -> sorted tags, from /v1/catalog/services
         self.results = {}        # service -> mapping result of that service alone
@@ -154,14 +180,14 @@ class ConsulSource:
         self.results[name] = result
 
     def _snapshot_of_cache(self):
-        """A CheckSnapshot of what the cache knows, as if /v1/health/state/any had answered it."""
+        """The checks the cache knows as not passing, as the filtered health poll would answer them."""
         states = {}
         for name, instances in self.entries.items():
             for key in instances:
-                if self.checks.get(key):
-                    states[key] = (name, self.checks[key])
-                if self.checks.get((key[0], "")):
-                    states[(key[0], "")] = ("", self.checks[(key[0], "")])
+                for check_key, owner in ((key, name), ((key[0], ""), "")):
+                    pairs = self.checks.get(check_key, ())
+                    if any(status != "passing" for _id, status in pairs):
+                        states[check_key] = (owner, tuple(pair for pair in pairs if pair[1] != "passing"))
         return mapping.CheckSnapshot(states=states, checks={})
 
     def _fetch_many(self, names):
@@ -250,42 +276,76 @@ class ConsulSource:
                     self._store_service(name, data)
         return bool(touched or refetch or catalog is not None)
 
-    def _fold_health(self, health, touched, refetch):
-        """Apply a ``/v1/health/state/any`` answer: statuses in place, or a read of services whose
-        instances came or went."""
-        snapshot = mapping.index_checks(health)
+    def _fold_health(self, failing, touched, refetch):
+        """Apply a ``/v1/health/state/any?filter=Status != "passing"`` answer: every check not passing.
+
+        The answer is small while the fleet is healthy, whatever the number of services, so a flip
+        costs little to read. An instance whose checks got worse (or changed) is updated in place:
+        taking a server out early is always safe. One that is no longer listed either recovered or
+        was deregistered: its service is read again to tell which, rather than assumed healthy.
+        Checks the cache does not know (a new instance, a new check) also make the service be read.
+        """
+        snapshot = mapping.index_checks(failing)
         change = mapping.diff_snapshots(self.snapshot, snapshot)
-        self.snapshot = mapping.CheckSnapshot(states=snapshot.states, checks={})  # the check dicts can go
+        was_failing = set(self.snapshot.states) if self.snapshot else set()
+        self.snapshot = mapping.CheckSnapshot(states=snapshot.states, checks={})
         states = snapshot.states
-        for key in self.checks.keys() & states.keys():
-            self.checks[key] = states[key][1]  # one copy of each status: the newest
         for node in change.nodes:
-            self.checks[(node, "")] = states[(node, "")][1] if (node, "") in states else ()
-            touched.update(self.node_services.get(node, ()))
+            key = (node, "")
+            if key in states and _updatable(self.checks.get(key, ()), states[key][1]):
+                self.checks[key] = _updated(self.checks.get(key, ()), states[key][1])
+                touched.update(self.node_services.get(node, ()))
+            else:  # recovered, gone, or a check not seen before: read its services again
+                refetch.update(self.node_services.get(node, ()))
         affected = {name for name in change.services if self.options.selects(name)}
-        keys_by_service = {}
-        if affected:
-            for key, (name, _pairs_) in states.items():
-                if key[1] and name in affected:
-                    keys_by_service.setdefault(name, set()).add(key)
+        keys_of = {name: set() for name in affected}
+        for key, (name, _pairs_) in states.items():
+            if key[1] and name in keys_of:
+                keys_of[name].add(key)
         for name in affected:
-            cached = {key for key in self.entries.get(name, {}) if self.checks.get(key)}
-            current = keys_by_service.get(name, set())
-            if cached != current:
-                refetch.add(name)  # an instance came or went: its address and tags are needed
+            instances = self.entries.get(name, {})
+            recovered = {key for key in instances if key in was_failing and key not in states}
+            failing_now = keys_of[name]
+            if recovered or any(key not in instances or not _updatable(self.checks.get(key, ()), states[key][1])
+                                for key in failing_now):
+                refetch.add(name)
                 continue
-            for key in current:
-                self.checks[key] = states[key][1]
+            for key in failing_now:
+                self.checks[key] = _updated(self.checks.get(key, ()), states[key][1])
             touched.add(name)
+
+    def _reconcile(self, health, touched, refetch):
+        """Compare a full ``/v1/health/state/any`` answer (every check) with the cache: services whose
+        instances with checks came or went are read again; statuses are taken as they are."""
+        full = mapping.index_checks(health).states
+        by_service = {}
+        for key, (name, _pairs_) in full.items():
+            if key[1]:
+                by_service.setdefault(name, set()).add(key)
+        for name, instances in self.entries.items():
+            cached = {key for key in instances if self.checks.get(key)}
+            if cached != by_service.get(name, set()):
+                refetch.add(name)
+        for name in set(by_service) - set(self.entries):
+            if self.options.selects(name):
+                refetch.add(name)
+        for key, (name, pairs) in full.items():
+            if key in self.checks and self.checks[key] != pairs and name not in refetch:
+                self.checks[key] = pairs
+                if key[1]:
+                    touched.add(name)
+                else:
+                    touched.update(self.node_services.get(key[0], ()))
+        self.snapshot = _failing_snapshot(full)
 
     def _explain_catalog_change(self, catalog, touched, refetch):
         """The catalog moved, but no service was added, removed or retagged.
 
-        Usually a new instance of an existing service, whose check the health poll has not delivered
-        yet: one plain read of ``/v1/health/state/any`` finds it. If that explains nothing either (an
+        Usually a new instance of an existing service: one plain read of ``/v1/health/state/any``
+        (every check) finds the services whose instances came or went. If that explains nothing (an
         instance without checks, a changed port or Meta), every service is read again.
         """
-        self._fold_health(self.client.health_state_any().data, touched, refetch)
+        self._reconcile(self.client.health_state_any().data, touched, refetch)
         if not touched and not refetch:
             refetch.update(name for name in catalog if self.options.selects(name))
 
@@ -296,14 +356,16 @@ class ConsulSource:
     # -- watching ----------------------------------------------------------------------------------
     def start_watching(self, events):
         """Start the two long polls; their events go to ``events`` until ``stop()``."""
-        for kind, path in (("health", "/v1/health/state/any"), ("catalog", "/v1/catalog/services")):
-            thread = threading.Thread(target=self._watch, args=(kind, path, events), name=f"consul-{kind}",
+        for kind, path, params in (("health", "/v1/health/state/any", {"filter": FAILING_FILTER}),
+                                   ("catalog", "/v1/catalog/services", None)):
+            thread = threading.Thread(target=self._watch, args=(kind, path, params, events), name=f"consul-{kind}",
                                       daemon=True)
             thread.start()
             self.threads.append(thread)
 
-    def _watch(self, kind, path, events):
-        query = BlockingQuery(self.watch_client, path, wait=self.settings.consul_wait, sleep=self.stop_event.wait)
+    def _watch(self, kind, path, params, events):
+        query = BlockingQuery(self.watch_client, path, params=params, wait=self.settings.consul_wait,
+                              sleep=self.stop_event.wait)
         backoff = Backoff(self.settings.retry_initial, self.settings.retry_max)
         failed = False
         while not self.stop_event.is_set():
