@@ -153,7 +153,7 @@ class Daemon:
                 self._sync()
             if self.syncer.has_pending and (next_retry is None or now >= next_retry):
                 if next_retry is not None:
-                    self.syncer.push()
+                    self.syncer.retry()
                 next_retry = None if not self.syncer.has_pending else now + self.retry.next()
                 if next_retry is None:
                     self.retry.reset()

@@ -88,6 +88,7 @@ class Syncer:
         self.pushed = dict(self.applied)
         self.pending = set()
         self.gone = set()
+        self.unwritten = None   # (upstreams, empty) of a sync whose file write failed; retried
         self.deleted_here = set()
         self.hold_since = None
         self.release_requested = False
@@ -180,9 +181,11 @@ class Syncer:
 
     # -- applying --------------------------------------------------------------------------------
     def sync(self, upstreams, empty=()):
-        """Bring file and interface to the desired state for ``upstreams`` ({name: Upstream})."""
+        """Bring file and interface to the desired state for ``upstreams`` ({name: Upstream}).
+        When the file cannot be written, nothing is sent and the sync is remembered for retry()."""
         started = self.clock()
         report = SyncReport()
+        self.unwritten = None
         desired = self.desired_from(upstreams, empty)
         report.held = self.hold_since
         changed = sorted(name for name, upstream in desired.items()
@@ -203,8 +206,10 @@ class Syncer:
                                             validate=self.settings.validate_command)
                 report.file_changed = True
             except _upstream_file.ValidateCommandFailed as exc:
+                self.unwritten = (upstreams, empty)
                 return self._file_failed(report, started, "file_validate", str(exc))
             except OSError as exc:
+                self.unwritten = (upstreams, empty)
                 return self._file_failed(report, started, "file_write",
                                          f"cannot write {self.settings.upstream_file}: {exc.strerror or exc}")
             self.applied = desired
@@ -231,6 +236,13 @@ class Syncer:
         log.error("upstream file not replaced, nothing sent to dyups (the last good state keeps serving): %s", message)
         self._finish(report, started)
         return report
+
+    def retry(self):
+        """The retry step: a sync whose file write failed is tried again (a full disk freed, a
+        validation fixed), else the pending POSTs and DELETEs are sent again."""
+        if self.unwritten is not None:
+            return self.sync(*self.unwritten)
+        return self.push()
 
     def push(self, report=None):
         """POST pending upstreams, DELETE gone ones; failures stay pending for the next retry."""
@@ -313,4 +325,4 @@ class Syncer:
 
     @property
     def has_pending(self):
-        return bool(self.pending or self.gone)
+        return bool(self.pending or self.gone or self.unwritten is not None)

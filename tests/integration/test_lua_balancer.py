@@ -7,7 +7,9 @@ the tests that count tries run one worker.
 
 from __future__ import annotations
 
+import http.server
 import re
+import socket
 import threading
 import time
 from collections import Counter
@@ -265,10 +267,43 @@ def test_max_conns_is_honoured_per_worker(nginx_lua_factory, backends):
 
 
 def test_host_name_servers_are_balanced_to_their_address(nginx_lua_factory, backends):
+    """localhost is 127.0.0.1 and ::1 (TEST_HOSTS, like /etc/hosts): two peers, as nginx makes them.
+    Nothing listens on [::1]:port, so a try there is refused and the request goes on to 127.0.0.1."""
     nginx = nginx_lua_factory(workers=1)
     port = backends.ports[0]
     post(nginx, "named", f"server localhost:{port};")
     assert hits(nginx, "named", 2) == [port, port]
+    assert "[::1]:" + str(port) in nginx.error_log_text()     # the IPv6 peer was tried
+
+
+class _IPv6Server(http.server.ThreadingHTTPServer):
+    address_family = socket.AF_INET6
+
+
+class _SayIPv6(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):  # noqa: N802  (http.server's name)
+        body = b"6\n"
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):  # pylint: disable=arguments-differ
+        pass
+
+
+def test_ipv6_peers_are_used(nginx_lua_factory):
+    """An IPv6 literal server gets requests (the balancer passes it to nginx in brackets)."""
+    server = _IPv6Server(("::1", 0), _SayIPv6)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        nginx = nginx_lua_factory(workers=1)
+        post(nginx, "six", f"server [::1]:{server.server_address[1]};")
+        assert hits(nginx, "six", 3) == [6, 6, 6]
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 # -- unknown upstreams -------------------------------------------------------------------------------------------

@@ -309,6 +309,33 @@ def test_validate_command_guards_the_file(stack, tmp_path):
         watcher.stop()
 
 
+def test_a_failed_file_write_is_retried_without_a_new_consul_event(stack, tmp_path):
+    """A file that could not be replaced (here: the validator refuses while a flag file exists, as a
+    full disk would) is retried with backoff; once it can be written, the change lands with no help
+    from Consul."""
+    agent, backends, nginx, upstream_file = stack
+    p1, p2, _p3, _p4 = backends.ports
+    flag = tmp_path / "refuse"
+    validator = tmp_path / "validator.sh"
+    validator.write_text(f"#!/bin/sh\n[ ! -e {flag} ]\n")
+    validator.chmod(0o755)
+    agent.register("Web", "w1", port=p1)
+    watcher = start_watcher(tmp_path, agent, nginx, upstream_file, validate_command=f"{validator} %s",
+                            retry_initial=0.2, retry_max=1)
+    try:
+        watcher.wait_for(lambda: served(nginx, "Web") == {str(p1)}, "first sync")
+        flag.write_text("")
+        agent.register("Web", "w2", port=p2)
+        watcher.wait_for(lambda: watcher.log_text().count("upstream file not replaced") >= 2,
+                         "the refused write retried")
+        assert served(nginx, "Web") == {str(p1)}, "nothing is sent while the file cannot be written"
+        flag.unlink()
+        watcher.wait_for(lambda: served(nginx, "Web") == {str(p1), str(p2)}, "the retry landed", timeout=10)
+        assert sorted(server.port for server in _upstream_file.read(upstream_file)["Web"].servers) == sorted([p1, p2])
+    finally:
+        watcher.stop()
+
+
 def test_host_names_resolve_here_or_are_skipped(stack, tmp_path):
     """Tengine answers 500 to a name it cannot resolve: such a server never reaches the interface, the
     others do; a name that resolves is compared with /detail by address, so it is not re-pushed."""

@@ -175,7 +175,7 @@ class FaultProxy:
                 connection.request(request.method, request.path, body=request.body or None, headers=headers)
                 response = connection.getresponse()
                 result["answer"] = Answer(response.status, response.read(),
-                                          {k: v for k, v in response.getheaders()})
+                                          dict(response.getheaders()))
             except (OSError, http.client.HTTPException) as exc:
                 result["error"] = exc
             finally:

@@ -282,7 +282,7 @@ async def main_async(args):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n", maxsplit=1)[0])
     parser.add_argument("--port", type=int, required=True, help="the proxy's port on 127.0.0.1")
     parser.add_argument("--path", default="/")
     parser.add_argument("--header", default="", help="one extra request header line, e.g. 'X-A: b'")

@@ -191,7 +191,7 @@ class Renderer:
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n", maxsplit=1)[0])
     parser.add_argument("--consul", required=True)
     parser.add_argument("--services", required=True, help="comma-separated service names (one upstream each)")
     parser.add_argument("--file", required=True)

@@ -59,7 +59,7 @@ def run_part(part, sizes, workdir, seed):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n", maxsplit=1)[0])
     parser.add_argument("--short", action="store_true", help="the SHORT sizes (CI)")
     parser.add_argument("--only", default="", help="comma-separated parts (default: all)")
     parser.add_argument("--output")

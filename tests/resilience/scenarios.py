@@ -98,7 +98,7 @@ def scale_events(workdir, approach, params, seed=7):
             time.sleep(params["settle"])
             events_started = time.time()
             next_at = time.monotonic()
-            for _ in range(params["events"]):
+            for _unused in range(params["events"]):
                 moves.append(stack.fleet.event(rng))
                 next_at += params["interval"]
                 time.sleep(max(0.0, next_at - time.monotonic()))
@@ -244,7 +244,7 @@ def fault_watcher_kill_loop(workdir, params, rng):
     with stack_a(workdir) as stack, under_load(stack, params, out):
         invalid_after_kill = 0
         changes = []
-        for _ in range(params["kill_loop"]):
+        for _unused in range(params["kill_loop"]):
             changes.append(stack.fleet.event(rng))
             time.sleep(rng.uniform(0.0, 0.15))
             stack.watcher.kill()
@@ -424,9 +424,9 @@ def _junk(rng, depth=0):
     if kind in (4, 5):
         return rng.choice(HOSTILE_STRINGS)
     if kind == 6:
-        return [_junk(rng, depth + 1) for _ in range(rng.randrange(4))]
+        return [_junk(rng, depth + 1) for _unused in range(rng.randrange(4))]
     return {rng.choice(["ID", "Service", "Node", "Address", "Port", "Tags", "Meta", "Checks", "Status",
-                        "ServiceID", "x"]): _junk(rng, depth + 1) for _ in range(rng.randrange(4))}
+                        "ServiceID", "x"]): _junk(rng, depth + 1) for _unused in range(rng.randrange(4))}
 
 
 def _walk(value, rng, action):
@@ -490,7 +490,7 @@ def mutate(kind, answer, rng, last_index):
         body = json.dumps(data).encode()
     elif kind in ("missing_fields", "wrong_types", "hostile_values"):
         data = json.loads(body or b"null")
-        for _ in range(rng.randrange(1, 6)):
+        for _unused in range(rng.randrange(1, 6)):
             if kind == "missing_fields":
                 _walk(data, rng, lambda c, k: c.pop(k) if isinstance(c, dict) else c.__setitem__(k, None))
             elif kind == "wrong_types":

@@ -407,7 +407,7 @@ class ConsulWithDefinitions(ConsulAgent):
 def detail(api_port, timeout=2.0):
     """{name: sorted addresses} from the interface's /detail; None when it does not answer."""
     try:
-        status, text, _ = http_request(api_port, "GET", _dyups_wire.DETAIL_PATH, timeout=timeout)
+        status, text, _unused = http_request(api_port, "GET", _dyups_wire.DETAIL_PATH, timeout=timeout)
     except OSError:
         return None
     if status == 204:
@@ -426,9 +426,9 @@ def file_state(path):
 
 def serves(proxy_port, expected, tries=20):
     """True when ``tries`` requests on new connections to / and /ws/ all come from the expected sets."""
-    for _ in range(tries):
+    for _unused in range(tries):
         for path, service in (("/", "Web"), ("/ws/", "Ws")):
-            status, text, _ = http_request(proxy_port, "GET", path, timeout=2)
+            status, text, _unused = http_request(proxy_port, "GET", path, timeout=2)
             if status != 200 or f"127.0.0.1:{text.strip()}" not in expected[service]:
                 return False
     return True
@@ -474,7 +474,7 @@ def shared_stack(workdir, web_ports=6, ws_ports=5, initial=3, agent=None):
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     agent = agent or ConsulAgent()
-    ws_list = [free_port() for _ in range(ws_ports)]
+    ws_list = [free_port() for _unused in range(ws_ports)]
     with contextlib.ExitStack() as stack:
         agent.start()
         stack.callback(agent.stop)

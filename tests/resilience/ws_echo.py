@@ -51,7 +51,7 @@ async def serve(ports):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n", maxsplit=1)[0])
     parser.add_argument("--ports", required=True, help="comma-separated ports on 127.0.0.1")
     args = parser.parse_args(argv)
     asyncio.run(serve([int(port) for port in args.ports.split(",")]))

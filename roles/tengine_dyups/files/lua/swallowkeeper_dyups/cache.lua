@@ -12,7 +12,7 @@ local upstream = require("swallowkeeper_dyups.upstream")
 local rules = require("swallowkeeper_dyups.rules")
 
 local ngx = ngx
-local lower, pairs, ngx_now = string.lower, pairs, ngx.now
+local lower, find, pairs, ngx_now = string.lower, string.find, pairs, ngx.now
 
 local _M = {}
 
@@ -22,6 +22,15 @@ local version = -1
 local dict, cell
 local checked_dict_at = 0
 
+-- An address as ngx.balancer.set_current_peer takes it: IPv6 in brackets (a bare "::1" is read
+-- as host ":" with port ":1", "invalid port").
+local function peer_host(ip)
+    if find(ip, ":", 1, true) then
+        return "[" .. ip .. "]"
+    end
+    return ip
+end
+
 -- The balancer's view of a record: peers (one per resolved address, as nginx makes them).
 local function build(record)
     local ups = { name = record.name, record = record, primary = {}, backup = {} }
@@ -30,7 +39,7 @@ local function build(record)
         local list = s.backup and ups.backup or ups.primary
         for j = 1, #s.ips do
             list[#list + 1] = {
-                host = s.ips[j], port = s.port, name = rules.server_address(s.ips[j], s.port),
+                host = peer_host(s.ips[j]), port = s.port, name = rules.server_address(s.ips[j], s.port),
                 weight = s.weight, effective = s.weight, current = 0,
                 max_fails = s.max_fails, fail_timeout = s.fail_timeout, max_conns = s.max_conns,
                 down = s.down, fails = 0, checked = 0, accessed = 0, conns = 0,
