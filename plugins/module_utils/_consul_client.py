@@ -59,6 +59,9 @@ class ConsulAnswer:
     url: str
 
 
+NAME_KEYED_ANSWERS = frozenset(("/v1/catalog/services",))
+
+
 def resolve_token(token=None, token_file=None, environ=None):
     """The ACL token to send, or None: ``token`` > the stripped content of ``token_file`` > ``CONSUL_HTTP_TOKEN``.
 
@@ -152,7 +155,10 @@ class ConsulClient:
         if status != 200:
             raise self._status_error(url, status, raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw)
         try:
-            data = json.loads(raw, object_hook=self.object_hook)  # bytes as they are: no decoded copy of a big body
+            # bytes as they are: no decoded copy of a big body. Answers keyed by names users choose
+            # (the catalog: {service: tags}) are never slimmed: a service may be called "Name".
+            hook = None if path in NAME_KEYED_ANSWERS else self.object_hook
+            data = json.loads(raw, object_hook=hook)
         except ValueError:
             text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw
             raise ConsulBadAnswer(f"GET {url} answered 200 but not JSON: {self._shown(text)!r}",

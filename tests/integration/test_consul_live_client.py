@@ -12,6 +12,7 @@ import time
 import pytest
 
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._consul_client import BlockingQuery, ConsulClient
+from ansible_collections.swallowkeeper.dyups.plugins.module_utils._consul_mapping import UNREAD_FIELDS, slim_object
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._errors import (
     ConsulBadAnswer, ConsulForbidden, ConsulServerError, ConsulUnavailable)
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._http_stdlib import stdlib_transport
@@ -205,3 +206,17 @@ def test_acl_token_without_node_read_sees_services_but_no_instances(consul_acl_a
     client = client_for(agent, token=token)
     assert "web" in client.catalog_services().data
     assert client.health_service("web").data == []
+
+
+def test_slimming_never_drops_a_service_whose_name_is_a_field_name(agent):
+    """The watcher's reader drops fields it never reads (slim_object) from records; the catalog is a
+    map keyed by service names, which users choose: "Name", "Output" or "Notes" must stay."""
+    names = ["Name", "Output", "Notes", "Type"]
+    assert set(names) <= UNREAD_FIELDS
+    for port, name in enumerate(names, start=9001):
+        agent.register(name, port=port)
+    catalog = client_for(agent, object_hook=slim_object).catalog_services().data
+    assert set(names) <= set(catalog)
+    entries = client_for(agent, object_hook=slim_object).health_service("Output").data
+    assert [entry["Service"]["Service"] for entry in entries] == ["Output"]
+    assert "Output" not in entries[0]["Checks"][0]   # a check's own Output field is still dropped
