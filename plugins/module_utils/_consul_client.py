@@ -204,7 +204,9 @@ class ConsulClient:
         instead of answering 403, so an empty answer means the token is missing or lacks
         ``service:read``; that is raised as ConsulForbidden rather than read as "no services".
         ``/v1/health/service/NAME`` and ``/v1/health/state/any``: a JSON list of objects.
-        ``/v1/status/leader``: a JSON string.
+        ``/v1/status/leader``: a JSON string. ``/v1/catalog/nodes``: a JSON list of objects.
+        ``/v1/catalog/node-services/NODE``: {Node: object, Services: [objects]}, a node that is gone
+        (both null) read as no services.
         """
         answer = self.get(path, params=params, index=index, wait=wait, stale=stale)
         if path == "/v1/catalog/services":
@@ -215,6 +217,17 @@ class ConsulClient:
             return self._expect_objects(answer, "a JSON list of checks")
         if path == "/v1/status/leader":
             return self._expect(answer, str, "a JSON string")
+        if path == "/v1/catalog/nodes":
+            return self._expect_objects(answer, "a JSON list of nodes")
+        if path.startswith("/v1/catalog/node-services/"):
+            self._expect(answer, dict, "a JSON object")
+            # a node that left between the node list and this read: {"Node": null, "Services": null}
+            node, services = answer.data.get("Node") or {}, answer.data.get("Services") or []
+            answer = ConsulAnswer(data={"Node": node, "Services": services}, index=answer.index, url=answer.url)
+            if not (isinstance(node, dict) and isinstance(services, list)
+                    and all(isinstance(service, dict) for service in services)):
+                raise ConsulBadAnswer(f"GET {answer.url} did not answer {{Node: object, Services: [objects]}}",
+                                      url=answer.url, status=200)
         return answer
 
     def _expect(self, answer, kind, what):
@@ -255,6 +268,15 @@ class ConsulClient:
     def health_state_any(self, index=None, wait=None, stale=None):
         """``/v1/health/state/any``: data is a list of every check in the datacenter."""
         return self.read("/v1/health/state/any", index=index, wait=wait, stale=stale)
+
+    def catalog_nodes(self):
+        """``/v1/catalog/nodes``: data is a list of {Node, Address, ...}, every node in the datacenter."""
+        return self.read("/v1/catalog/nodes")
+
+    def catalog_node_services(self, node):
+        """``/v1/catalog/node-services/NODE`` (Consul 1.7+): data is {Node: {...}, Services: [{...}]},
+        every service instance on that node (no checks)."""
+        return self.read("/v1/catalog/node-services/" + quote(str(node), safe=""))
 
     def status_leader(self):
         """``/v1/status/leader``: data is the leader's ``host:port``, or "" while there is none."""

@@ -10,7 +10,7 @@ mapping, the upstream file, the dyups wire format). The role installs it as a se
 Where things are:
 
 - ``settings.py``   every option, its default, the config file and the command line
-- ``transport.py``  pooled ``requests`` sessions as transports for the shared clients
+- ``transport.py``  keep-alive ``http.client`` connections as the transport of the shared clients
 - ``consul_source.py``  blocking queries on Consul and the cache of service instances
 - ``safety.py``     the zero-instance policy and the mass-removal hold
 - ``sync.py``       desired upstreams -> file first -> POST/DELETE what changed; drift repair

@@ -38,7 +38,7 @@ from ansible_collections.swallowkeeper.dyups.plugins.module_utils._consul_client
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._errors import (
     ConsulBadAnswer, ConsulError, ConsulForbidden, ConsulRateLimited, ConsulServerError, ConsulUnavailable)
 from ansible_collections.swallowkeeper.dyups.plugins.watcher.backoff import Backoff
-from ansible_collections.swallowkeeper.dyups.plugins.watcher.transport import SessionTransport
+from ansible_collections.swallowkeeper.dyups.plugins.watcher.transport import KeepAliveTransport
 
 log = logging.getLogger("swallowkeeper.watcher")
 FETCH_THREADS = 8
@@ -101,7 +101,7 @@ class ConsulSource:
         token = resolve_token(token_file=settings.consul_token_file)
         cert = (settings.consul_client_cert, settings.consul_client_key) if settings.consul_client_cert else None
         verify = settings.consul_ca_path or settings.consul_validate_certs
-        self.transport = SessionTransport(verify=verify, cert=cert, pool_size=FETCH_THREADS)
+        self.transport = KeepAliveTransport(verify=verify, cert=cert)
         self.client = ConsulClient(settings.consul_url, self.transport, token=token,
                                    datacenter=settings.consul_datacenter, timeout=settings.consul_timeout,
                                    object_hook=mapping.slim_object)
@@ -116,6 +116,7 @@ class ConsulSource:
         self.results = {}        # service -> mapping result of that service alone
         self.lock = threading.Lock()
         self.catalog_index = None
+        self.read_by_node = True  # full reads by node when that is fewer requests (see _fetch_by_node)
         self.threads = []
         self.stop_event = threading.Event()
         self.failure = None
@@ -197,6 +198,53 @@ class ConsulSource:
         with ThreadPoolExecutor(max_workers=min(FETCH_THREADS, len(names)), thread_name_prefix="consul-fetch") as pool:
             return list(pool.map(self._fetch_service, names))
 
+    def _fetch_by_node(self, names):
+        """Every service in ``names`` as ``/v1/health/service/NAME`` would answer it, built from
+        ``/v1/catalog/nodes``, ``/v1/catalog/node-services/NODE`` per node and one
+        ``/v1/health/state/any``: 2 + nodes requests instead of one per service. None when that is
+        not fewer requests, or when this Consul has no node-services endpoint (before 1.7).
+
+        Instances are read before checks: an instance registered meanwhile is simply absent (the
+        catalog poll reports it), never present without its checks and so taken for passing.
+        """
+        nodes = self.client.catalog_nodes().data
+        node_names = sorted({node.get("Node") for node in nodes if isinstance(node.get("Node"), str)})
+        if len(node_names) + 2 >= len(names):
+            return None
+        try:
+            with ThreadPoolExecutor(max_workers=min(FETCH_THREADS, len(node_names) or 1),
+                                    thread_name_prefix="consul-fetch") as pool:
+                answers = list(pool.map(lambda node: self.client.catalog_node_services(node).data, node_names))
+        except ConsulBadAnswer as exc:
+            if exc.status == 404:
+                log.info("this Consul has no /v1/catalog/node-services (before 1.7): reading service by service")
+                self.read_by_node = False
+                return None
+            raise
+        checks = self.client.health_state_any().data
+        node_checks, instance_checks = {}, {}
+        for check in checks:
+            node, service_id = check.get("Node"), check.get("ServiceID") or ""
+            if not (isinstance(node, str) and isinstance(service_id, str)):
+                continue  # as /v1/health/service would not list it under any instance
+            if service_id:
+                instance_checks.setdefault((node, service_id), []).append(check)
+            else:
+                node_checks.setdefault(node, []).append(check)
+        entries = {name: [] for name in names}
+        for answer in answers:
+            node_data = answer["Node"]
+            node = node_data.get("Node") if isinstance(node_data.get("Node"), str) else None
+            for service in answer["Services"]:
+                name, service_id = service.get("Service"), service.get("ID")
+                if isinstance(name, str) and name in entries:
+                    entries[name].append({
+                        "Node": node_data, "Service": service,
+                        "Checks": node_checks.get(node, []) + (
+                            instance_checks.get((node, service_id), []) if isinstance(service_id, str) else []),
+                    })
+        return list(entries.items())
+
     def refresh_all(self):
         """Read every selected service from Consul; raises ConsulError and changes nothing then."""
         started = time.monotonic()
@@ -205,7 +253,9 @@ class ConsulSource:
         if not isinstance(catalog, dict):
             raise ConsulBadAnswer("/v1/catalog/services did not answer a JSON object", url=self.settings.consul_url)
         selected = sorted(name for name in catalog if self.options.selects(name))
-        fetched = self._fetch_many(selected)
+        fetched = self._fetch_by_node(selected) if self.read_by_node and len(selected) > 3 else None
+        if fetched is None:
+            fetched = self._fetch_many(selected)
         with self.lock:
             self.catalog = {name: sorted(tags or []) for name, tags in catalog.items()}
             self.catalog_index = answer.index

@@ -32,7 +32,7 @@ from ansible_collections.swallowkeeper.dyups.plugins.watcher.backoff import Back
 from ansible_collections.swallowkeeper.dyups.plugins.watcher.consul_source import ConsulSource, consul_error_kind
 from ansible_collections.swallowkeeper.dyups.plugins.watcher.metrics import Metrics, StatusServer
 from ansible_collections.swallowkeeper.dyups.plugins.watcher.sync import Syncer, dyups_error_kind
-from ansible_collections.swallowkeeper.dyups.plugins.watcher.transport import SessionTransport
+from ansible_collections.swallowkeeper.dyups.plugins.watcher.transport import KeepAliveTransport
 
 log = logging.getLogger("swallowkeeper.watcher")
 
@@ -52,7 +52,7 @@ class Daemon:
 
     def _build(self):
         settings = self.settings
-        self.dyups_transport = SessionTransport(pool_size=4)
+        self.dyups_transport = KeepAliveTransport()
         self.client = DyupsClient(settings.dyups_url, self.dyups_transport, timeout=settings.dyups_timeout)
         self.syncer = Syncer(settings, self.client, self.metrics, clock=self.clock, dry_run=self.dry_run)
         self.source = ConsulSource(settings, self.metrics)

@@ -1,74 +1,113 @@
 # -*- coding: utf-8 -*-
 # Copyright: swallowkeeper.dyups contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""Transports for the shared clients, on pooled ``requests`` sessions.
+"""The watcher's transport for the shared clients: keep-alive ``http.client`` connections.
 
 A transport is ``transport(method, url, body, timeout, extra_headers=None) -> (status, body,
 headers)`` and raises TransportError when no answer came (the contract of
-plugins/module_utils/_http_ansible.py). One session per thread: ``requests.Session`` is not
-guaranteed thread-safe, and each watcher thread (two Consul long polls, the sync loop) gets its own
-pool of keep-alive connections. Proxy variables and .netrc are ignored: the watcher talks to the
-local agent and the local nginx only.
+plugins/module_utils/_http_ansible.py). Each thread (two Consul long polls, the fetch pool, the
+sync loop) keeps one connection per host and reuses it: a full sync sends thousands of POSTs to the
+local interface, and a kept connection with the standard library costs about a third of what a
+``requests`` session costs per request (docs/benchmarks.md). Proxy variables and .netrc play no
+part: the watcher talks to the local agent and the local nginx only.
+
+A request that fails on a kept connection before any answer came (the server closed it while idle:
+nginx's keepalive_timeout) is sent once more on a new connection. Every request the watcher sends is
+safe to repeat: GETs, and POST and DELETE of a whole upstream.
 """
 
 from __future__ import annotations
 
+import http.client
+import ssl
 import threading
-
-import requests
+from urllib.parse import urlsplit
 
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._errors import TransportError
 
+STALE_CONNECTION = (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError,
+                    http.client.CannotSendRequest, http.client.BadStatusLine)
 
-class SessionTransport:
-    """A callable transport bound to one thread-local ``requests.Session`` per thread."""
 
-    def __init__(self, headers=None, verify=True, cert=None, pool_size=10):
+class KeepAliveTransport:
+    """A callable transport; ``verify`` (True, False or a CA bundle path) and ``cert`` ((cert, key))
+    apply to https URLs."""
+
+    def __init__(self, headers=None, verify=True, cert=None):
         self._headers = dict(headers or {})
         self._verify = verify
         self._cert = cert
-        self._pool_size = pool_size
+        self._context = None
         self._local = threading.local()
-        self._sessions = []
+        self._connections = []
         self._lock = threading.Lock()
 
-    def _session(self):
-        session = getattr(self._local, "session", None)
-        if session is None:
-            session = requests.Session()
-            session.trust_env = False
-            adapter = requests.adapters.HTTPAdapter(pool_connections=2, pool_maxsize=self._pool_size, max_retries=0)
-            session.mount("http://", adapter)
-            session.mount("https://", adapter)
-            session.headers.update(self._headers)
-            session.verify = self._verify
-            session.cert = self._cert
-            self._local.session = session
+    def _ssl_context(self):
+        if self._context is None:
+            context = ssl.create_default_context(cafile=self._verify if isinstance(self._verify, str) else None)
+            if self._verify is False:
+                context.check_hostname = False
+                context.verify_mode = ssl.CERT_NONE
+            if self._cert:
+                context.load_cert_chain(*self._cert)
+            self._context = context
+        return self._context
+
+    def _connection(self, parts, timeout):
+        pool = getattr(self._local, "pool", None)
+        if pool is None:
+            pool = self._local.pool = {}
+        key = (parts.scheme, parts.netloc)
+        connection = pool.get(key)
+        if connection is None:
+            if parts.scheme == "https":
+                connection = http.client.HTTPSConnection(parts.hostname, parts.port or 443, timeout=timeout,
+                                                         context=self._ssl_context())
+            elif parts.scheme == "http":
+                connection = http.client.HTTPConnection(parts.hostname, parts.port or 80, timeout=timeout)
+            else:
+                raise TransportError(f"unsupported URL scheme {parts.scheme!r} (http or https)")
+            pool[key] = connection
             with self._lock:
-                self._sessions.append(session)
-        return session
+                self._connections.append(connection)
+        connection.timeout = timeout
+        if connection.sock is not None:
+            connection.sock.settimeout(timeout)
+        return connection
 
     def __call__(self, method, url, body, timeout, extra_headers=None):
-        try:
-            response = self._session().request(method, url, data=body, headers=extra_headers, timeout=timeout,
-                                               allow_redirects=False)
-        except requests.RequestException as exc:
-            raise TransportError(f"{type(exc).__name__}: {_short(exc)}") from None
-        return response.status_code, response.content, {key.lower(): value for key, value in response.headers.items()}
+        parts = urlsplit(url)
+        target = (parts.path or "/") + ("?" + parts.query if parts.query else "")
+        headers = dict(self._headers, **(extra_headers or {}))
+        for attempt in (1, 2):
+            connection = self._connection(parts, timeout)
+            reused = connection.sock is not None
+            try:
+                connection.request(method, target, body=body, headers=headers)
+                response = connection.getresponse()
+                data = response.read()
+            except STALE_CONNECTION as exc:
+                connection.close()
+                if reused and attempt == 1:
+                    continue
+                raise TransportError(_reason(exc)) from None
+            except (OSError, http.client.HTTPException, ValueError) as exc:
+                connection.close()
+                raise TransportError(_reason(exc)) from None
+            if response.will_close:
+                connection.close()
+            return response.status, data, {key.lower(): value for key, value in response.getheaders()}
+        raise TransportError("no answer")  # not reached: the second attempt returns or raises
 
     def close(self):
+        """Close every connection of every thread (a long poll in flight ends with an error)."""
         with self._lock:
-            sessions, self._sessions = self._sessions, []
-        for session in sessions:
-            session.close()
+            connections = list(self._connections)
+        for connection in connections:  # closed, not forgotten: a later request reopens it
+            connection.close()
 
 
-def _short(exc):
-    """The innermost reason of a requests error, without urllib3's long object reprs."""
-    reason = exc
-    seen = 0
-    while getattr(reason, "__context__", None) is not None and seen < 5:
-        reason = reason.__context__
-        seen += 1
-    text = str(reason) or type(reason).__name__
-    return text if len(text) < 300 else text[:300] + "..."
+def _reason(exc):
+    text = str(exc) or type(exc).__name__
+    text = text if len(text) < 300 else text[:300] + "..."
+    return f"{type(exc).__name__}: {text}"

@@ -344,3 +344,25 @@ def test_with_a_real_client_over_the_scripted_transport():
         "http://c:8500/v1/health/state/any",
         "http://c:8500/v1/health/state/any?index=3&wait=10000ms",
         "http://c:8500/v1/health/state/any?index=3&wait=10000ms"]
+
+
+# -- the by-node full read's endpoints --------------------------------------------------------------------
+def test_node_services_of_a_node_that_left_is_no_services():
+    transport = ScriptedTransport(ok('{"Node": null, "Services": null}'))
+    answer = ConsulClient("http://c:8500", transport).catalog_node_services("gone node")
+    assert transport.calls[0]["url"] == "http://c:8500/v1/catalog/node-services/gone%20node"
+    assert answer.data == {"Node": {}, "Services": []}
+
+
+@pytest.mark.parametrize("body", ['[]', '{"Node": {}, "Services": {"id": {}}}', '{"Node": "n", "Services": []}',
+                                  '{"Node": {}, "Services": [1]}'])
+def test_node_services_of_another_shape_is_a_bad_answer(body):
+    with pytest.raises(ConsulBadAnswer, match="node-services"):
+        ConsulClient("http://c:8500", ScriptedTransport(ok(body))).catalog_node_services("n1")
+
+
+def test_catalog_nodes_must_be_a_list_of_objects():
+    assert ConsulClient("http://c:8500", ScriptedTransport(ok('[{"Node": "n1"}]'))).catalog_nodes().data == [
+        {"Node": "n1"}]
+    with pytest.raises(ConsulBadAnswer, match="list of nodes"):
+        ConsulClient("http://c:8500", ScriptedTransport(ok('{"n1": {}}'))).catalog_nodes()

@@ -220,3 +220,48 @@ def test_the_watcher_cache_takes_any_answer_and_maps_it_validly(catalog, entries
     except ConsulError:
         return
     assert_valid_mapping(source.mapping())
+
+
+@st.composite
+def node_services_answers(draw):
+    """One /v1/catalog/node-services/NODE answer: mostly the real shape, any field possibly wrong."""
+    entries = draw(st.lists(health_entries(service=draw(st.sampled_from(["Web", "Api", "Other"]))), max_size=3))
+    node = next((entry["Node"] for entry in entries if isinstance(entry.get("Node"), dict)), {"Node": "n1"})
+    services = [entry["Service"] for entry in entries if "Service" in entry]
+    for service in services:
+        if isinstance(service, dict) and draw(st.booleans()):
+            service[draw(st.sampled_from(["Service", "ID"]))] = draw(json_values)
+    return draw(st.one_of(st.just({"Node": node, "Services": services}), st.just({"Node": None, "Services": None}),
+                          json_values))
+
+
+@given(st.lists(st.one_of(st.fixed_dictionaries({"Node": st.sampled_from(["n1", "n2"])}), json_values), max_size=3),
+       node_services_answers(),
+       st.lists(st.one_of(st.fixed_dictionaries({"Node": st.one_of(st.sampled_from(["n1", "n2"]), json_values),
+                                                 "CheckID": st.sampled_from(["service:i1", "serfHealth"]),
+                                                 "Status": check_statuses,
+                                                 "ServiceID": st.one_of(st.sampled_from(["i1", "i2", ""]), json_values),
+                                                 "ServiceName": st.sampled_from(["Web", "Api"])}),
+                          json_values), max_size=6))
+def test_the_full_read_by_node_takes_any_answer_and_maps_it_validly(nodes, node_answer, checks):
+    count("watcher full read by node: any answers")
+    catalog = {name: [] for name in ("consul", "Web", "Api", "Other", "Svc4", "Svc5", "Svc6", "Svc7")}
+
+    def route(url):
+        path = urlsplit(url).path
+        if path == "/v1/catalog/services":
+            return 200, encoded(catalog), {"x-consul-index": "5"}
+        if path == "/v1/catalog/nodes":
+            return 200, encoded(nodes), {"x-consul-index": "5"}
+        if path.startswith("/v1/catalog/node-services/"):
+            return 200, encoded(node_answer), {"x-consul-index": "5"}
+        if path.startswith("/v1/health/service/"):
+            return 200, b"[]", {"x-consul-index": "5"}
+        return 200, encoded(checks), {"x-consul-index": "6"}
+
+    source = make_source(route)
+    try:
+        source.refresh_all()
+    except ConsulError:
+        return
+    assert_valid_mapping(source.mapping())

@@ -1,0 +1,75 @@
+"""The watcher's full read of Consul (plugins/watcher/consul_source.py) against a real agent.
+
+Two ways to read every service: one ``/v1/health/service/NAME`` per service, or (when there are
+fewer nodes than services) ``/v1/catalog/node-services/NODE`` per node plus one
+``/v1/health/state/any``. Both must give the watcher the same cache and the same upstreams.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from ansible_collections.swallowkeeper.dyups.plugins.watcher import settings as watcher_settings
+from ansible_collections.swallowkeeper.dyups.plugins.watcher.consul_source import ConsulSource
+from ansible_collections.swallowkeeper.dyups.plugins.watcher.metrics import Metrics
+from tests.support.consul import consul_agent  # noqa: F401 (fixture)  # pylint: disable=unused-import  # pytest fixtures
+
+
+@pytest.fixture
+def agent(consul_agent):  # noqa: F811
+    yield consul_agent
+    consul_agent.clear_services()
+
+
+def source_for(agent):
+    settings = watcher_settings.build({"consul_url": agent.url, "status_listen": "",
+                                       "upstream_file": "/nonexistent/upstreams.conf"})
+    return ConsulSource(settings, Metrics())
+
+
+def populate(agent):
+    """Services over the agent's own node and two catalog nodes: tags (gray=b), dyups_* Meta, an
+    empty service address (the node's applies), a critical and a warning instance, a node whose
+    node-level check is critical, and a service ("Name") named like a field the reader drops."""
+    agent.register("Web", "web-1", port=8001, tags=["gray=b"])
+    agent.register("Web", "web-2", port=8002, status="critical")
+    agent.register("Api", "api-1", port=8101, meta={"dyups_weight": "3", "owner": "team"})
+    agent.register("Name", "name-1", port=8201, address=None)
+    for node, address in (("cat-n1", "127.0.0.2"), ("cat-n2", "127.0.0.3")):
+        agent.catalog_register(node, address, "Web", f"web-{node}", port=8003)
+        agent.catalog_register(node, address, "Api", f"api-{node}", port=8102, status="warning")
+        agent.catalog_register(node, address, "Chat", f"chat-{node}", port=8301, tags=["gray=canary"])
+        for number in range(4):   # more services than nodes: reading by node is the cheaper way
+            agent.catalog_register(node, address, f"Svc{number}", f"svc{number}-{node}", port=8401 + number)
+    agent.call("PUT", "/v1/catalog/register", {
+        "Node": "cat-n2", "Address": "127.0.0.3",
+        "Check": {"Node": "cat-n2", "CheckID": "node-down", "Name": "node check", "Status": "critical"}})
+
+
+def test_reading_by_node_gives_what_reading_by_service_gives(agent):
+    populate(agent)
+    by_node, by_service = source_for(agent), source_for(agent)
+    requests = []
+    original = by_node.client.read
+
+    def counting(path, *args, **kwargs):
+        requests.append(path)
+        return original(path, *args, **kwargs)
+
+    by_node.client.read = counting
+    by_service._fetch_by_node = lambda names: None   # pylint: disable=protected-access  # the other way
+    try:
+        by_node.refresh_all()
+        by_service.refresh_all()
+        assert by_node.entries == by_service.entries
+        assert by_node.checks == by_service.checks
+        assert by_node.mapping() == by_service.mapping()
+        upstreams = by_node.mapping().upstreams
+        assert {"Web", "Web_b", "Api", "Name", "Chat_canary"} <= set(upstreams)
+        # cat-n2's node check is critical: none of its instances serve
+        assert all(server.host != "127.0.0.3" for upstream in upstreams.values() for server in upstream.servers)
+        nodes = sum(path.startswith("/v1/catalog/node-services/") for path in requests)
+        assert nodes == 3 and len(requests) == 3 + nodes, requests   # services, nodes, node-services x3, checks (not 9 services)
+    finally:
+        by_node.stop()
+        by_service.stop()

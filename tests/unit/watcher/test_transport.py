@@ -1,0 +1,126 @@
+"""KeepAliveTransport (plugins/watcher/transport.py) against small HTTP servers on loopback.
+
+``CountingServer`` is a real HTTP/1.1 server (http.server) that counts the connections it accepted
+and can close a kept connection while it is idle, as nginx does after keepalive_timeout.
+"""
+
+from __future__ import annotations
+
+import http.server
+import socket
+import threading
+import time
+
+import pytest
+
+from ansible_collections.swallowkeeper.dyups.plugins.module_utils._errors import TransportError
+from ansible_collections.swallowkeeper.dyups.plugins.watcher.transport import KeepAliveTransport
+from tests.support.ports import free_port
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def setup(self):
+        super().setup()
+        self.server.connections += 1
+        self.server.sockets.append(self.connection)
+
+    def _answer(self):
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length) if length else b""
+        if self.path == "/slow":
+            time.sleep(1.0)
+        text = f"{self.command} {self.path} {body.decode()} {self.headers.get('X-Extra', '')}".encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(text)))
+        self.send_header("X-Answer", "yes")
+        self.end_headers()
+        self.wfile.write(text)
+
+    do_GET = do_POST = do_DELETE = _answer  # noqa: N815  (http.server's names)
+
+    def log_message(self, *args):  # pylint: disable=arguments-differ
+        pass
+
+
+class CountingServer(http.server.ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self):
+        super().__init__(("127.0.0.1", 0), _Handler)
+        self.connections = 0
+        self.sockets = []
+
+    def close_idle_connections(self):
+        for sock in self.sockets:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+
+@pytest.fixture
+def server():
+    srv = CountingServer()
+    thread = threading.Thread(target=srv.serve_forever, daemon=True)
+    thread.start()
+    yield srv
+    srv.shutdown()
+    srv.server_close()
+
+
+def url(srv, path):
+    return f"http://127.0.0.1:{srv.server_address[1]}{path}"
+
+
+def test_requests_share_one_kept_connection(server):
+    transport = KeepAliveTransport(headers={"X-Extra": "base"})
+    for number in range(5):
+        status, body, headers = transport("POST", url(server, f"/upstream/u{number}?x=1"), b"server a:1;", 2)
+        assert (status, body) == (200, f"POST /upstream/u{number}?x=1 server a:1; base".encode())
+        assert headers["x-answer"] == "yes"
+    assert transport("GET", url(server, "/list"), None, 2, {"X-Extra": "call"})[1] == b"GET /list  call"
+    assert server.connections == 1
+    transport.close()
+
+
+def test_a_connection_the_server_closed_while_idle_is_replaced_once(server):
+    transport = KeepAliveTransport()
+    assert transport("GET", url(server, "/a"), None, 2)[0] == 200
+    server.close_idle_connections()
+    time.sleep(0.05)
+    assert transport("DELETE", url(server, "/upstream/x"), None, 2)[1] == b"DELETE /upstream/x  "
+    assert server.connections == 2
+    transport.close()
+
+
+def test_no_server_is_a_transport_error_naming_the_reason():
+    transport = KeepAliveTransport()
+    with pytest.raises(TransportError, match="ConnectionRefusedError"):
+        transport("GET", f"http://127.0.0.1:{free_port()}/list", None, 2)
+
+
+def test_a_slow_answer_is_a_timeout(server):
+    transport = KeepAliveTransport()
+    with pytest.raises(TransportError, match="timed out"):
+        transport("GET", url(server, "/slow"), None, 0.2)
+    assert transport("GET", url(server, "/after"), None, 2)[0] == 200   # a new connection after a timeout
+    transport.close()
+
+
+def test_each_thread_has_its_own_connection(server):
+    transport = KeepAliveTransport()
+    threads = [threading.Thread(target=lambda: [transport("GET", url(server, "/t"), None, 2) for _unused in range(3)])
+               for _unused in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(5)
+    assert server.connections == 3
+    transport.close()
+
+
+def test_an_unknown_scheme_is_refused():
+    with pytest.raises(TransportError, match="unsupported URL scheme"):
+        KeepAliveTransport()("GET", "ftp://127.0.0.1/x", None, 1)
