@@ -26,6 +26,8 @@ mapping of the services it touched only.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import gc
 import logging
 import threading
@@ -42,7 +44,26 @@ from ansible_collections.swallowkeeper.dyups.plugins.watcher.transport import Ke
 
 log = logging.getLogger("swallowkeeper.watcher")
 FETCH_THREADS = 8
+BY_NODE_IN_FLIGHT = 1000  # services per batch of node answers held at once in a full read by node
 FAILING_FILTER = 'Status != "passing"'  # the health poll reads only the checks that are not passing
+
+
+def _malloc_trim():
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+    except (OSError, AttributeError):  # not glibc
+        return None
+
+
+_MALLOC_TRIM = _malloc_trim()
+
+
+def release_free_memory():
+    """Give the C heap's free pages back to the system (glibc's malloc_trim; elsewhere nothing).
+    A full read parses megabytes of JSON that are garbage a moment later; without this the heap
+    keeps their pages and the watcher's RSS stays at its peak."""
+    if _MALLOC_TRIM is not None:
+        _MALLOC_TRIM(0)
 
 
 def consul_error_kind(exc):
@@ -86,6 +107,53 @@ def _failing_snapshot(states):
     return mapping.CheckSnapshot(states=failing, checks={})
 
 
+def _compact_entries(health_entries):
+    """({(node, service id): instance}, {(node, service id) or (node, ""): check pairs}) of one
+    service's ``/v1/health/service/NAME`` entries.
+
+    Instances are kept compact (what the mapping reads, in a tuple, see _compact) and checks as
+    (id, status) pairs: at thousands of services the cache is most of the watcher's memory.
+    Malformed entries are kept as they are, under a key of their position, so that the mapping skips
+    them with a reason instead of the watcher failing on them.
+    """
+    instances, checks = {}, {}
+    for position, entry in enumerate(health_entries if isinstance(health_entries, list) else []):
+        entry = entry if isinstance(entry, dict) else {"Node": entry}
+        node_data, service = entry.get("Node"), entry.get("Service")
+        node = node_data.get("Node") if isinstance(node_data, dict) else None
+        service_id = service.get("ID") if isinstance(service, dict) else None
+        raw_checks = entry.get("Checks") if isinstance(entry.get("Checks"), list) else []
+        entry_checks = [check for check in raw_checks if isinstance(check, dict)]
+        if not (isinstance(node, str) and node and isinstance(service_id, str) and service_id):
+            instances[("", f"#malformed-{position}")] = {"Node": node_data, "Service": service, "Checks": entry_checks}
+            continue
+        key = (node, service_id)
+        instances[key] = _compact(node_data, service)
+        checks[key] = _pairs(check for check in entry_checks if check.get("ServiceID"))
+        checks[(node, "")] = _pairs(check for check in entry_checks if not check.get("ServiceID"))
+    return instances, checks
+
+
+def _compact_node(answer, instances, known):
+    """Add the instances of one ``/v1/catalog/node-services/NODE`` answer to ``instances``
+    ({service name: {(node, service id): instance}}, only the names it already holds), compact as
+    _compact_entries makes them. An instance equal to the one ``known`` (the cache) holds is taken
+    from there, so that a full read of an unchanged fleet allocates next to nothing that stays."""
+    node_data = answer["Node"]
+    node = node_data.get("Node")
+    for position, service in enumerate(answer["Services"]):
+        name, service_id = service.get("Service"), service.get("ID")
+        if not (isinstance(name, str) and name in instances):
+            continue
+        if isinstance(node, str) and node and isinstance(service_id, str) and service_id:
+            key = (node, service_id)
+            now, cached = _compact(node_data, service), known.get(name, {}).get(key)
+            instances[name][key] = cached if cached == now else now
+        else:
+            instances[name][("", f"#malformed-{node}-{position}")] = {"Node": node_data, "Service": service,
+                                                                      "Checks": []}
+
+
 def _pairs(checks):
     """((check id, status), ...) sorted, as CheckSnapshot states hold them."""
     return tuple(sorted({(str(check.get("CheckID") or ""), str(check.get("Status") or "")) for check in checks}))
@@ -123,33 +191,26 @@ class ConsulSource:
 
     # -- reading -----------------------------------------------------------------------------------
     def _fetch_service(self, name):
+        """(name, compacted instances) of ``/v1/health/service/NAME``, compacted in the fetching thread
+        so that the parsed answer is freed at once."""
         answer = self.client.health_service(name)
-        return name, answer.data
+        return name, _compact_entries(answer.data)
 
     def _store_service(self, name, health_entries):
-        """Cache one service's instances (and their checks) from a ``/v1/health/service/NAME`` answer.
+        """Cache one service from a ``/v1/health/service/NAME`` answer (see _compact_entries)."""
+        self._store_compacted(name, _compact_entries(health_entries))
 
-        Instances are kept compact (what the mapping reads, in a tuple) and checks as (id, status)
-        pairs: at thousands of services the cache is most of the watcher's memory. Malformed entries
-        are kept as they are, under a key of their position, so that the mapping skips them with a
-        reason instead of the watcher failing on them.
-        """
-        instances = {}
-        for position, entry in enumerate(health_entries if isinstance(health_entries, list) else []):
-            entry = entry if isinstance(entry, dict) else {"Node": entry}
-            node_data, service = entry.get("Node"), entry.get("Service")
-            node = node_data.get("Node") if isinstance(node_data, dict) else None
-            service_id = service.get("ID") if isinstance(service, dict) else None
-            raw_checks = entry.get("Checks") if isinstance(entry.get("Checks"), list) else []
-            checks = [check for check in raw_checks if isinstance(check, dict)]
-            if not (isinstance(node, str) and node and isinstance(service_id, str) and service_id):
-                instances[("", f"#malformed-{position}")] = {"Node": node_data, "Service": service, "Checks": checks}
-                continue
-            key = (node, service_id)
-            instances[key] = _compact(node_data, service)
-            self.checks[key] = _pairs(check for check in checks if check.get("ServiceID"))
-            self.checks[(node, "")] = _pairs(check for check in checks if not check.get("ServiceID"))
-            self.node_services.setdefault(node, set()).add(name)
+    def _store_compacted(self, name, compacted):
+        """Cache one service's instances and their checks, as _compact_entries gives them. A service
+        whose instances and checks did not change keeps its cached mapping (not mapped again)."""
+        instances, checks = compacted
+        if (name in self.results and self.entries.get(name) == instances
+                and all(self.checks.get(key) == pairs for key, pairs in checks.items())):
+            return
+        self.checks.update(checks)
+        for node, _service_id in instances:
+            if node:
+                self.node_services.setdefault(node, set()).add(name)
         for key in set(self.entries.get(name, {})) - set(instances):
             self.checks.pop(key, None)
         if instances:
@@ -211,39 +272,46 @@ class ConsulSource:
         node_names = sorted({node.get("Node") for node in nodes if isinstance(node.get("Node"), str)})
         if len(node_names) + 2 >= len(names):
             return None
+        instances = {name: {} for name in names}
+        # Answers are compacted as they come and then dropped. Few nodes with many services each make
+        # big answers: fewer are fetched at once, so that about BY_NODE_IN_FLIGHT services' worth of
+        # parsed JSON is alive at a time (the peak, not the cache, sets the watcher's RSS).
+        window = max(1, min(FETCH_THREADS, BY_NODE_IN_FLIGHT * len(node_names) // len(names)))
+
+        def fetch(node):
+            return self.client.catalog_node_services(node).data
+
         try:
-            with ThreadPoolExecutor(max_workers=min(FETCH_THREADS, len(node_names) or 1),
-                                    thread_name_prefix="consul-fetch") as pool:
-                answers = list(pool.map(lambda node: self.client.catalog_node_services(node).data, node_names))
+            if window == 1:
+                for node in node_names:
+                    _compact_node(fetch(node), instances, self.entries)
+            else:
+                with ThreadPoolExecutor(max_workers=window, thread_name_prefix="consul-fetch") as pool:
+                    for answer in pool.map(fetch, node_names):
+                        _compact_node(answer, instances, self.entries)
         except ConsulBadAnswer as exc:
             if exc.status == 404:
                 log.info("this Consul has no /v1/catalog/node-services (before 1.7): reading service by service")
                 self.read_by_node = False
                 return None
             raise
-        checks = self.client.health_state_any().data
-        node_checks, instance_checks = {}, {}
-        for check in checks:
+        checks = {}
+        for check in self.client.health_state_any().data:
             node, service_id = check.get("Node"), check.get("ServiceID") or ""
-            if not (isinstance(node, str) and isinstance(service_id, str)):
-                continue  # as /v1/health/service would not list it under any instance
-            if service_id:
-                instance_checks.setdefault((node, service_id), []).append(check)
-            else:
-                node_checks.setdefault(node, []).append(check)
-        entries = {name: [] for name in names}
-        for answer in answers:
-            node_data = answer["Node"]
-            node = node_data.get("Node") if isinstance(node_data.get("Node"), str) else None
-            for service in answer["Services"]:
-                name, service_id = service.get("Service"), service.get("ID")
-                if isinstance(name, str) and name in entries:
-                    entries[name].append({
-                        "Node": node_data, "Service": service,
-                        "Checks": node_checks.get(node, []) + (
-                            instance_checks.get((node, service_id), []) if isinstance(service_id, str) else []),
-                    })
-        return list(entries.items())
+            if isinstance(node, str) and isinstance(service_id, str):  # else no instance would list it
+                checks.setdefault((node, service_id), []).append(check)
+        pairs = {key: _pairs(found) for key, found in checks.items()}
+        del checks
+        result = []
+        for name, found in instances.items():
+            service_checks = {}
+            for node, service_id in found:
+                if node:  # not a malformed one (those the mapping skips, checks or not)
+                    for key in ((node, service_id), (node, "")):
+                        now, known = pairs.get(key, ()), self.checks.get(key)
+                        service_checks[key] = known if known == now else now  # an equal old value is kept
+            result.append((name, (found, service_checks)))
+        return result
 
     def refresh_all(self):
         """Read every selected service from Consul; raises ConsulError and changes nothing then."""
@@ -261,15 +329,19 @@ class ConsulSource:
             self.catalog_index = answer.index
             for name in set(self.entries) - set(selected):
                 self._store_service(name, [])
-            for name, data in fetched:
-                self._store_service(name, data)
+            for name, compacted in fetched:
+                self._store_compacted(name, compacted)
             self.snapshot = self._snapshot_of_cache()
         self._recovered()
         log.debug("read %d services from Consul in %.3fs", len(selected), time.monotonic() - started)
-        # The cache is large and lives long: keep it out of the cyclic collector's full scans (it holds
-        # no reference cycles; reference counting still frees what is replaced later).
+        # The cache is large and lives long: keep it out of the cyclic collector's scans between full
+        # reads (it holds no reference cycles; reference counting still frees what is replaced).
+        # Unfrozen first: what became cyclic garbage since the last full read (a ConsulSource left
+        # by SIGHUP, with its threads and bound methods) is collected, not kept frozen for ever.
+        gc.unfreeze()
         gc.collect()
         gc.freeze()
+        release_free_memory()
 
     def _recovered(self):
         self.metrics.set(consul_up=1)
@@ -322,8 +394,8 @@ class ConsulSource:
         if refetch:
             fetched = self._fetch_many(refetch)
             with self.lock:
-                for name, data in fetched:
-                    self._store_service(name, data)
+                for name, compacted in fetched:
+                    self._store_compacted(name, compacted)
         return bool(touched or refetch or catalog is not None)
 
     def _fold_health(self, failing, touched, refetch):
@@ -434,8 +506,12 @@ class ConsulSource:
             if result.changed and not self.stop_event.is_set():
                 events.put((kind, result.data, result.index))
 
-    def stop(self):
-        """Stop the long polls. A poll in flight ends with its wait; its thread is a daemon thread and
-        drops what it reads after ``stop``."""
+    def stop(self, join_timeout=2.0):
+        """Stop the long polls: a poll in flight ends at once (its connection is shut down) and its
+        thread exits; waits up to ``join_timeout`` seconds for them."""
         self.stop_event.set()
         self.transport.close()
+        deadline = time.monotonic() + join_timeout
+        for thread in self.threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        self.threads = [thread for thread in self.threads if thread.is_alive()]

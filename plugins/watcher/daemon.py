@@ -19,6 +19,7 @@ keeps the desired state and pushes are retried. The loop never exits on such err
 
 from __future__ import annotations
 
+import gc
 import logging
 import queue
 import signal
@@ -246,4 +247,7 @@ class Daemon:
         self.source.stop()
         self.dyups_transport.close()
         self.settings = new
+        self.source = self.syncer = None
+        gc.unfreeze()   # the old cache (frozen by its last full read) is freed before the new one is read
+        gc.collect()
         self._build()

@@ -19,6 +19,7 @@ safe to repeat: GETs, and POST and DELETE of a whole upstream.
 from __future__ import annotations
 
 import http.client
+import socket
 import ssl
 import threading
 from urllib.parse import urlsplit
@@ -38,6 +39,7 @@ class KeepAliveTransport:
         self._verify = verify
         self._cert = cert
         self._context = None
+        self._closed = False
         self._local = threading.local()
         self._connections = []
         self._lock = threading.Lock()
@@ -76,6 +78,8 @@ class KeepAliveTransport:
         return connection
 
     def __call__(self, method, url, body, timeout, extra_headers=None):
+        if self._closed:
+            raise TransportError("the transport was closed (the watcher is stopping or reloading)")
         parts = urlsplit(url)
         target = (parts.path or "/") + ("?" + parts.query if parts.query else "")
         headers = dict(self._headers, **(extra_headers or {}))
@@ -88,7 +92,7 @@ class KeepAliveTransport:
                 data = response.read()
             except STALE_CONNECTION as exc:
                 connection.close()
-                if reused and attempt == 1:
+                if reused and attempt == 1 and not self._closed:
                     continue
                 raise TransportError(_reason(exc)) from None
             except (OSError, http.client.HTTPException, ValueError) as exc:
@@ -100,10 +104,18 @@ class KeepAliveTransport:
         raise TransportError("no answer")  # not reached: the second attempt returns or raises
 
     def close(self):
-        """Close every connection of every thread (a long poll in flight ends with an error)."""
+        """Close every connection of every thread; a request in flight (a long poll) ends at once
+        with a TransportError, and so does any later request."""
+        self._closed = True
         with self._lock:
-            connections = list(self._connections)
-        for connection in connections:  # closed, not forgotten: a later request reopens it
+            connections, self._connections = self._connections, []
+        for connection in connections:
+            sock = connection.sock
+            if sock is not None:
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)  # wakes a thread blocked reading it; close() alone does not
+                except OSError:
+                    pass
             connection.close()
 
 

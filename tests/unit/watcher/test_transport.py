@@ -124,3 +124,26 @@ def test_each_thread_has_its_own_connection(server):
 def test_an_unknown_scheme_is_refused():
     with pytest.raises(TransportError, match="unsupported URL scheme"):
         KeepAliveTransport()("GET", "ftp://127.0.0.1/x", None, 1)
+
+
+def test_close_ends_a_request_in_flight_at_once_and_refuses_later_ones(server):
+    transport = KeepAliveTransport()
+    assert transport("GET", url(server, "/warm"), None, 2)[0] == 200
+    box = {}
+
+    def slow():
+        started = time.monotonic()
+        try:
+            transport("GET", url(server, "/slow"), None, 30)
+        except TransportError as exc:
+            box["error"] = exc
+        box["seconds"] = time.monotonic() - started
+
+    thread = threading.Thread(target=slow)
+    thread.start()
+    time.sleep(0.2)
+    transport.close()
+    thread.join(5)
+    assert "error" in box and box["seconds"] < 0.9, box   # the server would answer after 1 s
+    with pytest.raises(TransportError, match="closed"):
+        transport("GET", url(server, "/later"), None, 2)
