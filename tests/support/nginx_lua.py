@@ -73,6 +73,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.ports import free_port, wait_port
+from tests.support.waiting import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 LUA_DIR = ROOT / "roles" / "tengine_dyups" / "files" / "lua"
@@ -408,17 +409,8 @@ http {{
             return ""
 
     def wait_for(self, predicate, what, timeout=10.0, interval=0.01):
-        deadline = time.monotonic() + timeout
-        last = None
-        while time.monotonic() < deadline:
-            try:
-                if predicate():
-                    return
-            except Exception as exc:  # the condition may fail while things settle; report the last one
-                last = exc
-            time.sleep(interval)
-        raise AssertionError(f"timed out after {timeout}s waiting for {what} (last error: {last!r})\n"
-                             f"--- error log tail ---\n{self.error_log_text()[-4000:]}")
+        return wait_for(predicate, what, timeout=timeout, interval=interval, tail=self.error_log_text,
+                        tail_name="error log")
 
     # -- HTTP ------------------------------------------------------------------------------------
     def api(self, method, path, body=None, headers=None, timeout=10.0):

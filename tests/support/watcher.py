@@ -25,6 +25,7 @@ import urllib.request
 from pathlib import Path
 
 from tests.support.ports import free_port, wait_port
+from tests.support.waiting import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 ENTRY = ROOT / "plugins" / "watcher"
@@ -134,17 +135,7 @@ class WatcherProcess:
             return ""
 
     def wait_for(self, predicate, what, timeout=10.0, interval=0.02):
-        deadline = time.monotonic() + timeout
-        last_error = None
-        while time.monotonic() < deadline:
-            try:
-                if predicate():
-                    return
-            except Exception as exc:  # the condition may fail while things settle; report the last one
-                last_error = exc
-            time.sleep(interval)
-        raise AssertionError(f"timed out after {timeout}s waiting for {what} (last error: {last_error!r})\n"
-                             f"--- watcher log tail ---\n{self.log_text()[-4000:]}")
+        return wait_for(predicate, what, timeout=timeout, interval=interval, tail=self.log_text, tail_name="watcher log")
 
 
 def run_once(workdir, *extra, timeout=60, **settings):

@@ -158,6 +158,28 @@ def test_a_blocking_query_never_keeps_a_stale_index_and_sees_every_change(sequen
 
 
 # -- the mapping ----------------------------------------------------------------------------------------
+def consul_route(answers, checks):
+    """route(url) for FuzzTransport: ``answers`` by path (a key ending in "/" is a prefix) at index 5;
+    any other path (/v1/health/state/any) answers ``checks`` at index 6."""
+    def route(url):
+        path = urlsplit(url).path
+        for key, value in answers.items():
+            if path == key or (key.endswith("/") and path.startswith(key)):
+                return 200, encoded(value), {"x-consul-index": "5"}
+        return 200, encoded(checks), {"x-consul-index": "6"}
+    return route
+
+
+def refreshed_validly(source):
+    """refresh_all(): False on a ConsulError (an answer refused is fine), else the mapping must be valid."""
+    try:
+        source.refresh_all()
+    except ConsulError:
+        return False
+    assert_valid_mapping(source.mapping())
+    return True
+
+
 @given(st.dictionaries(service_names, st.one_of(st.lists(health_entries(), max_size=5), json_values), max_size=4))
 @example({"Web": [{"Node": {"Node": "n1", "Address": "127.0.0.1"},
                    "Service": {"ID": "i1", "Service": "Web", "Port": 80},
@@ -201,20 +223,9 @@ def make_source(route):
 def test_the_watcher_cache_takes_any_answer_and_maps_it_validly(catalog, entries, checks):
     count("watcher cache: any answers")
 
-    def route(url):
-        path = urlsplit(url).path
-        if path == "/v1/catalog/services":
-            return 200, encoded(catalog), {"x-consul-index": "5"}
-        if path.startswith("/v1/health/service/"):
-            return 200, encoded(entries), {"x-consul-index": "5"}
-        return 200, encoded(checks), {"x-consul-index": "6"}
-
-    source = make_source(route)
-    try:
-        source.refresh_all()
-    except ConsulError:
+    source = make_source(consul_route({"/v1/catalog/services": catalog, "/v1/health/service/": entries}, checks))
+    if not refreshed_validly(source):
         return
-    assert_valid_mapping(source.mapping())
     try:
         source.apply_events([("health", checks, 7)])
     except ConsulError:
@@ -247,21 +258,6 @@ def test_the_full_read_by_node_takes_any_answer_and_maps_it_validly(nodes, node_
     count("watcher full read by node: any answers")
     catalog = {name: [] for name in ("consul", "Web", "Api", "Other", "Svc4", "Svc5", "Svc6", "Svc7")}
 
-    def route(url):
-        path = urlsplit(url).path
-        if path == "/v1/catalog/services":
-            return 200, encoded(catalog), {"x-consul-index": "5"}
-        if path == "/v1/catalog/nodes":
-            return 200, encoded(nodes), {"x-consul-index": "5"}
-        if path.startswith("/v1/catalog/node-services/"):
-            return 200, encoded(node_answer), {"x-consul-index": "5"}
-        if path.startswith("/v1/health/service/"):
-            return 200, b"[]", {"x-consul-index": "5"}
-        return 200, encoded(checks), {"x-consul-index": "6"}
-
-    source = make_source(route)
-    try:
-        source.refresh_all()
-    except ConsulError:
-        return
-    assert_valid_mapping(source.mapping())
+    source = make_source(consul_route({"/v1/catalog/services": catalog, "/v1/catalog/nodes": nodes,
+                                       "/v1/catalog/node-services/": node_answer, "/v1/health/service/": []}, checks))
+    refreshed_validly(source)
