@@ -468,6 +468,7 @@ class ConsulSource:
         instance without checks, a changed port or Meta), every service is read again.
         """
         self._reconcile(self.client.health_state_any().data, touched, refetch)
+        release_free_memory()  # the answer lists every check: megabytes that are garbage now
         if not touched and not refetch:
             refetch.update(name for name in catalog if self.options.selects(name))
 

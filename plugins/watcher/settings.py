@@ -70,7 +70,7 @@ OPTIONS = (
     Option("removal_hold_seconds", 600.0, float, "apply a held change once it persisted this long (0: only "
                                                  "when an operator releases it)"),
     Option("retry_initial", 0.5, float, "first retry delay after a failure (doubles, with jitter)"),
-    Option("retry_max", 30.0, float, "longest retry delay"),
+    Option("retry_max", 5.0, float, "longest retry delay (also: the longest a recovered Consul or nginx waits)"),
     Option("status_listen", "127.0.0.1:18883", str, "loopback address:port of the status and metrics "
                                                     "endpoint ('' to disable)"),
     Option("log_level", "info", str, "debug | info | warning | error"),

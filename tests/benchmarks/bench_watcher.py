@@ -25,7 +25,8 @@ Measured:
   "not within TIMEOUT").
 * full resync: ``--once`` with an empty upstream file and an empty interface (read every
   service, write the file, POST every upstream), wall time of the process;
-* watcher RSS (VmRSS) at steady state, and its CPU use while idle and while 50 health flips a
+* watcher RSS (VmRSS) right after its first full sync and again after the flips and scale-outs
+  (``ours_rss_synced_mb``, ``ours_rss_mb``), and its CPU use while idle and while 50 health flips a
   second arrive (from /proc/PID/stat over a fixed window).
 """
 
@@ -264,12 +265,14 @@ def bench_size(size, flip_count, baseline_flips, measure_resources, rng, workdir
             watcher.wait_for(lambda: watcher.metrics()["swallowkeeper_watcher_upstreams"] == size, "watcher synced",
                              timeout=120)
             time.sleep(1.0)
+            if measure_resources:
+                out["ours_rss_synced_mb"] = rss_mb(watcher.pid)
             out["ours_health_flip"] = summary(flips(writer, proxy_port, size, ports, flip_count, rng), flip_count)
             out["ours_scale_out"] = summary(scale_outs(writer, proxy_port, size, ports[3], min(20, flip_count), rng),
                                             min(20, flip_count))
             if measure_resources:
                 time.sleep(2.0)
-                out["ours_rss_mb"] = rss_mb(watcher.pid)
+                out["ours_rss_mb"] = rss_mb(watcher.pid)   # after the flips and scale-outs
                 out["ours_cpu_idle_percent"] = cpu_share(watcher.pid, 20)
                 out["ours_cpu_50_flips_per_s_percent"] = cpu_share(
                     watcher.pid, 20, flip_load(writer, size, ports, 50, rng))

@@ -65,7 +65,7 @@ A_LOCATIONS = f"""
 """
 
 # The watcher with the product's defaults (docs/watcher.md), not the test helper's faster ones.
-PRODUCT_WATCHER = {"consul_wait": 300.0, "retry_initial": 0.5, "retry_max": 30.0, "log_level": "info"}
+PRODUCT_WATCHER = {"consul_wait": 300.0, "retry_initial": 0.5, "retry_max": 5.0, "log_level": "info"}
 
 
 # -- nginx processes ------------------------------------------------------------------------------
