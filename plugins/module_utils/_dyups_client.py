@@ -6,8 +6,9 @@
 
 The HTTP call is a *transport*: ``transport(method, url, body, timeout) ->
 (status, body_bytes, headers)``, raising ``TransportError`` when no answer came.
-Modules pass one built on ``ansible.module_utils.urls``; the watcher one built
-on a pooled ``requests`` session; tests may pass the standard library's.
+Modules pass one built on ``ansible.module_utils.urls``; the watcher one built on
+kept-alive ``http.client`` connections (plugins/watcher/transport.py); tests may pass the
+standard library's.
 
 Status handling, from the wire contract:
 
