@@ -5,10 +5,10 @@
 
 A transport is ``transport(method, url, body, timeout, extra_headers=None) -> (status, body,
 headers)`` and raises TransportError when no answer came (the contract of
-plugins/module_utils/_http_ansible.py). Each thread (two Consul long polls, the fetch pool, the
-sync loop) keeps one connection per host and reuses it: a full sync sends thousands of POSTs to the
-local interface, and a kept connection with the standard library costs about a third of what a
-``requests`` session costs per request (docs/benchmarks.md). Proxy variables and .netrc play no
+plugins/module_utils/_http_ansible.py). Connections are kept open and reused by whichever thread
+(the two Consul long polls, a fetch pool, the sync loop) asks next: a full sync sends thousands of
+POSTs to the local interface, and a kept connection with the standard library costs about a third
+of what a ``requests`` session costs per request (docs/benchmarks.md). Proxy variables and .netrc play no
 part: the watcher talks to the local agent and the local nginx only.
 
 A request that fails on a kept connection before any answer came (the server closed it while idle:
@@ -32,16 +32,23 @@ STALE_CONNECTION = (http.client.RemoteDisconnected, ConnectionResetError, Broken
 
 class KeepAliveTransport:
     """A callable transport; ``verify`` (True, False or a CA bundle path) and ``cert`` ((cert, key))
-    apply to https URLs."""
+    apply to https URLs.
 
-    def __init__(self, headers=None, verify=True, cert=None):
+    Connections are shared, not bound to threads: a request takes an idle connection to its host
+    (or opens one) and gives it back after the answer; at most ``max_idle`` per host are kept. So
+    the short-lived threads of a fetch pool reuse the connections of the last one instead of
+    leaving theirs open behind them.
+    """
+
+    def __init__(self, headers=None, verify=True, cert=None, max_idle=8):
         self._headers = dict(headers or {})
         self._verify = verify
         self._cert = cert
+        self._max_idle = max_idle
         self._context = None
         self._closed = False
-        self._local = threading.local()
-        self._connections = []
+        self._idle = {}      # (scheme, netloc) -> [connection, ...]
+        self._busy = set()   # connections with a request in flight
         self._lock = threading.Lock()
 
     def _ssl_context(self):
@@ -55,12 +62,14 @@ class KeepAliveTransport:
             self._context = context
         return self._context
 
-    def _connection(self, parts, timeout):
-        pool = getattr(self._local, "pool", None)
-        if pool is None:
-            pool = self._local.pool = {}
+    def _take(self, parts, timeout, fresh):
+        """An idle connection to the URL's host (none when ``fresh``), or a new one; marked busy."""
         key = (parts.scheme, parts.netloc)
-        connection = pool.get(key)
+        connection = None
+        with self._lock:
+            idle = self._idle.get(key)
+            if idle and not fresh:
+                connection = idle.pop()
         if connection is None:
             if parts.scheme == "https":
                 connection = http.client.HTTPSConnection(parts.hostname, parts.port or 443, timeout=timeout,
@@ -69,13 +78,21 @@ class KeepAliveTransport:
                 connection = http.client.HTTPConnection(parts.hostname, parts.port or 80, timeout=timeout)
             else:
                 raise TransportError(f"unsupported URL scheme {parts.scheme!r} (http or https)")
-            pool[key] = connection
-            with self._lock:
-                self._connections.append(connection)
         connection.timeout = timeout
         if connection.sock is not None:
             connection.sock.settimeout(timeout)
-        return connection
+        with self._lock:
+            self._busy.add(connection)
+        return key, connection
+
+    def _give_back(self, key, connection, keep):
+        with self._lock:
+            self._busy.discard(connection)
+            idle = self._idle.setdefault(key, [])
+            if keep and not self._closed and connection.sock is not None and len(idle) < self._max_idle:
+                idle.append(connection)
+                return
+        connection.close()
 
     def __call__(self, method, url, body, timeout, extra_headers=None):
         if self._closed:
@@ -84,31 +101,36 @@ class KeepAliveTransport:
         target = (parts.path or "/") + ("?" + parts.query if parts.query else "")
         headers = dict(self._headers, **(extra_headers or {}))
         for attempt in (1, 2):
-            connection = self._connection(parts, timeout)
+            key, connection = self._take(parts, timeout, fresh=attempt == 2)
             reused = connection.sock is not None
             try:
                 connection.request(method, target, body=body, headers=headers)
                 response = connection.getresponse()
                 data = response.read()
             except STALE_CONNECTION as exc:
-                connection.close()
+                self._give_back(key, connection, keep=False)
                 if reused and attempt == 1 and not self._closed:
                     continue
                 raise TransportError(_reason(exc)) from None
             except (OSError, http.client.HTTPException, ValueError) as exc:
-                connection.close()
+                self._give_back(key, connection, keep=False)
                 raise TransportError(_reason(exc)) from None
-            if response.will_close:
-                connection.close()
-            return response.status, data, {key.lower(): value for key, value in response.getheaders()}
+            self._give_back(key, connection, keep=not response.will_close)
+            return response.status, data, {name.lower(): value for name, value in response.getheaders()}
         raise TransportError("no answer")  # not reached: the second attempt returns or raises
 
+    def connections(self):
+        """(idle, busy) connection counts, for tests and the curious."""
+        with self._lock:
+            return sum(len(idle) for idle in self._idle.values()), len(self._busy)
+
     def close(self):
-        """Close every connection of every thread; a request in flight (a long poll) ends at once
-        with a TransportError, and so does any later request."""
+        """Close every connection; a request in flight (a long poll) ends at once with a
+        TransportError, and so does any later request."""
         self._closed = True
         with self._lock:
-            connections, self._connections = self._connections, []
+            connections = [c for idle in self._idle.values() for c in idle] + list(self._busy)
+            self._idle = {}
         for connection in connections:
             sock = connection.sock
             if sock is not None:

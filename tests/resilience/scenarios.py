@@ -480,6 +480,8 @@ def mutate(kind, answer, rng, last_index):
         body = b"<html><body>502 Bad Gateway</body></html>"
     elif kind == "huge_body":
         body = b"[" + b'"' + b"x" * (12 * 1024 * 1024) + b'"]'
+    elif kind in ("huge_valid_json", "missing_fields", "wrong_types", "hostile_values") and not _is_json(body):
+        return answer   # Consul's own error text (a 400 to a bad index, say): nothing to reshape
     elif kind == "huge_valid_json":
         data = json.loads(body or b"null")
         if isinstance(data, list) and data:
@@ -549,6 +551,14 @@ class Armed:
             self.applied += 1
             self.total += 1
             return mutate(self.kind, answer, self.rng, self.last_index)
+
+
+def _is_json(body):
+    try:
+        json.loads(body or b"null")
+    except ValueError:
+        return False
+    return True
 
 
 def _rss_mb(pid):
@@ -689,6 +699,8 @@ def fuzz_consul_answers(workdir, params, seed=23):
         converge("at the end")
         log = watcher.log_text()
         out["tracebacks_in_log"] = log.count("Traceback")
+        for position in [index for index in range(len(log)) if log.startswith("Traceback", index)][:2]:
+            out["problems"].append("traceback in the watcher's log: " + log[max(0, position - 300):position + 1500])
         out["answers_mutated"] = armed.total
         out["log_consul_errors"] = log.count("Consul unavailable (")
         out["log_skipped_instances"] = log.count(" skipped ")

@@ -109,16 +109,26 @@ def test_a_slow_answer_is_a_timeout(server):
     transport.close()
 
 
-def test_each_thread_has_its_own_connection(server):
-    transport = KeepAliveTransport()
-    threads = [threading.Thread(target=lambda: [transport("GET", url(server, "/t"), None, 2) for _unused in range(3)])
-               for _unused in range(3)]
-    for thread in threads:
+def test_threads_that_come_and_go_reuse_the_connections_they_leave(server):
+    """A fetch pool's threads end after each full read; their connections must not pile up."""
+    transport = KeepAliveTransport(max_idle=2)
+    for _round in range(10):
+        threads = [threading.Thread(target=lambda: transport("GET", url(server, "/t"), None, 2)) for _unused in range(3)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(5)
+    idle, busy = transport.connections()
+    assert busy == 0 and idle <= 2
+    assert server.connections <= 3 + 10   # at most 3 at once; beyond max_idle a connection is closed, not kept
+    before = server.connections
+    for _unused in range(20):             # one thread after another: the idle connections serve them all
+        thread = threading.Thread(target=lambda: transport("GET", url(server, "/t"), None, 2))
         thread.start()
-    for thread in threads:
         thread.join(5)
-    assert server.connections == 3
+    assert server.connections == before
     transport.close()
+    assert transport.connections() == (0, 0)
 
 
 def test_an_unknown_scheme_is_refused():
