@@ -19,6 +19,7 @@ Where things are:
 - ``cli.py``        ``--once``, ``--dry-run``, exit codes
 - ``validate_upstreams.py``  ``nginx -t`` on a candidate upstream file alone (a validate_command)
 - ``backoff.py``    capped exponential backoff with jitter
+- ``memory.py``     glibc allocator settings and trimming, so RSS follows what the watcher holds
 - ``__main__.py``   ``python3 plugins/watcher`` from a checkout, or ``python3 -m
   ansible_collections.swallowkeeper.dyups.plugins.watcher`` where the collection is installed
 """

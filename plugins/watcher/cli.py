@@ -16,6 +16,7 @@ import sys
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._errors import ValidationError
 from ansible_collections.swallowkeeper.dyups.plugins.watcher import __version__
 from ansible_collections.swallowkeeper.dyups.plugins.watcher import settings as settings_mod
+from ansible_collections.swallowkeeper.dyups.plugins.watcher.memory import tune_allocator
 
 
 def parser():
@@ -70,6 +71,7 @@ def main(argv=None):
         print(f"swallowkeeper-watcher: {exc}", file=sys.stderr)
         return 2
     setup_logging(settings.log_level)
+    tune_allocator()
     from ansible_collections.swallowkeeper.dyups.plugins.watcher.daemon import Daemon
 
     try:

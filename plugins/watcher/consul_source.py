@@ -26,8 +26,6 @@ mapping of the services it touched only.
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import gc
 import logging
 import threading
@@ -40,30 +38,13 @@ from ansible_collections.swallowkeeper.dyups.plugins.module_utils._consul_client
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._errors import (
     ConsulBadAnswer, ConsulError, ConsulForbidden, ConsulRateLimited, ConsulServerError, ConsulUnavailable)
 from ansible_collections.swallowkeeper.dyups.plugins.watcher.backoff import Backoff
+from ansible_collections.swallowkeeper.dyups.plugins.watcher.memory import release_free_memory
 from ansible_collections.swallowkeeper.dyups.plugins.watcher.transport import KeepAliveTransport
 
 log = logging.getLogger("swallowkeeper.watcher")
 FETCH_THREADS = 8
 BY_NODE_IN_FLIGHT = 1000  # services per batch of node answers held at once in a full read by node
 FAILING_FILTER = 'Status != "passing"'  # the health poll reads only the checks that are not passing
-
-
-def _malloc_trim():
-    try:
-        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
-    except (OSError, AttributeError):  # not glibc
-        return None
-
-
-_MALLOC_TRIM = _malloc_trim()
-
-
-def release_free_memory():
-    """Give the C heap's free pages back to the system (glibc's malloc_trim; elsewhere nothing).
-    A full read parses megabytes of JSON that are garbage a moment later; without this the heap
-    keeps their pages and the watcher's RSS stays at its peak."""
-    if _MALLOC_TRIM is not None:
-        _MALLOC_TRIM(0)
 
 
 def consul_error_kind(exc):
