@@ -26,7 +26,6 @@ mapping of the services it touched only.
 
 from __future__ import annotations
 
-import gc
 import logging
 import threading
 import time
@@ -166,6 +165,7 @@ class ConsulSource:
         self.lock = threading.Lock()
         self.catalog_index = None
         self.read_by_node = True  # full reads by node when that is fewer requests (see _fetch_by_node)
+        self.after_full_read = None  # called after each full read (the daemon's memory.settle)
         self.threads = []
         self.stop_event = threading.Event()
         self.failure = None
@@ -315,14 +315,8 @@ class ConsulSource:
             self.snapshot = self._snapshot_of_cache()
         self._recovered()
         log.debug("read %d services from Consul in %.3fs", len(selected), time.monotonic() - started)
-        # The cache is large and lives long: keep it out of the cyclic collector's scans between full
-        # reads (it holds no reference cycles; reference counting still frees what is replaced).
-        # Unfrozen first: what became cyclic garbage since the last full read (a ConsulSource left
-        # by SIGHUP, with its threads and bound methods) is collected, not kept frozen for ever.
-        gc.unfreeze()
-        gc.collect()
-        gc.freeze()
-        release_free_memory()
+        if self.after_full_read is not None:
+            self.after_full_read()
 
     def _recovered(self):
         self.metrics.set(consul_up=1)

@@ -19,7 +19,6 @@ keeps the desired state and pushes are retried. The loop never exits on such err
 
 from __future__ import annotations
 
-import gc
 import logging
 import queue
 import signal
@@ -29,6 +28,7 @@ import time
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._dyups_client import DyupsClient
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._errors import DyupsError
 from ansible_collections.swallowkeeper.dyups.plugins.watcher import settings as settings_mod
+from ansible_collections.swallowkeeper.dyups.plugins.watcher import memory
 from ansible_collections.swallowkeeper.dyups.plugins.watcher.backoff import Backoff
 from ansible_collections.swallowkeeper.dyups.plugins.watcher.consul_source import ConsulSource, consul_error_kind
 from ansible_collections.swallowkeeper.dyups.plugins.watcher.metrics import Metrics, StatusServer
@@ -57,6 +57,7 @@ class Daemon:
         self.client = DyupsClient(settings.dyups_url, self.dyups_transport, timeout=settings.dyups_timeout)
         self.syncer = Syncer(settings, self.client, self.metrics, clock=self.clock, dry_run=self.dry_run)
         self.source = ConsulSource(settings, self.metrics)
+        self.source.after_full_read = memory.settle  # the large cache frozen out of gc scans, pages trimmed
         self.retry = Backoff(settings.retry_initial, settings.retry_max)
         self.consul_retry = Backoff(settings.retry_initial, settings.retry_max)
 
@@ -248,6 +249,5 @@ class Daemon:
         self.dyups_transport.close()
         self.settings = new
         self.source = self.syncer = None
-        gc.unfreeze()   # the old cache (frozen by its last full read) is freed before the new one is read
-        gc.collect()
+        memory.settle(freeze=False)  # the old cache (frozen by its last full read) is freed before the new read
         self._build()

@@ -12,14 +12,18 @@ resilience fuzz measured 300 MB after 500 cases). So:
 
 * ``tune_allocator()`` (at start): buffers of 256 kB and more always come from mmap, and so go back
   to the system when freed; at most 2 malloc arenas;
-* ``release_free_memory()`` (after a full read): ``malloc_trim(0)`` gives the free pages inside the
-  heap back too.
+* ``release_free_memory()``: ``malloc_trim(0)`` gives the free pages inside the heap back too;
+* ``settle(freeze)`` (the daemon, after each full read of Consul and at a SIGHUP): collects cyclic
+  garbage, then (``freeze``) moves what survives, mostly the long-lived cache, out of the cyclic
+  collector's later scans, and trims. Process-wide, so it belongs to the daemon, not to the code that
+  reads Consul (tests and tools that read Consul thousands of times in a row would pay it each time).
 """
 
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import gc
 
 M_MMAP_THRESHOLD = -3   # glibc's mallopt parameter numbers (malloc.h)
 M_ARENA_MAX = -8
@@ -49,3 +53,15 @@ def release_free_memory():
     """Give the C heap's free pages back to the system (malloc_trim)."""
     if _LIBC is not None:
         _LIBC.malloc_trim(0)
+
+
+def settle(freeze=True):
+    """Unfreeze (what became cyclic garbage since the last freeze, such as a ConsulSource left by
+    SIGHUP with its threads and bound methods, is collected, not kept frozen for ever), collect,
+    freeze the survivors when ``freeze`` (the cache holds no reference cycles; reference counting
+    still frees what is replaced), and give the freed pages back."""
+    gc.unfreeze()
+    gc.collect()
+    if freeze:
+        gc.freeze()
+    release_free_memory()
