@@ -18,7 +18,6 @@ be written to a file and replayed exactly):
 
 from __future__ import annotations
 
-import random
 import re
 import time
 from urllib.parse import quote

@@ -145,7 +145,7 @@ def source_on(model, **values):
 
 def mapped(source):
     result = source.mapping()
-    return ({name: upstream for name, upstream in result.upstreams.items()}, sorted(result.empty),
+    return (dict(result.upstreams), sorted(result.empty),
             sorted((item["what"], item["why"]) for item in result.skipped))
 
 
