@@ -69,6 +69,8 @@ class Bench:
         self.hosts = self.workdir / "hosts"
         self.hosts.write_text(TEST_HOSTS)
         self.watcher = self.interface = self.fresh = None
+        self.releases = 0        # held changes released (the removal guard at work)
+        self.fresh_checks = 0
         self.upstream_file = self.workdir / "upstreams.conf"
 
     def start(self):
@@ -104,7 +106,7 @@ class Bench:
         on_file, on_wire = self.applied()
         if on_file != on_wire:
             raise Mismatch(f"the file and the interface differ:\n file {on_file}\n wire {on_wire}")
-        held = self.watcher.status().get("held")
+        held = self.watcher.status()["status"].get("held")
         policy = self.settings["zero_instances"]
         problems = []
         for name in sorted(set(on_file) | set(expected)):
@@ -141,6 +143,7 @@ class Bench:
                     continue
                 if held:
                     self.watcher.release()
+                    self.releases += 1
                     first, deadline = None, time.monotonic() + CONVERGE_TIMEOUT
                     history = {}   # after a release nothing held may stay
                     continue
@@ -161,6 +164,7 @@ class Bench:
                         upstream_file=str(fresh_file), hosts_file=str(self.hosts), **self.settings)
         if done.returncode != 0:
             raise Mismatch(f"--once exited {done.returncode}: {done.stderr[-2000:]}")
+        self.fresh_checks += 1
         upstreams, _empty = bursts.oracle(self.agent)
         expected = bursts.expected_servers(upstreams)
         got_file, got_wire = bursts.read_file(fresh_file), bursts.read_detail(self.fresh)
@@ -188,8 +192,9 @@ def history_of(agent, before, burst):
     return allowed
 
 
-def play(workdir, agent, config_name, run, fresh_every=FRESH_EVERY, latencies=None):
-    """Play ``run`` (a list of bursts) from a clean start; returns None, or (burst index, message)."""
+def play(workdir, agent, config_name, run, fresh_every=FRESH_EVERY, latencies=None, counts=None):
+    """Play ``run`` (a list of bursts) from a clean start; returns None, or (burst index, message).
+    ``counts`` (a dict) gets the number of held changes released and of fresh --once comparisons."""
     bench = Bench(workdir, agent, config_name)
     try:
         bench.start()
@@ -212,6 +217,8 @@ def play(workdir, agent, config_name, run, fresh_every=FRESH_EVERY, latencies=No
             history = {}
         return None
     finally:
+        if counts is not None:
+            counts.update(releases=bench.releases, fresh_checks=bench.fresh_checks)
         bench.stop()
         bursts.reset(agent)
 
@@ -287,11 +294,12 @@ def test_bursts_of_consul_changes_converge_to_the_oracle(tmp_path, agent, config
         while bursts.operation_count(run) < target:
             run.append(bursts.random_burst(rng))
     print(f"{config_name}: seed {seed}, {len(run)} bursts, {bursts.operation_count(run)} operations")
-    latencies = []
-    failure = play(tmp_path / "run", agent, config_name, run, latencies=latencies)
+    latencies, counts = [], {}
+    failure = play(tmp_path / "run", agent, config_name, run, latencies=latencies, counts=counts)
     if latencies:
         print(f"{config_name}: converged after each burst in median {statistics.median(latencies) * 1000:.0f} ms, "
-              f"max {max(latencies) * 1000:.0f} ms")
+              f"max {max(latencies) * 1000:.0f} ms; {counts['releases']} held change(s) released, "
+              f"{counts['fresh_checks']} fresh --once comparisons")
     if failure is None:
         return
     number, message = failure
