@@ -224,7 +224,8 @@ def play(workdir, agent, config_name, run, fresh_every=FRESH_EVERY, latencies=No
 
 
 def shrink(workdir, agent, config_name, run, seconds):
-    """The smallest prefix-then-subset of ``run`` that still fails, within ``seconds``."""
+    """A smaller run that still fails, within ``seconds``: the shortest failing tail of ``run`` (its
+    last burst failed), then without whole bursts, then without single operations."""
     deadline = time.monotonic() + seconds
     attempt = [0]
 
@@ -233,6 +234,12 @@ def shrink(workdir, agent, config_name, run, seconds):
         return play(Path(workdir) / f"shrink-{attempt[0]}", agent, config_name, candidate, fresh_every=1) is not None
 
     best = run
+    tail = 1
+    while tail < len(best) and time.monotonic() < deadline:   # first the shortest failing tail: cheap replays
+        if fails(best[-tail:]):
+            best = best[-tail:]
+            break
+        tail *= 2
     chunk = max(1, len(best) // 2)
     while chunk >= 1 and time.monotonic() < deadline:   # drop whole bursts, then single operations
         index, progressed = 0, False
