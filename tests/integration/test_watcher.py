@@ -192,7 +192,8 @@ def test_tengine_active_tcp_check_ejects_a_dead_peer(tengine_factory, tmp_path):
     nginx = tengine_factory(workers=2, upstream_file=str(upstream_file), proxy_next_upstream="off",
                             server_snippet="        location = /check_status { check_status json; }")
     dead = free_port()  # nothing listens here
-    check = "check interval=200 rise=1 fall=1 timeout=200 type=tcp"
+    # the dead port refuses at once; a long timeout keeps a slow (loaded) machine from failing the live peer
+    check = "check interval=200 rise=1 fall=1 timeout=2000 type=tcp"
     with ConsulAgent() as agent, Backends(count=1) as backends:
         live = backends.ports[0]
         no_passive = {"dyups_max_fails": "0"}  # nginx's passive check off: only the active check can eject
@@ -211,10 +212,10 @@ def test_tengine_active_tcp_check_ejects_a_dead_peer(tengine_factory, tmp_path):
                 return found
 
             nginx.wait_for(lambda: status() == {f"127.0.0.1:{live}": "up", f"127.0.0.1:{dead}": "down"},
-                           "the check marks the dead peer down", timeout=5)
+                           "the check marks the dead peer down", timeout=10)
             # every worker runs the check on its own peers: measured 0.1-0.6 s until the last one ejects
             nginx.wait_for(lambda: served(nginx, "Web", 10) == {str(live)}, "no request reaches the dead peer",
-                           timeout=5)
+                           timeout=10)
             assert served(nginx, "Web", 40) == {str(live)}, "a request reached the dead peer (502)"
             time.sleep(2.5)  # two drift checks
             assert watcher.metrics()["swallowkeeper_watcher_repairs_total"] == 0
@@ -336,7 +337,9 @@ def test_once_and_dry_run(stack, tmp_path):
 
     once = run_once(tmp_path, **common)
     assert once.returncode == 0, once.stdout + once.stderr
-    assert served(nginx, "Web") == {str(p1)} and served(nginx, "Web_b") == {str(p2)}
+    # Tengine's other worker applies the POSTs within dyups_read_msg_timeout (100ms)
+    nginx.wait_for(lambda: served(nginx, "Web") == {str(p1)} and served(nginx, "Web_b") == {str(p2)},
+                   "every worker serves what --once sent", timeout=1)
     assert "upstream Web:" in once.stdout
 
     again = run_once(tmp_path, **common)
