@@ -9,7 +9,7 @@
 Set-up, per size N (all on loopback, all started and stopped here): a Consul ``-dev`` agent; three
 backend ports (tests/support/backends.py); then, one after the other on the same agent, each proxy
 flavor of ``--flavors`` (default: ``lua`` and, when ``$TENGINE_BIN`` is set, ``tengine``): stock nginx
-with the Lua flavor or a real Tengine (``dyups_read_msg_timeout 100ms``), 2 workers; N services
+with the Lua flavor or a real Tengine (``dyups_read_msg_timeout``: the role's default), 2 workers; N services
 ``SvcI``, each with 3 instances on three catalog nodes (``bench-n1..3``, address 127.0.0.1), one per
 backend port, each with a passing check. So every upstream is ``{P1, P2, P3}``.
 
@@ -255,9 +255,9 @@ def flip_load(writer, size, ports, rate, rng):
     return run
 
 
-def make_proxy(flavor, workdir, upstream_file, read_msg_timeout="100ms"):
+def make_proxy(flavor, workdir, upstream_file):
     if flavor == "tengine":
-        return Tengine(workers=2, upstream_file=str(upstream_file), read_msg_timeout=read_msg_timeout)
+        return Tengine(workers=2, upstream_file=str(upstream_file))
     return NginxLua(workers=2, dict_size="128m", upstream_file=str(upstream_file))
 
 

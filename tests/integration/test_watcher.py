@@ -146,7 +146,7 @@ def test_nginx_restart_and_lost_posts_are_repaired(stack, tmp_path):
     try:
         watcher.wait_for(lambda: served(nginx, "Web") == {str(p1), str(p2)}, "initial sync")
         # a POST lost in a reload looks like this: the interface holds something else. Tengine's other
-        # worker applies it within dyups_read_msg_timeout (100ms), the Lua flavor's at once.
+        # worker applies it within dyups_read_msg_timeout (the role's 20ms), the Lua flavor's at once.
         assert nginx.api("POST", "/upstream/Web", f"server 127.0.0.1:{p3};")[0] == 200
         nginx.wait_for(lambda: served(nginx, "Web") == {str(p3)}, "the POST reached every worker", timeout=1)
         watcher.wait_for(lambda: served(nginx, "Web") == {str(p1), str(p2)}, "drift repaired", timeout=6)
@@ -337,7 +337,7 @@ def test_once_and_dry_run(stack, tmp_path):
 
     once = run_once(tmp_path, **common)
     assert once.returncode == 0, once.stdout + once.stderr
-    # Tengine's other worker applies the POSTs within dyups_read_msg_timeout (100ms)
+    # Tengine's other worker applies the POSTs within dyups_read_msg_timeout (the role's 20ms)
     nginx.wait_for(lambda: served(nginx, "Web") == {str(p1)} and served(nginx, "Web_b") == {str(p2)},
                    "every worker serves what --once sent", timeout=1)
     assert "upstream Web:" in once.stdout

@@ -11,7 +11,7 @@ written against one runs on the other. The configuration is what the role writes
 flavor (templates/dyups.conf.j2), with this instance's paths and ports::
 
     include <upstream_file>;              # when given (and when it exists: see config_text)
-    dyups_read_msg_timeout 100ms;         # read_msg_timeout=
+    dyups_read_msg_timeout 20ms;          # read_msg_timeout=; default: the role's default
     dyups_trylock off;
     server { listen 127.0.0.1:<api_port>; location / { dyups_interface; } }
     server { listen 127.0.0.1:<proxy_port>; ... }   # the proxy, as in NginxLua
@@ -38,12 +38,17 @@ from __future__ import annotations
 
 import os
 import subprocess
+from pathlib import Path
 
 import pytest
+import yaml
 
 from tests.support.nginx_lua import NginxLua
 
 TENGINE_ENV = "TENGINE_BIN"
+ROLE_DEFAULTS = Path(__file__).resolve().parents[2] / "roles" / "tengine_dyups" / "defaults" / "main.yml"
+# What the role ships, so the tests run Tengine as the role configures it.
+DEFAULT_READ_MSG_TIMEOUT = str(yaml.safe_load(ROLE_DEFAULTS.read_text())["tengine_dyups_read_msg_timeout"])
 FLAVORS = ("lua", "tengine")
 
 TENGINE_LOCATIONS = """
@@ -89,7 +94,7 @@ class Tengine(NginxLua):
 
     flavor = "tengine"
 
-    def __init__(self, workers=2, read_msg_timeout="100ms", binary=None, locations=None, **options):
+    def __init__(self, workers=2, read_msg_timeout=DEFAULT_READ_MSG_TIMEOUT, binary=None, locations=None, **options):
         super().__init__(workers=workers, locations=TENGINE_LOCATIONS if locations is None else locations, **options)
         self.binary = binary or tengine_binary()
         if self.binary is None:
