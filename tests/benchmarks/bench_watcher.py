@@ -27,6 +27,10 @@ Measured:
 * the same two for the baseline: tests/benchmarks/original_approach.py (blocking on
   /v1/catalog/services with wait=180s; a health flip is expected never to arrive: counted as
   "not within TIMEOUT").
+* a rolling-deploy step: a new instance registers and the check of an old one goes critical at
+  once; done when every worker serves the new instance and none the old one;
+* ``--before REV``: the same flips, scale-outs and rolling-deploy steps against the watcher of an
+  earlier commit (a git worktree), in the same run, on the same Consul and nginx;
 * full resync: ``--once`` with an empty upstream file and an empty interface (read every
   service, write the file, POST every upstream), wall time of the process;
 * watcher RSS (VmRSS) right after its first full sync and again after the flips and scale-outs
@@ -211,6 +215,36 @@ def scale_outs(writer, proxy_port, size, extra_port, count, rng):
     return results
 
 
+def rolling_deploys(writer, proxy_port, size, ports, count, rng):
+    """A new instance of ``SvcK`` registers and, at once, the check of its instance on P3 goes critical
+    (one step of a rolling deploy: two changes that reach Consul together). Done when every worker
+    serves the new instance and none serves P3 any more."""
+    results = []
+    for i in range(count):
+        k = rng.randrange(size)
+        name, instance = f"Svc{k}", f"Svc{k}-roll{i}"
+        started = time.perf_counter()
+        writer.register("bench-n4", name, instance, ports[3])
+        writer.set_check(NODES[2], f"Svc{k}-2", "critical")
+        joined = wait_switched(proxy_port, name, started, new=str(ports[3]))
+        left = wait_switched(proxy_port, name, started, gone=str(ports[2]),
+                             timeout=TIMEOUT) if joined is not None else None
+        results.append(None if joined is None or left is None else max(joined, left))
+        writer.deregister("bench-n4", instance)
+        writer.set_check(NODES[2], f"Svc{k}-2", "passing")
+        wait_switched(proxy_port, name, time.perf_counter(), new=str(ports[2]), timeout=TIMEOUT)
+        time.sleep(0.2)
+    return results
+
+
+def before_worktree(rev, workdir):
+    """A checkout of ``rev`` (git worktree) whose watcher runs beside this one's; removed by the caller."""
+    path = Path(workdir) / f"before-{rev}"
+    subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(path), rev], check=True,
+                   capture_output=True)
+    return path
+
+
 def cpu_seconds(pid):
     with open(f"/proc/{pid}/stat") as handle:
         fields = handle.read().rsplit(")", 1)[1].split()
@@ -255,13 +289,31 @@ def flip_load(writer, size, ports, rate, rng):
     return run
 
 
+def bench_before(before_root, common, writer, proxy_port, size, ports, flip_count, rng, workdir, out):
+    """The same flips, scale-outs and rolling deploys against the watcher of an earlier commit."""
+    watcher = WatcherProcess(workdir / f"before-w{size}", entry=before_root / "plugins" / "watcher",
+                             upstream_file=str(workdir / f"before-{size}.conf"), **common).start()
+    try:
+        watcher.wait_for(lambda: watcher.metrics()["swallowkeeper_watcher_upstreams"] == size, "watcher synced",
+                         timeout=120)
+        time.sleep(1.0)
+        out["before_health_flip"] = summary(flips(writer, proxy_port, size, ports, flip_count, rng), flip_count)
+        out["before_scale_out"] = summary(scale_outs(writer, proxy_port, size, ports[3], min(20, flip_count), rng),
+                                          min(20, flip_count))
+        out["before_rolling_deploy"] = summary(rolling_deploys(writer, proxy_port, size, ports, min(20, flip_count),
+                                                               rng), min(20, flip_count))
+    finally:
+        watcher.stop()
+
+
 def make_proxy(flavor, workdir, upstream_file):
     if flavor == "tengine":
         return Tengine(workers=2, upstream_file=str(upstream_file))
     return NginxLua(workers=2, dict_size="128m", upstream_file=str(upstream_file))
 
 
-def bench_flavor(flavor, agent, writer, size, ports, flip_count, baseline_flips, measure_resources, rng, workdir):
+def bench_flavor(flavor, agent, writer, size, ports, flip_count, baseline_flips, measure_resources, rng, workdir,
+                 before_root=None):
     """One flavor's figures at this size; keys as in the module docstring (prefixed for Tengine)."""
     out = {}
     with make_proxy(flavor, workdir, workdir / f"ours-{flavor}.conf") as nginx:
@@ -287,6 +339,8 @@ def bench_flavor(flavor, agent, writer, size, ports, flip_count, baseline_flips,
             out["ours_health_flip"] = summary(flips(writer, proxy_port, size, ports, flip_count, rng), flip_count)
             out["ours_scale_out"] = summary(scale_outs(writer, proxy_port, size, ports[3], min(20, flip_count), rng),
                                             min(20, flip_count))
+            out["ours_rolling_deploy"] = summary(rolling_deploys(writer, proxy_port, size, ports, min(20, flip_count),
+                                                                 rng), min(20, flip_count))
             if measure_resources:
                 time.sleep(2.0)
                 out["ours_rss_mb"] = rss_mb(watcher.pid)   # after the flips and scale-outs
@@ -296,6 +350,10 @@ def bench_flavor(flavor, agent, writer, size, ports, flip_count, baseline_flips,
                 out["ours_rss_after_load_mb"] = rss_mb(watcher.pid)
         finally:
             watcher.stop()
+        if before_root is not None:
+            before_dir = workdir / f"before-{flavor}"
+            before_dir.mkdir(exist_ok=True)
+            bench_before(before_root, common, writer, proxy_port, size, ports, flip_count, rng, before_dir, out)
 
         if baseline_flips:
             for i in range(size):  # the baseline starts from an interface it filled itself
@@ -326,7 +384,7 @@ def bench_flavor(flavor, agent, writer, size, ports, flip_count, baseline_flips,
 
 
 def bench_size(size, flip_count, baseline_flips, measure_resources, rng, workdir, flavors=("lua",),
-               baseline_flavors=("lua", "tengine")):
+               baseline_flavors=("lua", "tengine"), before_root=None):
     out = {"upstreams": size, "instances": size * 3, "flavors": list(flavors)}
     with ConsulAgent() as agent, Backends(count=4) as backends:
         ports = backends.ports
@@ -337,7 +395,7 @@ def bench_size(size, flip_count, baseline_flips, measure_resources, rng, workdir
         for flavor in flavors:
             out.update(bench_flavor(flavor, agent, writer, size, ports, flip_count,
                                     baseline_flips if flavor in baseline_flavors else 0, measure_resources, rng,
-                                    workdir))
+                                    workdir, before_root))
     return out
 
 
@@ -419,6 +477,7 @@ def main(argv=None):
     parser.add_argument("--sweep-size", type=int, default=5000)
     parser.add_argument("--sweep-flips", type=int, default=100)
     parser.add_argument("--idle-seconds", type=float, default=60.0)
+    parser.add_argument("--before", metavar="REV", help="also measure the watcher of this commit (a git worktree)")
     args = parser.parse_args(argv)
     if args.short:
         args.sizes, args.flips, args.baseline_flips = "10,200", 20, 3
@@ -440,13 +499,21 @@ def main(argv=None):
                 [v for v in args.read_msg_timeouts.split(",") if v], args.sweep_size, args.sweep_flips,
                 args.idle_seconds, rng, Path(tmp))
             del results["sizes"]
-        for size in [] if args.read_msg_timeouts else [int(s) for s in args.sizes.split(",")]:
-            measure = not args.short and size == max(int(s) for s in args.sizes.split(","))
-            # --short (CI): the original approach on the Lua flavor only (its flips wait out the timeout)
-            result = bench_size(size, args.flips, args.baseline_flips, measure, rng, Path(tmp), flavors,
-                                ("lua",) if args.short else ("lua", "tengine"))
-            results["sizes"].append(result)
-            print(json.dumps(result), flush=True)
+        before_root = before_worktree(args.before, tmp) if args.before else None
+        if before_root is not None:
+            results["before"] = args.before
+        try:
+            for size in [] if args.read_msg_timeouts else [int(s) for s in args.sizes.split(",")]:
+                measure = not args.short and size == max(int(s) for s in args.sizes.split(","))
+                # --short (CI): the original approach on the Lua flavor only (its flips wait out the timeout)
+                result = bench_size(size, args.flips, args.baseline_flips, measure, rng, Path(tmp), flavors,
+                                    ("lua",) if args.short else ("lua", "tengine"), before_root)
+                results["sizes"].append(result)
+                print(json.dumps(result), flush=True)
+        finally:
+            if before_root is not None:
+                subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(before_root)],
+                               check=False, capture_output=True)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1))
     return 0

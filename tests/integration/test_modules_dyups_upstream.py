@@ -115,7 +115,7 @@ def test_address_and_port_as_a_dict_server(dyups_server, ansible, tmp_path):
     assert detail(dyups_server) == {"ConsulShape": ["127.0.0.1:18101 weight=2", "127.0.0.1:18102", "[::1]:18103"]}
     assert ok(ansible.playbook(play(task("set", **args))))["changed"] is False
     written = conf.read_text()
-    bad = dict(args, name="Twice", servers=[{"address": "127.0.0.1:18101", "port": 18109}])
+    bad = {**args, "name": "Twice", "servers": [{"address": "127.0.0.1:18101", "port": 18109}]}
     result = failed(ansible.playbook(play(task("set", **bad))))
     assert "the port is given twice with different values" in result["msg"]
     assert "Twice" not in detail(dyups_server) and conf.read_text() == written

@@ -24,7 +24,7 @@ from tests.support.backends import Backends
 from tests.support.consul import ConsulAgent
 from tests.support.nginx_lua import NGINX, TEST_HOSTS
 from tests.support.ports import free_port
-from tests.support.tengine import proxy_factory, tengine_factory  # noqa: F401  (pytest fixtures)
+from tests.support.tengine import proxy_factory, tengine_factory  # noqa: F401  (fixtures)  # pylint: disable=unused-import  # pytest fixtures
 from tests.support.watcher import WatcherProcess, run_once
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -296,10 +296,13 @@ class Subprocess:
 class Load:
     """loadgen.py as a subprocess: ``start()`` returns once every websocket client is connected."""
 
-    def __init__(self, workdir, port, rate=300, connections=16, ws=0, ws_lifetime="", reuse=100, cap=3600):
+    def __init__(self, workdir, port, rate=300, connections=16, ws=0, ws_lifetime="", reuse=100, cap=3600,
+                 record_backends=False):
         self.output = Path(workdir) / f"load-{port}-{time.monotonic_ns()}.json"
         self.argv = [HERE / "loadgen.py", "--port", port, "--rate", rate, "--connections", connections,
                      "--ws", ws, "--reuse", reuse, "--duration", cap, "--output", self.output]
+        if record_backends:
+            self.argv.append("--record-backends")
         if ws_lifetime:
             self.argv += ["--ws-lifetime", ws_lifetime]
         self.process = None

@@ -33,6 +33,16 @@ def test_scale_events_under_load(approach, tmp_path, record):
         assert result["reloads"] >= result["events"]
 
 
+def test_rolling_deploy_under_load(tmp_path, record):
+    """Every instance replaced (new one up and old one critical at once, then deregistered): no failed
+    request, no dropped websocket, no request to an instance after its check went critical plus the
+    propagation bound, converged, nginx never reloaded."""
+    result = scenarios.rolling_deploy(tmp_path, scenarios.SHORT["rolling"])
+    record("rolling", result)
+    assert scenarios.violations({"rolling": result}) == []
+    assert result["instances_replaced"] == 6 and result["answers_recorded"] > 0
+
+
 @pytest.mark.parametrize("fault", list(scenarios.FAULTS))
 def test_fault_under_load(fault, tmp_path, record):
     """No upstream lost, never an invalid file, recovered after the fault; while nginx runs, no

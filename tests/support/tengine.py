@@ -254,4 +254,3 @@ def proxy_factory(request):
     finally:
         for instance in made:
             instance.cleanup()
-
