@@ -23,6 +23,7 @@ from tests.resilience.stack import (
     SERVICES, ConsulWithDefinitions, Load, NginxAccounting, _cmdline, detail, file_state, nginx_snapshot, proc_kb,
     shared_stack, stack_a, stack_b, wait_until)
 from tests.support.nginx_lua import NginxLua
+from tests.support.tengine import missing_reason, tengine_binary
 from tests.support.watcher import WatcherProcess
 
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils import _upstream_file
@@ -79,6 +80,11 @@ APPROACHES = {
     "B": {"label": f"B: render + nginx -s reload, worker_shutdown_timeout {WORKER_SHUTDOWN_TIMEOUT}",
           "worker_shutdown_timeout": WORKER_SHUTDOWN_TIMEOUT},
     "B0": {"label": "B: render + nginx -s reload, no worker_shutdown_timeout", "worker_shutdown_timeout": None},
+    # the same on a real Tengine ($TENGINE_BIN): this collection with Tengine's dyups module, and the reload
+    # approach with `tengine -s reload`
+    "AT": {"label": "A on Tengine: watcher + Tengine's dyups interface, no reload", "flavor": "tengine"},
+    "BT": {"label": f"B on Tengine: render + tengine -s reload, worker_shutdown_timeout {WORKER_SHUTDOWN_TIMEOUT}",
+           "worker_shutdown_timeout": WORKER_SHUTDOWN_TIMEOUT, "flavor": "tengine"},
 }
 
 
@@ -88,8 +94,14 @@ def scale_events(workdir, approach, params, seed=7):
     approach (same seed)."""
     spec = APPROACHES[approach]
     workdir = Path(workdir) / f"scale-{approach}"
-    context = stack_a(workdir) if approach == "A" else \
-        stack_b(workdir, worker_shutdown_timeout=spec["worker_shutdown_timeout"])
+    flavor = spec.get("flavor", "lua")
+    binary = None
+    if flavor == "tengine":
+        binary = tengine_binary()
+        if binary is None:
+            raise RuntimeError(f"approach {approach} needs a Tengine: {missing_reason()}")
+    context = stack_a(workdir, flavor=flavor) if approach.startswith("A") else \
+        stack_b(workdir, worker_shutdown_timeout=spec["worker_shutdown_timeout"], binary=binary)
     rng = random.Random(seed)
     moves = []
     with context as stack:
@@ -113,7 +125,7 @@ def scale_events(workdir, approach, params, seed=7):
             result = load.stop()
             accounting.stop()
         expected = stack.fleet.expected()
-        if approach == "A":
+        if approach.startswith("A"):
             converged = wait_until(lambda: detail(stack.nginx.api_port) == expected, 30) is not None
             changes = stack.watcher.log_text().count(" INFO upstream ")
             reloads = 0
@@ -125,7 +137,7 @@ def scale_events(workdir, approach, params, seed=7):
             reload_failures = sum(1 for line in commands if "exit 0" not in line)
             changes = reloads
         master_same = stack.nginx.process is not None and stack.nginx.process.poll() is None
-    out = {"approach": approach, "label": spec["label"], "events": len(moves), "interval_s": params["interval"],
+    out = {"approach": approach, "flavor": flavor, "label": spec["label"], "events": len(moves), "interval_s": params["interval"],
            "moves": {kind: sum(1 for m in moves if m.startswith(kind)) for kind in
                      ("scale_out", "scale_in", "health_fail", "health_pass")},
            "load_seconds": round(result["ended"] - result["started"], 1), "events_seconds":
