@@ -13,12 +13,13 @@ each burst and a quiet period it checks, against the Lua flavor's real interface
   produces exactly the oracle too.
 
 Three configurations: zero_instances ``delete`` with the guard off (everything exact), ``keep`` and
-``down`` with the default removal guard. A service whose instances all fail keeps servers it had
+``down`` with the default removal guard; all three on the Lua flavor, two of them on a real Tengine
+too (tests/support/tengine.py; skipped without one, failed under CI=true). A service whose instances all fail keeps servers it had
 (``down``: marked down) under keep/down, never one it never had; a change held by the guard keeps
 every server the oracle wants plus only servers it had, and once released (POST /release) the
 state is exact again.
 
-Budget: BURSTS_OPS operations in all (default 1800, split over the configurations); BURSTS_SEED fixes
+Budget: BURSTS_OPS operations in all (default 2500, split over the cases); BURSTS_SEED fixes
 the random sequence (printed). On a failure the run is written to tests/output/bursts/, shrunk by
 replaying smaller runs from scratch for up to BURSTS_SHRINK_SECONDS (default 120), and the smallest
 failing run is written too; ``BURSTS_REPLAY=that-file`` replays it exactly. The long profile:
@@ -38,7 +39,8 @@ import pytest
 
 from tests.support import bursts
 from tests.support.consul import ConsulAgent
-from tests.support.nginx_lua import TEST_HOSTS, NginxLua
+from tests.support.nginx_lua import TEST_HOSTS
+from tests.support.tengine import flavor_class
 from tests.support.watcher import WatcherProcess, run_once
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -48,6 +50,9 @@ CONFIGS = {
     "keep-guard": {"zero_instances": "keep"},
     "down-guard": {"zero_instances": "down"},
 }
+# (configuration, interface): every configuration on the Lua flavor, two on a real Tengine (its other
+# workers see a POST within dyups_read_msg_timeout; the checks poll until the state holds).
+CASES = [(name, "lua") for name in sorted(CONFIGS)] + [("delete-noguard", "tengine"), ("keep-guard", "tengine")]
 CONVERGE_TIMEOUT = 5.0   # seconds after a burst; the watcher takes tens of milliseconds (docs/benchmarks.md)
 SETTLE = 0.2             # the state must still hold this long after it first matched
 FRESH_EVERY = 5          # bursts between two fresh --once comparisons
@@ -60,8 +65,9 @@ class Mismatch(AssertionError):
 class Bench:
     """One Consul agent, two interfaces (the running watcher's and a fresh one's) and the watcher."""
 
-    def __init__(self, workdir, agent, config_name):
+    def __init__(self, workdir, agent, config_name, flavor="lua"):
         self.workdir = Path(workdir)
+        self.flavor_class = flavor_class(flavor)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.agent = agent
         self.config_name = config_name
@@ -76,8 +82,8 @@ class Bench:
     def start(self):
         bursts.reset(self.agent)
         self.upstream_file.unlink(missing_ok=True)
-        self.interface = NginxLua(workers=2, upstream_file=str(self.upstream_file)).start()
-        self.fresh = NginxLua(workers=1).start()
+        self.interface = self.flavor_class(workers=2, upstream_file=str(self.upstream_file)).start()
+        self.fresh = self.flavor_class(workers=1).start()
         self.watcher = WatcherProcess(
             self.workdir / "watcher", consul_url=self.agent.url, dyups_url=self.interface.api_url,
             upstream_file=str(self.upstream_file), hosts_file=str(self.hosts), drift_interval=3600,
@@ -192,10 +198,10 @@ def history_of(agent, before, burst):
     return allowed
 
 
-def play(workdir, agent, config_name, run, fresh_every=FRESH_EVERY, latencies=None, counts=None):
+def play(workdir, agent, config_name, run, flavor="lua", fresh_every=FRESH_EVERY, latencies=None, counts=None):
     """Play ``run`` (a list of bursts) from a clean start; returns None, or (burst index, message).
     ``counts`` (a dict) gets the number of held changes released and of fresh --once comparisons."""
-    bench = Bench(workdir, agent, config_name)
+    bench = Bench(workdir, agent, config_name, flavor)
     try:
         bench.start()
         bursts.register_node_check(agent)
@@ -223,7 +229,7 @@ def play(workdir, agent, config_name, run, fresh_every=FRESH_EVERY, latencies=No
         bursts.reset(agent)
 
 
-def shrink(workdir, agent, config_name, run, seconds):
+def shrink(workdir, agent, config_name, flavor, run, seconds):
     """A smaller run that still fails, within ``seconds``: the shortest failing tail of ``run`` (its
     last burst failed), then without whole bursts, then without single operations."""
     deadline = time.monotonic() + seconds
@@ -231,7 +237,8 @@ def shrink(workdir, agent, config_name, run, seconds):
 
     def fails(candidate):
         attempt[0] += 1
-        return play(Path(workdir) / f"shrink-{attempt[0]}", agent, config_name, candidate, fresh_every=1) is not None
+        return play(Path(workdir) / f"shrink-{attempt[0]}", agent, config_name, candidate, flavor,
+                    fresh_every=1) is not None
 
     best = run
     tail = 1
@@ -282,40 +289,43 @@ def budget():
     if replay:
         return json.loads(Path(replay).read_text())
     seed = int(os.environ.get("BURSTS_SEED") or random.SystemRandom().randrange(1, 10 ** 9))
-    return {"seed": seed, "ops": int(os.environ.get("BURSTS_OPS", "1800"))}
+    return {"seed": seed, "ops": int(os.environ.get("BURSTS_OPS", "2500"))}
 
 
 BUDGET = budget()
 
 
-@pytest.mark.parametrize("config_name", sorted(CONFIGS))
-def test_bursts_of_consul_changes_converge_to_the_oracle(tmp_path, agent, config_name):
+@pytest.mark.parametrize("config_name,flavor", CASES)
+def test_bursts_of_consul_changes_converge_to_the_oracle(tmp_path, agent, config_name, flavor):
+    case = f"{config_name}-{flavor}"
     if "run" in BUDGET:   # a replay of a recorded run
-        if BUDGET["config"] != config_name:
-            pytest.skip(f"replaying a run of {BUDGET['config']}")
+        if (BUDGET["config"], BUDGET.get("flavor", "lua")) != (config_name, flavor):
+            pytest.skip(f"replaying a run of {BUDGET['config']} on {BUDGET.get('flavor', 'lua')}")
         run, seed = BUDGET["run"], BUDGET.get("seed")
     else:
-        seed = BUDGET["seed"] + sorted(CONFIGS).index(config_name)
+        seed = BUDGET["seed"] + CASES.index((config_name, flavor))
         rng = random.Random(seed)
-        run, target = [], BUDGET["ops"] // len(CONFIGS)
+        run, target = [], BUDGET["ops"] // len(CASES)
         while bursts.operation_count(run) < target:
             run.append(bursts.random_burst(rng))
-    print(f"{config_name}: seed {seed}, {len(run)} bursts, {bursts.operation_count(run)} operations")
+    print(f"{case}: seed {seed}, {len(run)} bursts, {bursts.operation_count(run)} operations")
     latencies, counts = [], {}
-    failure = play(tmp_path / "run", agent, config_name, run, latencies=latencies, counts=counts)
+    failure = play(tmp_path / "run", agent, config_name, run, flavor, latencies=latencies, counts=counts)
     if latencies:
-        print(f"{config_name}: converged after each burst in median {statistics.median(latencies) * 1000:.0f} ms, "
+        print(f"{case}: converged after each burst in median {statistics.median(latencies) * 1000:.0f} ms, "
               f"max {max(latencies) * 1000:.0f} ms; {counts['releases']} held change(s) released, "
               f"{counts['fresh_checks']} fresh --once comparisons")
     if failure is None:
         return
     number, message = failure
     failing = run[:number + 1]
-    path = record(f"failure-{config_name}-{seed}.json", {"config": config_name, "seed": seed, "run": failing})
-    smallest = shrink(tmp_path / "shrink", agent, config_name, failing,
+    path = record(f"failure-{case}-{seed}.json", {"config": config_name, "flavor": flavor, "seed": seed,
+                                                  "run": failing})
+    smallest = shrink(tmp_path / "shrink", agent, config_name, flavor, failing,
                       float(os.environ.get("BURSTS_SHRINK_SECONDS", "120")))
-    small = record(f"failure-{config_name}-{seed}-shrunk.json", {"config": config_name, "seed": seed, "run": smallest})
-    pytest.fail(f"{config_name}: burst {number} of seed {seed} did not converge to the oracle: {message}\n"
+    small = record(f"failure-{case}-{seed}-shrunk.json", {"config": config_name, "flavor": flavor, "seed": seed,
+                                                          "run": smallest})
+    pytest.fail(f"{case}: burst {number} of seed {seed} did not converge to the oracle: {message}\n"
                 f"run written to {path}; shrunk to {bursts.operation_count(smallest)} operation(s) in "
                 f"{len(smallest)} burst(s): {small}\nreplay: BURSTS_REPLAY={small} .venv/bin/python -m pytest "
                 f"tests/integration/test_watcher_bursts.py\n{json.dumps(smallest)}")
