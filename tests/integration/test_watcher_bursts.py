@@ -118,7 +118,7 @@ class Bench:
         for name in sorted(set(on_file) | set(expected)):
             want, have = expected.get(name), on_file.get(name)
             allowed = history.get(name, set())
-            if want is not None and (have == want or (held and want.items() <= have.items()
+            if want is not None and (have == want or (held and have is not None and want.items() <= have.items()
                                                       and set(have) - set(want) <= allowed)):
                 continue
             if want is None and name in empty and policy != "delete":
