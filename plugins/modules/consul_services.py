@@ -110,7 +110,7 @@ EXAMPLES = r"""
   swallowkeeper.dyups.dyups_upstream:
     upstreams: "{{ webapps.upstream_servers }}"
     exclusive: true
-    upstream_conf: /etc/nginx/dyups.upstream.conf
+    upstream_conf: /var/lib/swallowkeeper-dyups/upstreams.conf
 
 - name: Show what was left out and why
   ansible.builtin.debug:

@@ -64,7 +64,7 @@ OPTIONS = (
     Option("include_warning", False, bool, "count Consul's warning state as passing"),
     Option("dyups_url", "http://127.0.0.1:18882", str, "the dyups interface"),
     Option("dyups_timeout", 5.0, float, "seconds for a dyups request"),
-    Option("upstream_file", "/etc/nginx/dyups.upstream.conf", str,
+    Option("upstream_file", "/var/lib/swallowkeeper-dyups/upstreams.conf", str,
            "upstream file, written atomically before every change reaches the interface"),
     Option("hosts_file", None, str, "resolve host names in servers from this file (hosts format) only, never "
                                     "through DNS (default: the system resolver)"),
