@@ -24,7 +24,7 @@ description:
   - Read-only. RV(upstreams) is ready for the O(swallowkeeper.dyups.dyups_upstream#module:upstreams) option of
     M(swallowkeeper.dyups.dyups_upstream).
 author:
-  - Swallowkeeper maintainers (@swallowkeeper)
+  - swallowkeeper.dyups contributors (!UNKNOWN)
 extends_documentation_fragment:
   - swallowkeeper.dyups._consul
 attributes:

@@ -25,7 +25,7 @@ description:
   - A POST replaces the whole upstream. Directives that the upstream file holds for an upstream (C(keepalive),
     C(check) ...) are therefore sent with its servers unless O(directives) says otherwise.
 author:
-  - Swallowkeeper maintainers (@swallowkeeper)
+  - swallowkeeper.dyups contributors (!UNKNOWN)
 extends_documentation_fragment:
   - swallowkeeper.dyups._dyups
 attributes:
