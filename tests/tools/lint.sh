@@ -11,7 +11,9 @@ lint="$root/.venv/bin/ansible-lint"
 cd "$root"
 export PATH="$root/.venv/bin:$PATH"
 # The collection is found through the same symlink the tests use; ansible-lint's own cache stays in .cache.
-export ANSIBLE_COLLECTIONS_PATH="$root/.cache/collections"
+ANSIBLE_COLLECTIONS_PATH=$("$root/.venv/bin/python" -c \
+  'from tests.support.collection import ensure_importable; print(ensure_importable())')
+export ANSIBLE_COLLECTIONS_PATH
 export ANSIBLE_HOME="$root/.cache/ansible-home"
 version=$("$lint" --version)  # captured whole, then cut: a pipe into head can fail by chance under pipefail
 echo "${version%%$'\n'*}"
