@@ -40,4 +40,12 @@ ANSIBLE_COLLECTIONS_PATH=$(.venv/bin/python -c \
   'from tests.support.collection import ensure_importable; print(ensure_importable())')
 export ANSIBLE_COLLECTIONS_PATH
 export ANSIBLE_HOME="$root/.cache/ansible-home"
-exec .venv/bin/ansible-playbook -i localhost, -c local "$playbook" ${flavor_args[@]+"${flavor_args[@]}"} "$@"
+# The playbook writes a short plain summary (steps passed or not, the nginx master PID, how to clean up);
+# it is printed last, after Ansible's own output, whatever the outcome.
+summary=$(mktemp "${TMPDIR:-/tmp}/swallowkeeper-demo-summary.XXXXXX")
+trap 'rm -f "$summary"' EXIT
+status=0
+.venv/bin/ansible-playbook -i localhost, -c local "$playbook" ${flavor_args[@]+"${flavor_args[@]}"} -e "demo_summary_file=$summary" "$@" || status=$?
+if [ -s "$summary" ]; then cat "$summary"; fi
+if [ "$status" -ne 0 ]; then echo "$playbook FAILED (exit status $status; see above)" >&2; fi
+exit "$status"

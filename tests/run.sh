@@ -32,7 +32,8 @@ tests/tools/venv.sh
 step "setup: Consul"
 CONSUL_BIN=$(tests/tools/get-consul.sh)
 export CONSUL_BIN
-echo "consul: $CONSUL_BIN ($("$CONSUL_BIN" version | head -1))"
+consul_version=$("$CONSUL_BIN" version)  # whole output captured, then cut: no pipe to cut off under pipefail
+echo "consul: $CONSUL_BIN (${consul_version%%$'\n'*})"
 
 step "setup: Tengine"
 tengine_note=""

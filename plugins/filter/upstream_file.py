@@ -7,7 +7,7 @@ from __future__ import annotations
 
 DOCUMENTATION = r"""
 name: upstream_file
-author: swallowkeeper developers
+author: swallowkeeper.dyups contributors
 version_added: 0.1.0
 short_description: Render upstreams as the text of an upstream file
 description:

@@ -25,7 +25,9 @@ The token travels in the ``X-Consul-Token`` header only: it is never put into a 
 message, a log line or a ``repr``.
 
 ``BlockingQuery`` implements Consul's rules for long polls (see its docstring); ``resolve_token``
-picks the token from the module option, a token file or ``CONSUL_HTTP_TOKEN``.
+picks the token from the module option, a token file or ``CONSUL_HTTP_TOKEN``; ``consul_environment``
+reads the connection settings the consul CLI reads from the environment (``CONSUL_HTTP_ADDR`` ...), for
+the modules and the watcher to use where their own option is not given.
 """
 
 from __future__ import annotations
@@ -82,6 +84,73 @@ def resolve_token(token=None, token_file=None, environ=None):
         return value
     value = (os.environ if environ is None else environ).get(TOKEN_ENV, "").strip()
     return value or None
+
+
+# The consul CLI's environment variables (as its api package reads them) -> the name of our setting.
+ENV_ADDR = "CONSUL_HTTP_ADDR"
+ENV_SSL = "CONSUL_HTTP_SSL"
+ENV_TOKEN_FILE = "CONSUL_HTTP_TOKEN_FILE"
+ENV_CACERT = "CONSUL_CACERT"
+ENV_CLIENT_CERT = "CONSUL_CLIENT_CERT"
+ENV_CLIENT_KEY = "CONSUL_CLIENT_KEY"
+ENV_SSL_VERIFY = "CONSUL_HTTP_SSL_VERIFY"
+_ENV_PATHS = (("token_file", ENV_TOKEN_FILE), ("ca_path", ENV_CACERT), ("client_cert", ENV_CLIENT_CERT),
+              ("client_key", ENV_CLIENT_KEY))
+_TRUE = ("1", "t", "true", "yes", "on")   # Go's strconv.ParseBool, plus yes/on
+_FALSE = ("0", "f", "false", "no", "off")
+
+
+def _env_bool(name, value):
+    text = value.strip().lower()
+    if text in _TRUE:
+        return True
+    if text in _FALSE:
+        return False
+    raise ValidationError(name, value, "expected true or false (1/0, t/f, true/false)")
+
+
+def consul_url_from_address(address, ssl=False):
+    """The base URL for a ``CONSUL_HTTP_ADDR`` value: ``host:port`` (http, or https when ``ssl``),
+    ``http://...`` or ``https://...``. As the consul CLI: ``ssl`` never turns an address back to http.
+    A unix socket (``unix://``) is refused: the collection speaks HTTP over TCP only."""
+    text = address.strip()
+    scheme, sep, rest = text.partition("://")
+    if not sep:
+        scheme, rest = "http", text
+    scheme = scheme.lower()
+    if scheme == "unix":
+        raise ValidationError(ENV_ADDR, address, "unix sockets are not supported; give host:port or a URL")
+    if scheme not in ("http", "https"):
+        raise ValidationError(ENV_ADDR, address, "expected host:port, http://host:port or https://host:port")
+    rest = rest.rstrip("/")
+    if not rest or any(char.isspace() for char in rest):
+        raise ValidationError(ENV_ADDR, address, "expected host:port, http://host:port or https://host:port")
+    return f"{'https' if ssl or scheme == 'https' else 'http'}://{rest}"
+
+
+def consul_environment(environ=None):
+    """The connection settings the consul CLI takes from the environment, for options not given.
+
+    Returns a dict with only the keys whose variable is set (non-empty): ``url`` (``CONSUL_HTTP_ADDR``,
+    https when ``CONSUL_HTTP_SSL`` is true), ``token_file`` (``CONSUL_HTTP_TOKEN_FILE``), ``ca_path``
+    (``CONSUL_CACERT``), ``client_cert`` (``CONSUL_CLIENT_CERT``), ``client_key`` (``CONSUL_CLIENT_KEY``),
+    ``validate_certs`` (``CONSUL_HTTP_SSL_VERIFY``). ``CONSUL_HTTP_TOKEN`` is read by ``resolve_token``,
+    after any token file (as the consul CLI: a token file wins over the token variable). A value that
+    cannot be used raises ValidationError naming the variable.
+    """
+    env = os.environ if environ is None else environ
+    found = {}
+    ssl = _env_bool(ENV_SSL, env[ENV_SSL]) if env.get(ENV_SSL, "").strip() else False
+    if env.get(ENV_ADDR, "").strip():
+        found["url"] = consul_url_from_address(env[ENV_ADDR], ssl=ssl)
+    elif ssl:
+        found["url"] = consul_url_from_address(DEFAULT_URL.replace("http://", ""), ssl=True)
+    for key, name in _ENV_PATHS:
+        if env.get(name, "").strip():
+            found[key] = env[name].strip()
+    if env.get(ENV_SSL_VERIFY, "").strip():
+        found["validate_certs"] = _env_bool(ENV_SSL_VERIFY, env[ENV_SSL_VERIFY])
+    return found
 
 
 def format_wait(seconds):

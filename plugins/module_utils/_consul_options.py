@@ -8,14 +8,21 @@ Documented once in ``plugins/doc_fragments/_consul.py`` (``swallowkeeper.dyups._
 grouped as the action group ``consul`` in ``meta/runtime.yml``, so that ``module_defaults:
 group/swallowkeeper.dyups.consul`` carries them to every Consul-facing module.
 
-The token is resolved in this order: ``token``, the content of ``token_file``, the
-``CONSUL_HTTP_TOKEN`` environment variable. It is sent in the ``X-Consul-Token`` header only.
+An option that is not given is taken from the consul CLI's environment variables on the managed node
+(``_consul_client.consul_environment``): ``consul_url`` from ``CONSUL_HTTP_ADDR`` (and ``CONSUL_HTTP_SSL``),
+``token_file`` from ``CONSUL_HTTP_TOKEN_FILE``, ``ca_path`` from ``CONSUL_CACERT``, ``client_cert`` and
+``client_key`` from ``CONSUL_CLIENT_CERT`` and ``CONSUL_CLIENT_KEY``, ``validate_certs`` from
+``CONSUL_HTTP_SSL_VERIFY``; then the defaults. Options given explicitly always win.
+
+The token is resolved in this order: ``token``, the content of ``token_file`` (or of
+``CONSUL_HTTP_TOKEN_FILE``), the ``CONSUL_HTTP_TOKEN`` environment variable. It is sent in the
+``X-Consul-Token`` header only.
 """
 
 from __future__ import annotations
 
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._consul_client import (
-    DEFAULT_URL, ConsulClient, resolve_token)
+    DEFAULT_URL, ConsulClient, consul_environment, resolve_token)
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._http_ansible import ansible_transport
 
 CONNECTION_OPTIONS = ("consul_url", "token", "token_file", "datacenter", "validate_certs", "ca_path",
@@ -25,11 +32,11 @@ CONNECTION_OPTIONS = ("consul_url", "token", "token_file", "datacenter", "valida
 def consul_argument_spec():
     """A fresh copy of the connection options' argument spec (callers may add to it)."""
     return dict(
-        consul_url=dict(type="str", default=DEFAULT_URL),
+        consul_url=dict(type="str"),
         token=dict(type="str", no_log=True),
         token_file=dict(type="path"),
         datacenter=dict(type="str"),
-        validate_certs=dict(type="bool", default=True),
+        validate_certs=dict(type="bool"),
         ca_path=dict(type="path"),
         client_cert=dict(type="path"),
         client_key=dict(type="path"),
@@ -43,11 +50,21 @@ CONSUL_REQUIRED_BY = {"client_key": ("client_cert",)}
 def consul_client_from_params(params, environ=None, stale=False):
     """A ConsulClient from a module's params (ansible.module_utils.urls transport).
 
-    Raises ValidationError when ``token_file`` is given but unreadable or empty; the caller fails
-    the module with that message (it names the file, never the token).
+    Options that are None are taken from the consul CLI's environment variables (``environ``, default
+    the process's), then from the defaults. Raises ValidationError when ``token_file`` is given but
+    unreadable or empty, or an environment variable cannot be used; the caller fails the module with
+    that message (it names the file or the variable, never the token).
     """
-    token = resolve_token(params.get("token"), params.get("token_file"), environ)
-    transport = ansible_transport(validate_certs=params.get("validate_certs", True), ca_path=params.get("ca_path"),
-                                  client_cert=params.get("client_cert"), client_key=params.get("client_key"))
-    return ConsulClient(params.get("consul_url") or DEFAULT_URL, transport, token=token,
+    env = consul_environment(environ)
+
+    def pick(option, key=None):
+        value = params.get(option)
+        return env.get(key or option) if value is None else value
+
+    token = resolve_token(params.get("token"), pick("token_file"), environ)
+    validate_certs = pick("validate_certs")
+    transport = ansible_transport(validate_certs=True if validate_certs is None else validate_certs,
+                                  ca_path=pick("ca_path"), client_cert=pick("client_cert"),
+                                  client_key=pick("client_key"))
+    return ConsulClient(pick("consul_url", "url") or DEFAULT_URL, transport, token=token,
                         datacenter=params.get("datacenter"), timeout=params.get("timeout") or 10.0, stale=stale)

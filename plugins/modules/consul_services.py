@@ -24,7 +24,7 @@ description:
   - Read-only. RV(upstreams) is ready for the O(swallowkeeper.dyups.dyups_upstream#module:upstreams) option of
     M(swallowkeeper.dyups.dyups_upstream).
 author:
-  - Swallowkeeper maintainers (@swallowkeeper)
+  - swallowkeeper.dyups contributors (!UNKNOWN)
 extends_documentation_fragment:
   - swallowkeeper.dyups._consul
 attributes:
@@ -110,7 +110,7 @@ EXAMPLES = r"""
   swallowkeeper.dyups.dyups_upstream:
     upstreams: "{{ webapps.upstream_servers }}"
     exclusive: true
-    upstream_conf: /etc/nginx/dyups.upstream.conf
+    upstream_conf: /var/lib/swallowkeeper-dyups/upstreams.conf
 
 - name: Show what was left out and why
   ansible.builtin.debug:

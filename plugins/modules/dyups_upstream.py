@@ -25,7 +25,7 @@ description:
   - A POST replaces the whole upstream. Directives that the upstream file holds for an upstream (C(keepalive),
     C(check) ...) are therefore sent with its servers unless O(directives) says otherwise.
 author:
-  - Swallowkeeper maintainers (@swallowkeeper)
+  - swallowkeeper.dyups contributors (!UNKNOWN)
 extends_documentation_fragment:
   - swallowkeeper.dyups._dyups
 attributes:
@@ -153,7 +153,7 @@ EXAMPLES = r"""
         weight: 2
     directives:
       - keepalive 32
-    upstream_conf: /etc/nginx/dyups.upstream.conf
+    upstream_conf: /var/lib/swallowkeeper-dyups/upstreams.conf
     backup: true
     validate: >-
       /bin/sh -c 'printf "events {}\nhttp { include %s; }\n" > /tmp/dyups-check.conf
@@ -172,13 +172,13 @@ EXAMPLES = r"""
         directives:
           - keepalive 16
     exclusive: true
-    upstream_conf: /etc/nginx/dyups.upstream.conf
+    upstream_conf: /var/lib/swallowkeeper-dyups/upstreams.conf
 
 - name: Delete an upstream
   swallowkeeper.dyups.dyups_upstream:
     name: WebappReadonly_b
     state: absent
-    upstream_conf: /etc/nginx/dyups.upstream.conf
+    upstream_conf: /var/lib/swallowkeeper-dyups/upstreams.conf
 
 - name: Point every dyups task of a play at another interface
   module_defaults:
@@ -229,7 +229,7 @@ backup_file:
   description: Path of the copy of O(upstream_conf) made before it was replaced.
   returned: when O(backup=true) and the file was replaced
   type: str
-  sample: /etc/nginx/dyups.upstream.conf.1234.2024-05-01@12:00:00~
+  sample: /var/lib/swallowkeeper-dyups/upstreams.conf.1234.2024-05-01@12:00:00~
 """
 
 from ansible.module_utils.basic import AnsibleModule

@@ -16,7 +16,7 @@ description:
   - The interface shows addresses, not host names; a server added as a host name appears once per address it
     resolved to.
 author:
-  - Swallowkeeper maintainers (@swallowkeeper)
+  - swallowkeeper.dyups contributors (!UNKNOWN)
 extends_documentation_fragment:
   - swallowkeeper.dyups._dyups
 attributes:

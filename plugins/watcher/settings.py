@@ -7,14 +7,23 @@ The config file is YAML (``.yml``/``.yaml``, needs PyYAML) or JSON; keys are the
 A flag given on the command line wins over the file; the file wins over the default. SIGHUP reads the
 file again (flags still win). The Consul token is read from ``consul_token_file`` or the environment
 variable ``CONSUL_HTTP_TOKEN``, never from a flag (flags are visible to every user in ``ps``).
+
+The Consul connection settings that neither a flag nor the file gives are taken from the consul CLI's
+environment variables, as the modules do (``_consul_client.consul_environment``): ``consul_url`` from
+``CONSUL_HTTP_ADDR`` (``host:port`` or a URL; ``CONSUL_HTTP_SSL=true`` means https),
+``consul_token_file`` from ``CONSUL_HTTP_TOKEN_FILE``, ``consul_ca_path`` from ``CONSUL_CACERT``,
+``consul_client_cert``/``consul_client_key`` from ``CONSUL_CLIENT_CERT``/``CONSUL_CLIENT_KEY``,
+``consul_validate_certs`` from ``CONSUL_HTTP_SSL_VERIFY``. So: flag > file > environment > default.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import json
+import os
 from dataclasses import dataclass, field, replace
 
+from ansible_collections.swallowkeeper.dyups.plugins.module_utils._consul_client import consul_environment
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._directives import parse_directives
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._errors import ValidationError
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._names import validate_name
@@ -35,16 +44,18 @@ class Option:
 
 
 OPTIONS = (
-    Option("consul_url", "http://127.0.0.1:8500", str, "the local Consul agent's HTTP API"),
-    Option("consul_token_file", None, str, "file holding the Consul ACL token (else CONSUL_HTTP_TOKEN)"),
+    Option("consul_url", "http://127.0.0.1:8500", str, "the local Consul agent's HTTP API (else CONSUL_HTTP_ADDR)"),
+    Option("consul_token_file", None, str, "file holding the Consul ACL token (else CONSUL_HTTP_TOKEN_FILE, "
+                                           "else the token in CONSUL_HTTP_TOKEN)"),
     Option("consul_datacenter", None, str, "datacenter to read (default: the agent's)"),
     Option("consul_timeout", 10.0, float, "seconds for a Consul request that does not block"),
     Option("consul_wait", 300.0, float, "seconds a blocking query may wait (Consul caps it at 600)"),
     Option("consul_stale", True, bool, "let any Consul server answer the blocking queries"),
-    Option("consul_ca_path", None, str, "CA bundle for an https consul_url"),
-    Option("consul_client_cert", None, str, "client certificate for an https consul_url"),
-    Option("consul_client_key", None, str, "client key for an https consul_url"),
-    Option("consul_validate_certs", True, bool, "verify the Consul agent's TLS certificate"),
+    Option("consul_ca_path", None, str, "CA bundle for an https consul_url (else CONSUL_CACERT)"),
+    Option("consul_client_cert", None, str, "client certificate for an https consul_url (else CONSUL_CLIENT_CERT)"),
+    Option("consul_client_key", None, str, "client key for an https consul_url (else CONSUL_CLIENT_KEY)"),
+    Option("consul_validate_certs", True, bool, "verify the Consul agent's TLS certificate (else "
+                                                "CONSUL_HTTP_SSL_VERIFY)"),
     Option("consul_resync_interval", 300.0, float, "seconds between full reads of every service (safety net)"),
     Option("tag_key", "gray", str, "KEY of KEY=TAG service tags that select upstream Service_TAG"),
     Option("include", [], list, "only these services (empty: all)"),
@@ -53,7 +64,7 @@ OPTIONS = (
     Option("include_warning", False, bool, "count Consul's warning state as passing"),
     Option("dyups_url", "http://127.0.0.1:18882", str, "the dyups interface"),
     Option("dyups_timeout", 5.0, float, "seconds for a dyups request"),
-    Option("upstream_file", "/etc/nginx/dyups.upstream.conf", str,
+    Option("upstream_file", "/var/lib/swallowkeeper-dyups/upstreams.conf", str,
            "upstream file, written atomically before every change reaches the interface"),
     Option("hosts_file", None, str, "resolve host names in servers from this file (hosts format) only, never "
                                     "through DNS (default: the system resolver)"),
@@ -150,10 +161,30 @@ def load_file(path):
     return data
 
 
-def build(file_values=None, flag_values=None, config_file=None):
-    """Settings from defaults < file < flags, checked; raises SettingsError naming the bad option."""
+# consul_environment()'s keys -> the watcher's option names.
+ENVIRONMENT_OPTIONS = {"url": "consul_url", "token_file": "consul_token_file", "ca_path": "consul_ca_path",
+                       "client_cert": "consul_client_cert", "client_key": "consul_client_key",
+                       "validate_certs": "consul_validate_certs"}
+
+
+def environment_values(environ=None):
+    """The Consul options the consul CLI's environment variables give (see the module docstring)."""
+    try:
+        found = consul_environment(os.environ if environ is None else environ)
+    except ValidationError as exc:
+        raise SettingsError(f"environment: {exc}") from None
+    if found.get("validate_certs") is False:
+        found.pop("ca_path", None)  # as the consul CLI: CONSUL_HTTP_SSL_VERIFY=false skips verification
+    return {ENVIRONMENT_OPTIONS[key]: value for key, value in found.items()}
+
+
+def build(file_values=None, flag_values=None, config_file=None, environ=None):
+    """Settings from defaults < environment < file < flags, checked; raises SettingsError naming the bad option.
+
+    ``environ`` (default: the process's environment) supplies the Consul connection options the consul
+    CLI reads from it; pass {} to ignore the environment."""
     values = {}
-    for source in (file_values or {}, flag_values or {}):
+    for source in (environment_values(environ), file_values or {}, flag_values or {}):
         for name, value in source.items():
             if value is None:
                 continue

@@ -366,7 +366,7 @@ def test_examples_run_as_written(agent, dyups_server, tmp_path):
     token_file.write_text("anything: this agent has no ACLs\n")
     conf = tmp_path / "dyups.upstream.conf"
     text = (consul_services.EXAMPLES.replace("http://127.0.0.1:8500", agent.url)
-            .replace("/etc/consul.d/read.token", str(token_file)).replace("/etc/nginx/dyups.upstream.conf", str(conf)))
+            .replace("/etc/consul.d/read.token", str(token_file)).replace("/var/lib/swallowkeeper-dyups/upstreams.conf", str(conf)))
     tasks = yaml.safe_load(text)
     play = [{"name": "EXAMPLES", "hosts": "all", "gather_facts": False, "tasks": tasks,
              "module_defaults": {"group/swallowkeeper.dyups.consul": {"consul_url": agent.url},

@@ -27,6 +27,55 @@ def galaxy(*args, cwd):
     return done
 
 
+GPL3_FIRST_LINES = ("GNU GENERAL PUBLIC LICENSE", "Version 3, 29 June 2007")
+AUTHOR = "swallowkeeper.dyups contributors"
+# Workarounds for the project's test machines: never in the built collection.
+TEST_MACHINE_ONLY = ("tests/tools/ansible_test_get_pip.py", ".ci/run")
+# What a user runs to test the collection: always in it.
+USER_TESTS = ("tests/run.sh", "tests/tools/venv.sh", "tests/tools/get-consul.sh", "tests/tools/install-system-deps.sh",
+              "tests/tools/sanity.sh", "tests/tools/lint.sh", "tests/tools/check-shell-pipes.py", "tests/requirements.txt",
+              "tests/unit/test_names.py", "tests/integration/test_galaxy_build.py", "tests/support/consul.py")
+
+
+def check_packaging(tarball, names, manifest):
+    """LICENSE (the full GPL-3.0-or-later text galaxy.yml declares), one author string, no foreign links,
+    no test-machine workarounds, the user's tests kept."""
+    info = manifest["collection_info"]
+    assert info["license"] == ["GPL-3.0-or-later"]
+    assert "LICENSE" in names, "the built collection has no LICENSE file"
+    with tarfile.open(tarball) as archive:
+        built_license = archive.extractfile("LICENSE").read().decode()
+    assert built_license == (ROOT / "LICENSE").read_text()
+    first = [line.strip() for line in built_license.splitlines() if line.strip()][:2]
+    assert tuple(first) == GPL3_FIRST_LINES, first
+    assert "TERMS AND CONDITIONS" in built_license and "END OF TERMS AND CONDITIONS" in built_license
+    assert info["authors"] == [AUTHOR]
+    for key in ("repository", "documentation", "homepage", "issues"):
+        assert not info.get(key), f"galaxy.yml {key}: {info.get(key)!r} is not this collection's home"
+    for path in TEST_MACHINE_ONLY:
+        assert path not in names, f"{path} is a test-machine workaround, not part of the collection"
+    for path in USER_TESTS:
+        assert path in names, f"{path} (the tests a user runs) is missing from the built collection"
+
+
+def test_one_author_string_everywhere():
+    """galaxy.yml, the role's meta and the plugins' documentation name the same authors (modules add the
+    "(!UNKNOWN)" GitHub-handle marker that ansible-test's validate-modules asks for)."""
+    galaxy_authors = yaml.safe_load((ROOT / "galaxy.yml").read_text())["authors"]
+    assert galaxy_authors == [AUTHOR]
+    role_meta = yaml.safe_load((ROOT / "roles/tengine_dyups/meta/main.yml").read_text())["galaxy_info"]["author"]
+    assert role_meta == AUTHOR
+    specs = yaml.safe_load((ROOT / "roles/tengine_dyups/meta/argument_specs.yml").read_text())
+    assert {spec["author"] for spec in specs["argument_specs"].values()} == {AUTHOR}
+    for path in sorted((ROOT / "plugins").glob("*/*.py")):
+        text = path.read_text()
+        if "DOCUMENTATION" not in text or "\nauthor:" not in text:
+            continue
+        doc = yaml.safe_load(text.split('DOCUMENTATION = r"""', 1)[1].split('"""', 1)[0])
+        authors = doc["author"] if isinstance(doc["author"], list) else [doc["author"]]
+        assert authors in ([AUTHOR], [f"{AUTHOR} (!UNKNOWN)"]), (path, authors)
+
+
 def test_build_install_and_run_by_fqcn(tmp_path):
     version = yaml.safe_load((ROOT / "galaxy.yml").read_text())["version"]
     galaxy("collection", "build", str(ROOT), "--output-path", str(tmp_path / "dist"), cwd=tmp_path)
@@ -41,6 +90,7 @@ def test_build_install_and_run_by_fqcn(tmp_path):
                    "plugins/module_utils/_plan.py", "plugins/doc_fragments/_dyups.py", "meta/runtime.yml"):
         assert wanted in names, wanted
     assert not [n for n in names if n.startswith((".venv", ".cache", ".git/", "tests/output")) or "__pycache__" in n]
+    check_packaging(tarball, names, manifest)
 
     installed = tmp_path / "collections"
     galaxy("collection", "install", str(tarball), "-p", str(installed), "--offline", cwd=tmp_path)

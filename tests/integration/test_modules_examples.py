@@ -1,6 +1,6 @@
 """The EXAMPLES of both modules run as written, against the dyups server.
 
-Only two things are changed: /etc/nginx/ becomes a temporary directory, and the interface address
+Only two things are changed: /etc/nginx/ and /var/lib/swallowkeeper-dyups/ become a temporary directory, and the interface address
 (the default http://127.0.0.1:18882 through module_defaults, and the http://127.0.0.1:18883 the
 examples name) becomes the test server's. The validate example runs the real nginx -t.
 """
@@ -22,7 +22,8 @@ def test_examples_run(module, dyups_server, tmp_path):
         pytest.skip("the validate example needs nginx (tests/tools/install-system-deps.sh)")
     etc = tmp_path / "etc-nginx"
     etc.mkdir()
-    text = module.EXAMPLES.replace("/etc/nginx/", f"{etc}/").replace("http://127.0.0.1:18883", dyups_server.api_url)
+    text = (module.EXAMPLES.replace("/etc/nginx/", f"{etc}/").replace("/var/lib/swallowkeeper-dyups/", f"{etc}/")
+            .replace("http://127.0.0.1:18883", dyups_server.api_url))
     tasks = yaml.safe_load(text)
     playbook = yaml.safe_dump([{
         "name": "examples", "hosts": "tengine", "gather_facts": False,
@@ -34,4 +35,4 @@ def test_examples_run(module, dyups_server, tmp_path):
     assert len(done.tasks) >= len(tasks), names
     assert not [result for _name, result in done.tasks if result.get("failed")]
     if module is dyups_upstream:
-        assert (etc / "dyups.upstream.conf").exists()
+        assert (etc / "upstreams.conf").exists()

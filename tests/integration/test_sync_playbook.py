@@ -16,6 +16,7 @@ from ansible_collections.swallowkeeper.dyups.plugins.module_utils._upstream_file
 from tests.support.ansible_run import AnsibleRunner
 from tests.support.collection import ROOT
 from tests.support.consul import consul_agent  # noqa: F401 (fixture)  # pylint: disable=unused-import  # pytest fixtures
+from tests.support.nginx_lua import NginxLua
 
 PLAYBOOK = (ROOT / "playbooks" / "sync.yml").read_text()
 PUSH = "Write the upstream file, then send what differs to dyups"
@@ -36,7 +37,9 @@ def sync(agent, dyups_server, tmp_path):
 
     def run(check=False, diff=False, expect_rc=0, **extra):
         variables = {"dyups_sync_consul_url": agent.url, "dyups_sync_api_url": dyups_server.api_url,
-                     "dyups_sync_upstream_conf": str(conf)}
+                     "dyups_sync_upstream_conf": str(conf),
+                     # never this machine's own watcher settings (a demo may have left them)
+                     "dyups_sync_watcher_config": str(tmp_path / "no-watcher.yml")}
         variables.update(extra)
         done = runner.playbook(PLAYBOOK, check=check, diff=diff, extra_vars=variables)
         assert done.rc == expect_rc, f"rc {done.rc}\n{done.stdout[-5000:]}\n{done.stderr[-3000:]}"
@@ -177,3 +180,53 @@ def test_consul_down_fails_and_changes_nothing(agent, sync):
     failed = sync(dyups_sync_consul_url="http://127.0.0.1:1", expect_rc=2)
     assert "did not answer" in failed.stdout
     assert detail(sync) == EXPECTED
+
+
+# -- which upstream file: the one nginx includes ------------------------------------------------------------
+
+def test_the_file_and_interface_come_from_the_watcher_settings_and_survive_a_reload(agent, tmp_path):
+    """As on a host the role set up: nginx includes the upstream file named in the watcher settings; sync.yml,
+    given no file and no interface, reads both from those settings; a reload then keeps the upstreams."""
+    register_fleet(agent)
+    upstream_file = tmp_path / "lib" / "upstreams.conf"
+    upstream_file.parent.mkdir()
+    upstream_file.write_text("")
+    with NginxLua(workers=1, upstream_file=upstream_file) as nginx:
+        settings = tmp_path / "watcher.yml"
+        settings.write_text(f"consul_url: {agent.url}\ndyups_url: {nginx.api_url}\nupstream_file: {upstream_file}\n")
+        runner = AnsibleRunner(tmp_path / "ansible")
+        done = runner.playbook(PLAYBOOK, extra_vars={"dyups_sync_watcher_config": str(settings)})
+        assert done.rc == 0, done.stdout[-5000:]
+        assert f"upstream file {upstream_file}, dyups {nginx.api_url} (from {settings})" in done.stdout
+        assert in_file(upstream_file) == EXPECTED
+        master = nginx.master_pid()
+        nginx.reload()
+        client = DyupsClient(nginx.api_url, stdlib_transport)
+        after = {name: sorted(server.spec() for server in servers) for name, servers in client.detail().items()}
+        assert after == EXPECTED, "the upstreams sync.yml wrote are still there after nginx -s reload"
+        assert nginx.master_pid() == master
+
+
+def test_without_settings_the_role_default_file_is_used(agent, dyups_server, tmp_path):
+    register_fleet(agent)
+    runner = AnsibleRunner(tmp_path / "ansible")
+    done = runner.playbook(PLAYBOOK, check=True, extra_vars={
+        "dyups_sync_watcher_config": str(tmp_path / "absent.yml"), "dyups_sync_consul_url": agent.url,
+        "dyups_sync_api_url": dyups_server.api_url})
+    assert done.rc == 0, done.stdout[-5000:]
+    assert "upstream file /var/lib/swallowkeeper-dyups/upstreams.conf" in done.stdout
+
+
+def test_bad_watcher_settings_fail_before_anything(agent, dyups_server, tmp_path):
+    settings = tmp_path / "watcher.yml"
+    settings.write_text("upstream_file: relative/path.conf\n")
+    done = AnsibleRunner(tmp_path / "ansible").playbook(PLAYBOOK, extra_vars={
+        "dyups_sync_watcher_config": str(settings), "dyups_sync_consul_url": agent.url,
+        "dyups_sync_api_url": dyups_server.api_url})
+    assert done.rc != 0
+    assert "dyups_sync_upstream_conf" in done.task("Check the watcher settings")["msg"]
+    assert dyups_server_is_empty(dyups_server)
+
+
+def dyups_server_is_empty(server):
+    return DyupsClient(server.api_url, stdlib_transport).detail() == {}

@@ -92,7 +92,7 @@ TEST_HOSTS = "127.0.0.1 localhost\n::1 localhost ip6-localhost\n"
 
 REFERENCE_DEFAULTS = {
     "lua_path": '"/usr/share/swallowkeeper-dyups/lua/?.lua;;"',
-    "upstream_file": '"/etc/nginx/dyups.upstream.conf"',
+    "upstream_file": '"/var/lib/swallowkeeper-dyups/upstreams.conf"',
     "api_listen": "listen 127.0.0.1:18882;",
     "dict_size": "lua_shared_dict dyups_state 16m;",
     "keepalive": "keepalive 64;",

@@ -48,9 +48,13 @@ mkdir -p "$out"
   echo "cpu: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')"
   echo "memory: $(grep -m1 MemTotal /proc/meminfo | awk '{print $2 " kB"}')"
   echo "nginx: $(nginx -v 2>&1)"
-  echo "consul: $("$CONSUL_BIN" version | head -1)"
-  echo "tengine: ${TENGINE_BIN:+$("$TENGINE_BIN" -v 2>&1 | sed -n 1p)}"
-  echo "wrk: $(wrk -v 2>&1 | head -1 || true)"
+  # Outputs are captured whole and cut afterwards (a pipe into head can fail by chance under pipefail).
+  consul_version=$("$CONSUL_BIN" version)
+  echo "consul: ${consul_version%%$'\n'*}"
+  tengine_version=${TENGINE_BIN:+$("$TENGINE_BIN" -v 2>&1)}
+  echo "tengine: ${tengine_version%%$'\n'*}"
+  wrk_version=$(wrk -v 2>&1 || true)
+  echo "wrk: ${wrk_version%%$'\n'*}"
   echo "commit: $(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
 } > "$out/machine.txt"
 cat "$out/machine.txt"

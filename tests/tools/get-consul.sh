@@ -19,8 +19,15 @@ bin="$dest/usr/bin/consul"
 
 say() { echo "get-consul: $*" >&2; }
 
-binary_ok() {  # the binary runs and reports the version asked for
-  [ -x "$1" ] && "$1" version 2>/dev/null | head -1 | grep -qx "Consul v$version"
+first_line() { printf '%s\n' "${1%%$'\n'*}"; }
+
+binary_ok() {  # the binary runs and reports the version asked for on its first line
+  # The output is captured whole, then its first line compared: piping it into head or grep -q lets
+  # the reader exit first, consul die of SIGPIPE, and the check fail by chance under pipefail.
+  local out
+  [ -x "$1" ] || return 1
+  out=$("$1" version 2>/dev/null) || return 1
+  [ "$(first_line "$out")" = "Consul v$version" ]
 }
 
 if binary_ok "$bin"; then
@@ -64,7 +71,8 @@ mirror_uri() {
   done
 }
 
-uri=$(mirror_uri | head -1)
+uris=$(mirror_uri)
+uri=$(first_line "$uris")
 if [ -z "$uri" ]; then
   say "no Debian mirror found in /etc/apt/sources.list.d/*.sources or /etc/apt/sources.list"
   exit 1
@@ -98,7 +106,8 @@ deb_dir=$(mktemp -d)
 trap 'rm -rf "$deb_dir"' EXIT
 say "downloading consul ($suite)"
 (cd "$deb_dir" && apt-get "${apt_opts[@]}" -o APT::Sandbox::User=root -qq download "consul" >&2)
-deb=$(find "$deb_dir" -maxdepth 1 -name 'consul_*.deb' | sort | head -1)
+debs=$(find "$deb_dir" -maxdepth 1 -name 'consul_*.deb' | sort)
+deb=$(first_line "$debs")
 if [ -z "$deb" ]; then
   say "apt-get download produced no consul .deb"
   exit 1
@@ -112,7 +121,7 @@ rm -rf "$dest"
 mkdir -p "$dest"
 dpkg -x "$deb" "$dest"
 if ! binary_ok "$bin"; then
-  say "unpacked $bin does not report Consul v$version: $("$bin" version 2>&1 | head -1 || true)"
+  say "unpacked $bin does not report Consul v$version: $(first_line "$("$bin" version 2>&1 || true)")"
   exit 1
 fi
 say "consul $version ready"

@@ -9,7 +9,9 @@ packages=(nginx libnginx-mod-http-lua lua-resty-core lua-resty-lrucache wrk supe
   build-essential libpcre2-dev libssl-dev zlib1g-dev)
 missing=()
 for p in "${packages[@]}"; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+  # Compared whole (no pipe into grep -q, whose early exit can fail the pipeline under pipefail).
+  status=$(dpkg-query -W -f='${Status}' "$p" 2>/dev/null || true)
+  [ "$status" = "install ok installed" ] || missing+=("$p")
 done
 [ ${#missing[@]} -eq 0 ] && { echo "system packages: all present"; exit 0; }
 echo "system packages: installing ${missing[*]}"

@@ -11,7 +11,12 @@ lint="$root/.venv/bin/ansible-lint"
 cd "$root"
 export PATH="$root/.venv/bin:$PATH"
 # The collection is found through the same symlink the tests use; ansible-lint's own cache stays in .cache.
-export ANSIBLE_COLLECTIONS_PATH="$root/.cache/collections"
+ANSIBLE_COLLECTIONS_PATH=$("$root/.venv/bin/python" -c \
+  'from tests.support.collection import ensure_importable; print(ensure_importable())')
+export ANSIBLE_COLLECTIONS_PATH
 export ANSIBLE_HOME="$root/.cache/ansible-home"
-"$lint" --version | head -1
+version=$("$lint" --version)  # captured whole, then cut: a pipe into head can fail by chance under pipefail
+echo "${version%%$'\n'*}"
+# Shell pipelines that can fail by chance under pipefail (file:line of each).
+"$root/.venv/bin/python" tests/tools/check-shell-pipes.py
 exec "$lint" --profile production --strict --nocolor "$@"

@@ -16,15 +16,20 @@ python=${SANITY_PYTHON:-3.11}
 ansible_test="$root/.venv/bin/ansible-test"
 [ -x "$ansible_test" ] || { echo "no $ansible_test: run tests/tools/venv.sh first" >&2; exit 2; }
 
-# ansible-test --venv downloads get-pip.py from its CI file server; this machine reaches package
-# registries only, so a stand-in that uses Python's bundled pip takes its place in ansible-test's cache.
-pip_version=$("$root/.venv/bin/python" -c 'import types
+# ansible-test --venv downloads get-pip.py from its CI file server; this project's test machines reach
+# package registries only, so a stand-in that uses Python's bundled pip takes its place in ansible-test's
+# cache. The stand-in is a checkout-only workaround (left out of the built collection): without it,
+# ansible-test downloads get-pip.py as usual.
+stand_in="$root/tests/tools/ansible_test_get_pip.py"
+if [ -f "$stand_in" ]; then
+  pip_version=$("$root/.venv/bin/python" -c 'import types
 from ansible_test._internal.python_requirements import get_venv_packages
 print(get_venv_packages(types.SimpleNamespace(version="'"$python"'"))["pip"])')
-get_pip="$HOME/.ansible/test/cache/get_pip_${pip_version//./_}.py"
-mkdir -p "$(dirname "$get_pip")"
-sed "s|@OUTER_PYTHON@|$root/.venv/bin/python|" "$root/tests/tools/ansible_test_get_pip.py" > "$get_pip.$$"
-mv "$get_pip.$$" "$get_pip"
+  get_pip="$HOME/.ansible/test/cache/get_pip_${pip_version//./_}.py"
+  mkdir -p "$(dirname "$get_pip")"
+  sed "s|@OUTER_PYTHON@|$root/.venv/bin/python|" "$stand_in" > "$get_pip.$$"
+  mv "$get_pip.$$" "$get_pip"
+fi
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/dyups-sanity.XXXXXX")
 trap 'rm -rf "$work"' EXIT

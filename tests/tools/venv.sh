@@ -17,4 +17,5 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   "$venv/bin/python" -m pip install -q -r "$req"
   echo "$want" > "$stamp"
 fi
-echo "venv: $venv ($("$venv/bin/ansible" --version | head -1))"
+version=$("$venv/bin/ansible" --version)  # captured whole, then cut: a pipe into head breaks ansible's output
+echo "venv: $venv (${version%%$'\n'*})"

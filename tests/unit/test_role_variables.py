@@ -55,7 +55,18 @@ def test_the_role_uses_only_variables_it_defines():
     for path in list(ROLE.glob("tasks/*.yml")) + list(ROLE.glob("handlers/*.yml")) + list(ROLE.glob("templates/*.j2")) \
             + list(ROLE.glob("vars/*.yml")):
         used.update(PUBLIC.findall(path.read_text()))
-    assert sorted(used - set(DEFAULTS)) == []
+    assert sorted(used - set(DEFAULTS) - set(TAGS)) == []
+
+
+TAGS = ("tengine_dyups_install", "tengine_dyups_configure", "tengine_dyups_watcher")
+
+
+def test_the_role_tags_are_prefixed():
+    tags = set()
+    for path in ROLE.glob("tasks/*.yml"):
+        for match in re.finditer(r"tags: \[([^\]]*)\]", path.read_text()):
+            tags.update(tag.strip() for tag in match.group(1).split(","))
+    assert tags == set(TAGS) | {"always"}
 
 
 def test_every_defined_variable_is_used():
