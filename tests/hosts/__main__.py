@@ -2,7 +2,7 @@
 
   python -m tests.hosts up RUN NAME...      start containers NAME... (prints the inventory's path)
   python -m tests.hosts down RUN            stop and remove the run's containers, bridge and proxy
-  python -m tests.hosts cleanup             remove every run left behind (and stray bridges)
+  python -m tests.hosts cleanup [--stale]   remove every run (--stale: those whose owner died)
   python -m tests.hosts ssh RUN NAME [CMD]  a shell or command in a container, over ssh
   python -m tests.hosts link RUN NAME up|down   cut a container off the bridge, or reconnect it
   python -m tests.hosts base-key            the key of the base root filesystem (for caches)
@@ -36,8 +36,8 @@ def main(argv: list[str]) -> int:
             print(state["inventory"])
         elif command == "down" and len(args) == 1:
             runs.down(args[0])
-        elif command == "cleanup" and not args:
-            for name in runs.cleanup():
+        elif command == "cleanup" and args in ([], ["--stale"]):
+            for name in runs.cleanup(stale_only=bool(args)):
                 print(f"removed {name}")
         elif command == "ssh" and len(args) >= 2:
             state = load(args[0])

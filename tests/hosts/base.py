@@ -17,7 +17,7 @@ from tests.hosts.system import need, run, say
 
 SUITE = "bookworm"
 PACKAGES = ["systemd", "systemd-sysv", "dbus", "python3", "openssh-server", "iproute2", "procps"]
-LAYOUT = 1  # bump when the set-up below changes
+LAYOUT = 2  # bump when the set-up below changes
 
 
 def key(suite: str = SUITE, packages: list[str] | None = None) -> str:
@@ -40,9 +40,9 @@ def ensure(mirror_url: str, suite: str = SUITE) -> Path:
             return target
         for old in CACHE.glob(f"base-{suite}-*"):
             say(f"removing the outdated or unfinished base {old.name}")
-            shutil.rmtree(old, ignore_errors=True)
+            _remove(old)
         partial = target.with_name(target.name + ".partial")
-        shutil.rmtree(partial, ignore_errors=True)
+        _remove(partial)
         say(f"building the base root filesystem ({suite}, {' '.join(PACKAGES)}); takes a minute or two")
         start = time.monotonic()
         run(["debootstrap", "--variant=minbase", f"--include={','.join(PACKAGES)}", suite, str(partial),
@@ -54,6 +54,18 @@ def ensure(mirror_url: str, suite: str = SUITE) -> Path:
         return target
 
 
+def _remove(root: Path) -> None:
+    """Remove a base tree; first unmount what an interrupted debootstrap left mounted in it (/proc, /sys)."""
+    if not root.exists():
+        return
+    prefix = str(root.resolve()) + "/"
+    with open("/proc/mounts", encoding="utf-8") as handle:
+        mounts = [line.split()[1] for line in handle if line.split()[1].startswith(prefix)]
+    for mount in sorted(mounts, key=len, reverse=True):
+        run(["umount", "--lazy", mount], check=False)
+    shutil.rmtree(root, ignore_errors=True)
+
+
 def _set_up(root: Path) -> None:
     """What every container shares: networkd and sshd enabled, no apt caches, no machine identity."""
     run(["systemctl", f"--root={root}", "enable", "systemd-networkd.service", "ssh.service"])
@@ -63,5 +75,7 @@ def _set_up(root: Path) -> None:
     (root / "etc/machine-id").write_text("", encoding="utf-8")
     for f in (root / "var/cache/apt/archives").glob("*.deb"):
         f.unlink()
+    for f in (root / "var/lib/apt/lists").glob("*_dists_*"):
+        f.unlink()  # named after the building run's proxy address: each container reads its own
     if not (root / "usr/bin/python3").exists():
         raise HostsError(f"debootstrap left no python3 in {root}")

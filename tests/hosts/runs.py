@@ -30,6 +30,9 @@ def up(run_id: str, names: list[str], suite: str = base.SUITE) -> dict:
     directory = run_dir(run_id)
     directory.mkdir(parents=True, exist_ok=True)
     state = load(run_id)
+    # Whose run this is: `cleanup --stale` removes runs whose owner is gone (a killed test).
+    state["owner"] = int(os.environ.get("SKDY_OWNER_PID") or os.getppid())
+    save(state)
     try:
         CACHE.mkdir(parents=True, exist_ok=True)
         with open(CACHE / "subnet.lock", "w", encoding="utf-8") as lock:
@@ -63,6 +66,8 @@ def up(run_id: str, names: list[str], suite: str = base.SUITE) -> dict:
         for entry in state["containers"]:
             containers.wait_booted(entry["loop_pid"], entry["machine"])
             wait_ssh(entry["address"])
+            # Package lists as a user's host has them (through the run's proxy: fast when cached).
+            containers.in_container(entry["loop_pid"], ["apt-get", "-qq", "update"], timeout=300)
         write_inventory(state)
         save(state)
         return state
@@ -134,17 +139,25 @@ def down(run_id: str) -> None:
     say(f"run {run_id} removed")
 
 
-def cleanup() -> list[str]:
-    """Remove every run found under the runs directory and any bridge of the kit left behind."""
-    removed = []
+def cleanup(stale_only: bool = False) -> list[str]:
+    """Remove every run found under the runs directory (stale_only: those whose owner process is
+    gone) and any bridge of the kit that no remaining run uses."""
+    removed, kept_bridges = [], set()
     if RUNS.exists():
         for directory in sorted(RUNS.iterdir()):
-            if directory.is_dir():
-                down(directory.name)
-                removed.append(directory.name)
+            if not directory.is_dir():
+                continue
+            state = load(directory.name)
+            owner = state.get("owner")
+            if stale_only and owner and Path(f"/proc/{owner}").exists():
+                kept_bridges.add(state.get("bridge"))
+                continue
+            down(directory.name)
+            removed.append(directory.name)
     for bridge in network.leftover_bridges():
-        network.delete_bridge(bridge)
-        removed.append(bridge)
+        if bridge not in kept_bridges:
+            network.delete_bridge(bridge)
+            removed.append(bridge)
     return removed
 
 
