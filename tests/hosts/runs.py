@@ -30,7 +30,8 @@ def up(run_id: str, names: list[str], suite: str = base.SUITE) -> dict:
     directory = run_dir(run_id)
     directory.mkdir(parents=True, exist_ok=True)
     state = load(run_id)
-    # Whose run this is: `cleanup --stale` removes runs whose owner is gone (a killed test).
+    # Whose run this is: `cleanup --stale` removes runs whose owner is gone (a killed test); owner 0
+    # (SKDY_OWNER_PID=0) is a run kept on purpose, for development.
     state["owner"] = int(os.environ.get("SKDY_OWNER_PID") or os.getppid())
     save(state)
     try:
@@ -149,7 +150,7 @@ def cleanup(stale_only: bool = False) -> list[str]:
                 continue
             state = load(directory.name)
             owner = state.get("owner")
-            if stale_only and owner and Path(f"/proc/{owner}").exists():
+            if stale_only and (owner == 0 or (owner and Path(f"/proc/{owner}").exists())):
                 kept_bridges.add(state.get("bridge"))
                 continue
             down(directory.name)

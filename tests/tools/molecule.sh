@@ -3,7 +3,7 @@
 #
 #   tests/tools/molecule.sh                      every scenario on test hosts (see below), molecule test
 #   tests/tools/molecule.sh tengine_host         one scenario (molecule test)
-#   tests/tools/molecule.sh tengine_host converge   another molecule command; on a test host the host
+#   tests/tools/molecule.sh tengine_host converge [ARGS]   another molecule command; on a test host the host
 #                                                stays up: SKDY_RUN=<run> reuses it next time,
 #                                                `python -m tests.hosts down <run>` removes it
 #
@@ -33,7 +33,8 @@ mkdir -p tests/output/molecule
 
 scenarios=()
 command=test
-if [ $# -gt 0 ]; then scenarios=("$1"); command=${2:-test}; else scenarios=("${host_scenarios[@]}"); fi
+extra=()
+if [ $# -gt 0 ]; then scenarios=("$1"); command=${2:-test}; extra=("${@:3}"); else scenarios=("${host_scenarios[@]}"); fi
 
 hosts() { SKDY_OWNER_PID=$$ .venv/bin/python -m tests.hosts "$@"; }
 hosts cleanup --stale  # containers a killed earlier run left behind
@@ -48,7 +49,7 @@ trap 'undo; exit 143' TERM
 run_localhost() {  # the old scenario: THIS machine, supervisor
   local scenario=$1 run_dir=/var/tmp/swallowkeeper-molecule status=0
   if [ "$command" = test ] && [ -d "$run_dir" ]; then molecule cleanup -s "$scenario" || true; fi
-  molecule "$command" -s "$scenario" || status=$?
+  molecule "$command" -s "$scenario" "${extra[@]}" || status=$?
   if [ "$command" = test ] && [ -d "$run_dir" ]; then molecule cleanup -s "$scenario" || status=1; fi
   return $status
 }
@@ -60,8 +61,10 @@ run_on_host() {
     run=${run:-$scenario-$(date -u +%H%M%S)-$$}
     [ "$command" = test ] && current_run=$run
     local start=$SECONDS
-    hosts up "$run" instance >/dev/null
+    if [ "$command" = test ]; then hosts up "$run" instance >/dev/null
+    else SKDY_OWNER_PID=0 .venv/bin/python -m tests.hosts up "$run" instance >/dev/null; fi
     echo "molecule: test host of $scenario up in $((SECONDS - start))s (run $run)"
+    molecule reset -s "$scenario" >/dev/null 2>&1 || true  # a new host: molecule's state starts afresh
   fi
   read -r SKDY_HOST_ADDRESS SKDY_SSH_KEY < <(.venv/bin/python - "$run" <<'PY'
 import sys
@@ -71,7 +74,7 @@ print(state["containers"][0]["address"], state["ssh_key"])
 PY
 )
   export SKDY_RUN=$run SKDY_HOST_ADDRESS SKDY_SSH_KEY
-  molecule "$command" -s "$scenario" || status=$?
+  molecule "$command" -s "$scenario" "${extra[@]}" || status=$?
   if [ "$command" = test ]; then
     hosts ssh "$run" instance journalctl --no-pager -b -o short-iso > "tests/output/molecule/$scenario.journal.log" 2>&1 || true
     undo
