@@ -8,8 +8,9 @@
 #
 # Stages: unit, integration (modules, Consul, Lua flavor, watcher, playbooks), conformance (dyups
 # contract suite; DYUPS_URL=http://... to aim it at your own Tengine), sanity (ansible-test), lint
-# (ansible-lint), molecule (role), bench (short benchmark and resilience runs; results to
-# tests/output/, not to docs/).
+# (ansible-lint), molecule (the role on booted Debian containers over ssh, tests/hosts: flavor
+# tengine and nginx under systemd, nginx under supervisor; never on this machine itself), bench (short
+# benchmark and resilience runs; results to tests/output/, not to docs/).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
