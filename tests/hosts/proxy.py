@@ -23,7 +23,12 @@ def start(directory: Path, address: str, suite: str) -> dict:
     need("apt-cacher-ng")
     conf = directory / "acng"
     (conf / "log").mkdir(parents=True, exist_ok=True)
-    cache = CACHE / "apt-cacher-ng"
+    # One cache per group (SKDY_APT_CACHE_GROUP; molecule.sh: the scenario): runs side by side have a
+    # proxy each, and two apt-cacher-ng processes must not fill the same cache directory at once.
+    group = os.environ.get("SKDY_APT_CACHE_GROUP", "default")
+    if not group.replace("-", "").replace("_", "").isalnum():
+        raise HostsError(f"SKDY_APT_CACHE_GROUP must be letters, digits, - and _: {group!r}")
+    cache = CACHE / "apt-cacher-ng" / group
     cache.mkdir(parents=True, exist_ok=True)
     (conf / "backends_skdy").write_text(debian_mirror(suite) + "/\n", encoding="utf-8")
     (conf / "acng.conf").write_text(

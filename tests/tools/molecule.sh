@@ -17,7 +17,7 @@
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$root"
-host_scenarios=(tengine_host)
+host_scenarios=(tengine_host nginx_host supervisor_host)
 [ -x .venv/bin/molecule ] || { echo "no .venv/bin/molecule: run tests/tools/venv.sh first" >&2; exit 2; }
 [ "$(id -u)" = 0 ] || { echo "the scenarios start containers and services: run it as root" >&2; exit 2; }
 export PATH="$root/.venv/bin:$PATH"
@@ -25,6 +25,8 @@ ANSIBLE_COLLECTIONS_PATH=$(.venv/bin/python -c \
   'from tests.support.collection import ensure_importable; print(ensure_importable())')
 export ANSIBLE_COLLECTIONS_PATH
 export ANSIBLE_HOME="$root/.cache/ansible-home"
+# A copy molecule's prerun once installed there would shadow the checkout: the checkout it is.
+rm -rf "$ANSIBLE_HOME/collections/ansible_collections/swallowkeeper/dyups"
 export ANSIBLE_FORCE_COLOR=0 PY_COLORS=0 ANSIBLE_NOCOLOR=1
 export SKDY_TENGINE_TARBALL=${SKDY_TENGINE_TARBALL:-$(cd "$root/.." && pwd)/shared/tengine/tengine-3.2.0.tar.gz}
 CONSUL_BIN=${CONSUL_BIN:-$(tests/tools/get-consul.sh)}
@@ -61,6 +63,7 @@ run_on_host() {
     run=${run:-$scenario-$(date -u +%H%M%S)-$$}
     [ "$command" = test ] && current_run=$run
     local start=$SECONDS
+    export SKDY_APT_CACHE_GROUP=$scenario  # scenarios side by side: one package cache each
     if [ "$command" = test ]; then hosts up "$run" instance >/dev/null
     else SKDY_OWNER_PID=0 .venv/bin/python -m tests.hosts up "$run" instance >/dev/null; fi
     echo "molecule: test host of $scenario up in $((SECONDS - start))s (run $run)"
@@ -84,15 +87,37 @@ PY
   return $status
 }
 
-status=0
-for scenario in "${scenarios[@]}"; do
-  start=$SECONDS
-  rc=0
+run_one() {
+  local scenario=$1 start=$SECONDS rc=0
   case "$scenario" in
     *_host) run_on_host "$scenario" || rc=$? ;;
     *) run_localhost "$scenario" || rc=$? ;;
   esac
   echo "molecule $command -s $scenario: exit $rc after $((SECONDS - start))s"
-  [ $rc -eq 0 ] || status=1
-done
+  return $rc
+}
+
+status=0
+if [ ${#scenarios[@]} -gt 1 ] && [ "${SKDY_PARALLEL:-1}" = 1 ]; then
+  # The host scenarios side by side, each on its own container and with its own log (printed when it
+  # ends): most of a scenario is waiting on ssh round trips, so two cores carry three of them.
+  pids=()
+  for scenario in "${scenarios[@]}"; do
+    # A background subshell does not inherit the traps: each sets its own, so that it removes its
+    # own container when it ends or is told to stop; this shell passes INT/TERM on to them.
+    (trap undo EXIT; trap 'undo; exit 130' INT; trap 'undo; exit 143' TERM; run_one "$scenario") \
+      > "tests/output/molecule/$scenario.log" 2>&1 &
+    pids+=($!)
+  done
+  trap 'kill -TERM "${pids[@]}" 2>/dev/null; wait; exit 130' INT
+  trap 'kill -TERM "${pids[@]}" 2>/dev/null; wait; exit 143' TERM
+  for i in "${!scenarios[@]}"; do
+    rc=0; wait "${pids[$i]}" || rc=$?
+    echo "=== molecule ${scenarios[$i]} (log: tests/output/molecule/${scenarios[$i]}.log)"
+    cat "tests/output/molecule/${scenarios[$i]}.log"
+    [ $rc -eq 0 ] || status=1
+  done
+else
+  for scenario in "${scenarios[@]}"; do run_one "$scenario" || status=1; done
+fi
 exit $status

@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """Run ON a test host: is each hardening setting of a systemd unit in effect?
 
   unit_in_effect.py UNIT
