@@ -2,8 +2,9 @@
 # Install the Debian packages the tests use: stock nginx with the Lua module (the stock-nginx flavor),
 # wrk (load), supervisor (molecule's service manager), python3-venv; debootstrap, systemd-container,
 # apt-cacher-ng and openssh-client for the test hosts (tests/hosts: booted containers reached over
-# ssh). Package installs must not start services (no systemd here, and a stray nginx on port 80 is not wanted): a policy-rc.d denies that
-# for the duration of the install. Uses the machine's own apt sources; idempotent.
+# ssh). Package installs must not start services (no systemd here, and a stray nginx on port 80 or
+# apt-cacher-ng on 3142 is not wanted): a policy-rc.d denies that for the duration of the install. Uses
+# the machine's own apt sources; idempotent.
 set -euo pipefail
 packages=(nginx libnginx-mod-http-lua lua-resty-core lua-resty-lrucache wrk supervisor python3-venv curl ca-certificates procps iproute2 util-linux shellcheck
           debootstrap systemd-container apt-cacher-ng openssh-client)

@@ -34,7 +34,7 @@ export CONSUL_BIN
 mkdir -p tests/output/molecule
 
 scenarios=()
-command=test
+command="test"
 extra=()
 if [ $# -gt 0 ]; then scenarios=("$1"); command=${2:-test}; extra=("${@:3}"); else scenarios=("${host_scenarios[@]}"); fi
 
