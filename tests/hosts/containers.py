@@ -169,7 +169,7 @@ def stop(directory: Path, machine: str, timeout: float = 60) -> None:
                 time.sleep(0.2)
     root = directory / "root"
     if os.path.ismount(root):
-        for _ in range(10):
+        for _attempt in range(10):
             if run(["umount", str(root)], check=False, quiet=True).returncode == 0:
                 break
             time.sleep(0.5)

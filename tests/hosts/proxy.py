@@ -63,7 +63,7 @@ def stop(proxy: dict) -> None:
     if b"apt-cacher-ng" not in cmdline:
         return  # the PID was reused: not ours
     os.kill(pid, signal.SIGTERM)
-    for _ in range(50):
+    for _attempt in range(50):
         if not Path(f"/proc/{pid}").exists():
             return
         time.sleep(0.1)

@@ -160,5 +160,3 @@ def cleanup(stale_only: bool = False) -> list[str]:
             network.delete_bridge(bridge)
             removed.append(bridge)
     return removed
-
-

@@ -54,7 +54,7 @@ def process_checks(unit, pid, problems, checked):
     status = {}
     with open(f"/proc/{pid}/status", encoding="utf-8") as handle:
         for line in handle:
-            key, _, value = line.partition(":")
+            key, _sep, value = line.partition(":")
             status[key] = value.strip()
     expect = {"NoNewPrivs": "1", "CapBnd": "0000000000000000", "CapAmb": "0000000000000000",
               "CapEff": "0000000000000000", "Seccomp": "2"}
