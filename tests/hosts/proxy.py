@@ -46,6 +46,8 @@ def start(directory: Path, address: str, suite: str) -> dict:
                     break
         except OSError as exc:
             if time.monotonic() > deadline:
+                if pid_file.exists():  # started, but not serving: not left behind
+                    stop({"pid": int(pid_file.read_text().strip() or 0)})
                 raise HostsError(f"the package proxy at {url} does not serve {suite}: {exc} "
                                  f"(log: {conf / 'log'})") from exc
         time.sleep(0.5)
