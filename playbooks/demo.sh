@@ -7,16 +7,37 @@
 #   playbooks/demo.sh                      the demo
 #   playbooks/demo.sh -e demo_front_port=28080     extra arguments go to ansible-playbook
 #   playbooks/demo.sh --cleanup            stop what the demo started (playbooks/demo-cleanup.yml)
+#   playbooks/demo.sh --flavor tengine [TARBALL]   the same demo on Tengine, built by the role from a
+#                                          Tengine source tarball: TARBALL, else $TENGINE_TARBALL (a few
+#                                          minutes more; the default stock-nginx demo is the fastest)
+#   playbooks/demo.sh --cleanup --flavor tengine   stop the Tengine demo
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 [ "$(id -u)" = 0 ] || { echo "demo.sh installs packages and services: run it as root" >&2; exit 2; }
 playbook=playbooks/demo.yml
 if [ "${1:-}" = --cleanup ]; then playbook=playbooks/demo-cleanup.yml; shift; fi
+flavor_args=()
+if [ "${1:-}" = --flavor ]; then
+  case "${2:-}" in
+    nginx) shift 2 ;;
+    tengine)
+      shift 2
+      tarball=${TENGINE_TARBALL:-}
+      if [ -n "${1:-}" ] && [ "${1#-}" = "$1" ]; then tarball=$1; shift; fi
+      flavor_args=(-e demo_flavor=tengine)
+      if [ "$playbook" = playbooks/demo.yml ]; then
+        [ -n "$tarball" ] || { echo "--flavor tengine needs a Tengine source tarball: give its path or set TENGINE_TARBALL" >&2; exit 2; }
+        [ -f "$tarball" ] || { echo "no such Tengine tarball: $tarball" >&2; exit 2; }
+        flavor_args+=(-e "demo_tengine_tarball=$(cd "$(dirname "$tarball")" && pwd)/$(basename "$tarball")")
+      fi ;;
+    *) echo "--flavor is nginx or tengine, not '${2:-}'" >&2; exit 2 ;;
+  esac
+fi
 tests/tools/install-system-deps.sh
 tests/tools/venv.sh
 ANSIBLE_COLLECTIONS_PATH=$(.venv/bin/python -c \
   'from tests.support.collection import ensure_importable; print(ensure_importable())')
 export ANSIBLE_COLLECTIONS_PATH
 export ANSIBLE_HOME="$root/.cache/ansible-home"
-exec .venv/bin/ansible-playbook -i localhost, -c local "$playbook" "$@"
+exec .venv/bin/ansible-playbook -i localhost, -c local "$playbook" ${flavor_args[@]+"${flavor_args[@]}"} "$@"

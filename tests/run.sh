@@ -11,6 +11,12 @@
 # (ansible-lint), molecule (the role on booted Debian containers over ssh, tests/hosts: flavor
 # tengine and nginx under systemd, nginx under supervisor; never on this machine itself), bench (short
 # benchmark and resilience runs; results to tests/output/, not to docs/).
+#
+# Tengine: setup builds one with the role's source path (tests/tools/get-tengine.sh, from $TENGINE_TARBALL
+# or ../shared/tengine/tengine-3.2.0.tar.gz; cached in /var/cache/swallowkeeper-dyups/tengine, so only the
+# first run builds) and exports TENGINE_BIN; every suite that talks to a proxy then runs on Tengine and the
+# Lua flavor. Without a tarball the Tengine cases are skipped and the summary says so; with CI=true a
+# missing tarball fails the run.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
@@ -28,6 +34,27 @@ step "setup: Consul"
 CONSUL_BIN=$(tests/tools/get-consul.sh)
 export CONSUL_BIN
 echo "consul: $CONSUL_BIN ($("$CONSUL_BIN" version | head -1))"
+
+step "setup: Tengine"
+tengine_note=""
+tengine_rc=0
+TENGINE_BIN=$(tests/tools/get-tengine.sh) || tengine_rc=$?
+if [ $tengine_rc -eq 0 ]; then
+  export TENGINE_BIN
+  echo "tengine: $TENGINE_BIN ($("$TENGINE_BIN" -v 2>&1 | sed -n 1p))"
+else
+  unset TENGINE_BIN
+  if [ $tengine_rc -eq 3 ]; then
+    tengine_note="Tengine parts NOT RUN: no Tengine tarball (set TENGINE_TARBALL=/path/to/tengine-3.2.0.tar.gz)"
+  else
+    tengine_note="Tengine parts NOT RUN: the Tengine build failed (tests/tools/get-tengine.sh)"
+  fi
+  echo "tengine: $tengine_note"
+  if [ "${CI:-}" = true ]; then
+    echo "tengine: CI=true needs a Tengine: failing the run"
+    exit 1
+  fi
+fi
 
 export PATH="$root/.venv/bin:$PATH"
 mkdir -p tests/output
@@ -53,5 +80,6 @@ for stage in "${stages[@]}"; do
   esac
 done
 step "done"
+[ -n "$tengine_note" ] && echo "$tengine_note (their cases are counted as skipped above)"
 [ $status -eq 0 ] && echo "all stages passed" || echo "some stages FAILED"
 exit $status

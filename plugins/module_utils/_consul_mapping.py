@@ -36,8 +36,7 @@ Output (``MappingResult``): ``instances`` (every usable instance, sorted), ``ups
 names that have instances, none serving: callers apply their zero-instance policy), ``skipped``
 (``[{"what", "why", "service", "node", "id"}]``), ``sources`` (``{upstream: service}``).
 
-``changed_services`` compares two ``/v1/health/state/any`` answers and tells which services (and
-which nodes, for node-level checks) changed, so a watcher reads again only those.
+``index_checks`` indexes a ``/v1/health/state/any`` answer by instance, for the watcher's health poll.
 """
 
 from __future__ import annotations
@@ -415,8 +414,8 @@ class CheckSnapshot:
 
     ``states``: {(node, service id): (service name, ((check id, status), ...) sorted)};
     ``checks``: {(node, service id): [the check dicts]}. Node-level checks have service id "".
-    A watcher keeps the last snapshot and compares the next answer against it, so each answer is
-    indexed once (one pass over the list).
+    The watcher compares each health answer with what its cache holds (not with the previous
+    answer), so each answer is indexed once (one pass over the list).
     """
 
     states: dict
@@ -447,47 +446,3 @@ def index_checks(checks):
             pairs = sorted(set(pairs))
         states[key] = (str(group[0].get("ServiceName") or ""), tuple(pairs))
     return CheckSnapshot(states=states, checks=grouped)
-
-
-@dataclass(frozen=True)
-class ChecksChange:
-    """Which services' checks changed (``services``), and which nodes' node-level checks (``nodes``).
-
-    A node in ``nodes`` affects every service with an instance on that node: the caller, who knows
-    which services run where, reads those again.
-    """
-
-    services: frozenset
-    nodes: frozenset
-
-    def __bool__(self):
-        return bool(self.services or self.nodes)
-
-
-def diff_snapshots(old, new):
-    """What changed from snapshot ``old`` (None: nothing known) to snapshot ``new`` (see ChecksChange)."""
-    old_states = old.states if old is not None else {}
-    new_states = new.states
-    services = set()
-    nodes = set()
-    for key in old_states.keys() | new_states.keys():
-        before, after = old_states.get(key), new_states.get(key)
-        if before is not None and after is not None and before[1] == after[1]:
-            continue
-        node, service_id = key
-        if not service_id:
-            nodes.add(node)
-            continue
-        for side in (before, after):
-            if side is not None and side[0]:
-                services.add(side[0])
-    return ChecksChange(services=frozenset(services), nodes=frozenset(nodes))
-
-
-def changed_services(old_checks, new_checks):
-    """Compare two ``/v1/health/state/any`` answers: a check added, removed or with a new status.
-
-    Only ``CheckID`` and ``Status`` count (``Output`` changes do not change the mapping). ``old_checks``
-    None (no earlier snapshot) reports every service and node of ``new_checks``.
-    """
-    return diff_snapshots(index_checks(old_checks) if old_checks is not None else None, index_checks(new_checks))

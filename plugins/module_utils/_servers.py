@@ -10,8 +10,12 @@ Accepted input, as a string (nginx's own syntax, without ``server`` and ``;``)::
     [2001:db8::1]:8080 down
     app1.example.internal:8080
 
-or as a dict with the keys ``address`` (or ``host`` and ``port``), ``weight``,
-``max_fails``, ``fail_timeout``, ``max_conns``, ``backup``, ``down``.
+or as a dict with the keys ``address`` (or ``host``), ``port``, ``weight``,
+``max_fails``, ``fail_timeout``, ``max_conns``, ``backup``, ``down``. ``address``
+may carry the port (``10.0.0.1:8080``) or leave it to ``port``
+(``{address: 10.0.0.1, port: 8080}``, the shape Consul uses; there a bare IPv6
+address such as ``2001:db8::1`` needs no brackets); a port given in both with
+different values is refused.
 
 Rules (``tests/vectors/servers.json`` holds the cases that the Python and the
 Lua implementation both run):
@@ -114,6 +118,12 @@ def host_kind(host):
 
 def parse_address(address, original=None):
     """Split ``host:port`` / ``[v6]:port`` / ``host`` into (canonical host, port)."""
+    host, port = _split_address(address, original)
+    return host, DEFAULT_PORT if port is None else port
+
+
+def _split_address(address, original=None):
+    """(canonical host, port or None when the address has none)."""
     shown = address if original is None else original
     if not isinstance(address, str):
         _fail(shown, "the address must be a string")
@@ -137,7 +147,7 @@ def parse_address(address, original=None):
             port_text = None
     canonical = parse_host(host, shown)
     if port_text is None:
-        return canonical, DEFAULT_PORT
+        return canonical, None
     return canonical, parse_port(port_text, shown)
 
 
@@ -302,6 +312,17 @@ def _from_string(text):
     return Server(host=host, port=port, **values)
 
 
+def _is_bare_ipv6(text):
+    """An IPv6 literal without brackets (and so without a port), such as Consul's Service.Address."""
+    if text.count(":") < 2 or text.startswith("["):
+        return False
+    try:
+        ipaddress.IPv6Address(text)
+    except ValueError:
+        return False
+    return True
+
+
 def _dict_host(data):
     if not isinstance(data["host"], str):
         _fail(data, "host must be a string")
@@ -316,12 +337,22 @@ def _from_dict(data):
     if unknown:
         _fail(data, f"unknown key(s) {', '.join(unknown)}; known: address, host, port, {', '.join(PARAMETERS)}")
     if "address" in data and data["address"] is not None:
-        host, port = parse_address(data["address"], data)
+        address = data["address"]
+        if data.get("port") is not None and isinstance(address, str) and _is_bare_ipv6(address):
+            host, port = parse_host(address, data), None  # Consul's shape: {address: 2001:db8::1, port: 8080}
+        else:
+            host, port = _split_address(address, data)
         # Server.to_dict() gives address, host and port: accept all three when they agree, so it parses back.
         if data.get("host") is not None and _dict_host(data) != host:
             _fail(data, "host and address disagree; give either address or host (with port)")
-        if data.get("port") is not None and parse_port(data["port"], data) != port:
-            _fail(data, "port and address disagree; give either address ('host:port') or host and port")
+        if data.get("port") is not None:
+            given = parse_port(data["port"], data)
+            if port is not None and given != port:
+                _fail(data, f"the port is given twice with different values (address {address!r}, port {given}); "
+                            "give it once")
+            port = given
+        elif port is None:
+            port = DEFAULT_PORT
     elif data.get("host") is not None:
         host = _dict_host(data)
         port = DEFAULT_PORT if data.get("port") is None else parse_port(data["port"], data)

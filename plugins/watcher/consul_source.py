@@ -8,15 +8,25 @@ per service does not scale. The watcher holds exactly two:
 
 - ``/v1/health/state/any?filter=Status != "passing"``: wakes on every check change (its index is
   that of all checks), and its answer lists only the checks that are not passing: small while the
-  fleet is healthy, whatever its size. A check that goes bad is applied in place, without another
-  request; one that recovers (or whose instance went away) makes its service be read again.
-- ``/v1/catalog/services``: wakes on registrations and deregistrations. New, removed or retagged
-  services are read with ``/v1/health/service/NAME``; a change this answer cannot pin down (a new
-  instance of an existing service, say) is looked up in one full ``/v1/health/state/any`` read,
-  and only if that explains nothing either is every service read again.
+  fleet is healthy, whatever its size. A check that goes bad on a known instance is applied in
+  place, without another request; one that recovers (or whose instance went away), and one the
+  cache does not know, make its service be read again.
+- ``/v1/catalog/services``: wakes on registrations, deregistrations and re-registrations. Its
+  answer (names and tags) cannot show a new instance of a known service, or a new port or Meta,
+  so every new index makes the instances of every service be compared with the cache (by node:
+  1 + nodes requests), and the services that differ are read again.
 
 ``/v1/catalog/services`` alone never wakes on a health change (consul-facts.md: the original script
 kept a critical instance in rotation for 200 s), hence the health query.
+
+Answers arrive late and in batches, interleaved with the reads they cause, so an answer may be
+older than what the cache already holds. Each answer is complete, and each is compared with the
+cache, never with the previous answer: once the last answer of each poll is folded in, the cache
+is what Consul holds, whatever happened in between (docs/watcher.md, "How events are ordered";
+tests/unit/property/test_property_watcher_events.py and tests/integration/test_watcher_bursts.py).
+
+Services are read again with ``/v1/health/service/NAME``: one consistent answer per service,
+instances and checks at the same index.
 
 A full read of every service also runs at start, after Consul comes back from an outage, and every
 ``consul_resync_interval`` as a safety net. The mapping of instances to upstreams is the shared one
@@ -37,7 +47,6 @@ from ansible_collections.swallowkeeper.dyups.plugins.module_utils._consul_client
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._errors import (
     ConsulBadAnswer, ConsulError, ConsulForbidden, ConsulRateLimited, ConsulServerError, ConsulUnavailable)
 from ansible_collections.swallowkeeper.dyups.plugins.watcher.backoff import Backoff
-from ansible_collections.swallowkeeper.dyups.plugins.watcher.memory import release_free_memory
 from ansible_collections.swallowkeeper.dyups.plugins.watcher.transport import KeepAliveTransport
 
 log = logging.getLogger("swallowkeeper.watcher")
@@ -75,16 +84,6 @@ def _updated(known, failing_pairs):
     """The instance's (id, status) pairs: the failing ones as listed, every other one passing."""
     failing = dict(failing_pairs)
     return tuple(sorted((check_id, failing.get(check_id, "passing")) for check_id, _status in known))
-
-
-def _failing_snapshot(states):
-    """The part of full check states that is not passing, as a CheckSnapshot."""
-    failing = {}
-    for key, (name, pairs) in states.items():
-        bad = tuple(pair for pair in pairs if pair[1] != "passing")
-        if bad:
-            failing[key] = (name, bad)
-    return mapping.CheckSnapshot(states=failing, checks={})
 
 
 def _compact_entries(health_entries):
@@ -158,7 +157,7 @@ class ConsulSource:
                                          stale=settings.consul_stale, object_hook=mapping.slim_object)
         self.entries = {}        # service -> {(node, service_id): compact instance (see _compact)}
         self.checks = {}         # (node, service_id) -> ((check id, status), ...); node checks under (node, "")
-        self.snapshot = None     # the checks not passing, as the health poll last answered (CheckSnapshot)
+        self.failing = {}        # the part of self.checks not passing: key -> (service name or "", pairs)
         self.node_services = {}  # node -> {service names with an instance there}
         self.catalog = None      # service -> sorted tags, from /v1/catalog/services
         self.results = {}        # service -> mapping result of that service alone
@@ -185,20 +184,41 @@ class ConsulSource:
         """Cache one service's instances and their checks, as _compact_entries gives them. A service
         whose instances and checks did not change keeps its cached mapping (not mapped again)."""
         instances, checks = compacted
-        if (name in self.results and self.entries.get(name) == instances
-                and all(self.checks.get(key) == pairs for key, pairs in checks.items())):
+        changed = name not in self.results or self.entries.get(name) != instances
+        for key, pairs in checks.items():
+            if self.checks.get(key) == pairs:
+                continue
+            changed = True
+            self._put_checks(key, pairs, name if key[1] else "")
+            if not key[1]:  # a node check: every other service on that node maps differently now
+                for other in self.node_services.get(key[0], set()) - {name}:
+                    self._remap(other)
+        if not changed:
             return
-        self.checks.update(checks)
         for node, _service_id in instances:
             if node:
                 self.node_services.setdefault(node, set()).add(name)
         for key in set(self.entries.get(name, {})) - set(instances):
-            self.checks.pop(key, None)
+            self._drop_checks(key)
         if instances:
             self.entries[name] = instances
         else:
             self.entries.pop(name, None)
         self._remap(name)
+
+    def _put_checks(self, key, pairs, owner):
+        """Set the (id, status) pairs of one instance (or of a node, owner ""), keeping self.failing,
+        the index of what is not passing, in step."""
+        self.checks[key] = pairs
+        bad = tuple(pair for pair in pairs if pair[1] != "passing")
+        if bad:
+            self.failing[key] = (owner, bad)
+        else:
+            self.failing.pop(key, None)
+
+    def _drop_checks(self, key):
+        self.checks.pop(key, None)
+        self.failing.pop(key, None)
 
     def _remap(self, name):
         instances = self.entries.get(name)
@@ -222,17 +242,6 @@ class ConsulSource:
         result.instances = []  # not needed here (merge_results copes), and the largest part of a result
         self.results[name] = result
 
-    def _snapshot_of_cache(self):
-        """The checks the cache knows as not passing, as the filtered health poll would answer them."""
-        states = {}
-        for name, instances in self.entries.items():
-            for key in instances:
-                for check_key, owner in ((key, name), ((key[0], ""), "")):
-                    pairs = self.checks.get(check_key, ())
-                    if any(status != "passing" for _id, status in pairs):
-                        states[check_key] = (owner, tuple(pair for pair in pairs if pair[1] != "passing"))
-        return mapping.CheckSnapshot(states=states, checks={})
-
     def _fetch_many(self, names):
         names = sorted(names)
         if len(names) <= 1:
@@ -240,18 +249,15 @@ class ConsulSource:
         with ThreadPoolExecutor(max_workers=min(FETCH_THREADS, len(names)), thread_name_prefix="consul-fetch") as pool:
             return list(pool.map(self._fetch_service, names))
 
-    def _fetch_by_node(self, names):
-        """Every service in ``names`` as ``/v1/health/service/NAME`` would answer it, built from
-        ``/v1/catalog/nodes``, ``/v1/catalog/node-services/NODE`` per node and one
-        ``/v1/health/state/any``: 2 + nodes requests instead of one per service. None when that is
-        not fewer requests, or when this Consul has no node-services endpoint (before 1.7).
-
-        Instances are read before checks: an instance registered meanwhile is simply absent (the
-        catalog poll reports it), never present without its checks and so taken for passing.
-        """
+    def _instances_by_node(self, names, extra_requests=0):
+        """{service: instances}, compacted as _compact_entries makes them, of every service in
+        ``names``, read with ``/v1/catalog/nodes`` and ``/v1/catalog/node-services/NODE`` per node.
+        None when that (plus ``extra_requests``) is not fewer requests than one per service, or when
+        this Consul has no node-services endpoint (before 1.7). An instance equal to the cached one
+        is the cached object (see _compact_node)."""
         nodes = self.client.catalog_nodes().data
         node_names = sorted({node.get("Node") for node in nodes if isinstance(node.get("Node"), str)})
-        if len(node_names) + 2 >= len(names):
+        if len(node_names) + 1 + extra_requests >= len(names):
             return None
         instances = {name: {} for name in names}
         # Answers are compacted as they come and then dropped. Few nodes with many services each make
@@ -276,6 +282,20 @@ class ConsulSource:
                 self.read_by_node = False
                 return None
             raise
+        return instances
+
+    def _fetch_by_node(self, names):
+        """Every service in ``names`` as ``/v1/health/service/NAME`` would answer it, built from
+        _instances_by_node and one ``/v1/health/state/any``: 2 + nodes requests instead of one per
+        service. None when that is not fewer requests, or when this Consul has no node-services
+        endpoint (before 1.7).
+
+        Instances are read before checks: an instance registered meanwhile is simply absent (the
+        catalog poll reports it), never present without its checks and so taken for passing.
+        """
+        instances = self._instances_by_node(names, extra_requests=1)
+        if instances is None:
+            return None
         checks = {}
         for check in self.client.health_state_any().data:
             node, service_id = check.get("Node"), check.get("ServiceID") or ""
@@ -312,7 +332,6 @@ class ConsulSource:
                 self._store_service(name, [])
             for name, compacted in fetched:
                 self._store_compacted(name, compacted)
-            self.snapshot = self._snapshot_of_cache()
         self._recovered()
         log.debug("read %d services from Consul in %.3fs", len(selected), time.monotonic() - started)
         if self.after_full_read is not None:
@@ -333,16 +352,22 @@ class ConsulSource:
 
     # -- events ------------------------------------------------------------------------------------
     def apply_events(self, batch):
-        """Fold a batch of watch events into the cache; True when a sync is needed."""
-        health = catalog = catalog_index = None
-        if any(event[0] == "resync" for event in batch):
-            self.refresh_all()
-            return True
+        """Fold a batch of watch events into the cache; True when a sync is needed.
+
+        Each answer of a long poll is complete (every check not passing; every service name), so only
+        the newest of each kind in a batch counts, and it is compared with the cache, never with the
+        previous answer: whatever the cache learnt meanwhile from other reads, the newest answers
+        bring it to what Consul holds (docs/watcher.md, "How events are ordered").
+        """
+        health = catalog = None
         for event in batch:
+            if event[0] == "resync":
+                self.refresh_all()
+                return True
             if event[0] == "health":
                 health = event[1]
             elif event[0] == "catalog" and event[2] != self.catalog_index:
-                catalog, catalog_index = event[1], event[2]
+                catalog = event
             elif event[0] == "consul_error":
                 self.note_failure(event[1], event[2])
         if health is None and catalog is None:
@@ -352,23 +377,14 @@ class ConsulSource:
         with self.lock:
             if health is not None:
                 self._fold_health(health, touched, refetch)
-            if catalog is not None:
-                current = {name: sorted(tags or []) for name, tags in catalog.items()}
-                previous = self.catalog or {}
-                moved = {name for name in set(current) | set(previous) if current.get(name) != previous.get(name)}
-                self.catalog = current
-                self.catalog_index = catalog_index
-                refetch.update(name for name in moved if self.options.selects(name))
-                if not refetch and not touched:
-                    self._explain_catalog_change(current, touched, refetch)
-                for name in set(self.entries) - set(current):
-                    self._store_service(name, [])
-                    refetch.discard(name)
-            for name in touched - refetch:
-                self._remap(name)
+        if catalog is not None:
+            self._fold_catalog(catalog[1], catalog[2], refetch)
         if refetch:
             fetched = self._fetch_many(refetch)
-            with self.lock:
+        with self.lock:
+            for name in touched:  # before the reads below: an unchanged read keeps the mapping as it is
+                self._remap(name)
+            if refetch:
                 for name, compacted in fetched:
                     self._store_compacted(name, compacted)
         return bool(touched or refetch or catalog is not None)
@@ -376,76 +392,71 @@ class ConsulSource:
     def _fold_health(self, failing, touched, refetch):
         """Apply a ``/v1/health/state/any?filter=Status != "passing"`` answer: every check not passing.
 
-        The answer is small while the fleet is healthy, whatever the number of services, so a flip
-        costs little to read. An instance whose checks got worse (or changed) is updated in place:
-        taking a server out early is always safe. One that is no longer listed either recovered or
-        was deregistered: its service is read again to tell which, rather than assumed healthy.
-        Checks the cache does not know (a new instance, a new check) also make the service be read.
+        The answer is compared with the checks the cache holds as not passing (``self.failing``), so
+        a flip costs what the failing checks cost, whatever the number of services. A check that
+        got worse or changed on a known instance is updated in place: taking a server out early is
+        always safe. A check the cache holds as failing that the answer no longer lists either
+        recovered or went away with its instance: its service is read again to tell which, rather
+        than assumed healthy. So is every service with a listed check the cache does not know (a
+        new instance, a new check).
         """
-        snapshot = mapping.index_checks(failing)
-        change = mapping.diff_snapshots(self.snapshot, snapshot)
-        was_failing = set(self.snapshot.states) if self.snapshot else set()
-        self.snapshot = mapping.CheckSnapshot(states=snapshot.states, checks={})
-        states = snapshot.states
-        for node in change.nodes:
-            key = (node, "")
-            if key in states and _updatable(self.checks.get(key, ()), states[key][1]):
-                self.checks[key] = _updated(self.checks.get(key, ()), states[key][1])
-                touched.update(self.node_services.get(node, ()))
-            else:  # recovered, gone, or a check not seen before: read its services again
-                refetch.update(self.node_services.get(node, ()))
-        affected = {name for name in change.services if self.options.selects(name)}
-        keys_of = {name: set() for name in affected}
-        for key, (name, _pairs_) in states.items():
-            if key[1] and name in keys_of:
-                keys_of[name].add(key)
-        for name in affected:
-            instances = self.entries.get(name, {})
-            recovered = {key for key in instances if key in was_failing and key not in states}
-            failing_now = keys_of[name]
-            if recovered or any(key not in instances or not _updatable(self.checks.get(key, ()), states[key][1])
-                                for key in failing_now):
-                refetch.add(name)
+        listed = mapping.index_checks(failing).states
+        for key, (name, pairs) in listed.items():
+            held = self.failing.get(key)
+            if held is not None and held[1] == pairs:
                 continue
-            for key in failing_now:
-                self.checks[key] = _updated(self.checks.get(key, ()), states[key][1])
-            touched.add(name)
-
-    def _reconcile(self, health, touched, refetch):
-        """Compare a full ``/v1/health/state/any`` answer (every check) with the cache: services whose
-        instances with checks came or went are read again; statuses are taken as they are."""
-        full = mapping.index_checks(health).states
-        by_service = {}
-        for key, (name, _pairs_) in full.items():
-            if key[1]:
-                by_service.setdefault(name, set()).add(key)
-        for name, instances in self.entries.items():
-            cached = {key for key in instances if self.checks.get(key)}
-            if cached != by_service.get(name, set()):
-                refetch.add(name)
-        for name in set(by_service) - set(self.entries):
-            if self.options.selects(name):
-                refetch.add(name)
-        for key, (name, pairs) in full.items():
-            if key in self.checks and self.checks[key] != pairs and name not in refetch:
-                self.checks[key] = pairs
-                if key[1]:
+            node, service_id = key
+            if not service_id:  # a node-level check: every service with an instance on the node
+                known = self.checks.get(key)
+                services = self.node_services.get(node, ())
+                if known is not None and _updatable(known, pairs):
+                    self._put_checks(key, _updated(known, pairs), "")
+                    touched.update(services)
+                else:
+                    refetch.update(services)
+            elif self.options.selects(name):
+                known = self.checks.get(key)
+                if key in self.entries.get(name, {}) and known is not None and _updatable(known, pairs):
+                    self._put_checks(key, _updated(known, pairs), name)
                     touched.add(name)
                 else:
-                    touched.update(self.node_services.get(key[0], ()))
-        self.snapshot = _failing_snapshot(full)
+                    refetch.add(name)
+        for key, (owner, _pairs) in list(self.failing.items()):
+            if key in listed:
+                continue
+            if key[1]:
+                refetch.add(owner)
+            else:
+                self._drop_checks(key)  # the services read again bring it back if the node still has it
+                refetch.update(self.node_services.get(key[0], ()))
 
-    def _explain_catalog_change(self, catalog, touched, refetch):
-        """The catalog moved, but no service was added, removed or retagged.
+    def _fold_catalog(self, catalog, index, refetch):
+        """Apply a ``/v1/catalog/services`` answer with a new index.
 
-        Usually a new instance of an existing service: one plain read of ``/v1/health/state/any``
-        (every check) finds the services whose instances came or went. If that explains nothing (an
-        instance without checks, a changed port or Meta), every service is read again.
+        A new index means that some instance was registered, changed or deregistered, but the
+        answer (names and tags) shows only part of it: a new instance of a known service, or a new
+        port or Meta, leaves it as it was. So the instances of every selected service are compared
+        with the cache (by node when that is fewer requests: see _instances_by_node), and the
+        services that differ are read again with ``/v1/health/service/NAME``, one consistent answer
+        each, checks included. Services the catalog no longer lists are dropped.
         """
-        self._reconcile(self.client.health_state_any().data, touched, refetch)
-        release_free_memory()  # the answer lists every check: megabytes that are garbage now
-        if not touched and not refetch:
-            refetch.update(name for name in catalog if self.options.selects(name))
+        with self.lock:
+            self.catalog = {name: sorted(tags or []) for name, tags in catalog.items()}
+            self.catalog_index = index
+            selected = {name for name in self.catalog if self.options.selects(name)}
+            for name in set(self.entries) - selected:
+                self._store_service(name, [])
+            cached = set(self.entries)
+        refetch.update(selected - cached)
+        known = cached & selected
+        if not known:
+            return
+        found = self._instances_by_node(known) if self.read_by_node else None
+        if found is None:  # by service: read them all again (what a full read costs)
+            refetch.update(known)
+            return
+        with self.lock:
+            refetch.update(name for name in known if found[name] != self.entries.get(name, {}))
 
     def mapping(self):
         with self.lock:

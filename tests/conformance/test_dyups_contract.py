@@ -18,7 +18,7 @@ from ansible_collections.swallowkeeper.dyups.plugins.module_utils._errors import
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._servers import parse_detail_line
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._upstream import build_upstream
 from tests.conformance.conftest import PREFIX, assert_refused
-from tests.support.nginx_lua import NginxLua
+from tests.support.tengine import FLAVORS, flavor_class
 
 DETAIL_LINE = re.compile(r"server (\S+) weight=\d+ max_conns=\d+ max_fails=\d+ fail_timeout=\d+ backup=[01] down=[01]\Z")
 
@@ -54,7 +54,7 @@ def require_empty(target):
     if not own_upstreams_absent(target):
         if target.external:
             pytest.skip("the target holds upstreams; the 204 rows need an empty interface")
-        pytest.fail("the suite's own Lua flavor holds upstreams left over by another test")
+        pytest.fail(f"the suite's own {target.flavor} server holds upstreams left over by another test")
 
 
 # -- Endpoints --------------------------------------------------------------------------------------
@@ -253,8 +253,8 @@ def test_balancing_method_and_check(target, names, body, directive):
     """
     name = names()
     status, text, _unused = post(target, name, body)
-    if target.external and status == 200:
-        assert text == "success"
+    if target.tengine or (target.external and status == 200):
+        assert (status, text) == (200, "success")
         assert len(detail_block(target, name)) == body.count("server ")
     else:
         assert_refused(target, status, text, [directive, "not supported"])
@@ -316,7 +316,8 @@ def test_client_reports_a_refusal(target, names):
     upstream = build_upstream(names(), ["no-such-host.invalid:18101"])
     with pytest.raises(DyupsRejected) as caught:
         target.client().update(upstream)
-    assert caught.value.status in ((400, 500) if target.external else (400,))
+    expected = {"external": (400, 500), "tengine": (500,), "lua": (400,)}[target.flavor]
+    assert caught.value.status in expected
 
 
 # -- Names Tengine accepts that would break nginx --------------------------------------------------------
@@ -329,8 +330,8 @@ def test_names_that_would_break_nginx(target, label, name):
     own validation does. Against Tengine the upstream is deleted again at once.
     """
     status, text, _unused = post(target, name, "server 127.0.0.1:18101;")
-    if target.external and status == 200:
-        assert text == "success"
+    if target.tengine or (target.external and status == 200):
+        assert (status, text) == (200, "success")
         assert target.raw("DELETE", f"/upstream/{quote(name)}")[0] == 200
     else:
         assert status == 400, (status, text)
@@ -340,30 +341,34 @@ def test_names_that_would_break_nginx(target, label, name):
 # -- Lifetime --------------------------------------------------------------------------------------------
 
 def test_reload_keeps_or_drops_interface_upstreams(target, names):
-    """Tengine: a reload drops upstreams added through the interface.
+    """Tengine: a reload drops upstreams added through the interface (only the configuration's come back).
 
     Legitimate difference, by design: the Lua flavor keeps them (its state is a lua_shared_dict,
-    which survives HUP). Needs control of the server process: the Lua flavor only.
+    which survives HUP). Needs control of the server process: the servers started here only.
     """
     if target.external:
-        pytest.skip("needs control of the server process (reload); runs against the suite's own Lua flavor")
+        pytest.skip("needs control of the server process (reload); runs against the suite's own servers")
     name = names()
     created(target, name, "server 127.0.0.1:18101;")
     master = target.nginx.master_pid()
     target.nginx.reload()
     assert target.nginx.master_pid() == master
-    assert target.raw("GET", f"/upstream/{name}")[1] == "server 127.0.0.1:18101\n"
+    if target.tengine:
+        assert target.raw("GET", f"/upstream/{name}")[:2] == (404, "")
+    else:
+        assert target.raw("GET", f"/upstream/{name}")[1] == "server 127.0.0.1:18101\n"
 
 
-def test_configured_upstream_can_be_replaced_and_deleted(tmp_path):
-    """An upstream defined in the configuration (for the Lua flavor: the upstream file read at start)
-    can be replaced and deleted through the interface like a dynamic one."""
+@pytest.mark.parametrize("flavor", FLAVORS)
+def test_configured_upstream_can_be_replaced_and_deleted(tmp_path, flavor):
+    """An upstream defined in the configuration (the upstream file, included by Tengine, read at start
+    by the Lua flavor) can be replaced and deleted through the interface like a dynamic one."""
     import os
     if os.environ.get("DYUPS_URL"):
-        pytest.skip("needs control of the server's configuration; runs against the suite's own Lua flavor")
+        pytest.skip("needs control of the server's configuration; runs against the suite's own servers")
     upstream_file = tmp_path / "upstreams.conf"
     upstream_file.write_text(f"# from the configuration\nupstream {PREFIX}conf {{\n    server 127.0.0.1:18101;\n}}\n")
-    with NginxLua(workers=2, upstream_file=upstream_file) as nginx:
+    with flavor_class(flavor)(workers=2, upstream_file=upstream_file) as nginx:
         assert nginx.api("GET", "/list")[1] == f"{PREFIX}conf\n"
         assert nginx.api("POST", f"/upstream/{PREFIX}conf", "server 127.0.0.1:18102;")[:2] == (200, "success")
         assert nginx.api("GET", f"/upstream/{PREFIX}conf")[1] == "server 127.0.0.1:18102\n"

@@ -1,8 +1,9 @@
 """Fixtures shared by the integration tests: a dyups server speaking the wire contract.
 
-``dyups_server`` is the real target, the stock-nginx Lua flavor started by
-``tests/support/nginx_lua.py`` (nginx with libnginx-mod-http-lua, on loopback), when that helper
-exists and nginx starts; otherwise the stand-in ``tests/support/fake_dyups.py``. Tests that need
+``dyups_server`` is a real target, once per flavor (``[lua]`` / ``[tengine]`` in the test id): the
+stock-nginx Lua flavor started by ``tests/support/nginx_lua.py`` (nginx with libnginx-mod-http-lua, on
+loopback; the stand-in ``tests/support/fake_dyups.py`` when it cannot start), and a real Tengine from
+``$TENGINE_BIN`` (``tests/support/tengine.py``; skipped without one, failed under ``CI=true``). Tests that need
 what only the stand-in does (409 on demand, Tengine's 500, a record of every request) take
 ``fake_dyups`` instead. Both have ``api_url``; each test gets a fresh, empty server.
 """
@@ -15,6 +16,7 @@ import warnings
 import pytest
 
 from tests.support.fake_dyups import FakeDyups
+from tests.support.tengine import FLAVORS, Tengine, require_tengine
 
 
 def _nginx_lua_class():
@@ -31,8 +33,13 @@ def fake_dyups():
         yield server
 
 
-@pytest.fixture
-def dyups_server(tmp_path):
+@pytest.fixture(params=FLAVORS)
+def dyups_server(request):
+    if request.param == "tengine":
+        require_tengine()
+        with Tengine(workers=1) as server:
+            yield server
+        return
     nginx_lua = _nginx_lua_class()
     if nginx_lua is not None:
         server = nginx_lua(workers=1)

@@ -1,7 +1,7 @@
 """dyups_upstream and dyups_upstream_info through real ``ansible`` / ``ansible-playbook`` runs.
 
-Against ``dyups_server`` (the stock-nginx Lua flavor; the stand-in when it cannot start) for the
-life cycle, and against the stand-in ``fake_dyups`` for what only it does: a record of every
+Against ``dyups_server`` (each test once on a real Tengine and once on the stock-nginx Lua flavor;
+tests/integration/conftest.py) for the life cycle, and against the stand-in ``fake_dyups`` for what only it does: a record of every
 request (to prove none was sent), 409 on demand, Tengine's 500.
 """
 
@@ -101,6 +101,24 @@ def test_single_upstream_life_cycle(dyups_server, ansible, tmp_path):
     assert deleted["requests"] == ["DELETE /upstream/WebappReadonly_b"]
     assert detail(dyups_server) == {} and "WebappReadonly_b" not in conf.read_text()
     assert ok(ansible.playbook(play(task("delete", **absent))))["changed"] is False
+
+
+def test_address_and_port_as_a_dict_server(dyups_server, ansible, tmp_path):
+    """Consul's server shape, {address, port} (issue 10), is accepted and idempotent; a port given twice with
+    different values fails the task, and nothing is sent or written."""
+    conf = tmp_path / "upstreams.conf"
+    args = dict(api_url=dyups_server.api_url, name="ConsulShape", upstream_conf=str(conf),
+                servers=[{"address": "127.0.0.1", "port": 18101, "weight": 2},
+                         {"address": "127.0.0.1:18102", "port": 18102}, {"address": "::1", "port": 18103}])
+    created = ok(ansible.playbook(play(task("set", **args))))
+    assert created["changed"] is True
+    assert detail(dyups_server) == {"ConsulShape": ["127.0.0.1:18101 weight=2", "127.0.0.1:18102", "[::1]:18103"]}
+    assert ok(ansible.playbook(play(task("set", **args))))["changed"] is False
+    written = conf.read_text()
+    bad = {**args, "name": "Twice", "servers": [{"address": "127.0.0.1:18101", "port": 18109}]}
+    result = failed(ansible.playbook(play(task("set", **bad))))
+    assert "the port is given twice with different values" in result["msg"]
+    assert "Twice" not in detail(dyups_server) and conf.read_text() == written
 
 
 def test_the_ad_hoc_call(ansible, tmp_path):

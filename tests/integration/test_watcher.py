@@ -1,13 +1,17 @@
-"""The watcher against a real Consul agent and real nginx (the Lua flavor), all on loopback.
+"""The watcher against a real Consul agent and a real proxy, all on loopback.
 
-Each test starts its own Consul agent, backend nginx, proxy nginx and watcher process, and stops
-them after. Traffic is checked through the proxy: ``/u/NAME/`` is served by upstream NAME and the
+Every test that involves a proxy runs twice, ``[lua]`` and ``[tengine]`` in its id: against the
+stock-nginx Lua flavor and against a real Tengine with the dyups and upstream check modules
+(``proxy_factory`` from tests/support/tengine.py; the Tengine cases are skipped without
+``$TENGINE_BIN``, failed under ``CI=true``). Each test starts its own Consul agent, backend nginx,
+proxy and watcher process, and stops them after. Traffic is checked through the proxy: ``/u/NAME/`` is served by upstream NAME and the
 backends answer with their own port.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import signal
 import sys
 import time
@@ -18,17 +22,19 @@ import pytest
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils import _upstream_file
 from tests.support.backends import Backends
 from tests.support.consul import ConsulAgent
-from tests.support.nginx_lua import TEST_HOSTS, NginxLua
+from tests.support.nginx_lua import NGINX, TEST_HOSTS
+from tests.support.ports import free_port
+from tests.support.tengine import proxy_factory, tengine_factory  # noqa: F401  (fixtures)  # pylint: disable=unused-import  # pytest fixtures
 from tests.support.watcher import WatcherProcess, run_once
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
-def stack(tmp_path):
+def stack(tmp_path, proxy_factory):  # noqa: F811  (the imported fixture)
     upstream_file = tmp_path / "upstreams.conf"
-    with ConsulAgent() as agent, Backends(count=4) as backends, \
-            NginxLua(workers=2, upstream_file=str(upstream_file)) as nginx:
+    nginx = proxy_factory(workers=2, upstream_file=str(upstream_file))
+    with ConsulAgent() as agent, Backends(count=4) as backends:
         yield agent, backends, nginx, upstream_file
 
 
@@ -136,13 +142,14 @@ def test_nginx_restart_and_lost_posts_are_repaired(stack, tmp_path):
     p1, p2, p3, _p4 = backends.ports
     agent.register("Web", "w1", port=p1)
     agent.register("Web", "w2", port=p2)
-    watcher = start_watcher(tmp_path, agent, nginx, upstream_file)
+    watcher = start_watcher(tmp_path, agent, nginx, upstream_file, drift_interval=2)
     try:
         watcher.wait_for(lambda: served(nginx, "Web") == {str(p1), str(p2)}, "initial sync")
-        # a POST lost in a reload looks like this: the interface holds something else
+        # a POST lost in a reload looks like this: the interface holds something else. Tengine's other
+        # worker applies it within dyups_read_msg_timeout (the role's 20ms), the Lua flavor's at once.
         assert nginx.api("POST", "/upstream/Web", f"server 127.0.0.1:{p3};")[0] == 200
-        assert served(nginx, "Web") == {str(p3)}
-        watcher.wait_for(lambda: served(nginx, "Web") == {str(p1), str(p2)}, "drift repaired", timeout=5)
+        nginx.wait_for(lambda: served(nginx, "Web") == {str(p3)}, "the POST reached every worker", timeout=1)
+        watcher.wait_for(lambda: served(nginx, "Web") == {str(p1), str(p2)}, "drift repaired", timeout=6)
         assert watcher.metrics()["swallowkeeper_watcher_repairs_total"] >= 1
 
         nginx.restart()                                 # starts from the file the watcher wrote
@@ -151,6 +158,69 @@ def test_nginx_restart_and_lost_posts_are_repaired(stack, tmp_path):
         watcher.wait_for(lambda: served(nginx, "Web") == {str(p1), str(p2), str(p3)}, "changes apply after restart")
     finally:
         watcher.stop()
+
+
+def test_reload_then_the_file_brings_the_upstreams_back(stack, tmp_path):
+    """`-s reload` (SIGHUP): Tengine forgets every upstream added through the interface, the upstream file
+    the watcher wrote brings them back at once (the Lua flavor keeps them in its shared dict); later
+    changes still apply, and the watcher finds nothing to repair."""
+    agent, backends, nginx, upstream_file = stack
+    p1, p2, p3, _p4 = backends.ports
+    agent.register("Web", "w1", port=p1)
+    agent.register("Web", "w2", port=p2, tags=["gray=b"])
+    watcher = start_watcher(tmp_path, agent, nginx, upstream_file, drift_interval=30)
+    try:
+        watcher.wait_for(lambda: served(nginx, "Web") == {str(p1)} and served(nginx, "Web_b") == {str(p2)},
+                         "initial sync")
+        master = nginx.master_pid()
+        nginx.reload()
+        assert nginx.master_pid() == master
+        assert served(nginx, "Web") == {str(p1)} and served(nginx, "Web_b") == {str(p2)}, "back from the file"
+        agent.register("Web", "w3", port=p3)
+        watcher.wait_for(lambda: served(nginx, "Web") == {str(p1), str(p3)}, "a change after the reload")
+        assert watcher.metrics()["swallowkeeper_watcher_repairs_total"] == 0
+    finally:
+        watcher.stop()
+
+
+def test_tengine_active_tcp_check_ejects_a_dead_peer(tengine_factory, tmp_path):  # noqa: F811
+    """Tengine only (the Lua flavor refuses `check`): the watcher sends a `check ... type=tcp` directive with
+    the upstream; a peer Consul still calls passing but that accepts no connection is ejected by Tengine's
+    own active check shortly after the POST, so no request goes to it (no retries: proxy_next_upstream off).
+    /detail keeps showing the peer (down=0): the watcher sees no drift and does not re-send."""
+    upstream_file = tmp_path / "upstreams.conf"
+    nginx = tengine_factory(workers=2, upstream_file=str(upstream_file), proxy_next_upstream="off",
+                            server_snippet="        location = /check_status { check_status json; }")
+    dead = free_port()  # nothing listens here
+    # the dead port refuses at once; a long timeout keeps a slow (loaded) machine from failing the live peer
+    check = "check interval=200 rise=1 fall=1 timeout=2000 type=tcp"
+    with ConsulAgent() as agent, Backends(count=1) as backends:
+        live = backends.ports[0]
+        no_passive = {"dyups_max_fails": "0"}  # nginx's passive check off: only the active check can eject
+        agent.register("Web", "w1", port=live, meta=no_passive)
+        agent.register("Web", "w2", port=dead, meta=no_passive)
+        watcher = start_watcher(tmp_path, agent, nginx, upstream_file, upstream_directives={"Web": [check]})
+        try:
+            watcher.wait_for(lambda: "127.0.0.1:%d" % dead in nginx.api("GET", "/upstream/Web")[1], "both sent")
+            assert f"{check};" in upstream_file.read_text()
+
+            def status():
+                found = {}
+                text = nginx.request("/check_status")[1]
+                for match in re.finditer(r'"name": "([^"]+)", "status": "(\w+)"', text):
+                    found[match.group(1)] = match.group(2)
+                return found
+
+            nginx.wait_for(lambda: status() == {f"127.0.0.1:{live}": "up", f"127.0.0.1:{dead}": "down"},
+                           "the check marks the dead peer down", timeout=10)
+            # every worker runs the check on its own peers: measured 0.1-0.6 s until the last one ejects
+            nginx.wait_for(lambda: served(nginx, "Web", 10) == {str(live)}, "no request reaches the dead peer",
+                           timeout=10)
+            assert served(nginx, "Web", 40) == {str(live)}, "a request reached the dead peer (502)"
+            time.sleep(2.5)  # two drift checks
+            assert watcher.metrics()["swallowkeeper_watcher_repairs_total"] == 0
+        finally:
+            watcher.stop()
 
 
 def test_nginx_down_keeps_the_file_and_retries(stack, tmp_path):
@@ -267,7 +337,9 @@ def test_once_and_dry_run(stack, tmp_path):
 
     once = run_once(tmp_path, **common)
     assert once.returncode == 0, once.stdout + once.stderr
-    assert served(nginx, "Web") == {str(p1)} and served(nginx, "Web_b") == {str(p2)}
+    # Tengine's other worker applies the POSTs within dyups_read_msg_timeout (the role's 20ms)
+    nginx.wait_for(lambda: served(nginx, "Web") == {str(p1)} and served(nginx, "Web_b") == {str(p2)},
+                   "every worker serves what --once sent", timeout=1)
     assert "upstream Web:" in once.stdout
 
     again = run_once(tmp_path, **common)
@@ -289,7 +361,8 @@ def test_once_and_dry_run(stack, tmp_path):
 def test_validate_command_guards_the_file(stack, tmp_path):
     agent, backends, nginx, upstream_file = stack
     p1, p2, _p3, _p4 = backends.ports
-    validator = f"{sys.executable} {ROOT / 'plugins' / 'watcher' / 'validate_upstreams.py'} --nginx /usr/sbin/nginx %s"
+    binary = getattr(nginx, "binary", NGINX)  # Tengine's own -t for the Tengine flavor
+    validator = f"{sys.executable} {ROOT / 'plugins' / 'watcher' / 'validate_upstreams.py'} --nginx {binary} %s"
     agent.register("Web", "w1", port=p1)
     watcher = start_watcher(tmp_path, agent, nginx, upstream_file, validate_command=validator)
     try:

@@ -34,7 +34,9 @@ reconnects. Failed connection attempts are counted apart.
 Stops after ``--duration`` seconds or at SIGTERM/SIGINT; prints ``ready`` once every websocket
 client has connected the first time, and writes the JSON results to ``--output`` at the end:
 totals, failures by kind, latency percentiles, per-second counts and the time of every failure
-(epoch seconds), so that the caller can cut the run into windows (before, during, after a fault).
+(epoch seconds), so that the caller can cut the run into windows (before, during, after a fault);
+with ``--record-backends`` also the start time and the backend port (X-Backend-Port) of every ok
+answer, so that the caller can tell which instance served when.
 """
 
 from __future__ import annotations
@@ -48,6 +50,7 @@ import sys
 import time
 
 MAX_EVENTS = 20000
+MAX_BACKEND_RECORDS = 500000
 
 
 def percentiles(values, shares=(0.5, 0.9, 0.99)):
@@ -76,6 +79,7 @@ class Stats:
         self.ws_open = 0
         self.ws_open_max = 0
         self.stale_reconnects = 0
+        self.backends = []          # [epoch, backend port] of every ok answer, with --record-backends
 
     def record(self, started, latency, kind=None, detail=""):
         bucket = self.seconds.setdefault(int(started), [0, 0])
@@ -102,7 +106,8 @@ class Stats:
                      "by_kind": dict(sorted(self.by_kind.items())),
                      "stale_reconnects": self.stale_reconnects, "latency_ms": percentiles(self.latencies),
                      "failures": self.failures,
-                     "seconds": {str(second): counts for second, counts in sorted(self.seconds.items())}},
+                     "seconds": {str(second): counts for second, counts in sorted(self.seconds.items())},
+                     "backends": self.backends},
             "ws": dict(self.ws, clients=args.ws, open_max=self.ws_open_max, events=self.ws_events,
                        echo_latency_ms=percentiles(self.ws_latencies)),
         }
@@ -180,6 +185,8 @@ async def http_client(args, stats, stop, offset):
         used += 1
         if 200 <= status < 300:
             stats.record(started, latency)
+            if args.record_backends and len(stats.backends) < MAX_BACKEND_RECORDS:
+                stats.backends.append([round(started, 4), headers.get("x-backend-port", "")])
         else:
             stats.record(started, latency, f"status_{status}", headers.get("x-dyups-worker", ""))
         if used >= args.reuse or headers.get("connection", "").lower() == "close":
@@ -295,6 +302,8 @@ def main(argv=None):
     parser.add_argument("--ws-lifetime", default="", help="MIN:MAX seconds before a client reconnects itself")
     parser.add_argument("--timeout", type=float, default=5.0)
     parser.add_argument("--duration", type=float, default=3600.0, help="upper bound; SIGTERM ends it earlier")
+    parser.add_argument("--record-backends", action="store_true",
+                        help="record [start epoch, X-Backend-Port] of every ok answer (which instance served when)")
     parser.add_argument("--output", required=True)
     args = parser.parse_args(argv)
     asyncio.run(main_async(args))

@@ -33,7 +33,8 @@ ensure_importable()
 
 from tests.resilience import scenarios  # noqa: E402
 
-ALL_PARTS = [f"scale:{a}" for a in scenarios.APPROACHES] + [f"fault:{f}" for f in scenarios.FAULTS] + ["fuzz"]
+ALL_PARTS = ([f"scale:{a}" for a in scenarios.APPROACHES] + ["rolling"] + [f"fault:{f}" for f in scenarios.FAULTS]
+             + ["fuzz"])
 
 
 def machine():
@@ -53,6 +54,8 @@ def run_part(part, sizes, workdir, seed):
         return scenarios.scale_events(workdir, name, sizes["scale"], seed=seed)
     if kind == "fault":
         return scenarios.run_fault(name, workdir, sizes["faults"], seed=seed + 4)
+    if kind == "rolling":
+        return scenarios.rolling_deploy(workdir, sizes["rolling"])
     if kind == "fuzz":
         return scenarios.fuzz_consul_answers(workdir, sizes["fuzz"], seed=seed + 16)
     raise SystemExit(f"unknown part {part!r}; known: {', '.join(ALL_PARTS)}")

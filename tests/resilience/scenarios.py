@@ -23,6 +23,7 @@ from tests.resilience.stack import (
     SERVICES, ConsulWithDefinitions, Load, NginxAccounting, _cmdline, detail, file_state, nginx_snapshot, proc_kb,
     shared_stack, stack_a, stack_b, wait_until)
 from tests.support.nginx_lua import NginxLua
+from tests.support.tengine import missing_reason, tengine_binary
 from tests.support.watcher import WatcherProcess
 
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils import _upstream_file
@@ -30,6 +31,8 @@ from ansible_collections.swallowkeeper.dyups.plugins.module_utils._errors import
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._names import is_valid_name
 
 SHORT = {
+    "rolling": {"step": 1.5, "settle": 2.0, "tail": 3.0, "rate": 200, "connections": 16, "ws": 20,
+                "ws_lifetime": "4:10", "propagation_bound": 0.5},
     "scale": {"events": 15, "interval": 1.0, "settle": 2.0, "tail": 12.0, "rate": 200, "connections": 16,
               "ws": 20, "ws_lifetime": "8:20"},
     "faults": {"consul_outage": 10.0, "fault": 8.0, "kill_loop": 8, "changes": 2, "recovery_timeout": 30.0,
@@ -37,6 +40,8 @@ SHORT = {
     "fuzz": {"cases": 60, "converge_every": 10},
 }
 LONG = {
+    "rolling": {"step": 2.0, "settle": 3.0, "tail": 5.0, "rate": 300, "connections": 16, "ws": 50,
+                "ws_lifetime": "5:20", "propagation_bound": 0.5},
     "scale": {"events": 100, "interval": 1.5, "settle": 3.0, "tail": 20.0, "rate": 300, "connections": 16,
               "ws": 50, "ws_lifetime": "20:60"},
     "faults": {"consul_outage": 60.0, "fault": 30.0, "kill_loop": 30, "changes": 4, "recovery_timeout": 120.0,
@@ -75,6 +80,11 @@ APPROACHES = {
     "B": {"label": f"B: render + nginx -s reload, worker_shutdown_timeout {WORKER_SHUTDOWN_TIMEOUT}",
           "worker_shutdown_timeout": WORKER_SHUTDOWN_TIMEOUT},
     "B0": {"label": "B: render + nginx -s reload, no worker_shutdown_timeout", "worker_shutdown_timeout": None},
+    # the same on a real Tengine ($TENGINE_BIN): this collection with Tengine's dyups module, and the reload
+    # approach with `tengine -s reload`
+    "AT": {"label": "A on Tengine: watcher + Tengine's dyups interface, no reload", "flavor": "tengine"},
+    "BT": {"label": f"B on Tengine: render + tengine -s reload, worker_shutdown_timeout {WORKER_SHUTDOWN_TIMEOUT}",
+           "worker_shutdown_timeout": WORKER_SHUTDOWN_TIMEOUT, "flavor": "tengine"},
 }
 
 
@@ -84,8 +94,14 @@ def scale_events(workdir, approach, params, seed=7):
     approach (same seed)."""
     spec = APPROACHES[approach]
     workdir = Path(workdir) / f"scale-{approach}"
-    context = stack_a(workdir) if approach == "A" else \
-        stack_b(workdir, worker_shutdown_timeout=spec["worker_shutdown_timeout"])
+    flavor = spec.get("flavor", "lua")
+    binary = None
+    if flavor == "tengine":
+        binary = tengine_binary()
+        if binary is None:
+            raise RuntimeError(f"approach {approach} needs a Tengine: {missing_reason()}")
+    context = stack_a(workdir, flavor=flavor) if approach.startswith("A") else \
+        stack_b(workdir, worker_shutdown_timeout=spec["worker_shutdown_timeout"], binary=binary)
     rng = random.Random(seed)
     moves = []
     with context as stack:
@@ -109,7 +125,7 @@ def scale_events(workdir, approach, params, seed=7):
             result = load.stop()
             accounting.stop()
         expected = stack.fleet.expected()
-        if approach == "A":
+        if approach.startswith("A"):
             converged = wait_until(lambda: detail(stack.nginx.api_port) == expected, 30) is not None
             changes = stack.watcher.log_text().count(" INFO upstream ")
             reloads = 0
@@ -121,7 +137,7 @@ def scale_events(workdir, approach, params, seed=7):
             reload_failures = sum(1 for line in commands if "exit 0" not in line)
             changes = reloads
         master_same = stack.nginx.process is not None and stack.nginx.process.poll() is None
-    out = {"approach": approach, "label": spec["label"], "events": len(moves), "interval_s": params["interval"],
+    out = {"approach": approach, "flavor": flavor, "label": spec["label"], "events": len(moves), "interval_s": params["interval"],
            "moves": {kind: sum(1 for m in moves if m.startswith(kind)) for kind in
                      ("scale_out", "scale_in", "health_fail", "health_pass")},
            "load_seconds": round(result["ended"] - result["started"], 1), "events_seconds":
@@ -130,6 +146,69 @@ def scale_events(workdir, approach, params, seed=7):
            "nginx_idle": idle, "nginx_at_last_event": at_last_event,
            "nginx_during_events": accounting.summary(until=events_ended),
            "nginx_whole_run": accounting.summary()}
+    out.update(load_summary(result))
+    return out
+
+
+# == 1b. a rolling deploy of every service under load =================================================
+def rolling_deploy(workdir, params, watcher_entry=None):
+    """Every instance of every service replaced, one step at a time, under steady HTTP load and open
+    websockets: a new instance registers and, at once, the old one's check goes critical (two
+    changes that reach Consul together), then ``step`` seconds later the old one is deregistered.
+    The backends themselves keep running (as an old instance does while it drains).
+
+    Measured from the load generator's record of which backend answered when: requests answered
+    by an instance that started more than ``propagation_bound`` seconds after its check went
+    critical (``late_requests``; the latest of them in ``latest_after_critical_s``), new instances
+    of Web (the HTTP load's service) that answered no request within ``propagation_bound`` of their
+    registration (``late_joins``;
+    the slowest first answer in ``slowest_join_s``), failed requests and websocket drops.
+    ``watcher_entry``: another watcher to run (a comparison with an earlier commit)."""
+    workdir = Path(workdir) / "rolling"
+    settings = {"entry": watcher_entry} if watcher_entry else {}
+    with stack_a(workdir, web_ports=6, ws_ports=6, watcher_settings=settings) as stack:
+        load = Load(workdir, stack.proxy_port, rate=params["rate"], connections=params["connections"],
+                    ws=params["ws"], ws_lifetime=params["ws_lifetime"], record_backends=True).start()
+        critical_at, registered_at, steps = {}, {}, 0
+        try:
+            time.sleep(params["settle"])
+            for service in SERVICES:
+                for old in sorted(stack.fleet.passing(service)):
+                    used = {d["port"] for d in stack.fleet.instances.values() if d["service"] == service}
+                    port = next(p for p in stack.fleet.ports[service] if p not in used and p not in critical_at)
+                    if service == "Web":  # the HTTP load reaches Web ("/"); Ws carries the websockets
+                        registered_at[port] = time.time()
+                    stack.fleet.register(service, port, wait=False)
+                    critical_at[stack.fleet.instances[old]["port"]] = time.time()
+                    stack.agent.set_status(old, "critical", wait=False, service=service)
+                    stack.fleet.instances[old]["passing"] = False
+                    time.sleep(params["step"])
+                    stack.fleet.apply(("scale_in", service, old), wait=False)
+                    steps += 1
+            time.sleep(params["tail"])
+        finally:
+            result = load.stop()
+        expected = stack.fleet.expected()
+        converged = wait_until(lambda: detail(stack.nginx.api_port) == expected, 30) is not None
+        master_same = stack.nginx.process is not None and stack.nginx.process.poll() is None
+    late, latest, first_answer = [], None, {}
+    for started, port in result["http"]["backends"]:
+        if str(port).isdigit() and int(port) in registered_at and started >= registered_at[int(port)]:
+            first_answer.setdefault(int(port), started - registered_at[int(port)])
+        went = critical_at.get(int(port)) if str(port).isdigit() else None
+        if went is None or started < went:
+            continue
+        latest = max(latest or 0.0, started - went)
+        if started - went > params["propagation_bound"]:
+            late.append([started, int(port), round(started - went, 3)])
+    out = {"steps": steps, "step_s": params["step"], "propagation_bound_s": params["propagation_bound"],
+           "instances_replaced": len(critical_at), "converged": converged, "nginx_master_kept": master_same,
+           "answers_recorded": len(result["http"]["backends"]), "late_requests": len(late),
+           "first_late_requests": late[:5], "latest_after_critical_s": _round(latest),
+           "late_joins": sum(1 for port in registered_at if first_answer.get(port, float("inf"))
+                             > params["propagation_bound"]),
+           "slowest_join_s": _round(max((first_answer.get(port, float("inf")) for port in registered_at),
+                                        default=None))}
     out.update(load_summary(result))
     return out
 
@@ -746,6 +825,15 @@ def violations(results):
                 found.append(f"{part}: the upstream file was invalid")
             if result.get("recovery_s") is None:
                 found.append(f"{part}: not recovered within the recovery timeout")
+        elif part.startswith("rolling") and "error" not in result:
+            for key, what in (("failed_requests", "failed requests"), ("ws_dropped", "websockets dropped"),
+                              ("late_requests", "requests answered by an instance after its check went "
+                                                "critical plus the propagation bound"),
+                              ("late_joins", "new instances that answered nothing within the propagation bound")):
+                if result.get(key):
+                    found.append(f"{part}: {result[key]} {what}")
+            if not result["converged"] or not result["nginx_master_kept"]:
+                found.append(f"{part}: not converged, or nginx was restarted")
         elif part == "fuzz" and "error" not in result:
             for key in ("watcher_crashes", "file_invalid", "invalid_bodies", "interface_rejections",
                         "tracebacks_in_log"):

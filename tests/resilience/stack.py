@@ -7,13 +7,16 @@ workers, on loopback:
 * ``Ws``: websockets (ws_echo.py, several ports), location ``/ws/`` with the usual upgrade headers.
 
 Approach A (``stack_a``): this collection. Stock nginx with the Lua flavor of the dyups interface
-(tests/support/nginx_lua.py), ``set $dyups_upstream NAME; proxy_pass http://dyups_balancer``, and
+(tests/support/nginx_lua.py), ``set $dyups_upstream NAME; proxy_pass http://dyups_balancer``, or
+(``flavor="tengine"``) a real Tengine with its dyups module (tests/support/tengine.py),
+``set $dyups_upstream NAME; proxy_pass http://$dyups_upstream``, and
 the real watcher process (tests/support/watcher.py) with the product's defaults (retry, wait,
 drift and resync intervals as documented in docs/watcher.md), reading a real Consul agent.
 
 Approach B (``stack_b``): the reload approach. Stock nginx without Lua, ``include`` of the
 upstream file, ``proxy_pass http://NAME`` (static), and reload_approach.py (consul-template's
-behaviour: render, ``nginx -s reload``). ``worker_shutdown_timeout`` is set or not.
+behaviour: render, ``nginx -s reload``). ``worker_shutdown_timeout`` is set or not. ``binary`` runs
+the same configuration on Tengine instead (``tengine -s reload``).
 
 Measured here: nginx's processes (``NginxAccounting``: workers, workers "shutting down" left by
 reloads, RSS and PSS of all nginx processes, sampled over time), the load (``Load``: loadgen.py
@@ -38,6 +41,7 @@ from tests.support.backends import Backends
 from tests.support.consul import ConsulAgent
 from tests.support.nginx_lua import NGINX, NginxLua, _children, http_request
 from tests.support.ports import free_port, wait_port
+from tests.support.tengine import Tengine
 from tests.support.watcher import WatcherProcess
 
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils import _dyups_wire, _upstream_file
@@ -61,6 +65,18 @@ A_LOCATIONS = f"""
         location / {{
             set $dyups_upstream Web;
             proxy_pass http://dyups_balancer;
+        }}
+"""
+
+# The same for Tengine: the upstream through a variable (the role's README), Tengine's own balancer.
+AT_LOCATIONS = f"""
+        location /ws/ {{
+            set $dyups_upstream Ws;
+            proxy_pass http://$dyups_upstream;{WS_LOCATION}
+        }}
+        location / {{
+            set $dyups_upstream Web;
+            proxy_pass http://$dyups_upstream;
         }}
 """
 
@@ -144,7 +160,8 @@ class NginxAccounting(threading.Thread):
 class StockNginx:
     """Stock nginx (no Lua) proxying to static upstreams from an included file; reloaded by command."""
 
-    def __init__(self, upstream_file, workers=2, worker_shutdown_timeout=None, reuseport=True):
+    def __init__(self, upstream_file, workers=2, worker_shutdown_timeout=None, reuseport=True, binary=None):
+        self.binary = binary or NGINX
         self.upstream_file = str(upstream_file)
         self.workers = workers
         self.worker_shutdown_timeout = worker_shutdown_timeout
@@ -190,7 +207,7 @@ http {{
 """
 
     def command(self, *extra):
-        return [NGINX, "-p", str(self.prefix), "-c", str(self.conf_path), "-e", str(self.error_log), *extra]
+        return [self.binary, "-p", str(self.prefix), "-c", str(self.conf_path), "-e", str(self.error_log), *extra]
 
     def reload_command(self):
         return " ".join(self.command("-s", "reload"))
@@ -279,10 +296,13 @@ class Subprocess:
 class Load:
     """loadgen.py as a subprocess: ``start()`` returns once every websocket client is connected."""
 
-    def __init__(self, workdir, port, rate=300, connections=16, ws=0, ws_lifetime="", reuse=100, cap=3600):
+    def __init__(self, workdir, port, rate=300, connections=16, ws=0, ws_lifetime="", reuse=100, cap=3600,
+                 record_backends=False):
         self.output = Path(workdir) / f"load-{port}-{time.monotonic_ns()}.json"
         self.argv = [HERE / "loadgen.py", "--port", port, "--rate", rate, "--connections", connections,
                      "--ws", ws, "--reuse", reuse, "--duration", cap, "--output", self.output]
+        if record_backends:
+            self.argv.append("--record-backends")
         if ws_lifetime:
             self.argv += ["--ws-lifetime", ws_lifetime]
         self.process = None
@@ -489,8 +509,10 @@ def shared_stack(workdir, web_ports=6, ws_ports=5, initial=3, agent=None):
 
 
 @contextlib.contextmanager
-def stack_a(workdir, upstream_file=None, consul_url=None, dyups_url=None, watcher_settings=None, **shared):
-    """Approach A, synced: yields a Stack with ``nginx`` (NginxLua) and ``watcher`` (WatcherProcess).
+def stack_a(workdir, upstream_file=None, consul_url=None, dyups_url=None, watcher_settings=None, flavor="lua",
+            **shared):
+    """Approach A, synced: yields a Stack with ``nginx`` (NginxLua, or Tengine with ``flavor="tengine"``) and
+    ``watcher`` (WatcherProcess).
 
     ``consul_url`` / ``dyups_url`` point the watcher elsewhere (a fault proxy in front of them):
     callables taking the Stack, so the proxy can be built once the real servers run.
@@ -498,7 +520,10 @@ def stack_a(workdir, upstream_file=None, consul_url=None, dyups_url=None, watche
     workdir = Path(workdir)
     with shared_stack(workdir, **shared) as stack:
         stack.upstream_file = Path(upstream_file or workdir / "upstreams.conf")
-        nginx = NginxLua(workers=2, upstream_file=str(stack.upstream_file), locations=A_LOCATIONS)
+        if flavor == "tengine":
+            nginx = Tengine(workers=2, upstream_file=str(stack.upstream_file), locations=AT_LOCATIONS)
+        else:
+            nginx = NginxLua(workers=2, upstream_file=str(stack.upstream_file), locations=A_LOCATIONS)
         nginx.start()
         stack.nginx = nginx
         stack.proxy_port = nginx.proxy_port
@@ -523,8 +548,9 @@ def stack_a(workdir, upstream_file=None, consul_url=None, dyups_url=None, watche
 
 
 @contextlib.contextmanager
-def stack_b(workdir, worker_shutdown_timeout=None, reuseport=True, wait_min=0.0, **shared):
-    """Approach B, synced: yields a Stack with ``nginx`` (StockNginx) and ``syncer`` (reload_approach.py)."""
+def stack_b(workdir, worker_shutdown_timeout=None, reuseport=True, wait_min=0.0, binary=None, **shared):
+    """Approach B, synced: yields a Stack with ``nginx`` (StockNginx; ``binary``: Tengine's) and ``syncer``
+    (reload_approach.py)."""
     workdir = Path(workdir)
     with shared_stack(workdir, **shared) as stack:
         stack.upstream_file = workdir / "upstreams-b.conf"
@@ -533,7 +559,8 @@ def stack_b(workdir, worker_shutdown_timeout=None, reuseport=True, wait_min=0.0,
         from ansible_collections.swallowkeeper.dyups.plugins.module_utils._upstream import build_upstream
         _upstream_file.replace_file(str(stack.upstream_file), _upstream_file.render(
             [build_upstream(name, [PLACEHOLDER], ["keepalive 64"]) for name in SERVICES]))
-        nginx = StockNginx(stack.upstream_file, worker_shutdown_timeout=worker_shutdown_timeout, reuseport=reuseport)
+        nginx = StockNginx(stack.upstream_file, worker_shutdown_timeout=worker_shutdown_timeout, reuseport=reuseport,
+                           binary=binary)
         nginx.start()
         stack.nginx = nginx
         stack.proxy_port = nginx.proxy_port

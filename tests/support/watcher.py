@@ -31,12 +31,15 @@ ROOT = Path(__file__).resolve().parents[2]
 ENTRY = ROOT / "plugins" / "watcher"
 
 
-def _command(config_path, *extra):
-    return [sys.executable, str(ENTRY), "--config", str(config_path), *extra]
+def _command(config_path, *extra, entry=ENTRY):
+    return [sys.executable, str(entry), "--config", str(config_path), *extra]
 
 
 class WatcherProcess:
-    def __init__(self, workdir, **settings):
+    def __init__(self, workdir, entry=ENTRY, **settings):
+        """``entry``: the watcher to run (plugins/watcher of this checkout, or of another one: the
+        benchmarks compare with an earlier commit)."""
+        self.entry = entry
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
@@ -60,7 +63,7 @@ class WatcherProcess:
 
     def start(self, timeout=20.0):
         log = open(self.log_path, "ab")
-        self.process = subprocess.Popen(_command(self.config_path), stdout=log, stderr=subprocess.STDOUT,
+        self.process = subprocess.Popen(_command(self.config_path, entry=self.entry), stdout=log, stderr=subprocess.STDOUT,
                                         cwd=str(ROOT), env=dict(os.environ, PYTHONUNBUFFERED="1"))
         log.close()
         try:

@@ -29,6 +29,11 @@ tests/tools/install-system-deps.sh >/dev/null
 tests/tools/venv.sh >/dev/null
 CONSUL_BIN=$(tests/tools/get-consul.sh)
 export CONSUL_BIN
+# Tengine (the role's build, cached): every part runs on it too; without a tarball its figures are not measured.
+if [ -z "${TENGINE_BIN:-}" ]; then
+  TENGINE_BIN=$(tests/tools/get-tengine.sh) || { TENGINE_BIN=""; echo "bench: no Tengine: its figures are NOT measured"; }
+fi
+export TENGINE_BIN
 export PATH="$root/.venv/bin:$PATH"
 py=(python)
 pytest=(python -m pytest -p no:cacheprovider -o console_output_style=classic)
@@ -44,6 +49,7 @@ mkdir -p "$out"
   echo "memory: $(grep -m1 MemTotal /proc/meminfo | awk '{print $2 " kB"}')"
   echo "nginx: $(nginx -v 2>&1)"
   echo "consul: $("$CONSUL_BIN" version | head -1)"
+  echo "tengine: ${TENGINE_BIN:+$("$TENGINE_BIN" -v 2>&1 | sed -n 1p)}"
   echo "wrk: $(wrk -v 2>&1 | head -1 || true)"
   echo "commit: $(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
 } > "$out/machine.txt"

@@ -13,7 +13,7 @@
 # tengine_dyups (localhost, supervisor) converges THIS machine; it runs only when named.
 #
 # Needs root, tests/tools/install-system-deps.sh and tests/tools/venv.sh done, ../shared/tengine
-# beside the checkout (or SKDY_TENGINE_TARBALL). Logs end up in tests/output/molecule/.
+# beside the checkout (or TENGINE_TARBALL, or SKDY_TENGINE_TARBALL). Logs end up in tests/output/molecule/.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$root"
@@ -28,7 +28,7 @@ export ANSIBLE_HOME="$root/.cache/ansible-home"
 # A copy molecule's prerun once installed there would shadow the checkout: the checkout it is.
 rm -rf "$ANSIBLE_HOME/collections/ansible_collections/swallowkeeper/dyups"
 export ANSIBLE_FORCE_COLOR=0 PY_COLORS=0 ANSIBLE_NOCOLOR=1
-export SKDY_TENGINE_TARBALL=${SKDY_TENGINE_TARBALL:-$(cd "$root/.." && pwd)/shared/tengine/tengine-3.2.0.tar.gz}
+export SKDY_TENGINE_TARBALL=${SKDY_TENGINE_TARBALL:-${TENGINE_TARBALL:-$(cd "$root/.." && pwd)/shared/tengine/tengine-3.2.0.tar.gz}}
 CONSUL_BIN=${CONSUL_BIN:-$(tests/tools/get-consul.sh)}
 export CONSUL_BIN
 mkdir -p tests/output/molecule

@@ -10,7 +10,7 @@ import random
 import pytest
 
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._consul_mapping import (
-    MappingOptions, changed_services, map_services, merge_results)
+    MappingOptions, index_checks, map_services, merge_results)
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._names import is_valid_name
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._servers import parse_server
 
@@ -291,27 +291,18 @@ def check(node, check_id, status, service_id="", service=""):
             "Output": "out"}
 
 
-def test_changed_services_reports_status_changes_additions_and_removals():
-    old = [check("n1", "serfHealth", "passing"), check("n1", "service:a1", "passing", "a1", "a"),
-           check("n1", "service:b1", "passing", "b1", "b"), check("n2", "service:c1", "passing", "c1", "c")]
-    new = [check("n1", "serfHealth", "passing"), check("n1", "service:a1", "critical", "a1", "a"),
-           check("n2", "service:c1", "passing", "c1", "c"), check("n2", "service:d1", "passing", "d1", "d")]
-    change = changed_services(old, new)
-    assert change.services == {"a", "b", "d"} and change.nodes == frozenset()
-    assert bool(change)
+def test_index_checks_groups_by_instance_with_node_checks_under_an_empty_service_id():
+    answer = [check("n1", "serfHealth", "critical"), check("n1", "service:a1", "warning", "a1", "a"),
+              check("n1", "extra", "critical", "a1", "a"), check("n2", "service:c1", "passing", "c1", "c"),
+              "not a check"]
+    states = index_checks(answer).states
+    assert states == {("n1", ""): ("", (("serfHealth", "critical"),)),
+                      ("n1", "a1"): ("a", (("extra", "critical"), ("service:a1", "warning"))),
+                      ("n2", "c1"): ("c", (("service:c1", "passing"),))}
 
 
-def test_changed_services_ignores_output_and_order_and_reports_node_checks():
-    old = [check("n1", "serfHealth", "passing"), check("n1", "service:a1", "passing", "a1", "a")]
+def test_index_checks_ignores_output_and_order():
+    old = [check("n1", "x", "critical", "a1", "a"), check("n1", "service:a1", "warning", "a1", "a")]
     same = [dict(old[1], Output="other"), old[0]]
-    assert not changed_services(old, same)
-    node_down = [check("n1", "serfHealth", "critical"), old[1]]
-    change = changed_services(old, node_down)
-    assert change.nodes == {"n1"} and change.services == frozenset()
-
-
-def test_changed_services_without_an_earlier_snapshot_reports_everything():
-    new = [check("n1", "serfHealth", "passing"), check("n1", "service:a1", "passing", "a1", "a")]
-    change = changed_services(None, new)
-    assert change.services == {"a"} and change.nodes == {"n1"}
-    assert not changed_services([], [])
+    assert index_checks(old).states == index_checks(same).states
+    assert index_checks([]).states == {} and index_checks(None).states == {}

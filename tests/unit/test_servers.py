@@ -46,6 +46,18 @@ def test_what_tengine_answers_500_to_is_refused_here(text):
     ({"address": "10.0.0.1:80", "backup": True, "down": "yes"}, "10.0.0.1:80 backup down"),
     ({"address": "10.0.0.1:80", "backup": False, "fail_timeout": "2m", "max_fails": 0}, "10.0.0.1:80 max_fails=0 fail_timeout=120s"),
     ({"address": "10.0.0.1:80", "weight": None}, "10.0.0.1:80"),
+    # address + port, the shape Consul uses (issue 10)
+    ({"address": "10.0.0.1", "port": 8080}, "10.0.0.1:8080"),
+    ({"address": "10.0.0.1", "port": "8080", "weight": 2}, "10.0.0.1:8080 weight=2"),
+    ({"address": "10.0.0.1:8080", "port": 8080}, "10.0.0.1:8080"),
+    ({"address": "10.0.0.1:8080", "port": "8080"}, "10.0.0.1:8080"),
+    ({"address": "App.Example.internal", "port": 81}, "app.example.internal:81"),
+    ({"address": "2001:DB8::1", "port": 8080}, "[2001:db8::1]:8080"),
+    ({"address": "[2001:db8::1]", "port": 8080}, "[2001:db8::1]:8080"),
+    ({"address": "[2001:db8::1]:8080", "port": 8080}, "[2001:db8::1]:8080"),
+    ({"address": "::ffff:10.0.0.1", "port": 81}, "[::ffff:10.0.0.1]:81"),
+    ({"address": "10.0.0.1", "port": None}, "10.0.0.1:80"),
+    ({"address": "10.0.0.1", "host": "10.0.0.1", "port": 8080}, "10.0.0.1:8080"),
 ])
 def test_dict_input(data, spec):
     assert parse_server(data).spec() == spec
@@ -54,7 +66,15 @@ def test_dict_input(data, spec):
 @pytest.mark.parametrize("data, problem", [
     ({"address": "10.0.0.1:80", "foo": 1}, "unknown key(s) foo"),
     ({"port": 80}, "a server needs address ('host:port') or host"),
-    ({"address": "10.0.0.1:80", "port": 81}, "port and address disagree"),
+    ({"address": "10.0.0.1:80", "port": 81}, "the port is given twice with different values"),
+    ({"address": "10.0.0.1:8080", "port": "80"}, "the port is given twice with different values"),
+    ({"address": "[2001:db8::1]:80", "port": 81}, "the port is given twice with different values"),
+    ({"address": "10.0.0.1", "port": 0}, "the port 0 is outside 1-65535"),
+    ({"address": "10.0.0.1", "port": 70000}, "the port 70000 is outside 1-65535"),
+    ({"address": "10.0.0.1", "port": "http"}, "is not a number 1-65535"),
+    ({"address": "2001:db8::1"}, "an IPv6 address must be written in brackets"),
+    ({"address": "fe80::1%eth0", "port": 80}, "IPv6 zone indexes"),
+    ({"address": "10.0.0.1:80", "port": 80, "host": "10.0.0.2"}, "host and address disagree"),
     ({"address": "10.0.0.1:80", "host": "10.0.0.2"}, "host and address disagree"),
     ({"address": "10.0.0.1:80", "weight": 0}, "weight=0 is outside 1-10000"),
     ({"address": "10.0.0.1:80", "weight": True}, "weight must be a whole number"),
@@ -67,6 +87,12 @@ def test_dict_errors(data, problem):
     with pytest.raises(ValidationError) as caught:
         parse_server(data)
     assert problem in str(caught.value)
+
+
+def test_address_and_port_round_trip_through_to_dict():
+    """to_dict() gives address (with port), host and port: it parses back to the same server."""
+    server = parse_server({"address": "2001:db8::1", "port": 8080, "weight": 2})
+    assert parse_server(server.to_dict()) == server
 
 
 @pytest.mark.parametrize("server", [

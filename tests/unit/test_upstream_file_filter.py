@@ -51,3 +51,15 @@ def test_refuses_what_nginx_would_refuse(upstreams, words):
 def test_refuses_a_non_mapping():
     with pytest.raises(AnsibleFilterError, match="mapping"):
         upstream_file(["web"])
+
+
+def test_role_variables_take_address_and_port_dicts():
+    """tengine_dyups_initial_upstreams with Consul's server shape (address + port); a port given twice
+    with different values is refused."""
+    text = upstream_file({"web": [{"address": "10.0.0.1", "port": 8080, "weight": 2},
+                                  {"address": "2001:db8::1", "port": 8080}]})
+    parsed = _upstream_file.parse(text)
+    assert sorted(server.spec() for server in parsed["web"].servers) == [
+        "10.0.0.1:8080 weight=2", "[2001:db8::1]:8080"]
+    with pytest.raises(AnsibleFilterError, match="the port is given twice with different values"):
+        upstream_file({"web": [{"address": "10.0.0.1:80", "port": 8080}]})

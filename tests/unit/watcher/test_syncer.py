@@ -1,0 +1,211 @@
+"""The Syncer (plugins/watcher/sync.py): desired state, file first, pushes, retries, repair, guards.
+
+The interface here is tests/support/fake_dyups.py, a stand-in HTTP server on loopback that follows
+the wire contract (not Tengine, not the project's Lua flavor): it is used because these are error
+paths a real server does not produce on demand (409 on every request, a refused connection at a
+chosen moment) and because it records every request, so a test can assert that none was sent.
+The watcher's integration tests run the same code against real nginx.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+
+import pytest
+
+from ansible_collections.swallowkeeper.dyups.plugins.module_utils import _upstream_file
+from ansible_collections.swallowkeeper.dyups.plugins.module_utils._dyups_client import DyupsClient
+from ansible_collections.swallowkeeper.dyups.plugins.module_utils._upstream import build_upstream
+from ansible_collections.swallowkeeper.dyups.plugins.watcher import settings as watcher_settings
+from ansible_collections.swallowkeeper.dyups.plugins.watcher.metrics import Metrics
+from ansible_collections.swallowkeeper.dyups.plugins.watcher.sync import Syncer
+from ansible_collections.swallowkeeper.dyups.plugins.watcher.transport import KeepAliveTransport
+from tests.support.fake_dyups import FakeDyups
+
+
+class Clock:
+    def __init__(self):
+        self.now = 1000.0
+
+    def __call__(self):
+        return self.now
+
+
+@pytest.fixture
+def fake():
+    with FakeDyups() as server:
+        yield server
+
+
+@pytest.fixture
+def make(tmp_path, fake):
+    """make(**settings) -> (Syncer, clock); the upstream file is tmp_path/upstreams.conf."""
+    made = []
+
+    def factory(dyups_url=None, **values):
+        values.setdefault("upstream_file", str(tmp_path / "upstreams.conf"))
+        settings = watcher_settings.build(dict(values, dyups_url=dyups_url or fake.api_url, status_listen=""))
+        transport = KeepAliveTransport()
+        made.append(transport)
+        clock = Clock()
+        client = DyupsClient(settings.dyups_url, transport, timeout=2, busy_retries=1, busy_backoff=0.001)
+        return Syncer(settings, client, Metrics(), clock=clock), clock
+
+    yield factory
+    for transport in made:
+        transport.close()
+
+
+def ups(name, *servers, directives=None):
+    return build_upstream(name, list(servers), directives)
+
+
+def posted(fake):
+    return [request.path for request in fake.requests if request.method == "POST"]
+
+
+def test_the_file_is_written_before_anything_is_posted_and_only_changes_are_posted(make, fake, tmp_path):
+    seen = []
+    fake.state.on_request = lambda request: seen.append(_upstream_file.read(str(tmp_path / "upstreams.conf")))
+    syncer, _clock = make()
+    report = syncer.sync({"A": ups("A", "10.0.0.1:80"), "B": ups("B", "10.0.0.2:80")})
+    assert report.ok and report.file_changed and sorted(report.posted) == ["A", "B"]
+    assert all(set(state) == {"A", "B"} for state in seen)   # the file held both before the first POST
+    fake.clear_requests()
+    report = syncer.sync({"A": ups("A", "10.0.0.1:80"), "B": ups("B", "10.0.0.3:80")})
+    assert report.posted == ["B"] and posted(fake) == ["/upstream/B"]
+    fake.clear_requests()
+    assert syncer.sync({"A": ups("A", "10.0.0.1:80"), "B": ups("B", "10.0.0.3:80")}).posted == []
+    assert fake.requests == []
+
+
+def test_configured_directives_are_attached_and_a_conflict_is_skipped_not_sent(make, fake):
+    syncer, _clock = make(directives=["keepalive 16"], upstream_directives={"H": ["ip_hash"]})
+    report = syncer.sync({"A": ups("A", "10.0.0.1:80"), "H": ups("H", "10.0.0.2:80", "10.0.0.3:80 backup")})
+    assert report.posted == ["A"]
+    assert fake.upstreams["A"]["directives"] == ["keepalive 16"]
+    assert "H" not in fake.upstreams
+    assert [item["what"] for item in syncer.skipped] == ["upstream H"]
+
+
+def test_a_host_name_that_does_not_resolve_is_skipped_and_an_upstream_left_empty_is_kept(make, fake, tmp_path):
+    hosts = tmp_path / "hosts"
+    hosts.write_text("127.0.0.1 localhost\n")   # the stand-in resolves localhost only, as this file does
+    syncer, _clock = make(hosts_file=str(hosts))
+    syncer.sync({"A": ups("A", "localhost:80", "unknown.test:80")})
+    assert [server["address"] for server in fake.upstreams["A"]["servers"]] == ["127.0.0.1:80"]
+    assert any("unknown.test" in item["what"] for item in syncer.skipped)
+    on_file = _upstream_file.read(str(tmp_path / "upstreams.conf"))
+    assert [server.host for server in on_file["A"].servers] == ["localhost"]
+    syncer.sync({"A": ups("A", "unknown.test:80")})   # nothing left that resolves: empty, so kept (keep)
+    assert [server.host for server in _upstream_file.read(str(tmp_path / "upstreams.conf"))["A"].servers] == \
+        ["localhost"]
+
+
+@pytest.mark.parametrize("policy", ["keep", "down", "delete"])
+def test_the_zero_instance_policy(make, fake, policy):
+    syncer, _clock = make(zero_instances=policy, removal_guard_min=1000)
+    syncer.sync({"A": ups("A", "10.0.0.1:80", "10.0.0.2:80"), "B": ups("B", "10.0.1.1:80")})
+    report = syncer.sync({"B": ups("B", "10.0.1.1:80")}, empty=("A",))
+    if policy == "delete":
+        assert report.deleted == ["A"] and "A" not in fake.upstreams
+    else:
+        servers = fake.upstreams["A"]["servers"]
+        assert len(servers) == 2
+        assert all(bool(server.get("down")) == (policy == "down") for server in servers)
+
+
+def test_a_mass_removal_is_held_until_released_and_additions_go_through(make, fake):
+    syncer, clock = make(removal_guard_share=0.5, removal_guard_min=2, removal_hold_seconds=60)
+    five = [f"10.0.0.{i}:80" for i in range(1, 6)]
+    wanted = {"A": ups("A", "10.0.0.1:80"), "B": ups("B", "10.0.1.1:80", "10.0.1.2:80")}
+    syncer.sync({"A": ups("A", *five), "B": ups("B", "10.0.1.1:80")})
+    report = syncer.sync(wanted)
+    assert report.held is not None                           # 4 of 6 servers would go: over half
+    assert len(fake.upstreams["A"]["servers"]) == 5          # held: nothing removed
+    assert len(fake.upstreams["B"]["servers"]) == 2          # the addition went through
+    clock.now += 10
+    assert syncer.sync(wanted).held is not None              # 4 of 7 now: still held
+    assert "release requested" in syncer.release()
+    report = syncer.sync(wanted)
+    assert report.held is None and len(fake.upstreams["A"]["servers"]) == 1
+    assert syncer.release() == "nothing is held"
+
+
+def test_a_held_removal_is_applied_after_removal_hold_seconds(make, fake):
+    syncer, clock = make(removal_guard_share=0.5, removal_guard_min=2, removal_hold_seconds=60)
+    syncer.sync({"A": ups("A", "10.0.0.1:80", "10.0.0.2:80", "10.0.0.3:80")})
+    assert syncer.sync({"A": ups("A", "10.0.0.1:80")}).held is not None
+    clock.now += 61
+    assert syncer.sync({"A": ups("A", "10.0.0.1:80")}).held is None
+    assert len(fake.upstreams["A"]["servers"]) == 1
+
+
+def test_a_file_that_cannot_be_written_sends_nothing_and_is_retried(make, fake, tmp_path):
+    directory = tmp_path / "ro"
+    directory.mkdir()
+    syncer, _clock = make(upstream_file=str(directory / "upstreams.conf"))
+    if os.geteuid() == 0:   # root writes anywhere: make the target a directory instead, which rename refuses
+        (directory / "upstreams.conf").mkdir()
+    else:
+        directory.chmod(stat.S_IRUSR | stat.S_IXUSR)
+    report = syncer.sync({"A": ups("A", "10.0.0.1:80")})
+    assert not report.ok and report.file_error and fake.requests == []
+    assert syncer.has_pending and syncer.unwritten is not None
+    if os.geteuid() == 0:
+        (directory / "upstreams.conf").rmdir()
+    else:
+        directory.chmod(stat.S_IRWXU)
+    report = syncer.retry()
+    assert report.ok and report.posted == ["A"] and not syncer.has_pending
+
+
+def test_a_refused_push_stays_pending_and_the_retry_sends_it(make, fake):
+    syncer, _clock = make()
+    fake.busy(always=True)
+    report = syncer.sync({"A": ups("A", "10.0.0.1:80")})
+    assert report.file_changed and [name for name, _exc in report.failed] == ["A"]
+    assert syncer.has_pending and "A" not in fake.upstreams
+    fake.busy(0)
+    report = syncer.retry()
+    assert report.posted == ["A"] and not syncer.has_pending and "A" in fake.upstreams
+
+
+def test_an_unreachable_interface_keeps_the_file_and_the_push_pending(make, tmp_path):
+    syncer, _clock = make(dyups_url="http://127.0.0.1:9")   # discard port: nothing listens
+    report = syncer.sync({"A": ups("A", "10.0.0.1:80")})
+    assert report.failed and syncer.has_pending
+    assert "A" in _upstream_file.read(str(tmp_path / "upstreams.conf"))
+
+
+def test_repair_pushes_what_the_interface_lost_and_deletes_what_it_kept(make, fake):
+    syncer, _clock = make()
+    syncer.sync({"A": ups("A", "10.0.0.1:80"), "B": ups("B", "10.0.0.2:80")})
+    syncer.sync({"A": ups("A", "10.0.0.1:80")})                 # B deleted by the watcher
+    fake_b = fake.state.parse_body("server 10.0.0.2:80;")
+    with fake.state.lock:
+        del fake.state.upstreams["A"]                          # lost (a restart, say)
+        fake.state.upstreams["B"] = fake_b                     # back (an old POST replayed)
+    repaired = syncer.repair()
+    assert repaired.posted == ["A"] and repaired.deleted == ["B"]
+    assert set(fake.upstreams) == {"A"}
+
+
+def test_an_upstream_the_file_does_not_own_is_never_touched(make, fake, tmp_path):
+    other = fake.state.parse_body("server 10.9.9.9:80;")
+    with fake.state.lock:
+        fake.state.upstreams["Other"] = other
+    syncer, _clock = make()
+    syncer.sync({"A": ups("A", "10.0.0.1:80")})
+    syncer.repair()
+    assert "Other" in fake.upstreams
+    assert all("Other" not in request.path for request in fake.requests)
+
+
+def test_dry_run_writes_and_sends_nothing_but_plans(make, fake, tmp_path):
+    syncer, _clock = make()
+    syncer.dry_run = True
+    report = syncer.sync({"A": ups("A", "10.0.0.1:80")})
+    assert report.planned == ["POST A: +10.0.0.1:80"]
+    assert fake.requests == [] and not (tmp_path / "upstreams.conf").exists()
