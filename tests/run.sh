@@ -8,8 +8,9 @@
 #
 # Stages: unit, integration (modules, Consul, Lua flavor, watcher, playbooks), conformance (dyups
 # contract suite; DYUPS_URL=http://... to aim it at your own Tengine), sanity (ansible-test), lint
-# (ansible-lint), molecule (role), bench (short benchmark and resilience runs; results to
-# tests/output/, not to docs/).
+# (ansible-lint), molecule (the role on booted Debian containers over ssh, tests/hosts: flavor
+# tengine and nginx under systemd, nginx under supervisor; never on this machine itself), bench (short
+# benchmark and resilience runs; results to tests/output/, not to docs/).
 #
 # Tengine: setup builds one with the role's source path (tests/tools/get-tengine.sh, from $TENGINE_TARBALL
 # or ../shared/tengine/tengine-3.2.0.tar.gz; cached in /var/cache/swallowkeeper-dyups/tengine, so only the

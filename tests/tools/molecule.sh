@@ -1,57 +1,123 @@
 #!/usr/bin/env bash
-# The role's molecule scenario (extensions/molecule/tengine_dyups) on THIS machine: delegated driver,
-# localhost, stock nginx + Lua under supervisor, a Consul dev agent and two backends on loopback.
-# tests/run.sh calls it as the `molecule` stage. It leaves the machine as it found it: the scenario's
-# cleanup stops nginx, the watcher, Consul, the backends and (when it started it) supervisord, removes
-# what the role installed and restores /etc/nginx/nginx.conf. Debian packages stay installed.
+# The role's molecule scenarios (extensions/molecule/). tests/run.sh calls it as the `molecule` stage.
 #
-#   tests/tools/molecule.sh                 molecule test (cleanup, syntax, prepare, converge,
-#                                           idempotence, verify, cleanup)
-#   tests/tools/molecule.sh converge        any other molecule command, e.g. converge, verify, cleanup
+#   tests/tools/molecule.sh                      every scenario on test hosts (see below), molecule test
+#   tests/tools/molecule.sh tengine_host         one scenario (molecule test)
+#   tests/tools/molecule.sh tengine_host converge [ARGS]   another molecule command; on a test host the host
+#                                                stays up: SKDY_RUN=<run> reuses it next time,
+#                                                `python -m tests.hosts down <run>` removes it
 #
-# Needs root, tests/tools/install-system-deps.sh and tests/tools/venv.sh done. Logs of the services
-# end up in tests/output/molecule/.
+# Scenarios whose name ends in _host run on booted Debian containers (tests/hosts): this script starts
+# one per scenario, points molecule at it (SKDY_HOST_ADDRESS, SKDY_SSH_KEY), and removes it afterwards,
+# also when molecule fails or the script is interrupted. The role never touches this machine then.
+# tengine_dyups (localhost, supervisor) converges THIS machine; it runs only when named.
+#
+# Needs root, tests/tools/install-system-deps.sh and tests/tools/venv.sh done, ../shared/tengine
+# beside the checkout (or TENGINE_TARBALL, or SKDY_TENGINE_TARBALL). Logs end up in tests/output/molecule/.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$root"
-scenario=tengine_dyups
-command=${1:-test}
+host_scenarios=(tengine_host nginx_host supervisor_host)
 [ -x .venv/bin/molecule ] || { echo "no .venv/bin/molecule: run tests/tools/venv.sh first" >&2; exit 2; }
-[ "$(id -u)" = 0 ] || { echo "the scenario installs packages and services: run it as root" >&2; exit 2; }
+[ "$(id -u)" = 0 ] || { echo "the scenarios start containers and services: run it as root" >&2; exit 2; }
 export PATH="$root/.venv/bin:$PATH"
 ANSIBLE_COLLECTIONS_PATH=$(.venv/bin/python -c \
   'from tests.support.collection import ensure_importable; print(ensure_importable())')
 export ANSIBLE_COLLECTIONS_PATH
 export ANSIBLE_HOME="$root/.cache/ansible-home"
+# A copy molecule's prerun once installed there would shadow the checkout: the checkout it is.
+rm -rf "$ANSIBLE_HOME/collections/ansible_collections/swallowkeeper/dyups"
 export ANSIBLE_FORCE_COLOR=0 PY_COLORS=0 ANSIBLE_NOCOLOR=1
-run_dir=/var/tmp/swallowkeeper-molecule
+export SKDY_TENGINE_TARBALL=${SKDY_TENGINE_TARBALL:-${TENGINE_TARBALL:-$(cd "$root/.." && pwd)/shared/tengine/tengine-3.2.0.tar.gz}}
+CONSUL_BIN=${CONSUL_BIN:-$(tests/tools/get-consul.sh)}
+export CONSUL_BIN
+mkdir -p tests/output/molecule
 
-start=$SECONDS
-status=0
-if [ "$command" = test ]; then
-  # A run that died before its cleanup left processes behind: clean up before looking at the ports.
-  if [ -d "$run_dir" ]; then molecule cleanup -s "$scenario" || true; fi
-  busy=$(.venv/bin/python - "$scenario" <<'PY'
-import subprocess, sys, yaml
-data = yaml.safe_load(open(f"extensions/molecule/{sys.argv[1]}/molecule.yml"))
-hv = data["provisioner"]["inventory"]["host_vars"]["instance"]
-ports = list(hv["molecule_consul_ports"].values()) + [b["port"] for b in hv["molecule_backends"]]
-ports += [hv["molecule_vhost_port"], int(hv["tengine_dyups_api_listen"].rsplit(":", 1)[1]),
-          int(hv["tengine_dyups_watcher_status_listen"].rsplit(":", 1)[1])]
-listening = subprocess.run(["ss", "-Hltn"], capture_output=True, text=True, check=True).stdout
-used = {line.split()[3].rsplit(":", 1)[1] for line in listening.splitlines() if line.strip()}
-print(" ".join(str(p) for p in ports if str(p) in used))
+scenarios=()
+command="test"
+extra=()
+if [ $# -gt 0 ]; then scenarios=("$1"); command=${2:-test}; extra=("${@:3}"); else scenarios=("${host_scenarios[@]}"); fi
+
+hosts() { SKDY_OWNER_PID=$$ .venv/bin/python -m tests.hosts "$@"; }
+hosts cleanup --stale  # containers a killed earlier run left behind
+current_run=""
+undo() {  # remove the current run's container (molecule test, or a failure while starting it)
+  if [ -n "$current_run" ]; then hosts down "$current_run" || true; current_run=""; fi
+}
+trap undo EXIT
+trap 'undo; exit 130' INT
+trap 'undo; exit 143' TERM
+
+run_localhost() {  # the old scenario: THIS machine, supervisor
+  local scenario=$1 run_dir=/var/tmp/swallowkeeper-molecule status=0
+  if [ "$command" = test ] && [ -d "$run_dir" ]; then molecule cleanup -s "$scenario" || true; fi
+  molecule "$command" -s "$scenario" "${extra[@]}" || status=$?
+  if [ "$command" = test ] && [ -d "$run_dir" ]; then molecule cleanup -s "$scenario" || status=1; fi
+  return $status
+}
+
+run_on_host() {
+  local scenario=$1 status=0 run=${SKDY_RUN:-}
+  [ -f "$SKDY_TENGINE_TARBALL" ] || { echo "molecule: no Tengine tarball at $SKDY_TENGINE_TARBALL" >&2; return 2; }
+  if [ -z "$run" ] || [ ! -f "/var/tmp/swallowkeeper-dyups-hosts/$run/state.json" ]; then
+    run=${run:-$scenario-$(date -u +%H%M%S)-$$}
+    [ "$command" = test ] && current_run=$run
+    local start=$SECONDS
+    export SKDY_APT_CACHE_GROUP=$scenario  # scenarios side by side: one package cache each
+    if [ "$command" = test ]; then hosts up "$run" instance >/dev/null
+    else SKDY_OWNER_PID=0 .venv/bin/python -m tests.hosts up "$run" instance >/dev/null; fi
+    echo "molecule: test host of $scenario up in $((SECONDS - start))s (run $run)"
+    molecule reset -s "$scenario" >/dev/null 2>&1 || true  # a new host: molecule's state starts afresh
+  fi
+  read -r SKDY_HOST_ADDRESS SKDY_SSH_KEY < <(.venv/bin/python - "$run" <<'PY'
+import sys
+from tests.hosts.state import load
+state = load(sys.argv[1])
+print(state["containers"][0]["address"], state["ssh_key"])
 PY
 )
-  if [ -n "$busy" ]; then
-    echo "molecule: port(s) $busy of the scenario are in use on this machine; stop what holds them" >&2
-    exit 2
+  export SKDY_RUN=$run SKDY_HOST_ADDRESS SKDY_SSH_KEY
+  molecule "$command" -s "$scenario" "${extra[@]}" || status=$?
+  if [ "$command" = test ]; then
+    hosts ssh "$run" instance journalctl --no-pager -b -o short-iso > "tests/output/molecule/$scenario.journal.log" 2>&1 || true
+    undo
+  else
+    echo "molecule: the test host stays up: SKDY_RUN=$run; remove it with python -m tests.hosts down $run"
   fi
-  molecule test -s "$scenario" || status=$?
-  # Safety net: molecule runs cleanup itself, also after a failure; if it died first, do it here.
-  if [ -d "$run_dir" ]; then molecule cleanup -s "$scenario" || status=1; fi
+  return $status
+}
+
+run_one() {
+  local scenario=$1 start=$SECONDS rc=0
+  case "$scenario" in
+    *_host) run_on_host "$scenario" || rc=$? ;;
+    *) run_localhost "$scenario" || rc=$? ;;
+  esac
+  echo "molecule $command -s $scenario: exit $rc after $((SECONDS - start))s"
+  return $rc
+}
+
+status=0
+if [ ${#scenarios[@]} -gt 1 ] && [ "${SKDY_PARALLEL:-1}" = 1 ]; then
+  # The host scenarios side by side, each on its own container and with its own log (printed when it
+  # ends): most of a scenario is waiting on ssh round trips, so two cores carry three of them.
+  pids=()
+  for scenario in "${scenarios[@]}"; do
+    # A background subshell does not inherit the traps: each sets its own, so that it removes its
+    # own container when it ends or is told to stop; this shell passes INT/TERM on to them.
+    (trap undo EXIT; trap 'undo; exit 130' INT; trap 'undo; exit 143' TERM; run_one "$scenario") \
+      > "tests/output/molecule/$scenario.log" 2>&1 &
+    pids+=($!)
+  done
+  trap 'kill -TERM "${pids[@]}" 2>/dev/null; wait; exit 130' INT
+  trap 'kill -TERM "${pids[@]}" 2>/dev/null; wait; exit 143' TERM
+  for i in "${!scenarios[@]}"; do
+    rc=0; wait "${pids[$i]}" || rc=$?
+    echo "=== molecule ${scenarios[$i]} (log: tests/output/molecule/${scenarios[$i]}.log)"
+    cat "tests/output/molecule/${scenarios[$i]}.log"
+    [ $rc -eq 0 ] || status=1
+  done
 else
-  molecule "$command" -s "$scenario" || status=$?
+  for scenario in "${scenarios[@]}"; do run_one "$scenario" || status=1; done
 fi
-echo "molecule $command: exit $status after $((SECONDS - start))s"
 exit $status
