@@ -150,8 +150,9 @@ class Bench:
                 if held:
                     self.watcher.release()
                     self.releases += 1
+                    # once released, held is gone from /status and check() allows no held server any
+                    # more; the history stays (an empty upstream may still keep servers it had: keep/down)
                     first, deadline = None, time.monotonic() + CONVERGE_TIMEOUT
-                    history = {}   # after a release nothing held may stay
                     continue
                 return first
             except Mismatch:
