@@ -110,14 +110,6 @@ class Tengine(NginxLua):
             self.access_log_path = self.prefix / "logs" / "access.log"
 
     def config_text(self):
-        temp = "\n".join(f"    {kind}_temp_path {self.prefix}/tmp/{kind};"
-                         for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
-        if self.access_log:
-            access = (f"    log_format dyups '$request $status upstream=$upstream_addr "
-                      f"upstream_status=$upstream_status';\n"
-                      f"    access_log {self.access_log_path} dyups;")
-        else:
-            access = "    access_log off;"
         include = ""
         if self.upstream_file:
             # The last character as a one-letter glob class: nginx includes the file when it exists and
@@ -132,8 +124,7 @@ pid {self.prefix}/nginx.pid;
 error_log {self.error_log} {self.error_log_level};
 events {{ worker_connections 4096; }}
 http {{
-{access}
-{temp}
+{self.http_common()}
 {include}
     dyups_read_msg_timeout {self.read_msg_timeout};
     dyups_trylock off;
@@ -147,18 +138,7 @@ http {{
         }}
     }}
 {self.http_snippet}
-    server {{
-        listen 127.0.0.1:{self.proxy_port} reuseport;
-        proxy_http_version 1.1;
-        proxy_set_header Connection "";
-        proxy_next_upstream {self.proxy_next_upstream};
-        proxy_next_upstream_tries {self.proxy_next_upstream_tries};
-        proxy_connect_timeout {self.connect_timeout};
-        proxy_read_timeout {self.read_timeout};
-{"        add_header X-Dyups-Worker $pid always;" if self.worker_header else ""}
-{self.locations}
-{self.server_snippet}
-    }}
+{self.proxy_server()}
 }}
 """
 
