@@ -339,7 +339,7 @@ def test_once_and_dry_run(stack, tmp_path):
     assert once.returncode == 0, once.stdout + once.stderr
     # Tengine's other worker applies the POSTs within dyups_read_msg_timeout (the role's 20ms)
     nginx.wait_for(lambda: served(nginx, "Web") == {str(p1)} and served(nginx, "Web_b") == {str(p2)},
-                   "every worker serves what --once sent", timeout=1)
+                   "every worker serves what --once sent", timeout=5)
     assert "upstream Web:" in once.stdout
 
     again = run_once(tmp_path, **common)
