@@ -382,7 +382,7 @@ class ConsulSource:
         if refetch:
             fetched = self._fetch_many(refetch)
         with self.lock:
-            for name in touched:  # before the reads below: an unchanged read keeps the mapping as it is
+            for name in touched:  # before the reads are stored: an unchanged read keeps the mapping as it is
                 self._remap(name)
             if refetch:
                 for name, compacted in fetched:

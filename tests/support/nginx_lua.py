@@ -61,6 +61,7 @@ Every instance is also killed at interpreter exit if a test forgot it.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import http.client
 import os
 import shutil
@@ -444,12 +445,13 @@ def _stop_leftovers():
         instance.kill()
 
 
-def make_nginx_lua_fixture(scope="module", **options):
-    """A pytest fixture that yields a started NginxLua with these options and cleans it up after."""
+def make_server_fixture(server_class, scope="module", **options):
+    """A pytest fixture that yields a started ``server_class()(**options)`` and cleans it up after
+    (``server_class`` is called at set-up, so it may skip the test: see tests/support/tengine.py)."""
 
     @pytest.fixture(scope=scope)
     def _fixture():
-        instance = NginxLua(**options)
+        instance = server_class()(**options)
         try:
             instance.start()
             yield instance
@@ -459,16 +461,13 @@ def make_nginx_lua_fixture(scope="module", **options):
     return _fixture
 
 
-nginx_lua = make_nginx_lua_fixture(scope="module")
-
-
-@pytest.fixture
-def nginx_lua_factory():
-    """``factory(**options) -> started NginxLua``; every instance made is cleaned up after the test."""
+@contextlib.contextmanager
+def started_servers(make):
+    """Yields ``factory(**options) -> started make(**options)``; every instance made is cleaned up on exit."""
     made = []
 
     def factory(**options):
-        instance = NginxLua(**options)
+        instance = make(**options)
         made.append(instance)
         return instance.start()
 
@@ -477,3 +476,18 @@ def nginx_lua_factory():
     finally:
         for instance in made:
             instance.cleanup()
+
+
+def make_nginx_lua_fixture(scope="module", **options):
+    """A pytest fixture that yields a started NginxLua with these options and cleans it up after."""
+    return make_server_fixture(lambda: NginxLua, scope, **options)
+
+
+nginx_lua = make_nginx_lua_fixture(scope="module")
+
+
+@pytest.fixture
+def nginx_lua_factory():
+    """``factory(**options) -> started NginxLua``; every instance made is cleaned up after the test."""
+    with started_servers(NginxLua) as factory:
+        yield factory

@@ -43,7 +43,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.support.nginx_lua import NginxLua
+from tests.support.nginx_lua import NginxLua, make_server_fixture, started_servers
 
 TENGINE_ENV = "TENGINE_BIN"
 ROLE_DEFAULTS = Path(__file__).resolve().parents[2] / "roles" / "tengine_dyups" / "defaults" / "main.yml"
@@ -161,18 +161,7 @@ NginxLua.flavor = "lua"
 
 def make_tengine_fixture(scope="module", **options):
     """A pytest fixture that yields a started Tengine with these options and cleans it up after."""
-
-    @pytest.fixture(scope=scope)
-    def _fixture():
-        require_tengine()
-        instance = Tengine(**options)
-        try:
-            instance.start()
-            yield instance
-        finally:
-            instance.cleanup()
-
-    return _fixture
+    return make_server_fixture(lambda: flavor_class("tengine"), scope, **options)
 
 
 tengine = make_tengine_fixture(scope="module")
@@ -191,19 +180,13 @@ def flavor_class(flavor):
 @pytest.fixture
 def tengine_factory():
     """``factory(**options) -> started Tengine``; every instance made is cleaned up after the test."""
-    made = []
-
-    def factory(**options):
-        require_tengine()
-        instance = Tengine(**options)
-        made.append(instance)
-        return instance.start()
-
-    try:
+    with started_servers(_checked_tengine) as factory:
         yield factory
-    finally:
-        for instance in made:
-            instance.cleanup()
+
+
+def _checked_tengine(**options):
+    """A Tengine, after checking there is a binary (skips the test, or fails it under CI=true)."""
+    return flavor_class("tengine")(**options)
 
 
 @pytest.fixture(scope="module", params=FLAVORS)
@@ -220,17 +203,6 @@ def proxy(request):
 @pytest.fixture(params=FLAVORS)
 def proxy_factory(request):
     """``factory(**options) -> started instance`` of the flavor in the test id; all cleaned up after."""
-    cls = flavor_class(request.param)
-    made = []
-
-    def factory(**options):
-        instance = cls(**options)
-        made.append(instance)
-        return instance.start()
-
-    factory.flavor = request.param
-    try:
+    with started_servers(flavor_class(request.param)) as factory:
+        factory.flavor = request.param
         yield factory
-    finally:
-        for instance in made:
-            instance.cleanup()
