@@ -105,10 +105,12 @@ class AnsibleRunner:
             argv.append("--diff")
         return self._run(argv, timeout)
 
-    def playbook(self, text, check=False, diff=False, extra_vars=None, timeout=300):
+    def playbook(self, text, check=False, diff=False, extra_vars=None, timeout=300, tags=None):
         path = self.workdir / "playbook.yml"
         path.write_text(text)
         argv = [str(BIN / "ansible-playbook"), "-i", str(self.inventory), str(path)]
+        if tags:
+            argv += ["--tags", tags]
         if check:
             argv.append("--check")
         if diff:
