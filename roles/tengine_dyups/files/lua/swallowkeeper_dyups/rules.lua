@@ -786,7 +786,7 @@ function _M.block_statements(tokens, first)
         i = i + 1
     end
     if #words > 0 then
-        return refuse("block.missing_semicolon", "the end", "missing ';' after " .. quote(concat(words, " ")))
+        return refuse("block.missing_semicolon", "at the end", "missing ';' after " .. quote(concat(words, " ")))
     end
     return servers, directives, i
 end
