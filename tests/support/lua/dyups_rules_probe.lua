@@ -20,6 +20,28 @@ local function hex(s)
     return (s:gsub(".", function(c) return string.format("%02x", c:byte()) end))
 end
 
+-- Python's Server.sort_key order (backup, kind, host, port): the order of the canonical output. A
+-- canonical host of digits and dots is an IPv4 address (a host name's last label is never all digits).
+local function sort_servers(servers)
+    local function kind(host)
+        return host:find(":", 1, true) and "ipv6" or host:find("^[0-9.]+$") and "ipv4" or "hostname"
+    end
+    table.sort(servers, function(a, b)
+        if a.backup ~= b.backup then
+            return not a.backup
+        end
+        local ka, kb = kind(a.host), kind(b.host)
+        if ka ~= kb then
+            return ka < kb
+        end
+        if a.host ~= b.host then
+            return a.host < b.host
+        end
+        return a.port < b.port
+    end)
+    return servers
+end
+
 local function run(kind, input)
     local result, err, rule
     if kind == "name" then
@@ -37,7 +59,7 @@ local function run(kind, input)
             return { "err", rule, err }
         end
         local specs, texts = {}, {}
-        for _, server in ipairs(rules.sort_servers(result.servers)) do
+        for _, server in ipairs(sort_servers(result.servers)) do
             specs[#specs + 1] = rules.server_spec(server)
         end
         for _, directive in ipairs(result.directives) do

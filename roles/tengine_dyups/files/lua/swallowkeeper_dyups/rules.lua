@@ -14,7 +14,7 @@
 
 local byte, sub, find, format, lower, gsub = string.byte, string.sub, string.find, string.format, string.lower,
     string.gsub
-local concat, sort = table.concat, table.sort
+local concat = table.concat
 local tonumber, floor = tonumber, math.floor
 
 local _M = { _VERSION = "2" }
@@ -29,10 +29,6 @@ local LIMITS = {
 }
 local DEFAULTS = { weight = 1, max_fails = 1, fail_timeout = 10, max_conns = 0 }
 local PARAMETERS = "weight, max_fails, fail_timeout, max_conns, backup, down"
-
-_M.MAX_NAME_LENGTH = MAX_NAME_LENGTH
-_M.DEFAULT_PORT = DEFAULT_PORT
-_M.LIMITS = LIMITS
 
 -- A value in double quotes for a message; control, quote, backslash and non-ASCII bytes as \xNN.
 local function quote(s)
@@ -198,7 +194,7 @@ function _M.ipv6_compressed(text)
 end
 
 -- The canonical host (IPv6 compressed, host names lower case), or nil, message, rule id.
-function _M.parse_host(host, subject)
+local function parse_host(host, subject)
     if host == "" then
         return refuse("server.host_empty", subject, "the host is empty")
     end
@@ -243,7 +239,7 @@ function _M.parse_host(host, subject)
     return name
 end
 
-function _M.parse_port(text, subject)
+local function parse_port(text, subject)
     if not digits(text, 5) then
         return refuse("server.port_syntax", subject, format("the port %s is not a number 1-65535", quote(text)))
     end
@@ -255,7 +251,7 @@ function _M.parse_port(text, subject)
 end
 
 -- (canonical host, port) from "host:port", "[v6]:port" or "host"; nil, message, rule id otherwise.
-function _M.parse_address(address, subject)
+local function parse_address(address, subject)
     if sub(address, 1, 5) == "unix:" then
         return refuse("server.unix", subject, "unix sockets are not supported; use host:port")
     end
@@ -285,7 +281,7 @@ function _M.parse_address(address, subject)
         host = first and sub(address, 1, first - 1) or address
         port_text = first and sub(address, first + 1) or nil
     end
-    local canonical, err, rule = _M.parse_host(host, subject)
+    local canonical, err, rule = parse_host(host, subject)
     if not canonical then
         return nil, err, rule
     end
@@ -293,7 +289,7 @@ function _M.parse_address(address, subject)
         return canonical, DEFAULT_PORT
     end
     local port
-    port, err, rule = _M.parse_port(port_text, subject)
+    port, err, rule = parse_port(port_text, subject)
     if not port then
         return nil, err, rule
     end
@@ -367,7 +363,7 @@ function _M.parse_server(value)
     if words[1] == "server" then
         return refuse("server.word_server", subject, "the word 'server' is not part of a server line's address")
     end
-    local host, port, rule = _M.parse_address(words[1], subject)
+    local host, port, rule = parse_address(words[1], subject)
     if not host then
         return nil, port, rule
     end
@@ -432,30 +428,6 @@ function _M.detail_line(server, address)
                   server.fail_timeout, server.backup and 1 or 0, server.down and 1 or 0)
 end
 
--- Python's Server.sort_key order (backup, kind, host, port), the order of canonical output.
-function _M.sort_servers(servers)
-    local function kind(host)
-        if find(host, ":", 1, true) then
-            return "ipv6"
-        end
-        return is_ipv4(host) and "ipv4" or "hostname"
-    end
-    sort(servers, function(a, b)
-        if a.backup ~= b.backup then
-            return not a.backup
-        end
-        local ka, kb = kind(a.host), kind(b.host)
-        if ka ~= kb then
-            return ka < kb
-        end
-        if a.host ~= b.host then
-            return a.host < b.host
-        end
-        return a.port < b.port
-    end)
-    return servers
-end
-
 ---------------------------------------------------------------------------------------------------
 -- Directives (_directives.py)
 
@@ -471,7 +443,6 @@ local CHECK_KEYS = {
 }
 local EXPECT = { http_2xx = true, http_3xx = true, http_4xx = true, http_5xx = true }
 local EXPECT_NAMES = "http_2xx, http_3xx, http_4xx, http_5xx"
-_M.BALANCING = BALANCING
 
 -- The end of the double-quoted string that opens at i (its closing quote), or nil when it is not
 -- closed; a backslash escapes the next character.
