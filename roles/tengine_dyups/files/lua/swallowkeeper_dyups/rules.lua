@@ -42,9 +42,17 @@ local function refuse(rule, subject, reason)
     return nil, subject .. ": " .. reason, rule
 end
 
--- The ASCII whitespace that Python's str.strip() removes (non-ASCII input is refused before).
+-- Without the ASCII whitespace at both ends that Python's str.strip() removes (non-ASCII input is
+-- refused before). Linear: a pattern anchored at the end would backtrack over long runs.
 local function strip(s)
-    return (gsub(gsub(s, "^[%s\28-\31]+", ""), "[%s\28-\31]+$", ""))
+    local i, j = find(s, "[^%s\28-\31]"), #s
+    if not i then
+        return ""
+    end
+    while find(s, "^[%s\28-\31]", j) do
+        j = j - 1
+    end
+    return sub(s, i, j)
 end
 
 local function digits(s, most)
