@@ -309,15 +309,16 @@ def test_probe_reports_refusals(probe_nginx, kind):
     assert result[0] == "err" and result[1].split(".")[0] in ("name", "server", "directive", "block"), result
 
 
-def test_long_runs_of_whitespace_take_linear_time(probe_nginx):
-    """200 000 characters of whitespace inside a server or directive: answered at once (a pattern anchored
-    at the end would backtrack over the run for minutes), with the same verdict as Python."""
+def test_long_runs_take_linear_time(probe_nginx):
+    """200 000 characters of whitespace (or dots in a host name) inside a server or directive: answered at
+    once (a pattern anchored at the end would backtrack over the run for minutes), with Python's verdict."""
     run = "\x0b" * 200000
-    inputs = {"server": ["10.0.0.1:80" + run + "x", run + "10.0.0.1:80" + run],
+    inputs = {"server": ["10.0.0.1:80" + run + "x", run + "10.0.0.1:80" + run, "a" + "." * 200000 + "b:80",
+                         "a" + "." * 200000],
               "directive": ["keepalive 32" + run + "x", run + "keepalive 32" + run]}
     started = time.monotonic()
     got = {kind: [verdict(result) for result in lua(probe_nginx, kind, texts)] for kind, texts in inputs.items()}
     elapsed = time.monotonic() - started
-    assert elapsed < 10, elapsed
+    assert elapsed < 30, elapsed  # measured 1-4 s on a loaded machine; the backtracking kind took minutes
     assert got == {"server": [python_server(text) for text in inputs["server"]],
                    "directive": [python_directive(text) for text in inputs["directive"]]}, got

@@ -223,9 +223,12 @@ local function parse_host(host, subject)
         end
         return host
     end
-    local name = lower(host)
+    local name, last = lower(host), #host
+    while last > 0 and byte(host, last) == 46 do -- trailing dots go (a loop: "%.+$" would backtrack)
+        last = last - 1
+    end
     if #host > 1 then
-        name = gsub(name, "%.+$", "")
+        name = sub(name, 1, last)
     end
     if #name > 253 then
         return refuse("server.hostname_length", subject, format("the host name is %d characters long, over 253",
