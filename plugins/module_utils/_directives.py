@@ -52,8 +52,8 @@ _CHECK_KEYS = {
 _EXPECT = ("http_2xx", "http_3xx", "http_4xx", "http_5xx")
 
 
-def _fail(text, rule):
-    raise ValidationError("upstream directive", text, rule)
+def _fail(text, rule, rule_id):
+    raise ValidationError("upstream directive", text, rule, rule_id)
 
 
 def tokenize(text):
@@ -70,7 +70,7 @@ def tokenize(text):
             while j < n and text[j] != '"':
                 j += 2 if text[j] == "\\" else 1
             if j >= n:
-                _fail(text, "a double quote is not closed")
+                _fail(text, "a double quote is not closed", "directive.quote_unclosed")
             words.append(text[i:j + 1])
             i = j + 1
             continue
@@ -84,49 +84,49 @@ def tokenize(text):
 
 def _int_in(text, value, low, high, what):
     if not _DIGITS_RE.match(value) or not low <= int(value) <= high:
-        _fail(text, f"{what} must be a whole number {low}-{high}, not {value!r}")
+        _fail(text, f"{what} must be a whole number {low}-{high}, not {value!r}", "directive.number")
 
 
 def _check_args(text, name, args):
     if name in ("ip_hash", "least_conn"):
         if args:
-            _fail(text, f"{name} takes no arguments")
+            _fail(text, f"{name} takes no arguments", "directive.args")
     elif name == "keepalive":
         if len(args) != 1:
-            _fail(text, "write 'keepalive N'")
+            _fail(text, "write 'keepalive N'", "directive.args")
         _int_in(text, args[0], 1, 100000, "keepalive")
     elif name == "keepalive_requests":
         if len(args) != 1:
-            _fail(text, "write 'keepalive_requests N'")
+            _fail(text, "write 'keepalive_requests N'", "directive.args")
         _int_in(text, args[0], 1, 100000000, "keepalive_requests")
     elif name == "check_keepalive_requests":
         if len(args) != 1:
-            _fail(text, "write 'check_keepalive_requests N'")
+            _fail(text, "write 'check_keepalive_requests N'", "directive.args")
         _int_in(text, args[0], 1, 100000000, "check_keepalive_requests")
     elif name == "keepalive_timeout":
         if len(args) != 1 or not _TIME_RE.match(args[0]):
-            _fail(text, "write 'keepalive_timeout TIME', like 60s or 500ms")
+            _fail(text, "write 'keepalive_timeout TIME', like 60s or 500ms", "directive.time")
     elif name == "check":
         seen = set()
         for arg in args:
             key, sep, value = arg.partition("=")
             if key not in _CHECK_KEYS or not sep:
-                _fail(text, f"check takes key=value from {', '.join(sorted(_CHECK_KEYS))}, not {arg!r}")
+                _fail(text, f"check takes key=value from {', '.join(sorted(_CHECK_KEYS))}, not {arg!r}", "directive.check_key")
             if key in seen:
-                _fail(text, f"check: {key} is given twice")
+                _fail(text, f"check: {key} is given twice", "directive.check_twice")
             seen.add(key)
             if not _CHECK_KEYS[key].match(value):
-                _fail(text, f"check: {key}={value!r} is not valid")
+                _fail(text, f"check: {key}={value!r} is not valid", "directive.check_value")
     elif name == "check_http_send":
         if len(args) != 1 or not _QUOTED_RE.match(args[0]):
-            _fail(text, 'write check_http_send "REQUEST" with one double-quoted string (escapes: \\r \\n \\t \\" \\\\)')
+            _fail(text, 'write check_http_send "REQUEST" with one double-quoted string (escapes: \\r \\n \\t \\" \\\\)', "directive.http_send")
     elif name == "check_http_expect_alive":
         if not args or any(arg not in _EXPECT for arg in args) or len(set(args)) != len(args):
-            _fail(text, f"check_http_expect_alive takes one or more of {', '.join(_EXPECT)}")
+            _fail(text, f"check_http_expect_alive takes one or more of {', '.join(_EXPECT)}", "directive.expect_alive")
     else:
         known = "ip_hash, least_conn, keepalive, keepalive_timeout, keepalive_requests, check, " \
                 "check_http_send, check_http_expect_alive, check_keepalive_requests"
-        _fail(text, f"unknown upstream directive {name!r}; known: {known} (servers go in 'servers')")
+        _fail(text, f"unknown upstream directive {name!r}; known: {known} (servers go in 'servers')", "directive.unknown")
 
 
 @dataclass(frozen=True)
@@ -151,24 +151,24 @@ def parse_directive(value):
     if isinstance(value, Directive):
         return value
     if not isinstance(value, str):
-        _fail(value, "a directive is a string like 'keepalive 32'")
+        _fail(value, "a directive is a string like 'keepalive 32'", "directive.type")
+    if not value.isascii():  # before strip(): Unicode whitespace at the ends is refused too, like inside
+        _fail(value, "only ASCII characters are allowed", "directive.ascii")
     text = value.strip()
     if text.endswith(";"):
         text = text[:-1].rstrip()
     if not text:
-        _fail(value, "the directive is empty")
-    if not text.isascii():
-        _fail(value, "only ASCII characters are allowed")
+        _fail(value, "the directive is empty", "directive.empty")
     if any(ord(char) < 32 and char != "\t" or ord(char) == 127 for char in text):
-        _fail(value, "control characters and line breaks are not allowed")
+        _fail(value, "control characters and line breaks are not allowed", "directive.control")
     outside_quotes = re.sub(r'"(?:[^"\\]|\\.)*"', '""', text)
     for char in ";{}#'\\":
         if char in outside_quotes:
-            _fail(value, f"{char!r} is not allowed outside double quotes (one directive per entry)")
+            _fail(value, f"{char!r} is not allowed outside double quotes (one directive per entry)", "directive.outside_quotes")
     words = tokenize(text)
     name, args = words[0], tuple(words[1:])
     if name == "server":
-        _fail(value, "servers go in 'servers', not in 'directives'")
+        _fail(value, "servers go in 'servers', not in 'directives'", "directive.server")
     _check_args(value, name, args)
     return Directive(name, args)
 
@@ -183,9 +183,9 @@ def parse_directives(values):
     names = [directive.name for directive in directives]
     for name in set(names):
         if names.count(name) > 1:
-            raise ValidationError("upstream directives", list(values), f"{name} is given more than once")
+            raise ValidationError("upstream directives", list(values), f"{name} is given more than once", "directives.duplicate")
     balancing = [name for name in names if name in BALANCING]
     if len(balancing) > 1:
         raise ValidationError("upstream directives", list(values),
-                              f"only one balancing method per upstream, got {', '.join(balancing)}")
+                              f"only one balancing method per upstream, got {', '.join(balancing)}", "directives.balancing")
     return directives

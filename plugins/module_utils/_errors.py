@@ -14,12 +14,17 @@ from __future__ import annotations
 
 
 class ValidationError(ValueError):
-    """Input that breaks a rule; carries the offending value and the rule."""
+    """Input that breaks a rule; carries the offending value, the rule and its stable id.
 
-    def __init__(self, what, value, rule):
+    ``rule_id`` (like ``server.port_range``) names the rule independently of the message's
+    wording; the Lua flavor answers with the same ids (tests/vectors/*.json hold both sides' cases).
+    """
+
+    def __init__(self, what, value, rule, rule_id=None):
         self.what = what
         self.value = value
         self.rule = rule
+        self.rule_id = rule_id
         super().__init__(f"invalid {what} {value!r}: {rule}")
 
 

@@ -39,27 +39,33 @@ def _describe(char):
     return f"{char!r}"
 
 
-def name_problem(name):
-    """Return why ``name`` breaks the rule, or None when it is valid."""
+def name_check(name):
+    """(rule id, why) when ``name`` breaks the rule, or None when it is valid."""
     if not isinstance(name, str):
-        return f"must be a string, not {type(name).__name__}"
+        return "name.type", f"must be a string, not {type(name).__name__}"
     if not name:
-        return "is empty"
+        return "name.empty", "is empty"
     if len(name) > MAX_NAME_LENGTH:
-        return f"is {len(name)} characters long, over the limit of {MAX_NAME_LENGTH}"
+        return "name.length", f"is {len(name)} characters long, over the limit of {MAX_NAME_LENGTH}"
     for char in name:
         if char not in _ALLOWED:
-            return f"contains {_describe(char)}"
+            return "name.charset", f"contains {_describe(char)}"
     if not _NAME_RE.match(name):
-        return f"starts with {name[0]!r}"
+        return "name.first_char", f"starts with {name[0]!r}"
     return None
+
+
+def name_problem(name):
+    """Return why ``name`` breaks the rule, or None when it is valid."""
+    found = name_check(name)
+    return found and found[1]
 
 
 def validate_name(name):
     """Return ``name`` unchanged, or raise ValidationError naming the value and the rule."""
-    problem = name_problem(name)
-    if problem:
-        raise ValidationError("upstream name", name, f"{problem}; {NAME_RULE}")
+    found = name_check(name)
+    if found:
+        raise ValidationError("upstream name", name, f"{found[1]}; {NAME_RULE}", found[0])
     return name
 
 

@@ -69,41 +69,41 @@ _TRUE = ("true", "yes", "on", "1")
 _FALSE = ("false", "no", "off", "0")
 
 
-def _fail(value, rule):
-    raise ValidationError("server", value, rule)
+def _fail(value, rule, rule_id):
+    raise ValidationError("server", value, rule, rule_id)
 
 
 def parse_host(host, original=None):
     """Return the canonical form of a host (IPv6 without brackets) or raise ValidationError."""
     shown = host if original is None else original
     if not host:
-        _fail(shown, "the host is empty")
+        _fail(shown, "the host is empty", "server.host_empty")
     if not host.isascii():
-        _fail(shown, "only ASCII characters are allowed")
+        _fail(shown, "only ASCII characters are allowed", "server.ascii")
     if ":" in host:
         if "%" in host:
-            _fail(shown, f"{host!r}: IPv6 zone indexes (%...) are not supported by nginx")
+            _fail(shown, f"{host!r}: IPv6 zone indexes (%...) are not supported by nginx", "server.ipv6_zone")
         try:
             address = ipaddress.IPv6Address(host)
         except ValueError:
-            _fail(shown, f"{host!r} is not an IPv6 address")
+            _fail(shown, f"{host!r} is not an IPv6 address", "server.ipv6_invalid")
         if address.ipv4_mapped is not None:  # nginx prints these as ::ffff:a.b.c.d
             return f"::ffff:{address.ipv4_mapped}"
         return address.compressed
     if _DOTTED_NUMBERS_RE.match(host):
         if not _IPV4_RE.match(host) or any(int(part) > 255 for part in host.split(".")):
-            _fail(shown, f"{host!r} is not a dotted IPv4 address (four numbers 0-255, no leading zeros)")
+            _fail(shown, f"{host!r} is not a dotted IPv4 address (four numbers 0-255, no leading zeros)", "server.ipv4_invalid")
         return host
     name = host.lower().rstrip(".") if host.endswith(".") and len(host) > 1 else host.lower()
     if len(name) > 253:
-        _fail(shown, f"the host name is {len(name)} characters long, over 253")
+        _fail(shown, f"the host name is {len(name)} characters long, over 253", "server.hostname_length")
     labels = name.split(".")
     for label in labels:
         if not _LABEL_RE.match(label):
             _fail(shown, f"{host!r} is not a host name: each dot-separated label is 1-63 letters, "
-                         "digits or hyphens, and does not start or end with a hyphen")
+                         "digits or hyphens, and does not start or end with a hyphen", "server.hostname_label")
     if _DIGITS_RE.match(labels[-1]):
-        _fail(shown, f"{host!r} is not a host name: its last label is all digits")
+        _fail(shown, f"{host!r} is not a host name: its last label is all digits", "server.hostname_numeric")
     return name
 
 
@@ -126,22 +126,22 @@ def _split_address(address, original=None):
     """(canonical host, port or None when the address has none)."""
     shown = address if original is None else original
     if not isinstance(address, str):
-        _fail(shown, "the address must be a string")
+        _fail(shown, "the address must be a string", "server.address_type")
     if address.startswith("unix:"):
-        _fail(shown, "unix sockets are not supported; use host:port")
+        _fail(shown, "unix sockets are not supported; use host:port", "server.unix")
     if address.startswith("["):
         close = address.find("]")
         if close < 0:
-            _fail(shown, "an IPv6 address opened with '[' is not closed with ']'")
+            _fail(shown, "an IPv6 address opened with '[' is not closed with ']'", "server.bracket_unclosed")
         host, rest = address[1:close], address[close + 1:]
         if ":" not in host:
-            _fail(shown, f"{host!r} in brackets is not an IPv6 address")
+            _fail(shown, f"{host!r} in brackets is not an IPv6 address", "server.ipv6_invalid")
         if rest and not rest.startswith(":"):
-            _fail(shown, "expected ':port' after the bracketed IPv6 address")
+            _fail(shown, "expected ':port' after the bracketed IPv6 address", "server.after_bracket")
         port_text = rest[1:] if rest else None
     else:
         if address.count(":") > 1:
-            _fail(shown, "an IPv6 address must be written in brackets, like [2001:db8::1]:8080")
+            _fail(shown, "an IPv6 address must be written in brackets, like [2001:db8::1]:8080", "server.ipv6_unbracketed")
         host, sep, port_text = address.partition(":")
         if not sep:
             port_text = None
@@ -154,28 +154,28 @@ def _split_address(address, original=None):
 def parse_port(value, original=None):
     shown = value if original is None else original
     if isinstance(value, bool):
-        _fail(shown, "the port must be a number 1-65535")
+        _fail(shown, "the port must be a number 1-65535", "server.port_syntax")
     if isinstance(value, int):
         port = value
     elif isinstance(value, str) and _DIGITS_RE.match(value) and len(value) <= 5:
         port = int(value)
     else:
-        _fail(shown, f"the port {value!r} is not a number 1-65535")
+        _fail(shown, f"the port {value!r} is not a number 1-65535", "server.port_syntax")
     if not 1 <= port <= 65535:
-        _fail(shown, f"the port {port} is outside 1-65535")
+        _fail(shown, f"the port {port} is outside 1-65535", "server.port_range")
     return port
 
 
 def _parse_number(key, value, original):
     if isinstance(value, bool) or not isinstance(value, (int, str)):
-        _fail(original, f"{key} must be a whole number")
+        _fail(original, f"{key} must be a whole number", f"server.{key}_int")
     if isinstance(value, str):
         if not _DIGITS_RE.match(value) or len(value) > 9:
-            _fail(original, f"{key}={value!r} is not a whole number")
+            _fail(original, f"{key}={value!r} is not a whole number", f"server.{key}_int")
         value = int(value)
     low, high = NUMERIC_LIMITS[key]
     if not low <= value <= high:
-        _fail(original, f"{key}={value} is outside {low}-{high}")
+        _fail(original, f"{key}={value} is outside {low}-{high}", f"server.{key}_range")
     return value
 
 
@@ -183,25 +183,25 @@ def parse_fail_timeout(value, original=None):
     """Seconds from ``10``, ``'10'``, ``'10s'``, ``'2m'``, ``'1h'``, ``'1d'`` or ``'3000ms'``."""
     shown = value if original is None else original
     if isinstance(value, bool):
-        _fail(shown, "fail_timeout must be a time in seconds")
+        _fail(shown, "fail_timeout must be a time in seconds", "server.fail_timeout_time")
     if isinstance(value, int):
         seconds = value
     elif isinstance(value, str):
         match = _TIME_RE.match(value)
         if not match or len(match.group(1)) > 9:
-            _fail(shown, f"fail_timeout={value!r} is not a time: use N, Ns, Nm, Nh or Nd")
+            _fail(shown, f"fail_timeout={value!r} is not a time: use N, Ns, Nm, Nh or Nd", "server.fail_timeout_time")
         number, unit = int(match.group(1)), match.group(2)
         if unit == "ms":
             if number % 1000:
                 _fail(shown, f"fail_timeout={value} is not a whole number of seconds; "
-                             "nginx reads fail_timeout in seconds and refuses milliseconds")
+                             "nginx reads fail_timeout in seconds and refuses milliseconds", "server.fail_timeout_ms")
             seconds = number // 1000
         else:
             seconds = number * _TIME_UNITS[unit]
     else:
-        _fail(shown, "fail_timeout must be a time in seconds")
+        _fail(shown, "fail_timeout must be a time in seconds", "server.fail_timeout_time")
     if not 0 <= seconds <= MAX_FAIL_TIMEOUT:
-        _fail(shown, f"fail_timeout={seconds}s is outside 0-{MAX_FAIL_TIMEOUT}s")
+        _fail(shown, f"fail_timeout={seconds}s is outside 0-{MAX_FAIL_TIMEOUT}s", "server.fail_timeout_range")
     return seconds
 
 
@@ -212,7 +212,7 @@ def _parse_flag(key, value, original):
         return bool(value)
     if isinstance(value, str) and value.lower() in _TRUE + _FALSE:
         return value.lower() in _TRUE
-    _fail(original, f"{key} must be true or false, not {value!r}")
+    _fail(original, f"{key} must be true or false, not {value!r}", f"server.{key}_flag")
 
 
 @dataclass(frozen=True)
@@ -287,28 +287,28 @@ class Server:
 
 def _from_string(text):
     if any(char in text for char in ";{}\"'#\\") or any(ord(c) < 32 or ord(c) == 127 for c in text):
-        _fail(text, "a server is written as 'host:port [parameter ...]' with no ; { } quotes, # or control characters")
+        _fail(text, "a server is written as 'host:port [parameter ...]' with no ; { } quotes, # or control characters", "server.syntax")
     words = text.split()
     if not words:
-        _fail(text, "the server is empty")
+        _fail(text, "the server is empty", "server.empty")
     if words[0] == "server":
-        _fail(text, "write the server without the word 'server', like '10.0.0.1:8080 weight=2'")
+        _fail(text, "write the server without the word 'server', like '10.0.0.1:8080 weight=2'", "server.word_server")
     host, port = parse_address(words[0], text)
     values = {}
     for word in words[1:]:
         key, sep, value = word.partition("=")
         if key in values:
-            _fail(text, f"{key} is given twice")
+            _fail(text, f"{key} is given twice", "server.param_twice")
         if key in FLAGS:
             if sep:
-                _fail(text, f"{key} is a flag and takes no value: write '{key}'")
+                _fail(text, f"{key} is a flag and takes no value: write '{key}'", "server.flag_value")
             values[key] = True
         elif key in NUMERIC_LIMITS and sep:
             values[key] = parse_fail_timeout(value, text) if key == "fail_timeout" else _parse_number(key, value, text)
         elif key in NUMERIC_LIMITS:
-            _fail(text, f"{key} needs a value, like {key}=2")
+            _fail(text, f"{key} needs a value, like {key}=2", "server.param_needs_value")
         else:
-            _fail(text, f"unknown parameter {word!r}; known: {', '.join(PARAMETERS)}")
+            _fail(text, f"unknown parameter {word!r}; known: {', '.join(PARAMETERS)}", "server.param_unknown")
     return Server(host=host, port=port, **values)
 
 
@@ -325,7 +325,7 @@ def _is_bare_ipv6(text):
 
 def _dict_host(data):
     if not isinstance(data["host"], str):
-        _fail(data, "host must be a string")
+        _fail(data, "host must be a string", "server.host_type")
     host = data["host"]
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
@@ -335,7 +335,7 @@ def _dict_host(data):
 def _from_dict(data):
     unknown = sorted(set(data) - set(("address", "host", "port") + PARAMETERS))
     if unknown:
-        _fail(data, f"unknown key(s) {', '.join(unknown)}; known: address, host, port, {', '.join(PARAMETERS)}")
+        _fail(data, f"unknown key(s) {', '.join(unknown)}; known: address, host, port, {', '.join(PARAMETERS)}", "server.dict_keys")
     if "address" in data and data["address"] is not None:
         address = data["address"]
         if data.get("port") is not None and isinstance(address, str) and _is_bare_ipv6(address):
@@ -344,12 +344,12 @@ def _from_dict(data):
             host, port = _split_address(address, data)
         # Server.to_dict() gives address, host and port: accept all three when they agree, so it parses back.
         if data.get("host") is not None and _dict_host(data) != host:
-            _fail(data, "host and address disagree; give either address or host (with port)")
+            _fail(data, "host and address disagree; give either address or host (with port)", "server.host_address_mismatch")
         if data.get("port") is not None:
             given = parse_port(data["port"], data)
             if port is not None and given != port:
                 _fail(data, f"the port is given twice with different values (address {address!r}, port {given}); "
-                            "give it once")
+                            "give it once", "server.port_twice")
             port = given
         elif port is None:
             port = DEFAULT_PORT
@@ -357,7 +357,7 @@ def _from_dict(data):
         host = _dict_host(data)
         port = DEFAULT_PORT if data.get("port") is None else parse_port(data["port"], data)
     else:
-        _fail(data, "a server needs address ('host:port') or host")
+        _fail(data, "a server needs address ('host:port') or host", "server.no_address")
     values = {}
     for key in PARAMETERS:
         value = data.get(key)
@@ -378,11 +378,11 @@ def parse_server(value):
         return value
     if isinstance(value, str):
         if not value.isascii():  # nginx splits on ASCII whitespace only; no non-ASCII has a meaning here
-            _fail(value, "only ASCII characters are allowed")
+            _fail(value, "only ASCII characters are allowed", "server.ascii")
         return _from_string(value.strip())
     if isinstance(value, dict):
         return _from_dict(value)
-    _fail(value, f"a server is a string like '10.0.0.1:8080 weight=2' or a dict, not {type(value).__name__}")
+    _fail(value, f"a server is a string like '10.0.0.1:8080 weight=2' or a dict, not {type(value).__name__}", "server.type")
 
 
 def parse_servers(values):
@@ -393,7 +393,7 @@ def parse_servers(values):
     seen = set()
     for server in servers:
         if server.address in seen:
-            raise ValidationError("server", server.address, "the same address is listed twice in one upstream")
+            raise ValidationError("server", server.address, "the same address is listed twice in one upstream", "server.duplicate")
         seen.add(server.address)
     return servers
 
@@ -411,13 +411,13 @@ def parse_detail_line(line):
     """
     words = line.split()
     if len(words) < 2 or words[0] != "server":
-        raise ValidationError("/detail line", line, "expected 'server ADDRESS key=value ...'")
+        raise ValidationError("/detail line", line, "expected 'server ADDRESS key=value ...'", "detail.line")
     host, port = parse_address(words[1], line)
     values = {}
     for word in words[2:]:
         key, sep, value = word.partition("=")
         if not sep or not re.match(r"-?[0-9]+\Z", value):
-            raise ValidationError("/detail line", line, f"expected key=number, got {word!r}")
+            raise ValidationError("/detail line", line, f"expected key=number, got {word!r}", "detail.field")
         number = int(value)
         if key in FLAGS:
             values[key] = number != 0

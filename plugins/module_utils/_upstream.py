@@ -65,14 +65,15 @@ def build_upstream(name, servers, directives=None):
     parsed = parse_servers(servers if servers is not None else [])
     if not parsed:
         raise ValidationError("upstream", name, "has no servers; nginx refuses an upstream without servers "
-                                                "(use state=absent to remove it)")
+                                                "(use state=absent to remove it)", "upstream.no_servers")
     if all(server.backup for server in parsed):
         raise ValidationError("upstream", name, "every server is a backup server; nginx needs at least one that is "
-                                                "not (Tengine answers 500)")
+                                                "not (Tengine answers 500)", "upstream.all_backup")
     parsed_directives = parse_directives(directives)
     for directive in parsed_directives:
         if directive.name in NO_BACKUP and any(server.backup for server in parsed):
-            raise ValidationError("upstream", name, f"nginx's {directive.name} balancing does not support backup servers")
+            raise ValidationError("upstream", name, f"nginx's {directive.name} balancing does not support backup servers",
+                                  "upstream.backup_balancing")
     ordered = tuple(d for d in parsed_directives if d.is_balancing) + tuple(
         d for d in parsed_directives if not d.is_balancing)
     return Upstream(name=name, servers=tuple(sort_servers(parsed)), directives=ordered)
@@ -83,6 +84,6 @@ def upstream_from_spec(name, spec):
     if isinstance(spec, dict):
         unknown = sorted(set(spec) - {"servers", "directives"})
         if unknown:
-            raise ValidationError("upstream", name, f"unknown key(s) {', '.join(unknown)}; use servers and directives")
+            raise ValidationError("upstream", name, f"unknown key(s) {', '.join(unknown)}; use servers and directives", "upstream.keys")
         return build_upstream(name, spec.get("servers"), spec.get("directives"))
     return build_upstream(name, spec)

@@ -43,7 +43,7 @@ def _unique_ignoring_case(names, where="upstream file"):
         other = seen.setdefault(name.lower(), name)
         if other != name:
             raise ValidationError(where, name, f"names {other!r} and {name!r} differ only in letter case; nginx "
-                                               "treats them as one upstream and refuses the file")
+                                               "treats them as one upstream and refuses the file", "file.case_clash")
 
 
 def render_block(upstream):
@@ -87,7 +87,7 @@ def _tokens(text):
             while j < n and text[j] != '"':
                 j += 2 if text[j] == "\\" else 1
             if j >= n:
-                raise ValidationError("upstream file", f"line {line}", "a double quote is not closed")
+                raise ValidationError("upstream file", f"line {line}", "a double quote is not closed", "block.quote_unclosed")
             yield line, text[i:j + 1]
             line += text.count("\n", i, j)
             i = j + 1
@@ -107,24 +107,28 @@ def parse(text):
     while i < len(tokens):
         line, word = tokens[i]
         if word != "upstream" or i + 2 >= len(tokens) or tokens[i + 2][1] != "{":
-            raise ValidationError("upstream file", f"line {line}", f"expected 'upstream NAME {{', found {word!r}")
+            raise ValidationError("upstream file", f"line {line}", f"expected 'upstream NAME {{', found {word!r}",
+                                  "file.expected_upstream")
         name = tokens[i + 1][1]
         i += 3
         servers, directives, words = [], [], []
         while True:
             if i >= len(tokens):
-                raise ValidationError("upstream file", f"line {line}", f"upstream {name} is not closed with '}}'")
+                raise ValidationError("upstream file", f"line {line}", f"upstream {name} is not closed with '}}'",
+                                      "file.unclosed")
             at, word = tokens[i]
             i += 1
             if word == "}":
                 if words:
-                    raise ValidationError("upstream file", f"line {at}", f"missing ';' after {' '.join(words)!r}")
+                    raise ValidationError("upstream file", f"line {at}", f"missing ';' after {' '.join(words)!r}",
+                                          "block.missing_semicolon")
                 break
             if word == "{":
-                raise ValidationError("upstream file", f"line {at}", "blocks inside an upstream are not supported")
+                raise ValidationError("upstream file", f"line {at}", "blocks inside an upstream are not supported",
+                                      "block.nested")
             if word == ";":
                 if not words:
-                    raise ValidationError("upstream file", f"line {at}", "an empty statement")
+                    raise ValidationError("upstream file", f"line {at}", "an empty statement", "block.empty_statement")
                 if words[0] == "server":
                     servers.append(" ".join(words[1:]))
                 else:
@@ -134,11 +138,12 @@ def parse(text):
                 words.append(word)
         if name.lower() in {known.lower() for known in upstreams}:
             raise ValidationError("upstream file", f"line {line}", f"upstream {name} is defined twice (nginx "
-                                                                   "compares names ignoring case)")
+                                                                   "compares names ignoring case)",
+                                  "file.defined_twice")
         try:
             upstreams[name] = build_upstream(name, servers, directives)
         except ValidationError as exc:
-            raise ValidationError("upstream file", f"line {line}", str(exc)) from None
+            raise ValidationError("upstream file", f"line {line}", str(exc), exc.rule_id) from None
     return upstreams
 
 

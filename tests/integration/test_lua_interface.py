@@ -222,3 +222,29 @@ def test_many_changes_while_a_worker_is_idle(nginx_lua_factory):
         status, text, _unused = nginx.api("GET", "/list")
         assert sorted(text.split()) == [f"many{k}" for k in range(7)]
         assert nginx.api("GET", "/upstream/many0")[1] == f"server 127.0.0.1:{20000 + 1099 - 1099 % 7}\n"
+
+
+@pytest.mark.parametrize("path, body, answer", [
+    ("/upstream/a", "server 127.0.0.1:0;",
+     'the request body is refused (rule server.port_range): server "127.0.0.1:0": the port 0 is outside 1-65535\n'),
+    ("/upstream/a", "keepalive 16;",
+     'the request body is refused (rule upstream.no_servers): upstream "a": has no server line; nginx refuses an '
+     "upstream without servers (DELETE removes an upstream)\n"),
+    ("/upstream/a", "server 127.0.0.1:1;\nserver 127.0.0.1:2",
+     """the request body is refused (rule block.missing_semicolon): at the end: missing ';' after "server 127.0.0.1:2"\n"""),
+    ("/upstream/a", " \n",
+     "the request body is empty (rule body.empty): send the upstream's server lines and directives, like "
+     "'server 10.0.0.1:8080 weight=2;'\n"),
+    ("/upstream/x%7By", "server 127.0.0.1:1;",
+     'the upstream name in the URL is refused (rule name.charset): upstream name "x{y": may hold only '
+     "A-Z a-z 0-9 _ . -\n"),
+    ("/upstream/a", "least_conn; server 127.0.0.1:1;",
+     'the request body is refused (rule flavor.directive_unsupported): upstream directive "least_conn" is valid '
+     "nginx but not supported here: the Lua flavor balances with smooth weighted round robin only; least_conn is "
+     "not implemented (supported: keepalive, keepalive_timeout, keepalive_requests)\n"),
+])
+def test_a_refused_post_says_what_is_wrong_and_the_rule(nginx_lua_factory, path, body, answer):
+    """400 in HTTP terms: the request body or the URL's name, the rule id (tests/vectors/), what is wrong."""
+    nginx = nginx_lua_factory(workers=1)
+    assert nginx.api("POST", path, body)[:2] == (400, answer)
+    assert nginx.api("GET", "/list")[0] == 204

@@ -21,6 +21,7 @@ def test_vector(case):
         with pytest.raises(ValidationError) as caught:
             validate_name(case["name"])
         assert caught.value.value == case["name"]
+        assert caught.value.rule_id == case["rule"]
         if "problem" in case:
             assert case["problem"] in str(caught.value)
 

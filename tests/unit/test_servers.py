@@ -25,6 +25,7 @@ def test_vector(case):
         with pytest.raises(ValidationError) as caught:
             parse_server(case["input"])
         assert caught.value.value == case["input"]
+        assert caught.value.rule_id == case["rule"]
         if "problem" in case:
             assert str(caught.value) == case["problem"]
 

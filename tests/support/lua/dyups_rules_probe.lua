@@ -1,11 +1,11 @@
 -- Test-only: runs inputs through swallowkeeper_dyups.rules for tests/integration/test_lua_rules.py.
 --
 -- POST body: one case a line, "KIND<TAB>HEX(input)", KIND one of name, server, directive, body.
--- Answer: one line per case, fields hex-encoded and tab-separated:
---   name       ok | err, message
---   server     ok, spec, detail line | err, message
---   directive  ok, normalized text | err, message
---   body       ok, sorted server specs joined by "\n", directive texts joined by "\n" | err, message
+-- Answer: one line per case, fields hex-encoded and tab-separated; a refusal is "err", rule id, message:
+--   name       ok | err, rule, message
+--   server     ok, spec, detail line | err, rule, message
+--   directive  ok, normalized text | err, rule, message
+--   body       ok, sorted server specs joined by "\n", directive texts joined by "\n" | err, rule, message
 --              (the upstream is named "x")
 
 local rules = require("swallowkeeper_dyups.rules")
@@ -20,40 +20,54 @@ local function hex(s)
     return (s:gsub(".", function(c) return string.format("%02x", c:byte()) end))
 end
 
+-- Python's Server.sort_key order (backup, kind, host, port): the order of the canonical output. A
+-- canonical host of digits and dots is an IPv4 address (a host name's last label is never all digits).
+local function sort_servers(servers)
+    local function kind(host)
+        return host:find(":", 1, true) and "ipv6" or host:find("^[0-9.]+$") and "ipv4" or "hostname"
+    end
+    table.sort(servers, function(a, b)
+        if a.backup ~= b.backup then
+            return not a.backup
+        end
+        local ka, kb = kind(a.host), kind(b.host)
+        if ka ~= kb then
+            return ka < kb
+        end
+        if a.host ~= b.host then
+            return a.host < b.host
+        end
+        return a.port < b.port
+    end)
+    return servers
+end
+
 local function run(kind, input)
+    local result, err, rule
     if kind == "name" then
-        local problem = rules.name_problem(input)
-        if problem then
-            return { "err", problem }
-        end
-        return { "ok" }
+        result, err, rule = rules.validate_name(input)
+        return result and { "ok" } or { "err", rule, err }
     elseif kind == "server" then
-        local server, err = rules.parse_server(input)
-        if not server then
-            return { "err", err }
-        end
-        return { "ok", rules.server_spec(server), rules.detail_line(server) }
+        result, err, rule = rules.parse_server(input)
+        return result and { "ok", rules.server_spec(result), rules.detail_line(result) } or { "err", rule, err }
     elseif kind == "directive" then
-        local directive, err = rules.parse_directive(input)
-        if not directive then
-            return { "err", err }
-        end
-        return { "ok", directive.text }
+        result, err, rule = rules.parse_directive(input)
+        return result and { "ok", result.text } or { "err", rule, err }
     elseif kind == "body" then
-        local ups, err = rules.parse_body("x", input)
-        if not ups then
-            return { "err", err }
+        result, err, rule = rules.parse_body("x", input)
+        if not result then
+            return { "err", rule, err }
         end
         local specs, texts = {}, {}
-        for _, server in ipairs(rules.sort_servers(ups.servers)) do
+        for _, server in ipairs(sort_servers(result.servers)) do
             specs[#specs + 1] = rules.server_spec(server)
         end
-        for _, directive in ipairs(ups.directives) do
+        for _, directive in ipairs(result.directives) do
             texts[#texts + 1] = directive.text
         end
         return { "ok", table.concat(specs, "\n"), table.concat(texts, "\n") }
     end
-    return { "err", "unknown kind " .. kind }
+    return { "crash", "unknown kind " .. kind }
 end
 
 function _M.handle()
@@ -67,7 +81,7 @@ function _M.handle()
             result = { "crash", tostring(result) }
         end
         for i = 1, #result do
-            result[i] = hex(result[i])
+            result[i] = hex(tostring(result[i]))
         end
         out[#out + 1] = table.concat(result, "\t")
     end

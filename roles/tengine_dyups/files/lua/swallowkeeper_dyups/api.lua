@@ -6,7 +6,8 @@
 --     }
 --
 -- Answers as Tengine 3.2's ngx_http_dyups_module does (see the wire contract), except that a body or
--- name this flavor refuses gets 400 with the reason (Tengine: 500 "add server failed"):
+-- name this flavor refuses gets 400 saying what is wrong and the rule id (rules.lua; Tengine: 500
+-- "add server failed"):
 --
 --   GET /list                 200 names, one a line; 204 when there is none
 --   GET /detail               200 name, /detail server lines, blank line; 204 when there is none
@@ -25,7 +26,8 @@ local state = require("swallowkeeper_dyups.state")
 local upstream = require("swallowkeeper_dyups.upstream")
 
 local ngx = ngx
-local concat, sort, lower, sub, find = table.concat, table.sort, string.lower, string.sub, string.find
+local concat, sort, lower, sub, find, format = table.concat, table.sort, string.lower, string.sub, string.find,
+    string.format
 
 local _M = {}
 
@@ -192,12 +194,14 @@ local function do_post(parts)
         return
     end
     if not find(body, "%S") then
-        return respond(400, "the body is empty: send the upstream's server lines and directives, "
-                            .. "like 'server 10.0.0.1:8080 weight=2;'\n")
+        return respond(400, "the request body is empty (rule body.empty): send the upstream's server lines "
+                            .. "and directives, like 'server 10.0.0.1:8080 weight=2;'\n")
     end
-    local record
-    record, err = upstream.from_body(name, body)
+    local record, rule
+    record, err, rule = upstream.from_body(name, body)
     if not record then
+        local what = sub(rule, 1, 5) == "name." and "the upstream name in the URL" or "the request body"
+        err = format("%s is refused (rule %s): %s", what, rule, err)
         ngx.log(ngx.WARN, "dyups: POST /upstream/", name, " refused: ", err)
         return respond(400, err .. "\n")
     end

@@ -1,6 +1,6 @@
 -- swallowkeeper_dyups.upstream: one upstream as the Lua flavor stores it.
 --
--- build(): the rules (rules.lua, identical to the Python ones), then this flavor's policy (which
+-- build(): the rules (rules.lua, the Python ones), then this flavor's policy (which
 -- upstream directives the Lua balancer can honour), then host name resolution. The result, a
 -- record, is what the shared dict holds (encode / decode: a few text lines, no JSON).
 --
@@ -44,8 +44,9 @@ function _M.key(name)
     return lower(name)
 end
 
--- A record from validated parts (rules.build_upstream's result); nil, reason when the flavor
--- cannot honour a directive or a host does not resolve.
+-- A record from validated parts (rules.build_upstream's result); nil, reason, rule id when the
+-- flavor cannot honour a directive (flavor.directive_unsupported) or a host does not resolve
+-- (server.unresolvable).
 function _M.from_parsed(parsed)
     local directives = {}
     for i = 1, #parsed.directives do
@@ -54,7 +55,7 @@ function _M.from_parsed(parsed)
             local why = REFUSED[directive.name] or "the Lua flavor does not implement it"
             return nil, format("upstream directive %s is valid nginx but not supported here: %s "
                                .. "(supported: keepalive, keepalive_timeout, keepalive_requests)",
-                               rules.py_repr(directive.text), why)
+                               rules.quote(directive.text), why), "flavor.directive_unsupported"
         end
         directives[#directives + 1] = directive.text
     end
@@ -63,7 +64,7 @@ function _M.from_parsed(parsed)
         local server = parsed.servers[i]
         local ips, err = resolve.resolve(server.host)
         if not ips then
-            return nil, format("invalid server %s: %s", rules.py_repr(rules.server_spec(server)), err)
+            return nil, format("server %s: %s", rules.quote(rules.server_spec(server)), err), "server.unresolvable"
         end
         servers[i] = {
             host = server.host, port = server.port, ips = ips, weight = server.weight,
@@ -74,11 +75,11 @@ function _M.from_parsed(parsed)
     return { name = parsed.name, servers = servers, directives = directives }
 end
 
--- A record from a POST body; nil, reason otherwise.
+-- A record from a POST body; nil, reason, rule id otherwise.
 function _M.from_body(name, body)
-    local parsed, err = rules.parse_body(name, body)
+    local parsed, err, rule = rules.parse_body(name, body)
     if not parsed then
-        return nil, err
+        return nil, err, rule
     end
     return _M.from_parsed(parsed)
 end
@@ -148,7 +149,7 @@ function _M.parse_file(text)
         local line, word = tokens[i][1], tokens[i][2]
         local name = tokens[i + 1] and tokens[i + 1][2]
         if word ~= "upstream" or not tokens[i + 2] or tokens[i + 2][2] ~= "{" then
-            return nil, format("line %d: expected 'upstream NAME {', found %s", line, rules.py_repr(word))
+            return nil, format("line %d: expected 'upstream NAME {', found %s", line, rules.quote(word))
         end
         local servers, directives, stop = rules.block_statements(tokens, i + 3)
         if not servers then
@@ -160,10 +161,10 @@ function _M.parse_file(text)
         if seen[name] then
             return nil, format("line %d: upstream %s is defined twice", line, name)
         end
-        local parsed
-        parsed, err = rules.build_upstream(name, servers, directives)
+        local parsed, rule
+        parsed, err, rule = rules.build_upstream(name, servers, directives)
         if not parsed then
-            return nil, format("line %d: %s", line, err)
+            return nil, format("line %d: %s (rule %s)", line, err, rule)
         end
         local record
         record, err = _M.from_parsed(parsed)
@@ -181,11 +182,6 @@ function _M.parse_file(text)
         i = stop + 1
     end
     return records, skipped
-end
-
--- Whether the text has nothing but comments and whitespace (an empty upstream file).
-function _M.blank(text)
-    return not find((text:gsub("#[^\n]*", "")), "%S")
 end
 
 return _M
