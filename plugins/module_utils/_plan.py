@@ -23,6 +23,7 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass
 
+from ansible_collections.swallowkeeper.dyups.plugins.module_utils._dyups_wire import detail_line
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._servers import sort_servers
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._upstream import Upstream, build_upstream
 
@@ -243,6 +244,6 @@ def interface_text(changes, side):
         servers = change.before if side == "before" else (change.expected if change.after is not None else None)
         if servers is None:
             continue
-        lines = [f"upstream {change.name}"] + [f"    {s.detail_line()}" for s in sort_servers(servers)]
+        lines = [f"upstream {change.name}"] + [f"    {detail_line(s)}" for s in sort_servers(servers)]
         blocks.append("\n".join(lines) + "\n")
     return "".join(blocks)

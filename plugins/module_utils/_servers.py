@@ -2,7 +2,7 @@
 # Private to swallowkeeper.dyups: the server spec, the one place it is parsed, checked and rendered.
 # Copyright: swallowkeeper.dyups contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""One upstream server: parsed from user input, rendered for nginx, read back from ``/detail``.
+"""One upstream server: parsed from user input, rendered for nginx (``_dyups_wire`` reads and writes ``/detail``).
 
 Accepted input, as a string (nginx's own syntax, without ``server`` and ``;``)::
 
@@ -217,7 +217,7 @@ def _parse_flag(key, value, original):
 
 @dataclass(frozen=True)
 class Server:
-    """A validated server; build it with ``parse_server`` or ``parse_detail_line``."""
+    """A validated server; build it with ``parse_server`` (or ``_dyups_wire.parse_detail_line``)."""
 
     host: str
     port: int = DEFAULT_PORT
@@ -254,14 +254,6 @@ class Server:
 
     def directive(self):
         return f"server {self.spec()};"
-
-    def detail_line(self):
-        """The line Tengine's ``/detail`` prints for this server."""
-        return (
-            f"server {self.address} weight={self.weight} max_conns={self.max_conns} "
-            f"max_fails={self.max_fails} fail_timeout={self.fail_timeout} "
-            f"backup={int(self.backup)} down={int(self.down)}"
-        )
 
     def to_dict(self):
         return {
@@ -400,27 +392,3 @@ def parse_servers(values):
 
 def sort_servers(servers):
     return sorted(servers, key=Server.sort_key)
-
-
-def parse_detail_line(line):
-    """A Server from one ``/detail`` line (``server ADDR weight=2 ... backup=0 down=0``).
-
-    Keys that this version does not know are ignored, so that another Tengine
-    build that prints more (or fewer) fields still reads; a line that is not
-    ``server ADDR key=value ...`` raises ValidationError.
-    """
-    words = line.split()
-    if len(words) < 2 or words[0] != "server":
-        raise ValidationError("/detail line", line, "expected 'server ADDRESS key=value ...'")
-    host, port = parse_address(words[1], line)
-    values = {}
-    for word in words[2:]:
-        key, sep, value = word.partition("=")
-        if not sep or not re.match(r"-?[0-9]+\Z", value):
-            raise ValidationError("/detail line", line, f"expected key=number, got {word!r}")
-        number = int(value)
-        if key in FLAGS:
-            values[key] = number != 0
-        elif key in NUMERIC_LIMITS:
-            values[key] = number
-    return Server(host=host, port=port, **values)

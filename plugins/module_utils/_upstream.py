@@ -1,15 +1,15 @@
 # -*- coding: utf-8 -*-
-# Private to swallowkeeper.dyups: an upstream (name, servers, directives) and its POST body.
+# Private to swallowkeeper.dyups: an upstream (name, servers, directives) and the gate that builds it.
 # Copyright: swallowkeeper.dyups contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """An upstream as the interface and the file both hold it.
 
 ``build_upstream`` is the single gate: everything that becomes a POST body or
 a block of the upstream file has passed the name, server and directive rules
-here. The body and the file block are rendered from the same ``statements()``
-so the two can never disagree: a POST replaces the whole upstream, and
-anything the file holds but the body lacks (a ``check``, a ``keepalive``)
-would be silently dropped by Tengine.
+here. The POST body (``_dyups_wire.post_body``) and the file block are
+rendered from the same ``statements()`` so the two can never disagree: a
+POST replaces the whole upstream, and anything the file holds but the body
+lacks (a ``check``, a ``keepalive``) would be silently dropped by Tengine.
 """
 
 from __future__ import annotations
@@ -36,17 +36,6 @@ class Upstream:
         first = [d.line() for d in self.directives if d.is_balancing]
         last = [d.line() for d in self.directives if not d.is_balancing]
         return first + [server.directive() for server in self.servers] + last
-
-    def body(self):
-        """The POST body for ``/upstream/NAME``."""
-        return "\n".join(self.statements()) + "\n"
-
-    def server_lines(self):
-        """Sorted ``/detail``-style lines: what the interface reports, for comparison and diffs."""
-        return [server.detail_line() for server in sort_servers(self.servers)]
-
-    def server_set(self):
-        return frozenset(self.servers)
 
     def directive_lines(self):
         return [directive.line() for directive in self.directives]

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._directives import parse_directive
+from ansible_collections.swallowkeeper.dyups.plugins.module_utils._dyups_wire import detail_line
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._errors import ValidationError
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._names import name_problem
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._servers import parse_server
@@ -55,7 +56,7 @@ def python_server(text):
         server = parse_server(text)
     except ValidationError as exc:
         return ("err", str(exc))
-    return ("ok", server.spec(), server.detail_line())
+    return ("ok", server.spec(), detail_line(server))
 
 
 def python_directive(text):
