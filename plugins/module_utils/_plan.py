@@ -115,10 +115,6 @@ class UpstreamChange:
     def removed(self):
         return tuple(sort_servers((Counter(self.before or ()) - Counter(self.expected or ())).elements()))
 
-    @property
-    def changed(self):
-        return self.post or self.delete or self.file_before != self.file_after
-
     def to_result(self):
         """The module's per-upstream return value."""
         return {
@@ -130,14 +126,6 @@ class UpstreamChange:
             "removed": [s.spec() for s in self.removed],
             "request": "POST" if self.post else "DELETE" if self.delete else None,
         }
-
-    def describe(self):
-        """``+10.0.0.3:8080 -10.0.0.1:8080``: one line per change, for logs."""
-        words = [f"+{s.spec()}" for s in self.added] + [f"-{s.spec()}" for s in self.removed]
-        if self.after is not None and self.file_before is not None \
-                and set(self.file_before.directives) != set(self.after.directives):
-            words.append("directives: " + ("; ".join(self.after.directive_lines()) or "none"))
-        return f"{self.name} {self.action}: " + (" ".join(words) or "servers unchanged")
 
 
 @dataclass(frozen=True)
@@ -163,9 +151,6 @@ class Plan:
     @property
     def changed(self):
         return self.file_changed or any(change.post or change.delete for change in self.changes)
-
-    def by_name(self):
-        return {change.name: change for change in self.changes}
 
 
 def _plan_present(name, upstream, detail, file_upstreams, force, resolve):

@@ -67,11 +67,16 @@ def build_upstream(name, servers, directives=None):
     return Upstream(name=name, servers=tuple(sort_servers(parsed)), directives=ordered)
 
 
-def upstream_from_spec(name, spec):
-    """An Upstream from the bulk form: a list of servers, or a dict with servers and directives."""
+def spec_parts(name, spec):
+    """(servers, directives or None) of the bulk form: a list of servers, or a dict with servers and directives."""
     if isinstance(spec, dict):
         unknown = sorted(set(spec) - {"servers", "directives"})
         if unknown:
             raise ValidationError("upstream", name, f"unknown key(s) {', '.join(unknown)}; use servers and directives")
-        return build_upstream(name, spec.get("servers"), spec.get("directives"))
-    return build_upstream(name, spec)
+        return spec.get("servers"), spec.get("directives")
+    return spec, None
+
+
+def upstream_from_spec(name, spec):
+    """An Upstream from the bulk form: a list of servers, or a dict with servers and directives."""
+    return build_upstream(name, *spec_parts(name, spec))

@@ -142,13 +142,19 @@ def parse(text):
     return upstreams
 
 
-def read(path):
-    """{name: Upstream} from the file at ``path``; an absent file holds nothing."""
+def read_text(path):
+    """(text, {name: Upstream}) of the file at ``path``; an absent file is (None, {})."""
     try:
         with open(path, encoding="utf-8") as handle:
-            return parse(handle.read())
+            text = handle.read()
     except FileNotFoundError:
-        return {}
+        return None, {}
+    return text, parse(text)
+
+
+def read(path):
+    """{name: Upstream} from the file at ``path``; an absent file holds nothing."""
+    return read_text(path)[1]
 
 
 def backup_path_for(path):

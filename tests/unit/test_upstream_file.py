@@ -67,6 +67,14 @@ def test_parse_errors_name_the_line(text, problem):
 
 def test_read_absent_file(tmp_path):
     assert _upstream_file.read(str(tmp_path / "nope.conf")) == {}
+    assert _upstream_file.read_text(str(tmp_path / "nope.conf")) == (None, {})
+
+
+def test_read_text_gives_the_text_and_what_it_holds(tmp_path):
+    path = tmp_path / "upstreams.conf"
+    path.write_text("upstream a { server 10.0.0.1:80; keepalive 2; }\n")
+    text, upstreams = _upstream_file.read_text(str(path))
+    assert text == path.read_text() and upstreams == {"a": build_upstream("a", ["10.0.0.1:80"], ["keepalive 2"])}
 
 
 def leftovers(directory):
