@@ -8,7 +8,7 @@ The HTTP call is a *transport* (the same contract as the dyups client's):
 ``transport(method, url, body, timeout, extra_headers=None) -> (status, body_bytes, headers)`` with
 lower-case header names, raising ``TransportError`` when no answer came. Modules pass
 ``_http_ansible.ansible_transport(...)``, the watcher kept-alive ``http.client`` connections, tests
-``_http_stdlib.stdlib_transport``.
+``stdlib_transport`` (tests/support/http_stdlib.py).
 
 What the answers become:
 

@@ -25,9 +25,6 @@ from ansible_collections.swallowkeeper.dyups.plugins.module_utils._consul_client
     DEFAULT_URL, ConsulClient, consul_environment, resolve_token)
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._http_ansible import ansible_transport
 
-CONNECTION_OPTIONS = ("consul_url", "token", "token_file", "datacenter", "validate_certs", "ca_path",
-                      "client_cert", "client_key", "timeout")
-
 
 def consul_argument_spec():
     """A fresh copy of the connection options' argument spec (callers may add to it)."""

@@ -259,15 +259,3 @@ def remove_stale_temp_files(path, older_than=60.0):
             except OSError:
                 continue
     return removed
-
-
-def write_upstreams(path, upstreams, mode=None, backup=False, validate=None):
-    """Render and replace; return (changed, backup_file). Nothing is written when the text is the same."""
-    content = render(upstreams)
-    try:
-        with open(path, encoding="utf-8") as handle:
-            if handle.read() == content:
-                return False, None
-    except FileNotFoundError:
-        pass
-    return True, replace_file(path, content, mode=mode, backup=backup, validate=validate)

@@ -21,7 +21,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._consul_client import consul_environment
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._directives import parse_directives
@@ -100,10 +100,6 @@ class Settings:
             raise AttributeError(name)
         value = self.values.get(name, option.default)
         return list(value) if isinstance(value, list) else value
-
-    def public(self):
-        """Settings as a dict for the status page (no secrets live in settings)."""
-        return {option.name: getattr(self, option.name) for option in OPTIONS}
 
 
 def _coerce(option, value):
@@ -225,12 +221,6 @@ def check(settings):
             loopback = False
         if not loopback or not port.isdigit():
             raise SettingsError(f"status_listen: expected a loopback address:port, got {settings.status_listen!r}")
-
-
-def with_values(settings, **values):
-    merged = dict(settings.values)
-    merged.update(values)
-    return replace(settings, values=merged)
 
 
 def option_names():

@@ -53,7 +53,7 @@ def failed(done, name=None):
 def detail(server):
     """{name: sorted server specs} as the interface holds it now, through dyups_upstream_info's own client."""
     from ansible_collections.swallowkeeper.dyups.plugins.module_utils._dyups_client import DyupsClient
-    from ansible_collections.swallowkeeper.dyups.plugins.module_utils._http_stdlib import stdlib_transport
+    from tests.support.http_stdlib import stdlib_transport
     from ansible_collections.swallowkeeper.dyups.plugins.module_utils._servers import sort_servers
 
     found = DyupsClient(server.api_url, stdlib_transport).detail()

@@ -13,9 +13,9 @@ from ansible_collections.swallowkeeper.dyups.plugins.module_utils._dyups_client 
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._errors import (
     DyupsBusy, DyupsProtocolError, DyupsRejected, DyupsUnavailable, TransportError)
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._http_ansible import ansible_transport
-from ansible_collections.swallowkeeper.dyups.plugins.module_utils._http_stdlib import stdlib_transport
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._servers import Server
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._upstream import build_upstream
+from tests.support.http_stdlib import stdlib_transport
 
 URL = "http://127.0.0.1:18882"
 UP = build_upstream("Web", ["10.0.0.1:80 weight=2"], ["keepalive 4"])

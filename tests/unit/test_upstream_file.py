@@ -196,14 +196,3 @@ def test_crash_between_write_and_rename_leaves_the_old_file_whole(tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["marker", "new.txt", "up.conf"]
     _upstream_file.replace_file(str(path), NEW)           # the next writer succeeds
     assert path.read_text() == NEW
-
-
-def test_write_upstreams_writes_only_a_change(tmp_path):
-    path = str(tmp_path / "up.conf")
-    assert _upstream_file.write_upstreams(path, [A]) == (True, None)
-    mtime = os.stat(path).st_mtime_ns
-    assert _upstream_file.write_upstreams(path, [A]) == (False, None)
-    assert os.stat(path).st_mtime_ns == mtime
-    changed, backup = _upstream_file.write_upstreams(path, [A, B], backup=True)
-    assert changed and open(backup).read() == OLD
-    assert _upstream_file.read(path) == {"WebappReadonly": A, "WebappReadonly_b": B}
