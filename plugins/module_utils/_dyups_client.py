@@ -21,7 +21,7 @@ What each status means is written in ``_dyups_wire`` (with the paths, bodies and
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Callable, TypeVar
+from typing import TYPE_CHECKING, Callable, Dict, List, Tuple, TypeVar  # List: the class has a method list
 
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils import _dyups_wire as wire
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._errors import (
@@ -82,15 +82,15 @@ class DyupsClient:
             raise DyupsProtocolError(f"GET {url}: the answer does not follow the wire format: {exc}",
                                      url=url, status=status, body=text) from None
 
-    def list(self) -> list[str]:
+    def list(self) -> List[str]:
         """Names of all upstreams the interface holds."""
         return self._read(wire.LIST_PATH, wire.parse_list)
 
-    def detail(self) -> dict[str, list[Server]]:
+    def detail(self) -> Dict[str, List[Server]]:
         """{name: [Server, ...]} for all upstreams, with weights and parameters."""
         return self._read(wire.DETAIL_PATH, wire.parse_detail)
 
-    def get(self, name: str) -> list[tuple[str, int]] | None:
+    def get(self, name: str) -> List[Tuple[str, int]] | None:
         """[(host, port), ...] of one upstream, or None when the interface does not hold it."""
         path = wire.upstream_path(name)
         status, text, url = self._call("GET", path)

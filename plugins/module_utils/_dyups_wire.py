@@ -22,7 +22,7 @@ What is valid (names, servers, directives) is decided elsewhere (``_names``, ``_
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Dict, List
 
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._errors import ValidationError
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._names import validate_name
@@ -35,6 +35,9 @@ if TYPE_CHECKING:
 LIST_PATH = "/list"
 DETAIL_PATH = "/detail"
 DEFAULT_API_URL = "http://127.0.0.1:18882"
+
+# {upstream name: [Server, ...]}: what a /detail answer holds
+Detail = Dict[str, List[Server]]
 
 # -- status codes -------------------------------------------------------------------------------------------
 OK = 200                 # done; or the answer follows
@@ -105,7 +108,7 @@ def parse_detail_line(line: str) -> Server:
     if len(words) < 2 or words[0] != "server":
         raise ValidationError("/detail line", line, "expected 'server ADDRESS key=value ...'")
     host, port = parse_address(words[1], line)
-    values: dict[str, object] = {}
+    values: dict[str, Any] = {}
     for word in words[2:]:
         key, sep, value = word.partition("=")
         if not sep or not _NUMBER_RE.match(value):
@@ -115,20 +118,20 @@ def parse_detail_line(line: str) -> Server:
             values[key] = number != 0
         elif key in NUMERIC_LIMITS:
             values[key] = number
-    return Server(host=host, port=port, **values)  # type: ignore[arg-type]
+    return Server(host=host, port=port, **values)
 
 
 def parse_list(text: str) -> list[str]:
     return [line.strip() for line in text.splitlines() if line.strip()]
 
 
-def parse_detail(text: str) -> dict[str, list[Server]]:
+def parse_detail(text: str) -> Detail:
     """{name: [Server, ...]} from a ``/detail`` answer.
 
     Names are returned as Tengine holds them, valid or not (someone else may
     have added ``bad name``); callers decide what they manage.
     """
-    upstreams: dict[str, list[Server]] = {}
+    upstreams: Detail = {}
     name = None
     for raw in text.splitlines():
         line = raw.strip()

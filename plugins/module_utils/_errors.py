@@ -16,7 +16,7 @@ from __future__ import annotations
 class ValidationError(ValueError):
     """Input that breaks a rule; carries the offending value and the rule."""
 
-    def __init__(self, what, value, rule):
+    def __init__(self, what: str, value: object, rule: str) -> None:
         self.what = what
         self.value = value
         self.rule = rule
@@ -26,7 +26,7 @@ class ValidationError(ValueError):
 class TransportError(Exception):
     """No HTTP answer at all (refused, reset, timed out, TLS failure); ``reason`` says which."""
 
-    def __init__(self, reason):
+    def __init__(self, reason: str) -> None:
         self.reason = reason
         super().__init__(reason)
 
@@ -38,7 +38,8 @@ class DyupsError(Exception):
     answer's text, ``url`` the request's URL.
     """
 
-    def __init__(self, message, url=None, status=None, body=None):
+    def __init__(self, message: str, url: str | None = None, status: int | None = None,
+                 body: str | None = None) -> None:
         self.url = url
         self.status = status
         self.body = body
@@ -68,7 +69,7 @@ class ConsulError(Exception):
     the HTTP status or None when no answer came.
     """
 
-    def __init__(self, message, url=None, status=None):
+    def __init__(self, message: str, url: str | None = None, status: int | None = None) -> None:
         self.url = url
         self.status = status
         super().__init__(message)

@@ -15,20 +15,22 @@ lacks (a ``check``, a ``keepalive``) would be silently dropped by Tengine.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
-from ansible_collections.swallowkeeper.dyups.plugins.module_utils._directives import NO_BACKUP, parse_directives
+from ansible_collections.swallowkeeper.dyups.plugins.module_utils._directives import NO_BACKUP, Directive, parse_directives
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._errors import ValidationError
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._names import validate_name
-from ansible_collections.swallowkeeper.dyups.plugins.module_utils._servers import parse_servers, sort_servers
+from ansible_collections.swallowkeeper.dyups.plugins.module_utils._servers import (
+    Server, parse_servers, sort_servers)
 
 
 @dataclass(frozen=True)
 class Upstream:
     name: str
-    servers: tuple
-    directives: tuple = ()
+    servers: tuple[Server, ...]
+    directives: tuple[Directive, ...] = ()
 
-    def statements(self):
+    def statements(self) -> list[str]:
         """Balancing method first, then servers (sorted), then the other directives: nginx's order.
 
         ``build_upstream`` already put the balancing method first among the directives.
@@ -37,10 +39,10 @@ class Upstream:
         last = [d.line() for d in self.directives if not d.is_balancing]
         return first + [server.directive() for server in self.servers] + last
 
-    def directive_lines(self):
+    def directive_lines(self) -> list[str]:
         return [directive.line() for directive in self.directives]
 
-    def to_dict(self):
+    def to_dict(self) -> dict[str, object]:
         return {
             "name": self.name,
             "servers": [server.spec() for server in sort_servers(self.servers)],
@@ -48,7 +50,7 @@ class Upstream:
         }
 
 
-def build_upstream(name, servers, directives=None):
+def build_upstream(name: str, servers: Any, directives: Any = None) -> Upstream:
     """Validate and build an Upstream; raises ValidationError before anything is sent or written."""
     validate_name(name)
     parsed = parse_servers(servers if servers is not None else [])
@@ -67,7 +69,7 @@ def build_upstream(name, servers, directives=None):
     return Upstream(name=name, servers=tuple(sort_servers(parsed)), directives=ordered)
 
 
-def spec_parts(name, spec):
+def spec_parts(name: str, spec: Any) -> tuple[Any, Any]:
     """(servers, directives or None) of the bulk form: a list of servers, or a dict with servers and directives."""
     if isinstance(spec, dict):
         unknown = sorted(set(spec) - {"servers", "directives"})
@@ -77,6 +79,6 @@ def spec_parts(name, spec):
     return spec, None
 
 
-def upstream_from_spec(name, spec):
+def upstream_from_spec(name: str, spec: Any) -> Upstream:
     """An Upstream from the bulk form: a list of servers, or a dict with servers and directives."""
     return build_upstream(name, *spec_parts(name, spec))
