@@ -204,7 +204,8 @@ class ConsulClient:
             text = text.replace(self._token, "<redacted>")
         return text
 
-    def get(self, path: str, params: Mapping[str, Any] | None = None, index: int | None = None, wait: float | None = None, stale: bool | None = None) -> ConsulAnswer:
+    def get(self, path: str, params: Mapping[str, Any] | None = None, index: int | None = None,
+            wait: float | None = None, stale: bool | None = None) -> ConsulAnswer:
         """GET ``path``; with ``index`` > 0 it is a blocking query that waits up to ``wait`` seconds.
 
         Returns a ConsulAnswer; raises a ConsulError subclass (see the module docstring).
@@ -272,7 +273,8 @@ class ConsulClient:
         return ConsulBadAnswer(f"GET {url} answered {status} {said!r}{hint}", url=url, status=status)
 
     # -- endpoints -----------------------------------------------------------------------------------
-    def read(self, path: str, params: Mapping[str, Any] | None = None, index: int | None = None, wait: float | None = None, stale: bool | None = None) -> ConsulAnswer:
+    def read(self, path: str, params: Mapping[str, Any] | None = None, index: int | None = None,
+             wait: float | None = None, stale: bool | None = None) -> ConsulAnswer:
         """``get`` plus the shape check of the endpoints this project reads (others: ``get`` unchecked).
 
         ``/v1/catalog/services``: a JSON object of lists of strings, and not empty: every datacenter

@@ -34,6 +34,7 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 
+
 class DyupsClient:
     """list / detail / get / update / delete against one interface."""
 

@@ -33,9 +33,10 @@ class Metrics:
         self.started = clock()
         self.counters: dict[str, int] = {"changes_applied": 0, "syncs": 0, "repairs": 0, "consul_events": 0}
         self.errors = {kind: 0 for kind in ERROR_KINDS}
-        self.gauges: dict[str, float] = {"last_sync_timestamp_seconds": 0.0, "last_sync_success": 0, "last_sync_duration_seconds": 0.0,
-                       "upstreams": 0, "servers": 0, "held_changes": 0, "held_removals": 0, "pending_upstreams": 0,
-                       "consul_up": 0, "dyups_up": 0, "skipped_instances": 0}
+        self.gauges: dict[str, float] = {
+            "last_sync_timestamp_seconds": 0.0, "last_sync_success": 0, "last_sync_duration_seconds": 0.0,
+            "upstreams": 0, "servers": 0, "held_changes": 0, "held_removals": 0, "pending_upstreams": 0,
+            "consul_up": 0, "dyups_up": 0, "skipped_instances": 0}
         self.consul_index: dict[str, int] = {}
         self.status: dict[str, Any] = {}
         self.loop_heartbeat = clock()
