@@ -8,7 +8,7 @@ The HTTP call is a *transport* (the same contract as the dyups client's):
 ``transport(method, url, body, timeout, extra_headers=None) -> (status, body_bytes, headers)`` with
 lower-case header names, raising ``TransportError`` when no answer came. Modules pass
 ``_http_ansible.ansible_transport(...)``, the watcher kept-alive ``http.client`` connections, tests
-``_http_stdlib.stdlib_transport``.
+``stdlib_transport`` (tests/support/http_stdlib.py).
 
 What the answers become:
 
@@ -36,11 +36,16 @@ import json
 import os
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 from urllib.parse import quote, urlencode
 
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._errors import (
     ConsulBadAnswer, ConsulForbidden, ConsulRateLimited, ConsulServerError, ConsulUnavailable, TransportError,
     ValidationError)
+
+if TYPE_CHECKING:
+    from ansible_collections.swallowkeeper.dyups.plugins.module_utils._errors import ConsulError
+    from ansible_collections.swallowkeeper.dyups.plugins.module_utils._http_ansible import Transport
 
 DEFAULT_URL = "http://127.0.0.1:8500"
 TOKEN_ENV = "CONSUL_HTTP_TOKEN"
@@ -56,15 +61,16 @@ _BODY_SHOWN = 200
 class ConsulAnswer:
     """One successful answer: parsed JSON, the ``X-Consul-Index`` (int or None), the URL asked."""
 
-    data: object
-    index: object
+    data: Any
+    index: int | None
     url: str
 
 
 NAME_KEYED_ANSWERS = frozenset(("/v1/catalog/services",))
 
 
-def resolve_token(token=None, token_file=None, environ=None):
+def resolve_token(token: str | None = None, token_file: str | None = None,
+                  environ: Mapping[str, str] | None = None) -> str | None:
     """The ACL token to send, or None: ``token`` > the stripped content of ``token_file`` > ``CONSUL_HTTP_TOKEN``.
 
     An explicit ``token_file`` that cannot be read or is empty raises ValidationError (naming the
@@ -100,7 +106,7 @@ _TRUE = ("1", "t", "true", "yes", "on")   # Go's strconv.ParseBool, plus yes/on
 _FALSE = ("0", "f", "false", "no", "off")
 
 
-def _env_bool(name, value):
+def _env_bool(name: str, value: str) -> bool:
     text = value.strip().lower()
     if text in _TRUE:
         return True
@@ -109,7 +115,7 @@ def _env_bool(name, value):
     raise ValidationError(name, value, "expected true or false (1/0, t/f, true/false)")
 
 
-def consul_url_from_address(address, ssl=False):
+def consul_url_from_address(address: str, ssl: bool = False) -> str:
     """The base URL for a ``CONSUL_HTTP_ADDR`` value: ``host:port`` (http, or https when ``ssl``),
     ``http://...`` or ``https://...``. As the consul CLI: ``ssl`` never turns an address back to http.
     A unix socket (``unix://``) is refused: the collection speaks HTTP over TCP only."""
@@ -128,7 +134,7 @@ def consul_url_from_address(address, ssl=False):
     return f"{'https' if ssl or scheme == 'https' else 'http'}://{rest}"
 
 
-def consul_environment(environ=None):
+def consul_environment(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
     """The connection settings the consul CLI takes from the environment, for options not given.
 
     Returns a dict with only the keys whose variable is set (non-empty): ``url`` (``CONSUL_HTTP_ADDR``,
@@ -139,7 +145,7 @@ def consul_environment(environ=None):
     cannot be used raises ValidationError naming the variable.
     """
     env = os.environ if environ is None else environ
-    found = {}
+    found: dict[str, Any] = {}
     ssl = _env_bool(ENV_SSL, env[ENV_SSL]) if env.get(ENV_SSL, "").strip() else False
     if env.get(ENV_ADDR, "").strip():
         found["url"] = consul_url_from_address(env[ENV_ADDR], ssl=ssl)
@@ -153,7 +159,7 @@ def consul_environment(environ=None):
     return found
 
 
-def format_wait(seconds):
+def format_wait(seconds: float) -> str:
     """Consul's duration syntax for ``wait``, in whole milliseconds, capped at 10 minutes."""
     milliseconds = max(1, int(round(min(float(seconds), MAX_WAIT) * 1000)))
     return f"{milliseconds}ms"
@@ -169,7 +175,8 @@ class ConsulClient:
     Safe to share between threads when the transport is.
     """
 
-    def __init__(self, url, transport, token=None, datacenter=None, timeout=10.0, stale=False, object_hook=None):
+    def __init__(self, url: str | None, transport: Transport, token: str | None = None, datacenter: str | None = None,
+                 timeout: float = 10.0, stale: bool = False, object_hook: Callable[[dict], Any] | None = None) -> None:
         self.url = (url or DEFAULT_URL).rstrip("/")
         self.object_hook = object_hook  # json.loads' object_hook: a long-running reader slims what it keeps
         self.transport = transport
@@ -178,26 +185,27 @@ class ConsulClient:
         self.timeout = float(timeout)
         self.stale = bool(stale)
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return (f"ConsulClient(url={self.url!r}, token={'<set>' if self._token else None}, "
                 f"datacenter={self.datacenter!r}, stale={self.stale})")
 
     @property
-    def has_token(self):
+    def has_token(self) -> bool:
         return self._token is not None
 
-    def url_for(self, path, params=None):
+    def url_for(self, path: str, params: Mapping[str, Any] | None = None) -> str:
         """The full URL of ``path`` with ``params`` (a dict; None values dropped). Never holds the token."""
         query = [(key, "" if value is True else str(value)) for key, value in (params or {}).items()
                  if value is not None and value is not False]
         return self.url + path + ("?" + urlencode(query) if query else "")
 
-    def _redact(self, text):
+    def _redact(self, text: str) -> str:
         if self._token and text:
             text = text.replace(self._token, "<redacted>")
         return text
 
-    def get(self, path, params=None, index=None, wait=None, stale=None):
+    def get(self, path: str, params: Mapping[str, Any] | None = None, index: int | None = None,
+            wait: float | None = None, stale: bool | None = None) -> ConsulAnswer:
         """GET ``path``; with ``index`` > 0 it is a blocking query that waits up to ``wait`` seconds.
 
         Returns a ConsulAnswer; raises a ConsulError subclass (see the module docstring).
@@ -244,11 +252,11 @@ class ConsulClient:
                 raise ConsulBadAnswer(f"GET {url}: X-Consul-Index {index_value} is negative", url=url, status=status)
         return ConsulAnswer(data=data, index=index_value, url=url)
 
-    def _shown(self, text):
+    def _shown(self, text: str) -> str:
         text = self._redact(text.strip())
         return text if len(text) <= _BODY_SHOWN else text[:_BODY_SHOWN] + "..."
 
-    def _status_error(self, url, status, text):
+    def _status_error(self, url: str, status: int, text: str) -> ConsulError:
         said = self._shown(text)
         if status == 403:
             hint = ("the ACL token is missing" if self._token is None else
@@ -265,7 +273,8 @@ class ConsulClient:
         return ConsulBadAnswer(f"GET {url} answered {status} {said!r}{hint}", url=url, status=status)
 
     # -- endpoints -----------------------------------------------------------------------------------
-    def read(self, path, params=None, index=None, wait=None, stale=None):
+    def read(self, path: str, params: Mapping[str, Any] | None = None, index: int | None = None,
+             wait: float | None = None, stale: bool | None = None) -> ConsulAnswer:
         """``get`` plus the shape check of the endpoints this project reads (others: ``get`` unchecked).
 
         ``/v1/catalog/services``: a JSON object of lists of strings, and not empty: every datacenter
@@ -299,20 +308,20 @@ class ConsulClient:
                                       url=answer.url, status=200)
         return answer
 
-    def _expect(self, answer, kind, what):
+    def _expect(self, answer: ConsulAnswer, kind: type, what: str) -> ConsulAnswer:
         if not isinstance(answer.data, kind):
             raise ConsulBadAnswer(f"GET {answer.url} did not answer {what} but {type(answer.data).__name__}",
                                   url=answer.url, status=200)
         return answer
 
-    def _expect_objects(self, answer, what):
+    def _expect_objects(self, answer: ConsulAnswer, what: str) -> ConsulAnswer:
         self._expect(answer, list, what)
         if not all(isinstance(item, dict) for item in answer.data):
             raise ConsulBadAnswer(f"GET {answer.url} did not answer {what}: an item is not a JSON object",
                                   url=answer.url, status=200)
         return answer
 
-    def _check_catalog(self, answer):
+    def _check_catalog(self, answer: ConsulAnswer) -> ConsulAnswer:
         self._expect(answer, dict, "a JSON object of services")
         for name, tags in answer.data.items():
             if tags is not None and not (isinstance(tags, list) and all(isinstance(tag, str) for tag in tags)):
@@ -326,28 +335,28 @@ class ConsulClient:
                                   "(set token, token_file or CONSUL_HTTP_TOKEN)", url=answer.url, status=200)
         return answer
 
-    def catalog_services(self, index=None, wait=None, stale=None):
+    def catalog_services(self, index: int | None = None, wait: float | None = None, stale: bool | None = None) -> ConsulAnswer:
         """``/v1/catalog/services``: data is {service name: [tags]} (see ``read`` for the checks)."""
         return self.read("/v1/catalog/services", index=index, wait=wait, stale=stale)
 
-    def health_service(self, name, index=None, wait=None, stale=None):
+    def health_service(self, name: str, index: int | None = None, wait: float | None = None, stale: bool | None = None) -> ConsulAnswer:
         """``/v1/health/service/NAME``: data is a list of {Node, Service, Checks} (all instances, any health)."""
         return self.read("/v1/health/service/" + quote(str(name), safe=""), index=index, wait=wait, stale=stale)
 
-    def health_state_any(self, index=None, wait=None, stale=None):
+    def health_state_any(self, index: int | None = None, wait: float | None = None, stale: bool | None = None) -> ConsulAnswer:
         """``/v1/health/state/any``: data is a list of every check in the datacenter."""
         return self.read("/v1/health/state/any", index=index, wait=wait, stale=stale)
 
-    def catalog_nodes(self):
+    def catalog_nodes(self) -> ConsulAnswer:
         """``/v1/catalog/nodes``: data is a list of {Node, Address, ...}, every node in the datacenter."""
         return self.read("/v1/catalog/nodes")
 
-    def catalog_node_services(self, node):
+    def catalog_node_services(self, node: str) -> ConsulAnswer:
         """``/v1/catalog/node-services/NODE`` (Consul 1.7+): data is {Node: {...}, Services: [{...}]},
         every service instance on that node (no checks)."""
         return self.read("/v1/catalog/node-services/" + quote(str(node), safe=""))
 
-    def status_leader(self):
+    def status_leader(self) -> ConsulAnswer:
         """``/v1/status/leader``: data is the leader's ``host:port``, or "" while there is none."""
         return self.read("/v1/status/leader")
 
@@ -360,10 +369,10 @@ class PollResult:
     why the index was set back to 0 (``"backwards"``, ``"zero"``) or is None.
     """
 
-    data: object
-    index: object
+    data: Any
+    index: int
     changed: bool
-    reset: object = None
+    reset: str | None = None
 
 
 class BlockingQuery:
@@ -401,8 +410,10 @@ class BlockingQuery:
     several instances may share one ConsulClient.
     """
 
-    def __init__(self, client, path, params=None, wait=DEFAULT_WAIT, min_interval=DEFAULT_MIN_INTERVAL, stale=None,
-                 clock=time.monotonic, sleep=time.sleep, burst=DEFAULT_BURST):
+    def __init__(self, client: ConsulClient, path: str, params: Mapping[str, Any] | None = None,
+                 wait: float = DEFAULT_WAIT, min_interval: float = DEFAULT_MIN_INTERVAL, stale: bool | None = None,
+                 clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], Any] = time.sleep,
+                 burst: int = DEFAULT_BURST) -> None:
         if not wait or wait <= 0:
             raise ValueError("wait must be above 0 seconds")
         if min_interval < 0:
@@ -418,14 +429,14 @@ class BlockingQuery:
         self.clock = clock
         self.sleep = sleep
         self.index = 0           # what the next poll sends (0: a plain read)
-        self.last_index = None   # the index of the last answer
+        self.last_index: int | None = None   # the index of the last answer
         self.polls = 0
         self.burst = int(burst)
         self._tokens = float(self.burst)
-        self._last_start = None
+        self._last_start: float | None = None
         self._productive = False
 
-    def _pace(self):
+    def _pace(self) -> None:
         """A token bucket for polls that follow an unproductive one.
 
         A poll that follows an answer with a new index starts at once: the change it brings is real
@@ -447,7 +458,7 @@ class BlockingQuery:
         self._tokens -= 1
         self._last_start = now
 
-    def poll(self):
+    def poll(self) -> PollResult:
         """One query; returns a PollResult, raises what the client raises.
 
         After ConsulUnavailable (no answer at all) the next poll is a plain read: the agent may have

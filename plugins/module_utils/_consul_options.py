@@ -21,15 +21,14 @@ The token is resolved in this order: ``token``, the content of ``token_file`` (o
 
 from __future__ import annotations
 
+from typing import Any, Mapping
+
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._consul_client import (
     DEFAULT_URL, ConsulClient, consul_environment, resolve_token)
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._http_ansible import ansible_transport
 
-CONNECTION_OPTIONS = ("consul_url", "token", "token_file", "datacenter", "validate_certs", "ca_path",
-                      "client_cert", "client_key", "timeout")
 
-
-def consul_argument_spec():
+def consul_argument_spec() -> dict[str, dict[str, Any]]:
     """A fresh copy of the connection options' argument spec (callers may add to it)."""
     return dict(
         consul_url=dict(type="str"),
@@ -47,7 +46,8 @@ def consul_argument_spec():
 CONSUL_REQUIRED_BY = {"client_key": ("client_cert",)}
 
 
-def consul_client_from_params(params, environ=None, stale=False):
+def consul_client_from_params(params: Mapping[str, Any], environ: Mapping[str, str] | None = None,
+                              stale: bool = False) -> ConsulClient:
     """A ConsulClient from a module's params (ansible.module_utils.urls transport).
 
     Options that are None are taken from the consul CLI's environment variables (``environ``, default
@@ -57,7 +57,7 @@ def consul_client_from_params(params, environ=None, stale=False):
     """
     env = consul_environment(environ)
 
-    def pick(option, key=None):
+    def pick(option: str, key: str | None = None) -> Any:
         value = params.get(option)
         return env.get(key or option) if value is None else value
 

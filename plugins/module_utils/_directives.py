@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Any, NoReturn
 
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._errors import ValidationError
 
@@ -52,11 +53,11 @@ _CHECK_KEYS = {
 _EXPECT = ("http_2xx", "http_3xx", "http_4xx", "http_5xx")
 
 
-def _fail(text, rule, rule_id):
+def _fail(text: object, rule: str, rule_id: str) -> NoReturn:
     raise ValidationError("upstream directive", text, rule, rule_id)
 
 
-def tokenize(text):
+def tokenize(text: str) -> list[str]:
     """Split one directive into words; a double-quoted string is one word (quotes kept)."""
     words = []
     i, n = 0, len(text)
@@ -82,12 +83,12 @@ def tokenize(text):
     return words
 
 
-def _int_in(text, value, low, high, what):
+def _int_in(text: str, value: str, low: int, high: int, what: str) -> None:
     if not _DIGITS_RE.match(value) or not low <= int(value) <= high:
         _fail(text, f"{what} must be a whole number {low}-{high}, not {value!r}", "directive.number")
 
 
-def _check_args(text, name, args):
+def _check_args(text: str, name: str, args: tuple[str, ...]) -> None:
     if name in ("ip_hash", "least_conn"):
         if args:
             _fail(text, f"{name} takes no arguments", "directive.args")
@@ -132,21 +133,21 @@ def _check_args(text, name, args):
 @dataclass(frozen=True)
 class Directive:
     name: str
-    args: tuple = ()
+    args: tuple[str, ...] = ()
 
     @property
-    def text(self):
+    def text(self) -> str:
         return " ".join((self.name,) + tuple(self.args))
 
-    def line(self):
+    def line(self) -> str:
         return f"{self.text};"
 
     @property
-    def is_balancing(self):
+    def is_balancing(self) -> bool:
         return self.name in BALANCING
 
 
-def parse_directive(value):
+def parse_directive(value: object) -> Directive:
     """A Directive from ``'keepalive 32'`` (a trailing ``;`` is allowed); raises ValidationError."""
     if isinstance(value, Directive):
         return value
@@ -173,7 +174,7 @@ def parse_directive(value):
     return Directive(name, args)
 
 
-def parse_directives(values):
+def parse_directives(values: Any) -> tuple[Directive, ...]:
     """Parse a list of directives: each known directive at most once, one balancing method."""
     if values is None:
         return ()

@@ -10,79 +10,72 @@ Modules pass one built on ``ansible.module_utils.urls``; the watcher one built o
 kept-alive ``http.client`` connections (plugins/watcher/transport.py); tests may pass the
 standard library's.
 
-Status handling, from the wire contract:
+What each status means is written in ``_dyups_wire`` (with the paths, bodies and answers); here:
 
-* 200 / 204: success (204 = nothing there);
-* 404 on GET or DELETE of an upstream: absent;
-* 409 (``dyups_trylock on``): sent again with bounded exponential backoff;
-* 400 (Lua flavor) and 500 (Tengine): refused, with what the server said;
-  a 500 from Tengine may mean nginx needs a reload to return to a good state;
+* 409 (busy): sent again with bounded exponential backoff, then ``DyupsBusy``;
+* a refusal (400 from the Lua flavor, 500 from Tengine): ``DyupsRejected`` with what the server said;
+* any other status the contract does not give: ``DyupsProtocolError``;
 * no answer: ``DyupsUnavailable`` naming the URL.
 """
 
 from __future__ import annotations
 
 import time
+from typing import TYPE_CHECKING, Callable, Dict, List, Tuple, TypeVar  # List: the class has a method list
 
-from ansible_collections.swallowkeeper.dyups.plugins.module_utils._dyups_wire import (
-    DETAIL_PATH, LIST_PATH, parse_detail, parse_list, parse_upstream, upstream_path)
+from ansible_collections.swallowkeeper.dyups.plugins.module_utils import _dyups_wire as wire
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._errors import (
     DyupsBusy, DyupsProtocolError, DyupsRejected, DyupsUnavailable, TransportError, ValidationError)
+from ansible_collections.swallowkeeper.dyups.plugins.module_utils._servers import Server
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._upstream import Upstream
 
-TENGINE_500_ADVICE = (
-    "Tengine's documentation says a 500 from the dyups interface can leave nginx needing a reload to return "
-    "to a good state; the body was validated before it was sent, so check nginx's error log"
-)
+if TYPE_CHECKING:
+    from ansible_collections.swallowkeeper.dyups.plugins.module_utils._http_ansible import Transport
+
+T = TypeVar("T")
 
 
 class DyupsClient:
     """list / detail / get / update / delete against one interface."""
 
-    def __init__(self, api_url, transport, timeout=5.0, busy_retries=6, busy_backoff=0.05, sleep=time.sleep):
+    def __init__(self, api_url: str, transport: Transport, timeout: float = 5.0, busy_retries: int = 6,
+                 busy_backoff: float = 0.05, sleep: Callable[[float], None] = time.sleep) -> None:
         self.api_url = api_url.rstrip("/")
         self.transport = transport
         self.timeout = timeout
         self.busy_retries = busy_retries
         self.busy_backoff = busy_backoff
         self.sleep = sleep
-        self.requests_sent = 0
 
-    def _call(self, method, path, body=None):
+    def _call(self, method: str, path: str, body: str | None = None) -> tuple[int, str, str]:
         url = self.api_url + path
         data = body.encode("utf-8") if isinstance(body, str) else body
         delay = self.busy_backoff
+        text = ""
         for attempt in range(self.busy_retries + 1):
             try:
-                self.requests_sent += 1
                 status, raw, _headers = self.transport(method, url, data, self.timeout)
             except TransportError as exc:
                 raise DyupsUnavailable(f"the dyups interface at {url} did not answer {method}: {exc.reason}",
                                        url=url) from None
             text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else (raw or "")
-            if status != 409:
+            if status != wire.BUSY:
                 return status, text, url
             if attempt < self.busy_retries:
                 self.sleep(delay)
                 delay = min(delay * 2, 1.0)
-        raise DyupsBusy(f"{method} {url} answered 409 (busy, dyups_trylock) {self.busy_retries + 1} times",
-                        url=url, status=409, body=text)
+        raise DyupsBusy(f"{method} {url} answered {wire.BUSY} (busy, dyups_trylock) {self.busy_retries + 1} times",
+                        url=url, status=wire.BUSY, body=text)
 
     @staticmethod
-    def _unexpected(method, url, status, text):
-        hint = ""
-        if status == 404:
-            hint = " (is dyups_interface configured at this address?)"
-        elif status == 405:
-            hint = " (the interface does not allow this method)"
-        return DyupsProtocolError(f"{method} {url} answered {status} {text.strip()[:200]!r}{hint}",
-                                  url=url, status=status, body=text)
+    def _unexpected(method: str, url: str, status: int, text: str) -> DyupsProtocolError:
+        return DyupsProtocolError(wire.unexpected(method, url, status, text), url=url, status=status, body=text)
 
-    def _read(self, path, parser):
+    def _read(self, path: str, parser: Callable[[str], T]) -> T:
         status, text, url = self._call("GET", path)
-        if status == 204:
+        if status == wire.EMPTY:
             return parser("")
-        if status != 200:
+        if status != wire.OK:
             raise self._unexpected("GET", url, status, text)
         try:
             return parser(text)
@@ -90,51 +83,48 @@ class DyupsClient:
             raise DyupsProtocolError(f"GET {url}: the answer does not follow the wire format: {exc}",
                                      url=url, status=status, body=text) from None
 
-    def list(self):
+    def list(self) -> List[str]:
         """Names of all upstreams the interface holds."""
-        return self._read(LIST_PATH, parse_list)
+        return self._read(wire.LIST_PATH, wire.parse_list)
 
-    def detail(self):
+    def detail(self) -> Dict[str, List[Server]]:
         """{name: [Server, ...]} for all upstreams, with weights and parameters."""
-        return self._read(DETAIL_PATH, parse_detail)
+        return self._read(wire.DETAIL_PATH, wire.parse_detail)
 
-    def get(self, name):
+    def get(self, name: str) -> List[Tuple[str, int]] | None:
         """[(host, port), ...] of one upstream, or None when the interface does not hold it."""
-        path = upstream_path(name)
+        path = wire.upstream_path(name)
         status, text, url = self._call("GET", path)
-        if status == 404:
+        if status == wire.UNKNOWN:
             return None
-        if status != 200:
+        if status != wire.OK:
             raise self._unexpected("GET", url, status, text)
         try:
-            return parse_upstream(text)
+            return wire.parse_upstream(text)
         except ValidationError as exc:
             raise DyupsProtocolError(f"GET {url}: {exc}", url=url, status=status, body=text) from None
 
-    def update(self, upstream):
+    def _refused_or_unexpected(self, method: str, url: str, status: int, text: str) -> Exception:
+        refused = wire.refusal(method, url, status, text)
+        if refused is not None:
+            return DyupsRejected(refused, url=url, status=status, body=text)
+        return self._unexpected(method, url, status, text)
+
+    def update(self, upstream: Upstream) -> None:
         """Create or replace ``upstream`` (an Upstream, so already validated) with one POST."""
         if not isinstance(upstream, Upstream):
             raise TypeError("update() takes an Upstream built by build_upstream()")
-        path = upstream_path(upstream.name)
-        status, text, url = self._call("POST", path, upstream.body())
-        if status == 200:
-            return
-        if status == 400:
-            raise DyupsRejected(f"POST {url} was refused (400): {text.strip()}", url=url, status=status, body=text)
-        if status == 500:
-            raise DyupsRejected(f"POST {url} answered 500 {text.strip()!r}. {TENGINE_500_ADVICE}",
-                                url=url, status=status, body=text)
-        raise self._unexpected("POST", url, status, text)
+        path = wire.upstream_path(upstream.name)
+        status, text, url = self._call("POST", path, wire.post_body(upstream))
+        if status != wire.OK:
+            raise self._refused_or_unexpected("POST", url, status, text)
 
-    def delete(self, name):
+    def delete(self, name: str) -> bool:
         """Delete one upstream; False when the interface did not hold it."""
-        path = upstream_path(name)
+        path = wire.upstream_path(name)
         status, text, url = self._call("DELETE", path)
-        if status == 200:
+        if status == wire.OK:
             return True
-        if status == 404:
+        if status == wire.UNKNOWN:
             return False
-        if status == 500:
-            raise DyupsRejected(f"DELETE {url} answered 500 {text.strip()!r}. {TENGINE_500_ADVICE}",
-                                url=url, status=status, body=text)
-        raise self._unexpected("DELETE", url, status, text)
+        raise self._refused_or_unexpected("DELETE", url, status, text)

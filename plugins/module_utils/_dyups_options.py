@@ -11,17 +11,18 @@ group/swallowkeeper.dyups.dyups`` carries them to every dyups-facing module.
 
 from __future__ import annotations
 
+from typing import Any, Mapping
 from urllib.parse import urlsplit
 
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._dyups_client import DyupsClient
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._dyups_wire import DEFAULT_API_URL
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._errors import ValidationError
-from ansible_collections.swallowkeeper.dyups.plugins.module_utils._http_ansible import ansible_transport
+from ansible_collections.swallowkeeper.dyups.plugins.module_utils._http_ansible import Transport, ansible_transport
 
 DEFAULT_TIMEOUT = 5.0
 
 
-def dyups_argument_spec():
+def dyups_argument_spec() -> dict[str, dict[str, Any]]:
     """A fresh copy of the connection options' argument spec (callers may add to it)."""
     return dict(
         api_url=dict(type="str", default=DEFAULT_API_URL),
@@ -29,7 +30,7 @@ def dyups_argument_spec():
     )
 
 
-def check_api_url(api_url):
+def check_api_url(api_url: str) -> str:
     """``api_url`` without a trailing slash, or ValidationError: http(s)://HOST[:PORT][/PREFIX] only."""
     try:
         parts = urlsplit(api_url)
@@ -45,13 +46,13 @@ def check_api_url(api_url):
     return api_url.rstrip("/")
 
 
-def check_timeout(timeout):
+def check_timeout(timeout: float | None) -> float:
     if timeout is None or not timeout > 0:
         raise ValidationError("timeout", timeout, "must be a number of seconds above 0")
     return timeout
 
 
-def dyups_client_from_params(params, transport=None):
+def dyups_client_from_params(params: Mapping[str, Any], transport: Transport | None = None) -> DyupsClient:
     """A DyupsClient from a module's params (``ansible.module_utils.urls`` transport unless given).
 
     Raises ValidationError for a malformed ``api_url`` or ``timeout``, before any request.

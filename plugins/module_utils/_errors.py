@@ -20,7 +20,7 @@ class ValidationError(ValueError):
     wording; the Lua flavor answers with the same ids (tests/vectors/*.json hold both sides' cases).
     """
 
-    def __init__(self, what, value, rule, rule_id=None):
+    def __init__(self, what: str, value: object, rule: str, rule_id: str | None = None) -> None:
         self.what = what
         self.value = value
         self.rule = rule
@@ -31,7 +31,7 @@ class ValidationError(ValueError):
 class TransportError(Exception):
     """No HTTP answer at all (refused, reset, timed out, TLS failure); ``reason`` says which."""
 
-    def __init__(self, reason):
+    def __init__(self, reason: str) -> None:
         self.reason = reason
         super().__init__(reason)
 
@@ -43,7 +43,8 @@ class DyupsError(Exception):
     answer's text, ``url`` the request's URL.
     """
 
-    def __init__(self, message, url=None, status=None, body=None):
+    def __init__(self, message: str, url: str | None = None, status: int | None = None,
+                 body: str | None = None) -> None:
         self.url = url
         self.status = status
         self.body = body
@@ -73,7 +74,7 @@ class ConsulError(Exception):
     the HTTP status or None when no answer came.
     """
 
-    def __init__(self, message, url=None, status=None):
+    def __init__(self, message: str, url: str | None = None, status: int | None = None) -> None:
         self.url = url
         self.status = status
         super().__init__(message)

@@ -13,22 +13,28 @@ from __future__ import annotations
 
 import http.client
 import socket
+from typing import Any, Callable, Dict, Mapping, Tuple
 from urllib.error import HTTPError, URLError
 
 from ansible.module_utils.urls import open_url
 
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._errors import TransportError
 
+# transport(method, url, body, timeout, extra_headers=None) -> (status, body, headers)
+Transport = Callable[..., Tuple[int, bytes, Dict[str, str]]]
 
-def _lower(headers):
+
+def _lower(headers: Any) -> dict[str, str]:
     return {key.lower(): value for key, value in (headers or {}).items()}
 
 
-def ansible_transport(headers=None, validate_certs=True, ca_path=None, client_cert=None, client_key=None):
+def ansible_transport(headers: Mapping[str, str] | None = None, validate_certs: bool = True, ca_path: str | None = None,
+                      client_cert: str | None = None, client_key: str | None = None) -> Transport:
     """A transport callable bound to TLS settings and fixed headers (a token, say)."""
     fixed = dict(headers or {})
 
-    def transport(method, url, body, timeout, extra_headers=None):
+    def transport(method: str, url: str, body: bytes | None, timeout: float,
+                  extra_headers: Mapping[str, str] | None = None) -> tuple[int, bytes, dict[str, str]]:
         request_headers = dict(fixed)
         request_headers.update(extra_headers or {})
         try:

@@ -18,6 +18,7 @@ rule; ``tests/vectors/names.json`` holds the cases both test suites run.
 from __future__ import annotations
 
 import re
+from typing import Any
 
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._errors import ValidationError
 
@@ -31,7 +32,7 @@ _NAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*\Z")
 _ALLOWED = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-")
 
 
-def _describe(char):
+def _describe(char: str) -> str:
     if char.isspace():
         return "whitespace"
     if ord(char) < 32 or ord(char) == 127:
@@ -39,7 +40,7 @@ def _describe(char):
     return f"{char!r}"
 
 
-def name_check(name):
+def name_check(name: Any) -> tuple[str, str] | None:
     """(rule id, why) when ``name`` breaks the rule, or None when it is valid."""
     if not isinstance(name, str):
         return "name.type", f"must be a string, not {type(name).__name__}"
@@ -55,13 +56,13 @@ def name_check(name):
     return None
 
 
-def name_problem(name):
+def name_problem(name: Any) -> str | None:
     """Return why ``name`` breaks the rule, or None when it is valid."""
     found = name_check(name)
-    return found and found[1]
+    return found[1] if found else None
 
 
-def validate_name(name):
+def validate_name(name: Any) -> str:
     """Return ``name`` unchanged, or raise ValidationError naming the value and the rule."""
     found = name_check(name)
     if found:
@@ -69,5 +70,5 @@ def validate_name(name):
     return name
 
 
-def is_valid_name(name):
+def is_valid_name(name: Any) -> bool:
     return name_problem(name) is None

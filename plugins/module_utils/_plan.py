@@ -22,8 +22,11 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass
+from typing import Any, Iterable, Mapping
 
-from ansible_collections.swallowkeeper.dyups.plugins.module_utils._servers import sort_servers
+from ansible_collections.swallowkeeper.dyups.plugins.module_utils._dyups_wire import Detail, detail_line
+from ansible_collections.swallowkeeper.dyups.plugins.module_utils._resolve import Resolve
+from ansible_collections.swallowkeeper.dyups.plugins.module_utils._servers import Server, sort_servers
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._upstream import Upstream, build_upstream
 
 CREATE = "create"
@@ -32,7 +35,7 @@ DELETE = "delete"
 NONE = "none"
 
 
-def expand_servers(servers, resolve=None):
+def expand_servers(servers: Iterable[Server], resolve: Resolve | None = None) -> list[Server]:
     """Servers as ``/detail`` shows them: each host name replaced by the first address it resolves to.
 
     nginx keeps a server written with a host name as one server with all its addresses (IPv4 first)
@@ -52,11 +55,12 @@ def expand_servers(servers, resolve=None):
     return expanded
 
 
-def _servers_of(desired):
+def _servers_of(desired: Upstream | Iterable[Server]) -> tuple[Server, ...]:
     return desired.servers if isinstance(desired, Upstream) else tuple(desired)
 
 
-def servers_equal(desired, current_servers, resolve=None):
+def servers_equal(desired: Upstream | Iterable[Server], current_servers: Iterable[Server] | None,
+                  resolve: Resolve | None = None) -> bool:
     """True when ``/detail``'s servers (``current_servers``) are the desired upstream's servers.
 
     ``desired`` is an Upstream (or a list of Server); ``current_servers`` the list ``/detail`` gives
@@ -74,7 +78,8 @@ def servers_equal(desired, current_servers, resolve=None):
     return Counter(expand_servers(servers, resolve)) == current
 
 
-def desired_upstream(name, servers, directives=None, file_upstreams=None):
+def desired_upstream(name: str, servers: Any, directives: Any = None,
+                     file_upstreams: Mapping[str, Upstream] | None = None) -> Upstream:
     """Build the desired Upstream; ``directives=None`` keeps what the upstream file holds for it.
 
     A POST replaces the whole upstream, so a caller that names only servers must not silently drop
@@ -97,28 +102,24 @@ class UpstreamChange:
 
     name: str
     action: str
-    before: tuple = None
-    after: Upstream = None
-    expected: tuple = None
+    before: tuple[Server, ...] | None = None
+    after: Upstream | None = None
+    expected: tuple[Server, ...] | None = None
     post: bool = False
     delete: bool = False
-    file_before: Upstream = None
-    file_after: Upstream = None
+    file_before: Upstream | None = None
+    file_after: Upstream | None = None
 
     @property
-    def added(self):
+    def added(self) -> tuple[Server, ...]:
         """Servers in ``expected`` that ``before`` lacks (a changed parameter counts as removed + added)."""
         return tuple(sort_servers((Counter(self.expected or ()) - Counter(self.before or ())).elements()))
 
     @property
-    def removed(self):
+    def removed(self) -> tuple[Server, ...]:
         return tuple(sort_servers((Counter(self.before or ()) - Counter(self.expected or ())).elements()))
 
-    @property
-    def changed(self):
-        return self.post or self.delete or self.file_before != self.file_after
-
-    def to_result(self):
+    def to_result(self) -> dict[str, Any]:
         """The module's per-upstream return value."""
         return {
             "action": self.action,
@@ -130,44 +131,34 @@ class UpstreamChange:
             "request": "POST" if self.post else "DELETE" if self.delete else None,
         }
 
-    def describe(self):
-        """``+10.0.0.3:8080 -10.0.0.1:8080``: one line per change, for logs."""
-        words = [f"+{s.spec()}" for s in self.added] + [f"-{s.spec()}" for s in self.removed]
-        if self.after is not None and self.file_before is not None \
-                and set(self.file_before.directives) != set(self.after.directives):
-            words.append("directives: " + ("; ".join(self.after.directive_lines()) or "none"))
-        return f"{self.name} {self.action}: " + (" ".join(words) or "servers unchanged")
-
 
 @dataclass(frozen=True)
 class Plan:
-    changes: tuple
-    file_before: dict = None
-    file_after: dict = None
+    changes: tuple[UpstreamChange, ...]
+    file_before: dict[str, Upstream] | None = None
+    file_after: dict[str, Upstream] | None = None
 
     @property
-    def posts(self):
+    def posts(self) -> list[Upstream]:
         """Upstreams to POST, by name."""
-        return [change.after for change in self.changes if change.post]
+        return [change.after for change in self.changes if change.post and change.after is not None]
 
     @property
-    def deletes(self):
+    def deletes(self) -> list[str]:
         """Names to DELETE."""
         return [change.name for change in self.changes if change.delete]
 
     @property
-    def file_changed(self):
+    def file_changed(self) -> bool:
         return self.file_after is not None and self.file_after != self.file_before
 
     @property
-    def changed(self):
+    def changed(self) -> bool:
         return self.file_changed or any(change.post or change.delete for change in self.changes)
 
-    def by_name(self):
-        return {change.name: change for change in self.changes}
 
-
-def _plan_present(name, upstream, detail, file_upstreams, force, resolve):
+def _plan_present(name: str, upstream: Upstream, detail: Detail | None, file_upstreams: Mapping[str, Upstream] | None,
+                  force: bool, resolve: Resolve | None) -> UpstreamChange:
     current = None if detail is None else detail.get(name)
     expected = tuple(sort_servers(expand_servers(upstream.servers, resolve)))
     file_before = None if file_upstreams is None else file_upstreams.get(name)
@@ -187,7 +178,7 @@ def _plan_present(name, upstream, detail, file_upstreams, force, resolve):
                           file_before=file_before, file_after=None if file_upstreams is None else upstream)
 
 
-def _plan_absent(name, detail, file_upstreams):
+def _plan_absent(name: str, detail: Detail | None, file_upstreams: Mapping[str, Upstream] | None) -> UpstreamChange:
     current = None if detail is None else detail.get(name)
     file_before = None if file_upstreams is None else file_upstreams.get(name)
     delete = detail is None or current is not None
@@ -196,7 +187,9 @@ def _plan_absent(name, detail, file_upstreams):
                           expected=(), delete=delete, file_before=file_before)
 
 
-def plan(desired, detail, file_upstreams=None, exclusive=False, force=False, resolve=None):
+def plan(desired: Mapping[str, Upstream | None], detail: Detail | None,
+         file_upstreams: Mapping[str, Upstream] | None = None, exclusive: bool = False, force: bool = False,
+         resolve: Resolve | None = None) -> Plan:
     """Plan the requests and the file's new content.
 
     ``desired``: {name: Upstream} to be present, or {name: None} to be absent. ``detail``: what
@@ -229,7 +222,7 @@ def plan(desired, detail, file_upstreams=None, exclusive=False, force=False, res
                 file_after=file_after)
 
 
-def interface_text(changes, side):
+def interface_text(changes: Iterable[UpstreamChange], side: str) -> str:
     """``upstream NAME`` then its ``/detail`` lines, for the upstreams to POST or DELETE: one side of a diff.
 
     Only servers: ``/detail`` does not show directives (the upstream file's diff does).
@@ -243,6 +236,6 @@ def interface_text(changes, side):
         servers = change.before if side == "before" else (change.expected if change.after is not None else None)
         if servers is None:
             continue
-        lines = [f"upstream {change.name}"] + [f"    {s.detail_line()}" for s in sort_servers(servers)]
+        lines = [f"upstream {change.name}"] + [f"    {detail_line(s)}" for s in sort_servers(servers)]
         blocks.append("\n".join(lines) + "\n")
     return "".join(blocks)

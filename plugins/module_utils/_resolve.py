@@ -11,19 +11,27 @@ dyups_upstream module and the watcher (resolve first, never send what Tengine wo
 from __future__ import annotations
 
 import socket
+from typing import Any, Callable, List, Mapping, Sequence, Tuple
 
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._errors import ValidationError
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._servers import parse_host
+from ansible_collections.swallowkeeper.dyups.plugins.module_utils._upstream import Upstream
+
+# (family, type, proto, canonname, sockaddr) as socket.getaddrinfo gives them
+AddrInfo = Tuple[int, int, int, str, Tuple[Any, ...]]
+GetAddrInfo = Callable[..., Sequence[AddrInfo]]
+# host -> the canonical addresses it resolves to, IPv4 first
+Resolve = Callable[[str], List[str]]
 
 
-def hosts_file_lookup(path):
+def hosts_file_lookup(path: str) -> GetAddrInfo:
     """A ``getaddrinfo`` stand-in that reads one hosts file (the /etc/hosts format) and never asks DNS.
 
     For sites (and tests) that want no DNS dependency; the Lua flavor's ``hosts_file`` option does the
     same on the nginx side.
     """
-    def getaddrinfo(host, _port, _family=0, _type=0):
-        found = []
+    def getaddrinfo(host: str, _port: object, _family: int = 0, _type: int = 0) -> list[AddrInfo]:
+        found: list[AddrInfo] = []
         with open(path, encoding="utf-8") as handle:
             for line in handle:
                 words = line.split("#", 1)[0].split()
@@ -37,7 +45,7 @@ def hosts_file_lookup(path):
     return getaddrinfo
 
 
-def make_resolver(getaddrinfo=socket.getaddrinfo, hosts_file=None):
+def make_resolver(getaddrinfo: GetAddrInfo = socket.getaddrinfo, hosts_file: str | None = None) -> Resolve:
     """host -> canonical addresses it resolves to on this node, IPv4 first as nginx orders them (cached;
     [] when it does not resolve).
 
@@ -45,15 +53,16 @@ def make_resolver(getaddrinfo=socket.getaddrinfo, hosts_file=None):
     """
     if hosts_file:
         getaddrinfo = hosts_file_lookup(hosts_file)
-    cache = {}
+    cache: dict[str, list[str]] = {}
 
-    def resolve(host):
+    def resolve(host: str) -> list[str]:
         if host not in cache:
             try:
                 infos = getaddrinfo(host, None, 0, socket.SOCK_STREAM)
             except (OSError, UnicodeError):
                 infos = []
-            ipv4, ipv6 = [], []
+            ipv4: list[str] = []
+            ipv6: list[str] = []
             for family, _type, _proto, _name, sockaddr in infos:
                 if family in (socket.AF_INET, socket.AF_INET6):
                     found = ipv4 if family == socket.AF_INET else ipv6
@@ -66,7 +75,7 @@ def make_resolver(getaddrinfo=socket.getaddrinfo, hosts_file=None):
     return resolve
 
 
-def check_resolvable(desired, resolve):
+def check_resolvable(desired: Mapping[str, Upstream | None], resolve: Resolve) -> None:
     for upstream in desired.values():
         if upstream is None:
             continue

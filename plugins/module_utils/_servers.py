@@ -2,7 +2,7 @@
 # Private to swallowkeeper.dyups: the server spec, the one place it is parsed, checked and rendered.
 # Copyright: swallowkeeper.dyups contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""One upstream server: parsed from user input, rendered for nginx, read back from ``/detail``.
+"""One upstream server: parsed from user input, rendered for nginx (``_dyups_wire`` reads and writes ``/detail``).
 
 Accepted input, as a string (nginx's own syntax, without ``server`` and ``;``)::
 
@@ -40,6 +40,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from dataclasses import dataclass
+from typing import Any, Iterable, NoReturn
 
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._errors import ValidationError
 
@@ -69,11 +70,11 @@ _TRUE = ("true", "yes", "on", "1")
 _FALSE = ("false", "no", "off", "0")
 
 
-def _fail(value, rule, rule_id):
+def _fail(value: Any, rule: str, rule_id: str) -> NoReturn:
     raise ValidationError("server", value, rule, rule_id)
 
 
-def parse_host(host, original=None):
+def parse_host(host: str, original: Any = None) -> str:
     """Return the canonical form of a host (IPv6 without brackets) or raise ValidationError."""
     shown = host if original is None else original
     if not host:
@@ -107,7 +108,7 @@ def parse_host(host, original=None):
     return name
 
 
-def host_kind(host):
+def host_kind(host: str) -> str:
     """'ipv4', 'ipv6' or 'hostname', for a host already in canonical form."""
     if ":" in host:
         return "ipv6"
@@ -116,13 +117,13 @@ def host_kind(host):
     return "hostname"
 
 
-def parse_address(address, original=None):
+def parse_address(address: Any, original: Any = None) -> tuple[str, int]:
     """Split ``host:port`` / ``[v6]:port`` / ``host`` into (canonical host, port)."""
     host, port = _split_address(address, original)
     return host, DEFAULT_PORT if port is None else port
 
 
-def _split_address(address, original=None):
+def _split_address(address: Any, original: Any = None) -> tuple[str, int | None]:
     """(canonical host, port or None when the address has none)."""
     shown = address if original is None else original
     if not isinstance(address, str):
@@ -151,7 +152,7 @@ def _split_address(address, original=None):
     return canonical, parse_port(port_text, shown)
 
 
-def parse_port(value, original=None):
+def parse_port(value: Any, original: Any = None) -> int:
     shown = value if original is None else original
     if isinstance(value, bool):
         _fail(shown, "the port must be a number 1-65535", "server.port_syntax")
@@ -166,7 +167,7 @@ def parse_port(value, original=None):
     return port
 
 
-def _parse_number(key, value, original):
+def _parse_number(key: str, value: Any, original: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, str)):
         _fail(original, f"{key} must be a whole number", f"server.{key}_int")
     if isinstance(value, str):
@@ -179,7 +180,7 @@ def _parse_number(key, value, original):
     return value
 
 
-def parse_fail_timeout(value, original=None):
+def parse_fail_timeout(value: Any, original: Any = None) -> int:
     """Seconds from ``10``, ``'10'``, ``'10s'``, ``'2m'``, ``'1h'``, ``'1d'`` or ``'3000ms'``."""
     shown = value if original is None else original
     if isinstance(value, bool):
@@ -205,7 +206,7 @@ def parse_fail_timeout(value, original=None):
     return seconds
 
 
-def _parse_flag(key, value, original):
+def _parse_flag(key: str, value: Any, original: Any) -> bool:
     if isinstance(value, bool):
         return value
     if isinstance(value, int) and value in (0, 1):
@@ -217,7 +218,7 @@ def _parse_flag(key, value, original):
 
 @dataclass(frozen=True)
 class Server:
-    """A validated server; build it with ``parse_server`` or ``parse_detail_line``."""
+    """A validated server; build it with ``parse_server`` (or ``_dyups_wire.parse_detail_line``)."""
 
     host: str
     port: int = DEFAULT_PORT
@@ -229,16 +230,16 @@ class Server:
     down: bool = False
 
     @property
-    def address(self):
+    def address(self) -> str:
         if ":" in self.host:
             return f"[{self.host}]:{self.port}"
         return f"{self.host}:{self.port}"
 
     @property
-    def kind(self):
+    def kind(self) -> str:
         return host_kind(self.host)
 
-    def parameters(self):
+    def parameters(self) -> list[str]:
         """Parameters that differ from nginx's defaults, in nginx's syntax."""
         words = []
         for key in ("weight", "max_fails", "fail_timeout", "max_conns"):
@@ -248,22 +249,14 @@ class Server:
         words.extend(flag for flag in FLAGS if getattr(self, flag))
         return words
 
-    def spec(self):
+    def spec(self) -> str:
         """``10.0.0.1:8080 weight=2 backup``: the form users write, also the file's and the body's."""
         return " ".join([self.address] + self.parameters())
 
-    def directive(self):
+    def directive(self) -> str:
         return f"server {self.spec()};"
 
-    def detail_line(self):
-        """The line Tengine's ``/detail`` prints for this server."""
-        return (
-            f"server {self.address} weight={self.weight} max_conns={self.max_conns} "
-            f"max_fails={self.max_fails} fail_timeout={self.fail_timeout} "
-            f"backup={int(self.backup)} down={int(self.down)}"
-        )
-
-    def to_dict(self):
+    def to_dict(self) -> dict[str, Any]:
         return {
             "address": self.address,
             "host": self.host,
@@ -276,16 +269,16 @@ class Server:
             "down": self.down,
         }
 
-    def sort_key(self):
+    def sort_key(self) -> tuple[bool, str, str, int]:
         return (self.backup, self.kind, self.host, self.port)
 
-    def replace(self, **changes):
+    def replace(self, **changes: Any) -> Server:
         values = {key: getattr(self, key) for key in ("host", "port") + PARAMETERS}
         values.update(changes)
         return Server(**values)
 
 
-def _from_string(text):
+def _from_string(text: str) -> Server:
     if any(char in text for char in ";{}\"'#\\") or any(ord(c) < 32 or ord(c) == 127 for c in text):
         _fail(text, "a server is written as 'host:port [parameter ...]' with no ; { } quotes, # or control characters", "server.syntax")
     words = text.split()
@@ -294,7 +287,7 @@ def _from_string(text):
     if words[0] == "server":
         _fail(text, "write the server without the word 'server', like '10.0.0.1:8080 weight=2'", "server.word_server")
     host, port = parse_address(words[0], text)
-    values = {}
+    values: dict[str, Any] = {}
     for word in words[1:]:
         key, sep, value = word.partition("=")
         if key in values:
@@ -312,7 +305,7 @@ def _from_string(text):
     return Server(host=host, port=port, **values)
 
 
-def _is_bare_ipv6(text):
+def _is_bare_ipv6(text: str) -> bool:
     """An IPv6 literal without brackets (and so without a port), such as Consul's Service.Address."""
     if text.count(":") < 2 or text.startswith("["):
         return False
@@ -323,7 +316,7 @@ def _is_bare_ipv6(text):
     return True
 
 
-def _dict_host(data):
+def _dict_host(data: dict[str, Any]) -> str:
     if not isinstance(data["host"], str):
         _fail(data, "host must be a string", "server.host_type")
     host = data["host"]
@@ -332,7 +325,7 @@ def _dict_host(data):
     return parse_host(host, data)
 
 
-def _from_dict(data):
+def _from_dict(data: dict[str, Any]) -> Server:
     unknown = sorted(set(data) - set(("address", "host", "port") + PARAMETERS))
     if unknown:
         _fail(data, f"unknown key(s) {', '.join(unknown)}; known: address, host, port, {', '.join(PARAMETERS)}", "server.dict_keys")
@@ -358,7 +351,7 @@ def _from_dict(data):
         port = DEFAULT_PORT if data.get("port") is None else parse_port(data["port"], data)
     else:
         _fail(data, "a server needs address ('host:port') or host", "server.no_address")
-    values = {}
+    values: dict[str, Any] = {}
     for key in PARAMETERS:
         value = data.get(key)
         if value is None:
@@ -372,7 +365,7 @@ def _from_dict(data):
     return Server(host=host, port=port, **values)
 
 
-def parse_server(value):
+def parse_server(value: Any) -> Server:
     """A Server from a string, a dict or a Server; raises ValidationError with the value and the rule."""
     if isinstance(value, Server):
         return value
@@ -385,7 +378,7 @@ def parse_server(value):
     _fail(value, f"a server is a string like '10.0.0.1:8080 weight=2' or a dict, not {type(value).__name__}", "server.type")
 
 
-def parse_servers(values):
+def parse_servers(values: Any) -> list[Server]:
     """Parse a list of servers; the same address twice is an error (nginx would balance to it twice)."""
     if isinstance(values, (str, dict)):
         values = [values]
@@ -398,29 +391,5 @@ def parse_servers(values):
     return servers
 
 
-def sort_servers(servers):
+def sort_servers(servers: Iterable[Server]) -> list[Server]:
     return sorted(servers, key=Server.sort_key)
-
-
-def parse_detail_line(line):
-    """A Server from one ``/detail`` line (``server ADDR weight=2 ... backup=0 down=0``).
-
-    Keys that this version does not know are ignored, so that another Tengine
-    build that prints more (or fewer) fields still reads; a line that is not
-    ``server ADDR key=value ...`` raises ValidationError.
-    """
-    words = line.split()
-    if len(words) < 2 or words[0] != "server":
-        raise ValidationError("/detail line", line, "expected 'server ADDRESS key=value ...'", "detail.line")
-    host, port = parse_address(words[1], line)
-    values = {}
-    for word in words[2:]:
-        key, sep, value = word.partition("=")
-        if not sep or not re.match(r"-?[0-9]+\Z", value):
-            raise ValidationError("/detail line", line, f"expected key=number, got {word!r}", "detail.field")
-        number = int(value)
-        if key in FLAGS:
-            values[key] = number != 0
-        elif key in NUMERIC_LIMITS:
-            values[key] = number
-    return Server(host=host, port=port, **values)

@@ -1,34 +1,36 @@
 # -*- coding: utf-8 -*-
-# Private to swallowkeeper.dyups: an upstream (name, servers, directives) and its POST body.
+# Private to swallowkeeper.dyups: an upstream (name, servers, directives) and the gate that builds it.
 # Copyright: swallowkeeper.dyups contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """An upstream as the interface and the file both hold it.
 
 ``build_upstream`` is the single gate: everything that becomes a POST body or
 a block of the upstream file has passed the name, server and directive rules
-here. The body and the file block are rendered from the same ``statements()``
-so the two can never disagree: a POST replaces the whole upstream, and
-anything the file holds but the body lacks (a ``check``, a ``keepalive``)
-would be silently dropped by Tengine.
+here. The POST body (``_dyups_wire.post_body``) and the file block are
+rendered from the same ``statements()`` so the two can never disagree: a
+POST replaces the whole upstream, and anything the file holds but the body
+lacks (a ``check``, a ``keepalive``) would be silently dropped by Tengine.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
-from ansible_collections.swallowkeeper.dyups.plugins.module_utils._directives import NO_BACKUP, parse_directives
+from ansible_collections.swallowkeeper.dyups.plugins.module_utils._directives import NO_BACKUP, Directive, parse_directives
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._errors import ValidationError
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._names import validate_name
-from ansible_collections.swallowkeeper.dyups.plugins.module_utils._servers import parse_servers, sort_servers
+from ansible_collections.swallowkeeper.dyups.plugins.module_utils._servers import (
+    Server, parse_servers, sort_servers)
 
 
 @dataclass(frozen=True)
 class Upstream:
     name: str
-    servers: tuple
-    directives: tuple = ()
+    servers: tuple[Server, ...]
+    directives: tuple[Directive, ...] = ()
 
-    def statements(self):
+    def statements(self) -> list[str]:
         """Balancing method first, then servers (sorted), then the other directives: nginx's order.
 
         ``build_upstream`` already put the balancing method first among the directives.
@@ -37,21 +39,10 @@ class Upstream:
         last = [d.line() for d in self.directives if not d.is_balancing]
         return first + [server.directive() for server in self.servers] + last
 
-    def body(self):
-        """The POST body for ``/upstream/NAME``."""
-        return "\n".join(self.statements()) + "\n"
-
-    def server_lines(self):
-        """Sorted ``/detail``-style lines: what the interface reports, for comparison and diffs."""
-        return [server.detail_line() for server in sort_servers(self.servers)]
-
-    def server_set(self):
-        return frozenset(self.servers)
-
-    def directive_lines(self):
+    def directive_lines(self) -> list[str]:
         return [directive.line() for directive in self.directives]
 
-    def to_dict(self):
+    def to_dict(self) -> dict[str, object]:
         return {
             "name": self.name,
             "servers": [server.spec() for server in sort_servers(self.servers)],
@@ -59,7 +50,7 @@ class Upstream:
         }
 
 
-def build_upstream(name, servers, directives=None):
+def build_upstream(name: str, servers: Any, directives: Any = None) -> Upstream:
     """Validate and build an Upstream; raises ValidationError before anything is sent or written."""
     validate_name(name)
     parsed = parse_servers(servers if servers is not None else [])
@@ -79,11 +70,17 @@ def build_upstream(name, servers, directives=None):
     return Upstream(name=name, servers=tuple(sort_servers(parsed)), directives=ordered)
 
 
-def upstream_from_spec(name, spec):
-    """An Upstream from the bulk form: a list of servers, or a dict with servers and directives."""
+def spec_parts(name: str, spec: Any) -> tuple[Any, Any]:
+    """(servers, directives or None) of the bulk form: a list of servers, or a dict with servers and directives."""
     if isinstance(spec, dict):
         unknown = sorted(set(spec) - {"servers", "directives"})
         if unknown:
-            raise ValidationError("upstream", name, f"unknown key(s) {', '.join(unknown)}; use servers and directives", "upstream.keys")
-        return build_upstream(name, spec.get("servers"), spec.get("directives"))
-    return build_upstream(name, spec)
+            raise ValidationError("upstream", name, f"unknown key(s) {', '.join(unknown)}; use servers and directives",
+                                  "upstream.keys")
+        return spec.get("servers"), spec.get("directives")
+    return spec, None
+
+
+def upstream_from_spec(name: str, spec: Any) -> Upstream:
+    """An Upstream from the bulk form: a list of servers, or a dict with servers and directives."""
+    return build_upstream(name, *spec_parts(name, spec))

@@ -25,9 +25,10 @@ import stat
 import subprocess
 import tempfile
 import time
+from typing import Callable, Iterable, Iterator
 
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._errors import ValidationError
-from ansible_collections.swallowkeeper.dyups.plugins.module_utils._upstream import build_upstream
+from ansible_collections.swallowkeeper.dyups.plugins.module_utils._upstream import Upstream, build_upstream
 
 HEADER = (
     "# Upstreams managed by swallowkeeper.dyups. Written atomically by the dyups_upstream module\n"
@@ -36,9 +37,9 @@ HEADER = (
 DEFAULT_MODE = 0o644
 
 
-def _unique_ignoring_case(names, where="upstream file"):
+def _unique_ignoring_case(names: Iterable[str], where: str = "upstream file") -> None:
     """nginx compares upstream names ignoring case: ``Web`` and ``web`` in one file break the next reload."""
-    seen = {}
+    seen: dict[str, str] = {}
     for name in names:
         other = seen.setdefault(name.lower(), name)
         if other != name:
@@ -46,7 +47,7 @@ def _unique_ignoring_case(names, where="upstream file"):
                                                "treats them as one upstream and refuses the file", "file.case_clash")
 
 
-def render_block(upstream):
+def render_block(upstream: Upstream) -> str:
     """``upstream NAME { ... }`` for one Upstream."""
     lines = [f"upstream {upstream.name} {{"]
     lines.extend(f"    {statement}" for statement in upstream.statements())
@@ -54,7 +55,7 @@ def render_block(upstream):
     return "\n".join(lines) + "\n"
 
 
-def render(upstreams, header=HEADER, block=render_block):
+def render(upstreams: Iterable[Upstream], header: str = HEADER, block: Callable[[Upstream], str] = render_block) -> str:
     """The file's text for an iterable of Upstream (sorted by name: stable, diffable).
 
     ``block`` renders one upstream; a caller that renders often may pass a memoizing one.
@@ -66,7 +67,7 @@ def render(upstreams, header=HEADER, block=render_block):
     return "\n".join(parts)
 
 
-def _tokens(text):
+def _tokens(text: str) -> Iterator[tuple[int, str]]:
     """Yield (line, token) where a token is a word, '{', '}' or ';'. Comments are dropped."""
     i, n, line = 0, len(text), 1
     while i < n:
@@ -99,9 +100,9 @@ def _tokens(text):
             i = j
 
 
-def parse(text):
+def parse(text: str) -> dict[str, Upstream]:
     """Return {name: Upstream} from the file's text; raises ValidationError naming the line."""
-    upstreams = {}
+    upstreams: dict[str, Upstream] = {}
     tokens = list(_tokens(text))
     i = 0
     while i < len(tokens):
@@ -111,7 +112,9 @@ def parse(text):
                                   "file.expected_upstream")
         name = tokens[i + 1][1]
         i += 3
-        servers, directives, words = [], [], []
+        servers: list[str] = []
+        directives: list[str] = []
+        words: list[str] = []
         while True:
             if i >= len(tokens):
                 raise ValidationError("upstream file", f"line {line}", f"upstream {name} is not closed with '}}'",
@@ -147,20 +150,26 @@ def parse(text):
     return upstreams
 
 
-def read(path):
-    """{name: Upstream} from the file at ``path``; an absent file holds nothing."""
+def read_text(path: str) -> tuple[str | None, dict[str, Upstream]]:
+    """(text, {name: Upstream}) of the file at ``path``; an absent file is (None, {})."""
     try:
         with open(path, encoding="utf-8") as handle:
-            return parse(handle.read())
+            text = handle.read()
     except FileNotFoundError:
-        return {}
+        return None, {}
+    return text, parse(text)
 
 
-def backup_path_for(path):
+def read(path: str) -> dict[str, Upstream]:
+    """{name: Upstream} from the file at ``path``; an absent file holds nothing."""
+    return read_text(path)[1]
+
+
+def backup_path_for(path: str) -> str:
     return f"{path}.{os.getpid()}.{time.strftime('%Y-%m-%d@%H:%M:%S')}~"
 
 
-def _fsync_directory(directory):
+def _fsync_directory(directory: str) -> None:
     try:
         fd = os.open(directory, os.O_RDONLY)
     except OSError:
@@ -174,14 +183,14 @@ def _fsync_directory(directory):
 
 
 class ValidateCommandFailed(Exception):
-    def __init__(self, command, returncode, output):
+    def __init__(self, command: str, returncode: int, output: str) -> None:
         self.command = command
         self.returncode = returncode
         self.output = output
         super().__init__(f"validation command {command!r} failed with exit status {returncode}: {output.strip()}")
 
 
-def run_validate(command, candidate):
+def run_validate(command: str, candidate: str) -> None:
     """Run ``command`` (``%s`` replaced by the candidate file's path); raise ValidateCommandFailed."""
     if "%s" not in command:
         raise ValidationError("validate command", command, "must contain %s, replaced by the new file's path")
@@ -191,7 +200,8 @@ def run_validate(command, candidate):
         raise ValidateCommandFailed(command, result.returncode, result.stdout.decode("utf-8", "replace"))
 
 
-def replace_file(path, content, mode=None, backup=False, validate=None):
+def replace_file(path: str, content: str | bytes, mode: int | None = None, backup: bool = False,
+                 validate: str | None = None) -> str | None:
     """Atomically replace ``path`` with ``content``; return the backup's path (or None).
 
     The old file stays whole until ``rename``; a crash at any point before it
@@ -238,11 +248,11 @@ def replace_file(path, content, mode=None, backup=False, validate=None):
     return backup_file
 
 
-def remove_stale_temp_files(path, older_than=60.0):
+def remove_stale_temp_files(path: str, older_than: float = 60.0) -> list[str]:
     """Remove ``.NAME.*.tmp`` files that a writer killed mid-write left beside ``path``; their names."""
     path = os.path.abspath(path)
     directory, base = os.path.split(path)
-    removed = []
+    removed: list[str] = []
     now = time.time()
     try:
         names = os.listdir(directory)
@@ -258,15 +268,3 @@ def remove_stale_temp_files(path, older_than=60.0):
             except OSError:
                 continue
     return removed
-
-
-def write_upstreams(path, upstreams, mode=None, backup=False, validate=None):
-    """Render and replace; return (changed, backup_file). Nothing is written when the text is the same."""
-    content = render(upstreams)
-    try:
-        with open(path, encoding="utf-8") as handle:
-            if handle.read() == content:
-                return False, None
-    except FileNotFoundError:
-        pass
-    return True, replace_file(path, content, mode=mode, backup=backup, validate=validate)

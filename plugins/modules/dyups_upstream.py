@@ -243,7 +243,7 @@ from ansible_collections.swallowkeeper.dyups.plugins.module_utils._names import 
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._plan import (
     desired_upstream, interface_text, plan)
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._resolve import check_resolvable, make_resolver
-from ansible_collections.swallowkeeper.dyups.plugins.module_utils._upstream import upstream_from_spec
+from ansible_collections.swallowkeeper.dyups.plugins.module_utils._upstream import spec_parts
 
 
 def argument_spec():
@@ -264,10 +264,11 @@ def argument_spec():
     return spec
 
 
-def requested(params):
-    """The request as {name: (servers, directives or None)}, or {name: None} to delete; all of it validated.
+def requested(params, file_upstreams=None):
+    """The desired upstreams, {name: Upstream} or {name: None} to delete, each built (so validated) once.
 
-    Raises ValidationError for the first bad name, server or directive.
+    An upstream whose directives are not given keeps those that ``file_upstreams`` (the upstream file's
+    {name: Upstream}) holds for it. Raises ValidationError for the first bad option, name, server or directive.
     """
     absent = params["state"] == "absent"
     if params["exclusive"] and absent:
@@ -286,22 +287,9 @@ def requested(params):
         if spec is None:
             wanted[name] = None
             continue
-        upstream_from_spec(name, spec)  # the whole check, before the upstream file is even read
-        if isinstance(spec, dict):
-            wanted[name] = (spec.get("servers"), spec.get("directives"))
-        else:
-            wanted[name] = (spec, None)
+        servers, directives = spec_parts(name, spec)
+        wanted[name] = desired_upstream(name, servers, directives, file_upstreams)
     return wanted
-
-
-def read_file(path):
-    """(text or None, {name: Upstream}) of the upstream file; an absent file holds nothing."""
-    try:
-        with open(path, encoding="utf-8") as handle:
-            text = handle.read()
-    except FileNotFoundError:
-        return None, {}
-    return text, _upstream_file.parse(text)
 
 
 class Runner:
@@ -325,18 +313,13 @@ class Runner:
         return ""
 
     def run(self):
-        try:
-            wanted = requested(self.params)
-            client = dyups_client_from_params(self.params)
-        except ValidationError as exc:
-            self.fail(f"{exc}. Nothing was sent or written.")
         resolve = make_resolver()
         file_text, file_upstreams = None, None
         try:
             if self.path:
-                file_text, file_upstreams = read_file(self.path)
-            desired = {name: None if spec is None else desired_upstream(name, spec[0], spec[1], file_upstreams)
-                       for name, spec in wanted.items()}
+                file_text, file_upstreams = _upstream_file.read_text(self.path)
+            desired = requested(self.params, file_upstreams)
+            client = dyups_client_from_params(self.params)
             if self.params["resolve_check"]:
                 check_resolvable(desired, resolve)
         except ValidationError as exc:
@@ -354,21 +337,18 @@ class Runner:
 
         the_plan = plan(desired, detail, file_upstreams, exclusive=self.params["exclusive"],
                         force=self.params["force"], resolve=resolve)
-        new_text = None
-        if the_plan.file_after is not None and (file_text is not None or the_plan.file_after):
-            new_text = _upstream_file.render(the_plan.file_after.values())
-        file_changed = new_text is not None and new_text != file_text
+        new_text = _upstream_file.render(the_plan.file_after.values()) if the_plan.file_changed else file_text
         self.result.update(
-            changed=file_changed or bool(the_plan.posts or the_plan.deletes),
+            changed=the_plan.changed,
             upstreams={change.name: change.to_result() for change in the_plan.changes},
-            file_changed=file_changed,
+            file_changed=the_plan.file_changed,
         )
         if self.module._diff:
-            self.result["diff"] = self.diff(the_plan, client.api_url, file_text, new_text if file_changed else file_text)
+            self.result["diff"] = self.diff(the_plan, client.api_url, file_text, new_text)
         if self.module.check_mode:
             self.module.exit_json(**self.result)
 
-        if file_changed:
+        if the_plan.file_changed:
             self.write_file(new_text)
         if detail_error is not None:
             self.fail(f"{detail_error}. Nothing was sent to the interface.{self.file_note()}")

@@ -15,7 +15,7 @@ import types
 PACKAGE = "ansible_collections.swallowkeeper.dyups"
 
 
-def _bootstrap():
+def _bootstrap() -> None:
     """Register the collection's root as ``ansible_collections.swallowkeeper.dyups`` if not importable."""
     try:
         importlib.import_module(PACKAGE + ".plugins.module_utils._names")

@@ -6,21 +6,22 @@
 from __future__ import annotations
 
 import random
+from typing import Callable
 
 
 class Backoff:
     """Delays that double from ``initial`` up to ``maximum``, each drawn from [step/2, step]."""
 
-    def __init__(self, initial, maximum, rand=random.random):
+    def __init__(self, initial: float, maximum: float, rand: Callable[[], float] = random.random) -> None:
         self.initial = initial
         self.maximum = maximum
         self.rand = rand
         self.step = initial
 
-    def next(self):
+    def next(self) -> float:
         delay = self.step * (0.5 + self.rand() / 2)
         self.step = min(self.step * 2, self.maximum)
         return delay
 
-    def reset(self):
+    def reset(self) -> None:
         self.step = self.initial

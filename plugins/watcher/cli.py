@@ -19,7 +19,7 @@ from ansible_collections.swallowkeeper.dyups.plugins.watcher import settings as 
 from ansible_collections.swallowkeeper.dyups.plugins.watcher.memory import tune_allocator
 
 
-def parser():
+def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="swallowkeeper-watcher",
         description="Keep nginx upstreams (Tengine dyups, or the stock-nginx Lua flavor) in step with Consul, "
@@ -43,7 +43,7 @@ def parser():
     return p
 
 
-def _bool(text):
+def _bool(text: str) -> bool:
     if text.lower() in ("1", "true", "yes", "on"):
         return True
     if text.lower() in ("0", "false", "no", "off"):
@@ -51,7 +51,7 @@ def _bool(text):
     raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
 
 
-def setup_logging(level):
+def setup_logging(level: str) -> None:
     handler = logging.StreamHandler(sys.stdout)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
     root = logging.getLogger("swallowkeeper")
@@ -60,7 +60,7 @@ def setup_logging(level):
     root.propagate = False
 
 
-def main(argv=None):
+def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     flag_values = {name: getattr(args, name) for name in settings_mod.option_names()
                    if getattr(args, name, None) is not None}

@@ -24,6 +24,7 @@ import queue
 import signal
 import threading
 import time
+from typing import Any, Callable, Mapping
 
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._dyups_client import DyupsClient
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._errors import DyupsError
@@ -39,19 +40,20 @@ log = logging.getLogger("swallowkeeper.watcher")
 
 
 class Daemon:
-    def __init__(self, settings, dry_run=False, flag_values=None, clock=time.monotonic):
+    def __init__(self, settings: settings_mod.Settings, dry_run: bool = False,
+                 flag_values: Mapping[str, Any] | None = None, clock: Callable[[], float] = time.monotonic) -> None:
         self.settings = settings
         self.flag_values = flag_values or {}
         self.dry_run = dry_run
         self.clock = clock
         self.metrics = Metrics()
-        self.events = queue.Queue()
+        self.events: queue.Queue[tuple[str, Any]] = queue.Queue()
         self.stopping = threading.Event()
         self.reload_requested = False
-        self._skipped_seen = set()
+        self._skipped_seen: set[tuple[str, str]] = set()
         self._build()
 
-    def _build(self):
+    def _build(self) -> None:
         settings = self.settings
         self.dyups_transport = KeepAliveTransport()
         self.client = DyupsClient(settings.dyups_url, self.dyups_transport, timeout=settings.dyups_timeout)
@@ -62,7 +64,7 @@ class Daemon:
         self.consul_retry = Backoff(settings.retry_initial, settings.retry_max)
 
     # -- one-shot ----------------------------------------------------------------------------------
-    def once(self):
+    def once(self) -> int:
         """One full sync; returns the exit status (0 ok, 1 failed, 3 a change is held)."""
         try:
             self.source.refresh_all()
@@ -88,27 +90,27 @@ class Daemon:
         return status
 
     # -- daemon ------------------------------------------------------------------------------------
-    def request_stop(self, *_args):
+    def request_stop(self, *_args: Any) -> None:
         self.stopping.set()
         self.events.put(("wake", None))
 
-    def request_reload(self, *_args):
+    def request_reload(self, *_args: Any) -> None:
         self.reload_requested = True
         self.events.put(("wake", None))
 
-    def request_release(self, *_args):
+    def request_release(self, *_args: Any) -> str:
         message = self.syncer.release()
         log.warning("operator: %s", message)
         self.events.put(("wake", None))
         return message
 
-    def install_signals(self):
+    def install_signals(self) -> None:
         signal.signal(signal.SIGTERM, self.request_stop)
         signal.signal(signal.SIGINT, self.request_stop)
         signal.signal(signal.SIGHUP, self.request_reload)
         signal.signal(signal.SIGUSR1, self.request_release)
 
-    def run(self):
+    def run(self) -> int:
         status_server = None
         if self.settings.status_listen:
             status_server = StatusServer(self.settings.status_listen, self.metrics, self.request_release).start()
@@ -125,7 +127,7 @@ class Daemon:
             log.info("stopped")
         return 0
 
-    def _loop(self):
+    def _loop(self) -> None:
         now = self.clock()
         next_refresh = now
         next_drift = now
@@ -186,7 +188,7 @@ class Daemon:
                     log.error("Consul read failed after an event (%s), keeping the current state: %s", kind, exc)
                     next_refresh = self.clock() + self.consul_retry.next()
 
-    def _collect(self, timeout):
+    def _collect(self, timeout: float) -> list[tuple[str, Any]]:
         """Events that arrived within ``timeout``, coalesced by the quiescence window."""
         try:
             first = self.events.get(timeout=timeout)
@@ -207,7 +209,7 @@ class Daemon:
         self.metrics.count("consul_events", sum(1 for event in batch if event[0] in ("health", "catalog")))
         return [event for event in batch if event[0] != "wake"]
 
-    def _refresh(self):
+    def _refresh(self) -> bool:
         try:
             self.source.refresh_all()
             return True
@@ -217,7 +219,7 @@ class Daemon:
             self.source.note_failure(kind, exc)
             return False
 
-    def _sync(self):
+    def _sync(self) -> None:
         started = self.clock()
         result = self.source.mapping()
         mapped = self.clock()
@@ -226,7 +228,7 @@ class Daemon:
         log.debug("sync: mapping %.1f ms, apply %.1f ms, %d posted, %d deleted", (mapped - started) * 1000,
                   (self.clock() - mapped) * 1000, len(report.posted), len(report.deleted))
 
-    def _log_skipped(self, skipped):
+    def _log_skipped(self, skipped: list[dict[str, Any]]) -> None:
         self.metrics.set_status(skipped=skipped[:100])
         self.metrics.set(skipped_instances=len(skipped))
         new = {(item["what"], item["why"]) for item in skipped}
@@ -234,7 +236,7 @@ class Daemon:
             log.warning("skipped %s: %s", what, why)
         self._skipped_seen = new
 
-    def _reload(self):
+    def _reload(self) -> None:
         if not self.settings.config_file:
             log.info("SIGHUP: no config file to read again; resyncing")
             return
@@ -248,6 +250,6 @@ class Daemon:
         self.source.stop()
         self.dyups_transport.close()
         self.settings = new
-        self.source = self.syncer = None
+        self.source = self.syncer = None  # type: ignore[assignment]  # both rebuilt by _build() below
         memory.settle(freeze=False)  # the old cache (frozen by its last full read) is freed before the new read
         self._build()

@@ -31,7 +31,7 @@ MMAP_THRESHOLD_BYTES = 256 * 1024
 ARENAS = 2
 
 
-def _libc():
+def _libc() -> ctypes.CDLL | None:
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
         return libc if hasattr(libc, "malloc_trim") and hasattr(libc, "mallopt") else None
@@ -42,20 +42,20 @@ def _libc():
 _LIBC = _libc()
 
 
-def tune_allocator():
+def tune_allocator() -> bool:
     """True when glibc took the settings (see the module docstring)."""
     if _LIBC is None:
         return False
     return bool(_LIBC.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES)) and bool(_LIBC.mallopt(M_ARENA_MAX, ARENAS))
 
 
-def release_free_memory():
+def release_free_memory() -> None:
     """Give the C heap's free pages back to the system (malloc_trim)."""
     if _LIBC is not None:
         _LIBC.malloc_trim(0)
 
 
-def settle(freeze=True):
+def settle(freeze: bool = True) -> None:
     """Unfreeze (what became cyclic garbage since the last freeze, such as a ConsulSource left by
     SIGHUP with its threads and bound methods, is collected, not kept frozen for ever), collect,
     freeze the survivors when ``freeze`` (the cache holds no reference cycles; reference counting

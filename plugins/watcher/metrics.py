@@ -15,6 +15,7 @@ import json
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Callable
 
 PREFIX = "swallowkeeper_watcher"
 ERROR_KINDS = (
@@ -26,44 +27,45 @@ ERROR_KINDS = (
 class Metrics:
     """Thread-safe counters and gauges; the sync loop writes, the HTTP thread reads."""
 
-    def __init__(self, clock=time.time):
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
         self._lock = threading.Lock()
         self._clock = clock
         self.started = clock()
-        self.counters = {"changes_applied": 0, "syncs": 0, "repairs": 0, "consul_events": 0}
+        self.counters: dict[str, int] = {"changes_applied": 0, "syncs": 0, "repairs": 0, "consul_events": 0}
         self.errors = {kind: 0 for kind in ERROR_KINDS}
-        self.gauges = {"last_sync_timestamp_seconds": 0.0, "last_sync_success": 0, "last_sync_duration_seconds": 0.0,
-                       "upstreams": 0, "servers": 0, "held_changes": 0, "held_removals": 0, "pending_upstreams": 0,
-                       "consul_up": 0, "dyups_up": 0, "skipped_instances": 0}
-        self.consul_index = {}
-        self.status = {}
+        self.gauges: dict[str, float] = {
+            "last_sync_timestamp_seconds": 0.0, "last_sync_success": 0, "last_sync_duration_seconds": 0.0,
+            "upstreams": 0, "servers": 0, "held_changes": 0, "held_removals": 0, "pending_upstreams": 0,
+            "consul_up": 0, "dyups_up": 0, "skipped_instances": 0}
+        self.consul_index: dict[str, int] = {}
+        self.status: dict[str, Any] = {}
         self.loop_heartbeat = clock()
 
-    def count(self, name, amount=1):
+    def count(self, name: str, amount: int = 1) -> None:
         with self._lock:
             self.counters[name] = self.counters.get(name, 0) + amount
 
-    def error(self, kind):
+    def error(self, kind: str) -> None:
         with self._lock:
             self.errors[kind] = self.errors.get(kind, 0) + 1
 
-    def set(self, **gauges):
+    def set(self, **gauges: float) -> None:
         with self._lock:
             self.gauges.update(gauges)
 
-    def set_index(self, query, index):
+    def set_index(self, query: str, index: int | None) -> None:
         with self._lock:
             self.consul_index[query] = index or 0
 
-    def set_status(self, **facts):
+    def set_status(self, **facts: Any) -> None:
         with self._lock:
             self.status.update(facts)
 
-    def heartbeat(self):
+    def heartbeat(self) -> None:
         with self._lock:
             self.loop_heartbeat = self._clock()
 
-    def snapshot(self):
+    def snapshot(self) -> dict[str, Any]:
         with self._lock:
             return {
                 "uptime_seconds": round(self._clock() - self.started, 3),
@@ -75,11 +77,11 @@ class Metrics:
                 "loop_heartbeat_age_seconds": round(self._clock() - self.loop_heartbeat, 3),
             }
 
-    def prometheus(self):
+    def prometheus(self) -> str:
         snap = self.snapshot()
         lines = []
 
-        def metric(name, kind, help_text, samples):
+        def metric(name: str, kind: str, help_text: str, samples: list[tuple[dict[str, str], Any]]) -> None:
             lines.append(f"# HELP {PREFIX}_{name} {help_text}")
             lines.append(f"# TYPE {PREFIX}_{name} {kind}")
             for labels, value in samples:
@@ -119,7 +121,7 @@ class Metrics:
 class StatusServer:
     """The loopback HTTP endpoint; ``release`` is called for POST /release."""
 
-    def __init__(self, listen, metrics, release, stale_after=120.0):
+    def __init__(self, listen: str, metrics: Metrics, release: Callable[[], str], stale_after: float = 120.0) -> None:
         host, _sep, port = listen.rpartition(":")
         self.metrics = metrics
         self.release = release
@@ -130,27 +132,27 @@ class StatusServer:
         self.thread = threading.Thread(target=self.server.serve_forever, name="status-http", daemon=True)
 
     @property
-    def address(self):
+    def address(self) -> Any:
         return self.server.server_address
 
-    def start(self):
+    def start(self) -> StatusServer:
         self.thread.start()
         return self
 
-    def stop(self):
+    def stop(self) -> None:
         self.server.shutdown()
         self.server.server_close()
 
-    def _handler(self):
+    def _handler(self) -> type[BaseHTTPRequestHandler]:
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
             server_version = "swallowkeeper-watcher"
 
-            def log_message(self, *args):  # the access log would drown the change log
+            def log_message(self, *args: Any) -> None:  # the access log would drown the change log
                 return
 
-            def _send(self, status, body, content_type="text/plain; charset=utf-8"):
+            def _send(self, status: int, body: str, content_type: str = "text/plain; charset=utf-8") -> None:
                 data = body.encode("utf-8")
                 self.send_response(status)
                 self.send_header("Content-Type", content_type)
@@ -158,7 +160,7 @@ class StatusServer:
                 self.end_headers()
                 self.wfile.write(data)
 
-            def do_GET(self):
+            def do_GET(self) -> None:
                 if self.path == "/metrics":
                     self._send(200, outer.metrics.prometheus(), "text/plain; version=0.0.4; charset=utf-8")
                 elif self.path == "/status":
@@ -173,7 +175,7 @@ class StatusServer:
                 else:
                     self._send(404, "not found; try /metrics, /status, /healthz\n")
 
-            def do_POST(self):
+            def do_POST(self) -> None:
                 if self.path == "/release":
                     self._send(200, outer.release() + "\n")
                 else:

@@ -19,9 +19,13 @@ hold ends when the change no longer removes that much, when it has persisted
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from typing import Iterable, Mapping
+
+from ansible_collections.swallowkeeper.dyups.plugins.module_utils._upstream import Upstream
 
 
-def apply_zero_instance_policy(desired, empty, applied, policy):
+def apply_zero_instance_policy(desired: Mapping[str, Upstream], empty: Iterable[str],
+                               applied: Mapping[str, Upstream], policy: str) -> dict[str, Upstream]:
     """``desired`` plus, for names in ``empty`` (instances exist, none passing), what the policy keeps."""
     result = dict(desired)
     if policy == "delete":
@@ -41,17 +45,17 @@ def apply_zero_instance_policy(desired, empty, applied, policy):
 class Removal:
     """What a change would take away: {upstream: [address, ...]} and the totals."""
 
-    by_upstream: dict
+    by_upstream: dict[str, list[str]]
     removed: int
     total: int
 
     @property
-    def share(self):
+    def share(self) -> float:
         return self.removed / self.total if self.total else 0.0
 
 
-def removals(applied, desired):
-    by_upstream = {}
+def removals(applied: Mapping[str, Upstream], desired: Mapping[str, Upstream | None]) -> Removal:
+    by_upstream: dict[str, list[str]] = {}
     total = 0
     for name, upstream in applied.items():
         total += len(upstream.servers)
@@ -65,11 +69,12 @@ def removals(applied, desired):
     return Removal(by_upstream=by_upstream, removed=sum(len(v) for v in by_upstream.values()), total=total)
 
 
-def exceeds_guard(removal, share, minimum):
+def exceeds_guard(removal: Removal, share: float, minimum: int) -> bool:
     return removal.removed >= max(minimum, 1) and removal.share > share
 
 
-def hold_removals(applied, desired, removal):
+def hold_removals(applied: Mapping[str, Upstream], desired: Mapping[str, Upstream],
+                  removal: Removal) -> dict[str, Upstream]:
     """``desired`` with every server ``removal`` would take away put back (and whole upstreams kept)."""
     result = dict(desired)
     for name, gone in removal.by_upstream.items():

@@ -21,7 +21,8 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
+from typing import Any, Mapping
 
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._consul_client import consul_environment
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._directives import parse_directives
@@ -91,22 +92,18 @@ _BY_NAME = {option.name: option for option in OPTIONS}
 
 @dataclass(frozen=True)
 class Settings:
-    values: dict = field(default_factory=dict)
-    config_file: str = None
+    values: dict[str, Any] = field(default_factory=dict)
+    config_file: str | None = None
 
-    def __getattr__(self, name):
+    def __getattr__(self, name: str) -> Any:
         option = _BY_NAME.get(name)
         if option is None:
             raise AttributeError(name)
         value = self.values.get(name, option.default)
         return list(value) if isinstance(value, list) else value
 
-    def public(self):
-        """Settings as a dict for the status page (no secrets live in settings)."""
-        return {option.name: getattr(self, option.name) for option in OPTIONS}
 
-
-def _coerce(option, value):
+def _coerce(option: Option, value: Any) -> Any:
     if value is None:
         return None
     kind = option.kind
@@ -132,7 +129,7 @@ def _coerce(option, value):
         raise SettingsError(f"{option.name}: expected {kind.__name__}, got {value!r}") from None
 
 
-def load_file(path):
+def load_file(path: str) -> dict[str, Any]:
     """The settings mapping stored in a YAML or JSON file."""
     try:
         with open(path, encoding="utf-8") as handle:
@@ -167,7 +164,7 @@ ENVIRONMENT_OPTIONS = {"url": "consul_url", "token_file": "consul_token_file", "
                        "validate_certs": "consul_validate_certs"}
 
 
-def environment_values(environ=None):
+def environment_values(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
     """The Consul options the consul CLI's environment variables give (see the module docstring)."""
     try:
         found = consul_environment(os.environ if environ is None else environ)
@@ -178,7 +175,8 @@ def environment_values(environ=None):
     return {ENVIRONMENT_OPTIONS[key]: value for key, value in found.items()}
 
 
-def build(file_values=None, flag_values=None, config_file=None, environ=None):
+def build(file_values: Mapping[str, Any] | None = None, flag_values: Mapping[str, Any] | None = None,
+          config_file: str | None = None, environ: Mapping[str, str] | None = None) -> Settings:
     """Settings from defaults < environment < file < flags, checked; raises SettingsError naming the bad option.
 
     ``environ`` (default: the process's environment) supplies the Consul connection options the consul
@@ -194,7 +192,7 @@ def build(file_values=None, flag_values=None, config_file=None, environ=None):
     return settings
 
 
-def check(settings):
+def check(settings: Settings) -> None:
     if settings.zero_instances not in ZERO_INSTANCE_POLICIES:
         raise SettingsError(f"zero_instances: expected one of {', '.join(ZERO_INSTANCE_POLICIES)}, "
                             f"got {settings.zero_instances!r}")
@@ -227,11 +225,5 @@ def check(settings):
             raise SettingsError(f"status_listen: expected a loopback address:port, got {settings.status_listen!r}")
 
 
-def with_values(settings, **values):
-    merged = dict(settings.values)
-    merged.update(values)
-    return replace(settings, values=merged)
-
-
-def option_names():
+def option_names() -> list[str]:
     return [option.name for option in OPTIONS]

@@ -22,7 +22,9 @@ import http.client
 import socket
 import ssl
 import threading
-from urllib.parse import urlsplit
+from http.client import HTTPConnection
+from typing import Mapping
+from urllib.parse import SplitResult, urlsplit
 
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._errors import TransportError
 
@@ -40,18 +42,19 @@ class KeepAliveTransport:
     leaving theirs open behind them.
     """
 
-    def __init__(self, headers=None, verify=True, cert=None, max_idle=8):
+    def __init__(self, headers: Mapping[str, str] | None = None, verify: bool | str = True,
+                 cert: tuple[str, str] | None = None, max_idle: int = 8) -> None:
         self._headers = dict(headers or {})
         self._verify = verify
         self._cert = cert
         self._max_idle = max_idle
-        self._context = None
+        self._context: ssl.SSLContext | None = None
         self._closed = False
-        self._idle = {}      # (scheme, netloc) -> [connection, ...]
-        self._busy = set()   # connections with a request in flight
+        self._idle: dict[tuple[str, str], list[HTTPConnection]] = {}  # (scheme, netloc) -> [connection, ...]
+        self._busy: set[HTTPConnection] = set()  # connections with a request in flight
         self._lock = threading.Lock()
 
-    def _ssl_context(self):
+    def _ssl_context(self) -> ssl.SSLContext:
         if self._context is None:
             context = ssl.create_default_context(cafile=self._verify if isinstance(self._verify, str) else None)
             if self._verify is False:
@@ -62,7 +65,7 @@ class KeepAliveTransport:
             self._context = context
         return self._context
 
-    def _take(self, parts, timeout, fresh):
+    def _take(self, parts: SplitResult, timeout: float, fresh: bool) -> tuple[tuple[str, str], HTTPConnection]:
         """An idle connection to the URL's host (none when ``fresh``), or a new one; marked busy."""
         key = (parts.scheme, parts.netloc)
         connection = None
@@ -71,6 +74,8 @@ class KeepAliveTransport:
             if idle and not fresh:
                 connection = idle.pop()
         if connection is None:
+            if not parts.hostname:
+                raise TransportError(f"no host in the URL {parts.geturl()!r}")
             if parts.scheme == "https":
                 connection = http.client.HTTPSConnection(parts.hostname, parts.port or 443, timeout=timeout,
                                                          context=self._ssl_context())
@@ -85,7 +90,7 @@ class KeepAliveTransport:
             self._busy.add(connection)
         return key, connection
 
-    def _give_back(self, key, connection, keep):
+    def _give_back(self, key: tuple[str, str], connection: HTTPConnection, keep: bool) -> None:
         with self._lock:
             self._busy.discard(connection)
             idle = self._idle.setdefault(key, [])
@@ -94,7 +99,8 @@ class KeepAliveTransport:
                 return
         connection.close()
 
-    def __call__(self, method, url, body, timeout, extra_headers=None):
+    def __call__(self, method: str, url: str, body: bytes | None, timeout: float,
+                 extra_headers: Mapping[str, str] | None = None) -> tuple[int, bytes, dict[str, str]]:
         if self._closed:
             raise TransportError("the transport was closed (the watcher is stopping or reloading)")
         parts = urlsplit(url)
@@ -119,12 +125,12 @@ class KeepAliveTransport:
             return response.status, data, {name.lower(): value for name, value in response.getheaders()}
         raise TransportError("no answer")  # not reached: the second attempt returns or raises
 
-    def connections(self):
+    def connections(self) -> tuple[int, int]:
         """(idle, busy) connection counts, for tests and the curious."""
         with self._lock:
             return sum(len(idle) for idle in self._idle.values()), len(self._busy)
 
-    def close(self):
+    def close(self) -> None:
         """Close every connection; a request in flight (a long poll) ends at once with a
         TransportError, and so does any later request."""
         self._closed = True
@@ -141,7 +147,7 @@ class KeepAliveTransport:
             connection.close()
 
 
-def _reason(exc):
+def _reason(exc: BaseException) -> str:
     text = str(exc) or type(exc).__name__
     text = text if len(text) < 300 else text[:300] + "..."
     return f"{type(exc).__name__}: {text}"

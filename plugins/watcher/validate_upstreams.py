@@ -21,9 +21,10 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from typing import List, Optional  # no `from __future__ import annotations` here: typing's own spelling
 
 
-def main(argv=None):
+def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(description="nginx -t on an upstream file alone")
     parser.add_argument("file")
     parser.add_argument("--nginx", default=shutil.which("nginx") or "/usr/sbin/nginx",

@@ -34,7 +34,7 @@ ensure_importable()
 
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._consul_client import (  # noqa: E402
     BlockingQuery, ConsulClient)
-from ansible_collections.swallowkeeper.dyups.plugins.module_utils._http_stdlib import stdlib_transport  # noqa: E402
+from tests.support.http_stdlib import stdlib_transport  # noqa: E402
 from tests.support.consul import ConsulAgent  # noqa: E402
 
 SETTLE = 0.2

@@ -63,7 +63,7 @@ class Target:
 
     def client(self):
         from ansible_collections.swallowkeeper.dyups.plugins.module_utils._dyups_client import DyupsClient
-        from ansible_collections.swallowkeeper.dyups.plugins.module_utils._http_stdlib import stdlib_transport
+        from tests.support.http_stdlib import stdlib_transport
         return DyupsClient(self.url, stdlib_transport, timeout=10)
 
 

@@ -15,7 +15,7 @@ from urllib.parse import quote
 import pytest
 
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._errors import DyupsRejected
-from ansible_collections.swallowkeeper.dyups.plugins.module_utils._servers import parse_detail_line
+from ansible_collections.swallowkeeper.dyups.plugins.module_utils._dyups_wire import parse_detail_line
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._upstream import build_upstream
 from tests.conformance.conftest import PREFIX, assert_refused
 from tests.support.tengine import FLAVORS, flavor_class

@@ -15,7 +15,7 @@ from ansible_collections.swallowkeeper.dyups.plugins.module_utils._consul_client
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._consul_mapping import UNREAD_FIELDS, slim_object
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._errors import (
     ConsulBadAnswer, ConsulForbidden, ConsulServerError, ConsulUnavailable)
-from ansible_collections.swallowkeeper.dyups.plugins.module_utils._http_stdlib import stdlib_transport
+from tests.support.http_stdlib import stdlib_transport
 from tests.support.consul import ConsulAgent, consul_acl_agent, consul_agent  # noqa: F401 (fixtures)  # pylint: disable=unused-import  # pytest fixtures
 from tests.support.ports import free_port
 

@@ -10,10 +10,11 @@ import time
 import pytest
 
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._dyups_client import DyupsClient
+from ansible_collections.swallowkeeper.dyups.plugins.module_utils._dyups_wire import detail_line
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._errors import DyupsBusy
-from ansible_collections.swallowkeeper.dyups.plugins.module_utils._http_stdlib import stdlib_transport
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._upstream import build_upstream
-from ansible_collections.swallowkeeper.dyups.plugins.module_utils._upstream_file import render_block, write_upstreams
+from ansible_collections.swallowkeeper.dyups.plugins.module_utils._upstream_file import render, render_block
+from tests.support.http_stdlib import stdlib_transport
 from tests.support.nginx_lua import NginxLua, nginx_lua_factory  # noqa: F401  (fixture)  # pylint: disable=unused-import  # pytest fixtures
 
 LOCK_HOLDER = """
@@ -73,10 +74,10 @@ def test_restart_loads_the_upstream_file(nginx_lua_factory, tmp_path):
     upstreams = [build_upstream("WebappReadonly", ["127.0.0.1:18101 weight=2 max_fails=3 fail_timeout=5s",
                                                    "127.0.0.1:18102 backup"], ["keepalive 32"]),
                  build_upstream("WebappReadonly_b", ["127.0.0.1:18103 down", "[::1]:18104"])]
-    write_upstreams(str(path), upstreams)
+    path.write_text(render(upstreams))
     nginx = nginx_lua_factory(workers=2, upstream_file=path)
-    expected = {u.name: u.server_lines() for u in upstreams}
-    got = {name: sorted(server.detail_line() for server in servers) for name, servers in nginx.client().detail().items()}
+    expected = {u.name: [detail_line(s) for s in u.servers] for u in upstreams}
+    got = {name: sorted(detail_line(server) for server in servers) for name, servers in nginx.client().detail().items()}
     assert got == expected
     # a POST not written to the file is lost by a restart, as with Tengine
     nginx.client().update(build_upstream("NotInFile", ["127.0.0.1:18105"]))

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._directives import parse_directive
+from ansible_collections.swallowkeeper.dyups.plugins.module_utils._dyups_wire import detail_line
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._errors import ValidationError
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._names import name_check
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._servers import parse_server
@@ -58,7 +59,7 @@ def python_server(text):
         server = parse_server(text)
     except ValidationError as exc:
         return ("err", exc.rule_id)
-    return ("ok", server.spec(), server.detail_line())
+    return ("ok", server.spec(), detail_line(server))
 
 
 def python_directive(text):

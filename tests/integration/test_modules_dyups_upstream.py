@@ -53,7 +53,7 @@ def failed(done, name=None):
 def detail(server):
     """{name: sorted server specs} as the interface holds it now, through dyups_upstream_info's own client."""
     from ansible_collections.swallowkeeper.dyups.plugins.module_utils._dyups_client import DyupsClient
-    from ansible_collections.swallowkeeper.dyups.plugins.module_utils._http_stdlib import stdlib_transport
+    from tests.support.http_stdlib import stdlib_transport
     from ansible_collections.swallowkeeper.dyups.plugins.module_utils._servers import sort_servers
 
     found = DyupsClient(server.api_url, stdlib_transport).detail()
@@ -84,6 +84,12 @@ def test_single_upstream_life_cycle(dyups_server, ansible, tmp_path):
     assert again["upstreams"]["WebappReadonly_b"]["action"] == "none"
     rechecked = ok(ansible.playbook(play(task("create", **args)), check=True))
     assert rechecked["changed"] is False
+    # the same upstream written by hand in another layout: nothing changes, the file is left as it is
+    written = conf.read_text()
+    conf.write_text("# by hand\nupstream WebappReadonly_b { server 10.117.17.22:8180 weight=2; server 10.117.17.21:8180; }\n")
+    by_hand = conf.read_text()
+    assert ok(ansible.playbook(play(task("create", **args))))["changed"] is False and conf.read_text() == by_hand
+    conf.write_text(written)
 
     # a weight changes: the diff shows the /detail lines and the file, before and after
     args["servers"] = ["10.117.17.21:8180 weight=3", "10.117.17.22:8180 weight=2"]

@@ -10,12 +10,12 @@ from pathlib import Path
 import pytest
 
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._dyups_client import DyupsClient
-from ansible_collections.swallowkeeper.dyups.plugins.module_utils._http_stdlib import stdlib_transport
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._upstream import build_upstream
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._upstream_file import read as read_upstream_file
 from tests.support.ansible_run import AnsibleRunner
 from tests.support.collection import ROOT
 from tests.support.consul import consul_agent  # noqa: F401 (fixture)  # pylint: disable=unused-import  # pytest fixtures
+from tests.support.http_stdlib import stdlib_transport
 from tests.support.nginx_lua import NginxLua
 
 PLAYBOOK = (ROOT / "playbooks" / "sync.yml").read_text()

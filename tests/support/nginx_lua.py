@@ -435,7 +435,7 @@ http {{
     def client(self, timeout=5.0):
         """The collection's DyupsClient on this interface (standard-library transport)."""
         from ansible_collections.swallowkeeper.dyups.plugins.module_utils._dyups_client import DyupsClient
-        from ansible_collections.swallowkeeper.dyups.plugins.module_utils._http_stdlib import stdlib_transport
+        from tests.support.http_stdlib import stdlib_transport
         return DyupsClient(self.api_url, stdlib_transport, timeout=timeout)
 
 

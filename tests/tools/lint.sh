@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # ansible-lint (production profile, configuration in .ansible-lint) over the whole collection: playbooks,
-# roles, meta/runtime.yml, galaxy.yml, changelogs. Passes only with no violation at all.
+# roles, meta/runtime.yml, galaxy.yml, changelogs; mypy over plugins/module_utils and plugins/watcher
+# (configuration in tests/mypy.ini); the shell-pipe check. Passes only with no violation at all.
 #
 #   tests/tools/lint.sh                 everything
 #   tests/tools/lint.sh playbooks/      extra arguments go to ansible-lint
@@ -19,4 +20,9 @@ version=$("$lint" --version)  # captured whole, then cut: a pipe into head can f
 echo "${version%%$'\n'*}"
 # Shell pipelines that can fail by chance under pipefail (file:line of each).
 "$root/.venv/bin/python" tests/tools/check-shell-pipes.py
+# Type hints of the shared code and the watcher, imported the way Ansible imports them.
+MYPYPATH="$ANSIBLE_COLLECTIONS_PATH" "$root/.venv/bin/mypy" --config-file tests/mypy.ini \
+  --cache-dir "$root/.cache/mypy" \
+  -p ansible_collections.swallowkeeper.dyups.plugins.module_utils \
+  -p ansible_collections.swallowkeeper.dyups.plugins.watcher
 exec "$lint" --profile production --strict --nocolor "$@"

@@ -13,9 +13,9 @@ from ansible_collections.swallowkeeper.dyups.plugins.module_utils._dyups_client 
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._errors import (
     DyupsBusy, DyupsProtocolError, DyupsRejected, DyupsUnavailable, TransportError)
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._http_ansible import ansible_transport
-from ansible_collections.swallowkeeper.dyups.plugins.module_utils._http_stdlib import stdlib_transport
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._servers import Server
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._upstream import build_upstream
+from tests.support.http_stdlib import stdlib_transport
 
 URL = "http://127.0.0.1:18882"
 UP = build_upstream("Web", ["10.0.0.1:80 weight=2"], ["keepalive 4"])
@@ -96,7 +96,7 @@ def test_409_gives_up_after_the_retries():
     dyups, transport, sleeps = client(*[(409, "")] * 7)
     with pytest.raises(DyupsBusy) as caught:
         dyups.delete("Web")
-    assert len(transport.calls) == 7 and dyups.requests_sent == 7
+    assert len(transport.calls) == 7
     assert sleeps == [0.05, 0.1, 0.2, 0.4, 0.8, 1.0]  # capped at 1 s, about 2.5 s in all
     assert caught.value.status == 409 and "409" in str(caught.value) and URL in str(caught.value)
 

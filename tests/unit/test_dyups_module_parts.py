@@ -19,17 +19,32 @@ def params(**given):
 
 
 def test_single_form():
-    assert dyups_upstream.requested(params(name="Web", servers=["10.0.0.1:80"])) == {"Web": (["10.0.0.1:80"], None)}
-    assert dyups_upstream.requested(params(name="Web", servers=["10.0.0.1:80"], directives=[])) == \
-        {"Web": (["10.0.0.1:80"], [])}
+    assert dyups_upstream.requested(params(name="Web", servers=["10.0.0.1:80"])) == \
+        {"Web": build_upstream("Web", ["10.0.0.1:80"])}
+    assert dyups_upstream.requested(params(name="Web", servers=["10.0.0.1:80"], directives=["keepalive 2"])) == \
+        {"Web": build_upstream("Web", ["10.0.0.1:80"], ["keepalive 2"])}
     assert dyups_upstream.requested(params(name="Web", state="absent")) == {"Web": None}
 
 
 def test_bulk_form():
     wanted = dyups_upstream.requested(params(upstreams={
         "A": ["10.0.0.1:80"], "B": {"servers": ["10.0.0.2:80"], "directives": ["keepalive 2"]}, "C": {"servers": ["10.0.0.3:80"]}}))
-    assert wanted == {"A": (["10.0.0.1:80"], None), "B": (["10.0.0.2:80"], ["keepalive 2"]), "C": (["10.0.0.3:80"], None)}
+    assert wanted == {"A": build_upstream("A", ["10.0.0.1:80"]), "B": build_upstream("B", ["10.0.0.2:80"], ["keepalive 2"]),
+                      "C": build_upstream("C", ["10.0.0.3:80"])}
     assert dyups_upstream.requested(params(upstreams={"A": None, "B": []}, state="absent")) == {"A": None, "B": None}
+
+
+def test_directives_not_given_are_the_files():
+    in_file = {"A": build_upstream("A", ["10.0.0.9:80"], ["keepalive 8"]), "B": build_upstream("B", ["10.0.0.9:80"], ["least_conn"])}
+    wanted = dyups_upstream.requested(params(upstreams={"A": ["10.0.0.1:80"], "B": {"servers": ["10.0.0.2:80"], "directives": []},
+                                                        "C": ["10.0.0.3:80"]}), in_file)
+    assert wanted == {"A": build_upstream("A", ["10.0.0.1:80"], ["keepalive 8"]), "B": build_upstream("B", ["10.0.0.2:80"]),
+                      "C": build_upstream("C", ["10.0.0.3:80"])}
+    # the file's ip_hash and a new backup server do not go together: refused like any other bad input
+    with pytest.raises(ValidationError) as caught:
+        dyups_upstream.requested(params(name="H", servers=["10.0.0.1:80", "10.0.0.2:80 backup"]),
+                                 {"H": build_upstream("H", ["10.0.0.1:80"], ["ip_hash"])})
+    assert "ip_hash balancing does not support backup servers" in str(caught.value)
 
 
 @pytest.mark.parametrize("given, problem", [
@@ -142,4 +157,4 @@ def test_info_select():
     assert list(upstreams) == names == ["b"] and missing == ["zz"]
     # what info returns is what dyups_upstream takes back
     wanted = dyups_upstream.requested(params(upstreams=upstreams))
-    assert build_upstream("b", *wanted["b"]).servers == tuple(sorted(detail["b"], key=Server.sort_key))
+    assert wanted["b"].servers == tuple(sorted(detail["b"], key=Server.sort_key))

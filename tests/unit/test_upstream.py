@@ -1,4 +1,4 @@
-"""An upstream: the validation gate, its POST body and the bulk form."""
+"""An upstream: the validation gate, its statements and the bulk form."""
 
 import pytest
 
@@ -6,13 +6,12 @@ from ansible_collections.swallowkeeper.dyups.plugins.module_utils._errors import
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._upstream import build_upstream, upstream_from_spec
 
 
-def test_body_holds_servers_and_directives_balancing_first():
+def test_statements_balancing_first_and_to_dict():
     upstream = build_upstream("Web", ["10.0.0.2:80 weight=2", "10.0.0.1:80", "10.0.0.3:80 backup"],
                               ["keepalive 16", "least_conn"])
-    assert upstream.body() == (
-        "least_conn;\nserver 10.0.0.1:80;\nserver 10.0.0.2:80 weight=2;\nserver 10.0.0.3:80 backup;\nkeepalive 16;\n")
-    assert upstream.server_lines()[0] == \
-        "server 10.0.0.1:80 weight=1 max_conns=0 max_fails=1 fail_timeout=10 backup=0 down=0"
+    assert upstream.statements() == [
+        "least_conn;", "server 10.0.0.1:80;", "server 10.0.0.2:80 weight=2;", "server 10.0.0.3:80 backup;",
+        "keepalive 16;"]
     assert upstream.to_dict() == {"name": "Web", "servers": ["10.0.0.1:80", "10.0.0.2:80 weight=2", "10.0.0.3:80 backup"],
                                   "directives": ["least_conn", "keepalive 16"]}
 

@@ -67,6 +67,14 @@ def test_parse_errors_name_the_line(text, problem):
 
 def test_read_absent_file(tmp_path):
     assert _upstream_file.read(str(tmp_path / "nope.conf")) == {}
+    assert _upstream_file.read_text(str(tmp_path / "nope.conf")) == (None, {})
+
+
+def test_read_text_gives_the_text_and_what_it_holds(tmp_path):
+    path = tmp_path / "upstreams.conf"
+    path.write_text("upstream a { server 10.0.0.1:80; keepalive 2; }\n")
+    text, upstreams = _upstream_file.read_text(str(path))
+    assert text == path.read_text() and upstreams == {"a": build_upstream("a", ["10.0.0.1:80"], ["keepalive 2"])}
 
 
 def leftovers(directory):
@@ -188,14 +196,3 @@ def test_crash_between_write_and_rename_leaves_the_old_file_whole(tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["marker", "new.txt", "up.conf"]
     _upstream_file.replace_file(str(path), NEW)           # the next writer succeeds
     assert path.read_text() == NEW
-
-
-def test_write_upstreams_writes_only_a_change(tmp_path):
-    path = str(tmp_path / "up.conf")
-    assert _upstream_file.write_upstreams(path, [A]) == (True, None)
-    mtime = os.stat(path).st_mtime_ns
-    assert _upstream_file.write_upstreams(path, [A]) == (False, None)
-    assert os.stat(path).st_mtime_ns == mtime
-    changed, backup = _upstream_file.write_upstreams(path, [A, B], backup=True)
-    assert changed and open(backup).read() == OLD
-    assert _upstream_file.read(path) == {"WebappReadonly": A, "WebappReadonly_b": B}

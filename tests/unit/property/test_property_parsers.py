@@ -17,10 +17,9 @@ from hypothesis import strategies as st
 
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils import _upstream_file
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._dyups_wire import (
-    parse_detail, parse_list, parse_upstream)
+    detail_line, parse_detail, parse_detail_line, parse_list, parse_upstream)
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._errors import ValidationError
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._names import is_valid_name
-from ansible_collections.swallowkeeper.dyups.plugins.module_utils._servers import parse_detail_line
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._upstream import build_upstream
 from tests.unit.property.strategies import (
     count, detail_texts, file_texts, has_forbidden, servers, upstream_sets, valid_names)
@@ -37,7 +36,7 @@ def detail_answers(draw):
     order = draw(st.permutations(names))
     blocks = []
     for name in order:
-        lines = [name] + [server.detail_line() for server in draw(st.permutations(state[name]))]
+        lines = [name] + [detail_line(server) for server in draw(st.permutations(state[name]))]
         blocks.append("\n".join(lines) + "\n")
     return state, "\n".join(blocks) + ("\n" if blocks else "")
 
@@ -63,7 +62,7 @@ def test_any_detail_text_parses_or_raises_validation_error(text):
     for name, found in parsed.items():
         assert name == name.strip() and name and not name.startswith("server ")
         for server in found:
-            assert parse_detail_line(server.detail_line()) == server
+            assert parse_detail_line(detail_line(server)) == server
 
 
 @given(st.lists(servers, max_size=5))

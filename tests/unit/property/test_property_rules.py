@@ -16,12 +16,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._directives import parse_directive
-from ansible_collections.swallowkeeper.dyups.plugins.module_utils._dyups_wire import upstream_path
+from ansible_collections.swallowkeeper.dyups.plugins.module_utils._dyups_wire import detail_line, parse_detail_line, post_body, upstream_path
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._errors import ValidationError
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._names import (
     MAX_NAME_LENGTH, is_valid_name, validate_name)
-from ansible_collections.swallowkeeper.dyups.plugins.module_utils._servers import (
-    parse_detail_line, parse_server)
+from ansible_collections.swallowkeeper.dyups.plugins.module_utils._servers import parse_server
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._upstream import build_upstream
 from tests.unit.property.strategies import (
     count, directives, has_forbidden, json_values, name_candidates, server_texts, servers, upstreams,
@@ -62,7 +61,7 @@ def test_a_valid_server_reads_back_from_each_written_form(server):
     assert parse_server(server.spec()) == server
     assert parse_server(server.to_dict()) == server
     assert parse_server(f"  {server.spec()}\t") == server
-    assert parse_detail_line(server.detail_line()) == server
+    assert parse_detail_line(detail_line(server)) == server
     assert server.directive() == f"server {server.spec()};"
     assert not has_forbidden(server.spec())
 
@@ -119,7 +118,7 @@ def test_any_directive_text_is_refused_or_safe(text):
 @given(upstreams())
 def test_an_upstream_body_holds_exactly_its_statements(upstream):
     count("upstreams: body")
-    body = upstream.body()
+    body = post_body(upstream)
     assert body.splitlines() == list(upstream.statements())
     assert sum(1 for line in body.splitlines() if line.startswith("server ")) == len(upstream.servers)
     again = build_upstream(upstream.name, [server.spec() for server in upstream.servers],

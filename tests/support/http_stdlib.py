@@ -1,8 +1,6 @@
-# -*- coding: utf-8 -*-
-# Private to swallowkeeper.dyups: an HTTP transport on the standard library's http.client.
-# Copyright: swallowkeeper.dyups contributors
-# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""``stdlib_transport``: the smallest transport, for scripts and tests that want no dependency.
+"""``stdlib_transport``: the smallest transport (the contract of plugins/module_utils/_http_ansible.py), for
+tests and benchmarks that want no dependency. Test support only: modules use ``_http_ansible``, the watcher
+plugins/watcher/transport.py.
 
 One new connection per request, plain HTTP or HTTPS with the default context.
 """
