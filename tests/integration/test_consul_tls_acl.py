@@ -251,10 +251,11 @@ def test_watcher_daemon_converges_and_never_applies_a_filtered_view(secured, ngi
             set_policy(secured, policy["ID"], rules)
             secured.fail_check("w1")          # health poll wakes; reads come back filtered
             secured.register("Api", "a2", port=18202)   # catalog poll wakes too
-            watcher.wait_for(lambda r=right, m=mark: f"lacks {r}" in watcher.log_text()[m:], f"the watcher sees {right} missing",
-                             timeout=15)
+            watcher.wait_for(lambda r=right, m=mark: f"lacks {r}" in watcher.log_text()[m:]
+                             or upstream_state(conf) != converged, f"the watcher sees {right} missing", timeout=15)
             time.sleep(2.5)                   # a resync (every 2 s) and a drift check (every 1 s) pass too
             assert upstream_state(conf) == converged, watcher.log_text()[mark:]
+            assert f"lacks {right}" in watcher.log_text()[mark:]
             detail = nginx.client().detail()
             assert sorted(detail) == sorted(converged)
             secured.deregister("a2")
