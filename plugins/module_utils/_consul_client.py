@@ -21,7 +21,7 @@ What the answers become:
 * any other status, a body that is not JSON, or JSON of the wrong shape -> ``ConsulBadAnswer``;
 * an answer that ACLs visibly filtered -> ``ConsulForbidden`` (see "ACL filtering" below).
 
-ACL filtering. With ACLs on, Consul (1.8.7 as measured, and every later release for these endpoints)
+ACL filtering. With ACLs on, Consul (1.8.7, measured in tests/integration/test_consul_tls_acl.py)
 answers 403 only for a token it does not know; a known token (or none: the anonymous token) that may
 not read something gets a 200 with that part left out. So a reader cannot tell "nothing there" from
 "nothing it may see" by the status. What is detected, from what every datacenter must have (its
