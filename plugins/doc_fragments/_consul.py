@@ -23,7 +23,10 @@ options:
       - When not set, the content of O(token_file) is used, else the E(CONSUL_HTTP_TOKEN) environment variable
         of the managed node (a file named by E(CONSUL_HTTP_TOKEN_FILE) wins over E(CONSUL_HTTP_TOKEN), as in
         the consul CLI).
-      - With ACLs enabled, the token needs C(service:read) and C(node:read) on what is to be read.
+      - With ACLs enabled, the token needs C(service:read) and C(node:read) on every service and node
+        (C(service_prefix "") and C(node_prefix "") with C(policy = "read")). Consul leaves out what a token may
+        not read instead of refusing, so an answer without the C(consul) service or its nodes fails the task
+        rather than being read as "no services" (see docs/consul.md, section "TLS and ACLs").
     type: str
   token_file:
     description:

@@ -14,12 +14,30 @@ What the answers become:
 
 * 200 -> ``ConsulAnswer(data, index, url)``: ``data`` is the parsed JSON, ``index`` the integer from
   ``X-Consul-Index`` (None when the endpoint sends none);
-* no answer -> ``ConsulUnavailable`` naming the URL;
+* no answer -> ``ConsulUnavailable`` naming the URL; when the TLS handshake failed, its subclass
+  ``ConsulTLSError`` saying which side refused and which option to set (``tls_hint``);
 * 403 -> ``ConsulForbidden`` (the token is missing or lacks the rights);
 * 429 -> ``ConsulRateLimited``; 5xx -> ``ConsulServerError``;
 * any other status, a body that is not JSON, or JSON of the wrong shape -> ``ConsulBadAnswer``;
-* an empty ``/v1/catalog/services`` -> ``ConsulForbidden``: with ACLs on, Consul hides what a token
-  may not read rather than refusing it, and every datacenter has at least the ``consul`` service.
+* an answer that ACLs visibly filtered -> ``ConsulForbidden`` (see "ACL filtering" below).
+
+ACL filtering. With ACLs on, Consul (1.8.7, measured in tests/integration/test_consul_tls_acl.py)
+answers 403 only for a token it does not know; a known token (or none: the anonymous token) that may
+not read something gets a 200 with that part left out. So a reader cannot tell "nothing there" from
+"nothing it may see" by the status. What is detected, from what every datacenter must have (its
+servers, each a node with an instance of the ``consul`` service):
+
+* ``/v1/catalog/services`` without the ``consul`` service (empty included): the token lacks
+  ``service:read`` (``service_prefix ""``, or at least on ``consul``);
+* ``/v1/catalog/nodes`` empty: the token lacks ``node:read``;
+* ``/v1/health/service/NAME`` empty: ``/v1/health/service/consul`` is read once more; empty too means
+  the token lacks ``node:read`` (Consul leaves out instances on nodes the token may not read; then
+  ``/v1/catalog/nodes`` is empty too) or ``service:read``; otherwise the empty answer stands (the
+  service went away between two reads).
+
+Not detected: a token that may read ``consul`` and its nodes but not some other service or node
+(``service_prefix "web-"``, ``node_prefix "edge-"``): those are left out as if absent. The policy in
+docs/consul.md ("TLS and ACLs") grants read on every service and node, which is what the readers need.
 
 The token travels in the ``X-Consul-Token`` header only: it is never put into a URL, an error
 message, a log line or a ``repr``.
@@ -40,8 +58,8 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping
 from urllib.parse import quote, urlencode
 
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._errors import (
-    ConsulBadAnswer, ConsulForbidden, ConsulRateLimited, ConsulServerError, ConsulUnavailable, TransportError,
-    ValidationError)
+    ConsulBadAnswer, ConsulForbidden, ConsulRateLimited, ConsulServerError, ConsulTLSError, ConsulUnavailable,
+    TransportError, ValidationError)
 
 if TYPE_CHECKING:
     from ansible_collections.swallowkeeper.dyups.plugins.module_utils._errors import ConsulError
@@ -67,6 +85,39 @@ class ConsulAnswer:
 
 
 NAME_KEYED_ANSWERS = frozenset(("/v1/catalog/services",))
+CONSUL_SERVICE = "consul"   # every datacenter has it: one instance per server
+
+# What a reader sets, per piece of TLS material: the module option, the watcher's setting, the environment.
+TLS_CA_SETTING = "ca_path (watcher: consul_ca_path; environment: CONSUL_CACERT)"
+TLS_CLIENT_SETTING = ("client_cert and client_key (watcher: consul_client_cert and consul_client_key; environment: "
+                      "CONSUL_CLIENT_CERT and CONSUL_CLIENT_KEY)")
+TOKEN_SETTING = "token, token_file or CONSUL_HTTP_TOKEN (watcher: consul_token_file or CONSUL_HTTP_TOKEN)"
+_SERVER_NOT_VERIFIED = ("CERTIFICATE_VERIFY_FAILED", "certificate verify failed")
+_CLIENT_REFUSED = ("ALERT_BAD_CERTIFICATE", "ALERT_CERTIFICATE_REQUIRED", "ALERT_UNKNOWN_CA",
+                   "ALERT_HANDSHAKE_FAILURE", "ALERT_CERTIFICATE_UNKNOWN", "ALERT_ACCESS_DENIED")
+
+
+def tls_hint(reason: object) -> str | None:
+    """What a failed request's ``TransportError.reason`` means for TLS, or None when it is not about TLS.
+
+    Measured against Consul 1.8.7 with ``verify_incoming`` (tests/integration/test_consul_tls_acl.py):
+    no CA or the wrong one -> ``CERTIFICATE_VERIFY_FAILED``; no client certificate or one of another CA
+    -> the agent's ``bad certificate`` alert; an https URL on the plain http port -> ``WRONG_VERSION_NUMBER``.
+    """
+    text = str(reason or "")
+    if any(marker in text for marker in _SERVER_NOT_VERIFIED):
+        if "mismatch" in text:  # "Hostname mismatch" / "IP address mismatch, certificate is not valid for ..."
+            return ("TLS handshake failed: the agent's certificate does not name the host of the Consul URL; "
+                    "use a host name or address the certificate lists")
+        return ("TLS handshake failed: the agent's certificate could not be verified (certificate verification "
+                f"failed); set {TLS_CA_SETTING} to the CA that signed the agent's certificate")
+    if any(marker in text for marker in _CLIENT_REFUSED):
+        return ("TLS handshake failed: the agent refused the client certificate (none was sent, or it is not "
+                f"signed by a CA the agent trusts: the agent verifies incoming certificates); set {TLS_CLIENT_SETTING} "
+                "to a certificate and key signed by the agent's CA")
+    if "WRONG_VERSION_NUMBER" in text:
+        return "TLS handshake failed: this port does not speak TLS; use http:// or the agent's https port"
+    return None
 
 
 def resolve_token(token: str | None = None, token_file: str | None = None,
@@ -226,8 +277,13 @@ class ConsulClient:
         try:
             status, raw, answer_headers = self.transport("GET", url, None, timeout, headers)
         except TransportError as exc:
-            raise ConsulUnavailable(f"the Consul agent at {self.url} did not answer GET {url}: "
-                                    f"{self._redact(exc.reason)}", url=url) from None
+            reason = self._redact(exc.reason)
+            hint = tls_hint(reason)
+            if hint:
+                raise ConsulTLSError(f"the Consul agent at {self.url} did not answer GET {url}: {reason}: {hint}",
+                                     url=url) from None
+            raise ConsulUnavailable(f"the Consul agent at {self.url} did not answer GET {url}: {reason}",
+                                    url=url) from None
         raw = raw or b""
         if status != 200:
             raise self._status_error(url, status, raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw)
@@ -262,14 +318,15 @@ class ConsulClient:
             hint = ("the ACL token is missing" if self._token is None else
                     "the ACL token was refused or lacks the rights for this request")
             return ConsulForbidden(f"Consul refused GET {url} (403 {said!r}): {hint}; it needs read rights on the "
-                                   "services and nodes (set token, token_file or CONSUL_HTTP_TOKEN)",
-                                   url=url, status=status)
+                                   f"services and nodes (set {TOKEN_SETTING})", url=url, status=status)
         if status == 429:
             return ConsulRateLimited(f"Consul limited GET {url} (429 {said!r}): too many requests from this "
                                      "client; retry later", url=url, status=status)
         if 500 <= status <= 599:
             return ConsulServerError(f"Consul failed GET {url} ({status} {said!r})", url=url, status=status)
         hint = " (is this a Consul agent's HTTP API?)" if status == 404 else ""
+        if status == 400 and "HTTPS server" in text:  # Go's answer to plain HTTP on a TLS port
+            hint = " (this is the agent's HTTPS port: use an https:// URL)"
         return ConsulBadAnswer(f"GET {url} answered {status} {said!r}{hint}", url=url, status=status)
 
     # -- endpoints -----------------------------------------------------------------------------------
@@ -277,12 +334,10 @@ class ConsulClient:
              wait: float | None = None, stale: bool | None = None) -> ConsulAnswer:
         """``get`` plus the shape check of the endpoints this project reads (others: ``get`` unchecked).
 
-        ``/v1/catalog/services``: a JSON object of lists of strings, and not empty: every datacenter
-        has the ``consul`` service, and Consul (1.8 as today) *filters* what a token may not read
-        instead of answering 403, so an empty answer means the token is missing or lacks
-        ``service:read``; that is raised as ConsulForbidden rather than read as "no services".
+        ``/v1/catalog/services``: a JSON object of lists of strings, with the ``consul`` service.
         ``/v1/health/service/NAME`` and ``/v1/health/state/any``: a JSON list of objects.
-        ``/v1/status/leader``: a JSON string. ``/v1/catalog/nodes``: a JSON list of objects.
+        ``/v1/status/leader``: a JSON string. ``/v1/catalog/nodes``: a non-empty JSON list of objects.
+        What looks filtered by ACLs is raised as ConsulForbidden (module docstring, "ACL filtering").
         ``/v1/catalog/node-services/NODE``: {Node: object, Services: [objects]}, a node that is gone
         (both null) read as no services.
         """
@@ -290,13 +345,19 @@ class ConsulClient:
         if path == "/v1/catalog/services":
             return self._check_catalog(answer)
         if path.startswith("/v1/health/service/"):
-            return self._expect_objects(answer, "a JSON list of service entries")
+            self._expect_objects(answer, "a JSON list of service entries")
+            if not answer.data:
+                self._check_node_rights(path, answer, stale)
+            return answer
         if path.startswith("/v1/health/state/") or path.startswith("/v1/health/checks/"):
             return self._expect_objects(answer, "a JSON list of checks")
         if path == "/v1/status/leader":
             return self._expect(answer, str, "a JSON string")
         if path == "/v1/catalog/nodes":
-            return self._expect_objects(answer, "a JSON list of nodes")
+            self._expect_objects(answer, "a JSON list of nodes")
+            if not answer.data:
+                raise self._filtered(answer.url, "listed no node at all, not even the servers'", "node:read")
+            return answer
         if path.startswith("/v1/catalog/node-services/"):
             self._expect(answer, dict, "a JSON object")
             # a node that left between the node list and this read: {"Node": null, "Services": null}
@@ -327,13 +388,30 @@ class ConsulClient:
             if tags is not None and not (isinstance(tags, list) and all(isinstance(tag, str) for tag in tags)):
                 raise ConsulBadAnswer(f"GET {answer.url}: the tags of {name!r} are not a list of strings",
                                       url=answer.url, status=200)
-        if not answer.data:
-            hint = ("no ACL token was sent" if self._token is None else
-                    "the ACL token lacks service:read (and node:read) rights")
-            raise ConsulForbidden(f"GET {answer.url} listed no service at all, not even 'consul': {hint}; with ACLs "
-                                  "enabled Consul hides what a token may not read instead of refusing "
-                                  "(set token, token_file or CONSUL_HTTP_TOKEN)", url=answer.url, status=200)
+        if CONSUL_SERVICE not in answer.data:
+            what = ("listed no service at all, not even 'consul'" if not answer.data else
+                    "did not list the 'consul' service, which every datacenter has")
+            raise self._filtered(answer.url, what, "service:read")
         return answer
+
+    def _check_node_rights(self, path: str, answer: ConsulAnswer, stale: bool | None) -> None:
+        """An empty ``/v1/health/service/NAME``: read ``/v1/health/service/consul``; empty too ->
+        ConsulForbidden, naming node:read when ``/v1/catalog/nodes`` is empty as well, else service:read."""
+        probe_path = "/v1/health/service/" + CONSUL_SERVICE
+        probe = answer if path == probe_path else self.get(probe_path, stale=stale)
+        if isinstance(probe.data, list) and not probe.data:
+            nodes = self.get("/v1/catalog/nodes", stale=stale).data
+            right = "node:read" if isinstance(nodes, list) and not nodes else "service:read"
+            raise self._filtered(answer.url, "listed no instance, and neither did /v1/health/service/consul "
+                                             "(every server has one)", right)
+
+    def _filtered(self, url: str, what: str, right: str) -> ConsulForbidden:
+        """The ConsulForbidden for an answer that ACLs filtered (``right``: the right the token lacks)."""
+        hint = ("no ACL token was sent (the anonymous token may not read it)" if self._token is None else
+                f"the ACL token lacks {right} (service_prefix \"\" and node_prefix \"\" read)")
+        return ConsulForbidden(f"GET {url} {what}: {hint}; with ACLs enabled Consul leaves out what a token may "
+                               f"not read instead of refusing, so this answer is not used (set {TOKEN_SETTING})",
+                               url=url, status=200)
 
     def catalog_services(self, index: int | None = None, wait: float | None = None, stale: bool | None = None) -> ConsulAnswer:
         """``/v1/catalog/services``: data is {service name: [tags]} (see ``read`` for the checks)."""

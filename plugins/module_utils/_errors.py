@@ -84,8 +84,13 @@ class ConsulUnavailable(ConsulError):
     """No answer from the agent: connection refused, reset, timed out, TLS failure."""
 
 
+class ConsulTLSError(ConsulUnavailable):
+    """No answer because the TLS handshake failed: the agent's certificate was not verified, or the agent
+    refused the client certificate. The message names the option to set."""
+
+
 class ConsulForbidden(ConsulError):
-    """403: the ACL token is missing or lacks the rights for this request."""
+    """403, or an answer that ACLs visibly filtered: the ACL token is missing or lacks the rights."""
 
 
 class ConsulRateLimited(ConsulError):

@@ -199,13 +199,20 @@ def test_acl_with_a_read_token_works_and_a_bad_token_is_refused(consul_acl_agent
     assert caught.value.status == 403
 
 
-def test_acl_token_without_node_read_sees_services_but_no_instances(consul_acl_agent):  # noqa: F811
+def test_acl_token_without_node_read_sees_services_but_its_empty_instances_are_refused(consul_acl_agent):  # noqa: F811
+    """Consul filters the instances (200 []); the client sees that the servers' 'consul' instance is gone too."""
     agent = consul_acl_agent
     agent.register("web", "w1", port=18101)
     token = agent.create_token('service_prefix "" { policy = "read" }\n')
     client = client_for(agent, token=token)
     assert "web" in client.catalog_services().data
-    assert client.health_service("web").data == []
+    status, raw, _headers = stdlib_transport("GET", agent.url + "/v1/health/service/web", None, 5,
+                                             {"X-Consul-Token": token})
+    assert (status, raw.strip()) == (200, b"[]")
+    with pytest.raises(ConsulForbidden, match="lacks node:read"):
+        client.health_service("web")
+    with pytest.raises(ConsulForbidden, match="listed no node at all"):
+        client.catalog_nodes()
 
 
 def test_slimming_never_drops_a_service_whose_name_is_a_field_name(agent):

@@ -246,12 +246,11 @@ def test_acl_bad_token_fails_with_403(consul_acl_agent, tmp_path):  # noqa: F811
     assert "11111111-2222" not in json.dumps(result)
 
 
-def test_acl_token_without_node_read_is_reported(consul_acl_agent, tmp_path):  # noqa: F811
+def test_acl_token_without_node_read_fails_instead_of_mapping_no_instance(consul_acl_agent, tmp_path):  # noqa: F811
     consul_acl_agent.register("web", "w1", port=18101)
     token = consul_acl_agent.create_token('service_prefix "" { policy = "read" }\n')
-    result = ok(tmp_path, consul_url=consul_acl_agent.url, token=token)
-    assert result["upstreams"] == {}
-    assert "node:read" in whys(result)["service 'web'"]
+    result = fails(tmp_path, consul_url=consul_acl_agent.url, token=token)
+    assert "the ACL token lacks node:read" in result["msg"] and token not in json.dumps(result)
 
 
 def test_acl_token_from_option_file_and_environment(consul_acl_agent, tmp_path):  # noqa: F811

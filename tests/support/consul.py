@@ -7,11 +7,15 @@ is run (``consul_binary()``).
 
 Starting and stopping::
 
-    from tests.support.consul import ConsulAgent, consul_agent, consul_acl_agent   # two pytest fixtures
+    from tests.support.consul import ConsulAgent, consul_agent, consul_acl_agent, consul_tls_acl_agent   # pytest fixtures
 
     with ConsulAgent() as agent:              # start() on enter (leader elected), stop() on exit
         agent.url                             # "http://127.0.0.1:<port>"
     agent = ConsulAgent(acl=True).start()     # ACLs on, default deny; agent.master_token manages all
+    agent = ConsulAgent(tls=True).start()     # HTTPS only (no http port), verify_incoming/outgoing, with a
+                                              # throwaway CA made at start (tests/support/consul_tls.py):
+                                              # agent.url is https://...; agent.tls.ca_file / client_cert /
+                                              # client_key; agent.request() presents that client certificate
     agent.stop() / agent.kill() / agent.restart()   # -dev keeps no data: a restart empties the catalog
                                                     # and sends X-Consul-Index back to a small number
 
@@ -37,8 +41,8 @@ HTTP helpers: ``agent.request(method, path, body=None, token=None) -> (status, d
 (``data`` parsed JSON when possible), ``agent.get(path)`` (raises on non-200), ``agent.index(path)``
 (the X-Consul-Index of a plain read). With ``acl=True`` every helper sends ``master_token`` unless
 ``token=`` says otherwise; ``agent.create_token(rules_hcl, name=None) -> secret`` makes a limited
-token (1.8 ACL policy syntax, e.g. ``'service_prefix "" { policy = "read" }\nnode_prefix "" {
-policy = "read" }'``).
+token (1.8 ACL policy syntax; the default is the readers' least-privilege policy,
+tests/support/consul_acl_policy.hcl, ``reader_policy_rules()``).
 """
 
 from __future__ import annotations
@@ -48,6 +52,7 @@ import glob
 import json
 import os
 import signal
+import ssl
 import subprocess
 import tempfile
 import time
@@ -58,10 +63,19 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.consul_tls import make_tls_material
 from tests.support.ports import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
-READ_ALL_RULES = 'service_prefix "" { policy = "read" }\nnode_prefix "" { policy = "read" }\n'
+READER_POLICY_FILE = Path(__file__).resolve().parent / "consul_acl_policy.hcl"
+
+
+def reader_policy_rules():
+    """The least-privilege policy (HCL) of the module, sync.yml and the watcher: tests/support/consul_acl_policy.hcl."""
+    return READER_POLICY_FILE.read_text(encoding="utf-8")
+
+
+READ_ALL_RULES = reader_policy_rules()
 _LIVE = set()
 
 
@@ -85,9 +99,13 @@ def consul_binary():
 class ConsulAgent:
     """One ``consul agent -dev`` process; see the module docstring."""
 
-    def __init__(self, acl=False, master_token=None, log_level="info", binary=None, node_name="consul-test"):
+    def __init__(self, acl=False, master_token=None, log_level="info", binary=None, node_name="consul-test",
+                 tls=False):
         self.binary = binary or consul_binary()
         self.acl = acl
+        self.tls = None       # TlsMaterial once started with tls=True
+        self._want_tls = tls
+        self._ssl_context = None
         self.master_token = (master_token or str(uuid.uuid4())) if acl else None
         self.log_level = log_level
         self.node_name = node_name
@@ -105,10 +123,18 @@ class ConsulAgent:
 
     @property
     def url(self):
-        return f"http://127.0.0.1:{self.http_port}"
+        return f"{'https' if self._want_tls else 'http'}://127.0.0.1:{self.http_port}"
 
     def _config(self):
         config = {"disable_update_check": True, "enable_script_checks": False}
+        if self._want_tls:
+            if self.tls is None:
+                self.tls = make_tls_material(self.workdir / "tls", binary=self.binary)
+            # the API on HTTPS only: the http port is off, and a client must show a certificate of this CA
+            config.update({"ports": {"http": -1, "https": self.ports["http"]},
+                           "ca_file": str(self.tls.ca_file), "cert_file": str(self.tls.server_cert),
+                           "key_file": str(self.tls.server_key), "verify_incoming": True,
+                           "verify_outgoing": True, "verify_server_hostname": True})
         if self.acl:
             config["acl"] = {"enabled": True, "default_policy": "deny", "down_policy": "extend-cache",
                              "tokens": {"master": self.master_token, "agent": self.master_token}}
@@ -125,7 +151,7 @@ class ConsulAgent:
             self.ports = {name: free_port() for name in ("http", "serf_lan", "serf_wan", "server")}
         command = [
             self.binary, "agent", "-dev", "-node", self.node_name, "-bind", "127.0.0.1", "-client", "127.0.0.1",
-            "-http-port", str(self.ports["http"]), "-dns-port", "-1", "-grpc-port", "-1",
+            "-http-port", "-1" if self._want_tls else str(self.ports["http"]), "-dns-port", "-1", "-grpc-port", "-1",
             "-serf-lan-port", str(self.ports["serf_lan"]), "-serf-wan-port", str(self.ports["serf_wan"]),
             "-server-port", str(self.ports["server"]), "-log-level", self.log_level,
             "-config-file", str(self._config()),
@@ -215,7 +241,14 @@ class ConsulAgent:
         token = self.master_token if token is None else token
         if token:
             request.add_header("X-Consul-Token", token)
-        handler = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        handlers = [urllib.request.ProxyHandler({})]
+        if self._want_tls:
+            if self._ssl_context is None:
+                context = ssl.create_default_context(cafile=str(self.tls.ca_file))
+                context.load_cert_chain(str(self.tls.client_cert), str(self.tls.client_key))
+                self._ssl_context = context
+            handlers.append(urllib.request.HTTPSHandler(context=self._ssl_context))
+        handler = urllib.request.build_opener(*handlers)
         try:
             with handler.open(request, timeout=timeout) as response:
                 status, raw, headers = response.status, response.read(), dict(response.headers)
@@ -376,6 +409,17 @@ def _stop_leftovers():
 def consul_agent():
     """A plain -dev agent for the module's tests; tests should ``clear_services()`` what they add."""
     agent = ConsulAgent()
+    try:
+        agent.start()
+        yield agent
+    finally:
+        agent.stop()
+
+
+@pytest.fixture(scope="module")
+def consul_tls_acl_agent():
+    """A -dev agent with the API on HTTPS only (client certificates required) and ACLs on, default deny."""
+    agent = ConsulAgent(acl=True, tls=True, log_level="debug")
     try:
         agent.start()
         yield agent

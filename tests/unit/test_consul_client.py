@@ -8,10 +8,10 @@ same client runs against a real Consul agent in tests/integration/test_consul_li
 import pytest
 
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._consul_client import (
-    MAX_WAIT, BlockingQuery, ConsulAnswer, ConsulClient, format_wait, resolve_token)
+    MAX_WAIT, BlockingQuery, ConsulAnswer, ConsulClient, format_wait, resolve_token, tls_hint)
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._errors import (
-    ConsulBadAnswer, ConsulError, ConsulForbidden, ConsulRateLimited, ConsulServerError, ConsulUnavailable,
-    TransportError, ValidationError)
+    ConsulBadAnswer, ConsulError, ConsulForbidden, ConsulRateLimited, ConsulServerError, ConsulTLSError,
+    ConsulUnavailable, TransportError, ValidationError)
 
 TOKEN = "3f1c2d4e-secret-token"
 
@@ -41,14 +41,14 @@ def ok(body="{}", index="7"):
 
 # -- requests ---------------------------------------------------------------------------------------------
 def test_token_goes_in_the_header_only_and_never_in_the_url_or_repr():
-    transport = ScriptedTransport(ok('{"web": []}'))
+    transport = ScriptedTransport(ok('{"consul": [], "web": []}'))
     client = ConsulClient("http://127.0.0.1:8500/", transport, token=TOKEN, datacenter="dc2")
     answer = client.catalog_services()
     call = transport.calls[0]
     assert call["headers"] == {"X-Consul-Token": TOKEN}
     assert TOKEN not in call["url"] and TOKEN not in repr(client) and TOKEN not in answer.url
     assert call["url"] == "http://127.0.0.1:8500/v1/catalog/services?dc=dc2"
-    assert answer == ConsulAnswer(data={"web": []}, index=7, url=call["url"])
+    assert answer == ConsulAnswer(data={"consul": [], "web": []}, index=7, url=call["url"])
 
 
 def test_no_token_sends_no_header():
@@ -74,7 +74,7 @@ def test_wait_is_capped_at_ten_minutes():
 
 
 def test_service_names_are_quoted_in_the_path():
-    transport = ScriptedTransport(ok("[]"))
+    transport = ScriptedTransport(ok('[{"Node": {}, "Service": {}}]'))
     ConsulClient("http://c:8500", transport).health_service("a b/../x?y")
     assert transport.calls[0]["url"] == "http://c:8500/v1/health/service/a%20b%2F..%2Fx%3Fy"
 
@@ -366,3 +366,70 @@ def test_catalog_nodes_must_be_a_list_of_objects():
         {"Node": "n1"}]
     with pytest.raises(ConsulBadAnswer, match="list of nodes"):
         ConsulClient("http://c:8500", ScriptedTransport(ok('{"n1": {}}'))).catalog_nodes()
+
+
+# -- ACL filtering and TLS failures (the real agent: tests/integration/test_consul_tls_acl.py) -----------------
+CONSUL_ENTRY = '[{"Node": {"Node": "s1"}, "Service": {"ID": "consul", "Service": "consul"}, "Checks": []}]'
+
+
+def test_an_empty_service_stands_when_the_consul_service_has_instances():
+    """A service that lost its last instance between two reads (a real agent will not time that on demand)."""
+    transport = ScriptedTransport(ok("[]"), ok(CONSUL_ENTRY))
+    client = ConsulClient("http://c:8500", transport, token=TOKEN, datacenter="dc2")
+    assert client.health_service("web").data == []
+    assert [call["url"] for call in transport.calls] == ["http://c:8500/v1/health/service/web?dc=dc2",
+                                                         "http://c:8500/v1/health/service/consul?dc=dc2"]
+
+
+@pytest.mark.parametrize("nodes, right", [("[]", "node:read"), ('[{"Node": "s1"}]', "service:read")])
+def test_an_empty_service_and_an_empty_consul_service_are_forbidden(nodes, right):
+    transport = ScriptedTransport(ok("[]"), ok("[]"), ok(nodes))
+    with pytest.raises(ConsulForbidden) as caught:
+        ConsulClient("http://c:8500", transport, token=TOKEN).health_service("web")
+    assert f"the ACL token lacks {right}" in str(caught.value) and TOKEN not in str(caught.value)
+    assert caught.value.url == "http://c:8500/v1/health/service/web"
+
+
+def test_a_service_with_instances_costs_no_extra_request():
+    transport = ScriptedTransport(ok(CONSUL_ENTRY.replace('"consul"', '"web"')))
+    ConsulClient("http://c:8500", transport).health_service("web")
+    assert len(transport.calls) == 1
+
+
+def test_a_catalog_without_the_consul_service_is_forbidden_and_an_empty_node_list_too():
+    with pytest.raises(ConsulForbidden, match="did not list the 'consul' service.*lacks service:read"):
+        ConsulClient("http://c:8500", ScriptedTransport(ok('{"web": []}')), token=TOKEN).catalog_services()
+    with pytest.raises(ConsulForbidden, match="listed no node at all.*no ACL token was sent"):
+        ConsulClient("http://c:8500", ScriptedTransport(ok("[]"))).catalog_nodes()
+
+
+@pytest.mark.parametrize("reason, words", [
+    ("SSLCertVerificationError: [SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed: unable to get local "
+     "issuer certificate (_ssl.c:1006)", ["certificate verification failed", "consul_ca_path", "CONSUL_CACERT"]),
+    ("SSLCertVerificationError: [SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed: IP address mismatch, "
+     "certificate is not valid for '127.0.0.2'. (_ssl.c:1006)", ["does not name the host"]),
+    ("SSLError: [SSL: SSLV3_ALERT_BAD_CERTIFICATE] sslv3 alert bad certificate (_ssl.c:2580)",
+     ["refused the client certificate", "consul_client_cert", "CONSUL_CLIENT_KEY"]),
+    ("str: SSLV3_ALERT_BAD_CERTIFICATE", ["refused the client certificate"]),   # through ansible's open_url
+    ("SSLError: [SSL: TLSV13_ALERT_CERTIFICATE_REQUIRED] tlsv13 alert certificate required (_ssl.c:2580)",
+     ["refused the client certificate"]),
+    ("SSLError: [SSL: WRONG_VERSION_NUMBER] wrong version number (_ssl.c:1006)", ["does not speak TLS"]),
+])
+def test_tls_failures_name_their_cause(reason, words):
+    with pytest.raises(ConsulTLSError) as caught:
+        ConsulClient("https://c:8501", ScriptedTransport(TransportError(reason))).status_leader()
+    assert isinstance(caught.value, ConsulUnavailable)
+    for word in words:
+        assert word in str(caught.value)
+
+
+def test_other_transport_failures_are_not_called_tls():
+    with pytest.raises(ConsulUnavailable) as caught:
+        ConsulClient("http://c:8500", ScriptedTransport(TransportError("ConnectionRefusedError: refused"))).status_leader()
+    assert not isinstance(caught.value, ConsulTLSError) and tls_hint("ConnectionRefusedError: refused") is None
+
+
+def test_plain_http_on_the_https_port_says_so():
+    answer = (400, "Client sent an HTTP request to an HTTPS server.\n", {})
+    with pytest.raises(ConsulBadAnswer, match="use an https:// URL"):
+        ConsulClient("http://c:8501", ScriptedTransport(answer)).status_leader()

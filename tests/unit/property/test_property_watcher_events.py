@@ -99,6 +99,7 @@ class ModelConsul:
         path = unquote(parts.path)
         if path == "/v1/catalog/services":
             data, index = self.catalog_answer()
+            data.setdefault("consul", [])  # as in every datacenter: the servers' service (the client checks it)
         elif path == "/v1/health/state/any":
             data, index = self._check_list(), self.checks_index
             if "filter" in parse_qs(parts.query):
@@ -114,6 +115,9 @@ class ModelConsul:
                 data.append({"Node": {"Node": node, "Address": NODES[node]},
                              "Service": self._service_entry(node, instance_id, instance), "Checks": checks})
             index = max(self.services_index, self.checks_index)
+            if name == "consul" and not data:  # the servers' instance, which the client reads to tell ACL filtering
+                data = [{"Node": {"Node": "server", "Address": "127.0.0.9"},
+                         "Service": {"ID": "consul", "Service": "consul", "Port": 8300}, "Checks": []}]
         elif path == "/v1/catalog/nodes":
             data, index = [{"Node": node, "Address": address} for node, address in NODES.items()], self.services_index
         elif path.startswith("/v1/catalog/node-services/"):
