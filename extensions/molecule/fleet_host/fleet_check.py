@@ -49,8 +49,9 @@ WORKERS = 2
 TIMEOUT = 30.0          # one flip, every proxy
 KILL_TIMEOUT = 90.0     # the flip right after a server (the leader) was killed: election, agent's retry
 CATCH_UP_TIMEOUT = 120.0  # a proxy whose link came back (Consul's gossip reconnects within 30 s)
-CUT_HOLD = 35.0         # the cut-off proxy watched serving its last state: longer than the watcher's
-                        # consul_timeout (10 s) and drift_interval (30 s)
+# How long the cut-off proxy is watched serving its last state: longer than the watcher's
+# consul_timeout (10 s) and drift_interval (30 s).
+CUT_HOLD = 35.0
 
 
 class Consul:
@@ -187,7 +188,7 @@ def fault_server_killed(args, consul, servers, proxies, failures):
         # status until a new leader is elected and its next anti-entropy retry runs (about 15 s later).
         at_kill = flip(consul, list(proxies.values()), timeout=KILL_TIMEOUT)
         wait_leader(consul)
-        times = [flip(consul, list(proxies.values())) for _ in range(args.fault_flips)]
+        times = [flip(consul, list(proxies.values())) for _flip in range(args.fault_flips)]
     finally:
         ssh(args.run, victim, "systemctl", "start", "consul")
         wait_leader(consul, peers=3)
@@ -264,7 +265,7 @@ def main():
         failures.append(f"not every worker of every proxy serves backend-3 at the start: {ready}")
         print(json.dumps({"failures": failures}, indent=2))
         return 1
-    times = [flip(consul, addresses) for _ in range(args.flips)]
+    times = [flip(consul, addresses) for _flip in range(args.flips)]
     result = {"proxies": len(addresses), "workers_per_proxy": WORKERS, "flip_to_every_worker": summary(times, len(times))}
     if None in times:
         failures.append(f"{times.count(None)} of {len(times)} flips did not reach every worker within {TIMEOUT:.0f} s")
