@@ -9,7 +9,8 @@
 # Stages: unit, integration (modules, Consul, Lua flavor, watcher, playbooks), conformance (dyups
 # contract suite; DYUPS_URL=http://... to aim it at your own Tengine), sanity (ansible-test), lint
 # (ansible-lint), molecule (the role on booted Debian containers over ssh, tests/hosts: flavor
-# tengine and nginx under systemd, nginx under supervisor; never on this machine itself), bench (short
+# tengine and nginx under systemd, nginx under supervisor, and a fleet of three proxies against a
+# three-server Consul cluster with TLS and ACLs; never on this machine itself), bench (short
 # benchmark and resilience runs; results to tests/output/, not to docs/).
 #
 # Tengine: setup builds one with the role's source path (tests/tools/get-tengine.sh, from $TENGINE_TARBALL

@@ -8,8 +8,9 @@
 #                                                `python -m tests.hosts down <run>` removes it
 #
 # Scenarios whose name ends in _host run on booted Debian containers (tests/hosts): this script starts
-# one per scenario, points molecule at it (SKDY_HOST_ADDRESS, SKDY_SSH_KEY), and removes it afterwards,
-# also when molecule fails or the script is interrupted. The role never touches this machine then.
+# one container per platform of the scenario's molecule.yml (one bridge per scenario), points molecule
+# at them (SKDY_ADDR_<platform>, and SKDY_HOST_ADDRESS for the first; SKDY_SSH_KEY, SKDY_RUN_DIR), and
+# removes them afterwards, also when molecule fails or the script is interrupted. The role never touches this machine then.
 # tengine_dyups (localhost, supervisor) converges THIS machine; it runs only when named.
 #
 # Needs root, tests/tools/install-system-deps.sh and tests/tools/venv.sh done, ../shared/tengine
@@ -17,7 +18,7 @@
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$root"
-host_scenarios=(tengine_host nginx_host supervisor_host)
+host_scenarios=(tengine_host nginx_host supervisor_host fleet_host)
 [ -x .venv/bin/molecule ] || { echo "no .venv/bin/molecule: run tests/tools/venv.sh first" >&2; exit 2; }
 [ "$(id -u)" = 0 ] || { echo "the scenarios start containers and services: run it as root" >&2; exit 2; }
 export PATH="$root/.venv/bin:$PATH"
@@ -56,6 +57,15 @@ run_localhost() {  # the old scenario: THIS machine, supervisor
   return $status
 }
 
+platforms() {  # the platform names of a scenario's molecule.yml, one line, space-separated
+  .venv/bin/python - "extensions/molecule/$1/molecule.yml" <<'PY'
+import sys
+import yaml
+with open(sys.argv[1], encoding="utf-8") as stream:
+    print(" ".join(platform["name"] for platform in yaml.safe_load(stream)["platforms"]))
+PY
+}
+
 run_on_host() {
   local scenario=$1 status=0 run=${SKDY_RUN:-}
   [ -f "$SKDY_TENGINE_TARBALL" ] || { echo "molecule: no Tengine tarball at $SKDY_TENGINE_TARBALL" >&2; return 2; }
@@ -64,22 +74,33 @@ run_on_host() {
     [ "$command" = test ] && current_run=$run
     local start=$SECONDS
     export SKDY_APT_CACHE_GROUP=$scenario  # scenarios side by side: one package cache each
-    if [ "$command" = test ]; then hosts up "$run" instance >/dev/null
-    else SKDY_OWNER_PID=0 .venv/bin/python -m tests.hosts up "$run" instance >/dev/null; fi
-    echo "molecule: test host of $scenario up in $((SECONDS - start))s (run $run)"
+    local names
+    read -r -a names < <(platforms "$scenario")
+    if [ "$command" = test ]; then hosts up "$run" "${names[@]}" >/dev/null
+    else SKDY_OWNER_PID=0 .venv/bin/python -m tests.hosts up "$run" "${names[@]}" >/dev/null; fi
+    echo "molecule: test hosts of $scenario (${names[*]}) up in $((SECONDS - start))s (run $run)"
     molecule reset -s "$scenario" >/dev/null 2>&1 || true  # a new host: molecule's state starts afresh
   fi
-  read -r SKDY_HOST_ADDRESS SKDY_SSH_KEY < <(.venv/bin/python - "$run" <<'PY'
+  local key value
+  while IFS='=' read -r key value; do export "$key=$value"; done < <(.venv/bin/python - "$run" <<'PY'
 import sys
 from tests.hosts.state import load
 state = load(sys.argv[1])
-print(state["containers"][0]["address"], state["ssh_key"])
+for entry in state["containers"]:
+    print(f"SKDY_ADDR_{entry['name']}={entry['address']}")
+print(f"SKDY_HOST_ADDRESS={state['containers'][0]['address']}")
+print(f"SKDY_SSH_KEY={state['ssh_key']}")
 PY
 )
-  export SKDY_RUN=$run SKDY_HOST_ADDRESS SKDY_SSH_KEY
+  export SKDY_RUN=$run SKDY_RUN_DIR=/var/tmp/swallowkeeper-dyups-hosts/$run
   molecule "$command" -s "$scenario" "${extra[@]}" || status=$?
   if [ "$command" = test ]; then
-    hosts ssh "$run" instance journalctl --no-pager -b -o short-iso > "tests/output/molecule/$scenario.journal.log" 2>&1 || true
+    local name log
+    for name in $(platforms "$scenario"); do  # the journals, for a failure's post-mortem
+      log=tests/output/molecule/$scenario.journal.log
+      [ "$name" = instance ] || log=tests/output/molecule/$scenario.$name.journal.log
+      hosts ssh "$run" "$name" journalctl --no-pager -b -o short-iso > "$log" 2>&1 || true
+    done
     undo
   else
     echo "molecule: the test host stays up: SKDY_RUN=$run; remove it with python -m tests.hosts down $run"
