@@ -85,6 +85,7 @@ from tests.support.collection import ensure_importable  # noqa: E402
 ensure_importable()
 
 from ansible_collections.swallowkeeper.dyups.plugins.watcher.consul_source import FAILING_FILTER  # noqa: E402
+from tests.resilience.loadgen import read_response_counted  # noqa: E402
 from tests.support.consul_cluster import ConsulCluster, process_cpu_seconds  # noqa: E402
 
 WAIT = "300s"                     # the watcher's default consul_wait
@@ -195,32 +196,6 @@ class LoadModel:
         self.fatal = []   # broken connections
         self.tasks = []
 
-    async def _read_answer(self, reader):
-        """(status, headers, bytes on the wire, body of a non-200 answer) of one HTTP/1.1 answer
-        (Content-Length or chunked)."""
-        head = await reader.readuntil(b"\r\n\r\n")
-        lines = head.decode("latin-1").split("\r\n")
-        status = int(lines[0].split()[1])
-        headers = {}
-        for line in lines[1:]:
-            if ":" in line:
-                key, value = line.split(":", 1)
-                headers[key.strip().lower()] = value.strip()
-        size, body = len(head), b""
-        if "content-length" in headers:
-            length = int(headers["content-length"])
-            body = await reader.readexactly(length)
-            size += length
-        elif headers.get("transfer-encoding", "").lower() == "chunked":
-            while True:
-                line = await reader.readuntil(b"\r\n")
-                length = int(line.split(b";")[0], 16)
-                await reader.readexactly(length + 2)
-                size += len(line) + length + 2
-                if length == 0:
-                    break
-        return status, headers, size, body if status != 200 else b""
-
     async def _run(self, query, gate):
         async with gate:
             reader, writer = await asyncio.open_connection("127.0.0.1", query.port)
@@ -249,7 +224,7 @@ class LoadModel:
         target = query.path + (f"&index={query.index}&wait={WAIT}" if query.index else "")
         writer.write(f"GET {target} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
         query.sent = True
-        status, headers, size, body = await self._read_answer(reader)
+        status, headers, size, body = await read_response_counted(reader)
         now = time.perf_counter()
         query.sent = False
         if status != 200:
@@ -290,12 +265,12 @@ class LoadModel:
 
 
 def median(values):
-    return statistics.median(values) if values else None
+    return statistics.median(values) if values else float("nan")
 
 
 def p90(values):
     ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(0.9 * (len(ordered) - 1))))] if ordered else None
+    return ordered[min(len(ordered) - 1, int(round(0.9 * (len(ordered) - 1))))] if ordered else float("nan")
 
 
 async def measure(cluster, strategy, watchers, routed, flips, idle, state):
@@ -307,7 +282,10 @@ async def measure(cluster, strategy, watchers, routed, flips, idle, state):
     results = []
     try:
         started = time.perf_counter()
-        await model.open(timeout=120 + len(model.queries) / 50)
+        leader = cluster.leader(timeout=120)
+        for number in state:  # what the routed checks are now (a flip of an aborted case may have been applied)
+            state[number] = leader.get(f"/v1/health/checks/{service_name(number)}")[0]["Status"]
+        await model.open(timeout=120 + len(model.queries) / 10)  # first answers are slow on a loaded machine
         open_seconds = time.perf_counter() - started
         leader = cluster.leader()
         await asyncio.sleep(settle)
@@ -316,56 +294,75 @@ async def measure(cluster, strategy, watchers, routed, flips, idle, state):
         await asyncio.sleep(idle)
         idle_rate = (cluster.server_cpu_seconds() - cpu0) / (time.perf_counter() - t0)
         idle_answers = model.window.other
-        for flip in range(flips):
-            number = routed[flip % len(routed)]
-            status = "critical" if state[number] == "passing" else "passing"
-            wakers = [query for query in model.queries
-                      if (query.service == number if strategy == "per-service" else
-                          query.service is None and "/catalog/" not in query.path)]
-            if strategy == "state-critical":  # the one of critical/warning whose set changes
-                wakers = [query for query in wakers if "/critical" in query.path]
-            for query in wakers:
-                query.wakes = True
-            window = model.window = Window(len(wakers))
-            cpu_start, start = cluster.server_cpu_seconds(), time.perf_counter()
-            failed_writes = await loop.run_in_executor(
-                None, txn, leader, [{"Check": {"Verb": "set", "Check": check_of(number, status)}}], 60.0)
-            written = time.perf_counter()
-            state[number] = status
-            try:
-                await asyncio.wait_for(window.done.wait(), timeout=60)
-            except asyncio.TimeoutError:
-                raise TimeoutError(f"{strategy} N={watchers} flip {flip}: {window.woken} of {window.expected} "
-                                   "queries woke within 60 s") from None
-            await model.until(lambda: all(query.sent for query in model.queries), 60, "every query re-issued")
-            await asyncio.sleep(0.3 + len(wakers) / 2000)  # the servers take in the re-issued queries
-            end = time.perf_counter()
-            cpu = cluster.server_cpu_seconds() - cpu_start
-            model.window = None
-            results.append({"errors": len(model.errors), "last_ms": (window.last - start) * 1000,
-                            "write_ms": (written - start) * 1000, "failed_writes": failed_writes,
-                            "bytes": window.bytes,
-                            "woken": window.woken, "other": window.other, "cpu_ms": cpu * 1000,
-                            "cpu_net_ms": (cpu - idle_rate * (end - start)) * 1000, "window_s": end - start})
-            await asyncio.sleep(0.1)
+        aborted = None
+        try:
+            for flip in range(flips):
+                number = routed[flip % len(routed)]
+                status = "critical" if state[number] == "passing" else "passing"
+                wakers = [query for query in model.queries
+                          if (query.service == number if strategy.startswith("per-service") else
+                              query.service is None and "/catalog/" not in query.path)]
+                if strategy == "state-critical":  # the one of critical/warning whose set changes
+                    wakers = [query for query in wakers if "/critical" in query.path]
+                for query in wakers:
+                    query.wakes = True
+                window = model.window = Window(len(wakers))
+                cpu_start, start = cluster.server_cpu_seconds(), time.perf_counter()
+                failed_writes = await loop.run_in_executor(
+                    None, txn, leader, [{"Check": {"Verb": "set", "Check": check_of(number, status)}}], 60.0)
+                written = time.perf_counter()
+                state[number] = status
+                try:
+                    await asyncio.wait_for(window.done.wait(), timeout=60)
+                except asyncio.TimeoutError:
+                    raise TimeoutError(f"{strategy} N={watchers} flip {flip}: {window.woken} of {window.expected} "
+                                       "queries woke within 60 s") from None
+                await model.until(lambda: all(query.sent for query in model.queries), 60, "every query re-issued")
+                await asyncio.sleep(0.3 + len(wakers) / 2000)  # the servers take in the re-issued queries
+                end = time.perf_counter()
+                cpu = cluster.server_cpu_seconds() - cpu_start
+                model.window = None
+                results.append({"errors": len(model.errors), "last_ms": (window.last - start) * 1000,
+                                "write_ms": (written - start) * 1000, "failed_writes": failed_writes,
+                                "bytes": window.bytes,
+                                "woken": window.woken, "other": window.other, "cpu_ms": cpu * 1000,
+                                "cpu_net_ms": (cpu - idle_rate * (end - start)) * 1000, "window_s": end - start})
+                await asyncio.sleep(0.1)
+        except (RuntimeError, TimeoutError) as exc:  # the cluster gave up (no leader): keep the flips measured
+            aborted = f"flip {len(results)}: {exc}"
     finally:
         await model.close()
-    last = [flip["last_ms"] for flip in results]
+    last = [flip["last_ms"] for flip in results] or [float("nan")]
     return {
         "strategy": strategy, "watchers": watchers, "queries": len(model.queries), "flips": len(results),
+        "aborted": aborted,
         "open_s": round(open_seconds, 2), "idle_cpu_ms_per_s": round(idle_rate * 1000, 2),
         "idle_answers": idle_answers, "settle_s": settle,
         "write_ms_median": median([flip["write_ms"] for flip in results]),
         "last_ms_median": median(last), "last_ms_p90": p90(last), "last_ms_max": max(last),
         "bytes_median": median([flip["bytes"] for flip in results]),
         "answers_median": median([flip["woken"] + flip["other"] for flip in results]),
-        "other_answers_max": max(flip["other"] for flip in results),
+        "other_answers_max": max((flip["other"] for flip in results), default=0),
         "cpu_ms_median": median([flip["cpu_ms"] for flip in results]),
         "cpu_net_ms_median": median([flip["cpu_net_ms"] for flip in results]),
         "failed_writes": sum(len(flip["failed_writes"]) for flip in results),
         "errors": len(model.errors), "first_error": model.errors[0] if model.errors else None,
         "flips_raw": results,
     }
+
+
+def answer_costs(server, routed, repeat=20):
+    """{query: (bytes of one answer, server CPU ms per answer)}: each query read ``repeat`` times in a
+    row (plain reads, one at a time) from one server, its CPU time divided by ``repeat``."""
+    costs = {}
+    paths = [path for strategy in STRATEGIES[:3] for path, _service in queries_of(strategy, routed[:1])]
+    for path in dict.fromkeys(paths):
+        before = process_cpu_seconds(server.process.pid)
+        for _round in range(repeat):
+            with urllib.request.urlopen(server.url + path, timeout=30) as answer:
+                size = len(answer.read())
+        costs[path] = (size, round((process_cpu_seconds(server.process.pid) - before) * 1000 / repeat, 2))
+    return costs
 
 
 def write_json(path, report):
@@ -384,7 +381,8 @@ def markdown(report):
              "| idle server CPU ms/s | flip write ms | last answer ms: median / p90 / max |",
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for row in report["results"]:
-        lines.append(f"| {row['watchers']} | {row['strategy']} | {row['queries']} | {row['answers_median']:g} "
+        name = row["strategy"] + (f" (aborted after {row['flips']} flips)" if row["aborted"] else "")
+        lines.append(f"| {row['watchers']} | {name} | {row['queries']} | {row['answers_median']:g} "
                      f"| {row['bytes_median'] / 1024:.1f} | {row['cpu_ms_median']:.1f} "
                      f"({row['cpu_net_ms_median']:.1f}) | {row['idle_cpu_ms_per_s']:.1f} "
                      f"| {row['write_ms_median']:.1f} "
@@ -433,6 +431,9 @@ def main(argv=None):
         report["populate_s"] = round(time.perf_counter() - begin, 1)
         print(f"cluster up in {report['cluster_start_s']} s, {services} services registered in "
               f"{report['populate_s']} s", flush=True)
+        report["answer_costs"] = answer_costs(cluster.servers[1], routed)
+        for path, (size, cpu) in report["answer_costs"].items():
+            print(f"one answer of {path}: {size} bytes, {cpu} ms of server CPU", flush=True)
         state = {number: "passing" for number in routed}
         for count in watchers:
             for strategy in args.strategies:
@@ -447,7 +448,8 @@ def main(argv=None):
                       f"write {row['write_ms_median']:.1f} ms, last answer "
                       f"{row['last_ms_median']:.1f} ms (p90 {row['last_ms_p90']:.1f}, max {row['last_ms_max']:.1f}), "
                       f"errors {row['errors']}, failed flip writes {row['failed_writes']}, opened in "
-                      f"{row['open_s']} s, load {' '.join(row['loadavg'])}", flush=True)
+                      f"{row['open_s']} s, load {' '.join(row['loadavg'])}"
+                      + (f", ABORTED at {row['aborted']}" if row["aborted"] else ""), flush=True)
         if cluster.clients:
             report["client_agents_cpu_s"] = round(sum(process_cpu_seconds(client.process.pid)
                                                       for client in cluster.clients), 2)

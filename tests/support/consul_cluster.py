@@ -21,13 +21,13 @@ import json
 import os
 import shutil
 import signal
-import subprocess
 import tempfile
 import time
 import urllib.request
 from pathlib import Path
 
 from tests.support.consul import consul_binary
+from tests.support.nginx_lua import end_process_group, start_process_group
 from tests.support.ports import free_port
 
 _LIVE = set()
@@ -90,10 +90,8 @@ class Agent:
         path.write_text(json.dumps(config))
         env = dict(os.environ, CHECKPOINT_DISABLE="1")
         env.pop("CONSUL_HTTP_TOKEN", None)
-        with open(self.dir / "agent.log", "ab") as log:
-            self.process = subprocess.Popen([self.binary, "agent", "-config-file", str(path)], stdout=log,
-                                            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
-                                            start_new_session=True)
+        self.process = start_process_group([self.binary, "agent", "-config-file", str(path)],
+                                           self.dir / "agent.log", env=env)
 
     def log_tail(self, size=3000):
         try:
@@ -107,16 +105,7 @@ class Agent:
 
     def stop(self, timeout=15.0):
         process, self.process = self.process, None
-        if process is None or process.poll() is not None:
-            return
-        try:
-            os.killpg(process.pid, signal.SIGTERM)
-            process.wait(timeout=timeout)
-        except ProcessLookupError:
-            pass
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(timeout=10)
+        end_process_group(process, signal.SIGTERM, timeout)
 
 
 class ConsulCluster:

@@ -1,7 +1,7 @@
 # Copyright: swallowkeeper.dyups contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""tests/benchmarks/bench_fanout.py: the load model reads answers as HTTP/1.1 sends them, counts their
-bytes, and asks what the watcher asks (no Consul here: the benchmark itself runs against a real cluster)."""
+"""tests/benchmarks/bench_fanout.py: the load model reads answers as HTTP/1.1 sends them
+(tests/resilience/loadgen.py's reader), counts their bytes, and asks what the watcher asks (no Consul here: the benchmark itself runs against a real cluster)."""
 
 from __future__ import annotations
 
@@ -23,14 +23,13 @@ def read(*answers):
         for answer in answers:
             reader.feed_data(answer)
         reader.feed_eof()
-        model = bench.LoadModel([1], "state-any", 0, [])
-        return [await model._read_answer(reader) for _answer in answers]
+        return [await bench.read_response_counted(reader) for _answer in answers]
     return asyncio.run(run())
 
 
 def test_answers_are_read_whole_and_counted_as_sent():
     (status, headers, size, body), (status2, _headers2, size2, body2) = read(CHUNKED, SIZED)
-    assert (status, headers["x-consul-index"], size, body) == (200, "42", len(CHUNKED), b"")
+    assert (status, headers["x-consul-index"], size, body) == (200, "42", len(CHUNKED), b"[1,2,3]\n")
     assert (status2, size2, body2) == (500, len(SIZED), b"no leader")
 
 
