@@ -115,6 +115,13 @@ class Stats:
 
 async def read_response(reader):
     """(status, headers) after reading one HTTP/1.1 response whole (Content-Length or chunked)."""
+    status, headers, _size, _body = await read_response_counted(reader)
+    return status, headers
+
+
+async def read_response_counted(reader):
+    """(status, headers, bytes on the wire, body) of one HTTP/1.1 response, read whole (Content-Length
+    or chunked). Also tests/benchmarks/bench_fanout.py's reader."""
     head = await reader.readuntil(b"\r\n\r\n")
     lines = head.decode("latin-1").split("\r\n")
     status = int(lines[0].split()[1])
@@ -123,15 +130,20 @@ async def read_response(reader):
         if ":" in line:
             key, _sep, value = line.partition(":")
             headers[key.strip().lower()] = value.strip()
+    size, body = len(head), []
     if headers.get("transfer-encoding", "").lower() == "chunked":
         while True:
-            size = int((await reader.readuntil(b"\r\n")).split(b";")[0], 16)
-            await reader.readexactly(size + 2)
-            if size == 0:
+            line = await reader.readuntil(b"\r\n")
+            length = int(line.split(b";")[0], 16)
+            body.append((await reader.readexactly(length + 2))[:length])
+            size += len(line) + length + 2
+            if length == 0:
                 break
     else:
-        await reader.readexactly(int(headers.get("content-length", "0")))
-    return status, headers
+        length = int(headers.get("content-length", "0"))
+        body.append(await reader.readexactly(length))
+        size += length
+    return status, headers, size, b"".join(body)
 
 
 async def http_client(args, stats, stop, offset):

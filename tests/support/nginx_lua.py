@@ -174,11 +174,12 @@ def http_request(port, method, path, body=None, headers=None, timeout=10.0, host
         connection.close()
 
 
-def start_process_group(command, output_path):
-    """Popen ``command`` in a new session (so its whole group can be signalled), output appended to a file."""
+def start_process_group(command, output_path, env=None):
+    """Popen ``command`` in a new session (so its whole group can be signalled), output appended to a file;
+    ``env``: its environment (None: this process's)."""
     with open(output_path, "ab") as out:
         return subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                start_new_session=True)
+                                start_new_session=True, env=env)
 
 
 def end_process_group(process, first_signal, timeout):

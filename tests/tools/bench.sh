@@ -8,6 +8,7 @@
 #                                   minutes; results to tests/output/bench-short/, never to docs/
 #
 # Parts: the Lua flavor (tests/benchmarks/bench_lua.py), the watcher (tests/benchmarks/bench_watcher.py),
+# the fleet fan-out (tests/benchmarks/bench_fanout.py: N watchers' blocking queries against three Consul servers),
 # the resilience suite (tests/resilience/: scale events against the reload approach, faults, fuzzed
 # Consul answers; --short runs its pytest properties, the long version tests/resilience/run.py), and
 # (long only) the hypothesis properties with the long profile. Every part runs under `timeout`; every
@@ -77,11 +78,13 @@ part() {  # part NAME SECONDS command...: run under timeout, log to $out/NAME.lo
 if [ "$mode" = short ]; then
   part lua 420 "${py[@]}" tests/benchmarks/bench_lua.py --short --output "$out/bench_lua.json"
   part watcher 420 "${py[@]}" tests/benchmarks/bench_watcher.py --short --json "$out/bench_watcher.json"
+  part fanout 240 "${py[@]}" tests/benchmarks/bench_fanout.py --quick --json "$out/bench_fanout.json"
   part resilience 900 "${pytest[@]}" -q --timeout 600 tests/resilience
   [ -f tests/output/resilience-short.json ] && cp tests/output/resilience-short.json "$out/resilience.json"
 else
   part lua 1800 "${py[@]}" tests/benchmarks/bench_lua.py --output "$out/bench_lua.json"
   part watcher 5400 "${py[@]}" tests/benchmarks/bench_watcher.py --json "$out/bench_watcher.json"
+  part fanout 2400 "${py[@]}" tests/benchmarks/bench_fanout.py --json "$out/bench_fanout.json"
   part resilience 5400 "${py[@]}" tests/resilience/run.py --output "$out/resilience.json"
   part properties 3600 env HYPOTHESIS_PROFILE=long "${pytest[@]}" -q tests/unit/property
   [ -f tests/output/property-cases-long.json ] && cp tests/output/property-cases-long.json "$out/"
