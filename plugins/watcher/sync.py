@@ -8,10 +8,12 @@ nginx.conf defines, or that anyone else added through the interface, are never p
 
 Order of every sync:
 
-1. desired = the Consul mapping, with the configured directives, after the zero-instance policy and
-   the mass-removal hold (safety.py);
+1. desired = the Consul mapping (directives already attached by the mapping, which builds every
+   upstream with ``build_upstream``), servers whose host name does not resolve left out, after the
+   zero-instance policy and the mass-removal hold (safety.py). A sync is told which upstream names
+   changed since the last one (``changed``): only those are examined again (host names: every time);
 2. if it differs from what is applied: the file is replaced atomically (and validated, when a
-   command is configured). If that fails, nothing is sent: the interface keeps the last good state,
+   command is configured), written whole from blocks rendered once per upstream. If that fails, nothing is sent: the interface keeps the last good state,
    the file stays whole, and the sync is retried;
 3. POST every upstream whose body changed (the whole upstream: servers and directives), DELETE every
    owned upstream that disappeared. A failed request leaves the upstream pending; it is retried.
@@ -27,7 +29,6 @@ import time
 from dataclasses import dataclass, field, replace
 
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils import _upstream_file
-from ansible_collections.swallowkeeper.dyups.plugins.module_utils._directives import NO_BACKUP, parse_directives
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._errors import (
     DyupsError, DyupsRejected, DyupsUnavailable)
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._plan import servers_equal
@@ -79,9 +80,6 @@ class Syncer:
         self.metrics = metrics
         self.clock = clock
         self.dry_run = dry_run
-        self.default_directives = parse_directives(settings.directives)
-        self.upstream_directives = {name: parse_directives(values)
-                                    for name, values in settings.upstream_directives.items()}
         for leftover in _upstream_file.remove_stale_temp_files(settings.upstream_file):
             log.warning("removed %s, left by a writer that stopped mid-write", leftover)
         self.applied = _upstream_file.read(settings.upstream_file)
@@ -91,61 +89,69 @@ class Syncer:
         self.unwritten = None   # (upstreams, empty) of a sync whose file write failed; retried
         self.deleted_here = set()
         self.hold_since = None
+        self.hold_total = None  # servers applied when the hold began: the share is measured against it
         self.release_requested = False
         self.skipped = []
+        self._resolved = None   # {name: Upstream} of the last sync's upstreams, host names resolved
+        self._resolved_empty = set()
+        self._hostnames = {}    # name -> skip items: upstreams with host names, examined at every sync
         self.resolve = None
         self._blocks = {}
         self._update_gauges()
 
     # -- desired state ---------------------------------------------------------------------------
-    def with_directives(self, upstreams):
-        """Upstreams from the mapping with the configured directives attached; conflicts are skipped."""
-        result = {}
-        for name, upstream in upstreams.items():
-            directives = self.upstream_directives.get(name, self.default_directives)
-            conflict = [d.name for d in directives if d.name in NO_BACKUP]
-            if conflict and any(server.backup for server in upstream.servers):
-                self.skipped.append({"what": f"upstream {name}",
-                                     "why": f"{conflict[0]} does not support backup servers"})
-                continue
-            result[name] = replace(upstream, directives=directives) if directives != upstream.directives else upstream
-        return result
-
-    def resolvable(self, upstreams, empty):
+    def _resolve_one(self, name, upstream, resolve):
         """Servers written as host names that resolve here; the others are skipped (Tengine would answer
-        500 to the whole POST). An upstream left without servers counts as empty."""
-        resolve = self.resolve = make_resolver(hosts_file=self.settings.hosts_file)  # fresh each sync
-        result = {}
-        empty = set(empty)
-        for name, upstream in upstreams.items():
-            if all(server.kind != "hostname" for server in upstream.servers):
-                result[name] = upstream
-                continue
-            kept = [server for server in upstream.servers if server.kind != "hostname" or resolve(server.host)]
-            for server in upstream.servers:
-                if server not in kept:
-                    self.skipped.append({"what": f"server {server.spec()} of upstream {name}",
-                                         "why": f"the host name {server.host!r} does not resolve on this host"})
-            if kept and not all(server.backup for server in kept):
-                result[name] = replace(upstream, servers=tuple(kept))
-            else:
-                empty.add(name)
-        return result, empty
+        500 to the whole POST). An upstream left without servers (or with backups only) counts as empty."""
+        self._resolved.pop(name, None)
+        self._resolved_empty.discard(name)
+        self._hostnames.pop(name, None)
+        if upstream is None:
+            return
+        if all(server.kind != "hostname" for server in upstream.servers):
+            self._resolved[name] = upstream
+            return
+        kept = [server for server in upstream.servers if server.kind != "hostname" or resolve(server.host)]
+        self._hostnames[name] = [{"what": f"server {server.spec()} of upstream {name}",
+                                  "why": f"the host name {server.host!r} does not resolve on this host"}
+                                 for server in upstream.servers if server not in kept]
+        if kept and not all(server.backup for server in kept):
+            self._resolved[name] = replace(upstream, servers=tuple(kept))
+        else:
+            self._resolved_empty.add(name)
 
-    def desired_from(self, upstreams, empty=()):
+    def resolvable(self, upstreams, empty, changed=None):
+        """({name: Upstream}, {empty names}) with host names resolved (see _resolve_one). ``changed``:
+        the names that may differ from the last call's; None: all of them. Upstreams with host names
+        are resolved again every time (DNS changes on its own)."""
+        resolve = self.resolve = make_resolver(hosts_file=self.settings.hosts_file)  # fresh each sync
+        if changed is None or self._resolved is None:
+            self._resolved, self._resolved_empty, self._hostnames = {}, set(), {}
+            names = set(upstreams)
+        else:
+            names = set(changed) | set(self._hostnames)
+        for name in names:
+            self._resolve_one(name, upstreams.get(name), resolve)
+        for items in self._hostnames.values():
+            self.skipped.extend(items)
+        return self._resolved, self._resolved_empty | set(empty)
+
+    def desired_from(self, upstreams, empty=(), changed=None):
         self.skipped = []
-        upstreams, empty = self.resolvable(upstreams, empty)
-        desired = self.with_directives(upstreams)
-        desired = safety.apply_zero_instance_policy(desired, empty, self.applied, self.settings.zero_instances)
+        upstreams, empty = self.resolvable(upstreams, empty, changed)
+        desired = safety.apply_zero_instance_policy(upstreams, empty, self.applied, self.settings.zero_instances)
         return self._guard(desired)
 
     def _guard(self, desired):
         removal = safety.removals(self.applied, desired)
+        if self.hold_since is not None and self.hold_total is not None and removal.total > self.hold_total:
+            # servers added beside a held removal do not make it smaller: measured against the hold's start
+            removal = replace(removal, total=self.hold_total)
         if not safety.exceeds_guard(removal, self.settings.removal_guard_share, self.settings.removal_guard_min):
             if self.hold_since is not None:
                 log.warning("removal hold cleared: the change no longer removes more than %.0f%% of servers",
                             self.settings.removal_guard_share * 100)
-            self.hold_since = None
+            self.hold_since = self.hold_total = None
             self.release_requested = False
             self.metrics.set(held_changes=0, held_removals=0)
             self.metrics.set_status(held=None)
@@ -153,6 +159,7 @@ class Syncer:
         now = self.clock()
         if self.hold_since is None:
             self.hold_since = now
+            self.hold_total = removal.total
             log.error("HOLDING a change that would remove %d of %d servers (%.0f%%, limit %.0f%%) across %d "
                       "upstream(s): %s. Additions still apply. It is applied after %s, or now with "
                       "POST /release on the status endpoint or SIGUSR1.",
@@ -164,7 +171,7 @@ class Syncer:
         if self.release_requested or hold_over:
             log.warning("releasing the held change (%s): removing %d server(s)",
                         "operator" if self.release_requested else "held past removal_hold_seconds", removal.removed)
-            self.hold_since = None
+            self.hold_since = self.hold_total = None
             self.release_requested = False
             self.metrics.set(held_changes=0, held_removals=0)
             self.metrics.set_status(held=None)
@@ -180,13 +187,15 @@ class Syncer:
             else "nothing is held"
 
     # -- applying --------------------------------------------------------------------------------
-    def sync(self, upstreams, empty=()):
-        """Bring file and interface to the desired state for ``upstreams`` ({name: Upstream}).
-        When the file cannot be written, nothing is sent and the sync is remembered for retry()."""
+    def sync(self, upstreams, empty=(), changed=None):
+        """Bring file and interface to the desired state for ``upstreams`` ({name: Upstream}, with their
+        directives) and ``empty`` (names whose instances all fail). ``changed``: the names whose entry
+        may differ from the previous call's (None: any). When the file cannot be written, nothing is
+        sent and the sync is remembered for retry()."""
         started = self.clock()
         report = SyncReport()
         self.unwritten = None
-        desired = self.desired_from(upstreams, empty)
+        desired = self.desired_from(upstreams, empty, changed)
         report.held = self.hold_since
         changed = sorted(name for name, upstream in desired.items()
                          if self.applied.get(name) is not upstream and self.applied.get(name) != upstream)
