@@ -22,7 +22,7 @@ with no unknown ``dyups_*`` key and string values; the server they make follows 
 
 from __future__ import annotations
 
-from typing import Any, Iterable, List, NamedTuple, Optional, Tuple
+from typing import Any, Callable, Container, Iterable, List, NamedTuple, Optional, Tuple
 
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._errors import ValidationError
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._names import name_problem
@@ -66,6 +66,10 @@ class Instance(NamedTuple):
     node_checks: CheckPairs = ()
     meta: Tuple[Tuple[str, Any], ...] = ()
     malformed: bool = False
+    source: Any = None
+
+    # ``source``: the raw fields it was parsed from (addresses, port, tags, dyups_* Meta), so that a
+    # reader that sees the same registration again can keep this Instance without parsing it again.
 
     @property
     def status(self) -> str:
@@ -141,13 +145,30 @@ def _server(service_data: dict, node_data: dict) -> Server:
         raise _Skip(f"its server breaks the server rules: {exc.rule}") from None
 
 
+def _source(node_data: dict, service_data: dict) -> tuple:
+    meta = service_data.get("Meta")
+    if isinstance(meta, dict):
+        meta = tuple(sorted((key, value) for key, value in meta.items()
+                            if isinstance(key, str) and key.startswith(META_PREFIX)))
+    tags = service_data.get("Tags")
+    return (node_data.get("Address"), service_data.get("Address"), service_data.get("Port"),
+            tuple(tags) if isinstance(tags, list) else tags, meta)
+
+
 def parse_registration(service: str, node_data: Any, service_data: Any, checks: Any, tag_key: str,
-                       keep_meta: bool = True) -> Instance:
+                       keep_meta: bool = True, reuse: Optional[Instance] = None) -> Instance:
     """The Instance of one registration of ``service``: ``node_data`` and ``service_data`` are the
-    Node and Service objects of an answer, ``checks`` its Checks (None: none). Never raises."""
+    Node and Service objects of an answer, ``checks`` its Checks (None: none). Never raises.
+    ``reuse``: an Instance parsed before (without checks or Meta) returned as it is when this
+    registration has the same node, ID and source fields and no checks."""
     if not isinstance(node_data, dict) or not isinstance(service_data, dict):
         return Instance(service, "", "", None, None, ENTRY_SKIP, malformed=True)
     node, instance_id = str(node_data.get("Node", "")), str(service_data.get("ID", ""))
+    source = _source(node_data, service_data)
+    if (reuse is not None and checks is None and not keep_meta and reuse.source == source and reuse.node == node
+            and reuse.id == instance_id and reuse.service == service and not reuse.checks
+            and not reuse.node_checks and not reuse.malformed):
+        return reuse
     own: CheckPairs = ()
     on_node: CheckPairs = ()
     tags: Tuple[str, ...] = ()
@@ -172,8 +193,9 @@ def parse_registration(service: str, node_data: Any, service_data: Any, checks: 
             raise _Skip(f"the upstream name {shown(upstream)} {problem}")
         server = _server(service_data, node_data)
     except _Skip as skip:
-        return Instance(service, node, instance_id, upstream, None, skip.why, tags, own, on_node, kept_meta)
-    return Instance(service, node, instance_id, upstream, server, None, tags, own, on_node, kept_meta)
+        return Instance(service, node, instance_id, upstream, None, skip.why, tags, own, on_node, kept_meta,
+                        source=source)
+    return Instance(service, node, instance_id, upstream, server, None, tags, own, on_node, kept_meta, source=source)
 
 
 def parse_health_entries(service: str, entries: Any, tag_key: str, keep_meta: bool = True) -> Optional[List[Instance]]:
@@ -191,11 +213,15 @@ def parse_health_entries(service: str, entries: Any, tag_key: str, keep_meta: bo
     return result
 
 
-def parse_node_services(answer: Any, tag_key: str, keep_meta: bool = True) -> List[Tuple[Any, Any, Instance]]:
+def parse_node_services(answer: Any, tag_key: str, keep_meta: bool = True,
+                        known: Optional[Callable[[str, str, str], Optional[Instance]]] = None,
+                        wanted: Optional[Container[str]] = None) -> List[Tuple[Any, Any, Instance]]:
     """``(service name, raw service ID, Instance)`` for each service of a
     ``/v1/catalog/node-services/NODE`` answer (no checks: that endpoint has none). A service
-    without a string name is left out (no service to put it under); an answer of another shape
-    gives nothing."""
+    without a string name is left out (no service to put it under), and so is one not in
+    ``wanted`` (when given); an answer of another shape gives nothing. ``known(service, node, id)``:
+    the Instance parsed before for that registration, kept when nothing it was parsed from changed
+    (see parse_registration)."""
     if not isinstance(answer, dict):
         return []
     node_data, services = answer.get("Node"), answer.get("Services")
@@ -204,8 +230,11 @@ def parse_node_services(answer: Any, tag_key: str, keep_meta: bool = True) -> Li
     result = []
     for service_data in services:
         name = service_data.get("Service") if isinstance(service_data, dict) else None
-        if not isinstance(name, str):
+        if not isinstance(name, str) or (wanted is not None and name not in wanted):
             continue
+        reuse = None
+        if known is not None and isinstance(node_data, dict):
+            reuse = known(name, str(node_data.get("Node", "")), str(service_data.get("ID", "")))
         result.append((name, service_data.get("ID"),
-                       parse_registration(name, node_data, service_data, None, tag_key, keep_meta)))
+                       parse_registration(name, node_data, service_data, None, tag_key, keep_meta, reuse)))
     return result

@@ -118,13 +118,16 @@ def _parse_node(node, answer, instances, known, tag_key):
     equal to the one ``known`` (the cache) holds is taken from there, so that a full read of an
     unchanged fleet allocates next to nothing that stays."""
     seen = set()
-    for position, (name, _raw_id, instance) in enumerate(parse_node_services(answer, tag_key, keep_meta=False)):
-        if name not in instances:
-            continue
+
+    def cached(name, node_name, service_id):
+        return known.get(name, {}).get((node_name, service_id))
+
+    for position, (name, _raw_id, instance) in enumerate(
+            parse_node_services(answer, tag_key, keep_meta=False, known=cached, wanted=instances)):
         key = _keyed(instance, seen, f"#malformed-{node}-{position}")
         seen.add(key)
-        cached = known.get(name, {}).get(key)
-        instances[name][key] = cached if cached == instance else instance
+        before = known.get(name, {}).get(key)
+        instances[name][key] = before if before is not instance and before == instance else instance
 
 
 def _pairs(checks):
