@@ -43,8 +43,10 @@ def assert_instance(instance, service):
         assert "\n" not in instance.skip   # hostile values are shown quoted (repr), not as they are
 
 
-@given(st.sampled_from(["Web", "a b", ""]), st.one_of(st.lists(st.one_of(health_entries(), json_values), max_size=5),
-                                                       json_values), tag_keys)
+health_answers = st.one_of(st.lists(st.one_of(health_entries(), json_values), max_size=5), json_values)
+
+
+@given(st.sampled_from(["Web", "a b", ""]), health_answers, tag_keys)
 @example("Web", [{"Node": {"Node": "n1"}, "Service": {"ID": "i", "Port": 80, "Meta": {"dyups_weight": []}},
                   "Checks": None}], "gray")
 @example("Web", [{"Node": {"Node": 5, "Address": "10.0.0.1"}, "Service": {"ID": None, "Port": 80, "Meta": {1: "x"}},
