@@ -43,32 +43,33 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass, field
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
+from ansible_collections.swallowkeeper.dyups.plugins.module_utils._consul_instance import (
+    DEFAULT_TAG_VALUE, META_KEYS, META_PREFIX, Instance, parse_health_entries, shown)
+from ansible_collections.swallowkeeper.dyups.plugins.module_utils._directives import parse_directives
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._errors import ValidationError
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._names import name_problem
-from ansible_collections.swallowkeeper.dyups.plugins.module_utils._servers import parse_server
-from ansible_collections.swallowkeeper.dyups.plugins.module_utils._upstream import build_upstream
+from ansible_collections.swallowkeeper.dyups.plugins.module_utils._upstream import Upstream, build_upstream
+
+__all__ = ["DEFAULT_TAG_KEY", "DEFAULT_TAG_VALUE", "META_KEYS", "META_PREFIX", "MappingOptions", "MappingResult",
+           "map_instances", "map_services", "merge_results",
+           "MergedMapping"]
 
 DEFAULT_TAG_KEY = "gray"
-DEFAULT_TAG_VALUE = "default"
 DEFAULT_EXCLUDE = ("consul",)
 DEFAULT_PASSING = ("passing",)
 CHECK_STATES = ("passing", "warning", "critical")
-META_PREFIX = "dyups_"
-META_KEYS = {
-    "dyups_weight": "weight",
-    "dyups_max_fails": "max_fails",
-    "dyups_fail_timeout": "fail_timeout",
-    "dyups_max_conns": "max_conns",
-    "dyups_backup": "backup",
-    "dyups_down": "down",
-}
-_SEVERITY = {"passing": 0, "warning": 1, "critical": 2}
 
 
 @dataclass(frozen=True)
 class MappingOptions:
-    """How services are selected and mapped; validated on creation (ValueError)."""
+    """How services are selected and mapped; validated on creation (ValueError).
+
+    ``directives`` (every upstream) and ``upstream_directives`` (``{upstream: [directive, ...]}``,
+    instead of ``directives`` for that upstream) are attached to the upstreams the mapping builds,
+    so that ``build_upstream`` checks them with the servers (the watcher's settings; none for the
+    consul_services module)."""
 
     tag_key: str = DEFAULT_TAG_KEY
     include: tuple = ()
@@ -76,8 +77,10 @@ class MappingOptions:
     prefix: str = ""
     include_warning: bool = False
     passing_states: tuple = DEFAULT_PASSING
+    directives: tuple = ()
+    upstream_directives: Any = None
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         tag_key = self.tag_key
         if not isinstance(tag_key, str) or not tag_key or "=" in tag_key or tag_key.strip() != tag_key:
             raise ValueError(f"tag_key must be a non-empty word without '=' or spaces, not {self.tag_key!r}")
@@ -95,14 +98,24 @@ class MappingOptions:
         if self.include_warning and "warning" not in states:
             states = states + ("warning",)
         object.__setattr__(self, "passing_states", states)
+        try:
+            object.__setattr__(self, "directives", parse_directives(list(self.directives or ())))
+            object.__setattr__(self, "upstream_directives", {
+                name: parse_directives(values) for name, values in dict(self.upstream_directives or {}).items()})
+        except ValidationError as exc:
+            raise ValueError(str(exc)) from None
 
-    def selects(self, service):
+    def selects(self, service: str) -> bool:
         """True when ``service`` passes the include / exclude / prefix filters."""
         if service in self.exclude:
             return False
         if self.include and service not in self.include:
             return False
         return service.startswith(self.prefix)
+
+    def directives_for(self, upstream: str) -> tuple:
+        """The directives attached to ``upstream``."""
+        return self.upstream_directives.get(upstream, self.directives)
 
 
 @dataclass
@@ -115,12 +128,12 @@ class MappingResult:
     skipped: list = field(default_factory=list)
     sources: dict = field(default_factory=dict)
 
-    def upstream_specs(self):
-        """``{name: {"servers": [spec, ...], "directives": []}}``: the bulk form of dyups_upstream."""
+    def upstream_specs(self) -> dict:
+        """``{name: {"servers": [spec, ...], "directives": [...]}}``: the bulk form of dyups_upstream."""
         return {name: {"servers": upstream.to_dict()["servers"], "directives": upstream.to_dict()["directives"]}
                 for name, upstream in self.upstreams.items()}
 
-    def to_dict(self):
+    def to_dict(self) -> dict:
         return {
             "instances": [dict(item) for item in self.instances],
             "upstreams": self.upstream_specs(),
@@ -129,16 +142,7 @@ class MappingResult:
         }
 
 
-class _Skip(Exception):
-    def __init__(self, why):
-        super().__init__(why)
-        self.why = why
-
-
-def _text(value):
-    """Shown form of a hostile value: repr-quoted and cut, so it cannot forge a log line."""
-    shown = repr(value)
-    return shown if len(shown) <= 80 else shown[:77] + "..."
+_text = shown
 
 
 def _skip_item(what, why, service=None, node=None, instance_id=None):
@@ -149,141 +153,78 @@ def _instance_what(service, node, instance_id):
     return f"instance {_text(instance_id)} of service {_text(service)} on node {_text(node)}"
 
 
-def _tag_value(tags, tag_key):
-    prefix = tag_key + "="
-    values = sorted({tag[len(prefix):] for tag in tags if tag.startswith(prefix)})
-    if len(values) > 1:
-        raise _Skip(f"it has {len(values)} different {tag_key}= tags ({', '.join(_text(v) for v in values)}); "
-                    "an instance belongs to one upstream")
-    if not values or values[0] == DEFAULT_TAG_VALUE:
-        return None
-    if not values[0]:
-        raise _Skip(f"its tag {tag_key}= has no value (write {tag_key}={DEFAULT_TAG_VALUE} for no suffix)")
-    return values[0]
+def _report(instance: Instance, status: str, serving: bool) -> dict:
+    """The ``instances`` item of the module's answer."""
+    server = instance.server
+    assert server is not None, "only usable Instances are reported"  # nosec B101 (a parse guarantee)
+    return {
+        "service": instance.service,
+        "id": instance.id,
+        "node": instance.node,
+        "address": server.host,
+        "port": server.port,
+        "server": server.spec(),
+        "tags": list(instance.tags),
+        "meta": dict(instance.meta),
+        "status": status,
+        "serving": serving,
+        "upstream": instance.upstream,
+    }
 
 
-def _status(checks):
-    """The worst status of ``checks``; an unknown status counts as critical."""
-    worst = "passing"
-    for check in checks:
-        status = check.get("Status")
-        if not isinstance(status, str) or status not in _SEVERITY:  # also a list or object: unhashable
-            status = "critical"
-        if _SEVERITY[status] > _SEVERITY[worst]:
-            worst = status
-    return worst
-
-
-def _server_from(service_data, node_data):
-    address = service_data.get("Address") or node_data.get("Address")
-    if not isinstance(address, str) or not address:
-        raise _Skip("neither Service.Address nor Node.Address holds an address")
-    port = service_data.get("Port")
-    if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
-        raise _Skip(f"its port {_text(port)} is not 1-65535")
-    meta = service_data.get("Meta") or {}
-    if not isinstance(meta, dict):
-        raise _Skip("its Meta is not a JSON object")
-    spec = {"host": address, "port": port}
-    for key in sorted(meta):
-        if not isinstance(key, str) or not key.startswith(META_PREFIX):
-            continue
-        if key not in META_KEYS:
-            raise _Skip(f"unknown Meta key {_text(key)}; known: {', '.join(sorted(META_KEYS))}")
-        value = meta[key]
-        if not isinstance(value, str):
-            raise _Skip(f"Meta {key}={_text(value)} is not a string")
-        spec[META_KEYS[key]] = value.strip()
-    try:
-        return parse_server(spec)
-    except ValidationError as exc:
-        raise _Skip(f"its server breaks the server rules: {exc.rule}") from None
-
-
-def _map_one_service(service, entries, options):
-    """The mapping of one service's entries, before cross-service collisions are resolved."""
+def map_instances(service: str, instances: Optional[Sequence[Instance]], options: MappingOptions,
+                  report: bool = True) -> MappingResult:
+    """The mapping of one service's Instances (None: its answer was not a list), before cross-service
+    collisions are resolved. ``report``: also list the usable instances (the module's ``instances``;
+    the watcher does without)."""
     result = MappingResult()
     problem = name_problem(service)
     if problem:
-        count = len(entries) if isinstance(entries, list) else 0
+        count = len(instances) if instances is not None else 0
         result.skipped.append(_skip_item(f"service {_text(service)}",
                                          f"the service name {problem}, so it cannot name an upstream "
                                          f"({count} instance(s) skipped)", service=service))
         return result
-    if not isinstance(entries, list):
+    if instances is None:
         result.skipped.append(_skip_item(f"service {_text(service)}", "its health entries are not a list",
                                          service=service))
         return result
-    if not entries:
+    if not instances:
         result.skipped.append(_skip_item(f"service {_text(service)}",
                                          "the catalog lists it but /v1/health/service returned no instance "
                                          "(deregistered meanwhile, or the ACL token lacks node:read)",
                                          service=service))
         return result
-    rows = []
-    for entry in entries:
-        node_data = entry.get("Node") if isinstance(entry, dict) else None
-        service_data = entry.get("Service") if isinstance(entry, dict) else None
-        checks = entry.get("Checks") if isinstance(entry, dict) else None
-        if not isinstance(node_data, dict) or not isinstance(service_data, dict):
-            result.skipped.append(_skip_item(f"an entry of service {_text(service)}",
-                                             "it lacks the Node or Service object", service=service))
-            continue
-        rows.append((str(node_data.get("Node", "")), str(service_data.get("ID", "")), node_data, service_data,
-                     checks))
-    rows.sort(key=lambda row: (row[0], row[1]))
     candidates = []
-    for node, instance_id, node_data, service_data, checks in rows:
-        try:
-            if checks is None:
-                checks = []
-            if not isinstance(checks, list) or not all(isinstance(check, dict) for check in checks):
-                raise _Skip("its Checks are not a list of objects")
-            tags = service_data.get("Tags") or []
-            if not isinstance(tags, list) or not all(isinstance(tag, str) for tag in tags):
-                raise _Skip("its Tags are not a list of strings")
-            tag = _tag_value(tags, options.tag_key)
-            upstream = service if tag is None else f"{service}_{tag}"
-            problem = name_problem(upstream)
-            if problem:
-                raise _Skip(f"the upstream name {_text(upstream)} {problem}")
-            server = _server_from(service_data, node_data)
-        except _Skip as skip:
-            result.skipped.append(_skip_item(_instance_what(service, node, instance_id), skip.why,
-                                             service=service, node=node, instance_id=instance_id))
-            continue
-        serving = all(check.get("Status") in options.passing_states for check in checks)
-        candidates.append((node, instance_id, service_data, tags, upstream, server, _status(checks), serving))
+    for instance in sorted(instances, key=lambda item: (item.node, item.id)):
+        if instance.malformed:
+            result.skipped.append(_skip_item(f"an entry of service {_text(service)}", instance.skip, service=service))
+        elif instance.skip is not None:
+            result.skipped.append(_skip_item(_instance_what(service, instance.node, instance.id), instance.skip,
+                                             service=service, node=instance.node, instance_id=instance.id))
+        else:
+            candidates.append((not instance.serving(options.passing_states), instance))
     # One address once per upstream: a serving instance before a non-serving one, then by node and ID.
-    candidates.sort(key=lambda row: (not row[7], row[0], row[1]))
-    by_upstream = {}
-    kept = {}
-    for node, instance_id, service_data, tags, upstream, server, status, serving in candidates:
+    candidates.sort(key=lambda row: (row[0], row[1].node, row[1].id))
+    by_upstream: Dict[str, list] = {}
+    kept: Dict[Tuple[str, str], str] = {}
+    reports = []
+    for not_serving, instance in candidates:
+        upstream, server = instance.upstream, instance.server
+        assert upstream is not None and server is not None, "a candidate is a usable Instance"  # nosec B101
         key = (upstream, server.address)
         if key in kept:
             result.skipped.append(_skip_item(
-                _instance_what(service, node, instance_id),
+                _instance_what(service, instance.node, instance.id),
                 f"{server.address} is already in upstream {upstream} from instance {_text(kept[key])}",
-                service=service, node=node, instance_id=instance_id))
+                service=service, node=instance.node, instance_id=instance.id))
             continue
-        kept[key] = instance_id
-        meta = service_data.get("Meta") or {}
-        result.instances.append({
-            "service": service,
-            "id": instance_id,
-            "node": node,
-            "address": server.host,
-            "port": server.port,
-            "server": server.spec(),
-            "tags": list(tags),
-            "meta": {str(k): v for k, v in sorted(meta.items())},
-            "status": status,
-            "serving": serving,
-            "upstream": upstream,
-        })
-        by_upstream.setdefault(upstream, []).append((server, serving))
-    result.instances.sort(key=lambda item: (item["node"], item["id"]))
+        kept[key] = instance.id
+        if report:
+            reports.append(_report(instance, instance.status, not not_serving))
+        by_upstream.setdefault(upstream, []).append((server, not not_serving))
     empty = []
+    broken = set()
     for upstream in sorted(by_upstream):
         servers = [server for server, serving in by_upstream[upstream] if serving]
         result.sources[upstream] = service
@@ -291,12 +232,14 @@ def _map_one_service(service, entries, options):
             empty.append(upstream)
             continue
         try:
-            result.upstreams[upstream] = build_upstream(upstream, servers)
+            result.upstreams[upstream] = build_upstream(upstream, servers, options.directives_for(upstream))
         except ValidationError as exc:
             result.skipped.append(_skip_item(f"upstream {_text(upstream)}", f"it breaks a rule: {exc}",
                                              service=service))
             del result.sources[upstream]
-            result.instances = [item for item in result.instances if item["upstream"] != upstream]
+            broken.add(upstream)
+    result.instances = sorted((item for item in reports if item["upstream"] not in broken),
+                              key=lambda item: (item["node"], item["id"]))
     result.empty = tuple(empty)
     return result
 
@@ -314,73 +257,137 @@ def _winner(claims):
 _WINS = "(the service named like the upstream, else the alphabetically first; nginx compares names ignoring case)"
 
 
-def _loses(winners, service, upstream):
-    return winners[upstream.lower()] != (service, upstream)
-
-
-def _collision_survivors(result, winners, skipped):
-    """The instances of ``result`` whose upstream its service wins; a skip item for each other one.
-
-    A result whose instances were dropped to save memory (the watcher keeps ``instances`` empty)
-    gets one skip item per lost upstream instead.
-    """
+def _lost_items(result: MappingResult, service: str, upstream: str, winner: Tuple[str, str]) -> List[dict]:
+    """Skip items for the instances of ``result`` that map to ``upstream`` of ``service``, which lose
+    the name to ``winner``; one item for the upstream when ``result`` lists no instances (the watcher
+    keeps none)."""
+    why = f"upstream {winner[1]} already comes from service {_text(winner[0])}, which wins {_WINS}"
     if not result.instances:
-        for upstream, service in sorted(result.sources.items()):
-            if _loses(winners, service, upstream):
-                winner, taken = winners[upstream.lower()]
-                skipped.append(_skip_item(
-                    f"upstream {upstream} of service {_text(service)}",
-                    f"upstream {taken} already comes from service {_text(winner)}, which wins {_WINS}",
-                    service=service))
-        return
-    for item in result.instances:
-        if _loses(winners, item["service"], item["upstream"]):
-            winner, taken = winners[item["upstream"].lower()]
-            skipped.append(_skip_item(
-                _instance_what(item["service"], item["node"], item["id"]),
-                f"upstream {taken} already comes from service {_text(winner)}, which wins {_WINS}",
-                service=item["service"], node=item["node"], instance_id=item["id"]))
-            continue
-        yield item
+        return [_skip_item(f"upstream {upstream} of service {_text(service)}", why, service=service)]
+    return [_skip_item(_instance_what(item["service"], item["node"], item["id"]), why, service=item["service"],
+                       node=item["node"], instance_id=item["id"])
+            for item in result.instances if item["service"] == service and item["upstream"] == upstream]
 
 
-def merge_results(results):
+class MergedMapping:
+    """Per-service (or already merged) MappingResults merged into one, kept current as each changes:
+    ``put`` costs the upstream names it touches, not the number of services. Name collisions
+    (rule 6) are resolved here, the one place: ``merge_results`` is a MergedMapping filled at once.
+
+    ``upstreams`` ({name: Upstream}), ``empty`` (set) and ``sources`` ({upstream: service}) are the
+    live merged state (not sorted); ``take_changes`` gives the upstream names whose entry may have
+    changed since its last call (None the first time: all of them); ``result`` a sorted MappingResult.
+    """
+
+    def __init__(self) -> None:
+        self.results: Dict[Any, MappingResult] = {}
+        self.upstreams: Dict[str, Upstream] = {}
+        self.empty: set = set()
+        self.sources: Dict[str, str] = {}
+        self._claims: Dict[str, Dict[Tuple[str, str], Any]] = {}  # name.lower() -> {(service, upstream): key}
+        self._winners: Dict[str, Tuple[str, str]] = {}
+        self._lost: Dict[str, List[dict]] = {}
+        self._changed: Optional[set] = None
+        self._skipped: Optional[List[dict]] = None
+
+    def put(self, key: Any, result: Optional[MappingResult]) -> None:
+        """Set (or, with None, drop) the result held under ``key`` (a service name)."""
+        old = self.results.pop(key, None)
+        touched = set()
+        if old is not None:
+            for upstream, service in old.sources.items():
+                touched.add(upstream.lower())
+                self._claims[upstream.lower()].pop((service, upstream), None)
+            if old.skipped:
+                self._skipped = None
+        if result is not None:
+            self.results[key] = result
+            for upstream, service in result.sources.items():
+                touched.add(upstream.lower())
+                self._claims.setdefault(upstream.lower(), {})[(service, upstream)] = key
+            if result.skipped:
+                self._skipped = None
+        for lower in touched:
+            self._settle(lower)
+
+    def _note(self, name: str) -> None:
+        if self._changed is not None:
+            self._changed.add(name)
+
+    def _settle(self, lower: str) -> None:
+        previous = self._winners.pop(lower, None)
+        if previous is not None:
+            name = previous[1]
+            self.upstreams.pop(name, None)
+            self.empty.discard(name)
+            self.sources.pop(name, None)
+            self._note(name)
+        if self._lost.pop(lower, None):
+            self._skipped = None
+        claims = self._claims.get(lower)
+        if not claims:
+            self._claims.pop(lower, None)
+            return
+        winner = _winner(claims) if len(claims) > 1 else next(iter(claims))
+        service, name = winner
+        self._winners[lower] = winner
+        result = self.results[claims[winner]]
+        self.sources[name] = service
+        if name in result.upstreams:
+            self.upstreams[name] = result.upstreams[name]
+        elif name in result.empty:
+            self.empty.add(name)
+        self._note(name)
+        if len(claims) > 1:
+            self._lost[lower] = [item for pair, key in sorted(claims.items()) if pair != winner
+                                 for item in _lost_items(self.results[key], pair[0], pair[1], winner)]
+            self._skipped = None
+
+    def take_changes(self) -> Optional[set]:
+        changed, self._changed = self._changed, set()
+        return changed
+
+    def skipped(self) -> List[dict]:
+        """Every skip item, sorted; the same list until a skip item comes or goes."""
+        if self._skipped is None:
+            items = [item for result in self.results.values() for item in result.skipped]
+            items.extend(item for lost in self._lost.values() for item in lost)
+            items.sort(key=_skip_order)
+            self._skipped = items
+        return self._skipped
+
+    def _wins(self, service: str, upstream: str) -> bool:
+        return self._winners.get(upstream.lower()) == (service, upstream)
+
+    def result(self) -> MappingResult:
+        """The merged mapping as one MappingResult, sorted."""
+        merged = MappingResult()
+        for result in self.results.values():
+            if all(self._wins(service, upstream) for upstream, service in result.sources.items()):
+                merged.instances.extend(result.instances)  # the common case: no name collision
+            else:
+                merged.instances.extend(item for item in result.instances
+                                        if self._wins(item["service"], item["upstream"]))
+        merged.instances.sort(key=lambda item: (item["service"], item["node"], item["id"]))
+        merged.skipped = list(self.skipped())
+        merged.upstreams = {name: self.upstreams[name] for name in sorted(self.upstreams)}
+        merged.empty = tuple(sorted(self.empty))
+        merged.sources = {name: self.sources[name] for name in sorted(self.sources)}
+        return merged
+
+
+def merge_results(results: Iterable[MappingResult]) -> MappingResult:
     """One MappingResult from per-service results (or merged ones), resolving name collisions (rule 6)."""
-    results = list(results)
-    claims = {}
-    for result in results:
-        for upstream, service in result.sources.items():
-            claims.setdefault(upstream.lower(), set()).add((service, upstream))
-    winners = {key: _winner(pairs) for key, pairs in claims.items()}
-    merged = MappingResult()
-    upstreams = {}
-    empty = set()
-    for result in results:
-        if not any(_loses(winners, service, upstream) for upstream, service in result.sources.items()):
-            merged.instances.extend(result.instances)  # the common case: no name collision
-        else:
-            merged.instances.extend(_collision_survivors(result, winners, merged.skipped))
-        merged.skipped.extend(result.skipped)
-        for upstream, service in result.sources.items():
-            if _loses(winners, service, upstream):
-                continue
-            merged.sources[upstream] = service
-            if upstream in result.upstreams:
-                upstreams[upstream] = result.upstreams[upstream]
-            elif upstream in result.empty:
-                empty.add(upstream)
-    merged.instances.sort(key=lambda item: (item["service"], item["node"], item["id"]))
-    merged.skipped.sort(key=_skip_order)
-    merged.upstreams = {name: upstreams[name] for name in sorted(upstreams)}
-    merged.empty = tuple(sorted(empty))
-    merged.sources = {name: merged.sources[name] for name in sorted(merged.sources)}
-    return merged
+    merged = MergedMapping()
+    for position, result in enumerate(results):
+        merged.put(position, result)
+    return merged.result()
 
 
-def map_services(health, options=None):
+def map_services(health: dict, options: Optional[MappingOptions] = None) -> MappingResult:
     """Map ``{service: [health entries]}`` to a MappingResult. Services the filters drop are ignored."""
     options = options or MappingOptions()
-    per_service = [_map_one_service(service, health[service], options)
+    per_service = [map_instances(service, parse_health_entries(service, health[service], options.tag_key), options)
                    for service in sorted(health, key=str) if isinstance(service, str) and options.selects(service)]
     return merge_results(per_service)
 

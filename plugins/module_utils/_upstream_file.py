@@ -18,6 +18,7 @@ sent to the interface. Three guarantees:
 
 from __future__ import annotations
 
+import bisect
 import os
 import shlex
 import shutil
@@ -25,7 +26,7 @@ import stat
 import subprocess
 import tempfile
 import time
-from typing import Callable, Iterable, Iterator
+from typing import Callable, Iterable, Iterator, Mapping
 
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._errors import ValidationError
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._upstream import Upstream, build_upstream
@@ -65,6 +66,43 @@ def render(upstreams: Iterable[Upstream], header: str = HEADER, block: Callable[
     parts = [header] if header else []
     parts.extend(block(upstream) for upstream in upstreams)
     return "\n".join(parts)
+
+
+class RenderedFile:
+    """The file's text kept as one rendered block per upstream, in name order, for a writer that
+    changes a few upstreams at a time (the watcher): ``update`` renders the changed ones only, and
+    ``text`` joins the blocks (the same text ``render`` gives for the same upstreams)."""
+
+    def __init__(self, upstreams: Iterable[Upstream] = (), header: str = HEADER) -> None:
+        self.header = header
+        self.names: list[str] = []
+        self.texts: list[str] = []
+        self.lower: dict[str, str] = {}
+        self.update({upstream.name: upstream for upstream in upstreams})
+
+    def update(self, changes: Mapping[str, Upstream | None]) -> None:
+        """Apply ``{name: Upstream, or None to remove it}``; raises ValidationError (and changes
+        nothing) when a new name differs from a kept one only in letter case."""
+        for name, upstream in changes.items():
+            other = self.lower.get(name.lower())
+            if upstream is not None and other is not None and other != name and changes.get(other, 0) is not None:
+                _unique_ignoring_case([other, name])
+        for name, upstream in sorted(changes.items(), key=lambda item: item[1] is not None):  # removals first
+            at = bisect.bisect_left(self.names, name)
+            present = at < len(self.names) and self.names[at] == name
+            if upstream is None:
+                if present:
+                    del self.names[at], self.texts[at]
+                    del self.lower[name.lower()]
+            elif present:
+                self.texts[at] = render_block(upstream)
+            else:
+                self.names.insert(at, name)
+                self.texts.insert(at, render_block(upstream))
+                self.lower[name.lower()] = name
+
+    def text(self) -> str:
+        return "\n".join(([self.header] if self.header else []) + self.texts)
 
 
 def _tokens(text: str) -> Iterator[tuple[int, str]]:

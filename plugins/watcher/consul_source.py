@@ -42,6 +42,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils import _consul_mapping as mapping
+from ansible_collections.swallowkeeper.dyups.plugins.module_utils._consul_instance import (
+    check_pairs, parse_health_entries, parse_node_services)
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._consul_client import (
     BlockingQuery, ConsulClient, resolve_token)
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._errors import (
@@ -64,15 +66,6 @@ def consul_error_kind(exc):
     return "consul_bad_answer"
 
 
-def _compact(node_data, service):
-    """What the mapping reads of one instance, in a tuple (Meta: only the ``dyups_*`` keys it reads)."""
-    meta = service.get("Meta")
-    if isinstance(meta, dict):
-        meta = {key: value for key, value in meta.items() if str(key).startswith(mapping.META_PREFIX)} or None
-    return (node_data.get("Node"), node_data.get("Address"), service.get("ID"), service.get("Address"),
-            service.get("Port"), service.get("Tags"), meta)
-
-
 def _updatable(known, failing_pairs):
     """True when every failing check is one the cache knows for that instance (so it can be updated
     in place)."""
@@ -86,56 +79,60 @@ def _updated(known, failing_pairs):
     return tuple(sorted((check_id, failing.get(check_id, "passing")) for check_id, _status in known))
 
 
-def _compact_entries(health_entries):
-    """({(node, service id): instance}, {(node, service id) or (node, ""): check pairs}) of one
-    service's ``/v1/health/service/NAME`` entries.
+def _strip(instance):
+    """The Instance as the cache holds it: checks apart (self.checks), so that instances read by
+    node (no checks there) and by service compare equal when Consul holds the same."""
+    return instance._replace(checks=(), node_checks=()) if instance.checks or instance.node_checks else instance
 
-    Instances are kept compact (what the mapping reads, in a tuple, see _compact) and checks as
-    (id, status) pairs: at thousands of services the cache is most of the watcher's memory.
-    Malformed entries are kept as they are, under a key of their position, so that the mapping skips
-    them with a reason instead of the watcher failing on them.
-    """
+
+def _keyed(instance, seen, fallback):
+    """The cache key of an Instance: (node, service id); a malformed one, or one whose key repeats
+    in the same answer, gets ``("", fallback)`` and keeps its own checks (the mapping skips it or maps
+    it on its own)."""
+    key = (instance.node, instance.id)
+    if instance.malformed or not instance.node or not instance.id or key in seen:
+        return ("", fallback)
+    return key
+
+
+def _parse_entries(name, health_entries, tag_key):
+    """({(node, service id): Instance}, {(node, service id) or (node, ""): check pairs}) of one
+    service's ``/v1/health/service/NAME`` answer, parsed once (_consul_instance.py). Instances are
+    kept without their checks (see _strip) and Meta (only its dyups_* keys matter, already in the
+    server); an answer that is not a list holds no instance."""
     instances, checks = {}, {}
-    for position, entry in enumerate(health_entries if isinstance(health_entries, list) else []):
-        entry = entry if isinstance(entry, dict) else {"Node": entry}
-        node_data, service = entry.get("Node"), entry.get("Service")
-        node = node_data.get("Node") if isinstance(node_data, dict) else None
-        service_id = service.get("ID") if isinstance(service, dict) else None
-        raw_checks = entry.get("Checks") if isinstance(entry.get("Checks"), list) else []
-        entry_checks = [check for check in raw_checks if isinstance(check, dict)]
-        if not (isinstance(node, str) and node and isinstance(service_id, str) and service_id):
-            instances[("", f"#malformed-{position}")] = {"Node": node_data, "Service": service, "Checks": entry_checks}
+    for position, instance in enumerate(parse_health_entries(name, health_entries, tag_key, keep_meta=False) or ()):
+        key = _keyed(instance, instances, f"#malformed-{position}")
+        if not key[0]:
+            instances[key] = instance
             continue
-        key = (node, service_id)
-        instances[key] = _compact(node_data, service)
-        checks[key] = _pairs(check for check in entry_checks if check.get("ServiceID"))
-        checks[(node, "")] = _pairs(check for check in entry_checks if not check.get("ServiceID"))
+        instances[key] = _strip(instance)
+        checks[key] = instance.checks
+        checks[(key[0], "")] = instance.node_checks
     return instances, checks
 
 
-def _compact_node(answer, instances, known):
-    """Add the instances of one ``/v1/catalog/node-services/NODE`` answer to ``instances``
-    ({service name: {(node, service id): instance}}, only the names it already holds), compact as
-    _compact_entries makes them. An instance equal to the one ``known`` (the cache) holds is taken
-    from there, so that a full read of an unchanged fleet allocates next to nothing that stays."""
-    node_data = answer["Node"]
-    node = node_data.get("Node")
-    for position, service in enumerate(answer["Services"]):
-        name, service_id = service.get("Service"), service.get("ID")
-        if not (isinstance(name, str) and name in instances):
-            continue
-        if isinstance(node, str) and node and isinstance(service_id, str) and service_id:
-            key = (node, service_id)
-            now, cached = _compact(node_data, service), known.get(name, {}).get(key)
-            instances[name][key] = cached if cached == now else now
-        else:
-            instances[name][("", f"#malformed-{node}-{position}")] = {"Node": node_data, "Service": service,
-                                                                      "Checks": []}
+def _parse_node(node, answer, instances, known, tag_key):
+    """Add the Instances of one ``/v1/catalog/node-services/NODE`` answer to ``instances``
+    ({service name: {(node, service id): Instance}}, only the names it already holds). An instance
+    equal to the one ``known`` (the cache) holds is taken from there, so that a full read of an
+    unchanged fleet allocates next to nothing that stays."""
+    seen = set()
+
+    def cached(name, node_name, service_id):
+        return known.get(name, {}).get((node_name, service_id))
+
+    for position, (name, _raw_id, instance) in enumerate(
+            parse_node_services(answer, tag_key, keep_meta=False, known=cached, wanted=instances)):
+        key = _keyed(instance, seen, f"#malformed-{node}-{position}")
+        seen.add(key)
+        before = known.get(name, {}).get(key)
+        instances[name][key] = before if before is not instance and before == instance else instance
 
 
 def _pairs(checks):
     """((check id, status), ...) sorted, as CheckSnapshot states hold them."""
-    return tuple(sorted({(str(check.get("CheckID") or ""), str(check.get("Status") or "")) for check in checks}))
+    return check_pairs(checks)
 
 
 class ConsulSource:
@@ -144,7 +141,8 @@ class ConsulSource:
         self.metrics = metrics
         self.options = mapping.MappingOptions(
             tag_key=settings.tag_key, include=tuple(settings.include), exclude=tuple(settings.exclude),
-            prefix=settings.prefix, include_warning=settings.include_warning)
+            prefix=settings.prefix, include_warning=settings.include_warning, directives=tuple(settings.directives),
+            upstream_directives=settings.upstream_directives)
         token = resolve_token(token_file=settings.consul_token_file)
         cert = (settings.consul_client_cert, settings.consul_client_key) if settings.consul_client_cert else None
         verify = settings.consul_ca_path or settings.consul_validate_certs
@@ -155,12 +153,12 @@ class ConsulSource:
         self.watch_client = ConsulClient(settings.consul_url, self.transport, token=token,
                                          datacenter=settings.consul_datacenter, timeout=settings.consul_timeout,
                                          stale=settings.consul_stale, object_hook=mapping.slim_object)
-        self.entries = {}        # service -> {(node, service_id): compact instance (see _compact)}
+        self.entries = {}        # service -> {(node, service_id): Instance without checks (see _strip)}
         self.checks = {}         # (node, service_id) -> ((check id, status), ...); node checks under (node, "")
         self.failing = {}        # the part of self.checks not passing: key -> (service name or "", pairs)
         self.node_services = {}  # node -> {service names with an instance there}
         self.catalog = None      # service -> sorted tags, from /v1/catalog/services
-        self.results = {}        # service -> mapping result of that service alone
+        self.merged = mapping.MergedMapping()  # service -> its mapping, merged as it changes
         self.lock = threading.Lock()
         self.catalog_index = None
         self.read_by_node = True  # full reads by node when that is fewer requests (see _fetch_by_node)
@@ -174,17 +172,17 @@ class ConsulSource:
         """(name, compacted instances) of ``/v1/health/service/NAME``, compacted in the fetching thread
         so that the parsed answer is freed at once."""
         answer = self.client.health_service(name)
-        return name, _compact_entries(answer.data)
+        return name, _parse_entries(name, answer.data, self.options.tag_key)
 
     def _store_service(self, name, health_entries):
-        """Cache one service from a ``/v1/health/service/NAME`` answer (see _compact_entries)."""
-        self._store_compacted(name, _compact_entries(health_entries))
+        """Cache one service from a ``/v1/health/service/NAME`` answer (see _parse_entries)."""
+        self._store_compacted(name, _parse_entries(name, health_entries, self.options.tag_key))
 
     def _store_compacted(self, name, compacted):
-        """Cache one service's instances and their checks, as _compact_entries gives them. A service
+        """Cache one service's instances and their checks, as _parse_entries gives them. A service
         whose instances and checks did not change keeps its cached mapping (not mapped again)."""
         instances, checks = compacted
-        changed = name not in self.results or self.entries.get(name) != instances
+        changed = name not in self.merged.results or self.entries.get(name) != instances
         for key, pairs in checks.items():
             if self.checks.get(key) == pairs:
                 continue
@@ -221,26 +219,17 @@ class ConsulSource:
         self.failing.pop(key, None)
 
     def _remap(self, name):
+        """Map one service again from its cached Instances, their checks attached; the merged
+        mapping notes the upstreams whose result changed (see take_changes)."""
         instances = self.entries.get(name)
         if not instances:
-            self.results.pop(name, None)
+            self.merged.put(name, None)
             return
-        entries = []
-        for key, instance in sorted(instances.items()):
-            if isinstance(instance, dict):  # malformed: as Consul sent it
-                entries.append(instance)
-                continue
-            node, node_address, service_id, address, port, tags, meta = instance
-            statuses = self.checks.get((node, ""), ()) + self.checks.get(key, ())
-            entries.append({
-                "Node": {"Node": node, "Address": node_address},
-                "Service": {"ID": service_id, "Service": name, "Address": address, "Port": port, "Tags": tags,
-                            "Meta": meta},
-                "Checks": [{"CheckID": check_id, "Status": status} for check_id, status in statuses],
-            })
-        result = mapping.map_services({name: entries}, self.options)
-        result.instances = []  # not needed here (merge_results copes), and the largest part of a result
-        self.results[name] = result
+        checks = self.checks
+        attached = [instance if not key[0] else
+                    instance.with_checks(checks.get(key, ()), checks.get((key[0], ""), ()))
+                    for key, instance in instances.items()]
+        self.merged.put(name, mapping.map_instances(name, attached, self.options, report=False))
 
     def _fetch_many(self, names):
         names = sorted(names)
@@ -250,11 +239,11 @@ class ConsulSource:
             return list(pool.map(self._fetch_service, names))
 
     def _instances_by_node(self, names, extra_requests=0):
-        """{service: instances}, compacted as _compact_entries makes them, of every service in
+        """{service: instances}, as _parse_entries makes them, of every service in
         ``names``, read with ``/v1/catalog/nodes`` and ``/v1/catalog/node-services/NODE`` per node.
         None when that (plus ``extra_requests``) is not fewer requests than one per service, or when
         this Consul has no node-services endpoint (before 1.7). An instance equal to the cached one
-        is the cached object (see _compact_node)."""
+        is the cached object (see _parse_node)."""
         nodes = self.client.catalog_nodes().data
         node_names = sorted({node.get("Node") for node in nodes if isinstance(node.get("Node"), str)})
         if len(node_names) + 1 + extra_requests >= len(names):
@@ -271,11 +260,11 @@ class ConsulSource:
         try:
             if window == 1:
                 for node in node_names:
-                    _compact_node(fetch(node), instances, self.entries)
+                    _parse_node(node, fetch(node), instances, self.entries, self.options.tag_key)
             else:
                 with ThreadPoolExecutor(max_workers=window, thread_name_prefix="consul-fetch") as pool:
-                    for answer in pool.map(fetch, node_names):
-                        _compact_node(answer, instances, self.entries)
+                    for node, answer in zip(node_names, pool.map(fetch, node_names)):
+                        _parse_node(node, answer, instances, self.entries, self.options.tag_key)
         except ConsulBadAnswer as exc:
             if exc.status == 404:
                 log.info("this Consul has no /v1/catalog/node-services (before 1.7): reading service by service")
@@ -459,8 +448,22 @@ class ConsulSource:
             refetch.update(name for name in known if found[name] != self.entries.get(name, {}))
 
     def mapping(self):
+        """The whole mapping (MappingResult, sorted), as the module gives it."""
         with self.lock:
-            return mapping.merge_results(result for _name, result in sorted(self.results.items()))
+            return self.merged.result()
+
+    def take_changes(self):
+        """(upstreams, empty, changed): the merged mapping ({name: Upstream}, names with no serving
+        instance) and the upstream names whose entry may differ since the last call (None: the
+        first call, every name). The dicts are the live ones: read them before the next event."""
+        with self.lock:
+            changed = self.merged.take_changes()
+            return self.merged.upstreams, self.merged.empty, changed
+
+    def skipped(self):
+        """Every skip item of the mapping, sorted; the same list object until a service's skips change."""
+        with self.lock:
+            return self.merged.skipped()
 
     # -- watching ----------------------------------------------------------------------------------
     def start_watching(self, events):

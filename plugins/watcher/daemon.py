@@ -51,6 +51,8 @@ class Daemon:
         self.stopping = threading.Event()
         self.reload_requested = False
         self._skipped_seen: set[tuple[str, str]] = set()
+        self._skipped_list: list[dict[str, Any]] | None = None  # the source's skip list last logged (replaced when it changes)
+        self._syncer_skipped = False
         self._build()
 
     def _build(self) -> None:
@@ -220,13 +222,17 @@ class Daemon:
             return False
 
     def _sync(self) -> None:
+        """Sync what changed since the last sync: the source's merged mapping is kept current as
+        events are folded in, and tells which upstream names changed (consul_source.take_changes)."""
         started = self.clock()
-        result = self.source.mapping()
-        mapped = self.clock()
-        report = self.syncer.sync(result.upstreams, result.empty)
-        self._log_skipped(result.skipped + self.syncer.skipped)
-        log.debug("sync: mapping %.1f ms, apply %.1f ms, %d posted, %d deleted", (mapped - started) * 1000,
-                  (self.clock() - mapped) * 1000, len(report.posted), len(report.deleted))
+        upstreams, empty, changed = self.source.take_changes()
+        report = self.syncer.sync(upstreams, empty, changed=changed)
+        skipped = self.source.skipped()
+        if skipped is not self._skipped_list or self.syncer.skipped or self._syncer_skipped:
+            self._log_skipped(skipped + self.syncer.skipped)
+            self._skipped_list, self._syncer_skipped = skipped, bool(self.syncer.skipped)
+        log.debug("sync: %.1f ms for %s changed upstream(s), %d posted, %d deleted", (self.clock() - started) * 1000,
+                  "all" if changed is None else len(changed), len(report.posted), len(report.deleted))
 
     def _log_skipped(self, skipped: list[dict[str, Any]]) -> None:
         self.metrics.set_status(skipped=skipped[:100])

@@ -8,10 +8,12 @@ nginx.conf defines, or that anyone else added through the interface, are never p
 
 Order of every sync:
 
-1. desired = the Consul mapping, with the configured directives, after the zero-instance policy and
-   the mass-removal hold (safety.py);
+1. desired = the Consul mapping (directives already attached by the mapping, which builds every
+   upstream with ``build_upstream``), servers whose host name does not resolve left out, after the
+   zero-instance policy and the mass-removal hold (safety.py). A sync is told which upstream names
+   changed since the last one (``changed``): only those are examined again (host names: every time);
 2. if it differs from what is applied: the file is replaced atomically (and validated, when a
-   command is configured). If that fails, nothing is sent: the interface keeps the last good state,
+   command is configured), written whole from blocks rendered once per upstream. If that fails, nothing is sent: the interface keeps the last good state,
    the file stays whole, and the sync is retried;
 3. POST every upstream whose body changed (the whole upstream: servers and directives), DELETE every
    owned upstream that disappeared. A failed request leaves the upstream pending; it is retried.
@@ -27,9 +29,8 @@ import time
 from dataclasses import dataclass, field, replace
 
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils import _upstream_file
-from ansible_collections.swallowkeeper.dyups.plugins.module_utils._directives import NO_BACKUP, parse_directives
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._errors import (
-    DyupsError, DyupsRejected, DyupsUnavailable)
+    DyupsError, DyupsRejected, DyupsUnavailable, ValidationError)
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._plan import servers_equal
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._resolve import make_resolver
 from ansible_collections.swallowkeeper.dyups.plugins.watcher import safety
@@ -79,73 +80,94 @@ class Syncer:
         self.metrics = metrics
         self.clock = clock
         self.dry_run = dry_run
-        self.default_directives = parse_directives(settings.directives)
-        self.upstream_directives = {name: parse_directives(values)
-                                    for name, values in settings.upstream_directives.items()}
         for leftover in _upstream_file.remove_stale_temp_files(settings.upstream_file):
             log.warning("removed %s, left by a writer that stopped mid-write", leftover)
         self.applied = _upstream_file.read(settings.upstream_file)
+        self._server_count = sum(len(upstream.servers) for upstream in self.applied.values())
+        self._file = None       # the file's text as blocks per upstream (_upstream_file.RenderedFile)
+        self._held_names = set()
         self.pushed = dict(self.applied)
         self.pending = set()
         self.gone = set()
         self.unwritten = None   # (upstreams, empty) of a sync whose file write failed; retried
         self.deleted_here = set()
         self.hold_since = None
+        self.hold_total = None  # servers applied when the hold began: the share is measured against it
         self.release_requested = False
         self.skipped = []
+        self._resolved = None   # {name: Upstream} of the last sync's upstreams, host names resolved
+        self._resolved_empty = set()
+        self._hostnames = {}    # name -> skip items: upstreams with host names, examined at every sync
         self.resolve = None
-        self._blocks = {}
         self._update_gauges()
 
     # -- desired state ---------------------------------------------------------------------------
-    def with_directives(self, upstreams):
-        """Upstreams from the mapping with the configured directives attached; conflicts are skipped."""
-        result = {}
-        for name, upstream in upstreams.items():
-            directives = self.upstream_directives.get(name, self.default_directives)
-            conflict = [d.name for d in directives if d.name in NO_BACKUP]
-            if conflict and any(server.backup for server in upstream.servers):
-                self.skipped.append({"what": f"upstream {name}",
-                                     "why": f"{conflict[0]} does not support backup servers"})
-                continue
-            result[name] = replace(upstream, directives=directives) if directives != upstream.directives else upstream
-        return result
-
-    def resolvable(self, upstreams, empty):
+    def _resolve_one(self, name, upstream, resolve):
         """Servers written as host names that resolve here; the others are skipped (Tengine would answer
-        500 to the whole POST). An upstream left without servers counts as empty."""
+        500 to the whole POST). An upstream left without servers (or with backups only) counts as empty."""
+        self._resolved.pop(name, None)
+        self._resolved_empty.discard(name)
+        self._hostnames.pop(name, None)
+        if upstream is None:
+            return
+        if all(server.kind != "hostname" for server in upstream.servers):
+            self._resolved[name] = upstream
+            return
+        kept = [server for server in upstream.servers if server.kind != "hostname" or resolve(server.host)]
+        self._hostnames[name] = [{"what": f"server {server.spec()} of upstream {name}",
+                                  "why": f"the host name {server.host!r} does not resolve on this host"}
+                                 for server in upstream.servers if server not in kept]
+        if kept and not all(server.backup for server in kept):
+            self._resolved[name] = replace(upstream, servers=tuple(kept))
+        else:
+            self._resolved_empty.add(name)
+
+    def resolvable(self, upstreams, empty, changed=None):
+        """({name: Upstream}, {empty names}) with host names resolved (see _resolve_one). ``changed``:
+        the names that may differ from the last call's; None: all of them. Upstreams with host names
+        are resolved again every time (DNS changes on its own)."""
         resolve = self.resolve = make_resolver(hosts_file=self.settings.hosts_file)  # fresh each sync
-        result = {}
-        empty = set(empty)
-        for name, upstream in upstreams.items():
-            if all(server.kind != "hostname" for server in upstream.servers):
-                result[name] = upstream
-                continue
-            kept = [server for server in upstream.servers if server.kind != "hostname" or resolve(server.host)]
-            for server in upstream.servers:
-                if server not in kept:
-                    self.skipped.append({"what": f"server {server.spec()} of upstream {name}",
-                                         "why": f"the host name {server.host!r} does not resolve on this host"})
-            if kept and not all(server.backup for server in kept):
-                result[name] = replace(upstream, servers=tuple(kept))
-            else:
-                empty.add(name)
-        return result, empty
+        if changed is None or self._resolved is None:
+            self._resolved, self._resolved_empty, self._hostnames = {}, set(), {}
+            names = set(upstreams)
+        else:
+            names = set(changed) | set(self._hostnames)
+        for name in names:
+            self._resolve_one(name, upstreams.get(name), resolve)
+        for items in self._hostnames.values():
+            self.skipped.extend(items)
+        return self._resolved, self._resolved_empty | set(empty)
 
-    def desired_from(self, upstreams, empty=()):
+    def desired_from(self, upstreams, empty=(), changed=None):
+        """``({name: Upstream or None}, names)``: what the names that may change (``changed`` since the
+        last sync, host names, and what a hold keeps; every name when ``changed`` is None) should hold
+        after host resolution, the zero-instance policy and the removal guard. None: no upstream."""
         self.skipped = []
-        upstreams, empty = self.resolvable(upstreams, empty)
-        desired = self.with_directives(upstreams)
-        desired = safety.apply_zero_instance_policy(desired, empty, self.applied, self.settings.zero_instances)
-        return self._guard(desired)
+        resolved, empty = self.resolvable(upstreams, empty, changed)
+        if changed is None:
+            names = set(resolved) | empty | set(self.applied)
+        else:
+            names = set(changed) | set(self._hostnames) | self._held_names
+        wanted = {name: resolved[name] for name in names if name in resolved}
+        applied = {name: self.applied[name] for name in names if name in self.applied}
+        wanted = safety.apply_zero_instance_policy(wanted, empty.intersection(names), applied,
+                                                   self.settings.zero_instances)
+        desired = self._guard(applied, wanted)
+        return {name: desired.get(name) for name in names}, names
 
-    def _guard(self, desired):
-        removal = safety.removals(self.applied, desired)
+    def _guard(self, applied, desired):
+        """``desired`` (for the names of ``applied`` that may change), with the removals held when they
+        take away too large a share of all the servers applied (see safety.py)."""
+        removal = replace(safety.removals(applied, desired), total=self._server_count)
+        if self.hold_since is not None and self.hold_total is not None and removal.total > self.hold_total:
+            # servers added beside a held removal do not make it smaller: measured against the hold's start
+            removal = replace(removal, total=self.hold_total)
+        self._held_names = set()
         if not safety.exceeds_guard(removal, self.settings.removal_guard_share, self.settings.removal_guard_min):
             if self.hold_since is not None:
                 log.warning("removal hold cleared: the change no longer removes more than %.0f%% of servers",
                             self.settings.removal_guard_share * 100)
-            self.hold_since = None
+            self.hold_since = self.hold_total = None
             self.release_requested = False
             self.metrics.set(held_changes=0, held_removals=0)
             self.metrics.set_status(held=None)
@@ -153,6 +175,7 @@ class Syncer:
         now = self.clock()
         if self.hold_since is None:
             self.hold_since = now
+            self.hold_total = removal.total
             log.error("HOLDING a change that would remove %d of %d servers (%.0f%%, limit %.0f%%) across %d "
                       "upstream(s): %s. Additions still apply. It is applied after %s, or now with "
                       "POST /release on the status endpoint or SIGUSR1.",
@@ -164,7 +187,7 @@ class Syncer:
         if self.release_requested or hold_over:
             log.warning("releasing the held change (%s): removing %d server(s)",
                         "operator" if self.release_requested else "held past removal_hold_seconds", removal.removed)
-            self.hold_since = None
+            self.hold_since = self.hold_total = None
             self.release_requested = False
             self.metrics.set(held_changes=0, held_removals=0)
             self.metrics.set_status(held=None)
@@ -172,7 +195,8 @@ class Syncer:
         self.metrics.set(held_changes=1, held_removals=removal.removed)
         self.metrics.set_status(held={"removed": removal.removed, "total": removal.total,
                                       "upstreams": removal.by_upstream, "held_for_seconds": round(now - self.hold_since, 1)})
-        return safety.hold_removals(self.applied, desired, removal)
+        self._held_names = set(removal.by_upstream)   # examined again at every sync while held
+        return safety.hold_removals(applied, desired, removal)
 
     def release(self):
         self.release_requested = True
@@ -180,57 +204,73 @@ class Syncer:
             else "nothing is held"
 
     # -- applying --------------------------------------------------------------------------------
-    def sync(self, upstreams, empty=()):
-        """Bring file and interface to the desired state for ``upstreams`` ({name: Upstream}).
-        When the file cannot be written, nothing is sent and the sync is remembered for retry()."""
+    def sync(self, upstreams, empty=(), changed=None):
+        """Bring file and interface to the desired state for ``upstreams`` ({name: Upstream}, with their
+        directives) and ``empty`` (names whose instances all fail). ``changed``: the names whose entry
+        may differ from the previous call's (None: any); the work done is for those names, except
+        writing the file, which is written whole from blocks rendered once per upstream. When the
+        file cannot be written, nothing is sent and the sync is remembered for retry()."""
         started = self.clock()
         report = SyncReport()
         self.unwritten = None
-        desired = self.desired_from(upstreams, empty)
+        desired, names = self.desired_from(upstreams, empty, changed)
         report.held = self.hold_since
-        changed = sorted(name for name, upstream in desired.items()
-                         if self.applied.get(name) is not upstream and self.applied.get(name) != upstream)
-        removed = sorted(name for name in self.applied if name not in desired)
-        if changed or removed:
+        changes = {}
+        for name in sorted(names):
+            upstream, before = desired[name], self.applied.get(name)
+            if upstream is None:
+                if before is not None:
+                    changes[name] = None
+            elif before is not upstream and before != upstream:
+                changes[name] = upstream
+        changed_names = [name for name, upstream in changes.items() if upstream is not None]
+        removed = [name for name, upstream in changes.items() if upstream is None]
+        if changes:
             if self.dry_run:
                 report.planned = [f"POST {name}: {describe_change(self.applied.get(name), desired[name])}"
-                                  for name in changed] + [f"DELETE {name}" for name in removed]
+                                  for name in changed_names] + [f"DELETE {name}" for name in removed]
                 for line in report.planned:
                     log.info("dry run: would %s", line)
-                self.applied = desired
+                self._apply(changes)
                 self._finish(report, started)
                 return report
             try:
-                _upstream_file.replace_file(self.settings.upstream_file,
-                                            _upstream_file.render(desired.values(), block=self._block),
+                if self._file is None:
+                    self._file = _upstream_file.RenderedFile(self.applied.values())
+                self._file.update(changes)
+                _upstream_file.replace_file(self.settings.upstream_file, self._file.text(),
                                             validate=self.settings.validate_command)
                 report.file_changed = True
             except _upstream_file.ValidateCommandFailed as exc:
-                self.unwritten = (upstreams, empty)
-                return self._file_failed(report, started, "file_validate", str(exc))
+                return self._file_failed(report, started, "file_validate", str(exc), upstreams, empty)
             except OSError as exc:
-                self.unwritten = (upstreams, empty)
                 return self._file_failed(report, started, "file_write",
-                                         f"cannot write {self.settings.upstream_file}: {exc.strerror or exc}")
-            self.applied = desired
-            self.pending.update(changed)
+                                         f"cannot write {self.settings.upstream_file}: {exc.strerror or exc}",
+                                         upstreams, empty)
+            except ValidationError as exc:
+                return self._file_failed(report, started, "file_validate", str(exc), upstreams, empty)
+            self._apply(changes)
+            self.pending.update(changed_names)
             self.pending.difference_update(removed)
             self.gone.update(removed)
-            self.gone.difference_update(changed)
+            self.gone.difference_update(changed_names)
         self.push(report)
         self._finish(report, started)
         return report
 
-    def _block(self, upstream):
-        """The file block of ``upstream``, rendered once per Upstream object (most are unchanged)."""
-        cached = self._blocks.get(upstream.name)
-        if cached is not None and cached[0] is upstream:
-            return cached[1]
-        text = _upstream_file.render_block(upstream)
-        self._blocks[upstream.name] = (upstream, text)
-        return text
+    def _apply(self, changes):
+        """Make ``changes`` ({name: Upstream or None}) the applied state, keeping the server count."""
+        for name, upstream in changes.items():
+            before = self.applied.pop(name, None)
+            self._server_count -= len(before.servers) if before is not None else 0
+            if upstream is not None:
+                self.applied[name] = upstream
+                self._server_count += len(upstream.servers)
 
-    def _file_failed(self, report, started, kind, message):
+    def _file_failed(self, report, started, kind, message, upstreams, empty):
+        self.unwritten = (upstreams, empty)
+        self._file = None   # rendered again from what is applied at the next write
+        self._resolved = None
         report.file_error = message
         self.metrics.error(kind)
         log.error("upstream file not replaced, nothing sent to dyups (the last good state keeps serving): %s", message)
@@ -319,8 +359,7 @@ class Syncer:
         self._update_gauges()
 
     def _update_gauges(self):
-        self.metrics.set(upstreams=len(self.applied),
-                         servers=sum(len(upstream.servers) for upstream in self.applied.values()),
+        self.metrics.set(upstreams=len(self.applied), servers=self._server_count,
                          pending_upstreams=len(self.pending) + len(self.gone))
 
     @property

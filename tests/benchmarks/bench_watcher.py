@@ -29,8 +29,12 @@ Measured:
   "not within TIMEOUT").
 * a rolling-deploy step: a new instance registers and the check of an old one goes critical at
   once; done when every worker serves the new instance and none the old one;
-* ``--before REV``: the same flips, scale-outs and rolling-deploy steps against the watcher of an
-  earlier commit (a git worktree), in the same run, on the same Consul and nginx;
+* ``--before REV[,REV...]``: the same flips, scale-outs and rolling-deploy steps, full resync and
+  RSS against the watcher of each earlier commit (a git worktree each), in the same run, on the
+  same Consul and nginx, one after the other (keys ``before_<REV>_health_flip`` ...; with one REV
+  also ``before_health_flip`` ... as before);
+* ``--profile FILE``: this checkout's watcher runs under cProfile (stats written to FILE when it
+  stops: ``python -m pstats FILE``);
 * full resync: ``--once`` with an empty upstream file and an empty interface (read every
   service, write the file, POST every upstream), wall time of the process;
 * watcher RSS (VmRSS) right after its first full sync and again after the flips and scale-outs
@@ -289,19 +293,30 @@ def flip_load(writer, size, ports, rate, rng):
     return run
 
 
-def bench_before(before_root, common, writer, proxy_port, size, ports, flip_count, rng, workdir, out):
-    """The same flips, scale-outs and rolling deploys against the watcher of an earlier commit."""
-    watcher = WatcherProcess(workdir / f"before-w{size}", entry=before_root / "plugins" / "watcher",
+def bench_before(before_root, common, writer, proxy_port, size, ports, flip_count, rng, workdir, out, prefix="before",
+                 measure_resources=False):
+    """The same flips, scale-outs and rolling deploys (and full resync, RSS) against the watcher of an
+    earlier commit; keys start with ``prefix``."""
+    entry = before_root / "plugins" / "watcher"
+    started = time.perf_counter()
+    once = run_once(workdir, upstream_file=str(workdir / f"resync-{size}.conf"), timeout=600, entry=entry, **common)
+    out[f"{prefix}_full_resync_seconds"] = round(time.perf_counter() - started, 2) if once.returncode == 0 else None
+    watcher = WatcherProcess(workdir / f"before-w{size}", entry=entry,
                              upstream_file=str(workdir / f"before-{size}.conf"), **common).start()
     try:
         watcher.wait_for(lambda: watcher.metrics()["swallowkeeper_watcher_upstreams"] == size, "watcher synced",
                          timeout=120)
         time.sleep(1.0)
-        out["before_health_flip"] = summary(flips(writer, proxy_port, size, ports, flip_count, rng), flip_count)
-        out["before_scale_out"] = summary(scale_outs(writer, proxy_port, size, ports[3], min(20, flip_count), rng),
-                                          min(20, flip_count))
-        out["before_rolling_deploy"] = summary(rolling_deploys(writer, proxy_port, size, ports, min(20, flip_count),
-                                                               rng), min(20, flip_count))
+        if measure_resources:
+            out[f"{prefix}_rss_synced_mb"] = rss_mb(watcher.pid)
+        out[f"{prefix}_health_flip"] = summary(flips(writer, proxy_port, size, ports, flip_count, rng), flip_count)
+        out[f"{prefix}_scale_out"] = summary(scale_outs(writer, proxy_port, size, ports[3], min(20, flip_count), rng),
+                                             min(20, flip_count))
+        out[f"{prefix}_rolling_deploy"] = summary(rolling_deploys(writer, proxy_port, size, ports,
+                                                                  min(20, flip_count), rng), min(20, flip_count))
+        if measure_resources:
+            time.sleep(2.0)
+            out[f"{prefix}_rss_mb"] = rss_mb(watcher.pid)   # after the flips and scale-outs
     finally:
         watcher.stop()
 
@@ -313,7 +328,7 @@ def make_proxy(flavor, workdir, upstream_file):
 
 
 def bench_flavor(flavor, agent, writer, size, ports, flip_count, baseline_flips, measure_resources, rng, workdir,
-                 before_root=None):
+                 before_roots=None, profile=None):
     """One flavor's figures at this size; keys as in the module docstring (prefixed for Tengine)."""
     out = {}
     with make_proxy(flavor, workdir, workdir / f"ours-{flavor}.conf") as nginx:
@@ -328,8 +343,10 @@ def bench_flavor(flavor, agent, writer, size, ports, flip_count, baseline_flips,
         if once.returncode != 0:
             raise RuntimeError(f"--once failed:\n{once.stdout[-2000:]}\n{once.stderr[-2000:]}")
 
+        python_args = ("-m", "cProfile", "-o", f"{profile}.{flavor}.{size}") if profile else ()
         watcher = WatcherProcess(workdir / f"w{flavor}{size}", upstream_file=str(workdir / f"ours-{flavor}.conf"),
-                                 **common).start()
+                                 python_args=python_args,
+                                 entry=ROOT / "plugins" / "watcher" / ("__main__.py" if profile else ""), **common).start()
         try:
             watcher.wait_for(lambda: watcher.metrics()["swallowkeeper_watcher_upstreams"] == size, "watcher synced",
                              timeout=120)
@@ -350,10 +367,14 @@ def bench_flavor(flavor, agent, writer, size, ports, flip_count, baseline_flips,
                 out["ours_rss_after_load_mb"] = rss_mb(watcher.pid)
         finally:
             watcher.stop()
-        if before_root is not None:
-            before_dir = workdir / f"before-{flavor}"
+        for rev, before_root in (before_roots or {}).items():
+            before_dir = workdir / f"before-{rev}-{flavor}"
             before_dir.mkdir(exist_ok=True)
-            bench_before(before_root, common, writer, proxy_port, size, ports, flip_count, rng, before_dir, out)
+            bench_before(before_root, common, writer, proxy_port, size, ports, flip_count, rng, before_dir, out,
+                         prefix=f"before_{rev}", measure_resources=measure_resources)
+            if len(before_roots) == 1:   # the keys of a run with one --before, as before
+                out.update({"before" + key[len(f"before_{rev}"):]: value for key, value in list(out.items())
+                            if key.startswith(f"before_{rev}_")})
 
         if baseline_flips:
             for i in range(size):  # the baseline starts from an interface it filled itself
@@ -384,7 +405,7 @@ def bench_flavor(flavor, agent, writer, size, ports, flip_count, baseline_flips,
 
 
 def bench_size(size, flip_count, baseline_flips, measure_resources, rng, workdir, flavors=("lua",),
-               baseline_flavors=("lua", "tengine"), before_root=None):
+               baseline_flavors=("lua", "tengine"), before_roots=None, profile=None):
     out = {"upstreams": size, "instances": size * 3, "flavors": list(flavors)}
     with ConsulAgent() as agent, Backends(count=4) as backends:
         ports = backends.ports
@@ -395,7 +416,7 @@ def bench_size(size, flip_count, baseline_flips, measure_resources, rng, workdir
         for flavor in flavors:
             out.update(bench_flavor(flavor, agent, writer, size, ports, flip_count,
                                     baseline_flips if flavor in baseline_flavors else 0, measure_resources, rng,
-                                    workdir, before_root))
+                                    workdir, before_roots, profile))
     return out
 
 
@@ -477,7 +498,10 @@ def main(argv=None):
     parser.add_argument("--sweep-size", type=int, default=5000)
     parser.add_argument("--sweep-flips", type=int, default=100)
     parser.add_argument("--idle-seconds", type=float, default=60.0)
-    parser.add_argument("--before", metavar="REV", help="also measure the watcher of this commit (a git worktree)")
+    parser.add_argument("--before", metavar="REV[,REV...]",
+                        help="also measure the watcher of these commits (a git worktree each), one after the other")
+    parser.add_argument("--profile", metavar="FILE",
+                        help="run this checkout's watcher under cProfile; stats in FILE.<flavor>.<size>")
     args = parser.parse_args(argv)
     if args.short:
         args.sizes, args.flips, args.baseline_flips = "10,200", 20, 3
@@ -499,19 +523,20 @@ def main(argv=None):
                 [v for v in args.read_msg_timeouts.split(",") if v], args.sweep_size, args.sweep_flips,
                 args.idle_seconds, rng, Path(tmp))
             del results["sizes"]
-        before_root = before_worktree(args.before, tmp) if args.before else None
-        if before_root is not None:
-            results["before"] = args.before
+        before_roots = {rev: before_worktree(rev, tmp) for rev in (args.before or "").split(",") if rev}
+        if before_roots:
+            results["before"] = list(before_roots)
         try:
             for size in [] if args.read_msg_timeouts else [int(s) for s in args.sizes.split(",")]:
                 measure = not args.short and size == max(int(s) for s in args.sizes.split(","))
                 # --short (CI): the original approach on the Lua flavor only (its flips wait out the timeout)
                 result = bench_size(size, args.flips, args.baseline_flips, measure, rng, Path(tmp), flavors,
-                                    ("lua",) if args.short else ("lua", "tengine"), before_root)
+                                    ("lua",) if args.short else ("lua", "tengine"), before_roots,
+                                    args.profile and str(Path(args.profile).resolve()))
                 results["sizes"].append(result)
                 print(json.dumps(result), flush=True)
         finally:
-            if before_root is not None:
+            for before_root in before_roots.values():
                 subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(before_root)],
                                check=False, capture_output=True)
     if args.json:

@@ -31,15 +31,16 @@ ROOT = Path(__file__).resolve().parents[2]
 ENTRY = ROOT / "plugins" / "watcher"
 
 
-def _command(config_path, *extra, entry=ENTRY):
-    return [sys.executable, str(entry), "--config", str(config_path), *extra]
+def _command(config_path, *extra, entry=ENTRY, python_args=()):
+    return [sys.executable, *python_args, str(entry), "--config", str(config_path), *extra]
 
 
 class WatcherProcess:
-    def __init__(self, workdir, entry=ENTRY, **settings):
+    def __init__(self, workdir, entry=ENTRY, python_args=(), **settings):
         """``entry``: the watcher to run (plugins/watcher of this checkout, or of another one: the
-        benchmarks compare with an earlier commit)."""
+        benchmarks compare with an earlier commit); ``python_args``: before it (``-m cProfile -o FILE``)."""
         self.entry = entry
+        self.python_args = tuple(python_args)
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
@@ -63,7 +64,7 @@ class WatcherProcess:
 
     def start(self, timeout=20.0):
         log = open(self.log_path, "ab")
-        self.process = subprocess.Popen(_command(self.config_path, entry=self.entry), stdout=log, stderr=subprocess.STDOUT,
+        self.process = subprocess.Popen(_command(self.config_path, entry=self.entry, python_args=self.python_args), stdout=log, stderr=subprocess.STDOUT,
                                         cwd=str(ROOT), env=dict(os.environ, PYTHONUNBUFFERED="1"))
         log.close()
         try:
@@ -141,12 +142,13 @@ class WatcherProcess:
         return wait_for(predicate, what, timeout=timeout, interval=interval, tail=self.log_text, tail_name="watcher log")
 
 
-def run_once(workdir, *extra, timeout=60, **settings):
-    """``--once`` (plus ``extra`` flags such as ``--dry-run``) with these settings; CompletedProcess."""
+def run_once(workdir, *extra, timeout=60, entry=ENTRY, **settings):
+    """``--once`` (plus ``extra`` flags such as ``--dry-run``) with these settings; CompletedProcess.
+    ``entry``: the watcher to run (see WatcherProcess)."""
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     settings.setdefault("status_listen", "")
     config = workdir / f"once-{time.monotonic_ns()}.json"
     config.write_text(json.dumps(settings))
-    return subprocess.run(_command(config, "--once", *extra), capture_output=True, text=True, timeout=timeout,
+    return subprocess.run(_command(config, "--once", *extra, entry=entry), capture_output=True, text=True, timeout=timeout,
                           cwd=str(ROOT), check=False)

@@ -306,3 +306,20 @@ def test_index_checks_ignores_output_and_order():
     same = [dict(old[1], Output="other"), old[0]]
     assert index_checks(old).states == index_checks(same).states
     assert index_checks([]).states == {} and index_checks(None).states == {}
+
+
+def test_directives_are_attached_by_the_mapping_and_an_upstream_that_breaks_a_rule_with_them_is_skipped():
+    options = MappingOptions(directives=["keepalive 16"], upstream_directives={"web_h": ["ip_hash"]})
+    result = map_services({"web": [entry("web", "a", 80), entry("web", "b", 81, tags=["gray=h"]),
+                                   entry("web", "c", 82, tags=["gray=h"], meta={"dyups_backup": "true"})]},
+                          options)
+    assert result.upstream_specs() == {"web": {"servers": ["10.0.0.1:80"], "directives": ["keepalive 16"]}}
+    assert [(item["what"], item["why"]) for item in result.skipped] == [
+        ("upstream 'web_h'", "it breaks a rule: invalid upstream 'web_h': nginx's ip_hash balancing does not support "
+                             "backup servers")]
+    assert [item["upstream"] for item in result.instances] == ["web"]
+
+
+def test_directives_that_break_the_directive_rules_are_refused_with_the_options():
+    with pytest.raises(ValueError, match="unknown upstream directive"):
+        MappingOptions(directives=["proxy_pass x"])

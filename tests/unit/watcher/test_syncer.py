@@ -80,13 +80,47 @@ def test_the_file_is_written_before_anything_is_posted_and_only_changes_are_post
     assert fake.requests == []
 
 
-def test_configured_directives_are_attached_and_a_conflict_is_skipped_not_sent(make, fake):
-    syncer, _clock = make(directives=["keepalive 16"], upstream_directives={"H": ["ip_hash"]})
-    report = syncer.sync({"A": ups("A", "10.0.0.1:80"), "H": ups("H", "10.0.0.2:80", "10.0.0.3:80 backup")})
+def test_the_directives_of_the_upstreams_are_written_and_posted(make, fake, tmp_path):
+    """Directives are attached by the mapping (tests/unit/test_consul_mapping.py); the Syncer sends them."""
+    syncer, _clock = make()
+    report = syncer.sync({"A": ups("A", "10.0.0.1:80", directives=["keepalive 16"])})
     assert report.posted == ["A"]
     assert fake.upstreams["A"]["directives"] == ["keepalive 16"]
-    assert "H" not in fake.upstreams
-    assert [item["what"] for item in syncer.skipped] == ["upstream H"]
+    assert _upstream_file.read(str(tmp_path / "upstreams.conf"))["A"].directive_lines() == ["keepalive 16;"]
+
+
+def test_only_the_changed_names_are_examined_again(make, fake, tmp_path):
+    """``changed`` names what differs since the last sync: an upstream outside it keeps the state it had,
+    one inside it takes the new one, and the file is still written whole."""
+    syncer, _clock = make(removal_guard_min=1000)
+    mapping = {"A": ups("A", "10.0.0.1:80"), "B": ups("B", "10.0.1.1:80")}
+    syncer.sync(dict(mapping))
+    mapping = {"A": ups("A", "10.0.0.2:80"), "B": ups("B", "10.0.1.2:80")}
+    report = syncer.sync(mapping, changed={"B"})
+    assert report.posted == ["B"]
+    on_file = _upstream_file.read(str(tmp_path / "upstreams.conf"))
+    assert sorted(on_file) == ["A", "B"] and on_file["A"].server_lines() == ups("A", "10.0.0.1:80").server_lines()
+    report = syncer.sync(mapping)   # None: every name examined
+    assert report.posted == ["A"]
+
+
+def test_a_removal_held_stays_held_when_additions_beside_it_went_through(make, fake):
+    """3 of 5 servers would go (60 % > 50 %): held. An upstream added beside it goes through; the next
+    sync still measures the removal against the 5 servers of the hold's start, not the 6 applied now
+    (3 of 6 is 50 %, not over the limit: the hold would release itself)."""
+    syncer, clock = make(removal_guard_share=0.5, removal_guard_min=2, removal_hold_seconds=0)
+    five = [f"10.0.0.{i}:80" for i in range(1, 6)]
+    syncer.sync({"A": ups("A", *five)})
+    wanted = {"A": ups("A", *five[:2])}
+    assert syncer.sync(dict(wanted)).held is not None
+    wanted["B"] = ups("B", "10.0.1.1:80")
+    report = syncer.sync(dict(wanted))
+    assert report.held is not None and report.posted == ["B"]
+    clock.now += 10
+    report = syncer.sync(dict(wanted))
+    assert report.held is not None and len(fake.upstreams["A"]["servers"]) == 5
+    syncer.release()
+    assert syncer.sync(dict(wanted)).held is None and len(fake.upstreams["A"]["servers"]) == 2
 
 
 def test_a_host_name_that_does_not_resolve_is_skipped_and_an_upstream_left_empty_is_kept(make, fake, tmp_path):
