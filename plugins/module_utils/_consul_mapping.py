@@ -43,10 +43,10 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass, field
-from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Set, Tuple
 
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._consul_instance import (
-    DEFAULT_TAG_VALUE, META_KEYS, META_PREFIX, Instance, parse_health_entries, shown)
+    DEFAULT_TAG_VALUE, META_KEYS, META_PREFIX, CheckPairs, Instance, parse_health_entries, shown)
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._directives import parse_directives
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._errors import ValidationError
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._names import name_problem
@@ -145,11 +145,12 @@ class MappingResult:
 _text = shown
 
 
-def _skip_item(what, why, service=None, node=None, instance_id=None):
+def _skip_item(what: str, why: Optional[str], service: Optional[str] = None, node: Optional[str] = None,
+               instance_id: Optional[str] = None) -> dict:
     return {"what": what, "why": why, "service": service, "node": node, "id": instance_id}
 
 
-def _instance_what(service, node, instance_id):
+def _instance_what(service: str, node: str, instance_id: str) -> str:
     return f"instance {_text(instance_id)} of service {_text(service)} on node {_text(node)}"
 
 
@@ -244,11 +245,11 @@ def map_instances(service: str, instances: Optional[Sequence[Instance]], options
     return result
 
 
-def _skip_order(item):
+def _skip_order(item: dict) -> Tuple[str, str, str, str, str]:
     return (item.get("service") or "", item.get("node") or "", item.get("id") or "", item["what"], item["why"])
 
 
-def _winner(claims):
+def _winner(claims: Iterable[Tuple[str, str]]) -> Tuple[str, str]:
     """The (service, upstream) pair that keeps a name nginx sees as one (names compare case-insensitively):
     a service named exactly like its upstream first, then the alphabetically first service, then upstream."""
     return min(claims, key=lambda pair: (pair[0] != pair[1], pair[0], pair[1]))
@@ -403,7 +404,7 @@ UNREAD_FIELDS = frozenset((
 _SHARED_VALUES = ("Status", "Node", "ServiceName", "Service")
 
 
-def slim_object(obj):
+def slim_object(obj: dict) -> dict:
     """``json.loads`` object_hook for a long-running reader: the same object without UNREAD_FIELDS, and
     with the values that repeat in every check and instance (status, node and service names) shared."""
     for key in UNREAD_FIELDS.intersection(obj):
@@ -428,14 +429,14 @@ class CheckSnapshot:
     states: dict
     checks: dict
 
-    def keys_of(self, service):
+    def keys_of(self, service: str) -> Set[Tuple[str, str]]:
         """Instance keys with at least one check of ``service``."""
         return {key for key, (name, _states) in self.states.items() if key[1] and name == service}
 
 
-def index_checks(checks):
+def index_checks(checks: Any) -> CheckSnapshot:
     """A CheckSnapshot from a list of checks (anything that is not a dict is ignored)."""
-    grouped = {}
+    grouped: Dict[Tuple[str, str], List[dict]] = {}
     for check in checks or ():
         if not isinstance(check, dict):
             continue
@@ -446,7 +447,7 @@ def index_checks(checks):
             grouped[key] = [check]
         else:
             found.append(check)
-    states = {}
+    states: Dict[Tuple[str, str], Tuple[str, CheckPairs]] = {}
     for key, group in grouped.items():
         pairs = [(str(c.get("CheckID") or ""), str(c.get("Status") or "")) for c in group]
         if len(pairs) > 1:

@@ -37,18 +37,24 @@ mapping of the services it touched only.
 from __future__ import annotations
 
 import logging
+import queue
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Callable, Collection, Container, Dict, Iterable, List, Mapping, Optional, Set, Tuple
 
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils import _consul_mapping as mapping
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._consul_instance import (
-    check_pairs, parse_health_entries, parse_node_services)
+    CheckPairs, Instance, check_pairs, parse_health_entries, parse_node_services)
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._consul_client import (
     BlockingQuery, ConsulClient, resolve_token)
+from ansible_collections.swallowkeeper.dyups.plugins.module_utils._consul_mapping import MappingResult
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._errors import (
     ConsulBadAnswer, ConsulError, ConsulForbidden, ConsulRateLimited, ConsulServerError, ConsulUnavailable)
+from ansible_collections.swallowkeeper.dyups.plugins.module_utils._upstream import Upstream
 from ansible_collections.swallowkeeper.dyups.plugins.watcher.backoff import Backoff
+from ansible_collections.swallowkeeper.dyups.plugins.watcher.metrics import Metrics
+from ansible_collections.swallowkeeper.dyups.plugins.watcher.settings import Settings
 from ansible_collections.swallowkeeper.dyups.plugins.watcher.transport import KeepAliveTransport
 
 log = logging.getLogger("swallowkeeper.watcher")
@@ -56,8 +62,12 @@ FETCH_THREADS = 8
 BY_NODE_IN_FLIGHT = 1000  # services per batch of node answers held at once in a full read by node
 FAILING_FILTER = 'Status != "passing"'  # the health poll reads only the checks that are not passing
 
+InstanceKey = Tuple[str, str]  # (node, service id); (node, "") for node checks
+Instances = Dict[InstanceKey, Instance]
+Compacted = Tuple[Instances, Dict[InstanceKey, CheckPairs]]  # (instances, checks) of one service, see _parse_entries
 
-def consul_error_kind(exc):
+
+def consul_error_kind(exc: BaseException) -> str:
     for cls, kind in ((ConsulForbidden, "consul_forbidden"), (ConsulRateLimited, "consul_rate_limited"),
                       (ConsulServerError, "consul_server_error"), (ConsulUnavailable, "consul_unavailable"),
                       (ConsulBadAnswer, "consul_bad_answer")):
@@ -66,26 +76,26 @@ def consul_error_kind(exc):
     return "consul_bad_answer"
 
 
-def _updatable(known, failing_pairs):
+def _updatable(known: CheckPairs, failing_pairs: CheckPairs) -> bool:
     """True when every failing check is one the cache knows for that instance (so it can be updated
     in place)."""
     ids = {check_id for check_id, _status in known}
     return all(check_id in ids for check_id, _status in failing_pairs)
 
 
-def _updated(known, failing_pairs):
+def _updated(known: CheckPairs, failing_pairs: CheckPairs) -> CheckPairs:
     """The instance's (id, status) pairs: the failing ones as listed, every other one passing."""
     failing = dict(failing_pairs)
     return tuple(sorted((check_id, failing.get(check_id, "passing")) for check_id, _status in known))
 
 
-def _strip(instance):
+def _strip(instance: Instance) -> Instance:
     """The Instance as the cache holds it: checks apart (self.checks), so that instances read by
     node (no checks there) and by service compare equal when Consul holds the same."""
     return instance._replace(checks=(), node_checks=()) if instance.checks or instance.node_checks else instance
 
 
-def _keyed(instance, seen, fallback):
+def _keyed(instance: Instance, seen: Container[InstanceKey], fallback: str) -> InstanceKey:
     """The cache key of an Instance: (node, service id); a malformed one, or one whose key repeats
     in the same answer, gets ``("", fallback)`` and keeps its own checks (the mapping skips it or maps
     it on its own)."""
@@ -95,12 +105,13 @@ def _keyed(instance, seen, fallback):
     return key
 
 
-def _parse_entries(name, health_entries, tag_key):
+def _parse_entries(name: str, health_entries: Any, tag_key: str) -> Compacted:
     """({(node, service id): Instance}, {(node, service id) or (node, ""): check pairs}) of one
     service's ``/v1/health/service/NAME`` answer, parsed once (_consul_instance.py). Instances are
     kept without their checks (see _strip) and Meta (only its dyups_* keys matter, already in the
     server); an answer that is not a list holds no instance."""
-    instances, checks = {}, {}
+    instances: Instances = {}
+    checks: Dict[InstanceKey, CheckPairs] = {}
     for position, instance in enumerate(parse_health_entries(name, health_entries, tag_key, keep_meta=False) or ()):
         key = _keyed(instance, instances, f"#malformed-{position}")
         if not key[0]:
@@ -112,14 +123,15 @@ def _parse_entries(name, health_entries, tag_key):
     return instances, checks
 
 
-def _parse_node(node, answer, instances, known, tag_key):
+def _parse_node(node: str, answer: Any, instances: Dict[str, Instances], known: Mapping[str, Instances],
+                tag_key: str) -> None:
     """Add the Instances of one ``/v1/catalog/node-services/NODE`` answer to ``instances``
     ({service name: {(node, service id): Instance}}, only the names it already holds). An instance
     equal to the one ``known`` (the cache) holds is taken from there, so that a full read of an
     unchanged fleet allocates next to nothing that stays."""
-    seen = set()
+    seen: Set[InstanceKey] = set()
 
-    def cached(name, node_name, service_id):
+    def cached(name: str, node_name: str, service_id: str) -> Optional[Instance]:
         return known.get(name, {}).get((node_name, service_id))
 
     for position, (name, _raw_id, instance) in enumerate(
@@ -130,13 +142,13 @@ def _parse_node(node, answer, instances, known, tag_key):
         instances[name][key] = before if before is not instance and before == instance else instance
 
 
-def _pairs(checks):
+def _pairs(checks: Iterable[dict]) -> CheckPairs:
     """((check id, status), ...) sorted, as CheckSnapshot states hold them."""
     return check_pairs(checks)
 
 
 class ConsulSource:
-    def __init__(self, settings, metrics):
+    def __init__(self, settings: Settings, metrics: Metrics) -> None:
         self.settings = settings
         self.metrics = metrics
         self.options = mapping.MappingOptions(
@@ -153,32 +165,32 @@ class ConsulSource:
         self.watch_client = ConsulClient(settings.consul_url, self.transport, token=token,
                                          datacenter=settings.consul_datacenter, timeout=settings.consul_timeout,
                                          stale=settings.consul_stale, object_hook=mapping.slim_object)
-        self.entries = {}        # service -> {(node, service_id): Instance without checks (see _strip)}
-        self.checks = {}         # (node, service_id) -> ((check id, status), ...); node checks under (node, "")
-        self.failing = {}        # the part of self.checks not passing: key -> (service name or "", pairs)
-        self.node_services = {}  # node -> {service names with an instance there}
-        self.catalog = None      # service -> sorted tags, from /v1/catalog/services
+        self.entries: Dict[str, Instances] = {}  # service -> {(node, service_id): Instance without checks (see _strip)}
+        self.checks: Dict[InstanceKey, CheckPairs] = {}  # (node, service_id) -> ((check id, status), ...); node checks under (node, "")
+        self.failing: Dict[InstanceKey, Tuple[str, CheckPairs]] = {}  # the part of self.checks not passing: key -> (service name or "", pairs)
+        self.node_services: Dict[str, Set[str]] = {}  # node -> {service names with an instance there}
+        self.catalog: Optional[Dict[str, List[str]]] = None  # service -> sorted tags, from /v1/catalog/services
         self.merged = mapping.MergedMapping()  # service -> its mapping, merged as it changes
         self.lock = threading.Lock()
-        self.catalog_index = None
+        self.catalog_index: Optional[int] = None
         self.read_by_node = True  # full reads by node when that is fewer requests (see _fetch_by_node)
-        self.after_full_read = None  # called after each full read (the daemon's memory.settle)
-        self.threads = []
+        self.after_full_read: Optional[Callable[[], object]] = None  # called after each full read (the daemon's memory.settle)
+        self.threads: List[threading.Thread] = []
         self.stop_event = threading.Event()
-        self.failure = None
+        self.failure: Optional[str] = None
 
     # -- reading -----------------------------------------------------------------------------------
-    def _fetch_service(self, name):
+    def _fetch_service(self, name: str) -> Tuple[str, Compacted]:
         """(name, compacted instances) of ``/v1/health/service/NAME``, compacted in the fetching thread
         so that the parsed answer is freed at once."""
         answer = self.client.health_service(name)
         return name, _parse_entries(name, answer.data, self.options.tag_key)
 
-    def _store_service(self, name, health_entries):
+    def _store_service(self, name: str, health_entries: Any) -> None:
         """Cache one service from a ``/v1/health/service/NAME`` answer (see _parse_entries)."""
         self._store_compacted(name, _parse_entries(name, health_entries, self.options.tag_key))
 
-    def _store_compacted(self, name, compacted):
+    def _store_compacted(self, name: str, compacted: Compacted) -> None:
         """Cache one service's instances and their checks, as _parse_entries gives them. A service
         whose instances and checks did not change keeps its cached mapping (not mapped again)."""
         instances, checks = compacted
@@ -204,7 +216,7 @@ class ConsulSource:
             self.entries.pop(name, None)
         self._remap(name)
 
-    def _put_checks(self, key, pairs, owner):
+    def _put_checks(self, key: InstanceKey, pairs: CheckPairs, owner: str) -> None:
         """Set the (id, status) pairs of one instance (or of a node, owner ""), keeping self.failing,
         the index of what is not passing, in step."""
         self.checks[key] = pairs
@@ -214,11 +226,11 @@ class ConsulSource:
         else:
             self.failing.pop(key, None)
 
-    def _drop_checks(self, key):
+    def _drop_checks(self, key: InstanceKey) -> None:
         self.checks.pop(key, None)
         self.failing.pop(key, None)
 
-    def _remap(self, name):
+    def _remap(self, name: str) -> None:
         """Map one service again from its cached Instances, their checks attached; the merged
         mapping notes the upstreams whose result changed (see take_changes)."""
         instances = self.entries.get(name)
@@ -231,14 +243,14 @@ class ConsulSource:
                     for key, instance in instances.items()]
         self.merged.put(name, mapping.map_instances(name, attached, self.options, report=False))
 
-    def _fetch_many(self, names):
+    def _fetch_many(self, names: Collection[str]) -> List[Tuple[str, Compacted]]:
         names = sorted(names)
         if len(names) <= 1:
             return [self._fetch_service(name) for name in names]
         with ThreadPoolExecutor(max_workers=min(FETCH_THREADS, len(names)), thread_name_prefix="consul-fetch") as pool:
             return list(pool.map(self._fetch_service, names))
 
-    def _instances_by_node(self, names, extra_requests=0):
+    def _instances_by_node(self, names: Collection[str], extra_requests: int = 0) -> Optional[Dict[str, Instances]]:
         """{service: instances}, as _parse_entries makes them, of every service in
         ``names``, read with ``/v1/catalog/nodes`` and ``/v1/catalog/node-services/NODE`` per node.
         None when that (plus ``extra_requests``) is not fewer requests than one per service, or when
@@ -248,13 +260,13 @@ class ConsulSource:
         node_names = sorted({node.get("Node") for node in nodes if isinstance(node.get("Node"), str)})
         if len(node_names) + 1 + extra_requests >= len(names):
             return None
-        instances = {name: {} for name in names}
+        instances: Dict[str, Instances] = {name: {} for name in names}
         # Answers are compacted as they come and then dropped. Few nodes with many services each make
         # big answers: fewer are fetched at once, so that about BY_NODE_IN_FLIGHT services' worth of
         # parsed JSON is alive at a time (the peak, not the cache, sets the watcher's RSS).
         window = max(1, min(FETCH_THREADS, BY_NODE_IN_FLIGHT * len(node_names) // len(names)))
 
-        def fetch(node):
+        def fetch(node: str) -> Any:
             return self.client.catalog_node_services(node).data
 
         try:
@@ -273,7 +285,7 @@ class ConsulSource:
             raise
         return instances
 
-    def _fetch_by_node(self, names):
+    def _fetch_by_node(self, names: Collection[str]) -> Optional[List[Tuple[str, Compacted]]]:
         """Every service in ``names`` as ``/v1/health/service/NAME`` would answer it, built from
         _instances_by_node and one ``/v1/health/state/any``: 2 + nodes requests instead of one per
         service. None when that is not fewer requests, or when this Consul has no node-services
@@ -285,16 +297,16 @@ class ConsulSource:
         instances = self._instances_by_node(names, extra_requests=1)
         if instances is None:
             return None
-        checks = {}
+        checks: Dict[InstanceKey, List[dict]] = {}
         for check in self.client.health_state_any().data:
             node, service_id = check.get("Node"), check.get("ServiceID") or ""
             if isinstance(node, str) and isinstance(service_id, str):  # else no instance would list it
                 checks.setdefault((node, service_id), []).append(check)
         pairs = {key: _pairs(found) for key, found in checks.items()}
         del checks
-        result = []
+        result: List[Tuple[str, Compacted]] = []
         for name, found in instances.items():
-            service_checks = {}
+            service_checks: Dict[InstanceKey, CheckPairs] = {}
             for node, service_id in found:
                 if node:  # not a malformed one (those the mapping skips, checks or not)
                     for key in ((node, service_id), (node, "")):
@@ -303,7 +315,7 @@ class ConsulSource:
             result.append((name, (found, service_checks)))
         return result
 
-    def refresh_all(self):
+    def refresh_all(self) -> None:
         """Read every selected service from Consul; raises ConsulError and changes nothing then."""
         started = time.monotonic()
         answer = self.client.catalog_services()
@@ -326,13 +338,13 @@ class ConsulSource:
         if self.after_full_read is not None:
             self.after_full_read()
 
-    def _recovered(self):
+    def _recovered(self) -> None:
         self.metrics.set(consul_up=1)
         if self.failure is not None:
             log.warning("Consul answers again after %s; state resynced", self.failure)
             self.failure = None
 
-    def note_failure(self, kind, exc):
+    def note_failure(self, kind: str, exc: BaseException) -> None:
         """Log a Consul failure once per kind of failure, not once per retry."""
         self.metrics.set(consul_up=0)
         if self.failure != kind:
@@ -340,7 +352,7 @@ class ConsulSource:
             self.failure = kind
 
     # -- events ------------------------------------------------------------------------------------
-    def apply_events(self, batch):
+    def apply_events(self, batch: Iterable[Tuple[Any, ...]]) -> bool:
         """Fold a batch of watch events into the cache; True when a sync is needed.
 
         Each answer of a long poll is complete (every check not passing; every service name), so only
@@ -348,7 +360,8 @@ class ConsulSource:
         previous answer: whatever the cache learnt meanwhile from other reads, the newest answers
         bring it to what Consul holds (docs/watcher.md, "How events are ordered").
         """
-        health = catalog = None
+        health: Any = None
+        catalog: Optional[Tuple[Any, ...]] = None
         for event in batch:
             if event[0] == "resync":
                 self.refresh_all()
@@ -361,8 +374,8 @@ class ConsulSource:
                 self.note_failure(event[1], event[2])
         if health is None and catalog is None:
             return False
-        refetch = set()
-        touched = set()
+        refetch: Set[str] = set()
+        touched: Set[str] = set()
         with self.lock:
             if health is not None:
                 self._fold_health(health, touched, refetch)
@@ -378,7 +391,7 @@ class ConsulSource:
                     self._store_compacted(name, compacted)
         return bool(touched or refetch or catalog is not None)
 
-    def _fold_health(self, failing, touched, refetch):
+    def _fold_health(self, failing: Any, touched: Set[str], refetch: Set[str]) -> None:
         """Apply a ``/v1/health/state/any?filter=Status != "passing"`` answer: every check not passing.
 
         The answer is compared with the checks the cache holds as not passing (``self.failing``), so
@@ -419,7 +432,7 @@ class ConsulSource:
                 self._drop_checks(key)  # the services read again bring it back if the node still has it
                 refetch.update(self.node_services.get(key[0], ()))
 
-    def _fold_catalog(self, catalog, index, refetch):
+    def _fold_catalog(self, catalog: Dict[str, Any], index: Optional[int], refetch: Set[str]) -> None:
         """Apply a ``/v1/catalog/services`` answer with a new index.
 
         A new index means that some instance was registered, changed or deregistered, but the
@@ -447,12 +460,12 @@ class ConsulSource:
         with self.lock:
             refetch.update(name for name in known if found[name] != self.entries.get(name, {}))
 
-    def mapping(self):
+    def mapping(self) -> MappingResult:
         """The whole mapping (MappingResult, sorted), as the module gives it."""
         with self.lock:
             return self.merged.result()
 
-    def take_changes(self):
+    def take_changes(self) -> Tuple[Dict[str, Upstream], Set[str], Optional[Set[str]]]:
         """(upstreams, empty, changed): the merged mapping ({name: Upstream}, names with no serving
         instance) and the upstream names whose entry may differ since the last call (None: the
         first call, every name). The dicts are the live ones: read them before the next event."""
@@ -460,13 +473,13 @@ class ConsulSource:
             changed = self.merged.take_changes()
             return self.merged.upstreams, self.merged.empty, changed
 
-    def skipped(self):
+    def skipped(self) -> List[dict]:
         """Every skip item of the mapping, sorted; the same list object until a service's skips change."""
         with self.lock:
             return self.merged.skipped()
 
     # -- watching ----------------------------------------------------------------------------------
-    def start_watching(self, events):
+    def start_watching(self, events: queue.Queue[Any]) -> None:
         """Start the two long polls; their events go to ``events`` until ``stop()``."""
         for kind, path, params in (("health", "/v1/health/state/any", {"filter": FAILING_FILTER}),
                                    ("catalog", "/v1/catalog/services", None)):
@@ -475,7 +488,7 @@ class ConsulSource:
             thread.start()
             self.threads.append(thread)
 
-    def _watch(self, kind, path, params, events):
+    def _watch(self, kind: str, path: str, params: Optional[Dict[str, str]], events: queue.Queue[Any]) -> None:
         query = BlockingQuery(self.watch_client, path, params=params, wait=self.settings.consul_wait,
                               sleep=self.stop_event.wait)
         backoff = Backoff(self.settings.retry_initial, self.settings.retry_max)
@@ -496,7 +509,7 @@ class ConsulSource:
             if result.changed and not self.stop_event.is_set():
                 events.put((kind, result.data, result.index))
 
-    def stop(self, join_timeout=2.0):
+    def stop(self, join_timeout: float = 2.0) -> None:
         """Stop the long polls: a poll in flight ends at once (its connection is shut down) and its
         thread exits; waits up to ``join_timeout`` seconds for them."""
         self.stop_event.set()

@@ -27,18 +27,23 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field, replace
+from typing import Callable, Dict, Iterable, List, Mapping, Optional, Set, Tuple
 
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils import _upstream_file
+from ansible_collections.swallowkeeper.dyups.plugins.module_utils._dyups_client import DyupsClient
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._errors import (
     DyupsError, DyupsRejected, DyupsUnavailable, ValidationError)
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._plan import servers_equal
-from ansible_collections.swallowkeeper.dyups.plugins.module_utils._resolve import make_resolver
+from ansible_collections.swallowkeeper.dyups.plugins.module_utils._resolve import Resolve, make_resolver
+from ansible_collections.swallowkeeper.dyups.plugins.module_utils._upstream import Upstream
 from ansible_collections.swallowkeeper.dyups.plugins.watcher import safety
+from ansible_collections.swallowkeeper.dyups.plugins.watcher.metrics import Metrics
+from ansible_collections.swallowkeeper.dyups.plugins.watcher.settings import Settings
 
 log = logging.getLogger("swallowkeeper.watcher")
 
 
-def dyups_error_kind(exc):
+def dyups_error_kind(exc: BaseException) -> str:
     if isinstance(exc, DyupsUnavailable):
         return "dyups_unavailable"
     if isinstance(exc, DyupsRejected):
@@ -46,7 +51,7 @@ def dyups_error_kind(exc):
     return "dyups_protocol"
 
 
-def describe_change(before, after):
+def describe_change(before: Optional[Upstream], after: Optional[Upstream]) -> str:
     """``+10.0.0.3:8080 -10.0.0.1:8080 ~10.0.0.2:8080(weight=3)``, for the one log line per change."""
     old = {server.address: server for server in (before.servers if before else ())}
     new = {server.address: server for server in (after.servers if after else ())}
@@ -60,21 +65,22 @@ def describe_change(before, after):
 
 @dataclass
 class SyncReport:
-    posted: list = field(default_factory=list)
-    deleted: list = field(default_factory=list)
-    failed: list = field(default_factory=list)
+    posted: List[str] = field(default_factory=list)
+    deleted: List[str] = field(default_factory=list)
+    failed: List[Tuple[str, DyupsError]] = field(default_factory=list)
     file_changed: bool = False
-    file_error: str = None
-    held: object = None
-    planned: list = field(default_factory=list)
+    file_error: Optional[str] = None
+    held: Optional[float] = None
+    planned: List[str] = field(default_factory=list)
 
     @property
-    def ok(self):
+    def ok(self) -> bool:
         return not self.failed and not self.file_error
 
 
 class Syncer:
-    def __init__(self, settings, client, metrics, clock=time.monotonic, dry_run=False):
+    def __init__(self, settings: Settings, client: DyupsClient, metrics: Metrics,
+                 clock: Callable[[], float] = time.monotonic, dry_run: bool = False) -> None:
         self.settings = settings
         self.client = client
         self.metrics = metrics
@@ -84,27 +90,28 @@ class Syncer:
             log.warning("removed %s, left by a writer that stopped mid-write", leftover)
         self.applied = _upstream_file.read(settings.upstream_file)
         self._server_count = sum(len(upstream.servers) for upstream in self.applied.values())
-        self._file = None       # the file's text as blocks per upstream (_upstream_file.RenderedFile)
-        self._held_names = set()
+        self._file: Optional[_upstream_file.RenderedFile] = None  # the file's text as blocks per upstream (_upstream_file.RenderedFile)
+        self._held_names: Set[str] = set()
         self.pushed = dict(self.applied)
-        self.pending = set()
-        self.gone = set()
-        self.unwritten = None   # (upstreams, empty) of a sync whose file write failed; retried
-        self.deleted_here = set()
-        self.hold_since = None
-        self.hold_total = None  # servers applied when the hold began: the share is measured against it
+        self.pending: Set[str] = set()
+        self.gone: Set[str] = set()
+        self.unwritten: Optional[Tuple[Mapping[str, Upstream], Iterable[str]]] = None  # (upstreams, empty) of a sync whose file write failed; retried
+        self.deleted_here: Set[str] = set()
+        self.hold_since: Optional[float] = None
+        self.hold_total: Optional[int] = None  # servers applied when the hold began: the share is measured against it
         self.release_requested = False
-        self.skipped = []
-        self._resolved = None   # {name: Upstream} of the last sync's upstreams, host names resolved
-        self._resolved_empty = set()
-        self._hostnames = {}    # name -> skip items: upstreams with host names, examined at every sync
-        self.resolve = None
+        self.skipped: List[dict] = []
+        self._resolved: Optional[Dict[str, Upstream]] = None  # {name: Upstream} of the last sync's upstreams, host names resolved
+        self._resolved_empty: Set[str] = set()
+        self._hostnames: Dict[str, List[dict]] = {}  # name -> skip items: upstreams with host names, examined at every sync
+        self.resolve: Optional[Resolve] = None
         self._update_gauges()
 
     # -- desired state ---------------------------------------------------------------------------
-    def _resolve_one(self, name, upstream, resolve):
+    def _resolve_one(self, name: str, upstream: Optional[Upstream], resolve: Resolve) -> None:
         """Servers written as host names that resolve here; the others are skipped (Tengine would answer
         500 to the whole POST). An upstream left without servers (or with backups only) counts as empty."""
+        assert self._resolved is not None, "resolvable() sets it first"  # nosec B101 (its only caller)
         self._resolved.pop(name, None)
         self._resolved_empty.discard(name)
         self._hostnames.pop(name, None)
@@ -122,7 +129,8 @@ class Syncer:
         else:
             self._resolved_empty.add(name)
 
-    def resolvable(self, upstreams, empty, changed=None):
+    def resolvable(self, upstreams: Mapping[str, Upstream], empty: Iterable[str],
+                   changed: Optional[Iterable[str]] = None) -> Tuple[Dict[str, Upstream], Set[str]]:
         """({name: Upstream}, {empty names}) with host names resolved (see _resolve_one). ``changed``:
         the names that may differ from the last call's; None: all of them. Upstreams with host names
         are resolved again every time (DNS changes on its own)."""
@@ -138,7 +146,8 @@ class Syncer:
             self.skipped.extend(items)
         return self._resolved, self._resolved_empty | set(empty)
 
-    def desired_from(self, upstreams, empty=(), changed=None):
+    def desired_from(self, upstreams: Mapping[str, Upstream], empty: Iterable[str] = (),
+                     changed: Optional[Iterable[str]] = None) -> Tuple[Dict[str, Optional[Upstream]], Set[str]]:
         """``({name: Upstream or None}, names)``: what the names that may change (``changed`` since the
         last sync, host names, and what a hold keeps; every name when ``changed`` is None) should hold
         after host resolution, the zero-instance policy and the removal guard. None: no upstream."""
@@ -155,7 +164,7 @@ class Syncer:
         desired = self._guard(applied, wanted)
         return {name: desired.get(name) for name in names}, names
 
-    def _guard(self, applied, desired):
+    def _guard(self, applied: Dict[str, Upstream], desired: Dict[str, Upstream]) -> Dict[str, Upstream]:
         """``desired`` (for the names of ``applied`` that may change), with the removals held when they
         take away too large a share of all the servers applied (see safety.py)."""
         removal = replace(safety.removals(applied, desired), total=self._server_count)
@@ -198,13 +207,14 @@ class Syncer:
         self._held_names = set(removal.by_upstream)   # examined again at every sync while held
         return safety.hold_removals(applied, desired, removal)
 
-    def release(self):
+    def release(self) -> str:
         self.release_requested = True
         return "release requested: a held change is applied at the next sync" if self.hold_since is not None \
             else "nothing is held"
 
     # -- applying --------------------------------------------------------------------------------
-    def sync(self, upstreams, empty=(), changed=None):
+    def sync(self, upstreams: Mapping[str, Upstream], empty: Iterable[str] = (),
+             changed: Optional[Iterable[str]] = None) -> SyncReport:
         """Bring file and interface to the desired state for ``upstreams`` ({name: Upstream}, with their
         directives) and ``empty`` (names whose instances all fail). ``changed``: the names whose entry
         may differ from the previous call's (None: any); the work done is for those names, except
@@ -215,7 +225,7 @@ class Syncer:
         self.unwritten = None
         desired, names = self.desired_from(upstreams, empty, changed)
         report.held = self.hold_since
-        changes = {}
+        changes: Dict[str, Optional[Upstream]] = {}
         for name in sorted(names):
             upstream, before = desired[name], self.applied.get(name)
             if upstream is None:
@@ -258,7 +268,7 @@ class Syncer:
         self._finish(report, started)
         return report
 
-    def _apply(self, changes):
+    def _apply(self, changes: Mapping[str, Optional[Upstream]]) -> None:
         """Make ``changes`` ({name: Upstream or None}) the applied state, keeping the server count."""
         for name, upstream in changes.items():
             before = self.applied.pop(name, None)
@@ -267,7 +277,8 @@ class Syncer:
                 self.applied[name] = upstream
                 self._server_count += len(upstream.servers)
 
-    def _file_failed(self, report, started, kind, message, upstreams, empty):
+    def _file_failed(self, report: SyncReport, started: float, kind: str, message: str,
+                     upstreams: Mapping[str, Upstream], empty: Iterable[str]) -> SyncReport:
         self.unwritten = (upstreams, empty)
         self._file = None   # rendered again from what is applied at the next write
         self._resolved = None
@@ -277,14 +288,14 @@ class Syncer:
         self._finish(report, started)
         return report
 
-    def retry(self):
+    def retry(self) -> SyncReport:
         """The retry step: a sync whose file write failed is tried again (a full disk freed, a
         validation fixed), else the pending POSTs and DELETEs are sent again."""
         if self.unwritten is not None:
             return self.sync(*self.unwritten)
         return self.push()
 
-    def push(self, report=None):
+    def push(self, report: Optional[SyncReport] = None) -> SyncReport:
         """POST pending upstreams, DELETE gone ones; failures stay pending for the next retry."""
         report = report or SyncReport()
         if self.dry_run:
@@ -320,14 +331,14 @@ class Syncer:
         self.metrics.set(dyups_up=0 if any(isinstance(e, DyupsUnavailable) for _n, e in report.failed) else 1)
         return report
 
-    def _push_failed(self, report, name, exc):
+    def _push_failed(self, report: SyncReport, name: str, exc: DyupsError) -> None:
         report.failed.append((name, exc))
         self.metrics.error(dyups_error_kind(exc))
         if isinstance(exc, DyupsUnavailable) and len(report.failed) > 1:
             return
         log.error("upstream %s not applied, will retry: %s", name, exc)
 
-    def repair(self):
+    def repair(self) -> SyncReport:
         """Compare ``/detail`` with the applied state; push what differs. Returns the names repaired."""
         detail = self.client.detail()
         self.resolve = make_resolver(hosts_file=self.settings.hosts_file)
@@ -348,7 +359,7 @@ class Syncer:
         self._update_gauges()
         return report
 
-    def _finish(self, report, started):
+    def _finish(self, report: SyncReport, started: float) -> None:
         duration = self.clock() - started
         self.metrics.count("syncs")
         success = report.ok
@@ -358,10 +369,10 @@ class Syncer:
         self.metrics.set(**gauges)
         self._update_gauges()
 
-    def _update_gauges(self):
+    def _update_gauges(self) -> None:
         self.metrics.set(upstreams=len(self.applied), servers=self._server_count,
                          pending_upstreams=len(self.pending) + len(self.gone))
 
     @property
-    def has_pending(self):
+    def has_pending(self) -> bool:
         return bool(self.pending or self.gone or self.unwritten is not None)
