@@ -92,9 +92,9 @@ WAIT = "300s"                     # the watcher's default consul_wait
 PER_NODE = 20                     # instances per external node
 FAILING_EVERY = 50                # every 50th check critical: 2 %
 STRATEGIES = ("state-any", "state-critical", "per-service", "per-service-cached")
-CONNECT_AT_ONCE = 16              # queries being opened (and first answered) at the same time: the first
-                                  # answers of 1,000 watchers (catalog ~20 ms, state/any ~8 ms of server CPU
-                                  # each) at once starve Raft's heartbeats on a loaded 2-core machine
+# Queries being opened (and first answered) at the same time: the first answers of 1,000 watchers (catalog
+# ~20 ms, state/any ~8 ms of server CPU each) at once starve Raft's heartbeats on a loaded 2-core machine.
+CONNECT_AT_ONCE = 16
 
 
 def service_name(number):
@@ -391,7 +391,7 @@ def markdown(report):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n", maxsplit=1)[0])
     parser.add_argument("--quick", action="store_true", help="1,000 services, N = 10 and 100, 5 flips (CI)")
     parser.add_argument("--services", type=int)
     parser.add_argument("--watchers", type=int, nargs="+")

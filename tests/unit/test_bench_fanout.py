@@ -1,7 +1,8 @@
 # Copyright: swallowkeeper.dyups contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """tests/benchmarks/bench_fanout.py: the load model reads answers as HTTP/1.1 sends them
-(tests/resilience/loadgen.py's reader), counts their bytes, and asks what the watcher asks (no Consul here: the benchmark itself runs against a real cluster)."""
+(tests/resilience/loadgen.py's reader), counts their bytes, and asks what the watcher asks (no Consul
+here: the benchmark itself runs against a real cluster)."""
 
 from __future__ import annotations
 
