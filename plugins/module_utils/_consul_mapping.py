@@ -157,7 +157,8 @@ def _instance_what(service: str, node: str, instance_id: str) -> str:
 def _report(instance: Instance, status: str, serving: bool) -> dict:
     """The ``instances`` item of the module's answer."""
     server = instance.server
-    assert server is not None, "only usable Instances are reported"  # nosec B101 (a parse guarantee)
+    if server is None:  # a parse guarantee: only usable Instances are reported
+        raise AssertionError("only usable Instances are reported")
     return {
         "service": instance.service,
         "id": instance.id,
@@ -212,7 +213,8 @@ def map_instances(service: str, instances: Optional[Sequence[Instance]], options
     reports = []
     for not_serving, instance in candidates:
         upstream, server = instance.upstream, instance.server
-        assert upstream is not None and server is not None, "a candidate is a usable Instance"  # nosec B101
+        if upstream is None or server is None:  # a parse guarantee
+            raise AssertionError("a candidate is a usable Instance")
         key = (upstream, server.address)
         if key in kept:
             result.skipped.append(_skip_item(

@@ -111,7 +111,8 @@ class Syncer:
     def _resolve_one(self, name: str, upstream: Optional[Upstream], resolve: Resolve) -> None:
         """Servers written as host names that resolve here; the others are skipped (Tengine would answer
         500 to the whole POST). An upstream left without servers (or with backups only) counts as empty."""
-        assert self._resolved is not None, "resolvable() sets it first"  # nosec B101 (its only caller)
+        if self._resolved is None:  # its only caller, resolvable(), sets it first
+            raise AssertionError("resolvable() sets _resolved first")
         self._resolved.pop(name, None)
         self._resolved_empty.discard(name)
         self._hostnames.pop(name, None)
