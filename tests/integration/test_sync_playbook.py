@@ -17,8 +17,14 @@ from tests.support.collection import ROOT
 from tests.support.consul import consul_agent  # noqa: F401 (fixture)  # pylint: disable=unused-import  # pytest fixtures
 from tests.support.http_stdlib import stdlib_transport
 from tests.support.nginx_lua import NginxLua
+from tests.support.tengine import tengine_binary
 
 PLAYBOOK = (ROOT / "playbooks" / "sync.yml").read_text()
+
+# The playbook's own logic (health, zero-instance policy, check mode, refusals) does not depend on the
+# flavor: those tests run on one, Tengine (the default) when there is one. The tests that exercise the
+# interface itself (first sync and no change, directives kept) run on both.
+one_flavor = pytest.mark.parametrize("dyups_server", ["tengine" if tengine_binary() else "lua"], indirect=True)
 PUSH = "Write the upstream file, then send what differs to dyups"
 READ = "Read services and their health from Consul"
 
@@ -93,6 +99,7 @@ def test_sync_then_second_run_changes_nothing(agent, sync):
     assert detail(sync) == EXPECTED
 
 
+@one_flavor
 def test_health_changes_registrations_and_the_zero_instance_policy(agent, sync):
     register_fleet(agent)
     sync()
@@ -140,6 +147,7 @@ def test_directives_in_the_file_are_kept(agent, sync, tmp_path):
     assert "keepalive 8;" in text and "127.0.0.1:18105" in text
 
 
+@one_flavor
 def test_check_mode_changes_nothing(agent, sync):
     register_fleet(agent)
     checked = sync(check=True, diff=True)
@@ -149,6 +157,7 @@ def test_check_mode_changes_nothing(agent, sync):
     assert detail(sync) == EXPECTED
 
 
+@one_flavor
 def test_upstreams_the_file_does_not_hold_are_left_alone(agent, sync):
     register_fleet(agent)
     sync.client.update(build_upstream("HandMade", ["127.0.0.1:18999"]))
@@ -157,6 +166,7 @@ def test_upstreams_the_file_does_not_hold_are_left_alone(agent, sync):
     assert "HandMade" not in in_file(sync.conf)
 
 
+@one_flavor
 def test_refuses_to_empty_nginx_when_consul_maps_to_nothing(agent, sync):
     register_fleet(agent)
     sync()
@@ -167,6 +177,7 @@ def test_refuses_to_empty_nginx_when_consul_maps_to_nothing(agent, sync):
     assert detail(sync) == {}
 
 
+@one_flavor
 def test_a_bad_policy_value_fails_before_anything(agent, sync):
     register_fleet(agent)
     failed = sync(dyups_sync_zero_instances="down", expect_rc=2)
@@ -174,6 +185,7 @@ def test_a_bad_policy_value_fails_before_anything(agent, sync):
     assert detail(sync) == {}
 
 
+@one_flavor
 def test_consul_down_fails_and_changes_nothing(agent, sync):
     register_fleet(agent)
     sync()
@@ -207,6 +219,7 @@ def test_the_file_and_interface_come_from_the_watcher_settings_and_survive_a_rel
         assert nginx.master_pid() == master
 
 
+@one_flavor
 def test_without_settings_the_role_default_file_is_used(agent, dyups_server, tmp_path):
     register_fleet(agent)
     runner = AnsibleRunner(tmp_path / "ansible")
@@ -217,6 +230,7 @@ def test_without_settings_the_role_default_file_is_used(agent, dyups_server, tmp
     assert "upstream file /var/lib/swallowkeeper-dyups/upstreams.conf" in done.stdout
 
 
+@one_flavor
 def test_bad_watcher_settings_fail_before_anything(agent, dyups_server, tmp_path):
     settings = tmp_path / "watcher.yml"
     settings.write_text("upstream_file: relative/path.conf\n")
