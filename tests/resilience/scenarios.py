@@ -33,7 +33,7 @@ from ansible_collections.swallowkeeper.dyups.plugins.module_utils._names import 
 SHORT = {
     "rolling": {"step": 1.5, "settle": 2.0, "tail": 3.0, "rate": 200, "connections": 16, "ws": 20,
                 "ws_lifetime": "4:10", "propagation_bound": 0.5},
-    "scale": {"events": 15, "interval": 1.0, "settle": 2.0, "tail": 12.0, "rate": 200, "connections": 16,
+    "scale": {"events": 10, "interval": 1.0, "settle": 2.0, "tail": 8.0, "rate": 200, "connections": 16,
               "ws": 20, "ws_lifetime": "8:20"},
     "faults": {"consul_outage": 10.0, "fault": 8.0, "kill_loop": 8, "changes": 2, "recovery_timeout": 30.0,
                "rate": 150, "connections": 8, "ws": 10, "ws_lifetime": ""},
