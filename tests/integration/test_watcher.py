@@ -339,9 +339,12 @@ def test_once_and_dry_run(stack, tmp_path):
 
     once = run_once(tmp_path, **common)
     assert once.returncode == 0, once.stdout + once.stderr
-    # Tengine's other worker applies the POSTs within dyups_read_msg_timeout (the role's 20ms)
+    # Tengine's other worker applies the POSTs from shared memory on its dyups_read_msg_timeout timer (the
+    # role's 20ms); the wire contract measured a 5.1 s step for slower timers, and a clean-clone CI run saw
+    # one worker of a freshly started Tengine still without the upstreams 5 s after --once (2026-11-30,
+    # not explained yet): this test is about --once, so it waits past that step.
     nginx.wait_for(lambda: stack.serves("Web", p1) and stack.serves("Web_b", p2),
-                   "every worker serves what --once sent", timeout=5)
+                   "every worker serves what --once sent", timeout=12)
     assert "upstream Web:" in once.stdout
 
     again = run_once(tmp_path, **common)
