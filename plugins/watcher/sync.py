@@ -294,7 +294,13 @@ class Syncer:
         validation fixed), else the pending POSTs and DELETEs are sent again."""
         if self.unwritten is not None:
             return self.sync(*self.unwritten)
-        return self.push()
+        report = self.push()
+        if report.ok and not self.has_pending:
+            # the sync that left these pending is complete now: say so (else last_sync_success stays 0
+            # until the next Consul change, as after a start where nginx came up after the watcher)
+            self.metrics.set(last_sync_success=1, last_sync_timestamp_seconds=time.time())
+        self._update_gauges()
+        return report
 
     def push(self, report: Optional[SyncReport] = None) -> SyncReport:
         """POST pending upstreams, DELETE gone ones; failures stay pending for the next retry."""

@@ -201,9 +201,12 @@ def test_a_refused_push_stays_pending_and_the_retry_sends_it(make, fake):
     report = syncer.sync({"A": ups("A", "10.0.0.1:80")})
     assert report.file_changed and [name for name, _exc in report.failed] == ["A"]
     assert syncer.has_pending and "A" not in fake.upstreams
+    assert syncer.metrics.snapshot()["gauges"]["last_sync_success"] == 0
     fake.busy(0)
     report = syncer.retry()
     assert report.posted == ["A"] and not syncer.has_pending and "A" in fake.upstreams
+    gauges = syncer.metrics.snapshot()["gauges"]
+    assert gauges["last_sync_success"] == 1 and gauges["last_sync_timestamp_seconds"] > 0, "the retry completed the sync"
 
 
 def test_an_unreachable_interface_keeps_the_file_and_the_push_pending(make, tmp_path):
