@@ -298,7 +298,7 @@ class Syncer:
         if report.ok and not self.has_pending:
             # the sync that left these pending is complete now: say so (else last_sync_success stays 0
             # until the next Consul change, as after a start where nginx came up after the watcher)
-            self.metrics.set(last_sync_success=1, last_sync_timestamp_seconds=time.time())
+            self._record_success()
         self._update_gauges()
         return report
 
@@ -369,12 +369,16 @@ class Syncer:
     def _finish(self, report: SyncReport, started: float) -> None:
         duration = self.clock() - started
         self.metrics.count("syncs")
-        success = report.ok
-        gauges = {"last_sync_success": int(success), "last_sync_duration_seconds": round(duration, 6)}
-        if success:
-            gauges["last_sync_timestamp_seconds"] = time.time()
-        self.metrics.set(**gauges)
+        self.metrics.set(last_sync_duration_seconds=round(duration, 6))
+        if report.ok:
+            self._record_success()
+        else:
+            self.metrics.set(last_sync_success=0)
         self._update_gauges()
+
+    def _record_success(self) -> None:
+        """A sync completed without error (at once, or through the retry of what it left pending)."""
+        self.metrics.set(last_sync_success=1, last_sync_timestamp_seconds=time.time())
 
     def _update_gauges(self) -> None:
         self.metrics.set(upstreams=len(self.applied), servers=self._server_count,
