@@ -496,7 +496,11 @@ class ConsulSource:
         while not self.stop_event.is_set():
             try:
                 result = query.poll()
-            except ConsulError as exc:
+            except Exception as exc:  # a ConsulError, or a bug: either way this poll must go on, not die
+                if self.stop_event.is_set():
+                    break
+                if not isinstance(exc, ConsulError):
+                    log.error("the %s long poll failed unexpectedly, retrying: %s: %s", kind, type(exc).__name__, exc)
                 failed = True
                 events.put(("consul_error", consul_error_kind(exc), exc))
                 self.stop_event.wait(backoff.next())

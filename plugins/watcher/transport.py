@@ -121,6 +121,13 @@ class KeepAliveTransport:
             except (OSError, http.client.HTTPException, ValueError) as exc:
                 self._give_back(key, connection, keep=False)
                 raise TransportError(_reason(exc)) from None
+            except AttributeError:
+                # close() from another thread took the socket from under a read in flight: http.client
+                # then reads from None (a SIGHUP reload stops the long polls this way)
+                self._give_back(key, connection, keep=False)
+                if not self._closed:
+                    raise
+                raise TransportError("the transport was closed while the request was in flight") from None
             self._give_back(key, connection, keep=not response.will_close)
             return response.status, data, {name.lower(): value for name, value in response.getheaders()}
         raise TransportError("no answer")  # not reached: the second attempt returns or raises

@@ -61,7 +61,7 @@ def test_fuzzed_consul_answers_to_the_real_watcher(tmp_path, record):
     follows Consul again after every batch of fuzzed answers."""
     result = scenarios.fuzz_consul_answers(tmp_path, scenarios.SHORT["fuzz"])
     record("fuzz", result)
-    assert scenarios.violations({"fuzz": result}) == []
+    assert scenarios.violations({"fuzz": result}) == [], "\n\n".join(result["problems"])
     assert result["cases"] == scenarios.SHORT["fuzz"]["cases"]
     assert result["answers_mutated"] >= result["cases"] - result["not_delivered"]
     assert result["posts"] > 0

@@ -157,3 +157,62 @@ def test_close_ends_a_request_in_flight_at_once_and_refuses_later_ones(server):
     assert "error" in box and box["seconds"] < 0.9, box   # the server would answer after 1 s
     with pytest.raises(TransportError, match="closed"):
         transport("GET", url(server, "/later"), None, 2)
+
+
+@pytest.fixture
+def streaming_server():
+    """A raw socket server whose answers announce 200 kB and send them in 1 kB pieces: a reader is
+    mid-body for tens of milliseconds (http.server answers too fast to be caught there)."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    stop = threading.Event()
+
+    def answer(connection):
+        try:
+            connection.recv(65536)
+            connection.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 200000\r\n\r\n")
+            for _piece in range(200):
+                if stop.is_set():
+                    break
+                connection.sendall(b"x" * 1000)
+                time.sleep(0.0001)
+        except OSError:
+            pass
+        finally:
+            connection.close()
+
+    def accept():
+        while not stop.is_set():
+            try:
+                connection, _address = listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=answer, args=(connection,), daemon=True).start()
+
+    threading.Thread(target=accept, daemon=True).start()
+    yield f"http://127.0.0.1:{listener.getsockname()[1]}/"
+    stop.set()
+    listener.close()
+
+
+def test_close_during_a_body_read_is_a_transport_error_never_another_exception(streaming_server):
+    """A SIGHUP reload closes the transport under the long polls' reads; whatever point of the read
+    the close hits, the reader gets a TransportError (before the fix, about half the rounds raised
+    AttributeError from http.client, which killed the long-poll thread with a traceback)."""
+    others = []
+    for round_number in range(60):
+        transport = KeepAliveTransport()
+
+        def read(transport=transport):
+            try:
+                transport("GET", streaming_server, None, 5)
+            except TransportError:
+                pass
+            except Exception as exc:  # noqa: BLE001 - what the test counts
+                others.append(f"{type(exc).__name__}: {exc}")
+
+        thread = threading.Thread(target=read)
+        thread.start()
+        time.sleep(0.001 + (round_number % 20) / 1000)
+        transport.close()
+        thread.join(5)
+    assert others == []
