@@ -293,11 +293,20 @@ def flip_load(writer, size, ports, rate, rng):
     return run
 
 
-def bench_before(before_root, common, writer, proxy_port, size, ports, flip_count, rng, workdir, out, prefix="before",
+def empty_interface(nginx, size):
+    """DELETE every benchmark upstream, so that the next ``--once`` POSTs all of them (each full resync,
+    ours and every ``--before`` one, starts from an empty interface and an empty file)."""
+    for i in range(size):
+        nginx.api("DELETE", f"/upstream/Svc{i}")
+
+
+def bench_before(before_root, common, writer, nginx, size, ports, flip_count, rng, workdir, out, prefix="before",
                  measure_resources=False):
     """The same flips, scale-outs and rolling deploys (and full resync, RSS) against the watcher of an
     earlier commit; keys start with ``prefix``."""
     entry = before_root / "plugins" / "watcher"
+    proxy_port = int(nginx.proxy_url.rsplit(":", 1)[1])
+    empty_interface(nginx, size)
     started = time.perf_counter()
     once = run_once(workdir, upstream_file=str(workdir / f"resync-{size}.conf"), timeout=600, entry=entry, **common)
     out[f"{prefix}_full_resync_seconds"] = round(time.perf_counter() - started, 2) if once.returncode == 0 else None
@@ -370,15 +379,14 @@ def bench_flavor(flavor, agent, writer, size, ports, flip_count, baseline_flips,
         for rev, before_root in (before_roots or {}).items():
             before_dir = workdir / f"before-{rev}-{flavor}"
             before_dir.mkdir(exist_ok=True)
-            bench_before(before_root, common, writer, proxy_port, size, ports, flip_count, rng, before_dir, out,
+            bench_before(before_root, common, writer, nginx, size, ports, flip_count, rng, before_dir, out,
                          prefix=f"before_{rev}", measure_resources=measure_resources)
             if len(before_roots) == 1:   # the keys of a run with one --before, as before
                 out.update({"before" + key[len(f"before_{rev}"):]: value for key, value in list(out.items())
                             if key.startswith(f"before_{rev}_")})
 
         if baseline_flips:
-            for i in range(size):  # the baseline starts from an interface it filled itself
-                nginx.api("DELETE", f"/upstream/Svc{i}")
+            empty_interface(nginx, size)  # the baseline starts from an interface it filled itself
             log_path = workdir / f"original-{flavor}-{size}.log"
             log = open(log_path, "wb")
             original = subprocess.Popen(
