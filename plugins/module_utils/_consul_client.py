@@ -240,10 +240,6 @@ class ConsulClient:
         return (f"ConsulClient(url={self.url!r}, token={'<set>' if self._token else None}, "
                 f"datacenter={self.datacenter!r}, stale={self.stale})")
 
-    @property
-    def has_token(self) -> bool:
-        return self._token is not None
-
     def url_for(self, path: str, params: Mapping[str, Any] | None = None) -> str:
         """The full URL of ``path`` with ``params`` (a dict; None values dropped). Never holds the token."""
         query = [(key, "" if value is True else str(value)) for key, value in (params or {}).items()
@@ -336,7 +332,7 @@ class ConsulClient:
 
         ``/v1/catalog/services``: a JSON object of lists of strings, with the ``consul`` service.
         ``/v1/health/service/NAME`` and ``/v1/health/state/any``: a JSON list of objects.
-        ``/v1/status/leader``: a JSON string. ``/v1/catalog/nodes``: a non-empty JSON list of objects.
+        ``/v1/catalog/nodes``: a non-empty JSON list of objects.
         What looks filtered by ACLs is raised as ConsulForbidden (module docstring, "ACL filtering").
         ``/v1/catalog/node-services/NODE``: {Node: object, Services: [objects]}, a node that is gone
         (both null) read as no services.
@@ -351,8 +347,6 @@ class ConsulClient:
             return answer
         if path.startswith("/v1/health/state/") or path.startswith("/v1/health/checks/"):
             return self._expect_objects(answer, "a JSON list of checks")
-        if path == "/v1/status/leader":
-            return self._expect(answer, str, "a JSON string")
         if path == "/v1/catalog/nodes":
             self._expect_objects(answer, "a JSON list of nodes")
             if not answer.data:
@@ -434,10 +428,6 @@ class ConsulClient:
         every service instance on that node (no checks)."""
         return self.read("/v1/catalog/node-services/" + quote(str(node), safe=""))
 
-    def status_leader(self) -> ConsulAnswer:
-        """``/v1/status/leader``: data is the leader's ``host:port``, or "" while there is none."""
-        return self.read("/v1/status/leader")
-
 
 @dataclass(frozen=True)
 class PollResult:
@@ -508,7 +498,6 @@ class BlockingQuery:
         self.sleep = sleep
         self.index = 0           # what the next poll sends (0: a plain read)
         self.last_index: int | None = None   # the index of the last answer
-        self.polls = 0
         self.burst = int(burst)
         self._tokens = float(self.burst)
         self._last_start: float | None = None
@@ -545,7 +534,6 @@ class BlockingQuery:
         """
         self._pace()
         self._productive = False
-        self.polls += 1
         fetch = getattr(self.client, "read", None) or self.client.get
         try:
             answer = fetch(self.path, params=self.params, index=self.index or None,

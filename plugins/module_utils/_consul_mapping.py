@@ -35,18 +35,15 @@ Output (``MappingResult``): ``instances`` (every usable instance, sorted), ``ups
 ``{name: Upstream}`` (built by ``build_upstream``, only from serving instances), ``empty`` (upstream
 names that have instances, none serving: callers apply their zero-instance policy), ``skipped``
 (``[{"what", "why", "service", "node", "id"}]``), ``sources`` (``{upstream: service}``).
-
-``index_checks`` indexes a ``/v1/health/state/any`` answer by instance, for the watcher's health poll.
 """
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass, field
-from typing import Any, Dict, Iterable, List, Optional, Sequence, Set, Tuple
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._consul_instance import (
-    DEFAULT_TAG_VALUE, META_KEYS, META_PREFIX, CheckPairs, Instance, parse_health_entries, shown)
+    DEFAULT_TAG_VALUE, META_KEYS, META_PREFIX, Instance, parse_health_entries, shown)
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._directives import parse_directives
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._errors import ValidationError
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._names import name_problem
@@ -393,66 +390,3 @@ def map_services(health: dict, options: Optional[MappingOptions] = None) -> Mapp
     per_service = [map_instances(service, parse_health_entries(service, health[service], options.tag_key), options)
                    for service in sorted(health, key=str) if isinstance(service, str) and options.selects(service)]
     return merge_results(per_service)
-
-
-# -- health/state/any snapshots ------------------------------------------------------------------------
-# Fields of Consul's answers that neither the mapping nor the watcher reads; some are large (a check's
-# Output, Definition, ServiceTags). ``slim_object`` drops them as the JSON is parsed.
-UNREAD_FIELDS = frozenset((
-    "Output", "Notes", "Definition", "ServiceTags", "CreateIndex", "ModifyIndex", "TaggedAddresses", "Weights",
-    "Proxy", "Connect", "EnableTagOverride", "Type", "Datacenter", "Namespace", "Partition", "ExposedPort",
-    "Interval", "Timeout", "SocketPath", "PeerName", "ServiceMeta", "Name",
-))
-_SHARED_VALUES = ("Status", "Node", "ServiceName", "Service")
-
-
-def slim_object(obj: dict) -> dict:
-    """``json.loads`` object_hook for a long-running reader: the same object without UNREAD_FIELDS, and
-    with the values that repeat in every check and instance (status, node and service names) shared."""
-    for key in UNREAD_FIELDS.intersection(obj):
-        del obj[key]
-    for key in _SHARED_VALUES:
-        value = obj.get(key)
-        if isinstance(value, str):
-            obj[key] = sys.intern(value)
-    return obj
-
-
-@dataclass(frozen=True)
-class CheckSnapshot:
-    """One ``/v1/health/state/any`` answer, indexed once by instance.
-
-    ``states``: {(node, service id): (service name, ((check id, status), ...) sorted)};
-    ``checks``: {(node, service id): [the check dicts]}. Node-level checks have service id "".
-    The watcher compares each health answer with what its cache holds (not with the previous
-    answer), so each answer is indexed once (one pass over the list).
-    """
-
-    states: dict
-    checks: dict
-
-    def keys_of(self, service: str) -> Set[Tuple[str, str]]:
-        """Instance keys with at least one check of ``service``."""
-        return {key for key, (name, _states) in self.states.items() if key[1] and name == service}
-
-
-def index_checks(checks: Any) -> CheckSnapshot:
-    """A CheckSnapshot from a list of checks (anything that is not a dict is ignored)."""
-    grouped: Dict[Tuple[str, str], List[dict]] = {}
-    for check in checks or ():
-        if not isinstance(check, dict):
-            continue
-        node, service_id = check.get("Node") or "", check.get("ServiceID") or ""
-        key = (node if isinstance(node, str) else str(node), service_id if isinstance(service_id, str) else str(service_id))
-        found = grouped.get(key)
-        if found is None:
-            grouped[key] = [check]
-        else:
-            found.append(check)
-    states: Dict[Tuple[str, str], Tuple[str, CheckPairs]] = {}
-    for key, group in grouped.items():
-        pairs = [(str(c.get("CheckID") or ""), str(c.get("Status") or "")) for c in group]
-        if len(pairs) > 1:
-            pairs = sorted(set(pairs))
-        states[key] = (str(group[0].get("ServiceName") or ""), tuple(pairs))
-    return CheckSnapshot(states=states, checks=grouped)

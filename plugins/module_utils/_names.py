@@ -68,7 +68,3 @@ def validate_name(name: Any) -> str:
     if found:
         raise ValidationError("upstream name", name, f"{found[1]}; {NAME_RULE}", found[0])
     return name
-
-
-def is_valid_name(name: Any) -> bool:
-    return name_problem(name) is None

@@ -12,6 +12,7 @@ Where things are:
 - ``settings.py``   every option, its default, the config file and the command line
 - ``transport.py``  keep-alive ``http.client`` connections as the transport of the shared clients
 - ``consul_source.py``  blocking queries on Consul and the cache of service instances
+- ``consul_answers.py``  Consul's answers kept small: unread fields dropped, health answers indexed
 - ``safety.py``     the zero-instance policy and the mass-removal hold
 - ``sync.py``       desired upstreams -> file first -> POST/DELETE what changed; drift repair
 - ``metrics.py``    counters and the loopback status / Prometheus endpoint

@@ -53,6 +53,7 @@ from ansible_collections.swallowkeeper.dyups.plugins.module_utils._errors import
     ConsulBadAnswer, ConsulError, ConsulForbidden, ConsulRateLimited, ConsulServerError, ConsulUnavailable)
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._upstream import Upstream
 from ansible_collections.swallowkeeper.dyups.plugins.watcher.backoff import Backoff
+from ansible_collections.swallowkeeper.dyups.plugins.watcher.consul_answers import index_checks, slim_object
 from ansible_collections.swallowkeeper.dyups.plugins.watcher.metrics import Metrics
 from ansible_collections.swallowkeeper.dyups.plugins.watcher.settings import Settings
 from ansible_collections.swallowkeeper.dyups.plugins.watcher.transport import KeepAliveTransport
@@ -161,10 +162,10 @@ class ConsulSource:
         self.transport = KeepAliveTransport(verify=verify, cert=cert)
         self.client = ConsulClient(settings.consul_url, self.transport, token=token,
                                    datacenter=settings.consul_datacenter, timeout=settings.consul_timeout,
-                                   object_hook=mapping.slim_object)
+                                   object_hook=slim_object)
         self.watch_client = ConsulClient(settings.consul_url, self.transport, token=token,
                                          datacenter=settings.consul_datacenter, timeout=settings.consul_timeout,
-                                         stale=settings.consul_stale, object_hook=mapping.slim_object)
+                                         stale=settings.consul_stale, object_hook=slim_object)
         self.entries: Dict[str, Instances] = {}  # service -> {(node, service_id): Instance without checks (see _strip)}
         self.checks: Dict[InstanceKey, CheckPairs] = {}  # (node, service_id) -> ((check id, status), ...); node checks under (node, "")
         self.failing: Dict[InstanceKey, Tuple[str, CheckPairs]] = {}  # the part of self.checks not passing: key -> (service name or "", pairs)
@@ -402,7 +403,7 @@ class ConsulSource:
         than assumed healthy. So is every service with a listed check the cache does not know (a
         new instance, a new check).
         """
-        listed = mapping.index_checks(failing).states
+        listed = index_checks(failing).states
         for key, (name, pairs) in listed.items():
             held = self.failing.get(key)
             if held is not None and held[1] == pairs:

@@ -30,6 +30,7 @@ from ansible_collections.swallowkeeper.dyups.plugins.module_utils._errors import
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._names import validate_name
 
 ZERO_INSTANCE_POLICIES = ("keep", "down", "delete")
+MAX_REMOVAL_GUARD_WINDOW = 3600.0  # an hour: older removals are no one mass event (and each sync reads the window)
 
 
 class SettingsError(ValueError):
@@ -81,6 +82,8 @@ OPTIONS = (
     Option("removal_guard_min", 3, int, "the hold applies only when at least this many servers would go"),
     Option("removal_hold_seconds", 600.0, float, "apply a held change once it persisted this long (0: only "
                                                  "when an operator releases it)"),
+    Option("removal_guard_window", 60.0, float, "seconds over which removals add up for the guard: servers "
+                                                "lost in this time count with the change's (0: the change alone)"),
     Option("retry_initial", 0.5, float, "first retry delay after a failure (doubles, with jitter)"),
     Option("retry_max", 5.0, float, "longest retry delay (also: the longest a recovered Consul or nginx waits)"),
     Option("status_listen", "127.0.0.1:18883", str, "loopback address:port of the status and metrics "
@@ -198,6 +201,9 @@ def check(settings: Settings) -> None:
                             f"got {settings.zero_instances!r}")
     if not 0 < settings.removal_guard_share <= 1:
         raise SettingsError("removal_guard_share: expected a share above 0 and at most 1")
+    if not 0 <= settings.removal_guard_window <= MAX_REMOVAL_GUARD_WINDOW:
+        raise SettingsError(f"removal_guard_window: expected seconds from 0 (the change alone) to "
+                            f"{MAX_REMOVAL_GUARD_WINDOW:.0f}, got {settings.removal_guard_window!r}")
     if settings.quiescence_min < 0 or settings.quiescence_max < settings.quiescence_min:
         raise SettingsError("quiescence_min/quiescence_max: expected 0 <= min <= max")
     if not 0 < settings.consul_wait <= 600:

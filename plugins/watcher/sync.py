@@ -100,6 +100,8 @@ class Syncer:
         self.hold_since: Optional[float] = None
         self.hold_total: Optional[int] = None  # servers applied when the hold began: the share is measured against it
         self.release_requested = False
+        self.window = safety.RemovalWindow(settings.removal_guard_window, self._server_count)
+        self._restart_window = False  # a released change is being applied: the window starts afresh after it
         self.skipped: List[dict] = []
         self._resolved: Optional[Dict[str, Upstream]] = None  # {name: Upstream} of the last sync's upstreams, host names resolved
         self._resolved_empty: Set[str] = set()
@@ -168,11 +170,13 @@ class Syncer:
     def _guard(self, applied: Dict[str, Upstream], desired: Dict[str, Upstream]) -> Dict[str, Upstream]:
         """``desired`` (for the names of ``applied`` that may change), with the removals held when they
         take away too large a share of all the servers applied (see safety.py)."""
-        removal = replace(safety.removals(applied, desired), total=self._server_count)
+        now = self.clock()
+        removal = self.window.widen(replace(safety.removals(applied, desired), total=self._server_count), now)
         if self.hold_since is not None and self.hold_total is not None and removal.total > self.hold_total:
             # servers added beside a held removal do not make it smaller: measured against the hold's start
             removal = replace(removal, total=self.hold_total)
         self._held_names = set()
+        self._restart_window = False
         if not safety.exceeds_guard(removal, self.settings.removal_guard_share, self.settings.removal_guard_min):
             if self.hold_since is not None:
                 log.warning("removal hold cleared: the change no longer removes more than %.0f%% of servers",
@@ -182,14 +186,16 @@ class Syncer:
             self.metrics.set(held_changes=0, held_removals=0)
             self.metrics.set_status(held=None)
             return desired
-        now = self.clock()
         if self.hold_since is None:
             self.hold_since = now
             self.hold_total = removal.total
-            log.error("HOLDING a change that would remove %d of %d servers (%.0f%%, limit %.0f%%) across %d "
+            earlier = (f" ({removal.counted} with the {removal.earlier} lost in the last "
+                       f"{self.settings.removal_guard_window:.0f}s)" if removal.earlier else "")
+            log.error("HOLDING a change that would remove %d of %d servers%s (%.0f%%, limit %.0f%%) across %d "
                       "upstream(s): %s. Additions still apply. It is applied after %s, or now with "
                       "POST /release on the status endpoint or SIGUSR1.",
-                      removal.removed, removal.total, removal.share * 100, self.settings.removal_guard_share * 100,
+                      removal.removed, removal.total, earlier, removal.share * 100,
+                      self.settings.removal_guard_share * 100,
                       len(removal.by_upstream), ", ".join(sorted(removal.by_upstream)[:10]),
                       f"{self.settings.removal_hold_seconds:.0f}s" if self.settings.removal_hold_seconds
                       else "an operator's release only")
@@ -199,11 +205,13 @@ class Syncer:
                         "operator" if self.release_requested else "held past removal_hold_seconds", removal.removed)
             self.hold_since = self.hold_total = None
             self.release_requested = False
+            self._restart_window = True
             self.metrics.set(held_changes=0, held_removals=0)
             self.metrics.set_status(held=None)
             return desired
         self.metrics.set(held_changes=1, held_removals=removal.removed)
-        self.metrics.set_status(held={"removed": removal.removed, "total": removal.total,
+        self.metrics.set_status(held={"removed": removal.removed, "removed_earlier": removal.earlier,
+                                      "total": removal.total,
                                       "upstreams": removal.by_upstream, "held_for_seconds": round(now - self.hold_since, 1)})
         self._held_names = set(removal.by_upstream)   # examined again at every sync while held
         return safety.hold_removals(applied, desired, removal)
@@ -270,13 +278,19 @@ class Syncer:
         return report
 
     def _apply(self, changes: Mapping[str, Optional[Upstream]]) -> None:
-        """Make ``changes`` ({name: Upstream or None}) the applied state, keeping the server count."""
+        """Make ``changes`` ({name: Upstream or None}) the applied state, keeping the server count and
+        the removal guard's window."""
         for name, upstream in changes.items():
             before = self.applied.pop(name, None)
             self._server_count -= len(before.servers) if before is not None else 0
             if upstream is not None:
                 self.applied[name] = upstream
                 self._server_count += len(upstream.servers)
+        if self._restart_window:
+            self.window.restart(self._server_count)
+            self._restart_window = False
+        else:
+            self.window.applied(self._server_count, self.clock())
 
     def _file_failed(self, report: SyncReport, started: float, kind: str, message: str,
                      upstreams: Mapping[str, Upstream], empty: Iterable[str]) -> SyncReport:

@@ -257,7 +257,7 @@ def test_mass_deregistration_is_held_until_released(stack):
     for i, port in enumerate(ports):
         agent.register("Web", f"w{i}", port=port)
     # a wide quiescence window folds the three deregistrations into one change even on a loaded machine
-    # (with the default 20 ms they can arrive as 2 + 1 removals, each no more than half: nothing to hold)
+    # (with the default 20 ms they can arrive as 2 + 1 removals: the removal window then holds the 1 only)
     watcher = stack.watcher(removal_guard_share=0.5, removal_guard_min=2, removal_hold_seconds=0,
                             quiescence_min=1, quiescence_max=2)
     watcher.wait_for(lambda: stack.served("Web", 16) == {str(p) for p in ports}, "initial sync")
@@ -274,6 +274,31 @@ def test_mass_deregistration_is_held_until_released(stack):
     assert "release requested" in watcher.release()
     watcher.wait_for(lambda: stack.served("Web", 8) == {str(ports[3])}, "released removal applied")
     assert watcher.metrics()["swallowkeeper_watcher_held_changes"] == 0
+
+
+def test_a_slow_mass_deregistration_is_held_by_the_removal_window(stack):
+    """Deregistrations one at a time, each applied before the next: 1 of 4, then 2 of 4 (not over half)
+    go through; the third makes 3 of the 4 servers the window started with: held, although it alone is
+    1 of 2. A release applies it."""
+    agent = stack.agent
+    ports = stack.ports
+    for i, port in enumerate(ports):
+        agent.register("Web", f"w{i}", port=port)
+    watcher = stack.watcher(removal_guard_share=0.5, removal_guard_min=2, removal_hold_seconds=0,
+                            removal_guard_window=300)
+    watcher.wait_for(lambda: stack.served("Web", 16) == {str(p) for p in ports}, "initial sync")
+    for i in range(2):
+        agent.deregister(f"w{i}")
+        watcher.wait_for(lambda i=i: stack.served("Web", 8) == {str(p) for p in ports[i + 1:]}, f"w{i} removed")
+    assert watcher.metrics()["swallowkeeper_watcher_held_changes"] == 0
+    agent.deregister("w2")
+    watcher.wait_for(lambda: watcher.metrics()["swallowkeeper_watcher_held_changes"] == 1, "third removal held")
+    held = watcher.status()["status"]["held"]
+    assert (held["removed"], held["removed_earlier"], held["total"]) == (1, 2, 4)
+    assert stack.served("Web", 8) == {str(ports[2]), str(ports[3])}, "held: w2 still serves"
+    assert "would remove 1 of 4 servers (3 with the 2 lost in the last 300s)" in watcher.log_text()
+    assert "release requested" in watcher.release()
+    watcher.wait_for(lambda: stack.served("Web", 8) == {str(ports[3])}, "released removal applied")
 
 
 def test_zero_passing_instances_keep_the_last_servers(stack):

@@ -28,7 +28,7 @@ from tests.support.watcher import WatcherProcess
 
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils import _upstream_file
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._errors import ValidationError
-from ansible_collections.swallowkeeper.dyups.plugins.module_utils._names import is_valid_name
+from ansible_collections.swallowkeeper.dyups.plugins.module_utils._names import name_problem
 
 SHORT = {
     "rolling": {"step": 1.5, "settle": 2.0, "tail": 3.0, "rate": 200, "connections": 16, "ws": 20,
@@ -646,7 +646,7 @@ def _rss_mb(pid):
 
 def _valid_body(name, body):
     """True when a POST body for ``name`` is a valid upstream (the file parser's own rules)."""
-    if not is_valid_name(name):
+    if name_problem(name) is not None:
         return False
     try:
         _upstream_file.parse(f"upstream {name} {{\n{body.decode('utf-8')}}}\n")
@@ -767,7 +767,7 @@ def fuzz_consul_answers(workdir, params, seed=23):
                         out["problems"].append(f"case {case}: invalid POST {path} {body[:200]!r}")
                 elif method == "DELETE":
                     out["deletes"] += 1
-                    if name is None or not is_valid_name(name):
+                    if name is None or name_problem(name) is not None:
                         out["invalid_bodies"] += 1
                         out["problems"].append(f"case {case}: DELETE of an invalid name {path!r}")
                 if method in ("POST", "DELETE") and status not in (200, 404, 409):

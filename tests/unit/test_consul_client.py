@@ -52,8 +52,8 @@ def test_token_goes_in_the_header_only_and_never_in_the_url_or_repr():
 
 
 def test_no_token_sends_no_header():
-    transport = ScriptedTransport(ok('"127.0.0.1:8300"'))
-    ConsulClient("http://c:8500", transport).status_leader()
+    transport = ScriptedTransport(ok('[]'))
+    ConsulClient("http://c:8500", transport).health_state_any()
     assert transport.calls[0]["headers"] == {}
 
 
@@ -116,13 +116,13 @@ def test_forbidden_with_a_token_says_it_lacks_rights_and_never_shows_it():
 def test_transport_reason_is_redacted_too():
     client = ConsulClient("http://c:8500", ScriptedTransport(TransportError(f"odd {TOKEN}")), token=TOKEN)
     with pytest.raises(ConsulUnavailable) as caught:
-        client.status_leader()
+        client.health_state_any()
     assert TOKEN not in str(caught.value)
 
 
 @pytest.mark.parametrize("method, body", [
     ("health_service", '{"a": 1}'), ("health_service", "[1, 2]"), ("health_state_any", '"x"'),
-    ("health_state_any", "[null]"), ("status_leader", "[]"),
+    ("health_state_any", "[null]"),
 ])
 def test_wrong_json_shapes_are_bad_answers(method, body):
     client = ConsulClient("http://c:8500", ScriptedTransport(ok(body)))
@@ -134,7 +134,7 @@ def test_wrong_json_shapes_are_bad_answers(method, body):
 def test_long_bodies_are_cut_in_messages():
     client = ConsulClient("http://c:8500", ScriptedTransport((500, "x" * 5000, {})))
     with pytest.raises(ConsulServerError) as caught:
-        client.status_leader()
+        client.health_state_any()
     assert len(str(caught.value)) < 400
 
 
@@ -417,7 +417,7 @@ def test_a_catalog_without_the_consul_service_is_forbidden_and_an_empty_node_lis
 ])
 def test_tls_failures_name_their_cause(reason, words):
     with pytest.raises(ConsulTLSError) as caught:
-        ConsulClient("https://c:8501", ScriptedTransport(TransportError(reason))).status_leader()
+        ConsulClient("https://c:8501", ScriptedTransport(TransportError(reason))).health_state_any()
     assert isinstance(caught.value, ConsulUnavailable)
     for word in words:
         assert word in str(caught.value)
@@ -425,11 +425,11 @@ def test_tls_failures_name_their_cause(reason, words):
 
 def test_other_transport_failures_are_not_called_tls():
     with pytest.raises(ConsulUnavailable) as caught:
-        ConsulClient("http://c:8500", ScriptedTransport(TransportError("ConnectionRefusedError: refused"))).status_leader()
+        ConsulClient("http://c:8500", ScriptedTransport(TransportError("ConnectionRefusedError: refused"))).health_state_any()
     assert not isinstance(caught.value, ConsulTLSError) and tls_hint("ConnectionRefusedError: refused") is None
 
 
 def test_plain_http_on_the_https_port_says_so():
     answer = (400, "Client sent an HTTP request to an HTTPS server.\n", {})
     with pytest.raises(ConsulBadAnswer, match="use an https:// URL"):
-        ConsulClient("http://c:8501", ScriptedTransport(answer)).status_leader()
+        ConsulClient("http://c:8501", ScriptedTransport(answer)).health_state_any()

@@ -88,7 +88,7 @@ def params(**given):
 
 def test_module_defaults_without_environment(transport_args):
     client = _consul_options.consul_client_from_params(params(), environ={})
-    assert client.url == "http://127.0.0.1:8500" and not client.has_token
+    assert client.url == "http://127.0.0.1:8500" and "token=None" in repr(client)
     assert transport_args == {"validate_certs": True, "ca_path": None, "client_cert": None, "client_key": None}
 
 

@@ -10,8 +10,8 @@ import random
 import pytest
 
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._consul_mapping import (
-    MappingOptions, index_checks, map_services, merge_results)
-from ansible_collections.swallowkeeper.dyups.plugins.module_utils._names import is_valid_name
+    MappingOptions, map_services, merge_results)
+from ansible_collections.swallowkeeper.dyups.plugins.module_utils._names import name_problem
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._servers import parse_server
 
 
@@ -279,33 +279,10 @@ def test_hostile_entries_never_raise_and_never_pass_invalid_data():
     result = map_services(health)
     assert result.upstreams and len(result.skipped) > 50  # both paths were exercised
     for name, upstream in result.upstreams.items():
-        assert is_valid_name(name)
+        assert name_problem(name) is None
         for server in upstream.servers:
             assert parse_server(server.spec()) == server
     json.dumps(result.to_dict())
-
-
-# -- health/state/any snapshots --------------------------------------------------------------------------------
-def check(node, check_id, status, service_id="", service=""):
-    return {"Node": node, "CheckID": check_id, "Status": status, "ServiceID": service_id, "ServiceName": service,
-            "Output": "out"}
-
-
-def test_index_checks_groups_by_instance_with_node_checks_under_an_empty_service_id():
-    answer = [check("n1", "serfHealth", "critical"), check("n1", "service:a1", "warning", "a1", "a"),
-              check("n1", "extra", "critical", "a1", "a"), check("n2", "service:c1", "passing", "c1", "c"),
-              "not a check"]
-    states = index_checks(answer).states
-    assert states == {("n1", ""): ("", (("serfHealth", "critical"),)),
-                      ("n1", "a1"): ("a", (("extra", "critical"), ("service:a1", "warning"))),
-                      ("n2", "c1"): ("c", (("service:c1", "passing"),))}
-
-
-def test_index_checks_ignores_output_and_order():
-    old = [check("n1", "x", "critical", "a1", "a"), check("n1", "service:a1", "warning", "a1", "a")]
-    same = [dict(old[1], Output="other"), old[0]]
-    assert index_checks(old).states == index_checks(same).states
-    assert index_checks([]).states == {} and index_checks(None).states == {}
 
 
 def test_directives_are_attached_by_the_mapping_and_an_upstream_that_breaks_a_rule_with_them_is_skipped():

@@ -27,9 +27,10 @@ from ansible_collections.swallowkeeper.dyups.plugins.module_utils._consul_client
     BlockingQuery, ConsulAnswer, ConsulClient)
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._errors import ConsulError, ConsulUnavailable, \
     TransportError
-from ansible_collections.swallowkeeper.dyups.plugins.module_utils._names import is_valid_name
+from ansible_collections.swallowkeeper.dyups.plugins.module_utils._names import name_problem
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._upstream import build_upstream
 from ansible_collections.swallowkeeper.dyups.plugins.watcher import settings as watcher_settings
+from ansible_collections.swallowkeeper.dyups.plugins.watcher.consul_answers import index_checks
 from ansible_collections.swallowkeeper.dyups.plugins.watcher.consul_source import ConsulSource
 from ansible_collections.swallowkeeper.dyups.plugins.watcher.metrics import Metrics
 from tests.unit.property.strategies import HOSTILE_CHARS, count, has_forbidden, json_values, valid_names
@@ -96,7 +97,7 @@ def health_entries(draw, service="Web"):
 
 def assert_valid_mapping(result):
     for name, upstream in result.upstreams.items():
-        assert is_valid_name(name) and upstream.name == name
+        assert name_problem(name) is None and upstream.name == name
         assert build_upstream(name, [s.spec() for s in upstream.servers],
                               [d.text for d in upstream.directives]) == upstream
         assert not any(has_forbidden(server.spec()) for server in upstream.servers)
@@ -197,7 +198,7 @@ def test_the_mapping_of_any_health_entries_raises_nothing_and_gives_valid_upstre
 def test_check_snapshots_of_any_checks_raise_nothing(checks, other):
     count("mapping: check snapshots")
     for answer in (checks, other):
-        snapshot = mapping.index_checks(answer)
+        snapshot = index_checks(answer)
         assert all(isinstance(name, str) and all(isinstance(part, str) for pair in pairs for part in pair)
                    for name, pairs in snapshot.states.values())
 

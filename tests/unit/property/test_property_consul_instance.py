@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._consul_instance import (
     Instance, parse_health_entries, parse_node_services)
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._consul_mapping import MappingOptions, map_instances
-from ansible_collections.swallowkeeper.dyups.plugins.module_utils._names import is_valid_name
+from ansible_collections.swallowkeeper.dyups.plugins.module_utils._names import name_problem
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._servers import Server, parse_server
 from tests.unit.property.strategies import count, json_values
 from tests.unit.property.test_property_consul import assert_valid_mapping, health_entries
@@ -34,7 +34,7 @@ def assert_instance(instance, service):
     assert all(isinstance(tag, str) for tag in instance.tags)
     if instance.skip is None:
         assert not instance.malformed
-        assert is_valid_name(instance.upstream)
+        assert name_problem(instance.upstream) is None
         assert instance.upstream == service or instance.upstream.startswith(service + "_")
         assert isinstance(instance.server, Server) and 1 <= instance.server.port <= 65535
         assert parse_server(instance.server.spec()) == instance.server   # it passed the server rules

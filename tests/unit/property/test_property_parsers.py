@@ -19,7 +19,7 @@ from ansible_collections.swallowkeeper.dyups.plugins.module_utils import _upstre
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._dyups_wire import (
     detail_line, parse_detail, parse_detail_line, parse_list, parse_upstream)
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._errors import ValidationError
-from ansible_collections.swallowkeeper.dyups.plugins.module_utils._names import is_valid_name
+from ansible_collections.swallowkeeper.dyups.plugins.module_utils._names import name_problem
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._upstream import build_upstream
 from tests.unit.property.strategies import (
     count, detail_texts, file_texts, has_forbidden, servers, upstream_sets, valid_names)
@@ -98,7 +98,7 @@ def test_any_file_text_raises_validation_error_or_parses_to_valid_upstreams(text
         assert "line " in str(exc)
         return
     for name, upstream in parsed.items():
-        assert is_valid_name(name) and upstream.name == name
+        assert name_problem(name) is None and upstream.name == name
         assert build_upstream(name, [s.spec() for s in upstream.servers], [d.text for d in upstream.directives]) \
             == upstream
         for server in upstream.servers:

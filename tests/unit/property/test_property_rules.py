@@ -19,7 +19,7 @@ from ansible_collections.swallowkeeper.dyups.plugins.module_utils._directives im
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._dyups_wire import detail_line, parse_detail_line, post_body, upstream_path
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._errors import ValidationError
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._names import (
-    MAX_NAME_LENGTH, is_valid_name, validate_name)
+    MAX_NAME_LENGTH, name_problem, validate_name)
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._servers import parse_server
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._upstream import build_upstream
 from tests.unit.property.strategies import (
@@ -33,7 +33,7 @@ RULE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,%d}" % (MAX_NAME_LENGTH - 1))
 def test_a_name_is_accepted_exactly_when_the_rule_says_so(name):
     count("names: accepted iff the rule")
     expected = RULE.fullmatch(name) is not None
-    assert is_valid_name(name) is expected
+    assert (name_problem(name) is None) is expected
     if expected:
         assert validate_name(name) == name
         assert not has_forbidden(name) and not any(char.isspace() for char in name)
@@ -52,7 +52,7 @@ def test_a_name_that_is_not_a_string_is_refused(value):
     count("names: non-strings refused")
     if isinstance(value, str):
         return
-    assert not is_valid_name(value)
+    assert name_problem(value) is not None
 
 
 @given(servers)

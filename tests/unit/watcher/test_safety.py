@@ -62,3 +62,27 @@ def test_hold_puts_removed_servers_back_but_lets_additions_through():
     assert held["B"] == APPLIED["B"]
     assert {s.address for s in held["A"].servers} == {"10.0.0.1:80", "10.0.0.2:80", "10.0.0.9:80"}
     assert held["C"] == desired["C"]
+
+
+def test_earlier_removals_of_the_window_count_with_the_change():
+    removal = safety.removals(APPLIED, {"A": APPLIED["A"], "B": ups("B", "10.0.1.1:80", "10.0.1.2:80")})
+    assert removal.removed == 1 and not safety.exceeds_guard(removal, 0.5, 3)
+    widened = safety.Removal(removal.by_upstream, removal.removed, total=6, earlier=3)
+    assert widened.counted == 4 and safety.exceeds_guard(widened, 0.5, 3)
+    assert not safety.exceeds_guard(safety.Removal({}, 0, total=6, earlier=5), 0.5, 3), "nothing to hold"
+
+
+def test_the_window_counts_what_the_count_lost_since_its_largest_and_forgets_what_left_it():
+    window = safety.RemovalWindow(60, total=10)
+    window.applied(8, now=0)
+    window.applied(7, now=30)
+    change = safety.Removal({"A": ["x"]}, 1, total=7)
+    assert (window.widen(change, now=31).earlier, window.widen(change, now=31).total) == (3, 10)
+    window.applied(9, now=40)   # two servers came back (or two new ones replaced them)
+    change = safety.Removal({"A": ["x"]}, 1, total=9)
+    assert (window.widen(change, now=41).earlier, window.widen(change, now=41).total) == (1, 10)
+    # at 61 the window starts after 0: the count at its start is 8, and 9 is the largest since
+    assert (window.widen(change, now=61).earlier, window.widen(change, now=61).total) == (0, 9)
+    window.restart(9)
+    assert window.widen(change, now=62).earlier == 0
+    assert safety.RemovalWindow(0, total=10).widen(change, now=0) is change

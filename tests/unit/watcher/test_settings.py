@@ -13,6 +13,7 @@ def test_defaults():
     assert settings.dyups_url == "http://127.0.0.1:18882"
     assert settings.exclude == ["consul"]
     assert settings.zero_instances == "keep"
+    assert settings.removal_guard_window == 60.0
 
 
 def test_flags_win_over_file(tmp_path):
@@ -40,6 +41,10 @@ def test_yaml_file(tmp_path):
     ({"upstream_directives": {"bad name": ["keepalive 1"]}}, "bad name"),
     ({"consul_wait": 900}, "consul_wait"),
     ({"consul_stale": "perhaps"}, "consul_stale"),
+    ({"removal_guard_window": -1}, "removal_guard_window: expected seconds from 0"),
+    ({"removal_guard_window": "nan"}, "removal_guard_window: expected seconds from 0"),
+    ({"removal_guard_window": 10 ** 6}, "removal_guard_window: expected seconds from 0 .* to 3600"),
+    ({"removal_guard_window": "a minute"}, "removal_guard_window: expected float"),
 ])
 def test_bad_settings_name_the_option(values, fragment):
     with pytest.raises(s.SettingsError, match=fragment):

@@ -246,3 +246,104 @@ def test_dry_run_writes_and_sends_nothing_but_plans(make, fake, tmp_path):
     report = syncer.sync({"A": ups("A", "10.0.0.1:80")})
     assert report.planned == ["POST A: +10.0.0.1:80"]
     assert fake.requests == [] and not (tmp_path / "upstreams.conf").exists()
+
+
+# -- the removal guard's window (removal_guard_window) ---------------------------------------------------------
+TEN = [f"10.0.3.{i}:80" for i in range(1, 11)]
+GUARD = {"removal_guard_share": 0.5, "removal_guard_min": 3, "removal_hold_seconds": 600}
+
+
+def shrink(syncer, clock, name, gaps, step=2):
+    """Sync upstream ``name`` with the ten servers of TEN, then, after each of ``gaps`` seconds, with
+    ``step`` fewer; returns whether each of those syncs held a change."""
+    syncer.sync({name: ups(name, *TEN)})
+    held, left = [], len(TEN)
+    for gap in gaps:
+        clock.now += gap
+        left -= step
+        held.append(syncer.sync({name: ups(name, *TEN[:left])}).held is not None)
+    return held
+
+
+def test_removals_spread_over_syncs_within_the_window_add_up_and_are_held(make, fake):
+    """Three syncs of 20 % each, 10 s apart: the third takes the window's sum to 60 % (> 50 %): held,
+    its two servers kept; the guard says the four before it counted."""
+    syncer, clock = make(removal_guard_window=60, **GUARD)
+    assert shrink(syncer, clock, "A", [10, 10, 10]) == [False, False, True]
+    assert len(fake.upstreams["A"]["servers"]) == 6
+    held = syncer.metrics.status["held"]
+    assert (held["removed"], held["removed_earlier"], held["total"]) == (2, 4, 10)
+
+
+def test_the_same_removals_spread_beyond_the_window_are_not_held_and_the_window_slides(make, fake):
+    """20 % every 61 s with a 60 s window: none held, each is measured with nothing before it. Then two
+    single removals 7 s and 12 s after the last step: with that step's two they make 3 of 6 (the count
+    at the window's start), then 4 of 6: the second is held."""
+    syncer, clock = make(removal_guard_window=60, **GUARD)
+    assert shrink(syncer, clock, "A", [61, 61, 61]) == [False, False, False]
+    assert len(fake.upstreams["A"]["servers"]) == 4
+    clock.now += 7
+    assert syncer.sync({"A": ups("A", *TEN[:3])}).held is None
+    clock.now += 5
+    assert syncer.sync({"A": ups("A", *TEN[:2])}).held is not None
+    assert len(fake.upstreams["A"]["servers"]) == 3
+
+
+def test_a_window_of_0_measures_each_change_alone(make, fake, tmp_path):
+    """The same three steps: with removal_guard_window 0 none is held (each is 2 of 8 or 2 of 6, as
+    before the window existed); with the default window the third is held."""
+    alone, alone_clock = make(removal_guard_window=0, upstream_file=str(tmp_path / "alone.conf"), **GUARD)
+    assert shrink(alone, alone_clock, "Alone", [10, 10, 10]) == [False, False, False]
+    assert len(fake.upstreams["Alone"]["servers"]) == 4
+    default, default_clock = make(upstream_file=str(tmp_path / "default.conf"), **GUARD)
+    assert default.settings.removal_guard_window == 60
+    assert shrink(default, default_clock, "Default", [10, 10, 10]) == [False, False, True]
+
+
+def test_a_release_lets_the_held_change_through_and_starts_the_window_afresh(make, fake):
+    syncer, clock = make(removal_guard_window=60, **GUARD)
+    assert shrink(syncer, clock, "A", [10, 10, 10]) == [False, False, True]
+    assert "release requested" in syncer.release()
+    clock.now += 1
+    assert syncer.sync({"A": ups("A", *TEN[:4])}).held is None
+    assert len(fake.upstreams["A"]["servers"]) == 4
+    assert syncer.metrics.status["held"] is None
+    # the six removals before the release no longer count: one more (1 of 4) goes through at once,
+    # and so does a second (2 of 4 is not over half)
+    clock.now += 1
+    assert syncer.sync({"A": ups("A", *TEN[:3])}).held is None
+    clock.now += 1
+    assert syncer.sync({"A": ups("A", *TEN[:2])}).held is None
+    assert len(fake.upstreams["A"]["servers"]) == 2
+
+
+def test_servers_that_come_back_within_the_window_stop_counting(make, fake):
+    """Two servers go and come back; then 2, 2 and 2 go, 10 s apart. The returned pair does not count:
+    the first two steps make 2 and 4 of 10 (not held; they would make 6 of 10 if it did), the third
+    makes 6 of 10: held."""
+    syncer, clock = make(removal_guard_window=60, **GUARD)
+    syncer.sync({"A": ups("A", *TEN)})
+    clock.now += 10
+    assert syncer.sync({"A": ups("A", *TEN[2:])}).held is None
+    clock.now += 10
+    assert syncer.sync({"A": ups("A", *TEN)}).held is None
+    held = []
+    for left in (8, 6, 4):
+        clock.now += 10
+        held.append(syncer.sync({"A": ups("A", *TEN[:left])}).held is not None)
+    assert held == [False, False, True]
+    assert len(fake.upstreams["A"]["servers"]) == 6
+
+
+def test_a_rolling_replacement_within_the_window_is_never_held(make, fake):
+    """Eight of ten servers replaced by new ones, two at a time, 5 s apart: the count never drops, so
+    nothing is lost in the window and each change is 2 of 10 (counting removed addresses instead
+    would hold the third step: 6 of 10)."""
+    syncer, clock = make(removal_guard_window=60, **GUARD)
+    servers = list(TEN)
+    syncer.sync({"A": ups("A", *servers)})
+    for step in range(4):
+        clock.now += 5
+        servers = servers[2:] + [f"10.0.4.{2 * step + 1}:80", f"10.0.4.{2 * step + 2}:80"]
+        assert syncer.sync({"A": ups("A", *servers)}).held is None
+    assert {server["address"] for server in fake.upstreams["A"]["servers"]} == set(servers)
