@@ -95,6 +95,7 @@ class Syncer:
         self.pushed = dict(self.applied)
         self.pending: Set[str] = set()
         self.gone: Set[str] = set()
+        self._incomplete = False  # the last sync failed and what it left is not all sent yet
         self.unwritten: Optional[Tuple[Mapping[str, Upstream], Iterable[str]]] = None  # (upstreams, empty) of a sync whose file write failed; retried
         self.deleted_here: Set[str] = set()
         self.hold_since: Optional[float] = None
@@ -309,10 +310,6 @@ class Syncer:
         if self.unwritten is not None:
             return self.sync(*self.unwritten)
         report = self.push()
-        if report.ok and not self.has_pending:
-            # the sync that left these pending is complete now: say so (else last_sync_success stays 0
-            # until the next Consul change, as after a start where nginx came up after the watcher)
-            self._record_success()
         self._update_gauges()
         return report
 
@@ -350,6 +347,11 @@ class Syncer:
             report.deleted.append(name)
             self.metrics.count("changes_applied")
         self.metrics.set(dyups_up=0 if any(isinstance(e, DyupsUnavailable) for _n, e in report.failed) else 1)
+        if self._incomplete and report.ok and not self.has_pending:
+            # what a failed sync left pending is sent now (by the retry or by the drift repair, whichever
+            # came first): that sync is complete, say so (else last_sync_success stays 0 until the next
+            # Consul change, as after a start where nginx came up after the watcher)
+            self._record_success()
         return report
 
     def _push_failed(self, report: SyncReport, name: str, exc: DyupsError) -> None:
@@ -387,11 +389,13 @@ class Syncer:
         if report.ok:
             self._record_success()
         else:
+            self._incomplete = True
             self.metrics.set(last_sync_success=0)
         self._update_gauges()
 
     def _record_success(self) -> None:
-        """A sync completed without error (at once, or through the retry of what it left pending)."""
+        """A sync completed without error (at once, or through a later push of what it left pending)."""
+        self._incomplete = False
         self.metrics.set(last_sync_success=1, last_sync_timestamp_seconds=time.time())
 
     def _update_gauges(self) -> None:

@@ -209,6 +209,24 @@ def test_a_refused_push_stays_pending_and_the_retry_sends_it(make, fake):
     assert gauges["last_sync_success"] == 1 and gauges["last_sync_timestamp_seconds"] > 0, "the retry completed the sync"
 
 
+def test_a_drift_repair_that_sends_what_a_failed_sync_left_completes_that_sync(make, fake):
+    """The daemon's drift repair may come before the retry (nginx up after the watcher, drift_interval
+    shorter than the backoff): its push empties what was pending, and the sync counts as complete
+    (found on the fleet: last_sync_success stayed 0 with nothing pending)."""
+    syncer, _clock = make()
+    fake.busy(always=True)
+    assert not syncer.sync({"A": ups("A", "10.0.0.1:80")}).ok
+    fake.busy(0)
+    report = syncer.repair()
+    assert report.posted == ["A"] and not syncer.has_pending and "A" in fake.upstreams
+    gauges = syncer.metrics.snapshot()["gauges"]
+    assert gauges["last_sync_success"] == 1 and gauges["last_sync_timestamp_seconds"] > 0
+    before = gauges["last_sync_timestamp_seconds"]
+    syncer.client.delete("A")   # drift with no failed sync behind it: the sync gauges stay as they are
+    assert syncer.repair().posted == ["A"]
+    assert syncer.metrics.snapshot()["gauges"]["last_sync_timestamp_seconds"] == before
+
+
 def test_an_unreachable_interface_keeps_the_file_and_the_push_pending(make, tmp_path):
     syncer, _clock = make(dyups_url="http://127.0.0.1:9")   # discard port: nothing listens
     report = syncer.sync({"A": ups("A", "10.0.0.1:80")})
