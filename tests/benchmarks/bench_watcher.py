@@ -493,7 +493,7 @@ def sweep_read_msg_timeout(values, size, flip_count, idle_seconds, rng, workdir)
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n", maxsplit=1)[0])
     parser.add_argument("--short", action="store_true",
-                        help="CI: size 200, 20 flips, no resource run, the original approach on Lua only")
+                        help="CI: size 200, 10 flips, no resource run, the original approach on Lua only")
     parser.add_argument("--sizes", default="10,1000,5000")
     parser.add_argument("--flips", type=int, default=120)
     parser.add_argument("--baseline-flips", type=int, default=10)
@@ -512,7 +512,7 @@ def main(argv=None):
                         help="run this checkout's watcher under cProfile; stats in FILE.<flavor>.<size>")
     args = parser.parse_args(argv)
     if args.short:
-        args.sizes, args.flips, args.baseline_flips = "200", 20, 3
+        args.sizes, args.flips, args.baseline_flips = "200", 10, 3
     if args.flavors is None:
         args.flavors = "lua,tengine" if tengine_binary() else "lua"
         if not tengine_binary():
