@@ -43,6 +43,7 @@ from dataclasses import dataclass
 from typing import Any, Iterable, NoReturn
 
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._errors import ValidationError
+from ansible_collections.swallowkeeper.dyups.plugins.module_utils._slots import with_slots
 
 DEFAULT_PORT = 80
 MAX_WEIGHT = 10000
@@ -216,6 +217,7 @@ def _parse_flag(key: str, value: Any, original: Any) -> bool:
     _fail(original, f"{key} must be true or false, not {value!r}", f"server.{key}_flag")
 
 
+@with_slots  # a watcher holds one per instance
 @dataclass(frozen=True)
 class Server:
     """A validated server; build it with ``parse_server`` (or ``_dyups_wire.parse_detail_line``)."""

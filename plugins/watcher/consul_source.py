@@ -147,6 +147,11 @@ def _pairs(checks: Iterable[dict]) -> CheckPairs:
     return check_pairs(checks)
 
 
+def _catalog(answer: Dict[str, Any]) -> Dict[str, Tuple[str, ...]]:
+    """{service: sorted tags} of a ``/v1/catalog/services`` answer (tuples: no tags is the one empty tuple)."""
+    return {name: tuple(sorted(tags or ())) for name, tags in answer.items()}
+
+
 class ConsulSource:
     def __init__(self, settings: Settings, metrics: Metrics) -> None:
         self.settings = settings
@@ -169,7 +174,7 @@ class ConsulSource:
         self.checks: Dict[InstanceKey, CheckPairs] = {}  # (node, service_id) -> ((check id, status), ...); node checks under (node, "")
         self.failing: Dict[InstanceKey, Tuple[str, CheckPairs]] = {}  # the part of self.checks not passing: key -> (service name or "", pairs)
         self.node_services: Dict[str, Set[str]] = {}  # node -> {service names with an instance there}
-        self.catalog: Optional[Dict[str, List[str]]] = None  # service -> sorted tags, from /v1/catalog/services
+        self.catalog: Optional[Dict[str, Tuple[str, ...]]] = None  # service -> sorted tags, from /v1/catalog/services
         self.merged = mapping.MergedMapping()  # service -> its mapping, merged as it changes
         self.lock = threading.Lock()
         self.catalog_index: Optional[int] = None
@@ -307,9 +312,10 @@ class ConsulSource:
         result: List[Tuple[str, Compacted]] = []
         for name, found in instances.items():
             service_checks: Dict[InstanceKey, CheckPairs] = {}
-            for node, service_id in found:
-                if node:  # not a malformed one (those the mapping skips, checks or not)
-                    for key in ((node, service_id), (node, "")):
+            for instance_key in found:
+                if instance_key[0]:  # not a malformed one (those the mapping skips, checks or not)
+                    # the instance's own key object, not an equal new tuple: the cache keys its checks by it too
+                    for key in (instance_key, (instance_key[0], "")):
                         now, known = pairs.get(key, ()), self.checks.get(key)
                         service_checks[key] = known if known == now else now  # an equal old value is kept
             result.append((name, (found, service_checks)))
@@ -327,7 +333,7 @@ class ConsulSource:
         if fetched is None:
             fetched = self._fetch_many(selected)
         with self.lock:
-            self.catalog = {name: sorted(tags or []) for name, tags in catalog.items()}
+            self.catalog = _catalog(catalog)
             self.catalog_index = answer.index
             for name in set(self.entries) - set(selected):
                 self._store_service(name, [])
@@ -443,7 +449,7 @@ class ConsulSource:
         each, checks included. Services the catalog no longer lists are dropped.
         """
         with self.lock:
-            self.catalog = {name: sorted(tags or []) for name, tags in catalog.items()}
+            self.catalog = _catalog(catalog)
             self.catalog_index = index
             selected = {name for name in self.catalog if self.options.selects(name)}
             for name in set(self.entries) - selected:

@@ -46,7 +46,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 NODES = ("bench-n1", "bench-n2", "bench-n3")
 PORTS = (20101, 20102, 20103, 20104)  # server ports in the catalog only: nothing connects to them
-RSS_KEYS = ("rss_start", "rss_synced", "rss_after", "hwm")
+RSS_KEYS = ("rss_start", "rss_synced", "rss_after", "hwm", "rss_after_trim")
 
 
 def proc_mb(field):
@@ -109,7 +109,7 @@ def child(args):
     sys.path.insert(0, str(links))
     from ansible_collections.swallowkeeper.dyups.plugins.watcher import settings as settings_mod
     from ansible_collections.swallowkeeper.dyups.plugins.watcher.daemon import Daemon
-    from ansible_collections.swallowkeeper.dyups.plugins.watcher.memory import tune_allocator
+    from ansible_collections.swallowkeeper.dyups.plugins.watcher.memory import release_free_memory, tune_allocator
 
     tune_allocator()
     if args.trace:
@@ -156,6 +156,9 @@ def child(args):
         time.sleep(2.0)
         out["rss_after"] = proc_mb("VmRSS")
         out["hwm"] = proc_mb("VmHWM")
+        gc.collect()
+        release_free_memory()
+        out["rss_after_trim"] = proc_mb("VmRSS")  # what malloc_trim could give back: free, not live
         if args.trace:
             out.update(trace_figures(tracemalloc, daemon))
     finally:
@@ -195,7 +198,7 @@ def trace_figures(tracemalloc, daemon):
 
 # -- the driver ------------------------------------------------------------------------------------
 def run_child(root, consul, size, flips, trace=False):
-    command = [sys.executable, str(Path(__file__).resolve()), "--child", "--root", str(root), "--consul", consul,
+    command = [sys.executable, os.environ.get("BENCH_MEM_SCRIPT", str(Path(__file__).resolve())), "--child", "--root", str(root), "--consul", consul,
                "--size", str(size), "--flips", str(flips)] + (["--trace"] if trace else [])
     done = subprocess.run(command, capture_output=True, text=True, timeout=1800, check=False, cwd="/")
     if done.returncode != 0:
@@ -242,7 +245,8 @@ def main(argv=None):
                                 for label, root in roots.items()}
     results["load_average_end"] = os.getloadavg()
     results["medians"] = {label: {key: statistics.median(run[key] for run in results["runs"] if run["label"] == label)
-                                  for key in RSS_KEYS + ("synced_seconds",)} for label in roots}
+                                  for key in RSS_KEYS + ("synced_seconds",)}
+                          for label in roots if any(run["label"] == label for run in results["runs"])}
     for label, medians in results["medians"].items():
         print(label, "median MB:", ", ".join(f"{key} {value}" for key, value in medians.items()), flush=True)
     for label, trace in results.get("trace", {}).items():
