@@ -171,17 +171,17 @@ def child(args):
 
 def trace_figures(tracemalloc, daemon):
     current, peak = tracemalloc.get_traced_memory()
-    snapshot = tracemalloc.take_snapshot().filter_traces(
-        (tracemalloc.Filter(False, tracemalloc.__file__), tracemalloc.Filter(False, "<frozen importlib._bootstrap>")))
-    by_file = snapshot.statistics("filename")
-    by_line = snapshot.statistics("lineno")
-    gc.unfreeze()  # the daemon froze its cache (memory.settle); counted as any other object here
+    gc.unfreeze()  # the daemon froze its cache (memory.settle): get_objects() leaves frozen objects out
     sizes, counts = {}, {}
-    for obj in gc.get_objects():
+    for obj in gc.get_objects():  # before the snapshot's own lists exist
         kind = type(obj).__name__
         counts[kind] = counts.get(kind, 0) + 1
         sizes[kind] = sizes.get(kind, 0) + sys.getsizeof(obj)
     top_types = sorted(sizes, key=sizes.get, reverse=True)[:15]
+    snapshot = tracemalloc.take_snapshot().filter_traces(
+        (tracemalloc.Filter(False, tracemalloc.__file__), tracemalloc.Filter(False, "<frozen importlib._bootstrap>")))
+    by_file = snapshot.statistics("filename")
+    by_line = snapshot.statistics("lineno")
 
     def short(path):
         return path.split("ansible_collections/swallowkeeper/dyups/", 1)[-1].split("/lib/python3")[-1]
@@ -198,7 +198,7 @@ def trace_figures(tracemalloc, daemon):
 
 # -- the driver ------------------------------------------------------------------------------------
 def run_child(root, consul, size, flips, trace=False):
-    command = [sys.executable, os.environ.get("BENCH_MEM_SCRIPT", str(Path(__file__).resolve())), "--child", "--root", str(root), "--consul", consul,
+    command = [sys.executable, str(Path(__file__).resolve()), "--child", "--root", str(root), "--consul", consul,
                "--size", str(size), "--flips", str(flips)] + (["--trace"] if trace else [])
     done = subprocess.run(command, capture_output=True, text=True, timeout=1800, check=False, cwd="/")
     if done.returncode != 0:
