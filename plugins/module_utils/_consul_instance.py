@@ -154,7 +154,7 @@ def _parses_to(instance: Instance, node_data: dict, service_data: dict) -> bool:
             or instance.malformed):
         return False
     port = service_data.get("Port")
-    if type(port) is not int or port != server.port:  # noqa: E721 (a bool is not a port)
+    if isinstance(port, bool) or not isinstance(port, int) or port != server.port:
         return False
     if (service_data.get("Address") or node_data.get("Address")) != server.host:
         return False

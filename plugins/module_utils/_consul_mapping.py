@@ -461,7 +461,7 @@ def slim_object(obj: dict) -> dict:
         if isinstance(value, str):
             obj[key] = sys.intern(value)
     port = obj.get("Port")
-    if type(port) is int and 0 < port < 65536:  # noqa: E721 (not a bool)
+    if isinstance(port, int) and not isinstance(port, bool) and 0 < port < 65536:
         obj["Port"] = _PORTS.setdefault(port, port)
     return obj
 
