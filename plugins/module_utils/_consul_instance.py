@@ -66,10 +66,6 @@ class Instance(NamedTuple):
     node_checks: CheckPairs = ()
     meta: Tuple[Tuple[str, Any], ...] = ()
     malformed: bool = False
-    source: Any = None
-
-    # ``source``: the raw fields it was parsed from (addresses, port, tags, dyups_* Meta), so that a
-    # reader that sees the same registration again can keep this Instance without parsing it again.
 
     @property
     def status(self) -> str:
@@ -145,14 +141,30 @@ def _server(service_data: dict, node_data: dict) -> Server:
         raise _Skip(f"its server breaks the server rules: {exc.rule}") from None
 
 
-def _source(node_data: dict, service_data: dict) -> tuple:
-    meta = service_data.get("Meta")
-    if isinstance(meta, dict):
-        meta = tuple(sorted((key, value) for key, value in meta.items()
-                            if isinstance(key, str) and key.startswith(META_PREFIX)))
-    tags = service_data.get("Tags")
-    return (node_data.get("Address"), service_data.get("Address"), service_data.get("Port"),
-            tuple(tags) if isinstance(tags, list) else tags, meta)
+def _parses_to(instance: Instance, node_data: dict, service_data: dict) -> bool:
+    """True when the fields the mapping reads (address, port, tags, dyups_* Meta) are those that gave
+    ``instance``, a usable one parsed without checks or Meta, so that parsing them again would give
+    it. Told from the Instance itself (a watcher keeps thousands; a copy of the raw fields would
+    cost as much as the Instance): the address (Service.Address, else Node.Address) is its server's
+    host as written, the port its port, the tags its tags, and there is no dyups_* Meta key while
+    its server has the default parameters. Anything else (a host name not in lower case, dyups_*
+    Meta, a skipped instance) is simply parsed again."""
+    server = instance.server
+    if (server is None or instance.skip is not None or instance.checks or instance.node_checks or instance.meta
+            or instance.malformed):
+        return False
+    port = service_data.get("Port")
+    if isinstance(port, bool) or not isinstance(port, int) or port != server.port:
+        return False
+    if (service_data.get("Address") or node_data.get("Address")) != server.host:
+        return False
+    tags = service_data.get("Tags") or []
+    if not isinstance(tags, list) or tuple(tags) != instance.tags:
+        return False
+    meta = service_data.get("Meta") or {}
+    if not isinstance(meta, dict) or any(isinstance(key, str) and key.startswith(META_PREFIX) for key in meta):
+        return False
+    return server.parameters_are_defaults()
 
 
 def parse_registration(service: str, node_data: Any, service_data: Any, checks: Any, tag_key: str,
@@ -160,14 +172,12 @@ def parse_registration(service: str, node_data: Any, service_data: Any, checks: 
     """The Instance of one registration of ``service``: ``node_data`` and ``service_data`` are the
     Node and Service objects of an answer, ``checks`` its Checks (None: none). Never raises.
     ``reuse``: an Instance parsed before (without checks or Meta) returned as it is when this
-    registration has the same node, ID and source fields and no checks."""
+    registration has the same node and ID, no checks, and would parse to it (see _parses_to)."""
     if not isinstance(node_data, dict) or not isinstance(service_data, dict):
         return Instance(service, "", "", None, None, ENTRY_SKIP, malformed=True)
     node, instance_id = str(node_data.get("Node", "")), str(service_data.get("ID", ""))
-    source = _source(node_data, service_data)
-    if (reuse is not None and checks is None and not keep_meta and reuse.source == source and reuse.node == node
-            and reuse.id == instance_id and reuse.service == service and not reuse.checks
-            and not reuse.node_checks and not reuse.malformed):
+    if (reuse is not None and checks is None and not keep_meta and reuse.node == node and reuse.id == instance_id
+            and reuse.service == service and _parses_to(reuse, node_data, service_data)):
         return reuse
     own: CheckPairs = ()
     on_node: CheckPairs = ()
@@ -193,9 +203,8 @@ def parse_registration(service: str, node_data: Any, service_data: Any, checks: 
             raise _Skip(f"the upstream name {shown(upstream)} {problem}")
         server = _server(service_data, node_data)
     except _Skip as skip:
-        return Instance(service, node, instance_id, upstream, None, skip.why, tags, own, on_node, kept_meta,
-                        source=source)
-    return Instance(service, node, instance_id, upstream, server, None, tags, own, on_node, kept_meta, source=source)
+        return Instance(service, node, instance_id, upstream, None, skip.why, tags, own, on_node, kept_meta)
+    return Instance(service, node, instance_id, upstream, server, None, tags, own, on_node, kept_meta)
 
 
 def parse_health_entries(service: str, entries: Any, tag_key: str, keep_meta: bool = True) -> Optional[List[Instance]]:

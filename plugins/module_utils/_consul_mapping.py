@@ -47,6 +47,7 @@ from ansible_collections.swallowkeeper.dyups.plugins.module_utils._consul_instan
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._directives import parse_directives
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._errors import ValidationError
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._names import name_problem
+from ansible_collections.swallowkeeper.dyups.plugins.module_utils._slots import with_slots
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._upstream import Upstream, build_upstream
 
 __all__ = ["DEFAULT_TAG_KEY", "DEFAULT_TAG_VALUE", "META_KEYS", "META_PREFIX", "MappingOptions", "MappingResult",
@@ -115,14 +116,16 @@ class MappingOptions:
         return self.upstream_directives.get(upstream, self.directives)
 
 
+@with_slots  # a watcher holds one per service
 @dataclass
 class MappingResult:
-    """See the module docstring. ``upstreams`` and ``empty`` never share a name."""
+    """See the module docstring. ``upstreams`` and ``empty`` never share a name. ``instances`` and
+    ``skipped`` are lists, or the empty tuple when empty (a watcher holds thousands of results)."""
 
-    instances: list = field(default_factory=list)
+    instances: Sequence[dict] = ()
     upstreams: dict = field(default_factory=dict)
     empty: tuple = ()
-    skipped: list = field(default_factory=list)
+    skipped: Sequence[dict] = ()
     sources: dict = field(default_factory=dict)
 
     def upstream_specs(self) -> dict:
@@ -177,30 +180,32 @@ def map_instances(service: str, instances: Optional[Sequence[Instance]], options
     collisions are resolved. ``report``: also list the usable instances (the module's ``instances``;
     the watcher does without)."""
     result = MappingResult()
+    skipped: List[dict] = []
+    result.skipped = skipped  # the empty tuple again at the end when nothing was skipped
     problem = name_problem(service)
     if problem:
         count = len(instances) if instances is not None else 0
-        result.skipped.append(_skip_item(f"service {_text(service)}",
-                                         f"the service name {problem}, so it cannot name an upstream "
-                                         f"({count} instance(s) skipped)", service=service))
+        skipped.append(_skip_item(f"service {_text(service)}",
+                                  f"the service name {problem}, so it cannot name an upstream "
+                                  f"({count} instance(s) skipped)", service=service))
         return result
     if instances is None:
-        result.skipped.append(_skip_item(f"service {_text(service)}", "its health entries are not a list",
-                                         service=service))
+        skipped.append(_skip_item(f"service {_text(service)}", "its health entries are not a list",
+                                  service=service))
         return result
     if not instances:
-        result.skipped.append(_skip_item(f"service {_text(service)}",
-                                         "the catalog lists it but /v1/health/service returned no instance "
-                                         "(deregistered meanwhile, or the ACL token lacks node:read)",
-                                         service=service))
+        skipped.append(_skip_item(f"service {_text(service)}",
+                                  "the catalog lists it but /v1/health/service returned no instance "
+                                  "(deregistered meanwhile, or the ACL token lacks node:read)",
+                                  service=service))
         return result
     candidates = []
     for instance in sorted(instances, key=lambda item: (item.node, item.id)):
         if instance.malformed:
-            result.skipped.append(_skip_item(f"an entry of service {_text(service)}", instance.skip, service=service))
+            skipped.append(_skip_item(f"an entry of service {_text(service)}", instance.skip, service=service))
         elif instance.skip is not None:
-            result.skipped.append(_skip_item(_instance_what(service, instance.node, instance.id), instance.skip,
-                                             service=service, node=instance.node, instance_id=instance.id))
+            skipped.append(_skip_item(_instance_what(service, instance.node, instance.id), instance.skip,
+                                      service=service, node=instance.node, instance_id=instance.id))
         else:
             candidates.append((not instance.serving(options.passing_states), instance))
     # One address once per upstream: a serving instance before a non-serving one, then by node and ID.
@@ -214,7 +219,7 @@ def map_instances(service: str, instances: Optional[Sequence[Instance]], options
             raise AssertionError("a candidate is a usable Instance")
         key = (upstream, server.address)
         if key in kept:
-            result.skipped.append(_skip_item(
+            skipped.append(_skip_item(
                 _instance_what(service, instance.node, instance.id),
                 f"{server.address} is already in upstream {upstream} from instance {_text(kept[key])}",
                 service=service, node=instance.node, instance_id=instance.id))
@@ -234,14 +239,21 @@ def map_instances(service: str, instances: Optional[Sequence[Instance]], options
         try:
             result.upstreams[upstream] = build_upstream(upstream, servers, options.directives_for(upstream))
         except ValidationError as exc:
-            result.skipped.append(_skip_item(f"upstream {_text(upstream)}", f"it breaks a rule: {exc}",
-                                             service=service))
+            skipped.append(_skip_item(f"upstream {_text(upstream)}", f"it breaks a rule: {exc}",
+                                      service=service))
             del result.sources[upstream]
             broken.add(upstream)
     result.instances = sorted((item for item in reports if item["upstream"] not in broken),
-                              key=lambda item: (item["node"], item["id"]))
+                              key=lambda item: (item["node"], item["id"])) or ()
     result.empty = tuple(empty)
+    result.skipped = skipped or ()
     return result
+
+
+def _folded(name: str) -> str:
+    """The name as nginx compares it (letter case ignored): the same string object when already so."""
+    lower = name.lower()
+    return name if lower == name else lower
 
 
 def _skip_order(item: dict) -> Tuple[str, str, str, str, str]:
@@ -284,7 +296,9 @@ class MergedMapping:
         self.upstreams: Dict[str, Upstream] = {}
         self.empty: set = set()
         self.sources: Dict[str, str] = {}
-        self._claims: Dict[str, Dict[Tuple[str, str], Any]] = {}  # name.lower() -> {(service, upstream): key}
+        # name.lower() -> {(service, upstream): key}, held as the one pair ((service, upstream), key) when
+        # one service claims the name (nearly always; a dict per upstream name would be most of the cost)
+        self._claims: Dict[str, Any] = {}
         self._winners: Dict[str, Tuple[str, str]] = {}
         self._lost: Dict[str, List[dict]] = {}
         self._changed: Optional[set] = None
@@ -296,19 +310,48 @@ class MergedMapping:
         touched = set()
         if old is not None:
             for upstream, service in old.sources.items():
-                touched.add(upstream.lower())
-                self._claims[upstream.lower()].pop((service, upstream), None)
+                lower = _folded(upstream)
+                touched.add(lower)
+                self._unclaim(lower, (service, upstream))
             if old.skipped:
                 self._skipped = None
         if result is not None:
             self.results[key] = result
             for upstream, service in result.sources.items():
-                touched.add(upstream.lower())
-                self._claims.setdefault(upstream.lower(), {})[(service, upstream)] = key
+                lower = _folded(upstream)
+                touched.add(lower)
+                self._claim(lower, (service, upstream), key)
             if result.skipped:
                 self._skipped = None
         for lower in touched:
             self._settle(lower)
+
+    def _claim(self, lower: str, pair: Tuple[str, str], key: Any) -> None:
+        held = self._claims.get(lower)
+        if held is None or (not isinstance(held, dict) and held[0] == pair):
+            self._claims[lower] = (pair, key)
+        elif isinstance(held, dict):
+            held[pair] = key
+        else:
+            self._claims[lower] = {held[0]: held[1], pair: key}
+
+    def _unclaim(self, lower: str, pair: Tuple[str, str]) -> None:
+        held = self._claims.get(lower)
+        if isinstance(held, dict):
+            held.pop(pair, None)
+            if len(held) <= 1:
+                self._claims[lower] = next(iter(held.items()), None)
+                if not held:
+                    del self._claims[lower]
+        elif held is not None and held[0] == pair:
+            del self._claims[lower]
+
+    def _claims_of(self, lower: str) -> Dict[Tuple[str, str], Any]:
+        """{(service, upstream): key} of the services that claim the name ``lower``."""
+        held = self._claims.get(lower)
+        if held is None:
+            return {}
+        return held if isinstance(held, dict) else {held[0]: held[1]}
 
     def _note(self, name: str) -> None:
         if self._changed is not None:
@@ -324,9 +367,8 @@ class MergedMapping:
             self._note(name)
         if self._lost.pop(lower, None):
             self._skipped = None
-        claims = self._claims.get(lower)
+        claims = self._claims_of(lower)
         if not claims:
-            self._claims.pop(lower, None)
             return
         winner = _winner(claims) if len(claims) > 1 else next(iter(claims))
         service, name = winner
@@ -362,13 +404,14 @@ class MergedMapping:
     def result(self) -> MappingResult:
         """The merged mapping as one MappingResult, sorted."""
         merged = MappingResult()
+        instances: List[dict] = []
         for result in self.results.values():
             if all(self._wins(service, upstream) for upstream, service in result.sources.items()):
-                merged.instances.extend(result.instances)  # the common case: no name collision
+                instances.extend(result.instances)  # the common case: no name collision
             else:
-                merged.instances.extend(item for item in result.instances
-                                        if self._wins(item["service"], item["upstream"]))
-        merged.instances.sort(key=lambda item: (item["service"], item["node"], item["id"]))
+                instances.extend(item for item in result.instances if self._wins(item["service"], item["upstream"]))
+        instances.sort(key=lambda item: (item["service"], item["node"], item["id"]))
+        merged.instances = instances
         merged.skipped = list(self.skipped())
         merged.upstreams = {name: self.upstreams[name] for name in sorted(self.upstreams)}
         merged.empty = tuple(sorted(self.empty))

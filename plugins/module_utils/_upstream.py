@@ -22,8 +22,10 @@ from ansible_collections.swallowkeeper.dyups.plugins.module_utils._errors import
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._names import validate_name
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._servers import (
     Server, parse_servers, sort_servers)
+from ansible_collections.swallowkeeper.dyups.plugins.module_utils._slots import with_slots
 
 
+@with_slots  # a watcher holds one per upstream
 @dataclass(frozen=True)
 class Upstream:
     name: str

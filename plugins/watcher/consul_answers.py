@@ -23,18 +23,23 @@ UNREAD_FIELDS = frozenset((
     "Proxy", "Connect", "EnableTagOverride", "Type", "Datacenter", "Namespace", "Partition", "ExposedPort",
     "Interval", "Timeout", "SocketPath", "PeerName", "ServiceMeta", "Name",
 ))
-_SHARED_VALUES = ("Status", "Node", "ServiceName", "Service")
+_SHARED_VALUES = ("Status", "Node", "ServiceName", "Service", "Address")
+_PORTS: Dict[int, int] = {}  # one int object per port number seen (at most 65 535): the cache keeps one per instance
 
 
 def slim_object(obj: dict) -> dict:
     """``json.loads`` object_hook for a long-running reader: the same object without UNREAD_FIELDS, and
-    with the values that repeat in every check and instance (status, node and service names) shared."""
+    with the values that repeat in every check and instance (status, node and service names, addresses:
+    a node's address is in each of its instances, and the cache keeps it; ports) shared."""
     for key in UNREAD_FIELDS.intersection(obj):
         del obj[key]
     for key in _SHARED_VALUES:
         value = obj.get(key)
         if isinstance(value, str):
             obj[key] = sys.intern(value)
+    port = obj.get("Port")
+    if isinstance(port, int) and not isinstance(port, bool) and 0 < port < 65536:
+        obj["Port"] = _PORTS.setdefault(port, port)
     return obj
 
 

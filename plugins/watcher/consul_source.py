@@ -148,6 +148,11 @@ def _pairs(checks: Iterable[dict]) -> CheckPairs:
     return check_pairs(checks)
 
 
+def _catalog(answer: Dict[str, Any]) -> Dict[str, Tuple[str, ...]]:
+    """{service: sorted tags} of a ``/v1/catalog/services`` answer (tuples: no tags is the one empty tuple)."""
+    return {name: tuple(sorted(tags or ())) for name, tags in answer.items()}
+
+
 class ConsulSource:
     def __init__(self, settings: Settings, metrics: Metrics) -> None:
         self.settings = settings
@@ -169,8 +174,10 @@ class ConsulSource:
         self.entries: Dict[str, Instances] = {}  # service -> {(node, service_id): Instance without checks (see _strip)}
         self.checks: Dict[InstanceKey, CheckPairs] = {}  # (node, service_id) -> ((check id, status), ...); node checks under (node, "")
         self.failing: Dict[InstanceKey, Tuple[str, CheckPairs]] = {}  # the part of self.checks not passing: key -> (service name or "", pairs)
-        self.node_services: Dict[str, Set[str]] = {}  # node -> {service names with an instance there}
-        self.catalog: Optional[Dict[str, List[str]]] = None  # service -> sorted tags, from /v1/catalog/services
+        # node -> {service names with an instance there: None}; a dict, not a set: a third of the size
+        # for a node with thousands of services
+        self.node_services: Dict[str, Dict[str, None]] = {}
+        self.catalog: Optional[Dict[str, Tuple[str, ...]]] = None  # service -> sorted tags, from /v1/catalog/services
         self.merged = mapping.MergedMapping()  # service -> its mapping, merged as it changes
         self.lock = threading.Lock()
         self.catalog_index: Optional[int] = None
@@ -202,13 +209,14 @@ class ConsulSource:
             changed = True
             self._put_checks(key, pairs, name if key[1] else "")
             if not key[1]:  # a node check: every other service on that node maps differently now
-                for other in self.node_services.get(key[0], set()) - {name}:
-                    self._remap(other)
+                for other in self.node_services.get(key[0], {}):
+                    if other != name:
+                        self._remap(other)
         if not changed:
             return
         for node, _service_id in instances:
             if node:
-                self.node_services.setdefault(node, set()).add(name)
+                self.node_services.setdefault(node, {})[name] = None
         for key in set(self.entries.get(name, {})) - set(instances):
             self._drop_checks(key)
         if instances:
@@ -308,9 +316,10 @@ class ConsulSource:
         result: List[Tuple[str, Compacted]] = []
         for name, found in instances.items():
             service_checks: Dict[InstanceKey, CheckPairs] = {}
-            for node, service_id in found:
-                if node:  # not a malformed one (those the mapping skips, checks or not)
-                    for key in ((node, service_id), (node, "")):
+            for instance_key in found:
+                if instance_key[0]:  # not a malformed one (those the mapping skips, checks or not)
+                    # the instance's own key object, not an equal new tuple: the cache keys its checks by it too
+                    for key in (instance_key, (instance_key[0], "")):
                         now, known = pairs.get(key, ()), self.checks.get(key)
                         service_checks[key] = known if known == now else now  # an equal old value is kept
             result.append((name, (found, service_checks)))
@@ -328,7 +337,7 @@ class ConsulSource:
         if fetched is None:
             fetched = self._fetch_many(selected)
         with self.lock:
-            self.catalog = {name: sorted(tags or []) for name, tags in catalog.items()}
+            self.catalog = _catalog(catalog)
             self.catalog_index = answer.index
             for name in set(self.entries) - set(selected):
                 self._store_service(name, [])
@@ -444,7 +453,7 @@ class ConsulSource:
         each, checks included. Services the catalog no longer lists are dropped.
         """
         with self.lock:
-            self.catalog = {name: sorted(tags or []) for name, tags in catalog.items()}
+            self.catalog = _catalog(catalog)
             self.catalog_index = index
             selected = {name for name in self.catalog if self.options.selects(name)}
             for name in set(self.entries) - selected:

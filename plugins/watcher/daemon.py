@@ -77,7 +77,7 @@ class Daemon:
             return 1
         result = self.source.mapping()
         report = self.syncer.sync(result.upstreams, result.empty)
-        self._log_skipped(result.skipped + self.syncer.skipped)
+        self._log_skipped([*result.skipped, *self.syncer.skipped])
         status = 0 if report.ok else 1
         if not self.dry_run and report.ok:
             try:

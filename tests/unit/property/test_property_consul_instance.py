@@ -4,8 +4,9 @@ Any ``/v1/health/service/NAME`` answer and any ``/v1/catalog/node-services/NODE`
 shape with any field replaced by any JSON value, or any JSON value at all, becomes Instances (each
 either mappable: a valid upstream name, a server that passed the server rules, string check pairs; or
 carrying the reason it is skipped) and never raises. The two endpoints describe the same
-registration the same way (the watcher compares what one gives with what the other gave), and the
-mapping of any parsed answer raises nothing.
+registration the same way (the watcher compares what one gives with what the other gave), an
+Instance kept from an earlier parse is what the registration parses to, and the mapping of any parsed
+answer raises nothing.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._consul_instance import (
-    Instance, parse_health_entries, parse_node_services)
+    Instance, parse_health_entries, parse_node_services, parse_registration)
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._consul_mapping import MappingOptions, map_instances
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._names import name_problem
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._servers import Server, parse_server
@@ -102,3 +103,30 @@ def test_both_endpoints_describe_one_registration_alike(entry, tag_key):
     from_node = [instance for _name, _id, instance in
                  parse_node_services({"Node": node_data, "Services": [service_data]}, tag_key, keep_meta=False)]
     assert from_node == [from_health]
+
+
+@given(health_entries(), health_entries(), st.booleans(), tag_keys)
+@example({"Node": {"Node": "n1", "Address": "10.0.0.1"}, "Service": {"ID": "i", "Service": "web", "Port": 80}},
+         {"Node": {"Node": "n1", "Address": "10.0.0.1"},
+          "Service": {"ID": "i", "Service": "web", "Port": 80, "Meta": {"dyups_weight": "2"}}}, False, "gray")
+@example({"Node": {"Node": "n1", "Address": "10.0.0.1"}, "Service": {"ID": "i", "Service": "web", "Port": 80}},
+         {"Node": {"Node": "n1", "Address": "10.0.0.1"}, "Service": {"ID": "i", "Service": "web", "Port": True}},
+         False, "gray")
+@example({"Node": {"Node": "n1", "Address": "h.example"}, "Service": {"ID": "i", "Service": "web", "Port": 80}},
+         {"Node": {"Node": "n1", "Address": "H.example"}, "Service": {"ID": "i", "Service": "web", "Port": 80}},
+         False, "gray")
+def test_a_kept_instance_is_what_the_registration_parses_to(first, second, same_registration, tag_key):
+    """The watcher's read by node passes the Instance it holds for a registration (``reuse``), and
+    gets it back when nothing the mapping reads changed: with or without it, the parse is the same."""
+    count("instance parse: a kept Instance")
+    if same_registration:
+        second = first
+    node_data, service_data = second.get("Node"), second.get("Service")
+    name = service_data.get("Service") if isinstance(service_data, dict) else None
+    if not isinstance(name, str):
+        return
+    kept = parse_registration(name, first.get("Node"), first.get("Service"), None, tag_key, keep_meta=False)
+    if isinstance(node_data, dict) and isinstance(service_data, dict):  # the node and ID the watcher looks it up by
+        kept = kept._replace(node=str(node_data.get("Node", "")), id=str(service_data.get("ID", "")))
+    parsed = parse_registration(name, node_data, service_data, None, tag_key, keep_meta=False, reuse=kept)
+    assert parsed == parse_registration(name, node_data, service_data, None, tag_key, keep_meta=False)
