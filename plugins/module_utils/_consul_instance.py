@@ -164,7 +164,7 @@ def _parses_to(instance: Instance, node_data: dict, service_data: dict) -> bool:
     meta = service_data.get("Meta") or {}
     if not isinstance(meta, dict) or any(isinstance(key, str) and key.startswith(META_PREFIX) for key in meta):
         return False
-    return server.parameters_are_defaults()
+    return not server.parameters()  # every parameter nginx's default, as a host and port alone give
 
 
 def parse_registration(service: str, node_data: Any, service_data: Any, checks: Any, tag_key: str,

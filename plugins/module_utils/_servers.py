@@ -60,7 +60,6 @@ NUMERIC_LIMITS = {
 }
 FLAGS = ("backup", "down")
 PARAMETERS = ("weight", "max_fails", "fail_timeout", "max_conns", "backup", "down")
-_DEFAULT_VALUES = tuple(DEFAULTS[key] for key in PARAMETERS)
 
 _IPV4_RE = re.compile(r"(0|[1-9][0-9]{0,2})(\.(0|[1-9][0-9]{0,2})){3}\Z")
 _DOTTED_NUMBERS_RE = re.compile(r"[0-9.]+\Z")
@@ -251,10 +250,6 @@ class Server:
                 words.append(f"{key}={value}s" if key == "fail_timeout" else f"{key}={value}")
         words.extend(flag for flag in FLAGS if getattr(self, flag))
         return words
-
-    def parameters_are_defaults(self) -> bool:
-        """True when every parameter is nginx's default (what a server given as host and port gets)."""
-        return (self.weight, self.max_fails, self.fail_timeout, self.max_conns, self.backup, self.down) == _DEFAULT_VALUES
 
     def spec(self) -> str:
         """``10.0.0.1:8080 weight=2 backup``: the form users write, also the file's and the body's."""

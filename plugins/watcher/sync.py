@@ -182,10 +182,7 @@ class Syncer:
             if self.hold_since is not None:
                 log.warning("removal hold cleared: the change no longer removes more than %.0f%% of servers",
                             self.settings.removal_guard_share * 100)
-            self.hold_since = self.hold_total = None
-            self.release_requested = False
-            self.metrics.set(held_changes=0, held_removals=0)
-            self.metrics.set_status(held=None)
+            self._end_hold()
             return desired
         if self.hold_since is None:
             self.hold_since = now
@@ -204,11 +201,8 @@ class Syncer:
         if self.release_requested or hold_over:
             log.warning("releasing the held change (%s): removing %d server(s)",
                         "operator" if self.release_requested else "held past removal_hold_seconds", removal.removed)
-            self.hold_since = self.hold_total = None
-            self.release_requested = False
+            self._end_hold()
             self._restart_window = True
-            self.metrics.set(held_changes=0, held_removals=0)
-            self.metrics.set_status(held=None)
             return desired
         self.metrics.set(held_changes=1, held_removals=removal.removed)
         self.metrics.set_status(held={"removed": removal.removed, "removed_earlier": removal.earlier,
@@ -216,6 +210,13 @@ class Syncer:
                                       "upstreams": removal.by_upstream, "held_for_seconds": round(now - self.hold_since, 1)})
         self._held_names = set(removal.by_upstream)   # examined again at every sync while held
         return safety.hold_removals(applied, desired, removal)
+
+    def _end_hold(self) -> None:
+        """No change is held (any more): the hold's state and its gauges cleared."""
+        self.hold_since = self.hold_total = None
+        self.release_requested = False
+        self.metrics.set(held_changes=0, held_removals=0)
+        self.metrics.set_status(held=None)
 
     def release(self) -> str:
         self.release_requested = True
