@@ -7,7 +7,8 @@
 #   tests/run.sh unit integration ...   only the named stages
 #
 # Stages: unit, integration (modules, Consul, Lua flavor, watcher, playbooks), conformance (dyups
-# contract suite; DYUPS_URL=http://... to aim it at your own Tengine), sanity (ansible-test), lint
+# contract suite; DYUPS_URL=http://... to aim it at your own Tengine), sanity (ansible-test; then the docs
+# site and the execution-environment metadata, tests/tools/publishing.sh), lint
 # (ansible-lint), molecule (the role on booted Debian containers over ssh, tests/hosts: flavor
 # tengine and nginx under systemd, nginx under supervisor, and a fleet of three proxies against a
 # three-server Consul cluster with TLS and ACLs; never on this machine itself), bench (short
@@ -74,7 +75,8 @@ for stage in "${stages[@]}"; do
     unit)        run unit "${pytest[@]}" -q tests/unit ;;
     integration) run integration "${pytest[@]}" -q --timeout 600 tests/integration ;;
     conformance) run conformance "${pytest[@]}" -q --timeout 300 tests/conformance ;;
-    sanity)      run sanity tests/tools/sanity.sh ;;
+    sanity)      run sanity tests/tools/sanity.sh
+                 run publishing tests/tools/publishing.sh ;;
     lint)        run lint tests/tools/lint.sh ;;
     molecule)    run molecule tests/tools/molecule.sh ;;
     bench)       run bench tests/tools/bench.sh --short ;;

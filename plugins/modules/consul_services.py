@@ -23,6 +23,9 @@ description:
     is shown. Nothing invalid is ever returned in RV(upstreams).
   - Read-only. RV(upstreams) is ready for the O(swallowkeeper.dyups.dyups_upstream#module:upstreams) option of
     M(swallowkeeper.dyups.dyups_upstream).
+requirements:
+  - Python 3.8 or later on the managed host (the standard library and ansible-core's own module_utils; nothing to
+    install).
 author:
   - swallowkeeper.dyups contributors (!UNKNOWN)
 extends_documentation_fragment:
@@ -86,11 +89,10 @@ notes:
   - With ACLs enabled Consul does not refuse what a token may not read, it hides it. A catalog that lists no service
     at all (every datacenter has at least C(consul)) therefore fails the task as a missing or insufficient token,
     and a service the catalog lists but whose instances cannot be read is reported in RV(skipped_items).
+  - The mapping from Consul to upstreams, the name and tag rules and the least-privilege ACL policy are described in
+    C(docs/consul.md) of the installed collection (C(ansible_collections/swallowkeeper/dyups/docs/consul.md)).
 seealso:
   - module: swallowkeeper.dyups.dyups_upstream
-  - name: The mapping from Consul to upstreams
-    description: docs/consul.md in the collection.
-    link: https://github.com/swallowkeeper/dyups/blob/main/docs/consul.md
 """
 
 EXAMPLES = r"""

@@ -24,6 +24,9 @@ description:
     interface after, so that the change survives the next reload.
   - A POST replaces the whole upstream. Directives that the upstream file holds for an upstream (C(keepalive),
     C(check) ...) are therefore sent with its servers unless O(directives) says otherwise.
+requirements:
+  - Python 3.8 or later on the managed host (the standard library and ansible-core's own module_utils; nothing to
+    install).
 author:
   - swallowkeeper.dyups contributors (!UNKNOWN)
 extends_documentation_fragment:

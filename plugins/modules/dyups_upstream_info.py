@@ -15,6 +15,9 @@ description:
   - Read-only.
   - The interface shows addresses, not host names; a server added as a host name appears once per address it
     resolved to.
+requirements:
+  - Python 3.8 or later on the managed host (the standard library and ansible-core's own module_utils; nothing to
+    install).
 author:
   - swallowkeeper.dyups contributors (!UNKNOWN)
 extends_documentation_fragment:
