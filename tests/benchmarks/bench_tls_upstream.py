@@ -46,7 +46,8 @@ from tests.support.collection import ensure_importable  # noqa: E402
 ensure_importable()
 
 from tests.benchmarks.bench_lua import cpu_seconds, machine  # noqa: E402
-from tests.support.nginx_lua import MODULES, NGINX, NginxLua, _children  # noqa: E402
+from tests.support.consul_tls import self_signed  # noqa: E402
+from tests.support.nginx_lua import NGINX, NginxLua, _children  # noqa: E402
 from tests.support.ports import free_port, wait_port  # noqa: E402
 from tests.support.tengine import Tengine, tengine_binary  # noqa: E402
 
@@ -56,14 +57,13 @@ MODES = {"close": 'proxy_set_header Connection close;', "keepalive": 'proxy_set_
 class Nginx:
     """A stock nginx (or Tengine) from a configuration text, in its own prefix, one worker."""
 
-    def __init__(self, name, http, binary=NGINX, modules=()):
+    def __init__(self, name, http, binary=NGINX):
         self.prefix = Path(tempfile.mkdtemp(prefix=f"bench-tls-{name}-"))
         self.prefix.chmod(0o755)
         self.binary = binary
-        loads = "\n".join(f"load_module {module};" for module in modules)
         temp = "\n".join(f"    {kind}_temp_path {self.prefix}/tmp_{kind};"
                          for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
-        (self.prefix / "nginx.conf").write_text(f"""{loads}
+        (self.prefix / "nginx.conf").write_text(f"""
 worker_processes 1;
 daemon off;
 pid {self.prefix}/nginx.pid;
@@ -91,13 +91,6 @@ http {{
             os.killpg(self.process.pid, signal.SIGTERM)
             self.process.wait(10)
         shutil.rmtree(self.prefix, ignore_errors=True)
-
-
-def self_signed(directory):
-    cert, key = directory / "backend.crt", directory / "backend.key"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=localhost",
-                    "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True, timeout=60)
-    return cert, key
 
 
 def tls_backend(ports, cert, key):

@@ -22,7 +22,6 @@ Differences from dyups.t's setting, none of which changes what a step checks:
 from __future__ import annotations
 
 import re
-import subprocess
 import time
 from dataclasses import dataclass
 from typing import Callable, Optional
@@ -30,6 +29,7 @@ from typing import Callable, Optional
 import pytest
 
 from tests.support.backends import Backends
+from tests.support.consul_tls import self_signed
 from tests.support.nginx_lua import NginxLua
 from tests.support.ports import free_port
 from tests.support.tengine import Tengine, require_tengine
@@ -244,13 +244,6 @@ def refusal_names(reason, text):
 
 
 # -- TLS session reuse to HTTPS upstream servers (dyups.t's last block) -------------------------------------
-
-def self_signed(directory):
-    cert, key = directory / "localhost.crt", directory / "localhost.key"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=localhost",
-                    "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True, timeout=60)
-    return cert, key
-
 
 def tls_backend(port, cert, key):
     """dyups.t's HTTPS backend: answers "<port> <$ssl_session_reused>" (r: resumed, .: full handshake)."""

@@ -12,7 +12,6 @@ from __future__ import annotations
 import re
 import socket
 import ssl
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -20,6 +19,7 @@ import yaml
 
 from tests.support.ansible_run import AnsibleRunner
 from tests.support.backends import Backends
+from tests.support.consul_tls import self_signed
 from tests.support.ports import free_port
 from tests.support.tengine import proxy_factory  # noqa: F401 (fixture)
 
@@ -49,15 +49,6 @@ def test_every_listen_form(tmp_path, flavor):
               for listen in (27880, "127.0.0.1:8080", [80, "[::1]:8080"])]
     text = render(tmp_path, vhosts, flavor)
     assert re.findall(r"^\s*listen (\S+);$", text, re.M) == ["27880", "127.0.0.1:8080", "80", "[::1]:8080"]
-
-
-def self_signed(directory):
-    """(certificate, key) of a fresh self-signed certificate for CN=localhost."""
-    cert, key = directory / "localhost.crt", directory / "localhost.key"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=localhost",
-                    "-addext", "subjectAltName=DNS:localhost", "-keyout", str(key), "-out", str(cert)],
-                   check=True, capture_output=True, timeout=60)
-    return cert, key
 
 
 def https_get(port, cert, maximum=None):
