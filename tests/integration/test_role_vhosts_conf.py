@@ -99,3 +99,55 @@ def test_https_vhost_serves_and_follows_a_flip(tmp_path, proxy_factory):  # noqa
         assert version == "TLSv1.2" and answer.endswith(f"{first}\n"), answer
         assert proxy.api("POST", "/upstream/web", f"server 127.0.0.1:{second};")[0] == 200
         proxy.wait_for(lambda: https_get(port, cert)[1].endswith(f"{second}\n"), "the HTTPS vhost follows the flip")
+
+
+def tls_backend(port, cert, key):
+    """An HTTPS upstream server inside the proxy under test: answers "<port> <$ssl_session_reused>
+    <$connection_requests>" (r: a resumed session; above 1: a kept-alive connection)."""
+    return f"""    server {{
+        listen 127.0.0.1:{port} ssl;
+        ssl_certificate {cert};
+        ssl_certificate_key {key};
+        location / {{ return 200 "$server_port $ssl_session_reused $connection_requests\\n"; }}
+    }}"""
+
+
+def test_https_upstream_servers_keep_their_connection(tmp_path, proxy_factory):  # noqa: F811 (fixture)
+    """``scheme: https``: the vhost proxies to HTTPS upstream servers over kept-alive connections, so the
+    Lua flavor, which cannot resume TLS sessions, does one handshake for many requests."""
+    cert, key = self_signed(tmp_path)
+    front, backend = free_port(), free_port()
+    vhost = {"listen": f"127.0.0.1:{front}", "locations": [{"upstream": "tlsweb", "scheme": "https"}]}
+    flavor = proxy_factory.flavor
+    text = render(tmp_path, [vhost], "tengine" if flavor == "tengine" else "nginx")
+    assert "proxy_pass https://" in text
+    body = f"server 127.0.0.1:{backend};" + (" keepalive 8;" if flavor == "tengine" else "")
+    proxy = proxy_factory(workers=1, http_snippet=text + tls_backend(backend, cert, key))
+    assert proxy.api("POST", "/upstream/tlsweb", body)[0] == 200
+    with socket.create_connection(("127.0.0.1", front), timeout=10) as client:
+        answers = []
+        for _unused in range(5):
+            client.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            answers.append(read_answer(client))
+    assert all(answer.startswith("HTTP/1.1 200") for answer in answers), answers
+    bodies = [answer.rsplit("\r\n\r\n", 1)[1].strip() for answer in answers]
+    assert bodies[0] == f"{backend} . 1", bodies
+    if flavor == "lua":
+        # one TLS connection, kept alive: only the first request paid a (full) handshake
+        assert bodies[1:] == [f"{backend} . {count}" for count in range(2, 6)], bodies
+    else:
+        # every later request on the kept connection, or on a new one that resumed the session
+        assert all(body == f"{backend} . {count}" or body == f"{backend} r 1"
+                   for count, body in enumerate(bodies[1:], 2)), bodies
+
+
+def read_answer(client):
+    """One HTTP/1.1 answer with Content-Length from a socket."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += client.recv(65536)
+    head, rest = data.split(b"\r\n\r\n", 1)
+    length = int(re.search(rb"(?i)content-length: *(\d+)", head).group(1))
+    while len(rest) < length:
+        rest += client.recv(65536)
+    return (head + b"\r\n\r\n" + rest).decode()
