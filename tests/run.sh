@@ -7,8 +7,9 @@
 #   tests/run.sh unit integration ...   only the named stages
 #
 # Stages: unit, integration (modules, Consul, Lua flavor, watcher, playbooks), conformance (dyups
-# contract suite; DYUPS_URL=http://... to aim it at your own Tengine), sanity (ansible-test; then the docs
-# site and the execution-environment metadata, tests/tools/publishing.sh), lint
+# contract suite; DYUPS_URL=http://... to aim it at your own Tengine; Tengine's own dyups.t with prove,
+# its result line repeated in the summary), sanity (ansible-test; then the docs site and the
+# execution-environment metadata, tests/tools/publishing.sh), lint
 # (ansible-lint), molecule (the role on booted Debian containers over ssh, tests/hosts: flavor
 # tengine and nginx under systemd, nginx under supervisor, and a fleet of three proxies against a
 # three-server Consul cluster with TLS and ACLs; never on this machine itself), bench (short
@@ -61,6 +62,9 @@ fi
 
 export PATH="$root/.venv/bin:$PATH"
 mkdir -p tests/output
+# Written by the conformance stage (Tengine's own dyups.t, tests/conformance/test_tengine_dyups_suite.py).
+dyups_t_result=tests/output/tengine-dyups-t.txt
+rm -f "$dyups_t_result"
 pytest=(python -m pytest -p no:cacheprovider -o console_output_style=classic)
 status=0
 run() {  # run a stage, remember failure, keep going so one run reports every broken stage
@@ -84,6 +88,10 @@ for stage in "${stages[@]}"; do
   esac
 done
 step "done"
+if [ -f "$dyups_t_result" ]; then
+  dyups_t_line=$(sed -n 1p "$dyups_t_result")
+  echo "$dyups_t_line (whole output: $dyups_t_result)"
+fi
 [ -n "$tengine_note" ] && echo "$tengine_note (their cases are counted as skipped above)"
 [ $status -eq 0 ] && echo "all stages passed" || echo "some stages FAILED"
 exit $status

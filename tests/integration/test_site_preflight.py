@@ -63,3 +63,25 @@ def test_a_current_watcher_python_passes_the_check(runner):
                            check=True, timeout=180, tags="always")
     checked = [result for name, result in done.tasks if name == "The watcher's interpreter is recent enough"]
     assert checked and not checked[0].get("failed"), done.stdout[-3000:]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="site.yml uses become; run as root")
+def test_https_vhosts_without_a_key_or_an_ssl_listen_are_refused(runner):
+    vhosts = [{"listen": "443 ssl", "ssl_certificate": "/etc/ssl/a.crt", "locations": [{"upstream": "web"}]},
+              {"listen": ["443", 80], "ssl_certificate": "/etc/ssl/b.crt", "ssl_certificate_key": "/etc/ssl/b.key",
+               "locations": [{"upstream": "web"}]}]
+    done = runner.playbook(SITE, extra_vars={"tengine_dyups_flavor": "nginx", "tengine_dyups_vhosts": vhosts},
+                           check=True, timeout=180, tags="always")
+    assert done.rc != 0
+    failed = failed_tasks(done)
+    assert [name for name, _result in failed] == [CHECK_TASK], done.stdout[-3000:]
+    messages = [item["msg"] for item in failed[0][1]["results"] if item.get("failed")]
+    assert len(messages) == 2, messages
+    assert "ssl_certificate needs ssl_certificate_key" in messages[0]
+    assert "needs a listen with the ssl parameter" in messages[1]
+    assert changed_tasks(done) == []
+    ok = [{"listen": ["443 ssl http2", 80], "ssl_certificate": "/etc/ssl/b.crt", "ssl_certificate_key": "/etc/ssl/b.key",
+           "locations": [{"upstream": "web"}]}]
+    done = runner.playbook(SITE, extra_vars={"tengine_dyups_flavor": "nginx", "tengine_dyups_vhosts": ok},
+                           check=True, timeout=180, tags="always")
+    assert not failed_tasks(done), done.stdout[-3000:]

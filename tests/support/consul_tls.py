@@ -8,6 +8,10 @@ Certificates are for datacenter ``dc1`` (the -dev default). The server certifica
 ``server.dc1.consul``, ``localhost`` and the IP 127.0.0.1 (``consul tls cert create -server``'s default),
 so a client verifying ``https://127.0.0.1:PORT`` accepts it. Keys are written 0600 by ``consul tls``.
 Shared by tests/support/consul.py (``ConsulAgent(tls=True)``) and anyone else who needs a CA.
+
+    cert, key = self_signed(directory)          # one self-signed certificate for localhost (openssl)
+
+for HTTPS servers of nginx and Tengine in tests (vhosts, HTTPS upstream servers).
 """
 
 from __future__ import annotations
@@ -52,3 +56,14 @@ def make_tls_material(directory, binary=None, datacenter="dc1"):
         client_cert=directory / f"{datacenter}-client-consul-0.pem",
         client_key=directory / f"{datacenter}-client-consul-0-key.pem",
     )
+
+
+def self_signed(directory, name="localhost"):
+    """(certificate, key) paths of a fresh self-signed RSA-2048 certificate for ``name`` (CN and DNS
+    subjectAltName), valid 2 days, made with openssl in ``directory``."""
+    directory = Path(directory)
+    cert, key = directory / f"{name}.crt", directory / f"{name}.key"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", f"/CN={name}",
+                    "-addext", f"subjectAltName=DNS:{name}", "-keyout", str(key), "-out", str(cert)],
+                   check=True, capture_output=True, timeout=60)
+    return cert, key

@@ -9,9 +9,14 @@
 # The tarball: $TENGINE_TARBALL, else ../shared/tengine/tengine-3.2.0.tar.gz beside the clone (tests and
 # CI only; the product never reads ../shared). Its version is read from its top directory.
 #
+# Configure arguments: the role's module set (vars/main.yml) and its default
+# tengine_dyups_tengine_configure_args (defaults/main.yml: TLS, HTTP/2, real IP, stub status), plus
+# --with-debug, which only the test build has: Tengine's own dyups suite (tests/nginx-tests/tengine-tests/
+# dyups.t, run by tests/conformance/test_tengine_dyups_suite.py) counts debug log lines.
+#
 # Cache: ${TENGINE_CACHE:-/var/cache/swallowkeeper-dyups/tengine}/<key>/, outside the clone; <key> is
-# the sha256 of the tarball's sha256 and the configure arguments the role derives (module set and
-# extra arguments, from the role's vars). A second run with the same tarball and arguments prints the
+# the sha256 of the tarball's sha256 and the configure arguments (the role's module recipe, its default
+# extra arguments and the test build's own). A second run with the same tarball and arguments prints the
 # cached binary without building (about 1 s).
 #
 #   tests/tools/get-tengine.sh            -> /var/cache/swallowkeeper-dyups/tengine/<key>/sbin/tengine
@@ -55,20 +60,29 @@ export ANSIBLE_ROLES_PATH="$root/roles" ANSIBLE_NOCOLOR=1 ANSIBLE_RETRY_FILES_EN
 export ANSIBLE_LOCALHOST_WARNING=0 ANSIBLE_INVENTORY_UNPARSED_WARNING=0
 modules=$(sed -n 's/^_tengine_dyups_tengine_module_args: *//p' "$root/roles/tengine_dyups/vars/main.yml")
 [ -n "$modules" ] || { say "roles/tengine_dyups/vars/main.yml has no _tengine_dyups_tengine_module_args"; exit 1; }
-# The key covers the role's whole configure recipe (vars/main.yml's configure lines), the version and
-# the tarball's content.
+# The role's default extra arguments and the test build's --with-debug, as one JSON list for ansible.
+extra_args=$("$python" -c '
+import json, sys, yaml
+with open(sys.argv[1]) as f:
+    args = yaml.safe_load(f)["tengine_dyups_tengine_configure_args"]
+print(json.dumps({"tengine_dyups_tengine_configure_args": list(args) + ["--with-debug"]}))
+' "$root/roles/tengine_dyups/defaults/main.yml") || { say "cannot read tengine_dyups_tengine_configure_args"; exit 1; }
+# The key covers the role's whole configure recipe (vars/main.yml's configure lines), the extra
+# arguments, the version and the tarball's content.
 recipe=$(sed -n '/^_tengine_dyups_tengine_module_args:/,/^# Modules that/p' "$root/roles/tengine_dyups/vars/main.yml")
-key=$(printf '%s\n%s\n%s\n' "$sha" "$version" "$recipe" | sha256sum | awk '{print substr($1, 1, 16)}')
+key=$(printf '%s\n%s\n%s\n%s\n' "$sha" "$version" "$recipe" "$extra_args" | sha256sum | awk '{print substr($1, 1, 16)}')
 cache=${TENGINE_CACHE:-/var/cache/swallowkeeper-dyups/tengine}
 prefix="$cache/$key"
 bin="$prefix/sbin/tengine"
 
-binary_ok() {  # the binary runs, is this version, and has both modules
+binary_ok() {  # the binary runs, is this version, has both modules, TLS and debug logging
   [ -x "$1" ] || return 1
   local v m
   v=$("$1" -V 2>&1) || return 1
   m=$("$1" -m 2>&1) || return 1
   case "$v" in *"Tengine/$version"*) ;; *) return 1 ;; esac
+  case "$v" in *--with-http_ssl_module*) ;; *) return 1 ;; esac
+  case "$v" in *--with-debug*) ;; *) return 1 ;; esac
   case "$m" in *ngx_http_dyups_module*) ;; *) return 1 ;; esac
   case "$m" in *ngx_http_upstream_check_module*) ;; *) return 1 ;; esac
 }
@@ -93,7 +107,7 @@ if ! ansible-playbook -i localhost, -c local "$root/tests/tools/get-tengine.yml"
     -e "tengine_dyups_tengine_version=$version" -e "tengine_dyups_tengine_prefix=$prefix" \
     -e "tengine_dyups_tengine_build_dir=$cache/build-$key" \
     -e "tengine_dyups_tengine_build_jobs=$(nproc)" -e "ansible_python_interpreter=${TENGINE_BUILD_PYTHON:-/usr/bin/python3}" \
-    -e '{"_tengine_dyups_nginx_fresh": true}' \
+    -e '{"_tengine_dyups_nginx_fresh": true}' -e "$extra_args" \
     >"$log" 2>&1; then
   say "the role's build failed; last lines of $log:"
   tail -40 "$log" >&2
@@ -102,7 +116,7 @@ if ! ansible-playbook -i localhost, -c local "$root/tests/tools/get-tengine.yml"
 fi
 rm -rf "$cache/build-$key"
 if ! binary_ok "$bin"; then
-  say "the build finished but $bin is not a Tengine $version with dyups and upstream check ($log)"
+  say "the build finished but $bin is not a Tengine $version with dyups, upstream check, TLS and debug ($log)"
   exit 1
 fi
 say "built in $((SECONDS - start))s: $bin"
