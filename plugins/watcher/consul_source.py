@@ -228,10 +228,11 @@ class ConsulSource:
             log.info("service %s read again", shown(name))
         changed = name not in self.merged.results or self.entries.get(name) != instances
         for key, pairs in checks.items():
-            if self.checks.get(key) == pairs:
-                continue
+            owner = name if key[1] else ""
+            if self.checks.get(key) == pairs and self.failing.get(key, (owner,))[0] == owner:
+                continue  # (an instance ID that moved to another service changes the owner of its failing checks)
             changed = True
-            self._put_checks(key, pairs, name if key[1] else "")
+            self._put_checks(key, pairs, owner)
             if not key[1]:  # a node check: every other service on that node maps differently now
                 for other in self.node_services.get(key[0], {}):
                     if other != name:

@@ -57,7 +57,7 @@ def test_reading_by_node_gives_what_reading_by_service_gives(agent):
         return original(path, *args, **kwargs)
 
     by_node.client.read = counting
-    by_service._fetch_by_node = lambda names: None   # pylint: disable=protected-access  # the other way
+    by_service._fetch_by_node = lambda names, nodes=None: None   # pylint: disable=protected-access  # the other way
     try:
         by_node.refresh_all()
         by_service.refresh_all()
@@ -73,3 +73,27 @@ def test_reading_by_node_gives_what_reading_by_service_gives(agent):
     finally:
         by_node.stop()
         by_service.stop()
+
+
+def test_an_instance_id_that_moves_to_a_service_sorted_before_keeps_its_checks(agent):
+    """Issue 18: instance ``i1`` (critical) moves from service ``Web`` to ``Api`` (same node, same ID;
+    Api sorts first, so its read is stored first). 940f60b then dropped i1's checks while storing Web
+    (which no longer lists i1): the cache held Api's i1 without its critical check. The cache must
+    hold what a fresh full read holds."""
+    agent.register("Web", "i1", port=8501, status="critical")
+    agent.register("Web", "i2", port=8502)
+    source = source_for(agent)
+    fresh = source_for(agent)
+    try:
+        source.refresh_all()
+        agent.deregister("i1")
+        agent.register("Api", "i1", port=8501, status="critical")
+        source.refresh_all()
+        fresh.refresh_all()
+        key = next(key for key in fresh.entries["Api"])
+        assert source.checks.get(key) == fresh.checks[key] == (("service:i1", "critical"),)
+        assert source.failing == fresh.failing
+        assert source.mapping() == fresh.mapping()
+    finally:
+        source.stop()
+        fresh.stop()
