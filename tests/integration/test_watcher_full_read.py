@@ -97,3 +97,26 @@ def test_an_instance_id_that_moves_to_a_service_sorted_before_keeps_its_checks(a
     finally:
         source.stop()
         fresh.stop()
+
+
+def test_a_service_named_like_another_but_for_case_gets_only_its_own_instances(agent):
+    """Issue 18: Consul 1.8.7 answers ``/v1/health/service/web`` with the instances of ``Web`` too
+    (it matches the name ignoring case), ``/v1/catalog/node-services`` keeps them apart. 940f60b put
+    Web's instance under web (and web's under Web) when reading by service: the two reads built
+    different caches. Which of the two names an upstream is the mapping's rule, not the read's."""
+    agent.register("Web", "upper-1", port=8601)
+    agent.register("web", "lower-1", port=8602)
+    for number in range(4):   # more services than nodes: the by-node read applies
+        agent.register(f"Svc{number}", f"svc{number}", port=8611 + number)
+    by_node, by_service = source_for(agent), source_for(agent)
+    by_service._fetch_by_node = lambda names, nodes=None: None   # pylint: disable=protected-access  # the other way
+    try:
+        by_node.refresh_all()
+        by_service.refresh_all()
+        for source in (by_service, by_node):
+            assert [key[1] for key in source.entries["Web"]] == ["upper-1"]
+            assert [key[1] for key in source.entries["web"]] == ["lower-1"]
+        assert by_node.mapping() == by_service.mapping()
+    finally:
+        by_node.stop()
+        by_service.stop()
