@@ -217,6 +217,10 @@ def format_wait(seconds: float) -> str:
     return f"{milliseconds}ms"
 
 
+UNREADABLE_NAME = ("Consul answers a redirect, not the service, for /v1/health/service/NAME when NAME is not a clean "
+                   "URL path (such as x//y, a/../b or ..); such a name cannot name an upstream either")
+
+
 def path_segment_safe(name: str) -> bool:
     """True when Consul serves ``/v1/.../NAME`` for this name as it is. Consul's HTTP server (Go's
     ServeMux) decodes the path and, when cleaning it changes it (``x//y``, ``a/../b``, ``..``, ``.``,

@@ -47,7 +47,7 @@ from ansible_collections.swallowkeeper.dyups.plugins.module_utils import _consul
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._consul_instance import (
     CheckPairs, Instance, check_pairs, parse_health_entries, parse_node_services, shown)
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._consul_client import (
-    BlockingQuery, ConsulClient, path_segment_safe, resolve_token)
+    UNREADABLE_NAME, BlockingQuery, ConsulClient, path_segment_safe, resolve_token)
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._consul_mapping import MappingResult
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._errors import (
     ConsulBadAnswer, ConsulError, ConsulForbidden, ConsulRateLimited, ConsulServerError, ConsulUnavailable)
@@ -63,8 +63,6 @@ FETCH_THREADS = 8
 BY_NODE_IN_FLIGHT = 1000  # services per batch of node answers held at once in a full read by node
 FAILING_FILTER = 'Status != "passing"'  # the health poll reads only the checks that are not passing
 
-UNREADABLE = ("Consul answers a redirect, not the service, for /v1/health/service/NAME when NAME is not a clean "
-              "URL path (such as x//y, a/../b or ..); such a name cannot name an upstream either")
 UNREADABLE_NODE = "Consul answers a redirect for /v1/catalog/node-services/NODE when NODE is not a clean URL path"
 
 InstanceKey = Tuple[str, str]  # (node, service id); (node, "") for node checks
@@ -332,8 +330,8 @@ class ConsulSource:
             self.merged.put(name, None)
         for name in set(names) - set(self.unreadable):
             self.unreadable[name] = None
-            log.warning("service %s is not read: %s", shown(name), UNREADABLE)
-            self.merged.put(name, mapping.skipped_service(name, UNREADABLE))
+            log.warning("service %s is not read: %s", shown(name), UNREADABLE_NAME)
+            self.merged.put(name, mapping.skipped_service(name, UNREADABLE_NAME))
 
     def _instances_by_node(self, names: Collection[str], extra_requests: int = 0,
                            nodes: Any = None) -> Optional[Dict[str, Instances]]:
