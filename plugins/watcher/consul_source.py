@@ -1,10 +1,10 @@
 # -*- coding: utf-8 -*-
 # Copyright: swallowkeeper.dyups contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""What Consul says, kept current with two blocking queries whatever the number of services.
+"""What Consul says, kept current with three blocking queries whatever the number of services.
 
 Consul limits concurrent HTTP connections per client address (200 by default), so one long poll
-per service does not scale. The watcher holds exactly two:
+per service does not scale. The watcher holds exactly three:
 
 - ``/v1/health/state/any?filter=Status != "passing"``: wakes on every check change (its index is
   that of all checks), and its answer lists only the checks that are not passing: small while the
@@ -16,6 +16,10 @@ per service does not scale. The watcher holds exactly two:
   so every new index makes the instances of every service be compared with the cache (by node:
   1 + nodes requests), and the services that differ are read again.
 
+- ``/v1/catalog/nodes``: wakes on node registrations; re-registering a node with a new address moves
+  neither index above (measured on 1.8.7), yet instances without a Service.Address take the node's,
+  so the services on a node whose address changed are read again (see _fold_nodes).
+
 ``/v1/catalog/services`` alone never wakes on a health change (consul-facts.md: the original script
 kept a critical instance in rotation for 200 s), hence the health query.
 
@@ -26,7 +30,9 @@ is what Consul holds, whatever happened in between (docs/watcher.md, "How events
 tests/unit/property/test_property_watcher_events.py and tests/integration/test_watcher_bursts.py).
 
 Services are read again with ``/v1/health/service/NAME``: one consistent answer per service,
-instances and checks at the same index.
+instances and checks at the same index. A service whose read fails is isolated (its last good state
+kept, read again later: see _fetch_many); a name no URL path can read is skipped with the reason
+(docs/watcher.md, "Names Consul accepts that no URL path reads").
 
 A full read of every service also runs at start, after Consul comes back from an outage, and every
 ``consul_resync_interval`` as a safety net. The mapping of instances to upstreams is the shared one
