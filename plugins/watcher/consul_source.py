@@ -383,17 +383,18 @@ class ConsulSource:
                 log.info("this Consul has no /v1/catalog/node-services (before 1.7): reading service by service")
                 self.read_by_node = False
                 return None
-            return self._node_read_failed(exc)
+            self._node_read_failed(exc)
+            return None
         except (ConsulForbidden, ConsulRateLimited, ConsulServerError) as exc:
-            return self._node_read_failed(exc)
+            self._node_read_failed(exc)
+            return None
         return instances
 
     def _node_read_failed(self, exc: ConsulError) -> None:
-        """A node's read failed (not Consul down): this read goes service by service, where a
+        """A node's read failed (not Consul down): the caller reads service by service, where a
         failure is one service's (see _fetch_many)."""
         log.warning("reading by node failed (%s), reading service by service: %s", consul_error_kind(exc), exc)
         self.metrics.error("consul_service_read")
-        return None
 
     def _fetch_by_node(self, names: Collection[str], nodes: Any = None) -> Optional[List[Tuple[str, Compacted]]]:
         """Every service in ``names`` as ``/v1/health/service/NAME`` would answer it, built from

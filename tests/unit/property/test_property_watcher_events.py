@@ -8,7 +8,7 @@ batches, once the last answer of each poll has been folded, the cache maps exact
 read of the same Consul maps (what ``--once`` on an empty host would apply).
 
 Faults are operations too (issue 18): a service whose ``/v1/health/service`` read answers 500 for a
-while (``fail``/``heal``), names Consul accepts that no URL path can read (service ``x//y``, node
+while (``fail``/``heal``; a node's by-node read: ``failnode``), names Consul accepts that no URL path can read (service ``x//y``, node
 ``n//3``: the model answers 301 as Go's path cleaning does), a node re-registered with a new address
 (``readdress``: only the nodes index moves), and a service name that differs from another only in
 letter case (``web`` beside ``Web``: ``/v1/health/service/NAME`` matches ignoring case, as Consul 1.8
@@ -65,6 +65,7 @@ class ModelConsul:
         self.nodes = dict(NODES)
         self.nodes_index = 10
         self.failing_reads = set()   # services whose /v1/health/service read answers 500
+        self.failing_nodes = set()   # nodes whose /v1/catalog/node-services read answers 500
 
     # -- operations ------------------------------------------------------------------------------------
     def register(self, node, instance_id, service, port, tags, meta, status):
@@ -158,6 +159,8 @@ class ModelConsul:
             data, index = self.nodes_answer()
         elif path.startswith("/v1/catalog/node-services/"):
             node = path[len("/v1/catalog/node-services/"):]
+            if node in self.failing_nodes:
+                return 500, b"rpc error: injected", {}
             data = {"Node": {"Node": node, "Address": self.nodes[node]},
                     "Services": [self._service_entry(node, instance_id, instance)
                                  for (owner, instance_id), instance in sorted(self.instances.items()) if owner == node]}
@@ -236,6 +239,7 @@ operations = st.one_of(
 faults = st.one_of(
     st.tuples(st.just("fail"), st.sampled_from(SERVICES)),    # this service's reads answer 500 from now on
     st.tuples(st.just("heal"), st.sampled_from(SERVICES)),
+    st.tuples(st.just("failnode"), st.sampled_from(sorted(NODES))),   # this node's by-node read answers 500
 )
 steps = st.lists(st.one_of(
     operations, operations, faults,
@@ -263,6 +267,8 @@ def apply(model, step):
         model.failing_reads.add(step[1])
     elif kind == "heal":
         model.failing_reads.discard(step[1])
+    elif kind == "failnode":
+        model.failing_nodes.add(step[1])
 
 
 ROLLING_DEPLOY = (  # a new instance joins, the old one fails, both answers folded in one batch
@@ -331,6 +337,7 @@ def test_any_interleaving_of_answers_and_reads_converges_to_a_fresh_read(setup, 
         else:
             apply(model, step)
     model.failing_reads.clear()   # every fault heals; the retry timer then fires once
+    model.failing_nodes.clear()
     answer("health")
     answer("catalog")
     answer("nodes")
