@@ -227,6 +227,8 @@ def path_segment_safe(name: str) -> bool:
     ``a/.``), answers 301 to the cleaned path instead: another name, or none. Consul accepts such
     service and node names at registration, so they exist; they cannot be read by a path that
     names them (measured on 1.8.7: docs/watcher.md, "Names Consul accepts")."""
+    if "/" not in name:  # nearly every name: only "." and ".." change then
+        return name not in (".", "..")
     path = "/p/" + name
     cleaned = posixpath.normpath(path)
     if path.endswith("/") and cleaned != "/":

@@ -14,10 +14,14 @@ and the Lua flavor's real interface, and checks the upstream file the watcher wr
 
 from __future__ import annotations
 
+import http.client
 import time
 from pathlib import Path
+from urllib.parse import quote, urlsplit
 
 import pytest
+
+from ansible_collections.swallowkeeper.dyups.plugins.module_utils._consul_client import path_segment_safe
 
 from tests.support import bursts
 from tests.support.consul import ConsulAgent
@@ -161,3 +165,27 @@ def test_a_node_re_registered_with_a_new_address_is_applied_without_a_resync(ben
     agent.call("PUT", "/v1/catalog/register", {"Node": "cat-a", "Address": "127.0.0.3"})
     bench.wait_servers({"web": {"127.0.0.3:9601", "127.0.0.5:9602", "127.0.0.1:9603"}}, "node address applied")
     assert agent.index("/v1/catalog/services") == services_index   # only the nodes poll could have told
+
+
+def test_which_names_consul_answers_with_a_redirect(agent):
+    """path_segment_safe predicts Consul's own answer: for each name Consul accepts, a plain GET of
+    ``/v1/health/service/<quoted name>`` (redirects not followed) answers 301 exactly when the rule
+    says no path reads it. Measured on the real agent, not assumed."""
+    names = ("x//y", "a/../b", "..", ".", "a/.", "./a", "/a", "a/", "a/b", "%2F", "a?b", "a#b", "a%b", " a", "a\\b",
+             "...", "a..b")
+    try:
+        for number, name in enumerate(names):
+            agent.catalog_register("cat-names", "127.0.0.3", name, f"name-{number}", port=9700 + number, wait=False)
+        agent.wait_until(lambda: set(names) <= set(agent.get("/v1/catalog/services")), "every name registered")
+        host, port = urlsplit(agent.url).hostname, urlsplit(agent.url).port
+        for name in names:
+            connection = http.client.HTTPConnection(host, port, timeout=10)
+            try:
+                connection.request("GET", "/v1/health/service/" + quote(name, safe=""))
+                status = connection.getresponse().status
+            finally:
+                connection.close()
+            assert (status == 301) == (not path_segment_safe(name)), (name, status)
+            assert status in (200, 301), (name, status)
+    finally:
+        agent.catalog_deregister("cat-names")
