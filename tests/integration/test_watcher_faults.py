@@ -27,6 +27,7 @@ from tests.support import bursts
 from tests.support.consul import ConsulAgent
 from tests.support.consul_fault_proxy import FaultProxy
 from tests.support.tengine import flavor_class
+from tests.support.waiting import wait_for
 from tests.support.watcher import WatcherProcess
 
 SETTINGS = {"zero_instances": "delete", "removal_guard_min": 100000, "drift_interval": 3600,
@@ -68,22 +69,19 @@ class Bench:
     def servers(self):
         return {name: set(servers) for name, servers in bursts.read_file(self.upstream_file).items()}
 
+    def matches(self, expected):
+        got = self.servers()
+        return all(got.get(name, set()) == want for name, want in expected.items())
+
     def wait_servers(self, expected, what, timeout=10.0):
-        deadline = time.monotonic() + timeout
-        while True:
-            got = self.servers()
-            if all(got.get(name, set()) == want for name, want in expected.items()):
-                return got
-            if time.monotonic() > deadline:
-                raise AssertionError(f"{what}: the file holds {got}, expected {expected}\n{self.watcher.log_text()[-3000:]}")
-            time.sleep(0.05)
+        wait_for(lambda: self.matches(expected), f"{what}: {expected} in the file", timeout=timeout,
+                 tail=lambda: f"file: {self.servers()}\n{self.watcher.log_text()}")
 
     def holds(self, expected, what, seconds=1.5):
         """The file keeps ``expected`` for ``seconds`` (a state that must last, not only be reached)."""
         deadline = time.monotonic() + seconds
         while time.monotonic() < deadline:
-            got = self.servers()
-            assert all(got.get(name, set()) == want for name, want in expected.items()), f"{what}: {got}"
+            assert self.matches(expected), f"{what}: {self.servers()}"
             time.sleep(0.05)
 
 
