@@ -140,6 +140,7 @@ def test_names_no_path_can_read_never_block_the_other_services(bench):
     agent.register("web", "w3", port=9304)
     bench.wait_servers({"web": {"127.0.0.1:9302", "127.0.0.1:9304", "127.0.0.2:9303"}},
                        "changes applied with the odd names registered")
+
     def skipped():
         return {item["what"]: item["why"] for item in bench.watcher.status()["status"].get("skipped", [])}
 

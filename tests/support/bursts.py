@@ -126,8 +126,9 @@ def send(agent, op, proxy=None):
     if kind == "odd":
         service_id = f"odd-{ODD_NAMES.index(op[1])}"
         if op[2] == "register":
-            agent.request("PUT", "/v1/catalog/register", _catalog_instance("bursts-odd", "127.0.0.5", op[1], service_id,
-                                                                          21700 + ODD_NAMES.index(op[1])))
+            port = 21700 + ODD_NAMES.index(op[1])
+            agent.request("PUT", "/v1/catalog/register",
+                          _catalog_instance("bursts-odd", "127.0.0.5", op[1], service_id, port))
         else:
             agent.request("PUT", "/v1/catalog/deregister", {"Node": "bursts-odd", "ServiceID": service_id})
         return

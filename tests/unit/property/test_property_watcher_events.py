@@ -50,6 +50,8 @@ def go_redirects(path):
     if path.endswith("/") and cleaned != "/":
         cleaned += "/"
     return cleaned != path
+
+
 IDS = ("i1", "i2", "i3")
 
 
