@@ -52,6 +52,7 @@ from __future__ import annotations
 
 import json
 import os
+import posixpath
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Mapping
@@ -214,6 +215,25 @@ def format_wait(seconds: float) -> str:
     """Consul's duration syntax for ``wait``, in whole milliseconds, capped at 10 minutes."""
     milliseconds = max(1, int(round(min(float(seconds), MAX_WAIT) * 1000)))
     return f"{milliseconds}ms"
+
+
+UNREADABLE_NAME = ("Consul answers a redirect, not the service, for /v1/health/service/NAME when NAME is not a clean "
+                   "URL path (such as x//y, a/../b or ..); such a name cannot name an upstream either")
+
+
+def path_segment_safe(name: str) -> bool:
+    """True when Consul serves ``/v1/.../NAME`` for this name as it is. Consul's HTTP server (Go's
+    ServeMux) decodes the path and, when cleaning it changes it (``x//y``, ``a/../b``, ``..``, ``.``,
+    ``a/.``), answers 301 to the cleaned path instead: another name, or none. Consul accepts such
+    service and node names at registration, so they exist; they cannot be read by a path that
+    names them (measured on 1.8.7: docs/watcher.md, "Names Consul accepts")."""
+    if "/" not in name:  # nearly every name: only "." and ".." change then
+        return name not in (".", "..")
+    path = "/p/" + name
+    cleaned = posixpath.normpath(path)
+    if path.endswith("/") and cleaned != "/":
+        cleaned += "/"
+    return cleaned == path
 
 
 class ConsulClient:

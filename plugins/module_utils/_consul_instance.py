@@ -207,15 +207,27 @@ def parse_registration(service: str, node_data: Any, service_data: Any, checks: 
     return Instance(service, node, instance_id, upstream, server, None, tags, own, on_node, kept_meta)
 
 
+def _other_service(entry: dict, service: str) -> bool:
+    """True when a health entry names, in Service.Service, a service other than ``service``."""
+    service_data = entry.get("Service")
+    name = service_data.get("Service") if isinstance(service_data, dict) else None
+    return isinstance(name, str) and name != service
+
+
 def parse_health_entries(service: str, entries: Any, tag_key: str, keep_meta: bool = True) -> Optional[List[Instance]]:
     """The Instances of a ``/v1/health/service/NAME`` answer, one per entry (a malformed entry gives a
-    ``malformed`` Instance); None when the answer is not a list."""
+    ``malformed`` Instance); None when the answer is not a list. An entry of another service is left
+    out: Consul 1.8 matches NAME ignoring letter case (``web`` also answers the instances of ``Web``),
+    while ``/v1/catalog/node-services`` keeps them apart; each service gets only its own instances,
+    whichever way it is read."""
     if not isinstance(entries, list):
         return None
     result = []
     for entry in entries:
         if not isinstance(entry, dict):
             result.append(parse_registration(service, None, None, None, tag_key, keep_meta))
+        elif _other_service(entry, service):
+            continue
         else:
             result.append(parse_registration(service, entry.get("Node"), entry.get("Service"), entry.get("Checks"),
                                              tag_key, keep_meta))

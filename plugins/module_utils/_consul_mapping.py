@@ -52,7 +52,7 @@ from ansible_collections.swallowkeeper.dyups.plugins.module_utils._upstream impo
 
 __all__ = ["DEFAULT_TAG_KEY", "DEFAULT_TAG_VALUE", "META_KEYS", "META_PREFIX", "MappingOptions", "MappingResult",
            "map_instances", "map_services", "merge_results",
-           "MergedMapping"]
+           "MergedMapping", "skipped_service"]
 
 DEFAULT_TAG_KEY = "gray"
 DEFAULT_EXCLUDE = ("consul",)
@@ -172,6 +172,11 @@ def _report(instance: Instance, status: str, serving: bool) -> dict:
         "serving": serving,
         "upstream": instance.upstream,
     }
+
+
+def skipped_service(service: str, why: str) -> MappingResult:
+    """The mapping of a service that is not read (its instances unknown): one skip item saying why."""
+    return MappingResult(skipped=[_skip_item(f"service {_text(service)}", why, service=service)])
 
 
 def map_instances(service: str, instances: Optional[Sequence[Instance]], options: MappingOptions,

@@ -241,8 +241,10 @@ from concurrent.futures import ThreadPoolExecutor
 
 from ansible.module_utils.basic import AnsibleModule
 
+from ansible_collections.swallowkeeper.dyups.plugins.module_utils._consul_client import (
+    UNREADABLE_NAME, path_segment_safe)
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._consul_mapping import (
-    MappingOptions, MappingResult, map_services, merge_results)
+    MappingOptions, MappingResult, map_services, merge_results, skipped_service)
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._consul_options import (
     CONSUL_REQUIRED_BY, consul_argument_spec, consul_client_from_params)
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._errors import ConsulError, ValidationError
@@ -278,10 +280,13 @@ def run(module):
         catalog = client.catalog_services()
         wanted = set(params["services"]) if params["services"] is not None else set(catalog.data)
         selected = {name for name in wanted if name in catalog.data and options.selects(name)}
-        health = read_health(client, selected)
+        health = read_health(client, {name for name in selected if path_segment_safe(name)})
     except ConsulError as exc:
         module.fail_json(msg=str(exc), url=exc.url, status=exc.status)
     result = map_services(health, options)
+    unreadable = sorted(name for name in selected if not path_segment_safe(name))
+    if unreadable:  # names Consul accepts that no URL path reads (docs/watcher.md, "Names Consul accepts")
+        result = merge_results([result] + [skipped_service(name, UNREADABLE_NAME) for name in unreadable])
     missing = sorted(name for name in wanted - set(catalog.data) if options.selects(name))
     if missing:
         extra = MappingResult(skipped=[{"what": f"service {name!r}", "why": "it is not registered in Consul",

@@ -20,6 +20,7 @@ from typing import Any, Callable
 PREFIX = "swallowkeeper_watcher"
 ERROR_KINDS = (
     "consul_unavailable", "consul_forbidden", "consul_rate_limited", "consul_server_error", "consul_bad_answer",
+    "consul_service_read",
     "dyups_unavailable", "dyups_rejected", "dyups_protocol", "file_write", "file_validate",
 )
 
@@ -36,7 +37,7 @@ class Metrics:
         self.gauges: dict[str, float] = {
             "last_sync_timestamp_seconds": 0.0, "last_sync_success": 0, "last_sync_duration_seconds": 0.0,
             "upstreams": 0, "servers": 0, "held_changes": 0, "held_removals": 0, "pending_upstreams": 0,
-            "consul_up": 0, "dyups_up": 0, "skipped_instances": 0}
+            "consul_up": 0, "dyups_up": 0, "skipped_instances": 0, "unread_services": 0}
         self.consul_index: dict[str, int] = {}
         self.status: dict[str, Any] = {}
         self.loop_heartbeat = clock()
@@ -112,6 +113,7 @@ class Metrics:
             "consul_up": "1 when the last Consul request succeeded.",
             "dyups_up": "1 when the last dyups request succeeded.",
             "skipped_instances": "Consul instances the last mapping skipped (invalid name or server).",
+            "unread_services": "Services whose last read failed: their last good state is kept, they are read again.",
         }
         for name, help_text in gauge_help.items():
             metric(name, "gauge", help_text, [({}, snap["gauges"][name])])

@@ -167,6 +167,21 @@ def test_hostile_names_tags_and_meta_are_skipped_with_reasons(agent, tmp_path):
     assert "weight='abc'" in warnings
 
 
+def test_names_no_url_path_reads_are_skipped_and_block_nothing(agent, tmp_path):
+    """Issue 18: Consul 1.8.7 accepts service names such as ``x//y``, ``a/../b`` and ``..``;
+    ``/v1/health/service/<name>`` answers 301 for them (Go cleans the path). 940f60b failed the
+    whole module; each is skipped with the reason, the others are mapped."""
+    for number, name in enumerate(("x//y", "a/../b", "..")):
+        agent.catalog_register("odd-node", "127.0.0.3", name, f"odd-{number}", port=18501 + number, wait=False)
+    agent.register("good", "fine", port=18510)
+    agent.wait_until(lambda: {"x//y", "a/../b", ".."} <= set(agent.get("/v1/catalog/services")), "the odd names")
+    result = ok(tmp_path, consul_url=agent.url)
+    assert result["upstreams"] == {"good": {"servers": ["127.0.0.1:18510"], "directives": []}}
+    reasons = whys(result)
+    for name in ("x//y", "a/../b", ".."):
+        assert "not a clean URL path" in reasons[f"service {name!r}"], reasons
+
+
 def test_filters_and_explicit_services(agent, tmp_path):
     for name in ("webA", "webB", "api", "batch"):
         agent.register(name, f"{name}-1", port=18500 + len(name))

@@ -3,8 +3,13 @@
 The world changes in bursts (a rolling deploy, an autoscaler, a network blip), so this test sends
 random sequences of operations to a real Consul agent (register, deregister, re-register with another
 port / address / tags / Meta, check pass / warn / fail, a node check; several services, gray tags,
-and services and instances the watcher must skip), in bursts with random gaps of 0 to 50 ms. After
-each burst and a quiet period it checks, against the Lua flavor's real interface:
+and services and instances the watcher must skip), in bursts with random gaps of 0 to 50 ms, and the
+faults of issue 18 (BURSTS_FAULTS, default 0.1: the share of operations that are faults): one
+service's reads answering 500 until the burst ends (the watcher reads Consul through
+tests/support/consul_fault_proxy.py, a loopback proxy to the real agent), service names Consul accepts
+but no URL path reads (``x//y``, ``a/../b``, ``..``), an instance on a node named ``n//1``, and a
+node re-registered with a new address (tests/support/bursts.py lists them). After each burst (its
+faults healed) and a quiet period it checks, against the Lua flavor's real interface:
 
 * the running watcher's upstream file and the interface's /detail equal the oracle
   (tests/support/bursts.py: written in the test from plain Consul reads), within the zero-instance
@@ -39,6 +44,7 @@ import pytest
 
 from tests.support import bursts
 from tests.support.consul import ConsulAgent
+from tests.support.consul_fault_proxy import FaultProxy
 from tests.support.nginx_lua import TEST_HOSTS
 from tests.support.tengine import flavor_class
 from tests.support.watcher import WatcherProcess, run_once
@@ -56,6 +62,8 @@ CASES = [(name, "lua") for name in sorted(CONFIGS)] + [("delete-noguard", "tengi
 CONVERGE_TIMEOUT = 5.0   # seconds after a burst; the watcher takes tens of milliseconds (docs/benchmarks.md)
 SETTLE = 0.2             # the state must still hold this long after it first matched
 FRESH_EVERY = 5          # bursts between two fresh --once comparisons
+# retries of a failed read (a fault): quick, so that a burst's faults heal within CONVERGE_TIMEOUT
+RETRIES = {"retry_initial": 0.1, "retry_max": 0.5}
 
 
 class Mismatch(AssertionError):
@@ -74,7 +82,7 @@ class Bench:
         self.settings = dict(CONFIGS[config_name])
         self.hosts = self.workdir / "hosts"
         self.hosts.write_text(TEST_HOSTS)
-        self.watcher = self.interface = self.fresh = None
+        self.watcher = self.interface = self.fresh = self.proxy = None
         self.releases = 0        # held changes released (the removal guard at work)
         self.fresh_checks = 0
         self.upstream_file = self.workdir / "upstreams.conf"
@@ -84,20 +92,21 @@ class Bench:
         self.upstream_file.unlink(missing_ok=True)
         self.interface = self.flavor_class(workers=2, upstream_file=str(self.upstream_file)).start()
         self.fresh = self.flavor_class(workers=1).start()
+        self.proxy = FaultProxy(self.agent.url).start()
         self.watcher = WatcherProcess(
-            self.workdir / "watcher", consul_url=self.agent.url, dyups_url=self.interface.api_url,
+            self.workdir / "watcher", consul_url=self.proxy.url, dyups_url=self.interface.api_url,
             upstream_file=str(self.upstream_file), hosts_file=str(self.hosts), drift_interval=3600,
-            consul_resync_interval=3600, **self.settings).start()
+            consul_resync_interval=3600, **RETRIES, **self.settings).start()
         # nothing registered yet: an empty state, synced
         self.watcher.wait_for(lambda: self.watcher.metrics().get("swallowkeeper_watcher_syncs_total", 0) >= 1, "first sync")
         return self
 
     def stop(self):
-        for part in (self.watcher, self.interface, self.fresh):
+        for part in (self.watcher, self.interface, self.fresh, self.proxy):
             if part is None:
                 continue
             try:
-                part.stop() if part is self.watcher else part.cleanup()
+                part.stop() if part is self.watcher or part is self.proxy else part.cleanup()
             except Exception:  # keep stopping the others; the test has already failed or passed
                 pass
 
@@ -190,6 +199,8 @@ def history_of(agent, before, burst):
     for name, addresses in known.items():
         allowed.setdefault(name, set()).update(addresses)
     for op in burst:
+        if op[0] == "ext" and op[1] != "deregister":
+            allowed.setdefault("Api", set()).add(f"{op[2]}:{bursts.EXT_PORT}")
         if op[0] != "register":
             continue
         _kind, service, slot, address, variant, tags, _meta, _status = op
@@ -212,7 +223,8 @@ def play(workdir, agent, config_name, run, flavor="lua", fresh_every=FRESH_EVERY
             history = {name: history.get(name, set()) | addresses
                        for name, addresses in history_of(agent, before, burst).items()}
             for op in burst:
-                bursts.send(agent, op)
+                bursts.send(agent, op, bench.proxy)
+            bench.proxy.heal()   # a burst's faults end with it: then the watcher must converge
             try:
                 seconds = bench.converge(history)
                 if latencies is not None:
@@ -290,7 +302,8 @@ def budget():
     if replay:
         return json.loads(Path(replay).read_text())
     seed = int(os.environ.get("BURSTS_SEED") or random.SystemRandom().randrange(1, 10 ** 9))
-    return {"seed": seed, "ops": int(os.environ.get("BURSTS_OPS", "2500"))}
+    return {"seed": seed, "ops": int(os.environ.get("BURSTS_OPS", "2500")),
+            "faults": float(os.environ.get("BURSTS_FAULTS", "0.1"))}
 
 
 BUDGET = budget()
@@ -308,7 +321,7 @@ def test_bursts_of_consul_changes_converge_to_the_oracle(tmp_path, agent, config
         rng = random.Random(seed)
         run, target = [], BUDGET["ops"] // len(CASES)
         while bursts.operation_count(run) < target:
-            run.append(bursts.random_burst(rng))
+            run.append(bursts.random_burst(rng, faults=BUDGET["faults"]))
     print(f"{case}: seed {seed}, {len(run)} bursts, {bursts.operation_count(run)} operations")
     latencies, counts = [], {}
     failure = play(tmp_path / "run", agent, config_name, run, flavor, latencies=latencies, counts=counts)

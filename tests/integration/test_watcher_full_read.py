@@ -57,7 +57,7 @@ def test_reading_by_node_gives_what_reading_by_service_gives(agent):
         return original(path, *args, **kwargs)
 
     by_node.client.read = counting
-    by_service._fetch_by_node = lambda names: None   # pylint: disable=protected-access  # the other way
+    by_service._fetch_by_node = lambda names, nodes=None: None   # pylint: disable=protected-access  # the other way
     try:
         by_node.refresh_all()
         by_service.refresh_all()
@@ -70,6 +70,53 @@ def test_reading_by_node_gives_what_reading_by_service_gives(agent):
         assert all(server.host != "127.0.0.3" for upstream in upstreams.values() for server in upstream.servers)
         nodes = sum(path.startswith("/v1/catalog/node-services/") for path in requests)
         assert nodes == 3 and len(requests) == 3 + nodes, requests   # services, nodes, node-services x3, checks (not 9 services)
+    finally:
+        by_node.stop()
+        by_service.stop()
+
+
+def test_an_instance_id_that_moves_to_a_service_sorted_before_keeps_its_checks(agent):
+    """Issue 18: instance ``i1`` (critical) moves from service ``Web`` to ``Api`` (same node, same ID;
+    Api sorts first, so its read is stored first). 940f60b then dropped i1's checks while storing Web
+    (which no longer lists i1): the cache held Api's i1 without its critical check. The cache must
+    hold what a fresh full read holds."""
+    agent.register("Web", "i1", port=8501, status="critical")
+    agent.register("Web", "i2", port=8502)
+    source = source_for(agent)
+    fresh = source_for(agent)
+    try:
+        source.refresh_all()
+        agent.deregister("i1")
+        agent.register("Api", "i1", port=8501, status="critical")
+        source.refresh_all()
+        fresh.refresh_all()
+        key = next(key for key in fresh.entries["Api"])
+        assert source.checks.get(key) == fresh.checks[key] == (("service:i1", "critical"),)
+        assert source.failing == fresh.failing
+        assert source.mapping() == fresh.mapping()
+    finally:
+        source.stop()
+        fresh.stop()
+
+
+def test_a_service_named_like_another_but_for_case_gets_only_its_own_instances(agent):
+    """Issue 18: Consul 1.8.7 answers ``/v1/health/service/web`` with the instances of ``Web`` too
+    (it matches the name ignoring case), ``/v1/catalog/node-services`` keeps them apart. 940f60b put
+    Web's instance under web (and web's under Web) when reading by service: the two reads built
+    different caches. Which of the two names an upstream is the mapping's rule, not the read's."""
+    agent.register("Web", "upper-1", port=8601)
+    agent.register("web", "lower-1", port=8602)
+    for number in range(4):   # more services than nodes: the by-node read applies
+        agent.register(f"Svc{number}", f"svc{number}", port=8611 + number)
+    by_node, by_service = source_for(agent), source_for(agent)
+    by_service._fetch_by_node = lambda names, nodes=None: None   # pylint: disable=protected-access  # the other way
+    try:
+        by_node.refresh_all()
+        by_service.refresh_all()
+        for source in (by_service, by_node):
+            assert [key[1] for key in source.entries["Web"]] == ["upper-1"]
+            assert [key[1] for key in source.entries["web"]] == ["lower-1"]
+        assert by_node.mapping() == by_service.mapping()
     finally:
         by_node.stop()
         by_service.stop()

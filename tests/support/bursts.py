@@ -14,6 +14,20 @@ be written to a file and replayed exactly):
     ["check", service, slot, "pass" | "warn" | "fail"]
     ["node", "pass" | "warn" | "fail"]         a node-level TTL check: every instance on the agent's node
     ["gap", seconds]                            a pause inside a burst (0 to 50 ms)
+
+and the faults of issue 18:
+
+    ["fail", service]                           the watcher's reads of that service answer 500 until the
+                                                burst ends (tests/support/consul_fault_proxy.py)
+    ["odd", name, "register" | "deregister"]    a service Consul accepts that no URL path reads (x//y ...)
+    ["oddnode", "register" | "deregister"]      an instance of Web on node n//1 (read by service only)
+    ["ext", "register" | "readdress", address]  an instance of Api on node bursts-ext without a
+                                                Service.Address; "readdress" re-registers the node alone
+    ["ext", "deregister"]                       the node and its instance go
+
+Case variants of names (``web`` beside ``Web``) are left out here: which of the two names the upstream
+is the mapping's rule, which this oracle does not restate; the reads they need are tested in
+tests/integration/test_watcher_full_read.py and the property test.
 """
 
 from __future__ import annotations
@@ -29,6 +43,10 @@ TAGS = ([], [], ["gray=b"], ["gray=default"], ["gray=x y"], ["other"])   # gray=
 METAS = ({}, {}, {"dyups_weight": "2"}, {"dyups_weight": "abc"}, {"dyups_backup": "true"}, {"version": "7"})
 STATUSES = ("passing", "passing", "warning", "critical")
 NODE_CHECK = "bursts-node"
+ODD_NAMES = ("x//y", "a/../b", "..")           # Consul accepts them; /v1/health/service/<name> answers 301
+ODD_NODE, ODD_NODE_PORT = "n//1", 21800         # /v1/catalog/node-services/<node> answers 301
+EXT_NODE, EXT_PORT = "bursts-ext", 21900
+EXT_ADDRESSES = ("127.0.0.3", "127.0.0.4")
 NAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}\Z")
 
 
@@ -42,7 +60,22 @@ def instance_id(service, slot):
 
 
 # -- generating ----------------------------------------------------------------------------------------
-def random_op(rng):
+def random_fault(rng):
+    roll = rng.random()
+    if roll < 0.4:
+        return ["fail", rng.choice(SERVICES[:3])]
+    if roll < 0.55:
+        return ["odd", rng.choice(ODD_NAMES), rng.choice(("register", "deregister"))]
+    if roll < 0.7:
+        return ["oddnode", rng.choice(("register", "register", "deregister"))]
+    if roll < 0.95:
+        return ["ext", rng.choice(("register", "readdress", "readdress")), rng.choice(EXT_ADDRESSES)]
+    return ["ext", "deregister"]
+
+
+def random_op(rng, faults=0.0):
+    if rng.random() < faults:
+        return random_fault(rng)
     service = rng.choice(SERVICES[:3]) if rng.random() < 0.9 else SERVICES[3]
     slot = rng.randrange(SLOTS)
     roll = rng.random()
@@ -56,10 +89,11 @@ def random_op(rng):
     return ["node", rng.choice(("pass", "pass", "warn", "fail"))]
 
 
-def random_burst(rng, max_ops=12):
+def random_burst(rng, max_ops=12, faults=0.0):
+    """A burst of 1 to ``max_ops`` operations; each is a fault (above) with probability ``faults``."""
     burst = []
     for _unused in range(rng.randint(1, max_ops)):
-        burst.append(random_op(rng))
+        burst.append(random_op(rng, faults))
         if rng.random() < 0.7:
             burst.append(["gap", round(rng.uniform(0, 0.05), 4)])
     return burst
@@ -70,12 +104,48 @@ def operation_count(bursts):
 
 
 # -- sending -------------------------------------------------------------------------------------------
-def send(agent, op):
+def _catalog_instance(node, address, service, service_id, port):
+    return {"Node": node, "Address": address,
+            "Service": {"Service": service, "ID": service_id, "Port": port, "Address": ""},
+            "Check": {"Node": node, "CheckID": f"service:{service_id}", "Name": "bursts", "Status": "passing",
+                      "ServiceID": service_id}}
+
+
+def send(agent, op, proxy=None):
     """Send one operation to the agent without waiting for it to show (a burst is as fast as it gets).
-    An operation on an instance that is not registered is refused by the agent; that is part of a burst."""
+    An operation on an instance that is not registered is refused by the agent; that is part of a burst.
+    ``proxy``: the FaultProxy between the watcher and the agent (the "fail" operations)."""
     kind = op[0]
     if kind == "gap":
         time.sleep(op[1])
+        return
+    if kind == "fail":
+        if proxy is not None:
+            proxy.fail(f"/v1/health/service/{quote(op[1], safe='')}")
+        return
+    if kind == "odd":
+        service_id = f"odd-{ODD_NAMES.index(op[1])}"
+        if op[2] == "register":
+            port = 21700 + ODD_NAMES.index(op[1])
+            agent.request("PUT", "/v1/catalog/register",
+                          _catalog_instance("bursts-odd", "127.0.0.5", op[1], service_id, port))
+        else:
+            agent.request("PUT", "/v1/catalog/deregister", {"Node": "bursts-odd", "ServiceID": service_id})
+        return
+    if kind == "oddnode":
+        if op[1] == "register":
+            agent.request("PUT", "/v1/catalog/register",
+                          _catalog_instance(ODD_NODE, "127.0.0.6", "Web", "Web-oddnode", ODD_NODE_PORT))
+        else:
+            agent.request("PUT", "/v1/catalog/deregister", {"Node": ODD_NODE})
+        return
+    if kind == "ext":
+        if op[1] == "register":
+            agent.request("PUT", "/v1/catalog/register", _catalog_instance(EXT_NODE, op[2], "Api", "Api-ext", EXT_PORT))
+        elif op[1] == "readdress":   # the node alone (when it is not registered: a node without services)
+            agent.request("PUT", "/v1/catalog/register", {"Node": EXT_NODE, "Address": op[2]})
+        else:
+            agent.request("PUT", "/v1/catalog/deregister", {"Node": EXT_NODE})
         return
     if kind == "register":
         _kind, service, slot, address, variant, tags, meta, status = op
@@ -104,6 +174,8 @@ def reset(agent):
     for service in SERVICES:
         for slot in range(SLOTS):
             agent.request("PUT", f"/v1/agent/service/deregister/{quote(instance_id(service, slot))}")
+    for node in ("bursts-odd", ODD_NODE, EXT_NODE):
+        agent.request("PUT", "/v1/catalog/deregister", {"Node": node})
     agent.request("PUT", f"/v1/agent/check/pass/{NODE_CHECK}")
 
 
@@ -119,6 +191,8 @@ def oracle(agent, known=None):
             continue
         for entry in agent.get(f"/v1/health/service/{quote(service)}"):
             data = entry["Service"]
+            if data["Service"] != service:   # Consul matches the name ignoring case: another service's
+                continue
             grays = sorted({tag[5:] for tag in data.get("Tags") or [] if tag.startswith("gray=")})
             gray = grays[0] if grays else "default"
             name = service if gray == "default" else f"{service}_{gray}"

@@ -1,14 +1,22 @@
 """The watcher's cache converges to Consul's state whatever the order its events are folded in (hypothesis).
 
-The watcher learns of changes from two long polls (failing checks; service names and tags) and reads
-services again when an answer calls for it. Answers reach the event loop late, in batches, and
+The watcher learns of changes from three long polls (failing checks; service names and tags; nodes
+and their addresses) and reads services again when an answer calls for it. Answers reach the event loop late, in batches, and
 interleaved with those reads, so an answer can be older than what the cache already holds. The
 property: after ANY sequence of Consul operations, answers taken at any moments and folded in any
 batches, once the last answer of each poll has been folded, the cache maps exactly what a fresh full
 read of the same Consul maps (what ``--once`` on an empty host would apply).
 
+Faults are operations too (issue 18): a service whose ``/v1/health/service`` read answers 500 for a
+while (``fail``/``heal``; a node's by-node read: ``failnode``), names Consul accepts that no URL path can read (service ``x//y``, node
+``n//3``: the model answers 301 as Go's path cleaning does), a node re-registered with a new address
+(``readdress``: only the nodes index moves), and a service name that differs from another only in
+letter case (``web`` beside ``Web``: ``/v1/health/service/NAME`` matches ignoring case, as Consul 1.8
+does; which of the two names an upstream is the mapping's rule, the same in both reads). Once every
+fault has healed and the retry timer's ``reread`` event is folded, the property must hold again.
+
 ``ModelConsul`` is a stand-in, not Consul: a small in-memory model of the state the watcher reads
-(instances, service and node checks, the two X-Consul-Index counters) answering the five endpoints
+(instances, service and node checks, the three X-Consul-Index counters) answering the five endpoints
 the watcher uses in their real shape. It exists so that hypothesis can try thousands of
 interleavings in seconds and shrink a failure to a few steps; the same property runs against a
 real Consul agent and a real nginx in tests/integration/test_watcher_bursts.py.
@@ -17,19 +25,33 @@ real Consul agent and a real nginx in tests/integration/test_watcher_bursts.py.
 from __future__ import annotations
 
 import json
+import posixpath
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._consul_client import ConsulClient
+from ansible_collections.swallowkeeper.dyups.plugins.module_utils._errors import ConsulError
 from ansible_collections.swallowkeeper.dyups.plugins.watcher import settings as watcher_settings
 from ansible_collections.swallowkeeper.dyups.plugins.watcher.consul_source import ConsulSource
 from ansible_collections.swallowkeeper.dyups.plugins.watcher.metrics import Metrics
 from tests.unit.property.strategies import count
 
-NODES = {"n1": "10.1.0.1", "n2": "10.1.0.2"}
-SERVICES = ("Web", "Api", "Db", "Mq", "Kv", "consul")   # "consul" is excluded by default: the watcher must skip it
+NODES = {"n1": "10.1.0.1", "n2": "10.1.0.2", "n//3": "10.1.0.3"}   # "n//3": no path reads it by name
+# "consul" is excluded by default: the watcher must skip it; "x//y": no path reads it; "web": "Web" in another case
+SERVICES = ("Web", "Api", "Db", "Mq", "Kv", "consul", "x//y", "web")
+ADDRESSES = ("10.1.0.1", "10.1.0.2", "10.1.0.3", "10.1.0.9")
+
+
+def go_redirects(path):
+    """True when Go's HTTP server would answer 301 for this (decoded) path: cleaning it changes it."""
+    cleaned = posixpath.normpath(path)
+    if path.endswith("/") and cleaned != "/":
+        cleaned += "/"
+    return cleaned != path
+
+
 IDS = ("i1", "i2", "i3")
 
 
@@ -42,6 +64,10 @@ class ModelConsul:
         self.checks = {}      # (node, check id) -> {"ServiceID", "ServiceName", "Status"}
         self.services_index = 10
         self.checks_index = 10
+        self.nodes = dict(NODES)
+        self.nodes_index = 10
+        self.failing_reads = set()   # services whose /v1/health/service read answers 500
+        self.failing_nodes = set()   # nodes whose /v1/catalog/node-services read answers 500
 
     # -- operations ------------------------------------------------------------------------------------
     def register(self, node, instance_id, service, port, tags, meta, status):
@@ -70,6 +96,11 @@ class ModelConsul:
             check["Status"] = status
             self.checks_index += 1
 
+    def readdress(self, node, address):
+        if self.nodes[node] != address:  # a node re-registered: only the nodes index moves (measured on 1.8.7)
+            self.nodes[node] = address
+            self.nodes_index += 1
+
     def node_status(self, node, status):
         check = {"ServiceID": "", "ServiceName": "", "Status": status}
         if self.checks.get((node, "serfHealth")) != check:
@@ -90,6 +121,10 @@ class ModelConsul:
     def failing_answer(self):
         return [check for check in self._check_list() if check["Status"] != "passing"], self.checks_index
 
+    def nodes_answer(self):
+        present = {"n1"} | {node for node, _id in self.instances} | {node for node, _check in self.checks}
+        return [{"Node": node, "Address": self.nodes[node]} for node in sorted(present)], self.nodes_index
+
     def _service_entry(self, node, instance_id, instance):
         return {"ID": instance_id, "Service": instance["Service"], "Address": "", "Port": instance["Port"],
                 "Tags": list(instance["Tags"]), "Meta": dict(instance["Meta"])}
@@ -97,6 +132,8 @@ class ModelConsul:
     def route(self, url):
         parts = urlsplit(url)
         path = unquote(parts.path)
+        if go_redirects(path):
+            return 301, b"<a href>Moved Permanently</a>", {"location": posixpath.normpath(path)}
         if path == "/v1/catalog/services":
             data, index = self.catalog_answer()
             data.setdefault("consul", [])  # as in every datacenter: the servers' service (the client checks it)
@@ -106,23 +143,27 @@ class ModelConsul:
                 data, index = self.failing_answer()
         elif path.startswith("/v1/health/service/"):
             name = path[len("/v1/health/service/"):]
+            if name in self.failing_reads:
+                return 500, b"rpc error: injected", {}
             data = []
             for (node, instance_id), instance in sorted(self.instances.items()):
-                if instance["Service"] != name:
+                if instance["Service"].lower() != name.lower():   # Consul 1.8 matches the name ignoring case
                     continue
                 checks = [check for check in self._check_list()
                           if check["Node"] == node and check["ServiceID"] in ("", instance_id)]
-                data.append({"Node": {"Node": node, "Address": NODES[node]},
+                data.append({"Node": {"Node": node, "Address": self.nodes[node]},
                              "Service": self._service_entry(node, instance_id, instance), "Checks": checks})
             index = max(self.services_index, self.checks_index)
             if name == "consul" and not data:  # the servers' instance, which the client reads to tell ACL filtering
                 data = [{"Node": {"Node": "server", "Address": "127.0.0.9"},
                          "Service": {"ID": "consul", "Service": "consul", "Port": 8300}, "Checks": []}]
         elif path == "/v1/catalog/nodes":
-            data, index = [{"Node": node, "Address": address} for node, address in NODES.items()], self.services_index
+            data, index = self.nodes_answer()
         elif path.startswith("/v1/catalog/node-services/"):
             node = path[len("/v1/catalog/node-services/"):]
-            data = {"Node": {"Node": node, "Address": NODES[node]},
+            if node in self.failing_nodes:
+                return 500, b"rpc error: injected", {}
+            data = {"Node": {"Node": node, "Address": self.nodes[node]},
                     "Services": [self._service_entry(node, instance_id, instance)
                                  for (owner, instance_id), instance in sorted(self.instances.items()) if owner == node]}
             index = self.services_index
@@ -153,6 +194,39 @@ def mapped(source):
             sorted((item["what"], item["why"]) for item in result.skipped))
 
 
+def failing_checks(source):
+    """The checks not passing the cache holds for the instances (and their nodes) it holds. (A passing
+    check the cache never read, say a node check registered passing, is the same as none: no answer
+    brings it, and when it fails the health answer lists a check the cache does not know.)"""
+    keys = {key for instances in source.entries.values() for key in instances if key[0]}
+    keys |= {(node, "") for node, _id in keys}
+    found = {key: tuple(pair for pair in source.checks.get(key, ()) if pair[1] != "passing") for key in keys}
+    return {key: pairs for key, pairs in sorted(found.items()) if pairs}
+
+
+class Loop:
+    """What the daemon's loop does with the source: a batch that raises a Consul error schedules a full
+    read (after a backoff: the ``fullread`` step), which is retried until it succeeds."""
+
+    def __init__(self, source):
+        self.source = source
+        self.full_read_due = False
+
+    def fold(self, batch):
+        try:
+            self.source.apply_events(batch)
+        except ConsulError:
+            self.full_read_due = True
+
+    def full_read(self):
+        if self.full_read_due:
+            try:
+                self.source.refresh_all()
+                self.full_read_due = False
+            except ConsulError:
+                pass
+
+
 statuses = st.sampled_from(["passing", "passing", "warning", "critical"])
 operations = st.one_of(
     st.tuples(st.just("register"), st.sampled_from(sorted(NODES)), st.sampled_from(IDS), st.sampled_from(SERVICES),
@@ -162,10 +236,18 @@ operations = st.one_of(
     st.tuples(st.just("deregister"), st.sampled_from(sorted(NODES)), st.sampled_from(IDS)),
     st.tuples(st.just("status"), st.sampled_from(sorted(NODES)), st.sampled_from(IDS), statuses),
     st.tuples(st.just("node"), st.sampled_from(sorted(NODES)), statuses),
+    st.tuples(st.just("readdress"), st.sampled_from(sorted(NODES)), st.sampled_from(ADDRESSES)),
+)
+faults = st.one_of(
+    st.tuples(st.just("fail"), st.sampled_from(SERVICES)),    # this service's reads answer 500 from now on
+    st.tuples(st.just("heal"), st.sampled_from(SERVICES)),
+    st.tuples(st.just("failnode"), st.sampled_from(sorted(NODES))),   # this node's by-node read answers 500
 )
 steps = st.lists(st.one_of(
-    operations, operations,
-    st.tuples(st.just("answer"), st.sampled_from(["health", "catalog"])),   # a long poll answers now
+    operations, operations, faults,
+    st.tuples(st.just("answer"), st.sampled_from(["health", "catalog", "nodes"])),   # a long poll answers now
+    st.tuples(st.just("reread")),                                           # the retry timer fires
+    st.tuples(st.just("fullread")),                             # the full read a failed batch scheduled runs
     st.tuples(st.just("fold"), st.integers(1, 4)),                          # the loop folds the oldest answers
 ), max_size=40)
 
@@ -181,6 +263,14 @@ def apply(model, step):
         model.set_status(step[1], step[2], step[3])
     elif kind == "node":
         model.node_status(step[1], step[2])
+    elif kind == "readdress":
+        model.readdress(step[1], step[2])
+    elif kind == "fail":
+        model.failing_reads.add(step[1])
+    elif kind == "heal":
+        model.failing_reads.discard(step[1])
+    elif kind == "failnode":
+        model.failing_nodes.add(step[1])
 
 
 ROLLING_DEPLOY = (  # a new instance joins, the old one fails, both answers folded in one batch
@@ -194,10 +284,30 @@ STALE_HEALTH_ANSWER = (  # an old answer folded after a read that saw newer chec
      ("status", "n1", "i1", "critical"), ("answer", "health"), ("fold", 1)])
 
 
+FAILED_READ = (  # issue 18, finding 1: Db's read fails while Db/i2 recovers, then Api/i1 fails, then Db heals
+    [("register", "n1", "i1", "Api", 8080, (), (), "passing"), ("register", "n1", "i2", "Api", 8081, (), (), "passing"),
+     ("register", "n2", "i1", "Db", 8080, (), (), "passing"), ("register", "n2", "i2", "Db", 8081, (), (), "critical")],
+    [("fail", "Db"), ("status", "n2", "i2", "passing"), ("answer", "health"), ("fold", 1),
+     ("status", "n1", "i1", "critical"), ("answer", "health"), ("fold", 1), ("fullread",)])
+NODE_READDRESS = (  # issue 18, finding 3: only the nodes index moves
+    [("register", "n2", "i1", "Web", 8080, (), (), "passing")],
+    [("readdress", "n2", "10.1.0.9"), ("answer", "nodes"), ("fold", 1)])
+ID_MOVES_BEFORE = (  # issue 18: an instance ID moves to a service that sorts before its old one, checks and all
+    # (940f60b dropped the moved instance's checks from the cache; the next health answer lists the
+    # critical check the cache no longer knows and Api is read again, so this converged there too:
+    # tests/integration/test_watcher_full_read.py shows the dropped checks on a real agent)
+    [("register", "n1", "i1", "Web", 8080, (), (), "critical"), ("register", "n1", "i2", "Web", 8081, (), (), "passing")],
+    [("register", "n1", "i1", "Api", 8080, (), (), "critical"), ("answer", "catalog"), ("fold", 1),
+     ("answer", "health"), ("fold", 1), ("status", "n1", "i1", "passing"), ("answer", "health"), ("fold", 1)])
+
+
 @settings(deadline=None)
 @given(st.lists(operations, max_size=6), steps)
 @example(*ROLLING_DEPLOY)
 @example(*STALE_HEALTH_ANSWER)
+@example(*FAILED_READ)
+@example(*NODE_READDRESS)
+@example(*ID_MOVES_BEFORE)
 def test_any_interleaving_of_answers_and_reads_converges_to_a_fresh_read(setup, sequence):
     count("watcher events: any interleaving")
     model = ModelConsul()
@@ -205,28 +315,41 @@ def test_any_interleaving_of_answers_and_reads_converges_to_a_fresh_read(setup, 
         apply(model, step)
     source = source_on(model)
     source.refresh_all()
-    queue, delivered = [], {"health": None, "catalog": None}
+    loop = Loop(source)
+    queue, delivered = [], {"health": None, "catalog": None, "nodes": None}
+    answers = {"health": model.failing_answer, "catalog": model.catalog_answer, "nodes": model.nodes_answer}
 
     def answer(kind):  # what a long poll puts on the queue: only an answer with a new index
-        data, index = model.failing_answer() if kind == "health" else model.catalog_answer()
+        data, index = answers[kind]()
         if index != delivered[kind]:
             delivered[kind] = index
-            queue.append((kind, data, index))
+            queue.append((kind, data, index, None))
 
     for step in sequence:
         if step[0] == "answer":
             answer(step[1])
+        elif step[0] == "reread":
+            queue.append(("reread", None, None))
+        elif step[0] == "fullread":
+            loop.full_read()
         elif step[0] == "fold":
             batch, queue[:] = queue[:step[1]], queue[step[1]:]
             if batch:
-                source.apply_events(batch)
+                loop.fold(batch)
         else:
             apply(model, step)
+    model.failing_reads.clear()   # every fault heals; the retry timer then fires once
+    model.failing_nodes.clear()
     answer("health")
     answer("catalog")
+    answer("nodes")
+    queue.append(("reread", None, None))
     while queue:
         batch, queue[:] = queue[:2], queue[2:]
-        source.apply_events(batch)
+        loop.fold(batch)
+    loop.full_read()
     fresh = source_on(model)
     fresh.refresh_all()
     assert mapped(source) == mapped(fresh)
+    assert failing_checks(source) == failing_checks(fresh)
+    assert not source.unread

@@ -45,5 +45,5 @@ def test_an_unexpected_error_in_a_poll_is_reported_and_the_poll_goes_on():
         thread.join(5)
     assert [event[0] for event in seen] == ["consul_error", "resync", "catalog"]
     assert seen[0][1] == "consul_bad_answer" and isinstance(seen[0][2], AttributeError)
-    assert seen[2][1:] == ({"consul": []}, 7)
+    assert seen[2][1:] == ({"consul": []}, 7, None)
     assert not thread.is_alive()
