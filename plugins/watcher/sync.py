@@ -35,6 +35,7 @@ from ansible_collections.swallowkeeper.dyups.plugins.module_utils._errors import
     DyupsError, DyupsRejected, DyupsUnavailable, ValidationError)
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._plan import servers_equal
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._resolve import Resolve, make_resolver
+from ansible_collections.swallowkeeper.dyups.plugins.module_utils._servers import Server
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._upstream import Upstream
 from ansible_collections.swallowkeeper.dyups.plugins.watcher import safety
 from ansible_collections.swallowkeeper.dyups.plugins.watcher.metrics import Metrics
@@ -362,23 +363,32 @@ class Syncer:
             return
         log.error("upstream %s not applied, will retry: %s", name, exc)
 
-    def repair(self) -> SyncReport:
-        """Compare ``/detail`` with the applied state; push what differs. Returns the names repaired."""
-        detail = self.client.detail()
+    def repair(self, details: Optional[List[Mapping[str, List[Server]]]] = None) -> SyncReport:
+        """Compare ``/detail`` (``details``: the answers of several workers, see nginx_processes.py; else
+        one read) with the applied state; push what differs in any. Returns the names repaired."""
+        readings = details if details is not None else [self.client.detail()]
         self.resolve = make_resolver(hosts_file=self.settings.hosts_file)
         drifted = []
         for name, upstream in self.applied.items():
             if name in self.pending:
                 continue
-            if not servers_equal(upstream, detail.get(name), resolve=self.resolve):
+            if any(not servers_equal(upstream, detail.get(name), resolve=self.resolve) for detail in readings):
                 drifted.append(name)
-        stale = sorted((self.deleted_here & set(detail)) - set(self.applied))
+        held = set().union(*readings)
+        stale = sorted((self.deleted_here & held) - set(self.applied))
         if drifted or stale:
             log.warning("dyups differs from the upstream file for %d upstream(s)%s; pushing them again",
                         len(drifted) + len(stale), ": " + ", ".join((drifted + stale)[:10]))
         self.pending.update(drifted)
         self.gone.update(stale)
         self.metrics.count("repairs", len(drifted) + len(stale))
+        report = self.push()
+        self._update_gauges()
+        return report
+
+    def push_all(self) -> SyncReport:
+        """POST every applied upstream again (nginx started workers whose state is unknown)."""
+        self.pending.update(self.applied)
         report = self.push()
         self._update_gauges()
         return report

@@ -13,7 +13,8 @@ flavor (templates/dyups.conf.j2), with this instance's paths and ports::
     include <upstream_file>;              # when given (and when it exists: see config_text)
     dyups_read_msg_timeout 20ms;          # read_msg_timeout=; default: the role's default
     dyups_trylock off;
-    server { listen 127.0.0.1:<api_port>; location / { dyups_interface; } }
+    server { listen 127.0.0.1:<api_port> reuseport;
+             location / { dyups_interface; add_header X-Dyups-Worker $pid always; } }
     server { listen 127.0.0.1:<proxy_port>; ... }   # the proxy, as in NginxLua
 
 The proxy locations route like NginxLua's: ``/u/NAME/...`` and the ``X-Dyups-Upstream`` header, here
@@ -129,12 +130,13 @@ http {{
     dyups_read_msg_timeout {self.read_msg_timeout};
     dyups_trylock off;
     server {{
-        listen 127.0.0.1:{self.api_port};
+        listen 127.0.0.1:{self.api_port} reuseport;
         access_log off;
         location / {{
             allow 127.0.0.1;
             deny all;
             dyups_interface;
+            add_header X-Dyups-Worker $pid always;
         }}
     }}
 {self.http_snippet}

@@ -247,6 +247,27 @@ def test_repair_pushes_what_the_interface_lost_and_deletes_what_it_kept(make, fa
     assert set(fake.upstreams) == {"A"}
 
 
+def test_repair_of_several_workers_pushes_what_any_of_them_lacks(make, fake):
+    """nginx_processes.py reads every worker: an upstream right on one worker and lost on another is
+    pushed; one a worker kept after the watcher deleted it is deleted."""
+    syncer, _clock = make()
+    syncer.sync({"A": ups("A", "10.0.0.1:80"), "B": ups("B", "10.0.0.2:80"), "C": ups("C", "10.0.0.3:80")})
+    syncer.sync({"A": ups("A", "10.0.0.1:80"), "B": ups("B", "10.0.0.2:80")})     # C deleted by the watcher
+    right = syncer.client.detail()
+    respawned = {"A": right["A"], "C": right["B"]}   # B lost, C back (as the master read it at start)
+    repaired = syncer.repair([right, respawned])
+    assert repaired.posted == ["B"] and repaired.deleted == ["C"]
+    assert syncer.repair([right, right]).posted == []
+
+
+def test_push_all_posts_every_applied_upstream_again(make, fake):
+    syncer, _clock = make()
+    syncer.sync({"A": ups("A", "10.0.0.1:80"), "B": ups("B", "10.0.0.2:80")})
+    before = len(fake.requests)
+    assert syncer.push_all().posted == ["A", "B"]
+    assert [request.method for request in fake.requests[before:]] == ["POST", "POST"]
+
+
 def test_an_upstream_the_file_does_not_own_is_never_touched(make, fake, tmp_path):
     other = fake.state.parse_body("server 10.9.9.9:80;")
     with fake.state.lock:
