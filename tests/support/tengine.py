@@ -18,8 +18,8 @@ flavor (templates/dyups.conf.j2), with this instance's paths and ports::
     server { listen 127.0.0.1:<proxy_port>; ... }   # the proxy, as in NginxLua
 
 The proxy locations route like NginxLua's: ``/u/NAME/...`` and the ``X-Dyups-Upstream`` header, here
-through ``set $dyups_upstream NAME; proxy_pass http://$dyups_upstream;`` (how the role's README routes
-on Tengine). Options the Lua flavor only has (lua_path, dict_size, keepalive, lock_timeout, hosts) are
+through ``set $dyups_upstream NAME; resolver_file /dev/null; proxy_pass http://$dyups_upstream;`` (how
+the role's vhosts route on Tengine: a name that is no upstream gets 502, never a DNS lookup). Options the Lua flavor only has (lua_path, dict_size, keepalive, lock_timeout, hosts) are
 accepted and ignored; host names in server lines resolve through the system resolver at POST time
 (Tengine's behaviour), which for ``localhost`` is /etc/hosts.
 
@@ -55,10 +55,12 @@ FLAVORS = ("lua", "tengine")
 TENGINE_LOCATIONS = """
         location ~ ^/u/(?<dyups_name>[^/]+) {
             set $dyups_upstream $dyups_name;
+            resolver_file /dev/null;
             proxy_pass http://$dyups_upstream;
         }
         location / {
             set $dyups_upstream $http_x_dyups_upstream;
+            resolver_file /dev/null;
             proxy_pass http://$dyups_upstream;
         }
 """
