@@ -214,6 +214,15 @@ class WorkerReader:
                       len(wanted & set(seen)), len(wanted))
         return list(seen.values()), True
 
+    def delete_from_holder(self, name: str, workers: int) -> bool:
+        """DELETE ``name`` on new connections until a worker that holds it answers 200 (at most
+        READS_PER_WORKER tries per worker): a worker that lacks it answers 404 and tells no other
+        worker, so a DELETE that reaches it leaves the workers that hold it as they were."""
+        for _attempt in range(max(1, workers) * READS_PER_WORKER):
+            if self.client.delete(name):
+                return True
+        return False
+
 
 class NginxProcesses:
     """The daemon's view of nginx's processes: ``start()``/``stop()`` the ProcessWatcher (which calls
@@ -239,6 +248,21 @@ class NginxProcesses:
         if new_workers and not named:
             syncer.push_all()
         report = syncer.repair(details)
-        if new_workers:
-            report = syncer.repair(self.reader.details()[0])
+        if new_workers or report.deleted:
+            details, named = self.reader.details()
+            if named and self._delete_from_holders(syncer, details):
+                details = self.reader.details()[0]
+            report = syncer.repair(details)
         return report
+
+    def _delete_from_holders(self, syncer: Any, details: List[Detail]) -> bool:
+        """Upstreams the watcher deleted that some worker holds again (a respawned worker has what the
+        master read at its start) deleted on that worker; True when there were any."""
+        stale = sorted({name for detail in details for name in detail
+                        if name in syncer.deleted_here and name not in syncer.applied})
+        for name in stale:
+            if self.reader.delete_from_holder(name, len(details)):
+                log.info("upstream %s: deleted on the worker that held it again", name)
+            else:
+                log.warning("upstream %s: a worker holds it again and no DELETE reached that worker", name)
+        return bool(stale)

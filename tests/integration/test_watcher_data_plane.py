@@ -4,7 +4,8 @@ master starts a new one) and a reload (every worker new), under a request loop, 
 A respawned or reloaded Tengine worker starts with the upstreams of the configuration the master read,
 not with what was posted since (issue 25). Here nginx includes its own copy of the upstream file,
 written by the test before nginx starts, so that what nginx read is known and differs from what the
-watcher applied since: ``Web`` on another port, ``Api`` absent. The watcher (``nginx_pid_file`` set)
+watcher applied since: ``Web`` on another port, ``Api`` absent, ``Gone`` present (the watcher deleted
+it, and a DELETE that reaches a worker without it answers 404 and tells no other worker). The watcher (``nginx_pid_file`` set)
 must notice the new worker and bring it back. The Lua flavor keeps every upstream in its shared dict
 and loses nothing; its case shows the watch does no harm there.
 
@@ -42,13 +43,15 @@ class DataPlane:
                                       drift_interval=300, nginx_pid_file=str(nginx.prefix / "nginx.pid"))
 
     def outcome(self, name, want):
-        """One request for upstream ``name`` on a new connection: (worker pid, True when ``want`` answered)."""
+        """One request for upstream ``name`` on a new connection: (worker pid, True when ``want`` answered;
+        ``want`` None: True when nginx answered 502, no such upstream)."""
         status, text, headers = self.nginx.request(f"/u/{name}/")
-        return int(headers.get("x-dyups-worker", 0)), status == 200 and text.strip() == str(want)
+        right = status == 502 if want is None else status == 200 and text.strip() == str(want)
+        return int(headers.get("x-dyups-worker", 0)), right
 
     def every_worker_serves(self, expected, tries=24):
         """True when every current worker answered every request of ``tries`` per upstream rightly;
-        ``expected``: {name: backend port}."""
+        ``expected``: {name: backend port, or None for an upstream that must not exist}."""
         workers = set(self.nginx.worker_pids())
         seen = {name: set() for name in expected}
         for name, port in expected.items():
@@ -78,21 +81,26 @@ def plane(tmp_path, proxy_factory):  # noqa: F811  (the imported fixture)
     with ConsulAgent() as agent, Backends(count=3) as backends:
         p1, _p2, p3 = backends.ports
         nginx_file = tmp_path / "nginx-upstreams.conf"  # what nginx reads at start and at a reload
-        nginx_file.write_text(f"upstream Web {{\n    server 127.0.0.1:{p3};\n}}\n")
+        nginx_file.write_text(f"upstream Web {{\n    server 127.0.0.1:{p3};\n}}\n"
+                              f"upstream Gone {{\n    server 127.0.0.1:{p3};\n}}\n")
         nginx = proxy_factory(workers=2, upstream_file=str(nginx_file))
         agent.register("Web", "w1", port=p1)
         agent.register("Api", "a1", port=p3)
+        agent.register("Gone", "g1", port=p1)
         plane = DataPlane(tmp_path, agent, backends, nginx)
         try:
             plane.watcher.start()
-            plane.watcher.wait_for(lambda: plane.every_worker_serves({"Web": p1, "Api": p3}), "the first sync")
+            plane.watcher.wait_for(lambda: plane.every_worker_serves({"Web": p1, "Api": p3, "Gone": p1}),
+                                   "the first sync")
+            agent.deregister("g1")   # the watcher deletes Gone; nginx's own file still has it
+            plane.watcher.wait_for(lambda: plane.every_worker_serves({"Gone": None}), "Gone deleted")
             yield plane
         finally:
             plane.watcher.stop()
 
 
 def test_a_worker_killed_with_sigkill_serves_every_upstream_within_a_second(plane):
-    expected = {"Web": plane.ports[0], "Api": plane.ports[2]}
+    expected = {"Web": plane.ports[0], "Api": plane.ports[2], "Gone": None}
     victim = plane.nginx.worker_pids()[0]
     since = time.monotonic()
     os.kill(victim, signal.SIGKILL)
@@ -107,7 +115,7 @@ def test_a_worker_killed_with_sigkill_serves_every_upstream_within_a_second(plan
 
 
 def test_a_reload_serves_every_upstream_within_a_second(plane):
-    expected = {"Web": plane.ports[0], "Api": plane.ports[2]}
+    expected = {"Web": plane.ports[0], "Api": plane.ports[2], "Gone": None}
     since = time.monotonic()
     plane.nginx.reload()
     seconds, failed, total = plane.loop_until_recovered(expected, since)
