@@ -312,7 +312,7 @@ def test_a_full_dict_drops_no_journal_entry(nginx_lua_factory, backends):
     mark = nginx.log_mark()
     for port in (p2, p1, p2):   # same size: each fits where the stored one was
         assert nginx.api("POST", "/upstream/flip", f"server 127.0.0.1:{port};")[0] == 200
-        nginx.wait_for(lambda port=port: all(nginx.request("/u/flip/")[1].strip() == str(port) for _ in range(6)),
+        nginx.wait_for(lambda port=port: all(nginx.request("/u/flip/")[1].strip() == str(port) for _unused in range(6)),
                        f"every worker serves {port}", timeout=3)
     log = nginx.error_log_text(since=mark)
     assert "not stored" not in log, log[-2000:]
