@@ -20,7 +20,8 @@ flavor (templates/dyups.conf.j2), with this instance's paths and ports::
 The proxy locations route like NginxLua's: ``/u/NAME/...`` and the ``X-Dyups-Upstream`` header, here
 through ``set $dyups_upstream NAME; resolver_file /dev/null; proxy_pass http://$dyups_upstream;`` (how
 the role's vhosts route on Tengine: a name that is no upstream gets 502, never a DNS lookup). Options the
-Lua flavor only has (lua_path, dict_size, keepalive, lock_timeout, hosts) are accepted and ignored; host names in server lines resolve through the system resolver at POST time
+Lua flavor only has (lua_path, dict_size, keepalive, lock_timeout, hosts) are accepted and ignored; host
+names in server lines resolve through the system resolver at POST time
 (Tengine's behaviour), which for ``localhost`` is /etc/hosts.
 
 Fixtures::
