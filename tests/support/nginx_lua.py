@@ -146,6 +146,8 @@ def render_reference(lua_paths, api_port, upstream_file=None, dict_size="16m", k
 
 def _children(pid):
     """PIDs whose parent is ``pid`` (from /proc, as the watcher reads them), sorted."""
+    from tests.support.collection import ensure_importable   # also from scripts that did not call it
+    ensure_importable()
     from ansible_collections.swallowkeeper.dyups.plugins.watcher.nginx_processes import children
     return sorted(children(pid))
 
