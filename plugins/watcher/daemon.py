@@ -68,6 +68,7 @@ class Daemon:
         self.nginx = nginx_processes.NginxProcesses(settings, self._on_new_nginx) if settings.nginx_pid_file else None
 
     def _on_new_nginx(self, _generation: nginx_processes.Generation) -> None:
+        self.metrics.count("nginx_generations")
         self.nginx_changed.set()
         self.events.put(("wake", None))
 

@@ -88,6 +88,8 @@ OPTIONS = (
                                                  "when an operator releases it)"),
     Option("removal_guard_window", 60.0, float, "seconds over which removals add up for the guard: servers "
                                                 "lost in this time count with the change's (0: the change alone)"),
+    Option("check_peer_budget", 4096, int, "never send a change that brings the servers of upstreams with a "
+                                           "'check' directive above this (0: no limit); see check_budget.py"),
     Option("retry_initial", 0.5, float, "first retry delay after a failure (doubles, with jitter)"),
     Option("retry_max", 5.0, float, "longest retry delay (also: the longest a recovered Consul or nginx waits)"),
     Option("status_listen", "127.0.0.1:18883", str, "loopback address:port of the status and metrics "
@@ -212,6 +214,8 @@ def check(settings: Settings) -> None:
         raise SettingsError("quiescence_min/quiescence_max: expected 0 <= min <= max")
     if not 0 < settings.consul_wait <= 600:
         raise SettingsError("consul_wait: expected seconds above 0 and at most 600")
+    if settings.check_peer_budget < 0:
+        raise SettingsError("check_peer_budget: expected 0 (no limit) or more")
     if not 0 < settings.nginx_poll_interval <= 10:
         raise SettingsError("nginx_poll_interval: expected seconds above 0 and at most 10")
     if settings.validate_command and "%s" not in settings.validate_command:

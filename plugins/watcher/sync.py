@@ -37,7 +37,7 @@ from ansible_collections.swallowkeeper.dyups.plugins.module_utils._plan import s
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._resolve import Resolve, make_resolver
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._servers import Server
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._upstream import Upstream
-from ansible_collections.swallowkeeper.dyups.plugins.watcher import safety
+from ansible_collections.swallowkeeper.dyups.plugins.watcher import check_budget, safety
 from ansible_collections.swallowkeeper.dyups.plugins.watcher.metrics import Metrics
 from ansible_collections.swallowkeeper.dyups.plugins.watcher.settings import Settings
 
@@ -93,6 +93,7 @@ class Syncer:
         self._server_count = sum(len(upstream.servers) for upstream in self.applied.values())
         self._file: Optional[_upstream_file.RenderedFile] = None  # the file's text as blocks per upstream (_upstream_file.RenderedFile)
         self._held_names: Set[str] = set()
+        self._refused_names: Set[str] = set()  # changes over the check-peer budget, examined at every sync
         self.pushed = dict(self.applied)
         self.pending: Set[str] = set()
         self.gone: Set[str] = set()
@@ -161,13 +162,18 @@ class Syncer:
         if changed is None:
             names = set(resolved) | empty | set(self.applied)
         else:
-            names = set(changed) | set(self._hostnames) | self._held_names
+            names = set(changed) | set(self._hostnames) | self._held_names | self._refused_names
         wanted = {name: resolved[name] for name in names if name in resolved}
         applied = {name: self.applied[name] for name in names if name in self.applied}
         wanted = safety.apply_zero_instance_policy(wanted, empty.intersection(names), applied,
                                                    self.settings.zero_instances)
         desired = self._guard(applied, wanted)
-        return {name: desired.get(name) for name in names}, names
+        limited, refused, self._refused_names = check_budget.limit(
+            {name: desired.get(name) for name in names}, self.applied, self.settings.check_peer_budget)
+        if refused:
+            self.skipped.extend(refused)
+            self.metrics.count("check_budget_refusals", len(refused))
+        return limited, names
 
     def _guard(self, applied: Dict[str, Upstream], desired: Dict[str, Upstream]) -> Dict[str, Upstream]:
         """``desired`` (for the names of ``applied`` that may change), with the removals held when they
