@@ -65,7 +65,8 @@ class Daemon:
         self.source.after_full_read = memory.settle  # the large cache frozen out of gc scans, pages trimmed
         self.retry = Backoff(settings.retry_initial, settings.retry_max)
         self.consul_retry = Backoff(settings.retry_initial, settings.retry_max)
-        self.nginx = nginx_processes.NginxProcesses(settings, self._on_new_nginx) if settings.nginx_pid_file else None
+        self.nginx = (nginx_processes.NginxProcesses(settings, self._on_new_nginx, self.metrics)
+                      if settings.nginx_pid_file else None)
 
     def _on_new_nginx(self, _generation: nginx_processes.Generation) -> None:
         self.metrics.count("nginx_generations")

@@ -37,7 +37,7 @@ class Metrics:
         self.gauges: dict[str, float] = {
             "last_sync_timestamp_seconds": 0.0, "last_sync_success": 0, "last_sync_duration_seconds": 0.0,
             "upstreams": 0, "servers": 0, "held_changes": 0, "held_removals": 0, "pending_upstreams": 0,
-            "consul_up": 0, "dyups_up": 0, "skipped_instances": 0}
+            "consul_up": 0, "dyups_up": 0, "skipped_instances": 0, "dyups_free_bytes": -1}
         self.consul_index: dict[str, int] = {}
         self.status: dict[str, Any] = {}
         self.loop_heartbeat = clock()
@@ -118,6 +118,8 @@ class Metrics:
             "consul_up": "1 when the last Consul request succeeded.",
             "dyups_up": "1 when the last dyups request succeeded.",
             "skipped_instances": "Consul instances the last mapping skipped (invalid name or server).",
+            "dyups_free_bytes": "Free bytes of the Lua flavor's shared dict at the last drift check (nginx_pid_file "
+                                "set); -1: not known (Tengine's zones cannot be read).",
         }
         for name, help_text in gauge_help.items():
             metric(name, "gauge", help_text, [({}, snap["gauges"][name])])

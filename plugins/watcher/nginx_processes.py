@@ -41,6 +41,7 @@ from ansible_collections.swallowkeeper.dyups.plugins.module_utils._servers impor
 log = logging.getLogger("swallowkeeper.watcher")
 
 WORKER_HEADER = "x-dyups-worker"  # add_header X-Dyups-Worker $pid always; on the interface's location
+FREE_HEADER = "x-dyups-free-space"  # the Lua flavor's shared dict: free bytes (api.lua)
 READS_PER_WORKER = 16  # new connections tried per worker before giving up on seeing them all
 Detail = Dict[str, List[Server]]
 
@@ -187,6 +188,7 @@ class WorkerReader:
         self.transport = FreshConnectionTransport()
         self.client = DyupsClient(api_url, self.transport, timeout=timeout)
         self._warned = False
+        self.free_space: Optional[int] = None  # X-Dyups-Free-Space of the last answer (None: not given)
 
     def details(self) -> Tuple[List[Detail], bool]:
         """``([detail, ...], named)``: the answers of the distinct workers that answered (every current
@@ -198,6 +200,8 @@ class WorkerReader:
         seen: Dict[int, Detail] = {}
         for _attempt in range(max(1, len(wanted)) * READS_PER_WORKER):
             detail = self.client.detail()
+            free = self.transport.last_headers.get(FREE_HEADER, "")
+            self.free_space = int(free) if free.isdigit() else None
             worker = self.transport.last_headers.get(WORKER_HEADER, "")
             if not worker.isdigit():
                 if not self._warned:
@@ -228,9 +232,10 @@ class NginxProcesses:
     """The daemon's view of nginx's processes: ``start()``/``stop()`` the ProcessWatcher (which calls
     ``on_new`` from its thread), ``repair(syncer, new_workers)`` for the sync loop."""
 
-    def __init__(self, settings: Any, on_new: Callable[[Generation], None]) -> None:
+    def __init__(self, settings: Any, on_new: Callable[[Generation], None], metrics: Any) -> None:
         self.watcher = ProcessWatcher(settings.nginx_pid_file, settings.nginx_poll_interval, on_new)
         self.reader = WorkerReader(settings.dyups_url, settings.nginx_pid_file, settings.dyups_timeout)
+        self.metrics = metrics
 
     def start(self) -> "NginxProcesses":
         self.watcher.start()
@@ -253,6 +258,8 @@ class NginxProcesses:
             if named and self._delete_from_holders(syncer, details):
                 details = self.reader.details()[0]
             report = syncer.repair(details)
+        free = self.reader.free_space
+        self.metrics.set(dyups_free_bytes=-1 if free is None else free)
         return report
 
     def _delete_from_holders(self, syncer: Any, details: List[Detail]) -> bool:

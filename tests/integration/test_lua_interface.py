@@ -336,3 +336,14 @@ def test_a_change_only_the_dict_saw_is_taken_once_not_rebuilt_every_second(nginx
         time.sleep(0.05)
     assert before < written and written in seen, seen
     assert seen[seen.index(written):] == [written] * (len(seen) - seen.index(written)), seen
+
+
+def test_every_answer_says_how_much_of_the_dict_is_free(nginx_lua_factory):
+    """X-Dyups-Free-Space: the dict's free bytes, which the watcher exports (docs/watcher.md)."""
+    nginx = nginx_lua_factory(workers=1, dict_size="1m")
+    before = int(nginx.api("GET", "/detail")[2]["x-dyups-free-space"])
+    body = "".join(f"server 127.0.0.{i // 250 + 1}:{1000 + i % 250};" for i in range(100))
+    for number in range(20):
+        assert nginx.api("POST", f"/upstream/room{number}", body)[0] == 200
+    after = int(nginx.api("GET", "/list")[2]["x-dyups-free-space"])
+    assert 0 < after < before <= 1024 * 1024
