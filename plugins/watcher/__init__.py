@@ -14,6 +14,8 @@ Where things are:
 - ``consul_source.py``  blocking queries on Consul and the cache of service instances
 - ``consul_answers.py``  Consul's answers kept small: unread fields dropped, health answers indexed
 - ``safety.py``     the zero-instance policy and the mass-removal hold
+- ``check_budget.py``  the check-peer budget: no change that Tengine's check module cannot hold
+- ``nginx_processes.py``  new nginx workers noticed (pid file, /proc), every worker's ``/detail`` read
 - ``sync.py``       desired upstreams -> file first -> POST/DELETE what changed; drift repair
 - ``metrics.py``    counters and the loopback status / Prometheus endpoint
 - ``daemon.py``     the event loop: coalescing, retries with backoff, signals

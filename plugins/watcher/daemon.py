@@ -29,7 +29,7 @@ from typing import Any, Callable, Mapping
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._dyups_client import DyupsClient
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._errors import DyupsError
 from ansible_collections.swallowkeeper.dyups.plugins.watcher import settings as settings_mod
-from ansible_collections.swallowkeeper.dyups.plugins.watcher import memory
+from ansible_collections.swallowkeeper.dyups.plugins.watcher import memory, nginx_processes
 from ansible_collections.swallowkeeper.dyups.plugins.watcher.backoff import Backoff
 from ansible_collections.swallowkeeper.dyups.plugins.watcher.consul_source import ConsulSource, consul_error_kind
 from ansible_collections.swallowkeeper.dyups.plugins.watcher.metrics import Metrics, StatusServer
@@ -50,6 +50,7 @@ class Daemon:
         self.events: queue.Queue[tuple[str, Any]] = queue.Queue()
         self.stopping = threading.Event()
         self.reload_requested = False
+        self.nginx_changed = threading.Event()  # set by the nginx process watch (nginx_processes.py)
         self._skipped_seen: set[tuple[str, str]] = set()
         self._skipped_list: list[dict[str, Any]] | None = None  # the source's skip list last logged (replaced when it changes)
         self._syncer_skipped = False
@@ -64,6 +65,22 @@ class Daemon:
         self.source.after_full_read = memory.settle  # the large cache frozen out of gc scans, pages trimmed
         self.retry = Backoff(settings.retry_initial, settings.retry_max)
         self.consul_retry = Backoff(settings.retry_initial, settings.retry_max)
+        self.nginx = (nginx_processes.NginxProcesses(settings, self._on_new_nginx, self.metrics)
+                      if settings.nginx_pid_file else None)
+
+    def _on_new_nginx(self, _generation: nginx_processes.Generation) -> None:
+        self.metrics.count("nginx_generations")
+        self.nginx_changed.set()
+        self.events.put(("wake", None))
+
+    def _repair(self) -> None:
+        """The drift check: every worker read when nginx's processes are watched (nginx_processes.py)."""
+        new_workers = self.nginx_changed.is_set()
+        self.nginx_changed.clear()
+        if self.nginx is None:
+            self.syncer.repair()
+        else:
+            self.nginx.repair(self.syncer, new_workers)
 
     # -- one-shot ----------------------------------------------------------------------------------
     def once(self) -> int:
@@ -117,6 +134,8 @@ class Daemon:
         if self.settings.status_listen:
             status_server = StatusServer(self.settings.status_listen, self.metrics, self.request_release).start()
             log.info("status and metrics on http://%s:%d/", *status_server.address[:2])
+        if self.nginx is not None:
+            self.nginx.start()
         log.info("watching Consul at %s; upstream file %s; dyups at %s%s", self.settings.consul_url,
                  self.settings.upstream_file, self.settings.dyups_url, " (dry run)" if self.dry_run else "")
         try:
@@ -124,6 +143,8 @@ class Daemon:
         finally:
             self.source.stop()
             self.dyups_transport.close()
+            if self.nginx is not None:
+                self.nginx.stop()
             if status_server:
                 status_server.stop()
             log.info("stopped")
@@ -163,10 +184,10 @@ class Daemon:
                 next_retry = None if not self.syncer.has_pending else now + self.retry.next()
                 if next_retry is None:
                     self.retry.reset()
-            if now >= next_drift and not self.dry_run:
+            if (now >= next_drift or self.nginx_changed.is_set()) and not self.dry_run:
                 next_drift = now + self.settings.drift_interval
                 try:
-                    self.syncer.repair()
+                    self._repair()
                 except DyupsError as exc:
                     self.metrics.error(dyups_error_kind(exc))
                     self.metrics.set(dyups_up=0)
@@ -255,7 +276,11 @@ class Daemon:
         log.info("SIGHUP: config reloaded from %s; resyncing", self.settings.config_file)
         self.source.stop()
         self.dyups_transport.close()
+        if self.nginx is not None:
+            self.nginx.stop()
         self.settings = new
         self.source = self.syncer = None  # type: ignore[assignment]  # both rebuilt by _build() below
         memory.settle(freeze=False)  # the old cache (frozen by its last full read) is freed before the new read
         self._build()
+        if self.nginx is not None:
+            self.nginx.start()

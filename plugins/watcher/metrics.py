@@ -32,12 +32,14 @@ class Metrics:
         self._lock = threading.Lock()
         self._clock = clock
         self.started = clock()
-        self.counters: dict[str, int] = {"changes_applied": 0, "syncs": 0, "repairs": 0, "consul_events": 0}
+        self.counters: dict[str, int] = {"changes_applied": 0, "syncs": 0, "repairs": 0, "consul_events": 0,
+                                         "nginx_generations": 0, "check_budget_refusals": 0}
         self.errors = {kind: 0 for kind in ERROR_KINDS}
         self.gauges: dict[str, float] = {
             "last_sync_timestamp_seconds": 0.0, "last_sync_success": 0, "last_sync_duration_seconds": 0.0,
             "upstreams": 0, "servers": 0, "held_changes": 0, "held_removals": 0, "pending_upstreams": 0,
-            "consul_up": 0, "dyups_up": 0, "skipped_instances": 0, "unread_services": 0}
+            "consul_up": 0, "dyups_up": 0, "skipped_instances": 0, "unread_services": 0,
+            "dyups_free_bytes": -1}
         self.consul_index: dict[str, int] = {}
         self.status: dict[str, Any] = {}
         self.loop_heartbeat = clock()
@@ -97,6 +99,11 @@ class Metrics:
                [({}, snap["counters"]["repairs"])])
         metric("consul_events_total", "counter", "Consul blocking queries that returned a changed index.",
                [({}, snap["counters"]["consul_events"])])
+        metric("nginx_generations_total", "counter", "Times nginx had new worker processes (a respawn, a reload, "
+               "a restart) and every worker was checked (nginx_pid_file).",
+               [({}, snap["counters"]["nginx_generations"])])
+        metric("check_budget_refusals_total", "counter", "Changes skipped at a sync because they would bring the "
+               "check peers above check_peer_budget.", [({}, snap["counters"]["check_budget_refusals"])])
         metric("errors_total", "counter", "Errors by kind.",
                [({"kind": kind}, value) for kind, value in sorted(snap["errors"].items())])
         metric("consul_index", "gauge", "Last X-Consul-Index seen per blocking query.",
@@ -114,6 +121,8 @@ class Metrics:
             "dyups_up": "1 when the last dyups request succeeded.",
             "skipped_instances": "Consul instances the last mapping skipped (invalid name or server).",
             "unread_services": "Services whose last read failed: their last good state is kept, they are read again.",
+            "dyups_free_bytes": "Free bytes of the Lua flavor's shared dict at the last drift check (nginx_pid_file "
+                                "set); -1: not known (Tengine's zones cannot be read).",
         }
         for name, help_text in gauge_help.items():
             metric(name, "gauge", help_text, [({}, snap["gauges"][name])])

@@ -66,6 +66,10 @@ OPTIONS = (
     Option("include_warning", False, bool, "count Consul's warning state as passing"),
     Option("dyups_url", "http://127.0.0.1:18882", str, "the dyups interface"),
     Option("dyups_timeout", 5.0, float, "seconds for a dyups request"),
+    Option("nginx_pid_file", None, str, "the nginx master's pid file: new worker processes (a respawn after a "
+                                        "crash, a reload) are noticed and every worker is brought back to the "
+                                        "applied state; the drift check reads every worker (unset: neither)"),
+    Option("nginx_poll_interval", 0.2, float, "seconds between reads of the nginx processes (nginx_pid_file)"),
     Option("upstream_file", "/var/lib/swallowkeeper-dyups/upstreams.conf", str,
            "upstream file, written atomically before every change reaches the interface"),
     Option("hosts_file", None, str, "resolve host names in servers from this file (hosts format) only, never "
@@ -84,6 +88,8 @@ OPTIONS = (
                                                  "when an operator releases it)"),
     Option("removal_guard_window", 60.0, float, "seconds over which removals add up for the guard: servers "
                                                 "lost in this time count with the change's (0: the change alone)"),
+    Option("check_peer_budget", 4096, int, "never send a change that brings the servers of upstreams with a "
+                                           "'check' directive above this (0: no limit); see check_budget.py"),
     Option("retry_initial", 0.5, float, "first retry delay after a failure (doubles, with jitter)"),
     Option("retry_max", 5.0, float, "longest retry delay (also: the longest a recovered Consul or nginx waits)"),
     Option("status_listen", "127.0.0.1:18883", str, "loopback address:port of the status and metrics "
@@ -208,6 +214,10 @@ def check(settings: Settings) -> None:
         raise SettingsError("quiescence_min/quiescence_max: expected 0 <= min <= max")
     if not 0 < settings.consul_wait <= 600:
         raise SettingsError("consul_wait: expected seconds above 0 and at most 600")
+    if settings.check_peer_budget < 0:
+        raise SettingsError("check_peer_budget: expected 0 (no limit) or more")
+    if not 0 < settings.nginx_poll_interval <= 10:
+        raise SettingsError("nginx_poll_interval: expected seconds above 0 and at most 10")
     if settings.validate_command and "%s" not in settings.validate_command:
         raise SettingsError("validate_command: must contain %s (the new file's path)")
     if settings.log_level not in ("debug", "info", "warning", "error"):

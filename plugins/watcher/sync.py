@@ -35,8 +35,9 @@ from ansible_collections.swallowkeeper.dyups.plugins.module_utils._errors import
     DyupsError, DyupsRejected, DyupsUnavailable, ValidationError)
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._plan import servers_equal
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._resolve import Resolve, make_resolver
+from ansible_collections.swallowkeeper.dyups.plugins.module_utils._servers import Server
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._upstream import Upstream
-from ansible_collections.swallowkeeper.dyups.plugins.watcher import safety
+from ansible_collections.swallowkeeper.dyups.plugins.watcher import check_budget, safety
 from ansible_collections.swallowkeeper.dyups.plugins.watcher.metrics import Metrics
 from ansible_collections.swallowkeeper.dyups.plugins.watcher.settings import Settings
 
@@ -92,6 +93,7 @@ class Syncer:
         self._server_count = sum(len(upstream.servers) for upstream in self.applied.values())
         self._file: Optional[_upstream_file.RenderedFile] = None  # the file's text as blocks per upstream (_upstream_file.RenderedFile)
         self._held_names: Set[str] = set()
+        self._refused_names: Set[str] = set()  # changes over the check-peer budget, examined at every sync
         self.pushed = dict(self.applied)
         self.pending: Set[str] = set()
         self.gone: Set[str] = set()
@@ -160,13 +162,18 @@ class Syncer:
         if changed is None:
             names = set(resolved) | empty | set(self.applied)
         else:
-            names = set(changed) | set(self._hostnames) | self._held_names
+            names = set(changed) | set(self._hostnames) | self._held_names | self._refused_names
         wanted = {name: resolved[name] for name in names if name in resolved}
         applied = {name: self.applied[name] for name in names if name in self.applied}
         wanted = safety.apply_zero_instance_policy(wanted, empty.intersection(names), applied,
                                                    self.settings.zero_instances)
         desired = self._guard(applied, wanted)
-        return {name: desired.get(name) for name in names}, names
+        limited, refused, self._refused_names = check_budget.limit(
+            {name: desired.get(name) for name in names}, self.applied, self.settings.check_peer_budget)
+        if refused:
+            self.skipped.extend(refused)
+            self.metrics.count("check_budget_refusals", len(refused))
+        return limited, names
 
     def _guard(self, applied: Dict[str, Upstream], desired: Dict[str, Upstream]) -> Dict[str, Upstream]:
         """``desired`` (for the names of ``applied`` that may change), with the removals held when they
@@ -362,23 +369,32 @@ class Syncer:
             return
         log.error("upstream %s not applied, will retry: %s", name, exc)
 
-    def repair(self) -> SyncReport:
-        """Compare ``/detail`` with the applied state; push what differs. Returns the names repaired."""
-        detail = self.client.detail()
+    def repair(self, details: Optional[List[Mapping[str, List[Server]]]] = None) -> SyncReport:
+        """Compare ``/detail`` (``details``: the answers of several workers, see nginx_processes.py; else
+        one read) with the applied state; push what differs in any. Returns the names repaired."""
+        readings = details if details is not None else [self.client.detail()]
         self.resolve = make_resolver(hosts_file=self.settings.hosts_file)
         drifted = []
         for name, upstream in self.applied.items():
             if name in self.pending:
                 continue
-            if not servers_equal(upstream, detail.get(name), resolve=self.resolve):
+            if any(not servers_equal(upstream, detail.get(name), resolve=self.resolve) for detail in readings):
                 drifted.append(name)
-        stale = sorted((self.deleted_here & set(detail)) - set(self.applied))
+        held = set().union(*readings)
+        stale = sorted((self.deleted_here & held) - set(self.applied))
         if drifted or stale:
             log.warning("dyups differs from the upstream file for %d upstream(s)%s; pushing them again",
                         len(drifted) + len(stale), ": " + ", ".join((drifted + stale)[:10]))
         self.pending.update(drifted)
         self.gone.update(stale)
         self.metrics.count("repairs", len(drifted) + len(stale))
+        report = self.push()
+        self._update_gauges()
+        return report
+
+    def push_all(self) -> SyncReport:
+        """POST every applied upstream again (nginx started workers whose state is unknown)."""
+        self.pending.update(self.applied)
         report = self.push()
         self._update_gauges()
         return report

@@ -14,6 +14,7 @@ from ansible_collections.swallowkeeper.dyups.plugins.module_utils._dyups_wire im
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._errors import DyupsBusy
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._upstream import build_upstream
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._upstream_file import render, render_block
+from tests.support.backends import backends  # noqa: F401  (fixture)  # pylint: disable=unused-import
 from tests.support.http_stdlib import stdlib_transport
 from tests.support.nginx_lua import NginxLua, nginx_lua_factory  # noqa: F401  (fixture)  # pylint: disable=unused-import  # pytest fixtures
 
@@ -249,3 +250,100 @@ def test_a_refused_post_says_what_is_wrong_and_the_rule(nginx_lua_factory, path,
     nginx = nginx_lua_factory(workers=1)
     assert nginx.api("POST", path, body)[:2] == (400, answer)
     assert nginx.api("GET", "/list")[0] == 204
+
+
+# -- a full dict and a reload (issue 25) --------------------------------------------------------------------
+
+CACHE_VERSION = """
+        location = /_test/cache_version {
+            content_by_lua_block {
+                local cache = require("swallowkeeper_dyups.cache")
+                cache.sync()
+                ngx.say(cache.version())
+            }
+        }
+"""
+
+
+def fill(nginx):
+    """POST upstreams until the dict refuses even the smallest one: then it is full."""
+    big = "".join(f"server 127.0.0.{i // 250 + 1}:{1000 + i % 250};" for i in range(60))
+    for number in range(400):
+        status = nginx.api("POST", f"/upstream/fill{number}", big if number < 200 else "server 127.0.0.1:1;")[0]
+        if status == 500 and number >= 200:
+            return
+        assert status in (200, 500), status
+        if status == 500:
+            big = "server 127.0.0.1:1;"   # no room for big ones: small ones until none fits either
+    raise AssertionError("the dict never filled")
+
+
+def test_a_refused_replacement_on_a_full_dict_keeps_the_stored_upstream(nginx_lua_factory, backends):
+    """A replacement that does not fit where the stored upstream was freed the stored one first and
+    answered 500 'is full': the upstream was gone from the dict, and from every worker at the next full
+    rebuild (issue 25, finding 5). Now the stored one is put back: the dict and every worker keep it."""
+    p1 = backends.ports[0]
+    nginx = nginx_lua_factory(workers=2, dict_size="64k")
+    assert nginx.api("POST", "/upstream/keep", f"server 127.0.0.1:{p1};")[0] == 200
+    fill(nginx)
+    bigger = "".join(f"server 127.0.0.2:{2000 + i};" for i in range(80))
+    status, text, _unused = nginx.api("POST", "/upstream/keep", bigger)
+    assert status == 500 and "is full" in text, (status, text)
+    assert nginx.client().get("keep") == [("127.0.0.1", p1)]
+    for _unused in range(12):
+        assert nginx.request("/u/keep/")[1].strip() == str(p1)
+    nginx.reload()   # new workers build every upstream from the dict
+    for _unused in range(12):
+        assert nginx.request("/u/keep/")[1].strip() == str(p1)
+
+
+def test_a_full_dict_drops_no_journal_entry(nginx_lua_factory, backends):
+    """Once the dict was full, every journal entry was dropped ('journal entry ... not stored') and every
+    change made each worker rebuild every upstream (issue 25). The journal's slots are now written once,
+    at their full width, and replaced in place: changes on a full dict keep reaching the workers through
+    the journal, one upstream each."""
+    p1, p2 = backends.ports[:2]
+    nginx = nginx_lua_factory(workers=2, dict_size="64k", error_log_level="info")
+    assert nginx.api("POST", "/upstream/flip", f"server 127.0.0.1:{p1};")[0] == 200
+    fill(nginx)
+    nginx.wait_for(lambda: nginx.request("/u/flip/")[1].strip() == str(p1), "flip served")
+    for _unused in range(4):
+        nginx.request("/u/flip/")
+    mark = nginx.log_mark()
+    for port in (p2, p1, p2):   # same size: each fits where the stored one was
+        assert nginx.api("POST", "/upstream/flip", f"server 127.0.0.1:{port};")[0] == 200
+        nginx.wait_for(lambda port=port: all(nginx.request("/u/flip/")[1].strip() == str(port) for _unused in range(6)),
+                       f"every worker serves {port}", timeout=3)
+    log = nginx.error_log_text(since=mark)
+    assert "not stored" not in log, log[-2000:]
+    assert "rebuilt every upstream" not in log, log[-2000:]
+
+
+def test_a_change_only_the_dict_saw_is_taken_once_not_rebuilt_every_second(nginx_lua_factory):
+    """A POST that an old worker finishes after a reload reaches the dict but not the new workers'
+    version page. The new workers took it from the dict within a second, then saw the page behind their
+    own version and rebuilt every upstream, and again every second, until a POST landed on a new worker
+    (issue 25, finding 6). Now a page behind the worker is no change: the version only moves forward."""
+    nginx = nginx_lua_factory(workers=1, server_snippet=BEHIND_THE_PAGE + CACHE_VERSION)
+    before = int(nginx.request("/_test/cache_version")[1])
+    status, text, _unused = nginx.request("/_test/write_dict_only?port=18101")
+    assert status == 200
+    written = int(text.split()[0])
+    seen = []
+    started = time.monotonic()
+    while time.monotonic() - started < 2.6:
+        seen.append(int(nginx.request("/_test/cache_version")[1]))
+        time.sleep(0.05)
+    assert before < written and written in seen, seen
+    assert seen[seen.index(written):] == [written] * (len(seen) - seen.index(written)), seen
+
+
+def test_every_answer_says_how_much_of_the_dict_is_free(nginx_lua_factory):
+    """X-Dyups-Free-Space: the dict's free bytes, which the watcher exports (docs/watcher.md)."""
+    nginx = nginx_lua_factory(workers=1, dict_size="1m")
+    before = int(nginx.api("GET", "/detail")[2]["x-dyups-free-space"])
+    body = "".join(f"server 127.0.0.{i // 250 + 1}:{1000 + i % 250};" for i in range(100))
+    for number in range(20):
+        assert nginx.api("POST", f"/upstream/room{number}", body)[0] == 200
+    after = int(nginx.api("GET", "/list")[2]["x-dyups-free-space"])
+    assert 0 < after < before <= 1024 * 1024

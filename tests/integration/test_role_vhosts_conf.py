@@ -9,7 +9,9 @@ certificate and follows an upstream change made through the dyups interface."""
 
 from __future__ import annotations
 
+import os
 import re
+import signal
 import socket
 import ssl
 from pathlib import Path
@@ -20,8 +22,10 @@ import yaml
 from tests.support.ansible_run import AnsibleRunner
 from tests.support.backends import Backends
 from tests.support.consul_tls import self_signed
+from tests.support.dns_server import LoopbackDns
+from tests.support.nginx_lua import http_request
 from tests.support.ports import free_port
-from tests.support.tengine import proxy_factory  # noqa: F401 (fixture)
+from tests.support.tengine import proxy_factory, tengine_factory  # noqa: F401  (fixtures)  # pylint: disable=unused-import
 
 ROLE = Path(__file__).resolve().parents[2] / "roles" / "tengine_dyups"
 
@@ -151,3 +155,30 @@ def read_answer(client):
     while len(rest) < length:
         rest += client.recv(65536)
     return (head + b"\r\n\r\n" + rest).decode()
+
+
+def test_a_name_that_is_no_upstream_is_answered_by_nginx_never_by_dns(tmp_path, tengine_factory):  # noqa: F811
+    """Tengine resolves a ``proxy_pass http://$ups`` name it holds no upstream for through its resolver
+    (/etc/resolv.conf by default), and a worker the master started again after ``kill -9`` holds none of
+    the upstreams posted since (issue 25): traffic went wherever DNS said. The role's locations have no
+    resolver: such a name gets 502 from nginx at once. Here a resolver that would answer is configured at
+    the http level (a loopback DNS server), and no query may reach it, from the respawned worker either."""
+    port = free_port()
+    vhosts = [{"listen": f"127.0.0.1:{port} reuseport", "extra": ["add_header X-Dyups-Worker $pid always;"],
+               "locations": [{"path": "/dyn", "upstream": "Dyn"}, {"path": "/nope", "upstream": "Nope"}]}]
+    text = render(tmp_path, vhosts, "tengine")
+    with Backends(count=1) as backends, LoopbackDns(answer="127.0.0.1") as dns:
+        nginx = tengine_factory(workers=2, http_snippet=f"resolver 127.0.0.1:{dns.port};\n{text}")
+        assert nginx.api("POST", "/upstream/Dyn", f"server {backends.address(backends.ports[0])};")[0] == 200
+        before = set(nginx.worker_pids())
+        os.kill(min(before), signal.SIGKILL)
+        nginx.wait_for(lambda: len(set(nginx.worker_pids()) - before) == 1, "a new worker")
+        respawned = (set(nginx.worker_pids()) - before).pop()
+        answers = {"/dyn": {}, "/nope": {}}
+        for path, seen in answers.items():
+            for _unused in range(40):
+                status, _text, headers = http_request(port, "GET", path, timeout=5)
+                seen.setdefault(int(headers.get("x-dyups-worker", 0)), set()).add(status)
+    assert dns.queries == [], f"names sent to DNS: {dns.queries}"
+    assert answers["/nope"] and all(statuses == {502} for statuses in answers["/nope"].values()), answers
+    assert answers["/dyn"].get(respawned) == {502}, answers   # the respawned worker lacks Dyn, says so

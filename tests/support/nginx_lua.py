@@ -145,20 +145,11 @@ def render_reference(lua_paths, api_port, upstream_file=None, dict_size="16m", k
 
 
 def _children(pid):
-    """PIDs whose parent is ``pid`` (from /proc)."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", "rb") as handle:
-                stat = handle.read().decode("utf-8", "replace")
-        except OSError:
-            continue
-        fields = stat[stat.rfind(")") + 2:].split()
-        if len(fields) > 1 and fields[1] == str(pid) and fields[0] != "Z":
-            found.append(int(entry))
-    return sorted(found)
+    """PIDs whose parent is ``pid`` (from /proc, as the watcher reads them), sorted."""
+    from tests.support.collection import ensure_importable   # also from scripts that did not call it
+    ensure_importable()
+    from ansible_collections.swallowkeeper.dyups.plugins.watcher.nginx_processes import children
+    return sorted(children(pid))
 
 
 def http_request(port, method, path, body=None, headers=None, timeout=10.0, host="127.0.0.1"):

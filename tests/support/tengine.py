@@ -13,13 +13,15 @@ flavor (templates/dyups.conf.j2), with this instance's paths and ports::
     include <upstream_file>;              # when given (and when it exists: see config_text)
     dyups_read_msg_timeout 20ms;          # read_msg_timeout=; default: the role's default
     dyups_trylock off;
-    server { listen 127.0.0.1:<api_port>; location / { dyups_interface; } }
+    server { listen 127.0.0.1:<api_port> reuseport;
+             location / { dyups_interface; add_header X-Dyups-Worker $pid always; } }
     server { listen 127.0.0.1:<proxy_port>; ... }   # the proxy, as in NginxLua
 
 The proxy locations route like NginxLua's: ``/u/NAME/...`` and the ``X-Dyups-Upstream`` header, here
-through ``set $dyups_upstream NAME; proxy_pass http://$dyups_upstream;`` (how the role's README routes
-on Tengine). Options the Lua flavor only has (lua_path, dict_size, keepalive, lock_timeout, hosts) are
-accepted and ignored; host names in server lines resolve through the system resolver at POST time
+through ``set $dyups_upstream NAME; resolver_file /dev/null; proxy_pass http://$dyups_upstream;`` (how
+the role's vhosts route on Tengine: a name that is no upstream gets 502, never a DNS lookup). Options the
+Lua flavor only has (lua_path, dict_size, keepalive, lock_timeout, hosts) are accepted and ignored; host
+names in server lines resolve through the system resolver at POST time
 (Tengine's behaviour), which for ``localhost`` is /etc/hosts.
 
 Fixtures::
@@ -54,10 +56,12 @@ FLAVORS = ("lua", "tengine")
 TENGINE_LOCATIONS = """
         location ~ ^/u/(?<dyups_name>[^/]+) {
             set $dyups_upstream $dyups_name;
+            resolver_file /dev/null;
             proxy_pass http://$dyups_upstream;
         }
         location / {
             set $dyups_upstream $http_x_dyups_upstream;
+            resolver_file /dev/null;
             proxy_pass http://$dyups_upstream;
         }
 """
@@ -129,12 +133,13 @@ http {{
     dyups_read_msg_timeout {self.read_msg_timeout};
     dyups_trylock off;
     server {{
-        listen 127.0.0.1:{self.api_port};
+        listen 127.0.0.1:{self.api_port} reuseport;
         access_log off;
         location / {{
             allow 127.0.0.1;
             deny all;
             dyups_interface;
+            add_header X-Dyups-Worker $pid always;
         }}
     }}
 {self.http_snippet}

@@ -247,6 +247,27 @@ def test_repair_pushes_what_the_interface_lost_and_deletes_what_it_kept(make, fa
     assert set(fake.upstreams) == {"A"}
 
 
+def test_repair_of_several_workers_pushes_what_any_of_them_lacks(make, fake):
+    """nginx_processes.py reads every worker: an upstream right on one worker and lost on another is
+    pushed; one a worker kept after the watcher deleted it is deleted."""
+    syncer, _clock = make()
+    syncer.sync({"A": ups("A", "10.0.0.1:80"), "B": ups("B", "10.0.0.2:80"), "C": ups("C", "10.0.0.3:80")})
+    syncer.sync({"A": ups("A", "10.0.0.1:80"), "B": ups("B", "10.0.0.2:80")})     # C deleted by the watcher
+    right = syncer.client.detail()
+    respawned = {"A": right["A"], "C": right["B"]}   # B lost, C back (as the master read it at start)
+    repaired = syncer.repair([right, respawned])
+    assert repaired.posted == ["B"] and repaired.deleted == ["C"]
+    assert syncer.repair([right, right]).posted == []
+
+
+def test_push_all_posts_every_applied_upstream_again(make, fake):
+    syncer, _clock = make()
+    syncer.sync({"A": ups("A", "10.0.0.1:80"), "B": ups("B", "10.0.0.2:80")})
+    before = len(fake.requests)
+    assert syncer.push_all().posted == ["A", "B"]
+    assert [request.method for request in fake.requests[before:]] == ["POST", "POST"]
+
+
 def test_an_upstream_the_file_does_not_own_is_never_touched(make, fake, tmp_path):
     other = fake.state.parse_body("server 10.9.9.9:80;")
     with fake.state.lock:
@@ -365,3 +386,39 @@ def test_a_rolling_replacement_within_the_window_is_never_held(make, fake):
         servers = servers[2:] + [f"10.0.4.{2 * step + 1}:80", f"10.0.4.{2 * step + 2}:80"]
         assert syncer.sync({"A": ups("A", *servers)}).held is None
     assert {server["address"] for server in fake.upstreams["A"]["servers"]} == set(servers)
+
+
+# -- the check-peer budget (check_budget.py) --------------------------------------------------------------------
+CHECK = ["check interval=3000 rise=2 fall=5 timeout=1000 type=tcp"]
+
+
+def checked(name, count, first=1):
+    return ups(name, *[f"10.0.5.{i}:80" for i in range(first, first + count)], directives=CHECK)
+
+
+def test_a_change_over_the_check_peer_budget_is_skipped_and_goes_through_once_there_is_room(make, fake):
+    """Tengine's check module crashed workers past ~3 300 check peers with its default zone, and gives no
+    check to peers past its table (issue 25): the watcher never sends a change that would go above
+    check_peer_budget; it keeps what is applied, says why, and applies the change once there is room."""
+    syncer, _clock = make(check_peer_budget=5, removal_guard_share=1)   # the removal guard is not under test
+    syncer.sync({"A": checked("A", 3), "Plain": ups("Plain", "10.0.6.1:80", "10.0.6.2:80", "10.0.6.3:80")})
+    report = syncer.sync({"A": checked("A", 3), "B": checked("B", 3, first=10), "Plain": ups("Plain", "10.0.6.1:80")},
+                         changed=["B", "Plain"])
+    assert "B" not in fake.upstreams and "B" not in syncer.applied and report.posted == ["Plain"]
+    assert [item["what"] for item in syncer.skipped] == ["upstream B"]
+    assert "check_peer_budget 5" in syncer.skipped[0]["why"]
+    assert syncer.metrics.snapshot()["counters"]["check_budget_refusals"] == 1
+    grown = checked("A", 5)                                    # a refused growth keeps the upstream as it is
+    syncer.sync({"A": grown, "B": checked("B", 3, first=10), "Plain": ups("Plain", "10.0.6.1:80")}, changed=["A"])
+    assert len(syncer.applied["A"].servers) == 3 and "B" not in syncer.applied
+    report = syncer.sync({"A": checked("A", 1), "B": checked("B", 3, first=10), "Plain": ups("Plain", "10.0.6.1:80")},
+                         changed=["A"])                        # A shrinks: B fits now, without a change of its own
+    assert sorted(report.posted) == ["A", "B"] and syncer.skipped == []
+    assert len(fake.upstreams["B"]["servers"]) == 3
+
+
+def test_the_budget_counts_only_upstreams_with_check_and_zero_is_no_limit(make, tmp_path):
+    syncer, _clock = make(check_peer_budget=2)
+    assert syncer.sync({"Plain": ups("Plain", *[f"10.0.7.{i}:80" for i in range(1, 10)])}).posted == ["Plain"]
+    unlimited, _clock = make(check_peer_budget=0, upstream_file=str(tmp_path / "other.conf"))
+    assert unlimited.sync({"Big": checked("Big", 9)}).posted == ["Big"]

@@ -18,6 +18,9 @@
 --   other paths               404 (GET: empty body; POST: "not support this api"), 405 on DELETE
 --   other methods             405, empty body
 --
+-- Every answer carries X-Dyups-Free-Space: the shared dict's free memory in bytes (free_space(): whole
+-- free pages), which the watcher exports as a metric.
+--
 -- The first path segment compares case-insensitively (Tengine: ngx_strncasecmp); so do names.
 
 local cache = require("swallowkeeper_dyups.cache")
@@ -33,6 +36,11 @@ local _M = {}
 
 local function respond(status, body)
     ngx.status = status
+    local dict = state.dict()
+    local ok, free = pcall(dict.free_space, dict)   -- lua-nginx-module 0.10.11 and later
+    if ok and free then
+        ngx.header["X-Dyups-Free-Space"] = free
+    end
     if status ~= 204 then   -- a 204 has neither (RFC 9110)
         ngx.header["Content-Type"] = "text/plain"
         ngx.header["Content-Length"] = #body

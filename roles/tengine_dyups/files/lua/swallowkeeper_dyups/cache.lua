@@ -69,10 +69,11 @@ function _M.sync()
     local current
     if cell then
         current = cell[0]
-        if current == version then
+        if current <= version then
             -- the shared page is new at every reload: a change that an old worker made after
             -- the master mapped it reaches the page only with the next one; the dict is read
-            -- once a second to catch that
+            -- once a second to catch that. A page behind this worker (it learnt a version from
+            -- the dict) is no change: it must not make the worker rebuild everything
             local now = ngx_now()
             if now - checked_dict_at < 1 then
                 return
@@ -108,9 +109,12 @@ function _M.sync()
         end
     else
         by_key = {}
+        local count = 0
         for key, encoded in pairs(state.all()) do
             load(key, encoded)
+            count = count + 1
         end
+        ngx.log(ngx.INFO, "dyups: rebuilt every upstream (", count, ") at version ", current, ", was ", version)
     end
     by_name = {}
     version = current

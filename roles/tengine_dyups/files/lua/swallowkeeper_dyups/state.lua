@@ -3,7 +3,10 @@
 -- Keys of the dict (lua_shared_dict dyups_state 16m; by default):
 --   "v"         version, a number; +1 on every change (POST or DELETE)
 --   "u:<key>"   one upstream (upstream.encode), key = lower-case name
---   "j:<n>"     journal: "<version> <key>" of the change that made version n (slot n % JOURNAL)
+--   "j:<n>"     journal: "<version> <key>" of the change that made version n (slot n % "jn"), padded
+--               with spaces to ENTRY_WIDTH bytes: every slot is written once at a fresh start and then
+--               replaced in place, so a full dict never drops a journal entry
+--   "jn"        the number of journal slots: JOURNAL, fewer in a small dict (journal_size())
 --   "lock"      writers' mutex (add / delete, with an expiry in case a worker dies holding it)
 --   "loaded"    set once the upstream file was loaded: a HUP reload keeps the dict and must not
 --               load the file over what the interface changed since
@@ -25,11 +28,14 @@ local ffi = require("ffi")
 local upstream = require("swallowkeeper_dyups.upstream")
 
 local ngx = ngx
-local format, sub, find, tonumber = string.format, string.sub, string.find, tonumber
+local format, sub, find, match, rep, tonumber = string.format, string.sub, string.find, string.match, string.rep,
+    tonumber
 
 local _M = {}
 
 local JOURNAL = 1024
+local ENTRY_WIDTH = 160        -- "<version> <key>": 16 digits, a space, a key of at most 128 bytes
+local JOURNAL_SHARE = 1 / 64   -- a small dict gives the journal at most this share of its memory (~256 B a slot)
 local LOCK_EXPIRY = 5
 
 local config = { dict = "dyups_state", upstream_file = nil, lock_timeout = 1, hosts_file = nil }
@@ -85,23 +91,29 @@ function _M.version()
     return _M.dict():get("v") or 0
 end
 
+-- The number of journal slots of this dict (a dict kept from a release without "jn": JOURNAL).
+local function journal_size(dict)
+    return dict:get("jn") or JOURNAL
+end
+
 -- Keys changed after version `from` up to `to`, or nil when the journal does not reach back that far.
 function _M.changes(from, to)
     local dict = _M.dict()
-    if to - from > JOURNAL then
+    local size = journal_size(dict)
+    if to - from > size then
         return nil
     end
     local keys = {}
     for version = from + 1, to do
-        local entry = dict:get("j:" .. (version % JOURNAL))
+        local entry = dict:get("j:" .. (version % size))
         if not entry then
             return nil
         end
-        local space = find(entry, " ", 1, true)
-        if tonumber(sub(entry, 1, space - 1)) ~= version then
+        local number, key = match(entry, "^(%d+) (%S+)")
+        if tonumber(number) ~= version then
             return nil
         end
-        keys[#keys + 1] = sub(entry, space + 1)
+        keys[#keys + 1] = key
     end
     return keys
 end
@@ -128,9 +140,14 @@ function _M.all()
     return out
 end
 
+local function journal_entry(version, key)
+    local entry = version .. " " .. key
+    return entry .. rep(" ", ENTRY_WIDTH - #entry)
+end
+
 local function publish(dict, key)
     local version = (dict:get("v") or 0) + 1
-    local ok, err = dict:safe_set("j:" .. (version % JOURNAL), version .. " " .. key)
+    local ok, err = dict:safe_set("j:" .. (version % journal_size(dict)), journal_entry(version, key))
     if not ok then
         -- workers that miss the entry reload everything: slower, still correct
         ngx.log(ngx.WARN, "dyups: journal entry for version ", version, " not stored: ", err)
@@ -173,10 +190,22 @@ function _M.put(record)
     local key = upstream.key(record.name)
     local encoded = upstream.encode(record)
     return locked(function(dict)
+        local stored = dict:get("u:" .. key)
         local ok, err = dict:safe_set("u:" .. key, encoded)
         if not ok then
-            return nil, format("the shared dict %s is full (%s); give lua_shared_dict more memory", config.dict,
-                               tostring(err))
+            local full = format("the shared dict %s is full (%s); give lua_shared_dict more memory", config.dict,
+                                tostring(err))
+            -- a value that does not fit where the stored one was frees the stored one before it finds
+            -- no room: put it back (it fits where it was), so a refused write changes nothing
+            if stored ~= nil and dict:get("u:" .. key) == nil then
+                local kept, keep_err = dict:safe_set("u:" .. key, stored)
+                if not kept then
+                    publish(dict, key)   -- gone: every worker drops it alike
+                    return nil, format("%s; the upstream %s it replaced is lost too (%s)", full, key,
+                                       tostring(keep_err))
+                end
+            end
+            return nil, full
         end
         return publish(dict, key)
     end)
@@ -256,6 +285,20 @@ function _M.init(options)
         ngx.log(ngx.NOTICE, "dyups: kept ", count, " upstreams of the running configuration (version ",
                 _M.version(), ")")
         return
+    end
+    -- the journal's slots, written once at their full width (replaced in place from now on)
+    local size = JOURNAL
+    local ok_capacity, capacity = pcall(dict.capacity, dict)
+    if ok_capacity and type(capacity) == "number" then
+        size = math.max(16, math.min(JOURNAL, math.floor(capacity * JOURNAL_SHARE / 256)))
+    end
+    dict:set("jn", size)
+    for slot = 0, size - 1 do
+        local ok, err = dict:safe_set("j:" .. slot, journal_entry(0, "-"))
+        if not ok then
+            error(format("swallowkeeper_dyups: the shared dict %s is too small for its journal: %s", config.dict,
+                         tostring(err)), 0)
+        end
     end
     local loaded, skipped = 0, 0
     if config.upstream_file and config.upstream_file ~= "" then
