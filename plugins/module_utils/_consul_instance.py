@@ -207,6 +207,11 @@ def parse_registration(service: str, node_data: Any, service_data: Any, checks: 
     return Instance(service, node, instance_id, upstream, server, None, tags, own, on_node, kept_meta)
 
 
+def _other_service(service: str, data: Any) -> bool:
+    """True when a health entry's ``Service.Service`` names another service than the one asked for."""
+    return isinstance(data, dict) and isinstance(data.get("Service"), str) and data["Service"] != service
+
+
 def parse_health_entries(service: str, entries: Any, tag_key: str, keep_meta: bool = True) -> Optional[List[Instance]]:
     """The Instances of a ``/v1/health/service/NAME`` answer, one per entry (a malformed entry gives a
     ``malformed`` Instance); None when the answer is not a list."""
@@ -216,6 +221,8 @@ def parse_health_entries(service: str, entries: Any, tag_key: str, keep_meta: bo
     for entry in entries:
         if not isinstance(entry, dict):
             result.append(parse_registration(service, None, None, None, tag_key, keep_meta))
+        elif _other_service(service, entry.get("Service")):
+            continue  # Consul's lookup ignores case: /v1/health/service/web also answers service Web's instances
         else:
             result.append(parse_registration(service, entry.get("Node"), entry.get("Service"), entry.get("Checks"),
                                              tag_key, keep_meta))

@@ -46,7 +46,7 @@ from ansible_collections.swallowkeeper.dyups.plugins.module_utils._consul_instan
     DEFAULT_TAG_VALUE, META_KEYS, META_PREFIX, Instance, parse_health_entries, shown)
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._directives import parse_directives
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._errors import ValidationError
-from ansible_collections.swallowkeeper.dyups.plugins.module_utils._names import name_problem
+from ansible_collections.swallowkeeper.dyups.plugins.module_utils._names import name_key, name_problem
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._slots import with_slots
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._upstream import Upstream, build_upstream
 
@@ -251,8 +251,8 @@ def map_instances(service: str, instances: Optional[Sequence[Instance]], options
 
 
 def _folded(name: str) -> str:
-    """The name as nginx compares it (letter case ignored): the same string object when already so."""
-    lower = name.lower()
+    """The name's key (``name_key``): the same string object when already so."""
+    lower = name_key(name)
     return name if lower == name else lower
 
 
@@ -296,7 +296,7 @@ class MergedMapping:
         self.upstreams: Dict[str, Upstream] = {}
         self.empty: set = set()
         self.sources: Dict[str, str] = {}
-        # name.lower() -> {(service, upstream): key}, held as the one pair ((service, upstream), key) when
+        # name_key(name) -> {(service, upstream): key}, held as the one pair ((service, upstream), key) when
         # one service claims the name (nearly always; a dict per upstream name would be most of the cost)
         self._claims: Dict[str, Any] = {}
         self._winners: Dict[str, Tuple[str, str]] = {}
@@ -399,7 +399,7 @@ class MergedMapping:
         return self._skipped
 
     def _wins(self, service: str, upstream: str) -> bool:
-        return self._winners.get(upstream.lower()) == (service, upstream)
+        return self._winners.get(_folded(upstream)) == (service, upstream)
 
     def result(self) -> MappingResult:
         """The merged mapping as one MappingResult, sorted."""

@@ -239,7 +239,7 @@ from ansible_collections.swallowkeeper.dyups.plugins.module_utils._dyups_options
     dyups_argument_spec, dyups_client_from_params)
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._errors import (
     DyupsError, ValidationError)
-from ansible_collections.swallowkeeper.dyups.plugins.module_utils._names import validate_name
+from ansible_collections.swallowkeeper.dyups.plugins.module_utils._names import same_names, unique_names, validate_name
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._plan import (
     desired_upstream, interface_text, plan)
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._resolve import check_resolvable, make_resolver
@@ -281,6 +281,8 @@ def requested(params, file_upstreams=None):
         specs = {params["name"]: None if absent else {"servers": params["servers"], "directives": params["directives"]}}
     else:
         specs = {name: None if absent else spec for name, spec in params["upstreams"].items()}
+    unique_names(specs, "upstreams")
+    file_upstreams = same_names(file_upstreams, specs)  # the file's Web is the task's web
     wanted = {}
     for name, spec in specs.items():
         validate_name(name)

@@ -33,6 +33,7 @@ from ansible_collections.swallowkeeper.dyups.plugins.module_utils import _upstre
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._dyups_client import DyupsClient
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._errors import (
     DyupsError, DyupsRejected, DyupsUnavailable, ValidationError)
+from ansible_collections.swallowkeeper.dyups.plugins.module_utils._names import name_key, same_names
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._plan import servers_equal
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._resolve import Resolve, make_resolver
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._upstream import Upstream
@@ -335,7 +336,14 @@ class Syncer:
             self.pending.discard(name)
             report.posted.append(name)
             self.metrics.count("changes_applied")
+        live = {name_key(name) for name in self.applied} if self.gone else set()
         for name in sorted(self.gone):
+            if name_key(name) in live:
+                # Web gone, web applied: one upstream for the data plane, which the POST of web replaced;
+                # a DELETE of Web would remove what that POST just set
+                self.gone.discard(name)
+                self.pushed.pop(name, None)
+                continue
             try:
                 existed = self.client.delete(name)
             except DyupsError as exc:
@@ -364,7 +372,7 @@ class Syncer:
 
     def repair(self) -> SyncReport:
         """Compare ``/detail`` with the applied state; push what differs. Returns the names repaired."""
-        detail = self.client.detail()
+        detail = same_names(self.client.detail(), self.applied)  # the interface's Web is the applied web
         self.resolve = make_resolver(hosts_file=self.settings.hosts_file)
         drifted = []
         for name, upstream in self.applied.items():
@@ -372,7 +380,8 @@ class Syncer:
                 continue
             if not servers_equal(upstream, detail.get(name), resolve=self.resolve):
                 drifted.append(name)
-        stale = sorted((self.deleted_here & set(detail)) - set(self.applied))
+        deleted = {name_key(name) for name in self.deleted_here}
+        stale = sorted(name for name in detail if name_key(name) in deleted and name not in self.applied)
         if drifted or stale:
             log.warning("dyups differs from the upstream file for %d upstream(s)%s; pushing them again",
                         len(drifted) + len(stale), ": " + ", ".join((drifted + stale)[:10]))

@@ -20,7 +20,7 @@ import pytest
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._directives import parse_directive
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._dyups_wire import detail_line
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._errors import ValidationError
-from ansible_collections.swallowkeeper.dyups.plugins.module_utils._names import name_check
+from ansible_collections.swallowkeeper.dyups.plugins.module_utils._names import name_check, name_key
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._servers import parse_server
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._upstream_file import parse as parse_file
 from tests.support.nginx_lua import make_nginx_lua_fixture
@@ -82,7 +82,7 @@ def python_body(body):
 
 def python_name(name):
     found = name_check(name)
-    return ("err", found[0]) if found else ("ok",)
+    return ("err", found[0]) if found else ("ok", name_key(name))
 
 
 def verdict(result):
@@ -104,7 +104,7 @@ def vector_expectation(case, *fields):
 def test_name_vectors(probe_nginx):
     cases = json.loads((VECTORS / "names.json").read_text())["cases"]
     names = [case["name"] for case in cases]
-    expected = [vector_expectation(case) for case in cases]
+    expected = [vector_expectation(case, "key") for case in cases]
     bad = mismatches(names, lua(probe_nginx, "name", names), expected)
     assert not bad, bad
     assert len(cases) >= 30

@@ -81,6 +81,12 @@ function _M.validate_name(name)
     return name
 end
 
+-- The key a name is stored and compared under (Python: name_key): nginx and Tengine compare upstream
+-- names ignoring ASCII letter case; string.lower folds ASCII letters only.
+function _M.name_key(name)
+    return lower(name)
+end
+
 ---------------------------------------------------------------------------------------------------
 -- Addresses (_servers.py parse_host / parse_address / parse_port)
 
