@@ -25,7 +25,7 @@ from __future__ import annotations
 from typing import Any, Callable, Container, Iterable, List, NamedTuple, Optional, Tuple
 
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._errors import ValidationError
-from ansible_collections.swallowkeeper.dyups.plugins.module_utils._names import name_problem
+from ansible_collections.swallowkeeper.dyups.plugins.module_utils._names import name_key, name_problem
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._servers import Server, parse_server
 
 DEFAULT_TAG_VALUE = "default"
@@ -207,9 +207,13 @@ def parse_registration(service: str, node_data: Any, service_data: Any, checks: 
     return Instance(service, node, instance_id, upstream, server, None, tags, own, on_node, kept_meta)
 
 
-def _other_service(service: str, data: Any) -> bool:
-    """True when a health entry's ``Service.Service`` names another service than the one asked for."""
-    return isinstance(data, dict) and isinstance(data.get("Service"), str) and data["Service"] != service
+def other_spelling(service: str, data: Any) -> bool:
+    """True when a health entry's ``Service`` is another service whose name differs from ``service`` only in
+    letter case: Consul's ``/v1/health/service/web`` answers the instances of ``Web`` too (1.8.7)."""
+    if not isinstance(data, dict):
+        return False
+    name = data.get("Service")
+    return isinstance(name, str) and name != service and name_key(name) == name_key(service)
 
 
 def parse_health_entries(service: str, entries: Any, tag_key: str, keep_meta: bool = True) -> Optional[List[Instance]]:
@@ -221,7 +225,7 @@ def parse_health_entries(service: str, entries: Any, tag_key: str, keep_meta: bo
     for entry in entries:
         if not isinstance(entry, dict):
             result.append(parse_registration(service, None, None, None, tag_key, keep_meta))
-        elif _other_service(service, entry.get("Service")):
+        elif other_spelling(service, entry.get("Service")):
             continue  # Consul's lookup ignores case: /v1/health/service/web also answers service Web's instances
         else:
             result.append(parse_registration(service, entry.get("Node"), entry.get("Service"), entry.get("Checks"),

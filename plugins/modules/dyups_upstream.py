@@ -28,6 +28,7 @@ author:
   - swallowkeeper.dyups contributors (!UNKNOWN)
 extends_documentation_fragment:
   - swallowkeeper.dyups._dyups
+  - swallowkeeper.dyups._reserved
 attributes:
   check_mode:
     support: full
@@ -242,6 +243,8 @@ from ansible_collections.swallowkeeper.dyups.plugins.module_utils._errors import
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._names import same_names, unique_names, validate_name
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._plan import (
     desired_upstream, interface_text, plan)
+from ansible_collections.swallowkeeper.dyups.plugins.module_utils._reserved import (
+    Reserved, ReservedNamesUnknown, reserved_argument_spec, reserved_from_params)
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._resolve import check_resolvable, make_resolver
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._upstream import spec_parts
 
@@ -260,11 +263,12 @@ def argument_spec():
         validate=dict(type="str"),
         resolve_check=dict(type="bool", default=True),
         force=dict(type="bool", default=False),
+        **reserved_argument_spec(),
     )
     return spec
 
 
-def requested(params, file_upstreams=None):
+def requested(params, file_upstreams=None, reserved=None):
     """The desired upstreams, {name: Upstream} or {name: None} to delete, each built (so validated) once.
 
     An upstream whose directives are not given keeps those that ``file_upstreams`` (the upstream file's
@@ -286,6 +290,7 @@ def requested(params, file_upstreams=None):
     wanted = {}
     for name, spec in specs.items():
         validate_name(name)
+        (reserved or Reserved()).check(name)
         if spec is None:
             wanted[name] = None
             continue
@@ -320,7 +325,8 @@ class Runner:
         try:
             if self.path:
                 file_text, file_upstreams = _upstream_file.read_text(self.path)
-            desired = requested(self.params, file_upstreams)
+            reserved = reserved_from_params(self.params, [self.path])
+            desired = requested(self.params, file_upstreams, reserved)
             client = dyups_client_from_params(self.params)
             if self.params["resolve_check"]:
                 check_resolvable(desired, resolve)
@@ -328,6 +334,8 @@ class Runner:
             self.fail(f"{exc}. Nothing was sent or written.")
         except OSError as exc:
             self.fail(f"cannot read the upstream file {self.path}: {exc.strerror or exc}. Nothing was sent or written.")
+        except ReservedNamesUnknown as exc:
+            self.fail(f"{exc}. Nothing was sent or written.")
 
         detail_error = None
         try:

@@ -21,13 +21,15 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Mapping
 
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._consul_client import consul_environment
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._directives import parse_directives
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._errors import ValidationError
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._names import validate_name
+from ansible_collections.swallowkeeper.dyups.plugins.module_utils._reserved import (
+    Reserved, ReservedNamesUnknown, reserved_from)
 
 ZERO_INSTANCE_POLICIES = ("keep", "down", "delete")
 MAX_REMOVAL_GUARD_WINDOW = 3600.0  # an hour: older removals are no one mass event (and each sync reads the window)
@@ -74,6 +76,11 @@ OPTIONS = (
                                           "one; %s is the new file's path"),
     Option("directives", [], list, "upstream-level directives sent with every upstream (e.g. 'keepalive 32')"),
     Option("upstream_directives", {}, dict, "per-upstream directives, replacing 'directives' for that name"),
+    Option("nginx_conf", None, str, "main configuration of the running nginx: its static upstreams (nginx -T, "
+                                    "outside upstream_file) are reserved, learnt at start and at SIGHUP"),
+    Option("nginx_binary", "nginx", str, "the nginx or Tengine binary that runs nginx_conf"),
+    Option("reserved_names", [], list, "upstream names never written or sent, besides DYUPS_BALANCER and those "
+                                       "learnt from nginx_conf (for hosts where nginx -T cannot run as this user)"),
     Option("quiescence_min", 0.02, float, "seconds without a new Consul event before a change is applied"),
     Option("quiescence_max", 0.25, float, "longest a burst of events may delay a change"),
     Option("drift_interval", 30.0, float, "seconds between comparisons of the interface with the desired state"),
@@ -97,6 +104,7 @@ _BY_NAME = {option.name: option for option in OPTIONS}
 class Settings:
     values: dict[str, Any] = field(default_factory=dict)
     config_file: str | None = None
+    reserved: Reserved = field(default_factory=Reserved)  # learnt by build() (_reserved.py)
 
     def __getattr__(self, name: str) -> Any:
         option = _BY_NAME.get(name)
@@ -192,7 +200,12 @@ def build(file_values: Mapping[str, Any] | None = None, flag_values: Mapping[str
             values[name] = _coerce(_BY_NAME[name], value)
     settings = Settings(values=values, config_file=config_file)
     check(settings)
-    return settings
+    try:
+        reserved = reserved_from(settings.reserved_names, settings.nginx_conf, settings.nginx_binary,
+                                 [settings.upstream_file])
+    except ReservedNamesUnknown as exc:
+        raise SettingsError(f"nginx_conf: {exc}") from None
+    return replace(settings, reserved=reserved)
 
 
 def check(settings: Settings) -> None:
