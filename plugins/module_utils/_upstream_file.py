@@ -242,13 +242,14 @@ def run_validate(command: str, candidate: str) -> None:
 
 
 def replace_file(path: str, content: str | bytes, mode: int | None = None, backup: bool = False,
-                 validate: str | None = None) -> str | None:
+                 validate: str | None = None, check: Callable[[str], None] | None = None) -> str | None:
     """Atomically replace ``path`` with ``content``; return the backup's path (or None).
 
     The old file stays whole until ``rename``; a crash at any point before it
     leaves the old file as it was and at most a ``.NAME.*.tmp`` beside it.
     Mode and owner of an existing file are kept; a new file gets ``mode``
-    (default 0644).
+    (default 0644). ``check(temporary path)``, like ``validate``, runs before the rename and raises to stop it
+    (``_validate_config.check_config``: nginx -t of the whole configuration with the new file in place).
     """
     path = os.path.abspath(path)
     directory, base = os.path.split(path)
@@ -274,6 +275,8 @@ def replace_file(path: str, content: str | bytes, mode: int | None = None, backu
             os.chmod(tmp, DEFAULT_MODE if mode is None else mode)
         if validate:
             run_validate(validate, tmp)
+        if check is not None:
+            check(tmp)
         backup_file = None
         if backup and current is not None:
             backup_file = backup_path_for(path)

@@ -114,6 +114,16 @@ options:
       - The command runs without a shell; use C(/bin/sh -c '...') for one. The EXAMPLES show a check of the new file
         with C(nginx -t) and a minimal configuration that includes only it.
     type: str
+  validate_config:
+    description:
+      - Check the new upstream file with C(nginx -t) of O(nginx_conf) (run with O(nginx_binary)), the new file in
+        place of O(upstream_conf), before it replaces the old one; when it fails, the old file stays and nothing is
+        sent. A private copy of the main configuration reads the new file; the real path never holds an unchecked
+        file. This catches what a check of the file alone cannot (an upstream that C(nginx.conf) defines too).
+      - Needs O(nginx_conf) and O(upstream_conf), and a user that may run C(nginx -t) (it opens the pid and log
+        files).
+    type: bool
+    default: false
   resolve_check:
     description:
       - Check that every host name in the servers resolves on the managed node before anything is sent or written.
@@ -247,6 +257,7 @@ from ansible_collections.swallowkeeper.dyups.plugins.module_utils._reserved impo
     Reserved, ReservedNamesUnknown, reserved_argument_spec, reserved_from_params)
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._resolve import check_resolvable, make_resolver
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._upstream import spec_parts
+from ansible_collections.swallowkeeper.dyups.plugins.module_utils._validate_config import ConfigCheckFailed, check_config
 
 
 def argument_spec():
@@ -261,6 +272,7 @@ def argument_spec():
         upstream_conf=dict(type="path"),
         backup=dict(type="bool", default=False),
         validate=dict(type="str"),
+        validate_config=dict(type="bool", default=False),
         resolve_check=dict(type="bool", default=True),
         force=dict(type="bool", default=False),
         **reserved_argument_spec(),
@@ -367,9 +379,13 @@ class Runner:
 
     def write_file(self, text):
         try:
+            check = None
+            if self.params["validate_config"]:
+                def check(candidate):
+                    check_config(self.params["nginx_binary"], self.params["nginx_conf"], self.path, candidate)
             backup_file = _upstream_file.replace_file(self.path, text, backup=self.params["backup"],
-                                                      validate=self.params["validate"])
-        except _upstream_file.ValidateCommandFailed as exc:
+                                                      validate=self.params["validate"], check=check)
+        except (_upstream_file.ValidateCommandFailed, ConfigCheckFailed) as exc:
             self.fail(f"{exc}. The upstream file {self.path} was not changed and nothing was sent.",
                       changed=False, file_changed=False)
         except OSError as exc:
@@ -408,9 +424,10 @@ def main():
         supports_check_mode=True,
         mutually_exclusive=[("name", "upstreams"), ("servers", "upstreams"), ("directives", "upstreams")],
         required_one_of=[("name", "upstreams")],
-        required_if=[("exclusive", True, ("upstreams", "upstream_conf")),
-                     ("backup", True, ("upstream_conf",))],
         required_by={"validate": ("upstream_conf",)},
+        required_if=[("exclusive", True, ("upstreams", "upstream_conf")),
+                     ("backup", True, ("upstream_conf",)),
+                     ("validate_config", True, ("nginx_conf", "upstream_conf"))],
     )
     Runner(module).run()
 

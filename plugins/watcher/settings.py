@@ -79,6 +79,8 @@ OPTIONS = (
     Option("nginx_conf", None, str, "main configuration of the running nginx: its static upstreams (nginx -T, "
                                     "outside upstream_file) are reserved, learnt at start and at SIGHUP"),
     Option("nginx_binary", "nginx", str, "the nginx or Tengine binary that runs nginx_conf"),
+    Option("validate_config", False, bool, "check every new upstream file with nginx -t of nginx_conf, the new "
+                                           "file in place of upstream_file (needs a user that may run nginx -t)"),
     Option("reserved_names", [], list, "upstream names never written or sent, besides DYUPS_BALANCER and those "
                                        "learnt from nginx_conf (for hosts where nginx -T cannot run as this user)"),
     Option("quiescence_min", 0.02, float, "seconds without a new Consul event before a change is applied"),
@@ -225,6 +227,8 @@ def check(settings: Settings) -> None:
         raise SettingsError("validate_command: must contain %s (the new file's path)")
     if settings.log_level not in ("debug", "info", "warning", "error"):
         raise SettingsError("log_level: expected debug, info, warning or error")
+    if settings.validate_config and not settings.nginx_conf:
+        raise SettingsError("validate_config: needs nginx_conf (the main configuration the new file is checked in)")
     if not settings.upstream_file:
         raise SettingsError("upstream_file: required; changes are written there before they reach dyups")
     try:

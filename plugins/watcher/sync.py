@@ -37,6 +37,7 @@ from ansible_collections.swallowkeeper.dyups.plugins.module_utils._names import 
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._plan import servers_equal
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._resolve import Resolve, make_resolver
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._upstream import Upstream
+from ansible_collections.swallowkeeper.dyups.plugins.module_utils._validate_config import ConfigCheckFailed, check_config
 from ansible_collections.swallowkeeper.dyups.plugins.watcher import safety
 from ansible_collections.swallowkeeper.dyups.plugins.watcher.metrics import Metrics
 from ansible_collections.swallowkeeper.dyups.plugins.watcher.settings import Settings
@@ -261,9 +262,9 @@ class Syncer:
                     self._file = _upstream_file.RenderedFile(self.applied.values())
                 self._file.update(changes)
                 _upstream_file.replace_file(self.settings.upstream_file, self._file.text(),
-                                            validate=self.settings.validate_command)
+                                            validate=self.settings.validate_command, check=self._check_config())
                 report.file_changed = True
-            except _upstream_file.ValidateCommandFailed as exc:
+            except (_upstream_file.ValidateCommandFailed, ConfigCheckFailed) as exc:
                 return self._file_failed(report, started, "file_validate", str(exc), upstreams, empty)
             except OSError as exc:
                 return self._file_failed(report, started, "file_write",
@@ -279,6 +280,14 @@ class Syncer:
         self.push(report)
         self._finish(report, started)
         return report
+
+    def _check_config(self) -> Optional[Callable[[str], None]]:
+        """With ``validate_config``: nginx -t of the whole configuration, the candidate file in place."""
+        settings = self.settings
+        if not settings.validate_config:
+            return None
+        return lambda candidate: check_config(settings.nginx_binary, settings.nginx_conf, settings.upstream_file,
+                                              candidate)
 
     def _apply(self, changes: Mapping[str, Optional[Upstream]]) -> None:
         """Make ``changes`` ({name: Upstream or None}) the applied state, keeping the server count and

@@ -2,7 +2,8 @@
 
 A name the running configuration defines outside the upstream file (``Static_One`` here, asked for as
 ``static_one``), and ``DYUPS_BALANCER`` (the Lua flavor's own upstream), are refused by dyups_upstream
-before anything is sent or written; ``nginx -t`` of the running configuration passes after every run.
+before anything is sent or written; ``nginx -t`` of the running configuration passes after every run, and
+``validate_config`` checks a good change in the whole configuration.
 """
 
 from __future__ import annotations
@@ -29,7 +30,8 @@ def configured(request, tmp_path):
         server = Tengine(workers=1, upstream_file=conf, http_snippet=STATIC)
         binary = server.binary
     else:
-        server = NginxLua(workers=1, upstream_file=conf, http_snippet=STATIC)
+        include = f"    include {str(conf)[:-1]}[{str(conf)[-1]}];\n"    # as the role's dyups.conf does
+        server = NginxLua(workers=1, upstream_file=conf, http_snippet=STATIC + include)
         binary = NGINX
     with server:
         yield server, binary
@@ -51,7 +53,7 @@ def test_the_module_refuses_a_static_name_and_the_balancer(configured, ansible, 
                   upstream_conf=str(conf)), ignore_errors=True),
         dict(task("bulk", upstreams={"web": ["10.0.0.2:80"], "STATIC_ONE": ["10.0.0.3:80"]}, **base),
              ignore_errors=True),
-        task("web", name="web", servers=["10.0.0.2:80"], **base)))
+        task("web", name="web", servers=["10.0.0.2:80"], validate_config=True, **base)))
     for name, why in (("static", "Static_One is defined in nginx -T of"), ("balancer", "balancer upstream"),
                       ("bulk", "Static_One is defined in")):
         result = done.task(name)
