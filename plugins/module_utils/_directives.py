@@ -171,6 +171,7 @@ def _check_args(text: str, name: str, args: tuple[str, ...]) -> tuple[str, ...]:
         known = "ip_hash, least_conn, keepalive, keepalive_timeout, keepalive_requests, check, " \
                 "check_http_send, check_http_expect_alive, check_keepalive_requests"
         _fail(text, f"unknown upstream directive {name!r}; known: {known} (servers go in 'servers')", "directive.unknown")
+    return args
 
 
 @dataclass(frozen=True)
@@ -213,7 +214,7 @@ def parse_directive(value: object) -> Directive:
     name, args = words[0], tuple(words[1:])
     if name == "server":
         _fail(value, "servers go in 'servers', not in 'directives'", "directive.server")
-    return Directive(name, _check_args(value, name, args) or args)
+    return Directive(name, _check_args(value, name, args))
 
 
 def parse_directives(values: Any) -> tuple[Directive, ...]:

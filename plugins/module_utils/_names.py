@@ -23,7 +23,7 @@ lowers a name.
 from __future__ import annotations
 
 import re
-from typing import Any, Iterable, Mapping, TypeVar
+from typing import Any, Iterable, Mapping, TypeVar, overload
 
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._errors import ValidationError
 
@@ -94,6 +94,16 @@ def by_key(mapping: Mapping[str, V]) -> dict[str, tuple[str, V]]:
     for name in sorted(mapping):
         keyed.setdefault(name_key(name), (name, mapping[name]))
     return keyed
+
+
+@overload
+def same_names(mapping: Mapping[str, V], names: Iterable[str]) -> dict[str, V]:
+    ...
+
+
+@overload
+def same_names(mapping: None, names: Iterable[str]) -> None:
+    ...
 
 
 def same_names(mapping: Mapping[str, V] | None, names: Iterable[str]) -> dict[str, V] | None:

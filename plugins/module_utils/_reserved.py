@@ -35,7 +35,6 @@ _SECTION_RE = re.compile(r"^# configuration file (.+):$", re.MULTILINE)
 _WORD_RE = re.compile(r'"(?:[^"\\]|\\.)*"|\'(?:[^\'\\]|\\.)*\'|[{};]|[^\s{};#"\']+|#[^\n]*')
 
 
-
 def reserved_argument_spec() -> dict[str, dict[str, Any]]:
     """The modules' options (the doc fragment ``_reserved`` documents them; the watcher's settings have the
     same names)."""

@@ -15,9 +15,12 @@ from ansible_collections.swallowkeeper.dyups.plugins.module_utils._upstream impo
 from ansible_collections.swallowkeeper.dyups.plugins.watcher import settings as watcher_settings
 from ansible_collections.swallowkeeper.dyups.plugins.watcher.metrics import Metrics
 from ansible_collections.swallowkeeper.dyups.plugins.watcher.sync import Syncer
-from tests.integration.test_modules_dyups_upstream import ansible, detail, failed, ok, play, task  # noqa: F401
+from tests.integration import test_modules_dyups_upstream as modules_tests
+from tests.integration.test_modules_dyups_upstream import detail, ok, play, task
 from tests.support.fake_dyups import FakeDyups
 from tests.support.http_stdlib import stdlib_transport
+
+ansible = modules_tests.ansible   # the fixture
 
 
 def real(server):
@@ -26,7 +29,7 @@ def real(server):
     return server
 
 
-def test_the_module_updates_the_upstream_another_spelling_holds(dyups_server, ansible, tmp_path):  # noqa: F811
+def test_the_module_updates_the_upstream_another_spelling_holds(dyups_server, ansible, tmp_path):
     server = real(dyups_server)
     conf = tmp_path / "upstreams.conf"
     theirs = build_upstream("Web", ["10.0.0.9:80"])

@@ -13,9 +13,12 @@ import subprocess
 import pytest
 
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils import _upstream_file
-from tests.integration.test_modules_dyups_upstream import ansible, detail, ok, play, task  # noqa: F401
+from tests.integration import test_modules_dyups_upstream as modules_tests
+from tests.integration.test_modules_dyups_upstream import detail, ok, play, task
 from tests.support.nginx_lua import NGINX, NginxLua
 from tests.support.tengine import Tengine, require_tengine
+
+ansible = modules_tests.ansible   # the fixture
 
 STATIC = "    upstream Static_One { server 127.0.0.1:9; }\n"
 
@@ -42,7 +45,7 @@ def nginx_t(server, binary):
                            "-e", str(server.error_log)], capture_output=True, text=True, timeout=60, check=False)
 
 
-def test_the_module_refuses_a_static_name_and_the_balancer(configured, ansible, tmp_path):  # noqa: F811
+def test_the_module_refuses_a_static_name_and_the_balancer(configured, ansible, tmp_path):
     server, binary = configured
     conf = tmp_path / "upstreams.conf"
     base = dict(api_url=server.api_url, upstream_conf=str(conf), nginx_conf=str(server.conf_path),
