@@ -25,7 +25,7 @@ from __future__ import annotations
 from typing import Any, Callable, Container, Iterable, List, NamedTuple, Optional, Tuple
 
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._errors import ValidationError
-from ansible_collections.swallowkeeper.dyups.plugins.module_utils._names import name_key, name_problem
+from ansible_collections.swallowkeeper.dyups.plugins.module_utils._names import name_problem
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._servers import Server, parse_server
 
 DEFAULT_TAG_VALUE = "default"
@@ -207,15 +207,6 @@ def parse_registration(service: str, node_data: Any, service_data: Any, checks: 
     return Instance(service, node, instance_id, upstream, server, None, tags, own, on_node, kept_meta)
 
 
-def other_spelling(service: str, data: Any) -> bool:
-    """True when a health entry's ``Service`` is another service whose name differs from ``service`` only in
-    letter case: Consul's ``/v1/health/service/web`` answers the instances of ``Web`` too (1.8.7)."""
-    if not isinstance(data, dict):
-        return False
-    name = data.get("Service")
-    return isinstance(name, str) and name != service and name_key(name) == name_key(service)
-
-
 def parse_health_entries(service: str, entries: Any, tag_key: str, keep_meta: bool = True) -> Optional[List[Instance]]:
     """The Instances of a ``/v1/health/service/NAME`` answer, one per entry (a malformed entry gives a
     ``malformed`` Instance); None when the answer is not a list."""
@@ -225,8 +216,6 @@ def parse_health_entries(service: str, entries: Any, tag_key: str, keep_meta: bo
     for entry in entries:
         if not isinstance(entry, dict):
             result.append(parse_registration(service, None, None, None, tag_key, keep_meta))
-        elif other_spelling(service, entry.get("Service")):
-            continue  # Consul's lookup ignores case: /v1/health/service/web also answers service Web's instances
         else:
             result.append(parse_registration(service, entry.get("Node"), entry.get("Service"), entry.get("Checks"),
                                              tag_key, keep_meta))

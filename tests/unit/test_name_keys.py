@@ -7,7 +7,6 @@ Issue 26 finding 5 (the module), issue 18 finding 5 (the watcher's case swap), i
 import pytest
 
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils import _upstream_file
-from ansible_collections.swallowkeeper.dyups.plugins.module_utils._consul_instance import parse_health_entries
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._consul_mapping import map_services
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._errors import ValidationError
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils import _names
@@ -69,12 +68,6 @@ def test_the_file_parser_and_the_rendered_file_use_the_key():
     rendered = _upstream_file.RenderedFile([build_upstream("Web", ["10.0.0.1:80"])])
     rendered.update({"Web": None, "web": build_upstream("web", ["10.0.0.2:80"])})   # a swap: allowed
     assert list(_upstream_file.parse(rendered.text())) == ["web"]
-
-
-def test_a_health_answer_for_another_spelling_is_left_to_that_service():
-    """Issue 18 finding 5: /v1/health/service/web also answers the instances of service Web."""
-    answer = [entry("web", "w1", 80), entry("Web", "W1", 81, address="10.0.0.2")]
-    assert [instance.id for instance in parse_health_entries("web", answer, "gray")] == ["w1"]
 
 
 def test_the_mapping_keeps_one_of_two_spellings_by_a_stable_rule_and_says_why():

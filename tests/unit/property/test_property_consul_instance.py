@@ -15,7 +15,7 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._consul_instance import (
-    Instance, other_spelling, parse_health_entries, parse_node_services, parse_registration)
+    Instance, parse_health_entries, parse_node_services, parse_registration)
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._consul_mapping import MappingOptions, map_instances
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._names import name_problem
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._servers import Server, parse_server
@@ -58,9 +58,7 @@ def test_any_health_answer_becomes_instances_or_skips_and_maps_without_raising(s
     if not isinstance(answer, list):
         assert instances is None
     else:
-        # one Instance per entry, but those of another spelling of the name (Consul answers them too)
-        assert len(instances) == len([entry for entry in answer if not (
-            isinstance(entry, dict) and other_spelling(service, entry.get("Service")))])
+        assert len(instances) == len(answer)
         for instance in instances:
             assert_instance(instance, service)
     result = map_instances(service, instances, MappingOptions(tag_key=tag_key))
