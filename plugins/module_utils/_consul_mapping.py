@@ -14,7 +14,9 @@ Rules, in order, for each instance (docs/consul.md has the table of skip reasons
 2. Upstream name: ``SERVICE``, or ``SERVICE_TAG`` when the instance has a tag ``KEY=TAG`` (``KEY``
    is ``tag_key``, default ``gray``); ``gray=default`` or no such tag means no suffix. Two
    different ``KEY=`` tags on one instance, an empty ``KEY=``, or a resulting name that breaks
-   the upstream name rule (``_names.py``) skip the instance.
+   the upstream name rule (``_names.py``) skip the instance; so does a reserved name
+   (``_reserved.py``: the Lua flavor's ``DYUPS_BALANCER``, upstreams defined statically in nginx's
+   configuration, ``reserved_names``), with the reason.
 3. Server: host from ``Service.Address``, else ``Node.Address``; port from ``Service.Port``;
    parameters from ``Service.Meta``: ``dyups_weight``, ``dyups_max_fails``, ``dyups_fail_timeout``,
    ``dyups_max_conns``, ``dyups_backup``, ``dyups_down``; checked by ``parse_server``. Any other
@@ -46,7 +48,8 @@ from ansible_collections.swallowkeeper.dyups.plugins.module_utils._consul_instan
     DEFAULT_TAG_VALUE, META_KEYS, META_PREFIX, Instance, parse_health_entries, shown)
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._directives import parse_directives
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._errors import ValidationError
-from ansible_collections.swallowkeeper.dyups.plugins.module_utils._names import name_problem
+from ansible_collections.swallowkeeper.dyups.plugins.module_utils._names import name_key, name_problem
+from ansible_collections.swallowkeeper.dyups.plugins.module_utils._reserved import Reserved
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._slots import with_slots
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._upstream import Upstream, build_upstream
 
@@ -67,7 +70,8 @@ class MappingOptions:
     ``directives`` (every upstream) and ``upstream_directives`` (``{upstream: [directive, ...]}``,
     instead of ``directives`` for that upstream) are attached to the upstreams the mapping builds,
     so that ``build_upstream`` checks them with the servers (the watcher's settings; none for the
-    consul_services module)."""
+    consul_services module). ``reserved``: a ``_reserved.Reserved`` (or names to reserve besides the
+    balancer's): upstreams of those names are skipped with the reason."""
 
     tag_key: str = DEFAULT_TAG_KEY
     include: tuple = ()
@@ -77,6 +81,7 @@ class MappingOptions:
     passing_states: tuple = DEFAULT_PASSING
     directives: tuple = ()
     upstream_directives: Any = None
+    reserved: Any = None
 
     def __post_init__(self) -> None:
         tag_key = self.tag_key
@@ -89,6 +94,8 @@ class MappingOptions:
                 raise ValueError(f"{what} must be a list of service names")
             object.__setattr__(self, what, value)
         object.__setattr__(self, "prefix", self.prefix or "")
+        if not isinstance(self.reserved, Reserved):
+            object.__setattr__(self, "reserved", Reserved(extra=self.reserved or ()))
         states = (self.passing_states,) if isinstance(self.passing_states, str) else tuple(self.passing_states or ())
         unknown = [state for state in states if state not in CHECK_STATES]
         if unknown or not states:
@@ -236,6 +243,12 @@ def map_instances(service: str, instances: Optional[Sequence[Instance]], options
     empty = []
     broken = set()
     for upstream in sorted(by_upstream):
+        reserved = options.reserved.problem(upstream)
+        if reserved:
+            skipped.append(_skip_item(f"upstream {_text(upstream)}", f"the name is reserved: {reserved} "
+                                      f"({len(by_upstream[upstream])} instance(s) skipped)", service=service))
+            broken.add(upstream)
+            continue
         servers = [server for server, serving in by_upstream[upstream] if serving]
         result.sources[upstream] = service
         if not servers:
@@ -256,8 +269,8 @@ def map_instances(service: str, instances: Optional[Sequence[Instance]], options
 
 
 def _folded(name: str) -> str:
-    """The name as nginx compares it (letter case ignored): the same string object when already so."""
-    lower = name.lower()
+    """The name's key (``name_key``): the same string object when already so."""
+    lower = name_key(name)
     return name if lower == name else lower
 
 
@@ -301,7 +314,7 @@ class MergedMapping:
         self.upstreams: Dict[str, Upstream] = {}
         self.empty: set = set()
         self.sources: Dict[str, str] = {}
-        # name.lower() -> {(service, upstream): key}, held as the one pair ((service, upstream), key) when
+        # name_key(name) -> {(service, upstream): key}, held as the one pair ((service, upstream), key) when
         # one service claims the name (nearly always; a dict per upstream name would be most of the cost)
         self._claims: Dict[str, Any] = {}
         self._winners: Dict[str, Tuple[str, str]] = {}
@@ -404,7 +417,7 @@ class MergedMapping:
         return self._skipped
 
     def _wins(self, service: str, upstream: str) -> bool:
-        return self._winners.get(upstream.lower()) == (service, upstream)
+        return self._winners.get(_folded(upstream)) == (service, upstream)
 
     def result(self) -> MappingResult:
         """The merged mapping as one MappingResult, sorted."""

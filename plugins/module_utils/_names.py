@@ -13,12 +13,17 @@ or written.
 The rule: 1 to ``MAX_NAME_LENGTH`` characters from ``A-Z a-z 0-9 _ . -``,
 the first one a letter, a digit or ``_``. The Lua flavor implements the same
 rule; ``tests/vectors/names.json`` holds the cases both test suites run.
+
+Names are compared as the data plane compares them: Tengine (``ngx_strncasecmp``), dyups and the Lua
+flavor (``string.lower``) ignore ASCII letter case, so ``Web`` and ``web`` are one upstream.
+``name_key`` gives the key every comparison, diff and index of upstream names uses; nothing else
+lowers a name.
 """
 
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Any, Iterable, Mapping, TypeVar, overload
 
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._errors import ValidationError
 
@@ -29,6 +34,7 @@ NAME_RULE = (
 )
 
 _NAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*\Z")
+_ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
 _ALLOWED = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-")
 
 
@@ -68,3 +74,63 @@ def validate_name(name: Any) -> str:
     if found:
         raise ValidationError("upstream name", name, f"{found[1]}; {NAME_RULE}", found[0])
     return name
+
+
+def name_key(name: str) -> str:
+    """The key of an upstream name as the data plane compares it: ASCII letters lowered, nothing else.
+
+    Only ASCII is folded (``str.lower`` would also fold ``\u212a`` KELVIN SIGN to ``k``): names read
+    from ``/detail`` that break the rule must not collide with valid ones.
+    """
+    return name.lower() if name.isascii() else name.translate(_ASCII_LOWER)
+
+
+V = TypeVar("V")
+
+
+def by_key(mapping: Mapping[str, V]) -> dict[str, tuple[str, V]]:
+    """``{name_key(name): (name, value)}`` of ``mapping``; of two names with one key, the first in sorted order."""
+    keyed: dict[str, tuple[str, V]] = {}
+    for name in sorted(mapping):
+        keyed.setdefault(name_key(name), (name, mapping[name]))
+    return keyed
+
+
+@overload
+def same_names(mapping: Mapping[str, V], names: Iterable[str]) -> dict[str, V]:
+    ...
+
+
+@overload
+def same_names(mapping: None, names: Iterable[str]) -> None:
+    ...
+
+
+def same_names(mapping: Mapping[str, V] | None, names: Iterable[str]) -> dict[str, V] | None:
+    """``mapping`` with each entry whose key is the key of one of ``names`` stored under that spelling.
+
+    The interface and the file may hold ``Web`` while a caller asks for ``web``: for the data plane they
+    are one upstream, so the caller finds it under its own spelling. Other entries are kept as they are;
+    None stays None.
+    """
+    if mapping is None:
+        return None
+    wanted = {name_key(name): name for name in names}
+    out: dict[str, V] = {}
+    for name, value in mapping.items():
+        spelling = wanted.get(name_key(name), name)
+        if spelling in out and spelling != name:
+            continue  # both spellings held (never by a case-insensitive interface): the exact one wins
+        out[spelling] = value
+    return out
+
+
+def unique_names(names: Iterable[str], where: str) -> None:
+    """Raise ValidationError when two of ``names`` differ only in letter case (the data plane's one upstream)."""
+    seen: dict[str, str] = {}
+    for name in names:
+        other = seen.setdefault(name_key(name), name)
+        if other != name:
+            raise ValidationError(where, name, f"names {other!r} and {name!r} differ only in letter case; nginx, "
+                                               "Tengine and the Lua flavor treat them as one upstream",
+                                  "name.case_clash")

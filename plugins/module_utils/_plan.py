@@ -15,7 +15,9 @@ Rules:
   Tengine prints for it;
 * ``/detail`` does not show upstream-level directives: they are compared through the upstream file
   when one is managed, and a POST is planned when the file's directives differ from the desired ones;
-* ``exclusive`` removes only upstreams that the file holds and the desired set does not name.
+* ``exclusive`` removes only upstreams that the file holds and the desired set does not name;
+* names compare as the data plane compares them (``_names.name_key``: letter case ignored): an
+  upstream the interface or the file holds as ``Web`` is the one a caller asks for as ``web``.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from dataclasses import dataclass
 from typing import Any, Iterable, Mapping
 
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._dyups_wire import Detail, detail_line
+from ansible_collections.swallowkeeper.dyups.plugins.module_utils._names import same_names
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._resolve import Resolve
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._servers import Server, sort_servers
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._upstream import Upstream, build_upstream
@@ -198,7 +201,11 @@ def plan(desired: Mapping[str, Upstream | None], detail: Detail | None,
     {name: Upstream}, or None when no file is managed. ``exclusive``: upstreams the file holds and
     ``desired`` does not name are removed (from the file, and from the interface when it holds
     them); upstreams the file does not hold are never touched. ``force``: POST even when equal.
+    ``detail`` and ``file_upstreams`` are looked up by name key: their ``Web`` is ``desired``'s ``web``
+    (the file's block is then written under ``desired``'s spelling).
     """
+    detail = same_names(detail, desired)
+    file_upstreams = same_names(file_upstreams, desired)
     wanted = dict(desired)
     if exclusive and file_upstreams:
         for name in file_upstreams:

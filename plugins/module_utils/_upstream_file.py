@@ -29,6 +29,7 @@ import time
 from typing import Callable, Iterable, Iterator, Mapping
 
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._errors import ValidationError
+from ansible_collections.swallowkeeper.dyups.plugins.module_utils._names import name_key
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._upstream import Upstream, build_upstream
 
 HEADER = (
@@ -42,7 +43,7 @@ def _unique_ignoring_case(names: Iterable[str], where: str = "upstream file") ->
     """nginx compares upstream names ignoring case: ``Web`` and ``web`` in one file break the next reload."""
     seen: dict[str, str] = {}
     for name in names:
-        other = seen.setdefault(name.lower(), name)
+        other = seen.setdefault(name_key(name), name)
         if other != name:
             raise ValidationError(where, name, f"names {other!r} and {name!r} differ only in letter case; nginx "
                                                "treats them as one upstream and refuses the file", "file.case_clash")
@@ -84,7 +85,7 @@ class RenderedFile:
         """Apply ``{name: Upstream, or None to remove it}``; raises ValidationError (and changes
         nothing) when a new name differs from a kept one only in letter case."""
         for name, upstream in changes.items():
-            other = self.lower.get(name.lower())
+            other = self.lower.get(name_key(name))
             if upstream is not None and other is not None and other != name and changes.get(other, 0) is not None:
                 _unique_ignoring_case([other, name])
         for name, upstream in sorted(changes.items(), key=lambda item: item[1] is not None):  # removals first
@@ -93,13 +94,13 @@ class RenderedFile:
             if upstream is None:
                 if present:
                     del self.names[at], self.texts[at]
-                    del self.lower[name.lower()]
+                    del self.lower[name_key(name)]
             elif present:
                 self.texts[at] = render_block(upstream)
             else:
                 self.names.insert(at, name)
                 self.texts.insert(at, render_block(upstream))
-                self.lower[name.lower()] = name
+                self.lower[name_key(name)] = name
 
     def text(self) -> str:
         return "\n".join(([self.header] if self.header else []) + self.texts)
@@ -141,6 +142,7 @@ def _tokens(text: str) -> Iterator[tuple[int, str]]:
 def parse(text: str) -> dict[str, Upstream]:
     """Return {name: Upstream} from the file's text; raises ValidationError naming the line."""
     upstreams: dict[str, Upstream] = {}
+    keys: set[str] = set()
     tokens = list(_tokens(text))
     i = 0
     while i < len(tokens):
@@ -177,7 +179,7 @@ def parse(text: str) -> dict[str, Upstream]:
                 words = []
             else:
                 words.append(word)
-        if name.lower() in {known.lower() for known in upstreams}:
+        if name_key(name) in keys:
             raise ValidationError("upstream file", f"line {line}", f"upstream {name} is defined twice (nginx "
                                                                    "compares names ignoring case)",
                                   "file.defined_twice")
@@ -185,6 +187,7 @@ def parse(text: str) -> dict[str, Upstream]:
             upstreams[name] = build_upstream(name, servers, directives)
         except ValidationError as exc:
             raise ValidationError("upstream file", f"line {line}", str(exc), exc.rule_id) from None
+        keys.add(name_key(name))
     return upstreams
 
 
@@ -239,13 +242,14 @@ def run_validate(command: str, candidate: str) -> None:
 
 
 def replace_file(path: str, content: str | bytes, mode: int | None = None, backup: bool = False,
-                 validate: str | None = None) -> str | None:
+                 validate: str | None = None, check: Callable[[str], None] | None = None) -> str | None:
     """Atomically replace ``path`` with ``content``; return the backup's path (or None).
 
     The old file stays whole until ``rename``; a crash at any point before it
     leaves the old file as it was and at most a ``.NAME.*.tmp`` beside it.
     Mode and owner of an existing file are kept; a new file gets ``mode``
-    (default 0644).
+    (default 0644). ``check(temporary path)``, like ``validate``, runs before the rename and raises to stop it
+    (``_validate_config.check_config``: nginx -t of the whole configuration with the new file in place).
     """
     path = os.path.abspath(path)
     directory, base = os.path.split(path)
@@ -271,6 +275,8 @@ def replace_file(path: str, content: str | bytes, mode: int | None = None, backu
             os.chmod(tmp, DEFAULT_MODE if mode is None else mode)
         if validate:
             run_validate(validate, tmp)
+        if check is not None:
+            check(tmp)
         backup_file = None
         if backup and current is not None:
             backup_file = backup_path_for(path)

@@ -30,6 +30,7 @@ author:
   - swallowkeeper.dyups contributors (!UNKNOWN)
 extends_documentation_fragment:
   - swallowkeeper.dyups._consul
+  - swallowkeeper.dyups._reserved
 attributes:
   check_mode:
     support: full
@@ -85,6 +86,11 @@ options:
       - Count C(warning) as passing (the same as adding C(warning) to O(passing_states)).
     type: bool
     default: false
+  upstream_conf:
+    description:
+      - The upstream file the result is written to (by M(swallowkeeper.dyups.dyups_upstream)); with O(nginx_conf),
+        its blocks are not reserved. Required with O(nginx_conf).
+    type: path
 notes:
   - With ACLs enabled Consul does not refuse what a token may not read, it hides it. A catalog that lists no service
     at all (every datacenter has at least C(consul)) therefore fails the task as a missing or insufficient token,
@@ -248,6 +254,8 @@ from ansible_collections.swallowkeeper.dyups.plugins.module_utils._consul_mappin
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._consul_options import (
     CONSUL_REQUIRED_BY, consul_argument_spec, consul_client_from_params)
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._errors import ConsulError, ValidationError
+from ansible_collections.swallowkeeper.dyups.plugins.module_utils._reserved import (
+    ReservedNamesUnknown, reserved_argument_spec, reserved_from_params)
 
 FETCH_THREADS = 4
 WARNINGS_SHOWN = 20
@@ -269,8 +277,9 @@ def run(module):
         options = MappingOptions(tag_key=params["tag_key"], include=tuple(params["include"] or ()),
                                  exclude=tuple(params["exclude"] or ()), prefix=params["prefix"] or "",
                                  include_warning=params["include_warning"],
-                                 passing_states=tuple(params["passing_states"] or ()))
-    except ValueError as exc:
+                                 passing_states=tuple(params["passing_states"] or ()),
+                                 reserved=reserved_from_params(params, [params["upstream_conf"]]))
+    except (ValueError, ReservedNamesUnknown) as exc:
         module.fail_json(msg=str(exc))
     try:
         client = consul_client_from_params(params)
@@ -314,8 +323,11 @@ def main():
         passing_states=dict(type="list", elements="str", choices=["passing", "warning", "critical"],
                             default=["passing"]),
         include_warning=dict(type="bool", default=False),
+        upstream_conf=dict(type="path"),
+        **reserved_argument_spec(),
     )
-    module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True, required_by=CONSUL_REQUIRED_BY)
+    module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True,
+                           required_by=dict(CONSUL_REQUIRED_BY, nginx_conf=("upstream_conf",)))
     run(module)
 
 

@@ -31,6 +31,7 @@ author:
   - swallowkeeper.dyups contributors (!UNKNOWN)
 extends_documentation_fragment:
   - swallowkeeper.dyups._dyups
+  - swallowkeeper.dyups._reserved
 attributes:
   check_mode:
     support: full
@@ -116,6 +117,16 @@ options:
       - The command runs without a shell; use C(/bin/sh -c '...') for one. The EXAMPLES show a check of the new file
         with C(nginx -t) and a minimal configuration that includes only it.
     type: str
+  validate_config:
+    description:
+      - Check the new upstream file with C(nginx -t) of O(nginx_conf) (run with O(nginx_binary)), the new file in
+        place of O(upstream_conf), before it replaces the old one; when it fails, the old file stays and nothing is
+        sent. A private copy of the main configuration reads the new file; the real path never holds an unchecked
+        file. This catches what a check of the file alone cannot (an upstream that C(nginx.conf) defines too).
+      - Needs O(nginx_conf) and O(upstream_conf), and a user that may run C(nginx -t) (it opens the pid and log
+        files).
+    type: bool
+    default: false
   resolve_check:
     description:
       - Check that every host name in the servers resolves on the managed node before anything is sent or written.
@@ -242,11 +253,14 @@ from ansible_collections.swallowkeeper.dyups.plugins.module_utils._dyups_options
     dyups_argument_spec, dyups_client_from_params)
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._errors import (
     DyupsError, ValidationError)
-from ansible_collections.swallowkeeper.dyups.plugins.module_utils._names import validate_name
+from ansible_collections.swallowkeeper.dyups.plugins.module_utils._names import same_names, unique_names, validate_name
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._plan import (
     desired_upstream, interface_text, plan)
+from ansible_collections.swallowkeeper.dyups.plugins.module_utils._reserved import (
+    Reserved, ReservedNamesUnknown, reserved_argument_spec, reserved_from_params)
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._resolve import check_resolvable, make_resolver
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._upstream import spec_parts
+from ansible_collections.swallowkeeper.dyups.plugins.module_utils._validate_config import ConfigCheckFailed, check_config
 
 
 def argument_spec():
@@ -261,13 +275,15 @@ def argument_spec():
         upstream_conf=dict(type="path"),
         backup=dict(type="bool", default=False),
         validate=dict(type="str"),
+        validate_config=dict(type="bool", default=False),
         resolve_check=dict(type="bool", default=True),
         force=dict(type="bool", default=False),
+        **reserved_argument_spec(),
     )
     return spec
 
 
-def requested(params, file_upstreams=None):
+def requested(params, file_upstreams=None, reserved=None):
     """The desired upstreams, {name: Upstream} or {name: None} to delete, each built (so validated) once.
 
     An upstream whose directives are not given keeps those that ``file_upstreams`` (the upstream file's
@@ -284,9 +300,12 @@ def requested(params, file_upstreams=None):
         specs = {params["name"]: None if absent else {"servers": params["servers"], "directives": params["directives"]}}
     else:
         specs = {name: None if absent else spec for name, spec in params["upstreams"].items()}
+    unique_names(specs, "upstreams")
+    file_upstreams = same_names(file_upstreams, specs)  # the file's Web is the task's web
     wanted = {}
     for name, spec in specs.items():
         validate_name(name)
+        (reserved or Reserved()).check(name)
         if spec is None:
             wanted[name] = None
             continue
@@ -321,7 +340,8 @@ class Runner:
         try:
             if self.path:
                 file_text, file_upstreams = _upstream_file.read_text(self.path)
-            desired = requested(self.params, file_upstreams)
+            reserved = reserved_from_params(self.params, [self.path])
+            desired = requested(self.params, file_upstreams, reserved)
             client = dyups_client_from_params(self.params)
             if self.params["resolve_check"]:
                 check_resolvable(desired, resolve)
@@ -329,6 +349,8 @@ class Runner:
             self.fail(f"{exc}. Nothing was sent or written.")
         except OSError as exc:
             self.fail(f"cannot read the upstream file {self.path}: {exc.strerror or exc}. Nothing was sent or written.")
+        except ReservedNamesUnknown as exc:
+            self.fail(f"{exc}. Nothing was sent or written.")
 
         detail_error = None
         try:
@@ -360,9 +382,13 @@ class Runner:
 
     def write_file(self, text):
         try:
+            check = None
+            if self.params["validate_config"]:
+                def check(candidate):
+                    check_config(self.params["nginx_binary"], self.params["nginx_conf"], self.path, candidate)
             backup_file = _upstream_file.replace_file(self.path, text, backup=self.params["backup"],
-                                                      validate=self.params["validate"])
-        except _upstream_file.ValidateCommandFailed as exc:
+                                                      validate=self.params["validate"], check=check)
+        except (_upstream_file.ValidateCommandFailed, ConfigCheckFailed) as exc:
             self.fail(f"{exc}. The upstream file {self.path} was not changed and nothing was sent.",
                       changed=False, file_changed=False)
         except OSError as exc:
@@ -401,9 +427,10 @@ def main():
         supports_check_mode=True,
         mutually_exclusive=[("name", "upstreams"), ("servers", "upstreams"), ("directives", "upstreams")],
         required_one_of=[("name", "upstreams")],
-        required_if=[("exclusive", True, ("upstreams", "upstream_conf")),
-                     ("backup", True, ("upstream_conf",))],
         required_by={"validate": ("upstream_conf",)},
+        required_if=[("exclusive", True, ("upstreams", "upstream_conf")),
+                     ("backup", True, ("upstream_conf",)),
+                     ("validate_config", True, ("nginx_conf", "upstream_conf"))],
     )
     Runner(module).run()
 

@@ -176,7 +176,7 @@ class ConsulSource:
         self.options = mapping.MappingOptions(
             tag_key=settings.tag_key, include=tuple(settings.include), exclude=tuple(settings.exclude),
             prefix=settings.prefix, include_warning=settings.include_warning, directives=tuple(settings.directives),
-            upstream_directives=settings.upstream_directives)
+            upstream_directives=settings.upstream_directives, reserved=settings.reserved)
         token = resolve_token(token_file=settings.consul_token_file)
         cert = (settings.consul_client_cert, settings.consul_client_key) if settings.consul_client_cert else None
         verify = settings.consul_ca_path or settings.consul_validate_certs

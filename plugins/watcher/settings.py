@@ -21,13 +21,15 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Mapping
 
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._consul_client import consul_environment
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._directives import parse_directives
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._errors import ValidationError
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._names import validate_name
+from ansible_collections.swallowkeeper.dyups.plugins.module_utils._reserved import (
+    Reserved, ReservedNamesUnknown, reserved_from)
 
 ZERO_INSTANCE_POLICIES = ("keep", "down", "delete")
 MAX_REMOVAL_GUARD_WINDOW = 3600.0  # an hour: older removals are no one mass event (and each sync reads the window)
@@ -78,6 +80,13 @@ OPTIONS = (
                                           "one; %s is the new file's path"),
     Option("directives", [], list, "upstream-level directives sent with every upstream (e.g. 'keepalive 32')"),
     Option("upstream_directives", {}, dict, "per-upstream directives, replacing 'directives' for that name"),
+    Option("nginx_conf", None, str, "main configuration of the running nginx: its static upstreams (nginx -T, "
+                                    "outside upstream_file) are reserved, learnt at start and at SIGHUP"),
+    Option("nginx_binary", "nginx", str, "the nginx or Tengine binary that runs nginx_conf"),
+    Option("validate_config", False, bool, "check every new upstream file with nginx -t of nginx_conf, the new "
+                                           "file in place of upstream_file (needs a user that may run nginx -t)"),
+    Option("reserved_names", [], list, "upstream names never written or sent, besides DYUPS_BALANCER and those "
+                                       "learnt from nginx_conf (for hosts where nginx -T cannot run as this user)"),
     Option("quiescence_min", 0.02, float, "seconds without a new Consul event before a change is applied"),
     Option("quiescence_max", 0.25, float, "longest a burst of events may delay a change"),
     Option("drift_interval", 30.0, float, "seconds between comparisons of the interface with the desired state"),
@@ -103,6 +112,7 @@ _BY_NAME = {option.name: option for option in OPTIONS}
 class Settings:
     values: dict[str, Any] = field(default_factory=dict)
     config_file: str | None = None
+    reserved: Reserved = field(default_factory=Reserved)  # learnt by build() (_reserved.py)
 
     def __getattr__(self, name: str) -> Any:
         option = _BY_NAME.get(name)
@@ -198,7 +208,12 @@ def build(file_values: Mapping[str, Any] | None = None, flag_values: Mapping[str
             values[name] = _coerce(_BY_NAME[name], value)
     settings = Settings(values=values, config_file=config_file)
     check(settings)
-    return settings
+    try:
+        reserved = reserved_from(settings.reserved_names, settings.nginx_conf, settings.nginx_binary,
+                                 [settings.upstream_file])
+    except ReservedNamesUnknown as exc:
+        raise SettingsError(f"nginx_conf: {exc}") from None
+    return replace(settings, reserved=reserved)
 
 
 def check(settings: Settings) -> None:
@@ -222,6 +237,8 @@ def check(settings: Settings) -> None:
         raise SettingsError("validate_command: must contain %s (the new file's path)")
     if settings.log_level not in ("debug", "info", "warning", "error"):
         raise SettingsError("log_level: expected debug, info, warning or error")
+    if settings.validate_config and not settings.nginx_conf:
+        raise SettingsError("validate_config: needs nginx_conf (the main configuration the new file is checked in)")
     if not settings.upstream_file:
         raise SettingsError("upstream_file: required; changes are written there before they reach dyups")
     try:

@@ -33,10 +33,12 @@ from ansible_collections.swallowkeeper.dyups.plugins.module_utils import _upstre
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._dyups_client import DyupsClient
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._errors import (
     DyupsError, DyupsRejected, DyupsUnavailable, ValidationError)
+from ansible_collections.swallowkeeper.dyups.plugins.module_utils._names import name_key, same_names
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._plan import servers_equal
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._resolve import Resolve, make_resolver
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._servers import Server
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._upstream import Upstream
+from ansible_collections.swallowkeeper.dyups.plugins.module_utils._validate_config import ConfigCheckFailed, check_config
 from ansible_collections.swallowkeeper.dyups.plugins.watcher import check_budget, safety
 from ansible_collections.swallowkeeper.dyups.plugins.watcher.metrics import Metrics
 from ansible_collections.swallowkeeper.dyups.plugins.watcher.settings import Settings
@@ -267,9 +269,9 @@ class Syncer:
                     self._file = _upstream_file.RenderedFile(self.applied.values())
                 self._file.update(changes)
                 _upstream_file.replace_file(self.settings.upstream_file, self._file.text(),
-                                            validate=self.settings.validate_command)
+                                            validate=self.settings.validate_command, check=self._check_config())
                 report.file_changed = True
-            except _upstream_file.ValidateCommandFailed as exc:
+            except (_upstream_file.ValidateCommandFailed, ConfigCheckFailed) as exc:
                 return self._file_failed(report, started, "file_validate", str(exc), upstreams, empty)
             except OSError as exc:
                 return self._file_failed(report, started, "file_write",
@@ -285,6 +287,14 @@ class Syncer:
         self.push(report)
         self._finish(report, started)
         return report
+
+    def _check_config(self) -> Optional[Callable[[str], None]]:
+        """With ``validate_config``: nginx -t of the whole configuration, the candidate file in place."""
+        settings = self.settings
+        if not settings.validate_config:
+            return None
+        return lambda candidate: check_config(settings.nginx_binary, settings.nginx_conf, settings.upstream_file,
+                                              candidate)
 
     def _apply(self, changes: Mapping[str, Optional[Upstream]]) -> None:
         """Make ``changes`` ({name: Upstream or None}) the applied state, keeping the server count and
@@ -342,7 +352,14 @@ class Syncer:
             self.pending.discard(name)
             report.posted.append(name)
             self.metrics.count("changes_applied")
+        live = {name_key(name) for name in self.applied} if self.gone else set()
         for name in sorted(self.gone):
+            if name_key(name) in live:
+                # Web gone, web applied: one upstream for the data plane, which the POST of web replaced;
+                # a DELETE of Web would remove what that POST just set
+                self.gone.discard(name)
+                self.pushed.pop(name, None)
+                continue
             try:
                 existed = self.client.delete(name)
             except DyupsError as exc:
@@ -371,8 +388,10 @@ class Syncer:
 
     def repair(self, details: Optional[List[Mapping[str, List[Server]]]] = None) -> SyncReport:
         """Compare ``/detail`` (``details``: the answers of several workers, see nginx_processes.py; else
-        one read) with the applied state; push what differs in any. Returns the names repaired."""
-        readings = details if details is not None else [self.client.detail()]
+        one read) with the applied state; push what differs in any. Returns the names repaired. The
+        interface's ``Web`` is the applied ``web`` (names compared as the data plane compares them)."""
+        readings = [same_names(detail, self.applied)
+                    for detail in (details if details is not None else [self.client.detail()])]
         self.resolve = make_resolver(hosts_file=self.settings.hosts_file)
         drifted = []
         for name, upstream in self.applied.items():
@@ -380,8 +399,9 @@ class Syncer:
                 continue
             if any(not servers_equal(upstream, detail.get(name), resolve=self.resolve) for detail in readings):
                 drifted.append(name)
+        deleted = {name_key(name) for name in self.deleted_here}
         held = set().union(*readings)
-        stale = sorted((self.deleted_here & held) - set(self.applied))
+        stale = sorted(name for name in held if name_key(name) in deleted and name not in self.applied)
         if drifted or stale:
             log.warning("dyups differs from the upstream file for %d upstream(s)%s; pushing them again",
                         len(drifted) + len(stale), ": " + ", ".join((drifted + stale)[:10]))

@@ -20,7 +20,7 @@ import pytest
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._directives import parse_directive
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._dyups_wire import detail_line
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._errors import ValidationError
-from ansible_collections.swallowkeeper.dyups.plugins.module_utils._names import name_check
+from ansible_collections.swallowkeeper.dyups.plugins.module_utils._names import name_check, name_key
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._servers import parse_server
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._upstream_file import parse as parse_file
 from tests.support.nginx_lua import make_nginx_lua_fixture
@@ -82,7 +82,7 @@ def python_body(body):
 
 def python_name(name):
     found = name_check(name)
-    return ("err", found[0]) if found else ("ok",)
+    return ("err", found[0]) if found else ("ok", name_key(name))
 
 
 def verdict(result):
@@ -104,7 +104,7 @@ def vector_expectation(case, *fields):
 def test_name_vectors(probe_nginx):
     cases = json.loads((VECTORS / "names.json").read_text())["cases"]
     names = [case["name"] for case in cases]
-    expected = [vector_expectation(case) for case in cases]
+    expected = [vector_expectation(case, "key") for case in cases]
     bad = mismatches(names, lua(probe_nginx, "name", names), expected)
     assert not bad, bad
     assert len(cases) >= 30
@@ -221,7 +221,7 @@ DIRECTIVE_PIECES = [
     "check_http_send", "check_http_expect_alive", "check_keepalive_requests", "server", "foo", " ", "  ", "\t",
     "\u00a0", "0", "1", "32", "100000", "100001", "1000000000", "60s", "500ms", "1m", "10x", "$remote_addr",
     "$request_uri", "consistent", "interval=3000", "rise=2", "fall=5", "timeout=1000", "type=http", "type=xyz",
-    "default_down=true", "port=8080", "rise", "rise=", "http_2xx", "http_3xx", "http_9xx", '"GET / HTTP/1.0\\r\\n\\r\\n"',
+    "default_down=true", "port=8080", "interval=1", "fall=02", "port=0", "rise", "rise=", "http_2xx", "http_3xx", "http_9xx", '"GET / HTTP/1.0\\r\\n\\r\\n"',
     '"a\\qb"', '"open', '"a;b"', '""', ";", "{", "}", "#", "'", "\\", '"', "\n", "\x01", "\x7f", "é",
 ]
 
@@ -229,8 +229,12 @@ DIRECTIVE_PIECES = [
 def random_directives(rng, count):
     out = []
     names = DIRECTIVE_PIECES[:11]
+    check_args = ["interval=3000", "rise=2", "fall=05", "timeout=0", "type=http", "type=tcp", "default_down=false",
+                  "port=65536", "port=80", "rise=2"]
     for _unused in range(count):
-        if rng.random() < 0.6:
+        if rng.random() < 0.1:  # check, its arguments in any order: the one form both sides give
+            text = " ".join(["check"] + rng.sample(check_args, rng.randint(1, 4)))
+        elif rng.random() < 0.6:
             words = [rng.choice(names)] + [rng.choice(DIRECTIVE_PIECES[16:]) for _unused in range(rng.randint(0, 3))]
             text = " ".join(words)
         else:

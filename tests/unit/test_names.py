@@ -7,7 +7,7 @@ import pytest
 
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._errors import ValidationError
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._names import (
-    MAX_NAME_LENGTH, name_problem, validate_name)
+    MAX_NAME_LENGTH, name_key, name_problem, validate_name)
 
 VECTORS = json.loads((Path(__file__).resolve().parents[1] / "vectors" / "names.json").read_text())["cases"]
 
@@ -17,6 +17,7 @@ def test_vector(case):
     assert (name_problem(case["name"]) is None) is case["valid"]
     if case["valid"]:
         assert validate_name(case["name"]) == case["name"]
+        assert name_key(case["name"]) == case["key"]
     else:
         with pytest.raises(ValidationError) as caught:
             validate_name(case["name"])

@@ -39,11 +39,12 @@ def test_parse_hand_written():
         upstream b {
             check_http_send "GET / HTTP/1.0\\r\\n\\r\\n";
             server 10.0.0.3:80;
+            check type=http;
         }
     """)
     parsed = _upstream_file.parse(text)
     assert parsed["a"] == build_upstream("a", ["10.0.0.1:80 weight=2", "10.0.0.2:80"], ["keepalive 8"])
-    assert parsed["b"].directive_lines() == ['check_http_send "GET / HTTP/1.0\\r\\n\\r\\n";']
+    assert parsed["b"].directive_lines() == ["check type=http;", 'check_http_send "GET / HTTP/1.0\\r\\n\\r\\n";']
 
 
 @pytest.mark.parametrize("text, problem", [

@@ -2,7 +2,7 @@
 --
 -- POST body: one case a line, "KIND<TAB>HEX(input)", KIND one of name, server, directive, body.
 -- Answer: one line per case, fields hex-encoded and tab-separated; a refusal is "err", rule id, message:
---   name       ok | err, rule, message
+--   name       ok, name key | err, rule, message
 --   server     ok, spec, detail line | err, rule, message
 --   directive  ok, normalized text | err, rule, message
 --   body       ok, sorted server specs joined by "\n", directive texts joined by "\n" | err, rule, message
@@ -46,7 +46,7 @@ local function run(kind, input)
     local result, err, rule
     if kind == "name" then
         result, err, rule = rules.validate_name(input)
-        return result and { "ok" } or { "err", rule, err }
+        return result and { "ok", rules.name_key(result) } or { "err", rule, err }
     elseif kind == "server" then
         result, err, rule = rules.parse_server(input)
         return result and { "ok", rules.server_spec(result), rules.detail_line(result) } or { "err", rule, err }

@@ -54,12 +54,15 @@ servers = st.builds(
     fail_timeout=st.integers(0, 86400), max_conns=st.integers(0, 1000000), backup=st.booleans(),
     down=st.booleans())
 
-_time = st.builds(lambda n, unit: f"{n}{unit}", st.integers(0, 999999999),
-                  st.sampled_from(["", "ms", "s", "m", "h", "d"]))
+# a time of at most 2147483647 ms (nginx's timers), at most 9 digits
+_TIME_MOST = {"": 2147483, "s": 2147483, "ms": 999999999, "m": 35791, "h": 596, "d": 24}
+_time = st.sampled_from(sorted(_TIME_MOST)).flatmap(
+    lambda unit: st.integers(0, _TIME_MOST[unit]).map(lambda n: f"{n}{unit}"))
+# Tengine refuses 0 for every number of check; a port is 16 bits
 _check_values = {
-    "interval": st.integers(0, 999999999).map(str), "rise": st.integers(0, 999999999).map(str),
-    "fall": st.integers(0, 999999999).map(str), "timeout": st.integers(0, 999999999).map(str),
-    "port": st.integers(0, 999999999).map(str),
+    "interval": st.integers(1, 999999999).map(str), "rise": st.integers(1, 999999999).map(str),
+    "fall": st.integers(1, 999999999).map(str), "timeout": st.integers(1, 999999999).map(str),
+    "port": st.integers(1, 65535).map(str),
     "type": st.sampled_from(["tcp", "http", "ssl_hello", "mysql", "ajp", "fastcgi"]),
     "default_down": st.sampled_from(["true", "false"]),
 }
@@ -70,9 +73,13 @@ _quoted = st.lists(st.one_of(st.characters(min_codepoint=32, max_codepoint=126,
 
 
 @st.composite
-def check_directive(draw):
-    keys = draw(st.lists(st.sampled_from(sorted(_check_values)), unique=True, max_size=7))
-    return " ".join(["check"] + [f"{key}={draw(_check_values[key])}" for key in keys])
+def check_directive(draw, http=False):
+    """``check`` with one or more keys (Tengine needs one); with ``http``, type=http among them."""
+    keys = draw(st.lists(st.sampled_from(sorted(_check_values)), unique=True, min_size=1, max_size=7))
+    words = [f"{key}={'http' if http and key == 'type' else draw(_check_values[key])}" for key in keys]
+    if http and "type" not in keys:
+        words.append("type=http")
+    return " ".join(["check"] + words)
 
 
 directive_by_name = {
@@ -83,7 +90,7 @@ directive_by_name = {
     "keepalive_requests": st.integers(1, 100000000).map(lambda n: f"keepalive_requests {n}"),
     "check": check_directive(),
     "check_http_send": _quoted.map(lambda q: f"check_http_send {q}"),
-    "check_http_expect_alive": st.lists(st.sampled_from(["http_2xx", "http_3xx", "http_4xx", "http_5xx"]),
+    "check_http_expect_alive": st.lists(st.sampled_from(["http_1xx", "http_2xx", "http_3xx", "http_4xx", "http_5xx"]),
                                         unique=True, min_size=1, max_size=4).map(
         lambda kinds: " ".join(["check_http_expect_alive"] + kinds)),
     "check_keepalive_requests": st.integers(1, 100000000).map(lambda n: f"check_keepalive_requests {n}"),
@@ -103,7 +110,10 @@ def upstreams(draw, name=None):
         chosen = [server.replace(backup=False) for server in chosen]
     if all(server.backup for server in chosen):  # nginx needs one primary server
         chosen[0] = chosen[0].replace(backup=False)
-    texts = [draw(directive_by_name[n]) for n in names]
+    if "check_http_send" in names and "check" not in names:  # Tengine needs check (type=http) beside it
+        names.append("check")
+    texts = [draw(check_directive(http=True)) if n == "check" and "check_http_send" in names
+             else draw(directive_by_name[n]) for n in names]
     return build_upstream(name, [server.spec() for server in chosen], texts)
 
 

@@ -81,6 +81,12 @@ function _M.validate_name(name)
     return name
 end
 
+-- The key a name is stored and compared under (Python: name_key): nginx and Tengine compare upstream
+-- names ignoring ASCII letter case; string.lower folds ASCII letters only.
+function _M.name_key(name)
+    return lower(name)
+end
+
 ---------------------------------------------------------------------------------------------------
 -- Addresses (_servers.py parse_host / parse_address / parse_port)
 
@@ -447,13 +453,20 @@ local NO_BACKUP = { ip_hash = true }
 local KNOWN_DIRECTIVES = "ip_hash, least_conn, keepalive, keepalive_timeout, keepalive_requests, check, "
                          .. "check_http_send, check_http_expect_alive, check_keepalive_requests"
 local COUNTS = { keepalive = 100000, keepalive_requests = 100000000, check_keepalive_requests = 100000000 }
+-- check's keys: a number 1 to the bound (Tengine refuses 0; a port is 16 bits), or a set of words
 local CHECK_KEYS = {
-    interval = "digits", rise = "digits", fall = "digits", timeout = "digits", port = "digits",
+    interval = 999999999, rise = 999999999, fall = 999999999, timeout = 999999999, port = 65535,
     type = { tcp = true, http = true, ssl_hello = true, mysql = true, ajp = true, fastcgi = true },
     default_down = { ["true"] = true, ["false"] = true },
 }
-local EXPECT = { http_2xx = true, http_3xx = true, http_4xx = true, http_5xx = true }
-local EXPECT_NAMES = "http_2xx, http_3xx, http_4xx, http_5xx"
+local CHECK_ORDER = { "interval", "rise", "fall", "timeout", "type", "default_down", "port" }
+local EXPECT = { http_1xx = true, http_2xx = true, http_3xx = true, http_4xx = true, http_5xx = true }
+local EXPECT_NAMES = "http_1xx, http_2xx, http_3xx, http_4xx, http_5xx"
+local TIME_MS = { ms = 1, [""] = 1000, s = 1000, m = 60000, h = 3600000, d = 86400000 }
+local MAX_TIME_MS = 2147483647
+-- The order of directives after the balancing method (Python: _directives.ORDER)
+local ORDER = { keepalive = 1, keepalive_timeout = 2, keepalive_requests = 3, check = 4, check_http_send = 5,
+                check_http_expect_alive = 6, check_keepalive_requests = 7 }
 
 -- The end of the double-quoted string that opens at i (its closing quote), or nil when it is not
 -- closed; a backslash escapes the next character.
@@ -517,6 +530,7 @@ local function quoted_ok(s)
     return not find(inner, "%c") and not find(gsub(inner, '\\[rnt"\\]', ""), "\\", 1, true)
 end
 
+-- The arguments in their one form (Python: _check_args), or nil, message, rule id.
 local function check_args(name, args, subject)
     local n = #args
     if BALANCING[name] then
@@ -532,13 +546,22 @@ local function check_args(name, args, subject)
             return refuse("directive.number", subject, format("%s must be a whole number 1-%d, not %s", name,
                                                               COUNTS[name], quote(value)))
         end
+        return { format("%d", tonumber(value)) }
     elseif name == "keepalive_timeout" then
         local number, unit = (args[1] or ""):match("^([0-9]+)([a-z]*)$")
-        if n ~= 1 or not number or #number > 9 or not TIME_UNITS[unit] then
+        if n ~= 1 or not number or #number > 9 or not TIME_MS[unit] then
             return refuse("directive.time", subject, "write 'keepalive_timeout TIME', like 60s or 500ms")
         end
+        local ms = tonumber(number) * TIME_MS[unit]
+        if ms > MAX_TIME_MS then
+            return refuse("directive.time", subject, format("keepalive_timeout is at most %dms", MAX_TIME_MS))
+        end
+        return { ms % 1000 == 0 and format("%ds", ms / 1000) or format("%dms", ms) }
     elseif name == "check" then
-        local seen = {}
+        if n == 0 then
+            return refuse("directive.args", subject, "write 'check key=value ...' with at least one key")
+        end
+        local given = {}
         for i = 1, n do
             local key, eq, value = args[i]:match("^([^=]*)(=?)(.*)$")
             local rule = CHECK_KEYS[key]
@@ -546,14 +569,27 @@ local function check_args(name, args, subject)
                 return refuse("directive.check_key", subject, format("check takes key=value with the keys "
                               .. "default_down, fall, interval, port, rise, timeout, type, not %s", quote(args[i])))
             end
-            if seen[key] then
+            if given[key] then
                 return refuse("directive.check_twice", subject, format("check: %s is given twice", key))
             end
-            seen[key] = true
-            if not (rule == "digits" and digits(value, 9) or rule ~= "digits" and rule[value]) then
+            if type(rule) == "number" then
+                if not digits(value, 9) or tonumber(value) < 1 or tonumber(value) > rule then
+                    return refuse("directive.check_value", subject, format("check: %s=%s is not a whole number 1-%d",
+                                                                           key, quote(value), rule))
+                end
+                value = format("%d", tonumber(value))
+            elseif not rule[value] then
                 return refuse("directive.check_value", subject, format("check: %s=%s is not valid", key, quote(value)))
             end
+            given[key] = value
         end
+        local out = {}
+        for _, key in ipairs(CHECK_ORDER) do
+            if given[key] then
+                out[#out + 1] = key .. "=" .. given[key]
+            end
+        end
+        return out
     elseif name == "check_http_send" then
         if n ~= 1 or not quoted_ok(args[1]) then
             return refuse("directive.http_send", subject, 'write check_http_send "REQUEST" with one double-quoted '
@@ -572,11 +608,14 @@ local function check_args(name, args, subject)
             return refuse("directive.expect_alive", subject, "check_http_expect_alive takes one or more of "
                           .. EXPECT_NAMES .. ", each once")
         end
+        local out = { unpack(args) }
+        table.sort(out)
+        return out
     else
         return refuse("directive.unknown", subject, format("unknown upstream directive %s; known: %s",
                                                            quote(name), KNOWN_DIRECTIVES))
     end
-    return true
+    return args
 end
 
 -- { name = "keepalive", args = { "32" }, text = "keepalive 32" } from "keepalive 32" (";" allowed at
@@ -609,12 +648,11 @@ function _M.parse_directive(value)
     if name == "server" then
         return refuse("directive.server", subject, "a server line is not a directive")
     end
-    local ok
-    ok, err, rule = check_args(name, args, subject)
-    if not ok then
+    args, err, rule = check_args(name, args, subject)
+    if not args then
         return nil, err, rule
     end
-    return { name = name, args = args, text = concat(words, " ") }
+    return { name = name, args = args, text = concat({ name, unpack(args) }, " ") }
 end
 
 ---------------------------------------------------------------------------------------------------
@@ -693,6 +731,25 @@ function _M.build_upstream(name, server_texts, directive_texts)
                       .. concat(balancing, ", "))
     end
     for i = 1, #directives do
+        if directives[i].name == "check_http_send" then
+            local check
+            for j = 1, #directives do
+                check = directives[j].name == "check" and directives[j] or check
+            end
+            if not check then
+                return refuse("directives.http_send_check", subject, "check_http_send needs a check directive "
+                              .. "in the same upstream")
+            end
+            local http = false
+            for j = 1, #check.args do
+                http = http or check.args[j] == "type=http"
+            end
+            if directives[i].args[1] ~= '""' and not http then
+                return refuse("directives.http_send_type", subject, "check_http_send needs check type=http")
+            end
+        end
+    end
+    for i = 1, #directives do
         local dname = directives[i].name
         if NO_BACKUP[dname] and any_backup(servers) then
             return refuse("upstream.backup_balancing", subject, dname .. " balancing does not support backup servers")
@@ -701,6 +758,9 @@ function _M.build_upstream(name, server_texts, directive_texts)
             ordered[#ordered + 1] = directives[i]
         end
     end
+    table.sort(ordered, function(a, b)
+        return (BALANCING[a.name] and 0 or ORDER[a.name]) < (BALANCING[b.name] and 0 or ORDER[b.name])
+    end)
     return { name = name, servers = servers, directives = ordered }
 end
 

@@ -17,7 +17,7 @@ local rules = require("swallowkeeper_dyups.rules")
 local resolve = require("swallowkeeper_dyups.resolve")
 
 local concat, format, sub, gmatch = table.concat, string.format, string.sub, string.gmatch
-local tonumber, lower = tonumber, string.lower
+local tonumber = tonumber
 
 local _M = {}
 
@@ -38,11 +38,8 @@ REFUSED.check_keepalive_requests = REFUSED.check
 
 _M.SUPPORTED = SUPPORTED
 
--- The key upstreams are stored and looked up under: nginx and Tengine compare upstream names
--- case-insensitively.
-function _M.key(name)
-    return lower(name)
-end
+-- The key upstreams are stored and looked up under: the name rule's (rules.name_key).
+_M.key = rules.name_key
 
 -- A record from validated parts (rules.build_upstream's result); nil, reason, rule id when the
 -- flavor cannot honour a directive (flavor.directive_unsupported) or a host does not resolve
