@@ -10,7 +10,8 @@ failed pushes (capped exponential backoff with jitter), for the periodic drift r
 periodic full Consul read, and for signals:
 
 - SIGTERM / SIGINT: finish the current step, stop the long polls, exit 0;
-- SIGHUP: read the config file again and resync everything;
+- SIGHUP: read the config file again and resync everything (a reload that fails keeps the running
+  watcher as it was: its settings, its connections, its state);
 - SIGUSR1: release a change held by the removal guard.
 
 Fail-static: when Consul cannot be read, nothing is changed; when dyups cannot be reached, the file
@@ -56,11 +57,18 @@ class Daemon:
         self._build()
 
     def _build(self) -> None:
+        """Make the connections, the Syncer and the Consul source for ``self.settings``; raises (a token
+        file that cannot be read, an upstream file that does not parse) and then changes nothing."""
         settings = self.settings
-        self.dyups_transport = KeepAliveTransport()
-        self.client = DyupsClient(settings.dyups_url, self.dyups_transport, timeout=settings.dyups_timeout)
-        self.syncer = Syncer(settings, self.client, self.metrics, clock=self.clock, dry_run=self.dry_run)
-        self.source = ConsulSource(settings, self.metrics)
+        source = ConsulSource(settings, self.metrics)
+        dyups_transport = KeepAliveTransport()
+        client = DyupsClient(settings.dyups_url, dyups_transport, timeout=settings.dyups_timeout)
+        try:
+            syncer = Syncer(settings, client, self.metrics, clock=self.clock, dry_run=self.dry_run)
+        except BaseException:
+            dyups_transport.close()
+            raise
+        self.source, self.dyups_transport, self.client, self.syncer = source, dyups_transport, client, syncer
         self.source.after_full_read = memory.settle  # the large cache frozen out of gc scans, pages trimmed
         self.retry = Backoff(settings.retry_initial, settings.retry_max)
         self.consul_retry = Backoff(settings.retry_initial, settings.retry_max)
@@ -122,6 +130,7 @@ class Daemon:
         try:
             self._loop()
         finally:
+            self.syncer.save_state(force=True)   # the hold's confirmed seconds, to the second
             self.source.stop()
             self.dyups_transport.close()
             if status_server:
@@ -141,9 +150,9 @@ class Daemon:
             now = self.clock()
             if self.reload_requested:
                 self.reload_requested = False
-                self._reload()
-                next_refresh = next_drift = now
-                watching = False
+                if self._reload():
+                    next_refresh = next_drift = now
+                    watching = False
             if now >= next_refresh:
                 if self._refresh():
                     need_sync = True
@@ -156,7 +165,8 @@ class Daemon:
                     next_refresh = now + self.consul_retry.next()
             if need_sync:
                 need_sync = False
-                self._sync()
+                if not self._sync():   # the read that had to confirm a hold failed: Consul read again soon
+                    next_refresh = min(next_refresh, self.clock() + self.consul_retry.next())
             if self.syncer.has_pending and (next_retry is None or now >= next_retry):
                 if next_retry is not None:
                     self.syncer.retry()
@@ -221,18 +231,26 @@ class Daemon:
             self.source.note_failure(kind, exc)
             return False
 
-    def _sync(self) -> None:
+    def _sync(self) -> bool:
         """Sync what changed since the last sync: the source's merged mapping is kept current as
-        events are folded in, and tells which upstream names changed (consul_source.take_changes)."""
+        events are folded in, and tells which upstream names changed (consul_source.take_changes).
+        False when a hold would have run out but Consul could not be read to confirm it."""
         started = self.clock()
+        confirmed = self.source.failure is None   # Consul answers: a held change's time counts
+        read_failed = False
+        if confirmed and self.syncer.hold.runs_out_at(self.clock()):
+            # a hold runs out only on a fresh answer: read Consul again first (a failure: it waits)
+            confirmed = self._refresh()
+            read_failed = not confirmed
         upstreams, empty, changed = self.source.take_changes()
-        report = self.syncer.sync(upstreams, empty, changed=changed)
+        report = self.syncer.sync(upstreams, empty, changed=changed, consul_confirmed=confirmed)
         skipped = self.source.skipped()
         if skipped is not self._skipped_list or self.syncer.skipped or self._syncer_skipped:
             self._log_skipped(skipped + self.syncer.skipped)
             self._skipped_list, self._syncer_skipped = skipped, bool(self.syncer.skipped)
         log.debug("sync: %.1f ms for %s changed upstream(s), %d posted, %d deleted", (self.clock() - started) * 1000,
                   "all" if changed is None else len(changed), len(report.posted), len(report.deleted))
+        return not read_failed
 
     def _log_skipped(self, skipped: list[dict[str, Any]]) -> None:
         self.metrics.set_status(skipped=skipped[:100])
@@ -242,20 +260,32 @@ class Daemon:
             log.warning("skipped %s: %s", what, why)
         self._skipped_seen = new
 
-    def _reload(self) -> None:
+    def _reload(self) -> bool:
+        """SIGHUP: the config file read again and everything rebuilt from it. What the Syncer owns
+        beyond the file (pending deletes, a hold) is saved first and read back by the new one. A reload
+        that fails (bad settings, a token file that is empty or cannot be read, an upstream file that
+        does not parse) keeps the running watcher as it was, logs why, counts a ``config_reload``
+        error and sets ``config_reload_success`` 0; the next SIGHUP tries again."""
         if not self.settings.config_file:
             log.info("SIGHUP: no config file to read again; resyncing")
-            return
+            return True
+        old = (self.settings, self.source, self.dyups_transport, self.client, self.syncer)
         try:
             file_values = settings_mod.load_file(self.settings.config_file)
-            new = settings_mod.build(file_values, self.flag_values, config_file=self.settings.config_file)
-        except settings_mod.SettingsError as exc:
-            log.error("SIGHUP: config not reloaded, keeping the running settings: %s", exc)
-            return
+            self.settings = settings_mod.build(file_values, self.flag_values, config_file=self.settings.config_file)
+            self.syncer.save_state(force=True)
+            self._build()
+        except Exception as exc:  # whatever it is, the running watcher must go on as it was
+            self.settings = old[0]
+            self.metrics.error("config_reload")
+            self.metrics.set(config_reload_success=0)
+            log.error("SIGHUP: config NOT reloaded, the watcher goes on with the settings it had (fix the "
+                      "cause, then send SIGHUP again): %s", exc)
+            return False
+        old[1].stop()
+        old[2].close()
+        del old
+        self.metrics.set(config_reload_success=1)
         log.info("SIGHUP: config reloaded from %s; resyncing", self.settings.config_file)
-        self.source.stop()
-        self.dyups_transport.close()
-        self.settings = new
-        self.source = self.syncer = None  # type: ignore[assignment]  # both rebuilt by _build() below
-        memory.settle(freeze=False)  # the old cache (frozen by its last full read) is freed before the new read
-        self._build()
+        memory.settle(freeze=False)  # the old cache (frozen by its last full read) is freed
+        return True

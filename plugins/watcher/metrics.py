@@ -20,7 +20,7 @@ from typing import Any, Callable
 PREFIX = "swallowkeeper_watcher"
 ERROR_KINDS = (
     "consul_unavailable", "consul_forbidden", "consul_rate_limited", "consul_server_error", "consul_bad_answer",
-    "dyups_unavailable", "dyups_rejected", "dyups_protocol", "file_write", "file_validate",
+    "dyups_unavailable", "dyups_rejected", "dyups_protocol", "file_write", "file_validate", "config_reload",
 )
 
 
@@ -36,7 +36,7 @@ class Metrics:
         self.gauges: dict[str, float] = {
             "last_sync_timestamp_seconds": 0.0, "last_sync_success": 0, "last_sync_duration_seconds": 0.0,
             "upstreams": 0, "servers": 0, "held_changes": 0, "held_removals": 0, "pending_upstreams": 0,
-            "consul_up": 0, "dyups_up": 0, "skipped_instances": 0}
+            "consul_up": 0, "dyups_up": 0, "skipped_instances": 0, "config_reload_success": 1}
         self.consul_index: dict[str, int] = {}
         self.status: dict[str, Any] = {}
         self.loop_heartbeat = clock()
@@ -112,6 +112,7 @@ class Metrics:
             "consul_up": "1 when the last Consul request succeeded.",
             "dyups_up": "1 when the last dyups request succeeded.",
             "skipped_instances": "Consul instances the last mapping skipped (invalid name or server).",
+            "config_reload_success": "0 when the last SIGHUP could not reload (the watcher goes on as it was).",
         }
         for name, help_text in gauge_help.items():
             metric(name, "gauge", help_text, [({}, snap["gauges"][name])])

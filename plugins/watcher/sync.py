@@ -36,7 +36,7 @@ from ansible_collections.swallowkeeper.dyups.plugins.module_utils._errors import
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._plan import servers_equal
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._resolve import Resolve, make_resolver
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._upstream import Upstream
-from ansible_collections.swallowkeeper.dyups.plugins.watcher import safety
+from ansible_collections.swallowkeeper.dyups.plugins.watcher import owned_state, safety
 from ansible_collections.swallowkeeper.dyups.plugins.watcher.metrics import Metrics
 from ansible_collections.swallowkeeper.dyups.plugins.watcher.settings import Settings
 
@@ -94,15 +94,23 @@ class Syncer:
         self._held_names: Set[str] = set()
         self.pushed = dict(self.applied)
         self.pending: Set[str] = set()
-        self.gone: Set[str] = set()
         self._incomplete = False  # the last sync failed and what it left is not all sent yet
         self.unwritten: Optional[Tuple[Mapping[str, Upstream], Iterable[str]]] = None  # (upstreams, empty) of a sync whose file write failed; retried
-        self.deleted_here: Set[str] = set()
-        self.hold_since: Optional[float] = None
-        self.hold_total: Optional[int] = None  # servers applied when the hold began: the share is measured against it
-        self.release_requested = False
-        self.window = safety.RemovalWindow(settings.removal_guard_window, self._server_count)
-        self._restart_window = False  # a released change is being applied: the window starts afresh after it
+        self.hold = safety.RemovalHold(safety.GuardSettings(
+            share=settings.removal_guard_share, minimum=settings.removal_guard_min,
+            hold_seconds=settings.removal_hold_seconds, window=settings.removal_guard_window), self._server_count)
+        # what this watcher owns beyond the file (owned_state.py): DELETEs not confirmed yet, a hold
+        owned = owned_state.load(settings.upstream_file, clock()) if not dry_run else owned_state.OwnedState()
+        self.gone: Set[str] = set(owned.pending_deletes) - set(self.applied)  # owned, out of the file, DELETE pending
+        if owned.hold is not None:
+            self.hold.resume(owned.hold.confirmed, owned.hold.base, owned.window, clock())
+            log.warning("a removal hold from before the restart goes on (Consul confirmed it for %.0fs so far)",
+                        owned.hold.confirmed)
+        if self.gone:
+            log.warning("DELETE still pending from before the restart for %d upstream(s): %s", len(self.gone),
+                        ", ".join(sorted(self.gone)[:10]))
+        self._saved_state: Optional[tuple] = self._state_key()
+        self._consul_confirmed = True  # the last sync's: Consul answered
         self.skipped: List[dict] = []
         self._resolved: Optional[Dict[str, Upstream]] = None  # {name: Upstream} of the last sync's upstreams, host names resolved
         self._resolved_empty: Set[str] = set()
@@ -170,70 +178,77 @@ class Syncer:
 
     def _guard(self, applied: Dict[str, Upstream], desired: Dict[str, Upstream]) -> Dict[str, Upstream]:
         """``desired`` (for the names of ``applied`` that may change), with the removals held when they
-        take away too large a share of all the servers applied (see safety.py)."""
+        take away too large a share of all the servers applied (safety.RemovalHold)."""
         now = self.clock()
-        removal = self.window.widen(replace(safety.removals(applied, desired), total=self._server_count), now)
-        if self.hold_since is not None and self.hold_total is not None and removal.total > self.hold_total:
-            # servers added beside a held removal do not make it smaller: measured against the hold's start
-            removal = replace(removal, total=self.hold_total)
-        self._held_names = set()
-        self._restart_window = False
-        if not safety.exceeds_guard(removal, self.settings.removal_guard_share, self.settings.removal_guard_min):
-            if self.hold_since is not None:
-                log.warning("removal hold cleared: the change no longer removes more than %.0f%% of servers",
-                            self.settings.removal_guard_share * 100)
-            self._end_hold()
-            return desired
-        if self.hold_since is None:
-            self.hold_since = now
-            self.hold_total = removal.total
-            earlier = (f" ({removal.counted} with the {removal.earlier} lost in the last "
-                       f"{self.settings.removal_guard_window:.0f}s)" if removal.earlier else "")
-            log.error("HOLDING a change that would remove %d of %d servers%s (%.0f%%, limit %.0f%%) across %d "
-                      "upstream(s): %s. Additions still apply. It is applied after %s, or now with "
-                      "POST /release on the status endpoint or SIGUSR1.",
-                      removal.removed, removal.total, earlier, removal.share * 100,
-                      self.settings.removal_guard_share * 100,
-                      len(removal.by_upstream), ", ".join(sorted(removal.by_upstream)[:10]),
-                      f"{self.settings.removal_hold_seconds:.0f}s" if self.settings.removal_hold_seconds
-                      else "an operator's release only")
-        hold_over = self.settings.removal_hold_seconds and now - self.hold_since >= self.settings.removal_hold_seconds
-        if self.release_requested or hold_over:
-            log.warning("releasing the held change (%s): removing %d server(s)",
-                        "operator" if self.release_requested else "held past removal_hold_seconds", removal.removed)
-            self._end_hold()
-            self._restart_window = True
-            return desired
+        result = self.hold.evaluate(applied, desired, self._server_count, now, confirmed=self._consul_confirmed)
+        removal = self.hold.removal if self.hold.active else None
+        if removal is None or self.hold.since is None:
+            self._held_names = set()
+            self.metrics.set(held_changes=0, held_removals=0)
+            self.metrics.set_status(held=None)
+            return result
         self.metrics.set(held_changes=1, held_removals=removal.removed)
         self.metrics.set_status(held={"removed": removal.removed, "removed_earlier": removal.earlier,
-                                      "total": removal.total,
-                                      "upstreams": removal.by_upstream, "held_for_seconds": round(now - self.hold_since, 1)})
+                                      "total": removal.total, "upstreams": removal.by_upstream,
+                                      "held_for_seconds": round(now - self.hold.since, 1),
+                                      "confirmed_seconds": round(self.hold.confirmed, 1)})
         self._held_names = set(removal.by_upstream)   # examined again at every sync while held
-        return safety.hold_removals(applied, desired, removal)
+        return result
 
-    def _end_hold(self) -> None:
-        """No change is held (any more): the hold's state and its gauges cleared."""
-        self.hold_since = self.hold_total = None
-        self.release_requested = False
-        self.metrics.set(held_changes=0, held_removals=0)
-        self.metrics.set_status(held=None)
+    @property
+    def hold_since(self) -> Optional[float]:
+        """When this process began holding a change (None: nothing held)."""
+        return self.hold.since if self.hold.active else None
 
     def release(self) -> str:
-        self.release_requested = True
-        return "release requested: a held change is applied at the next sync" if self.hold_since is not None \
-            else "nothing is held"
+        if self.hold.release():
+            return "release requested: a held change is applied at the next sync"
+        return "nothing is held"
+
+    # -- what the watcher owns beyond the file (owned_state.py) --------------------------------------
+    def _state_key(self, gone: Optional[Iterable[str]] = None) -> tuple:
+        hold = self.hold
+        return (frozenset(self.gone if gone is None else gone), hold.base,
+                int(hold.confirmed // 5) if hold.active else None, hold.window.totals if hold.active else None)
+
+    def save_state(self, gone: Optional[Iterable[str]] = None, force: bool = False) -> None:
+        """Write the pending deletes (``gone``, or those known) and the hold, when they changed (the
+        hold's confirmed seconds: by 5 s steps unless ``force``). A failure is logged: the state
+        then is what the file had, which never deletes or releases more."""
+        if self.dry_run:
+            return
+        key = self._state_key(gone)
+        if key == self._saved_state and not force:
+            return
+        hold = self.hold
+        state = owned_state.OwnedState(
+            pending_deletes=frozenset(self.gone if gone is None else gone),
+            hold=owned_state.HoldState(confirmed=hold.confirmed, base=hold.base) if hold.base is not None else None,
+            window=hold.window.totals if hold.active else ())
+        try:
+            owned_state.save(self.settings.upstream_file, owned_state.render(state, self.clock()))
+        except OSError as exc:
+            self.metrics.error("file_write")
+            log.error("cannot write %s (pending deletes and the hold may be forgotten at a restart): %s",
+                      owned_state.path_for(self.settings.upstream_file), exc.strerror or exc)
+            return
+        self._saved_state = key
 
     # -- applying --------------------------------------------------------------------------------
     def sync(self, upstreams: Mapping[str, Upstream], empty: Iterable[str] = (),
-             changed: Optional[Iterable[str]] = None) -> SyncReport:
+             changed: Optional[Iterable[str]] = None, consul_confirmed: bool = True) -> SyncReport:
         """Bring file and interface to the desired state for ``upstreams`` ({name: Upstream}, with their
         directives) and ``empty`` (names whose instances all fail). ``changed``: the names whose entry
         may differ from the previous call's (None: any); the work done is for those names, except
         writing the file, which is written whole from blocks rendered once per upstream. When the
-        file cannot be written, nothing is sent and the sync is remembered for retry()."""
+        file cannot be written, nothing is sent and the sync is remembered for retry().
+        ``consul_confirmed``: Consul answers (its last request succeeded): only then does a held change's
+        time count, and only then can it run out."""
         started = self.clock()
         report = SyncReport()
         self.unwritten = None
+        self._consul_confirmed = consul_confirmed
+        hold_before = self.hold.snapshot()
         desired, names = self.desired_from(upstreams, empty, changed)
         report.held = self.hold_since
         changes: Dict[str, Optional[Upstream]] = {}
@@ -256,6 +271,8 @@ class Syncer:
                 self._finish(report, started)
                 return report
             try:
+                if removed:   # the pending deletes are on disk before the file stops naming them
+                    self.save_state(self.gone | set(removed))
                 if self._file is None:
                     self._file = _upstream_file.RenderedFile(self.applied.values())
                 self._file.update(changes)
@@ -263,18 +280,19 @@ class Syncer:
                                             validate=self.settings.validate_command)
                 report.file_changed = True
             except _upstream_file.ValidateCommandFailed as exc:
-                return self._file_failed(report, started, "file_validate", str(exc), upstreams, empty)
+                return self._file_failed(report, started, "file_validate", str(exc), upstreams, empty, hold_before)
             except OSError as exc:
                 return self._file_failed(report, started, "file_write",
                                          f"cannot write {self.settings.upstream_file}: {exc.strerror or exc}",
-                                         upstreams, empty)
+                                         upstreams, empty, hold_before)
             except ValidationError as exc:
-                return self._file_failed(report, started, "file_validate", str(exc), upstreams, empty)
+                return self._file_failed(report, started, "file_validate", str(exc), upstreams, empty, hold_before)
             self._apply(changes)
             self.pending.update(changed_names)
             self.pending.difference_update(removed)
             self.gone.update(removed)
             self.gone.difference_update(changed_names)
+        self.save_state()
         self.push(report)
         self._finish(report, started)
         return report
@@ -288,15 +306,13 @@ class Syncer:
             if upstream is not None:
                 self.applied[name] = upstream
                 self._server_count += len(upstream.servers)
-        if self._restart_window:
-            self.window.restart(self._server_count)
-            self._restart_window = False
-        else:
-            self.window.applied(self._server_count, self.clock())
+        self.hold.applied(self._server_count, self.clock())
 
     def _file_failed(self, report: SyncReport, started: float, kind: str, message: str,
-                     upstreams: Mapping[str, Upstream], empty: Iterable[str]) -> SyncReport:
+                     upstreams: Mapping[str, Upstream], empty: Iterable[str], hold_before: tuple) -> SyncReport:
         self.unwritten = (upstreams, empty)
+        if self.hold.releasing:   # a release that was not applied stays to be applied (not a new hold)
+            self.hold.restore(hold_before)
         self._file = None   # rendered again from what is applied at the next write
         self._resolved = None
         report.file_error = message
@@ -309,7 +325,7 @@ class Syncer:
         """The retry step: a sync whose file write failed is tried again (a full disk freed, a
         validation fixed), else the pending POSTs and DELETEs are sent again."""
         if self.unwritten is not None:
-            return self.sync(*self.unwritten)
+            return self.sync(*self.unwritten, consul_confirmed=self._consul_confirmed)
         report = self.push()
         self._update_gauges()
         return report
@@ -343,10 +359,11 @@ class Syncer:
                 continue
             log.info("upstream %s: deleted%s", name, "" if existed else " (the interface did not hold it)")
             self.pushed.pop(name, None)
-            self.gone.discard(name)
-            self.deleted_here.add(name)
+            self.gone.discard(name)   # no longer owned: an upstream added under this name later is someone else's
             report.deleted.append(name)
             self.metrics.count("changes_applied")
+        if report.deleted:
+            self.save_state()
         self.metrics.set(dyups_up=0 if any(isinstance(e, DyupsUnavailable) for _n, e in report.failed) else 1)
         if self._incomplete and report.ok and not self.has_pending:
             # what a failed sync left pending is sent now (by the retry or by the drift repair, whichever
@@ -372,16 +389,44 @@ class Syncer:
                 continue
             if not servers_equal(upstream, detail.get(name), resolve=self.resolve):
                 drifted.append(name)
-        stale = sorted((self.deleted_here & set(detail)) - set(self.applied))
-        if drifted or stale:
+        if drifted:
             log.warning("dyups differs from the upstream file for %d upstream(s)%s; pushing them again",
-                        len(drifted) + len(stale), ": " + ", ".join((drifted + stale)[:10]))
+                        len(drifted), ": " + ", ".join(drifted[:10]))
         self.pending.update(drifted)
-        self.gone.update(stale)
-        self.metrics.count("repairs", len(drifted) + len(stale))
+        self.metrics.count("repairs", len(drifted))
+        self._repair_file()
         report = self.push()
         self._update_gauges()
         return report
+
+    def _repair_file(self) -> None:
+        """Write the upstream file again when what is on disk is not what is applied (removed, edited,
+        truncated): a reload or a restart of nginx loads that file. Not while a failed write waits for
+        its retry (that retry writes it)."""
+        if self.dry_run or self.unwritten is not None:
+            return
+        if self._file is None:
+            self._file = _upstream_file.RenderedFile(self.applied.values())
+        wanted = self._file.text()
+        try:
+            with open(self.settings.upstream_file, encoding="utf-8") as handle:
+                on_disk: Optional[str] = handle.read()
+        except FileNotFoundError:
+            on_disk = None
+        except (OSError, UnicodeDecodeError):
+            on_disk = ""
+        if on_disk == wanted:
+            return
+        log.warning("the upstream file %s %s; writing it again", self.settings.upstream_file,
+                    "is missing" if on_disk is None else "differs from what the watcher applied")
+        try:
+            _upstream_file.replace_file(self.settings.upstream_file, wanted, validate=self.settings.validate_command)
+        except (OSError, _upstream_file.ValidateCommandFailed, ValidationError) as exc:
+            self.metrics.error("file_validate" if not isinstance(exc, OSError) else "file_write")
+            log.error("upstream file not written again, retried at the next drift check: %s",
+                      getattr(exc, "strerror", None) or exc)
+            return
+        self.metrics.count("repairs")
 
     def _finish(self, report: SyncReport, started: float) -> None:
         duration = self.clock() - started
