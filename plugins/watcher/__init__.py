@@ -13,7 +13,8 @@ Where things are:
 - ``transport.py``  keep-alive ``http.client`` connections as the transport of the shared clients
 - ``consul_source.py``  blocking queries on Consul and the cache of service instances
 - ``consul_answers.py``  Consul's answers kept small: unread fields dropped, health answers indexed
-- ``safety.py``     the zero-instance policy and the mass-removal hold
+- ``safety.py``     the zero-instance policy and the mass-removal hold (``RemovalHold``, its window)
+- ``owned_state.py``  what the watcher owns beyond the upstream file (pending deletes, a hold), kept beside it
 - ``sync.py``       desired upstreams -> file first -> POST/DELETE what changed; drift repair
 - ``metrics.py``    counters and the loopback status / Prometheus endpoint
 - ``daemon.py``     the event loop: coalescing, retries with backoff, signals

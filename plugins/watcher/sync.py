@@ -3,8 +3,10 @@
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """Desired upstreams -> the upstream file first -> the dyups interface, for changed upstreams only.
 
-The Syncer owns exactly the upstreams in its upstream file (it reads them at start). Upstreams that
-nginx.conf defines, or that anyone else added through the interface, are never posted or deleted.
+The Syncer owns exactly the upstreams in its upstream file (it reads them at start), plus those it
+removed from the file whose DELETE is not confirmed yet (kept beside the file with a hold in
+progress: owned_state.py, so a restart or a SIGHUP loses neither). Upstreams that nginx.conf
+defines, or that anyone else added through the interface, are never posted or deleted.
 
 Order of every sync:
 
@@ -19,7 +21,8 @@ Order of every sync:
    owned upstream that disappeared. A failed request leaves the upstream pending; it is retried.
 
 ``repair`` compares ``/detail`` with what is applied and pushes what differs: a POST lost in an
-nginx reload, or an nginx restart that left only the file's state.
+nginx reload, or an nginx restart that left only the file's state; and writes the upstream file
+again when the one on disk is not what is applied (removed or edited behind the watcher's back).
 """
 
 from __future__ import annotations
