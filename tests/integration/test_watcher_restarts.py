@@ -144,7 +144,7 @@ def test_a_hold_does_not_run_out_while_consul_is_unreachable(lua_stack):
     hold = 2
     with CutProxy(agent.http_port) as relay:
         watcher = start_watcher(stack, consul_url=relay.url, removal_guard_share=0.5, removal_guard_min=2,
-                                removal_hold_seconds=hold, quiescence_min=1, quiescence_max=2)
+                                removal_hold_seconds=hold, quiescence_min=0.5, quiescence_max=1)
         everyone = [f"127.0.0.1:{port}" for port in ports]
         watcher.wait_for(lambda: interface_servers(nginx, "Web") == sorted(everyone), "first sync")
         for i in range(3):
@@ -162,17 +162,26 @@ def test_a_hold_does_not_run_out_while_consul_is_unreachable(lua_stack):
         assert "Consul confirmed it for removal_hold_seconds" in watcher.log_text()
 
 
-@pytest.mark.parametrize("window", [60, 0])
-def test_additions_beside_a_held_removal_do_not_release_it(stack, window):
+def test_additions_beside_a_held_removal_do_not_release_it(stack):
     """Finding 10: 10 servers; 4 go (applied); 4 of the 6 left go (held); 4 servers of another upstream are
-    added: the next sync released the hold with the window (not with removal_guard_window 0). Both stay
-    held now. The servers are never sent traffic: only the interface's upstreams are compared."""
+    added: the next sync released the hold. The servers are never sent traffic: only the interface's
+    upstreams are compared."""
+    additions_beside_a_held_removal(stack, window=60)
+
+
+def test_additions_beside_a_held_removal_without_a_window(lua_stack):
+    """The same with removal_guard_window 0 (held on 940f60b too, as docs/watcher.md says; the Lua flavor
+    only: the window is the watcher's, not the interface's)."""
+    additions_beside_a_held_removal(lua_stack, window=0)
+
+
+def additions_beside_a_held_removal(stack, window):
     agent, nginx = stack.agent, stack.nginx
     ten = [f"127.0.1.{i}:8080" for i in range(1, 11)]
     for i in range(10):
         agent.register("Web", f"w{i}", port=8080, address=f"127.0.1.{i + 1}")
     watcher = start_watcher(stack, removal_guard_share=0.5, removal_guard_min=3, removal_hold_seconds=0,
-                            removal_guard_window=window, quiescence_min=1, quiescence_max=2)
+                            removal_guard_window=window, quiescence_min=0.5, quiescence_max=1)
     watcher.wait_for(lambda: interface_servers(nginx, "Web") == sorted(ten), "first sync")
     for i in range(4):
         agent.deregister(f"w{i}")
