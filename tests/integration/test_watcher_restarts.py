@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from tests.integration.test_watcher import running_stack
+from tests.integration.test_watcher import running_stack, stack  # noqa: F401  # pylint: disable=unused-import  # fixture
 from tests.support.cut_proxy import CutProxy
 from tests.support.nginx_lua import nginx_lua_factory  # noqa: F401  (fixture)  # pylint: disable=unused-import
 from tests.support.tengine import proxy_factory  # noqa: F401  (fixture)  # pylint: disable=unused-import
@@ -20,19 +20,10 @@ from tests.support.watcher import WatcherProcess
 
 
 @pytest.fixture
-def stack(tmp_path, proxy_factory):  # noqa: F811  (the imported fixture)
-    upstream_file = tmp_path / "upstreams.conf"
-    nginx = proxy_factory(workers=2, upstream_file=str(upstream_file))
-    with running_stack(tmp_path, nginx, upstream_file) as started:
-        yield started
-
-
-@pytest.fixture
 def lua_stack(tmp_path, nginx_lua_factory):  # noqa: F811  (the imported fixture)
-    """The stack on the Lua flavor only, for faults that do not depend on the interface's flavor."""
-    upstream_file = tmp_path / "upstreams.conf"
-    nginx = nginx_lua_factory(workers=2, upstream_file=str(upstream_file))
-    with running_stack(tmp_path, nginx, upstream_file) as started:
+    """test_watcher.py's ``stack`` on the Lua flavor only, for faults that do not depend on the flavor."""
+    with running_stack(tmp_path, nginx_lua_factory(workers=2, upstream_file=str(tmp_path / "upstreams.conf")),
+                       tmp_path / "upstreams.conf") as started:
         yield started
 
 

@@ -171,14 +171,20 @@ def test_additions_do_not_release_a_hold_without_a_window(make, fake):
     assert len(servers(fake, "A")) == 6
 
 
-def test_a_release_whose_file_write_failed_is_applied_by_the_retry(make, fake, tmp_path):
-    """Read in the code (issue 18): a failed write at the release left no hold, so the retry began a new one
-    with a fresh timer. Now the released change is what the retry applies."""
+def refusing_validator(tmp_path):
+    """(flag, validate_command): the command refuses every file while the flag file exists (a full disk)."""
     flag = tmp_path / "refuse"
     validator = tmp_path / "validate.sh"
     validator.write_text(f"#!/bin/sh\n[ ! -e {flag} ]\n")
     validator.chmod(0o755)
-    syncer, clock = make(removal_hold_seconds=60, validate_command=f"{validator} %s", **GUARD)
+    return flag, f"{validator} %s"
+
+
+def test_a_release_whose_file_write_failed_is_applied_by_the_retry(make, fake, tmp_path):
+    """Read in the code (issue 18): a failed write at the release left no hold, so the retry began a new one
+    with a fresh timer. Now the released change is what the retry applies."""
+    flag, validate = refusing_validator(tmp_path)
+    syncer, clock = make(removal_hold_seconds=60, validate_command=validate, **GUARD)
     syncer.sync({"A": ups("A", *TEN)})
     assert syncer.sync({"A": ups("A", *TEN[:2])}).held is not None
     flag.write_text("")
@@ -192,11 +198,8 @@ def test_a_release_whose_file_write_failed_is_applied_by_the_retry(make, fake, t
 
 
 def test_an_operator_release_whose_file_write_failed_is_applied_by_the_retry(make, fake, tmp_path):
-    flag = tmp_path / "refuse"
-    validator = tmp_path / "validate.sh"
-    validator.write_text(f"#!/bin/sh\n[ ! -e {flag} ]\n")
-    validator.chmod(0o755)
-    syncer, clock = make(removal_hold_seconds=0, validate_command=f"{validator} %s", **GUARD)
+    flag, validate = refusing_validator(tmp_path)
+    syncer, clock = make(removal_hold_seconds=0, validate_command=validate, **GUARD)
     syncer.sync({"A": ups("A", *TEN)})
     assert syncer.sync({"A": ups("A", *TEN[:2])}).held is not None
     syncer.release()
