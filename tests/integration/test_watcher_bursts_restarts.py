@@ -46,6 +46,7 @@ CONFIGS = {
     "delete-noguard": {"zero_instances": "delete", "removal_guard_min": 100000},
 }
 FAULTS = (["sighup", 0], ["sighup", 0.3], ["restart", 0], ["restart", 0.3])   # [kind, pause before]
+FAULT_KINDS = ("sighup", "restart", "dyups_cut")
 OUTAGE_SHARE = 0.5   # of the bursts that leave a change held
 
 
@@ -172,11 +173,10 @@ def play(workdir, agent, config_name, run, seed, counts=None):
         bursts.register_node_check(agent)
         for number, burst in enumerate(run):
             before, _wire = bench.applied()
-            history = base.history_of(agent, before, [op for op in burst if op[0] not in ("sighup", "restart",
-                                                                                              "dyups_cut")])
+            history = base.history_of(agent, before, [op for op in burst if op[0] not in FAULT_KINDS])
             try:
                 for op in burst:
-                    if op[0] in ("sighup", "restart", "dyups_cut"):
+                    if op[0] in FAULT_KINDS:
                         bench.fault(op)
                     else:
                         bursts.send(agent, op)
