@@ -33,7 +33,8 @@ from collections import deque
 from dataclasses import dataclass, replace
 from typing import Deque, Iterable, Mapping, Optional, Tuple
 
-from ansible_collections.swallowkeeper.dyups.plugins.module_utils._upstream import Upstream
+from ansible_collections.swallowkeeper.dyups.plugins.module_utils._errors import ValidationError
+from ansible_collections.swallowkeeper.dyups.plugins.module_utils._upstream import Upstream, build_upstream
 
 log = logging.getLogger("swallowkeeper.watcher")
 
@@ -51,7 +52,8 @@ def apply_zero_instance_policy(desired: Mapping[str, Upstream], empty: Iterable[
         if policy == "keep":
             result[name] = previous
         else:
-            result[name] = replace(previous, servers=tuple(server.replace(down=True) for server in previous.servers))
+            result[name] = build_upstream(name, [server.replace(down=True) for server in previous.servers],
+                                          previous.directives)
     return result
 
 
@@ -150,16 +152,21 @@ class RemovalWindow:
 
 def hold_removals(applied: Mapping[str, Upstream], desired: Mapping[str, Upstream],
                   removal: Removal) -> dict[str, Upstream]:
-    """``desired`` with every server ``removal`` would take away put back (and whole upstreams kept)."""
+    """``desired`` with every server ``removal`` would take away put back (and whole upstreams kept).
+    An upstream whose new directives refuse a server put back (``ip_hash`` and a backup server) is
+    kept whole as applied: its whole change waits with the hold."""
     result = dict(desired)
     for name, gone in removal.by_upstream.items():
         previous = applied[name]
-        kept = [server for server in previous.servers if server.address in set(gone)]
         if name not in result:
             result[name] = previous
             continue
         current = result[name]
-        result[name] = replace(current, servers=tuple(sorted(current.servers + tuple(kept), key=lambda s: s.sort_key())))
+        kept = [server for server in previous.servers if server.address in set(gone)]
+        try:
+            result[name] = build_upstream(name, list(current.servers) + kept, current.directives)
+        except ValidationError:
+            result[name] = previous
     return result
 
 

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Callable, Dict, Iterable, List, Mapping, Optional, Set, Tuple
 
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils import _upstream_file
@@ -40,6 +40,7 @@ from ansible_collections.swallowkeeper.dyups.plugins.module_utils._plan import s
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._resolve import Resolve, make_resolver
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._upstream import Upstream
 from ansible_collections.swallowkeeper.dyups.plugins.watcher import owned_state, safety
+from ansible_collections.swallowkeeper.dyups.plugins.watcher.host_names import HostNames
 from ansible_collections.swallowkeeper.dyups.plugins.watcher.metrics import Metrics
 from ansible_collections.swallowkeeper.dyups.plugins.watcher.settings import Settings
 
@@ -115,63 +116,22 @@ class Syncer:
         self._saved_state: Optional[tuple] = self._state_key()
         self._consul_confirmed = True  # the last sync's: Consul answered
         self.skipped: List[dict] = []
-        self._resolved: Optional[Dict[str, Upstream]] = None  # {name: Upstream} of the last sync's upstreams, host names resolved
-        self._resolved_empty: Set[str] = set()
-        self._hostnames: Dict[str, List[dict]] = {}  # name -> skip items: upstreams with host names, examined at every sync
-        self.resolve: Optional[Resolve] = None
+        self.hosts = HostNames(settings.hosts_file)   # servers written as host names (host_names.py)
+        self.resolve: Optional[Resolve] = None   # the drift check's resolver
         self._update_gauges()
 
     # -- desired state ---------------------------------------------------------------------------
-    def _resolve_one(self, name: str, upstream: Optional[Upstream], resolve: Resolve) -> None:
-        """Servers written as host names that resolve here; the others are skipped (Tengine would answer
-        500 to the whole POST). An upstream left without servers (or with backups only) counts as empty."""
-        if self._resolved is None:  # its only caller, resolvable(), sets it first
-            raise AssertionError("resolvable() sets _resolved first")
-        self._resolved.pop(name, None)
-        self._resolved_empty.discard(name)
-        self._hostnames.pop(name, None)
-        if upstream is None:
-            return
-        if all(server.kind != "hostname" for server in upstream.servers):
-            self._resolved[name] = upstream
-            return
-        kept = [server for server in upstream.servers if server.kind != "hostname" or resolve(server.host)]
-        self._hostnames[name] = [{"what": f"server {server.spec()} of upstream {name}",
-                                  "why": f"the host name {server.host!r} does not resolve on this host"}
-                                 for server in upstream.servers if server not in kept]
-        if kept and not all(server.backup for server in kept):
-            self._resolved[name] = replace(upstream, servers=tuple(kept))
-        else:
-            self._resolved_empty.add(name)
-
-    def resolvable(self, upstreams: Mapping[str, Upstream], empty: Iterable[str],
-                   changed: Optional[Iterable[str]] = None) -> Tuple[Dict[str, Upstream], Set[str]]:
-        """({name: Upstream}, {empty names}) with host names resolved (see _resolve_one). ``changed``:
-        the names that may differ from the last call's; None: all of them. Upstreams with host names
-        are resolved again every time (DNS changes on its own)."""
-        resolve = self.resolve = make_resolver(hosts_file=self.settings.hosts_file)  # fresh each sync
-        if changed is None or self._resolved is None:
-            self._resolved, self._resolved_empty, self._hostnames = {}, set(), {}
-            names = set(upstreams)
-        else:
-            names = set(changed) | set(self._hostnames)
-        for name in names:
-            self._resolve_one(name, upstreams.get(name), resolve)
-        for items in self._hostnames.values():
-            self.skipped.extend(items)
-        return self._resolved, self._resolved_empty | set(empty)
-
     def desired_from(self, upstreams: Mapping[str, Upstream], empty: Iterable[str] = (),
                      changed: Optional[Iterable[str]] = None) -> Tuple[Dict[str, Optional[Upstream]], Set[str]]:
         """``({name: Upstream or None}, names)``: what the names that may change (``changed`` since the
         last sync, host names, and what a hold keeps; every name when ``changed`` is None) should hold
         after host resolution, the zero-instance policy and the removal guard. None: no upstream."""
-        self.skipped = []
-        resolved, empty = self.resolvable(upstreams, empty, changed)
+        resolved, empty = self.hosts.resolvable(upstreams, empty, changed)
+        self.skipped = self.hosts.skipped()
         if changed is None:
             names = set(resolved) | empty | set(self.applied)
         else:
-            names = set(changed) | set(self._hostnames) | self._held_names
+            names = set(changed) | self.hosts.names | self._held_names
         wanted = {name: resolved[name] for name in names if name in resolved}
         applied = {name: self.applied[name] for name in names if name in self.applied}
         wanted = safety.apply_zero_instance_policy(wanted, empty.intersection(names), applied,
@@ -317,7 +277,7 @@ class Syncer:
         if self.hold.releasing:   # a release that was not applied stays to be applied (not a new hold)
             self.hold.restore(hold_before)
         self._file = None   # rendered again from what is applied at the next write
-        self._resolved = None
+        self.hosts.forget()
         report.file_error = message
         self.metrics.error(kind)
         log.error("upstream file not replaced, nothing sent to dyups (the last good state keeps serving): %s", message)
