@@ -17,6 +17,7 @@ Where things are:
 - ``owned_state.py``  what the watcher owns beyond the upstream file (pending deletes, a hold), kept beside it
 - ``sync.py``       desired upstreams -> file first -> POST/DELETE what changed; drift repair
 - ``host_names.py``  servers written as host names: resolved at every sync, left out when they do not resolve
+- ``pushes.py``     push bookkeeping: POSTs and DELETEs the interface has not confirmed, and sending them
 - ``metrics.py``    counters and the loopback status / Prometheus endpoint
 - ``daemon.py``     the event loop: coalescing, retries with backoff, signals
 - ``cli.py``        ``--once``, ``--dry-run``, exit codes

@@ -34,7 +34,8 @@ from ansible_collections.swallowkeeper.dyups.plugins.watcher import memory
 from ansible_collections.swallowkeeper.dyups.plugins.watcher.backoff import Backoff
 from ansible_collections.swallowkeeper.dyups.plugins.watcher.consul_source import ConsulSource, consul_error_kind
 from ansible_collections.swallowkeeper.dyups.plugins.watcher.metrics import Metrics, StatusServer
-from ansible_collections.swallowkeeper.dyups.plugins.watcher.sync import Syncer, dyups_error_kind
+from ansible_collections.swallowkeeper.dyups.plugins.watcher.pushes import dyups_error_kind
+from ansible_collections.swallowkeeper.dyups.plugins.watcher.sync import Syncer
 from ansible_collections.swallowkeeper.dyups.plugins.watcher.transport import KeepAliveTransport
 
 log = logging.getLogger("swallowkeeper.watcher")

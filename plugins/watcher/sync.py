@@ -3,6 +3,10 @@
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """Desired upstreams -> the upstream file first -> the dyups interface, for changed upstreams only.
 
+The Syncer drives three state machines, each in its own file and tested alone: host-name resolution
+(host_names.py), the removal hold (safety.py's RemovalHold, with the rest of the guard) and push
+bookkeeping (pushes.py); what it owns beyond the file is kept in owned_state.py.
+
 The Syncer owns exactly the upstreams in its upstream file (it reads them at start), plus those it
 removed from the file whose DELETE is not confirmed yet (kept beside the file with a hold in
 progress: owned_state.py, so a restart or a SIGHUP loses neither). Upstreams that nginx.conf
@@ -29,57 +33,21 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
 from typing import Callable, Dict, Iterable, List, Mapping, Optional, Set, Tuple
 
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils import _upstream_file
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._dyups_client import DyupsClient
-from ansible_collections.swallowkeeper.dyups.plugins.module_utils._errors import (
-    DyupsError, DyupsRejected, DyupsUnavailable, ValidationError)
+from ansible_collections.swallowkeeper.dyups.plugins.module_utils._errors import ValidationError
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._plan import servers_equal
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._resolve import Resolve, make_resolver
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._upstream import Upstream
 from ansible_collections.swallowkeeper.dyups.plugins.watcher import owned_state, safety
 from ansible_collections.swallowkeeper.dyups.plugins.watcher.host_names import HostNames
 from ansible_collections.swallowkeeper.dyups.plugins.watcher.metrics import Metrics
+from ansible_collections.swallowkeeper.dyups.plugins.watcher.pushes import Pushes, SyncReport, describe_change
 from ansible_collections.swallowkeeper.dyups.plugins.watcher.settings import Settings
 
 log = logging.getLogger("swallowkeeper.watcher")
-
-
-def dyups_error_kind(exc: BaseException) -> str:
-    if isinstance(exc, DyupsUnavailable):
-        return "dyups_unavailable"
-    if isinstance(exc, DyupsRejected):
-        return "dyups_rejected"
-    return "dyups_protocol"
-
-
-def describe_change(before: Optional[Upstream], after: Optional[Upstream]) -> str:
-    """``+10.0.0.3:8080 -10.0.0.1:8080 ~10.0.0.2:8080(weight=3)``, for the one log line per change."""
-    old = {server.address: server for server in (before.servers if before else ())}
-    new = {server.address: server for server in (after.servers if after else ())}
-    words = [f"+{address}" for address in sorted(set(new) - set(old))]
-    words += [f"-{address}" for address in sorted(set(old) - set(new))]
-    words += [f"~{new[a].spec()}" for a in sorted(set(old) & set(new)) if old[a] != new[a]]
-    if before and after and before.directives != after.directives:
-        words.append("directives: " + ("; ".join(after.directive_lines()) or "none"))
-    return " ".join(words) or "unchanged servers"
-
-
-@dataclass
-class SyncReport:
-    posted: List[str] = field(default_factory=list)
-    deleted: List[str] = field(default_factory=list)
-    failed: List[Tuple[str, DyupsError]] = field(default_factory=list)
-    file_changed: bool = False
-    file_error: Optional[str] = None
-    held: Optional[float] = None
-    planned: List[str] = field(default_factory=list)
-
-    @property
-    def ok(self) -> bool:
-        return not self.failed and not self.file_error
 
 
 class Syncer:
@@ -96,8 +64,6 @@ class Syncer:
         self._server_count = sum(len(upstream.servers) for upstream in self.applied.values())
         self._file: Optional[_upstream_file.RenderedFile] = None  # the file's text as blocks per upstream (_upstream_file.RenderedFile)
         self._held_names: Set[str] = set()
-        self.pushed = dict(self.applied)
-        self.pending: Set[str] = set()
         self._incomplete = False  # the last sync failed and what it left is not all sent yet
         self.unwritten: Optional[Tuple[Mapping[str, Upstream], Iterable[str]]] = None  # (upstreams, empty) of a sync whose file write failed; retried
         self.hold = safety.RemovalHold(safety.GuardSettings(
@@ -105,14 +71,15 @@ class Syncer:
             hold_seconds=settings.removal_hold_seconds, window=settings.removal_guard_window), self._server_count)
         # what this watcher owns beyond the file (owned_state.py): DELETEs not confirmed yet, a hold
         owned = owned_state.load(settings.upstream_file, clock()) if not dry_run else owned_state.OwnedState()
-        self.gone: Set[str] = set(owned.pending_deletes) - set(self.applied)  # owned, out of the file, DELETE pending
+        # owned, out of the file, DELETE pending
+        self.pushes = Pushes(client, metrics, self.applied, set(owned.pending_deletes) - set(self.applied))
         if owned.hold is not None:
             self.hold.resume(owned.hold.confirmed, owned.hold.base, owned.window, clock())
             log.warning("a removal hold from before the restart goes on (Consul confirmed it for %.0fs so far)",
                         owned.hold.confirmed)
-        if self.gone:
-            log.warning("DELETE still pending from before the restart for %d upstream(s): %s", len(self.gone),
-                        ", ".join(sorted(self.gone)[:10]))
+        if self.pushes.gone:
+            log.warning("DELETE still pending from before the restart for %d upstream(s): %s",
+                        len(self.pushes.gone), ", ".join(sorted(self.pushes.gone)[:10]))
         self._saved_state: Optional[tuple] = self._state_key()
         self._consul_confirmed = True  # the last sync's: Consul answered
         self.skipped: List[dict] = []
@@ -171,7 +138,7 @@ class Syncer:
     # -- what the watcher owns beyond the file (owned_state.py) --------------------------------------
     def _state_key(self, gone: Optional[Iterable[str]] = None) -> tuple:
         hold = self.hold
-        return (frozenset(self.gone if gone is None else gone), hold.base,
+        return (frozenset(self.pushes.gone if gone is None else gone), hold.base,
                 int(hold.confirmed // 5) if hold.active else None, hold.window.totals if hold.active else None)
 
     def save_state(self, gone: Optional[Iterable[str]] = None, force: bool = False) -> None:
@@ -185,7 +152,7 @@ class Syncer:
             return
         hold = self.hold
         state = owned_state.OwnedState(
-            pending_deletes=frozenset(self.gone if gone is None else gone),
+            pending_deletes=frozenset(self.pushes.gone if gone is None else gone),
             hold=owned_state.HoldState(confirmed=hold.confirmed, base=hold.base) if hold.base is not None else None,
             window=hold.window.totals if hold.active else ())
         try:
@@ -235,7 +202,7 @@ class Syncer:
                 return report
             try:
                 if removed:   # the pending deletes are on disk before the file stops naming them
-                    self.save_state(self.gone | set(removed))
+                    self.save_state(self.pushes.gone | set(removed))
                 if self._file is None:
                     self._file = _upstream_file.RenderedFile(self.applied.values())
                 self._file.update(changes)
@@ -251,10 +218,7 @@ class Syncer:
             except ValidationError as exc:
                 return self._file_failed(report, started, "file_validate", str(exc), upstreams, empty, hold_before)
             self._apply(changes)
-            self.pending.update(changed_names)
-            self.pending.difference_update(removed)
-            self.gone.update(removed)
-            self.gone.difference_update(changed_names)
+            self.pushes.changed(changed_names, removed)
         self.save_state()
         self.push(report)
         self._finish(report, started)
@@ -298,36 +262,9 @@ class Syncer:
         report = report or SyncReport()
         if self.dry_run:
             return report
-        for name in sorted(self.pending):
-            upstream = self.applied.get(name)
-            if upstream is None:
-                self.pending.discard(name)
-                continue
-            try:
-                self.client.update(upstream)
-            except DyupsError as exc:
-                self._push_failed(report, name, exc)
-                continue
-            log.info("upstream %s: %s (%d server(s))", name, describe_change(self.pushed.get(name), upstream),
-                     len(upstream.servers))
-            self.pushed[name] = upstream
-            self.pending.discard(name)
-            report.posted.append(name)
-            self.metrics.count("changes_applied")
-        for name in sorted(self.gone):
-            try:
-                existed = self.client.delete(name)
-            except DyupsError as exc:
-                self._push_failed(report, name, exc)
-                continue
-            log.info("upstream %s: deleted%s", name, "" if existed else " (the interface did not hold it)")
-            self.pushed.pop(name, None)
-            self.gone.discard(name)   # no longer owned: an upstream added under this name later is someone else's
-            report.deleted.append(name)
-            self.metrics.count("changes_applied")
+        self.pushes.send(self.applied, report)
         if report.deleted:
             self.save_state()
-        self.metrics.set(dyups_up=0 if any(isinstance(e, DyupsUnavailable) for _n, e in report.failed) else 1)
         if self._incomplete and report.ok and not self.has_pending:
             # what a failed sync left pending is sent now (by the retry or by the drift repair, whichever
             # came first): that sync is complete, say so (else last_sync_success stays 0 until the next
@@ -335,27 +272,20 @@ class Syncer:
             self._record_success()
         return report
 
-    def _push_failed(self, report: SyncReport, name: str, exc: DyupsError) -> None:
-        report.failed.append((name, exc))
-        self.metrics.error(dyups_error_kind(exc))
-        if isinstance(exc, DyupsUnavailable) and len(report.failed) > 1:
-            return
-        log.error("upstream %s not applied, will retry: %s", name, exc)
-
     def repair(self) -> SyncReport:
         """Compare ``/detail`` with the applied state; push what differs. Returns the names repaired."""
         detail = self.client.detail()
         self.resolve = make_resolver(hosts_file=self.settings.hosts_file)
         drifted = []
         for name, upstream in self.applied.items():
-            if name in self.pending:
+            if name in self.pushes.pending:
                 continue
             if not servers_equal(upstream, detail.get(name), resolve=self.resolve):
                 drifted.append(name)
         if drifted:
             log.warning("dyups differs from the upstream file for %d upstream(s)%s; pushing them again",
                         len(drifted), ": " + ", ".join(drifted[:10]))
-        self.pending.update(drifted)
+        self.pushes.pending.update(drifted)
         self.metrics.count("repairs", len(drifted))
         self._repair_file()
         report = self.push()
@@ -409,8 +339,8 @@ class Syncer:
 
     def _update_gauges(self) -> None:
         self.metrics.set(upstreams=len(self.applied), servers=self._server_count,
-                         pending_upstreams=len(self.pending) + len(self.gone))
+                         pending_upstreams=len(self.pushes))
 
     @property
     def has_pending(self) -> bool:
-        return bool(self.pending or self.gone or self.unwritten is not None)
+        return bool(self.pushes) or self.unwritten is not None
