@@ -148,7 +148,7 @@ class Syncer:
         if self.dry_run:
             return
         key = self._state_key(gone)
-        if key == self._saved_state and not force:
+        if key == self._saved_state and not (force and self.hold.active):
             return
         hold = self.hold
         state = owned_state.OwnedState(
