@@ -21,6 +21,7 @@ keeps the desired state and pushes are retried. The loop never exits on such err
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import signal
 import threading
@@ -51,6 +52,8 @@ class Daemon:
         self.metrics = Metrics()
         self.events: queue.Queue[tuple[str, Any]] = queue.Queue()
         self.stopping = threading.Event()
+        self.stop_signalled = False      # set by the signal handlers, which take no lock (install_signals)
+        self.release_signalled = False
         self.reload_requested = False
         self._skipped_seen: set[tuple[str, str]] = set()
         self._skipped_list: list[dict[str, Any]] | None = None  # the source's skip list last logged (replaced when it changes)
@@ -116,10 +119,39 @@ class Daemon:
         return message
 
     def install_signals(self) -> None:
-        signal.signal(signal.SIGTERM, self.request_stop)
-        signal.signal(signal.SIGINT, self.request_stop)
-        signal.signal(signal.SIGHUP, self.request_reload)
-        signal.signal(signal.SIGUSR1, self.request_release)
+        """The handlers only set a flag. A handler runs in the main thread between two bytecodes, maybe
+        while that thread holds the event queue's lock inside ``get``: a handler that put a wake-up on
+        the queue (as before) deadlocked the watcher for good, SIGTERM and SIGHUP ignored. Python writes
+        each signal's number to a pipe (``signal.set_wakeup_fd``); a thread reading it wakes the loop."""
+        read_fd, write_fd = os.pipe()
+        os.set_blocking(write_fd, False)
+        signal.set_wakeup_fd(write_fd)
+        threading.Thread(target=self._wake_on_signals, args=(read_fd,), name="signal-wake", daemon=True).start()
+        signal.signal(signal.SIGTERM, self._on_stop_signal)
+        signal.signal(signal.SIGINT, self._on_stop_signal)
+        signal.signal(signal.SIGHUP, self._on_reload_signal)
+        signal.signal(signal.SIGUSR1, self._on_release_signal)
+
+    def _on_stop_signal(self, *_args: Any) -> None:
+        self.stop_signalled = True
+
+    def _on_reload_signal(self, *_args: Any) -> None:
+        self.reload_requested = True
+
+    def _on_release_signal(self, *_args: Any) -> None:
+        self.release_signalled = True
+
+    def _wake_on_signals(self, read_fd: int) -> None:
+        while True:
+            try:
+                if not os.read(read_fd, 64):
+                    return
+            except OSError:
+                return
+            self.events.put(("wake", None))
+
+    def _stop_wanted(self) -> bool:
+        return self.stop_signalled or self.stopping.is_set()
 
     def run(self) -> int:
         status_server = None
@@ -146,9 +178,12 @@ class Daemon:
         next_retry = None
         need_sync = False
         watching = False
-        while not self.stopping.is_set():
+        while not self._stop_wanted():
             self.metrics.heartbeat()
             now = self.clock()
+            if self.release_signalled:   # SIGUSR1
+                self.release_signalled = False
+                self.request_release()
             if self.reload_requested:
                 self.reload_requested = False
                 if self._reload():
@@ -211,7 +246,7 @@ class Daemon:
         if first[0] == "wake":
             return [event for event in batch if event[0] != "wake"]
         deadline = self.clock() + self.settings.quiescence_max
-        while not self.stopping.is_set():
+        while not self._stop_wanted():
             remaining = min(self.settings.quiescence_min, deadline - self.clock())
             if remaining <= 0:
                 break
