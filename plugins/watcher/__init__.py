@@ -13,10 +13,13 @@ Where things are:
 - ``transport.py``  keep-alive ``http.client`` connections as the transport of the shared clients
 - ``consul_source.py``  blocking queries on Consul and the cache of service instances
 - ``consul_answers.py``  Consul's answers kept small: unread fields dropped, health answers indexed
-- ``safety.py``     the zero-instance policy and the mass-removal hold
+- ``safety.py``     the zero-instance policy and the mass-removal hold (``RemovalHold``, its window)
+- ``owned_state.py``  what the watcher owns beyond the upstream file (pending deletes, a hold), kept beside it
 - ``check_budget.py``  the check-peer budget: no change that Tengine's check module cannot hold
 - ``nginx_processes.py``  new nginx workers noticed (pid file, /proc), every worker's ``/detail`` read
 - ``sync.py``       desired upstreams -> file first -> POST/DELETE what changed; drift repair
+- ``host_names.py``  servers written as host names: resolved at every sync, left out when they do not resolve
+- ``pushes.py``     push bookkeeping: POSTs and DELETEs the interface has not confirmed, and sending them
 - ``metrics.py``    counters and the loopback status / Prometheus endpoint
 - ``daemon.py``     the event loop: coalescing, retries with backoff, signals
 - ``cli.py``        ``--once``, ``--dry-run``, exit codes

@@ -10,7 +10,8 @@ failed pushes (capped exponential backoff with jitter), for the periodic drift r
 periodic full Consul read, and for signals:
 
 - SIGTERM / SIGINT: finish the current step, stop the long polls, exit 0;
-- SIGHUP: read the config file again and resync everything;
+- SIGHUP: read the config file again and resync everything (a reload that fails keeps the running
+  watcher as it was: its settings, its connections, its state);
 - SIGUSR1: release a change held by the removal guard.
 
 Fail-static: when Consul cannot be read, nothing is changed; when dyups cannot be reached, the file
@@ -20,6 +21,7 @@ keeps the desired state and pushes are retried. The loop never exits on such err
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import signal
 import threading
@@ -33,7 +35,8 @@ from ansible_collections.swallowkeeper.dyups.plugins.watcher import memory, ngin
 from ansible_collections.swallowkeeper.dyups.plugins.watcher.backoff import Backoff
 from ansible_collections.swallowkeeper.dyups.plugins.watcher.consul_source import ConsulSource, consul_error_kind
 from ansible_collections.swallowkeeper.dyups.plugins.watcher.metrics import Metrics, StatusServer
-from ansible_collections.swallowkeeper.dyups.plugins.watcher.sync import Syncer, dyups_error_kind
+from ansible_collections.swallowkeeper.dyups.plugins.watcher.pushes import dyups_error_kind
+from ansible_collections.swallowkeeper.dyups.plugins.watcher.sync import Syncer
 from ansible_collections.swallowkeeper.dyups.plugins.watcher.transport import KeepAliveTransport
 
 log = logging.getLogger("swallowkeeper.watcher")
@@ -49,26 +52,40 @@ class Daemon:
         self.metrics = Metrics()
         self.events: queue.Queue[tuple[str, Any]] = queue.Queue()
         self.stopping = threading.Event()
+        self.stop_signalled = False      # set by the signal handlers, which take no lock (install_signals)
+        self.release_signalled = False
         self.reload_requested = False
         self.nginx_changed = threading.Event()  # set by the nginx process watch (nginx_processes.py)
+        self.nginx_new_master = threading.Event()  # ... when the master itself is new
+        self._nginx_master: int | None = None
         self._skipped_seen: set[tuple[str, str]] = set()
         self._skipped_list: list[dict[str, Any]] | None = None  # the source's skip list last logged (replaced when it changes)
         self._syncer_skipped = False
         self._build()
 
     def _build(self) -> None:
+        """Make the connections, the Syncer and the Consul source for ``self.settings``; raises (a token
+        file that cannot be read, an upstream file that does not parse) and then changes nothing."""
         settings = self.settings
-        self.dyups_transport = KeepAliveTransport()
-        self.client = DyupsClient(settings.dyups_url, self.dyups_transport, timeout=settings.dyups_timeout)
-        self.syncer = Syncer(settings, self.client, self.metrics, clock=self.clock, dry_run=self.dry_run)
-        self.source = ConsulSource(settings, self.metrics)
+        source = ConsulSource(settings, self.metrics)
+        dyups_transport = KeepAliveTransport()
+        client = DyupsClient(settings.dyups_url, dyups_transport, timeout=settings.dyups_timeout)
+        try:
+            syncer = Syncer(settings, client, self.metrics, clock=self.clock, dry_run=self.dry_run)
+        except BaseException:
+            dyups_transport.close()
+            raise
+        self.source, self.dyups_transport, self.client, self.syncer = source, dyups_transport, client, syncer
         self.source.after_full_read = memory.settle  # the large cache frozen out of gc scans, pages trimmed
         self.retry = Backoff(settings.retry_initial, settings.retry_max)
         self.consul_retry = Backoff(settings.retry_initial, settings.retry_max)
         self.nginx = (nginx_processes.NginxProcesses(settings, self._on_new_nginx, self.metrics)
                       if settings.nginx_pid_file else None)
 
-    def _on_new_nginx(self, _generation: nginx_processes.Generation) -> None:
+    def _on_new_nginx(self, generation: nginx_processes.Generation) -> None:
+        if self._nginx_master is not None and generation.master != self._nginx_master:
+            self.nginx_new_master.set()   # it read the upstream file, which names nothing deleted before
+        self._nginx_master = generation.master
         self.metrics.count("nginx_generations")
         self.nginx_changed.set()
         self.events.put(("wake", None))
@@ -77,6 +94,9 @@ class Daemon:
         """The drift check: every worker read when nginx's processes are watched (nginx_processes.py)."""
         new_workers = self.nginx_changed.is_set()
         self.nginx_changed.clear()
+        if self.nginx_new_master.is_set():
+            self.nginx_new_master.clear()
+            self.syncer.pushes.forget_deleted()
         if self.nginx is None:
             self.syncer.repair()
         else:
@@ -124,10 +144,39 @@ class Daemon:
         return message
 
     def install_signals(self) -> None:
-        signal.signal(signal.SIGTERM, self.request_stop)
-        signal.signal(signal.SIGINT, self.request_stop)
-        signal.signal(signal.SIGHUP, self.request_reload)
-        signal.signal(signal.SIGUSR1, self.request_release)
+        """The handlers only set a flag. A handler runs in the main thread between two bytecodes, maybe
+        while that thread holds the event queue's lock inside ``get``: a handler that put a wake-up on
+        the queue (as before) deadlocked the watcher for good, SIGTERM and SIGHUP ignored. Python writes
+        each signal's number to a pipe (``signal.set_wakeup_fd``); a thread reading it wakes the loop."""
+        read_fd, write_fd = os.pipe()
+        os.set_blocking(write_fd, False)
+        signal.set_wakeup_fd(write_fd)
+        threading.Thread(target=self._wake_on_signals, args=(read_fd,), name="signal-wake", daemon=True).start()
+        signal.signal(signal.SIGTERM, self._on_stop_signal)
+        signal.signal(signal.SIGINT, self._on_stop_signal)
+        signal.signal(signal.SIGHUP, self._on_reload_signal)
+        signal.signal(signal.SIGUSR1, self._on_release_signal)
+
+    def _on_stop_signal(self, *_args: Any) -> None:
+        self.stop_signalled = True
+
+    def _on_reload_signal(self, *_args: Any) -> None:
+        self.reload_requested = True
+
+    def _on_release_signal(self, *_args: Any) -> None:
+        self.release_signalled = True
+
+    def _wake_on_signals(self, read_fd: int) -> None:
+        while True:
+            try:
+                if not os.read(read_fd, 64):
+                    return
+            except OSError:
+                return
+            self.events.put(("wake", None))
+
+    def _stop_wanted(self) -> bool:
+        return self.stop_signalled or self.stopping.is_set()
 
     def run(self) -> int:
         status_server = None
@@ -141,6 +190,7 @@ class Daemon:
         try:
             self._loop()
         finally:
+            self.syncer.save_state(force=True)   # the hold's confirmed seconds, to the second
             self.source.stop()
             self.dyups_transport.close()
             if self.nginx is not None:
@@ -157,14 +207,17 @@ class Daemon:
         next_retry = None
         need_sync = False
         watching = False
-        while not self.stopping.is_set():
+        while not self._stop_wanted():
             self.metrics.heartbeat()
             now = self.clock()
+            if self.release_signalled:   # SIGUSR1
+                self.release_signalled = False
+                self.request_release()
             if self.reload_requested:
                 self.reload_requested = False
-                self._reload()
-                next_refresh = next_drift = now
-                watching = False
+                if self._reload():
+                    next_refresh = next_drift = now
+                    watching = False
             if now >= next_refresh:
                 if self._refresh():
                     need_sync = True
@@ -177,7 +230,8 @@ class Daemon:
                     next_refresh = now + self.consul_retry.next()
             if need_sync:
                 need_sync = False
-                self._sync()
+                if not self._sync():   # the read that had to confirm a hold failed: Consul read again soon
+                    next_refresh = min(next_refresh, self.clock() + self.consul_retry.next())
             if self.syncer.has_pending and (next_retry is None or now >= next_retry):
                 if next_retry is not None:
                     self.syncer.retry()
@@ -221,7 +275,7 @@ class Daemon:
         if first[0] == "wake":
             return [event for event in batch if event[0] != "wake"]
         deadline = self.clock() + self.settings.quiescence_max
-        while not self.stopping.is_set():
+        while not self._stop_wanted():
             remaining = min(self.settings.quiescence_min, deadline - self.clock())
             if remaining <= 0:
                 break
@@ -242,18 +296,26 @@ class Daemon:
             self.source.note_failure(kind, exc)
             return False
 
-    def _sync(self) -> None:
+    def _sync(self) -> bool:
         """Sync what changed since the last sync: the source's merged mapping is kept current as
-        events are folded in, and tells which upstream names changed (consul_source.take_changes)."""
+        events are folded in, and tells which upstream names changed (consul_source.take_changes).
+        False when a hold would have run out but Consul could not be read to confirm it."""
         started = self.clock()
+        confirmed = self.source.failure is None   # Consul answers: a held change's time counts
+        read_failed = False
+        if confirmed and self.syncer.hold.runs_out_at(self.clock()):
+            # a hold runs out only on a fresh answer: read Consul again first (a failure: it waits)
+            confirmed = self._refresh()
+            read_failed = not confirmed
         upstreams, empty, changed = self.source.take_changes()
-        report = self.syncer.sync(upstreams, empty, changed=changed)
+        report = self.syncer.sync(upstreams, empty, changed=changed, consul_confirmed=confirmed)
         skipped = self.source.skipped()
         if skipped is not self._skipped_list or self.syncer.skipped or self._syncer_skipped:
             self._log_skipped(skipped + self.syncer.skipped)
             self._skipped_list, self._syncer_skipped = skipped, bool(self.syncer.skipped)
         log.debug("sync: %.1f ms for %s changed upstream(s), %d posted, %d deleted", (self.clock() - started) * 1000,
                   "all" if changed is None else len(changed), len(report.posted), len(report.deleted))
+        return not read_failed
 
     def _log_skipped(self, skipped: list[dict[str, Any]]) -> None:
         self.metrics.set_status(skipped=skipped[:100])
@@ -263,24 +325,35 @@ class Daemon:
             log.warning("skipped %s: %s", what, why)
         self._skipped_seen = new
 
-    def _reload(self) -> None:
+    def _reload(self) -> bool:
+        """SIGHUP: the config file read again and everything rebuilt from it. What the Syncer owns
+        beyond the file (pending deletes, a hold) is saved first and read back by the new one. A reload
+        that fails (bad settings, a token file that is empty or cannot be read, an upstream file that
+        does not parse) keeps the running watcher as it was, logs why, counts a ``config_reload``
+        error and sets ``config_reload_success`` 0; the next SIGHUP tries again."""
         if not self.settings.config_file:
             log.info("SIGHUP: no config file to read again; resyncing")
-            return
+            return True
+        old = (self.settings, self.source, self.dyups_transport, self.client, self.syncer, self.nginx)
         try:
             file_values = settings_mod.load_file(self.settings.config_file)
-            new = settings_mod.build(file_values, self.flag_values, config_file=self.settings.config_file)
-        except settings_mod.SettingsError as exc:
-            log.error("SIGHUP: config not reloaded, keeping the running settings: %s", exc)
-            return
+            self.settings = settings_mod.build(file_values, self.flag_values, config_file=self.settings.config_file)
+            self.syncer.save_state(force=True)
+            self._build()
+        except Exception as exc:  # whatever it is, the running watcher must go on as it was
+            self.settings = old[0]
+            self.metrics.error("config_reload")
+            self.metrics.set(config_reload_success=0)
+            log.error("SIGHUP: config NOT reloaded, the watcher goes on with the settings it had (fix the "
+                      "cause, then send SIGHUP again): %s", exc)
+            return False
+        self.metrics.set(config_reload_success=1)
         log.info("SIGHUP: config reloaded from %s; resyncing", self.settings.config_file)
-        self.source.stop()
-        self.dyups_transport.close()
-        if self.nginx is not None:
-            self.nginx.stop()
-        self.settings = new
-        self.source = self.syncer = None  # type: ignore[assignment]  # both rebuilt by _build() below
-        memory.settle(freeze=False)  # the old cache (frozen by its last full read) is freed before the new read
-        self._build()
+        old[1].stop()
+        old[2].close()
+        if old[5] is not None:
+            old[5].stop()
         if self.nginx is not None:
             self.nginx.start()
+        memory.settle(freeze=False)  # the old cache (frozen by its last full read) is freed
+        return True

@@ -21,7 +21,7 @@ PREFIX = "swallowkeeper_watcher"
 ERROR_KINDS = (
     "consul_unavailable", "consul_forbidden", "consul_rate_limited", "consul_server_error", "consul_bad_answer",
     "consul_service_read",
-    "dyups_unavailable", "dyups_rejected", "dyups_protocol", "file_write", "file_validate",
+    "dyups_unavailable", "dyups_rejected", "dyups_protocol", "file_write", "file_validate", "config_reload",
 )
 
 
@@ -39,7 +39,7 @@ class Metrics:
             "last_sync_timestamp_seconds": 0.0, "last_sync_success": 0, "last_sync_duration_seconds": 0.0,
             "upstreams": 0, "servers": 0, "held_changes": 0, "held_removals": 0, "pending_upstreams": 0,
             "consul_up": 0, "dyups_up": 0, "skipped_instances": 0, "unread_services": 0,
-            "dyups_free_bytes": -1}
+            "dyups_free_bytes": -1, "config_reload_success": 1}
         self.consul_index: dict[str, int] = {}
         self.status: dict[str, Any] = {}
         self.loop_heartbeat = clock()
@@ -123,6 +123,7 @@ class Metrics:
             "unread_services": "Services whose last read failed: their last good state is kept, they are read again.",
             "dyups_free_bytes": "Free bytes of the Lua flavor's shared dict at the last drift check (nginx_pid_file "
                                 "set); -1: not known (Tengine's zones cannot be read).",
+            "config_reload_success": "0 when the last SIGHUP could not reload (the watcher goes on as it was).",
         }
         for name, help_text in gauge_help.items():
             metric(name, "gauge", help_text, [({}, snap["gauges"][name])])

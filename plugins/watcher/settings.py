@@ -93,8 +93,8 @@ OPTIONS = (
     Option("zero_instances", "keep", str, "when a service has no passing instance: keep | down | delete"),
     Option("removal_guard_share", 0.5, float, "hold a change that removes more than this share of all servers"),
     Option("removal_guard_min", 3, int, "the hold applies only when at least this many servers would go"),
-    Option("removal_hold_seconds", 600.0, float, "apply a held change once it persisted this long (0: only "
-                                                 "when an operator releases it)"),
+    Option("removal_hold_seconds", 600.0, float, "apply a held change once Consul confirmed it this long (0: "
+                                                 "only when an operator releases it)"),
     Option("removal_guard_window", 60.0, float, "seconds over which removals add up for the guard: servers "
                                                 "lost in this time count with the change's (0: the change alone)"),
     Option("check_peer_budget", 4096, int, "never send a change that brings the servers of upstreams with a "

@@ -3,8 +3,14 @@
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """Desired upstreams -> the upstream file first -> the dyups interface, for changed upstreams only.
 
-The Syncer owns exactly the upstreams in its upstream file (it reads them at start). Upstreams that
-nginx.conf defines, or that anyone else added through the interface, are never posted or deleted.
+The Syncer drives three state machines, each in its own file and tested alone: host-name resolution
+(host_names.py), the removal hold (safety.py's RemovalHold, with the rest of the guard) and push
+bookkeeping (pushes.py); what it owns beyond the file is kept in owned_state.py.
+
+The Syncer owns exactly the upstreams in its upstream file (it reads them at start), plus those it
+removed from the file whose DELETE is not confirmed yet (kept beside the file with a hold in
+progress: owned_state.py, so a restart or a SIGHUP loses neither). Upstreams that nginx.conf
+defines, or that anyone else added through the interface, are never posted or deleted.
 
 Order of every sync:
 
@@ -19,66 +25,32 @@ Order of every sync:
    owned upstream that disappeared. A failed request leaves the upstream pending; it is retried.
 
 ``repair`` compares ``/detail`` with what is applied and pushes what differs: a POST lost in an
-nginx reload, or an nginx restart that left only the file's state.
+nginx reload, or an nginx restart that left only the file's state; and writes the upstream file
+again when the one on disk is not what is applied (removed or edited behind the watcher's back).
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field, replace
 from typing import Callable, Dict, Iterable, List, Mapping, Optional, Set, Tuple
 
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils import _upstream_file
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._dyups_client import DyupsClient
-from ansible_collections.swallowkeeper.dyups.plugins.module_utils._errors import (
-    DyupsError, DyupsRejected, DyupsUnavailable, ValidationError)
-from ansible_collections.swallowkeeper.dyups.plugins.module_utils._names import name_key, same_names
+from ansible_collections.swallowkeeper.dyups.plugins.module_utils._errors import ValidationError
+from ansible_collections.swallowkeeper.dyups.plugins.module_utils._names import same_names
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._plan import servers_equal
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._resolve import Resolve, make_resolver
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._servers import Server
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._upstream import Upstream
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._validate_config import ConfigCheckFailed, check_config
-from ansible_collections.swallowkeeper.dyups.plugins.watcher import check_budget, safety
+from ansible_collections.swallowkeeper.dyups.plugins.watcher import check_budget, owned_state, safety
+from ansible_collections.swallowkeeper.dyups.plugins.watcher.host_names import HostNames
 from ansible_collections.swallowkeeper.dyups.plugins.watcher.metrics import Metrics
+from ansible_collections.swallowkeeper.dyups.plugins.watcher.pushes import Pushes, SyncReport, describe_change
 from ansible_collections.swallowkeeper.dyups.plugins.watcher.settings import Settings
 
 log = logging.getLogger("swallowkeeper.watcher")
-
-
-def dyups_error_kind(exc: BaseException) -> str:
-    if isinstance(exc, DyupsUnavailable):
-        return "dyups_unavailable"
-    if isinstance(exc, DyupsRejected):
-        return "dyups_rejected"
-    return "dyups_protocol"
-
-
-def describe_change(before: Optional[Upstream], after: Optional[Upstream]) -> str:
-    """``+10.0.0.3:8080 -10.0.0.1:8080 ~10.0.0.2:8080(weight=3)``, for the one log line per change."""
-    old = {server.address: server for server in (before.servers if before else ())}
-    new = {server.address: server for server in (after.servers if after else ())}
-    words = [f"+{address}" for address in sorted(set(new) - set(old))]
-    words += [f"-{address}" for address in sorted(set(old) - set(new))]
-    words += [f"~{new[a].spec()}" for a in sorted(set(old) & set(new)) if old[a] != new[a]]
-    if before and after and before.directives != after.directives:
-        words.append("directives: " + ("; ".join(after.directive_lines()) or "none"))
-    return " ".join(words) or "unchanged servers"
-
-
-@dataclass
-class SyncReport:
-    posted: List[str] = field(default_factory=list)
-    deleted: List[str] = field(default_factory=list)
-    failed: List[Tuple[str, DyupsError]] = field(default_factory=list)
-    file_changed: bool = False
-    file_error: Optional[str] = None
-    held: Optional[float] = None
-    planned: List[str] = field(default_factory=list)
-
-    @property
-    def ok(self) -> bool:
-        return not self.failed and not self.file_error
 
 
 class Syncer:
@@ -96,75 +68,41 @@ class Syncer:
         self._file: Optional[_upstream_file.RenderedFile] = None  # the file's text as blocks per upstream (_upstream_file.RenderedFile)
         self._held_names: Set[str] = set()
         self._refused_names: Set[str] = set()  # changes over the check-peer budget, examined at every sync
-        self.pushed = dict(self.applied)
-        self.pending: Set[str] = set()
-        self.gone: Set[str] = set()
         self._incomplete = False  # the last sync failed and what it left is not all sent yet
         self.unwritten: Optional[Tuple[Mapping[str, Upstream], Iterable[str]]] = None  # (upstreams, empty) of a sync whose file write failed; retried
-        self.deleted_here: Set[str] = set()
-        self.hold_since: Optional[float] = None
-        self.hold_total: Optional[int] = None  # servers applied when the hold began: the share is measured against it
-        self.release_requested = False
-        self.window = safety.RemovalWindow(settings.removal_guard_window, self._server_count)
-        self._restart_window = False  # a released change is being applied: the window starts afresh after it
+        self.hold = safety.RemovalHold(safety.GuardSettings(
+            share=settings.removal_guard_share, minimum=settings.removal_guard_min,
+            hold_seconds=settings.removal_hold_seconds, window=settings.removal_guard_window), self._server_count)
+        # what this watcher owns beyond the file (owned_state.py): DELETEs not confirmed yet, a hold
+        owned = owned_state.load(settings.upstream_file, clock()) if not dry_run else owned_state.OwnedState()
+        # owned, out of the file, DELETE pending
+        self.pushes = Pushes(client, metrics, self.applied, set(owned.pending_deletes) - set(self.applied))
+        if owned.hold is not None:
+            self.hold.resume(owned.hold.confirmed, owned.hold.base, owned.window, clock())
+            log.warning("a removal hold from before the restart goes on (Consul confirmed it for %.0fs so far)",
+                        owned.hold.confirmed)
+        if self.pushes.gone:
+            log.warning("DELETE still pending from before the restart for %d upstream(s): %s",
+                        len(self.pushes.gone), ", ".join(sorted(self.pushes.gone)[:10]))
+        self._saved_state: Optional[tuple] = self._state_key()
+        self._consul_confirmed = True  # the last sync's: Consul answered
         self.skipped: List[dict] = []
-        self._resolved: Optional[Dict[str, Upstream]] = None  # {name: Upstream} of the last sync's upstreams, host names resolved
-        self._resolved_empty: Set[str] = set()
-        self._hostnames: Dict[str, List[dict]] = {}  # name -> skip items: upstreams with host names, examined at every sync
-        self.resolve: Optional[Resolve] = None
+        self.hosts = HostNames(settings.hosts_file)   # servers written as host names (host_names.py)
+        self.resolve: Optional[Resolve] = None   # the drift check's resolver
         self._update_gauges()
 
     # -- desired state ---------------------------------------------------------------------------
-    def _resolve_one(self, name: str, upstream: Optional[Upstream], resolve: Resolve) -> None:
-        """Servers written as host names that resolve here; the others are skipped (Tengine would answer
-        500 to the whole POST). An upstream left without servers (or with backups only) counts as empty."""
-        if self._resolved is None:  # its only caller, resolvable(), sets it first
-            raise AssertionError("resolvable() sets _resolved first")
-        self._resolved.pop(name, None)
-        self._resolved_empty.discard(name)
-        self._hostnames.pop(name, None)
-        if upstream is None:
-            return
-        if all(server.kind != "hostname" for server in upstream.servers):
-            self._resolved[name] = upstream
-            return
-        kept = [server for server in upstream.servers if server.kind != "hostname" or resolve(server.host)]
-        self._hostnames[name] = [{"what": f"server {server.spec()} of upstream {name}",
-                                  "why": f"the host name {server.host!r} does not resolve on this host"}
-                                 for server in upstream.servers if server not in kept]
-        if kept and not all(server.backup for server in kept):
-            self._resolved[name] = replace(upstream, servers=tuple(kept))
-        else:
-            self._resolved_empty.add(name)
-
-    def resolvable(self, upstreams: Mapping[str, Upstream], empty: Iterable[str],
-                   changed: Optional[Iterable[str]] = None) -> Tuple[Dict[str, Upstream], Set[str]]:
-        """({name: Upstream}, {empty names}) with host names resolved (see _resolve_one). ``changed``:
-        the names that may differ from the last call's; None: all of them. Upstreams with host names
-        are resolved again every time (DNS changes on its own)."""
-        resolve = self.resolve = make_resolver(hosts_file=self.settings.hosts_file)  # fresh each sync
-        if changed is None or self._resolved is None:
-            self._resolved, self._resolved_empty, self._hostnames = {}, set(), {}
-            names = set(upstreams)
-        else:
-            names = set(changed) | set(self._hostnames)
-        for name in names:
-            self._resolve_one(name, upstreams.get(name), resolve)
-        for items in self._hostnames.values():
-            self.skipped.extend(items)
-        return self._resolved, self._resolved_empty | set(empty)
-
     def desired_from(self, upstreams: Mapping[str, Upstream], empty: Iterable[str] = (),
                      changed: Optional[Iterable[str]] = None) -> Tuple[Dict[str, Optional[Upstream]], Set[str]]:
         """``({name: Upstream or None}, names)``: what the names that may change (``changed`` since the
         last sync, host names, and what a hold keeps; every name when ``changed`` is None) should hold
         after host resolution, the zero-instance policy and the removal guard. None: no upstream."""
-        self.skipped = []
-        resolved, empty = self.resolvable(upstreams, empty, changed)
+        resolved, empty = self.hosts.resolvable(upstreams, empty, changed)
+        self.skipped = self.hosts.skipped()
         if changed is None:
             names = set(resolved) | empty | set(self.applied)
         else:
-            names = set(changed) | set(self._hostnames) | self._held_names | self._refused_names
+            names = set(changed) | self.hosts.names | self._held_names | self._refused_names
         wanted = {name: resolved[name] for name in names if name in resolved}
         applied = {name: self.applied[name] for name in names if name in self.applied}
         wanted = safety.apply_zero_instance_policy(wanted, empty.intersection(names), applied,
@@ -179,70 +117,77 @@ class Syncer:
 
     def _guard(self, applied: Dict[str, Upstream], desired: Dict[str, Upstream]) -> Dict[str, Upstream]:
         """``desired`` (for the names of ``applied`` that may change), with the removals held when they
-        take away too large a share of all the servers applied (see safety.py)."""
+        take away too large a share of all the servers applied (safety.RemovalHold)."""
         now = self.clock()
-        removal = self.window.widen(replace(safety.removals(applied, desired), total=self._server_count), now)
-        if self.hold_since is not None and self.hold_total is not None and removal.total > self.hold_total:
-            # servers added beside a held removal do not make it smaller: measured against the hold's start
-            removal = replace(removal, total=self.hold_total)
-        self._held_names = set()
-        self._restart_window = False
-        if not safety.exceeds_guard(removal, self.settings.removal_guard_share, self.settings.removal_guard_min):
-            if self.hold_since is not None:
-                log.warning("removal hold cleared: the change no longer removes more than %.0f%% of servers",
-                            self.settings.removal_guard_share * 100)
-            self._end_hold()
-            return desired
-        if self.hold_since is None:
-            self.hold_since = now
-            self.hold_total = removal.total
-            earlier = (f" ({removal.counted} with the {removal.earlier} lost in the last "
-                       f"{self.settings.removal_guard_window:.0f}s)" if removal.earlier else "")
-            log.error("HOLDING a change that would remove %d of %d servers%s (%.0f%%, limit %.0f%%) across %d "
-                      "upstream(s): %s. Additions still apply. It is applied after %s, or now with "
-                      "POST /release on the status endpoint or SIGUSR1.",
-                      removal.removed, removal.total, earlier, removal.share * 100,
-                      self.settings.removal_guard_share * 100,
-                      len(removal.by_upstream), ", ".join(sorted(removal.by_upstream)[:10]),
-                      f"{self.settings.removal_hold_seconds:.0f}s" if self.settings.removal_hold_seconds
-                      else "an operator's release only")
-        hold_over = self.settings.removal_hold_seconds and now - self.hold_since >= self.settings.removal_hold_seconds
-        if self.release_requested or hold_over:
-            log.warning("releasing the held change (%s): removing %d server(s)",
-                        "operator" if self.release_requested else "held past removal_hold_seconds", removal.removed)
-            self._end_hold()
-            self._restart_window = True
-            return desired
+        result = self.hold.evaluate(applied, desired, self._server_count, now, confirmed=self._consul_confirmed)
+        removal = self.hold.removal if self.hold.active else None
+        if removal is None or self.hold.since is None:
+            self._held_names = set()
+            self.metrics.set(held_changes=0, held_removals=0)
+            self.metrics.set_status(held=None)
+            return result
         self.metrics.set(held_changes=1, held_removals=removal.removed)
         self.metrics.set_status(held={"removed": removal.removed, "removed_earlier": removal.earlier,
-                                      "total": removal.total,
-                                      "upstreams": removal.by_upstream, "held_for_seconds": round(now - self.hold_since, 1)})
+                                      "total": removal.total, "upstreams": removal.by_upstream,
+                                      "held_for_seconds": round(now - self.hold.since, 1),
+                                      "confirmed_seconds": round(self.hold.confirmed, 1)})
         self._held_names = set(removal.by_upstream)   # examined again at every sync while held
-        return safety.hold_removals(applied, desired, removal)
+        return result
 
-    def _end_hold(self) -> None:
-        """No change is held (any more): the hold's state and its gauges cleared."""
-        self.hold_since = self.hold_total = None
-        self.release_requested = False
-        self.metrics.set(held_changes=0, held_removals=0)
-        self.metrics.set_status(held=None)
+    @property
+    def hold_since(self) -> Optional[float]:
+        """When this process began holding a change (None: nothing held)."""
+        return self.hold.since if self.hold.active else None
 
     def release(self) -> str:
-        self.release_requested = True
-        return "release requested: a held change is applied at the next sync" if self.hold_since is not None \
-            else "nothing is held"
+        if self.hold.release():
+            return "release requested: a held change is applied at the next sync"
+        return "nothing is held"
+
+    # -- what the watcher owns beyond the file (owned_state.py) --------------------------------------
+    def _state_key(self, gone: Optional[Iterable[str]] = None) -> tuple:
+        hold = self.hold
+        return (frozenset(self.pushes.gone if gone is None else gone), hold.base,
+                int(hold.confirmed // 5) if hold.active else None, hold.window.totals if hold.active else None)
+
+    def save_state(self, gone: Optional[Iterable[str]] = None, force: bool = False) -> None:
+        """Write the pending deletes (``gone``, or those known) and the hold, when they changed (the
+        hold's confirmed seconds: by 5 s steps unless ``force``). A failure is logged: the state
+        then is what the file had, which never deletes or releases more."""
+        if self.dry_run:
+            return
+        key = self._state_key(gone)
+        if key == self._saved_state and not (force and self.hold.active):
+            return
+        hold = self.hold
+        state = owned_state.OwnedState(
+            pending_deletes=frozenset(self.pushes.gone if gone is None else gone),
+            hold=owned_state.HoldState(confirmed=hold.confirmed, base=hold.base) if hold.base is not None else None,
+            window=hold.window.totals if hold.active else ())
+        try:
+            owned_state.save(self.settings.upstream_file, owned_state.render(state, self.clock()))
+        except OSError as exc:
+            self.metrics.error("file_write")
+            log.error("cannot write %s (pending deletes and the hold may be forgotten at a restart): %s",
+                      owned_state.path_for(self.settings.upstream_file), exc.strerror or exc)
+            return
+        self._saved_state = key
 
     # -- applying --------------------------------------------------------------------------------
     def sync(self, upstreams: Mapping[str, Upstream], empty: Iterable[str] = (),
-             changed: Optional[Iterable[str]] = None) -> SyncReport:
+             changed: Optional[Iterable[str]] = None, consul_confirmed: bool = True) -> SyncReport:
         """Bring file and interface to the desired state for ``upstreams`` ({name: Upstream}, with their
         directives) and ``empty`` (names whose instances all fail). ``changed``: the names whose entry
         may differ from the previous call's (None: any); the work done is for those names, except
         writing the file, which is written whole from blocks rendered once per upstream. When the
-        file cannot be written, nothing is sent and the sync is remembered for retry()."""
+        file cannot be written, nothing is sent and the sync is remembered for retry().
+        ``consul_confirmed``: Consul answers (its last request succeeded): only then does a held change's
+        time count, and only then can it run out."""
         started = self.clock()
         report = SyncReport()
         self.unwritten = None
+        self._consul_confirmed = consul_confirmed
+        hold_before = self.hold.snapshot()
         desired, names = self.desired_from(upstreams, empty, changed)
         report.held = self.hold_since
         changes: Dict[str, Optional[Upstream]] = {}
@@ -265,6 +210,8 @@ class Syncer:
                 self._finish(report, started)
                 return report
             try:
+                if removed:   # the pending deletes are on disk before the file stops naming them
+                    self.save_state(self.pushes.gone | set(removed))
                 if self._file is None:
                     self._file = _upstream_file.RenderedFile(self.applied.values())
                 self._file.update(changes)
@@ -272,18 +219,16 @@ class Syncer:
                                             validate=self.settings.validate_command, check=self._check_config())
                 report.file_changed = True
             except (_upstream_file.ValidateCommandFailed, ConfigCheckFailed) as exc:
-                return self._file_failed(report, started, "file_validate", str(exc), upstreams, empty)
+                return self._file_failed(report, started, "file_validate", str(exc), upstreams, empty, hold_before)
             except OSError as exc:
                 return self._file_failed(report, started, "file_write",
                                          f"cannot write {self.settings.upstream_file}: {exc.strerror or exc}",
-                                         upstreams, empty)
+                                         upstreams, empty, hold_before)
             except ValidationError as exc:
-                return self._file_failed(report, started, "file_validate", str(exc), upstreams, empty)
+                return self._file_failed(report, started, "file_validate", str(exc), upstreams, empty, hold_before)
             self._apply(changes)
-            self.pending.update(changed_names)
-            self.pending.difference_update(removed)
-            self.gone.update(removed)
-            self.gone.difference_update(changed_names)
+            self.pushes.changed(changed_names, removed)
+        self.save_state()
         self.push(report)
         self._finish(report, started)
         return report
@@ -305,17 +250,15 @@ class Syncer:
             if upstream is not None:
                 self.applied[name] = upstream
                 self._server_count += len(upstream.servers)
-        if self._restart_window:
-            self.window.restart(self._server_count)
-            self._restart_window = False
-        else:
-            self.window.applied(self._server_count, self.clock())
+        self.hold.applied(self._server_count, self.clock())
 
     def _file_failed(self, report: SyncReport, started: float, kind: str, message: str,
-                     upstreams: Mapping[str, Upstream], empty: Iterable[str]) -> SyncReport:
+                     upstreams: Mapping[str, Upstream], empty: Iterable[str], hold_before: tuple) -> SyncReport:
         self.unwritten = (upstreams, empty)
+        if self.hold.releasing:   # a release that was not applied stays to be applied (not a new hold)
+            self.hold.restore(hold_before)
         self._file = None   # rendered again from what is applied at the next write
-        self._resolved = None
+        self.hosts.forget()
         report.file_error = message
         self.metrics.error(kind)
         log.error("upstream file not replaced, nothing sent to dyups (the last good state keeps serving): %s", message)
@@ -326,7 +269,7 @@ class Syncer:
         """The retry step: a sync whose file write failed is tried again (a full disk freed, a
         validation fixed), else the pending POSTs and DELETEs are sent again."""
         if self.unwritten is not None:
-            return self.sync(*self.unwritten)
+            return self.sync(*self.unwritten, consul_confirmed=self._consul_confirmed)
         report = self.push()
         self._update_gauges()
         return report
@@ -336,42 +279,9 @@ class Syncer:
         report = report or SyncReport()
         if self.dry_run:
             return report
-        for name in sorted(self.pending):
-            upstream = self.applied.get(name)
-            if upstream is None:
-                self.pending.discard(name)
-                continue
-            try:
-                self.client.update(upstream)
-            except DyupsError as exc:
-                self._push_failed(report, name, exc)
-                continue
-            log.info("upstream %s: %s (%d server(s))", name, describe_change(self.pushed.get(name), upstream),
-                     len(upstream.servers))
-            self.pushed[name] = upstream
-            self.pending.discard(name)
-            report.posted.append(name)
-            self.metrics.count("changes_applied")
-        live = {name_key(name) for name in self.applied} if self.gone else set()
-        for name in sorted(self.gone):
-            if name_key(name) in live:
-                # Web gone, web applied: one upstream for the data plane, which the POST of web replaced;
-                # a DELETE of Web would remove what that POST just set
-                self.gone.discard(name)
-                self.pushed.pop(name, None)
-                continue
-            try:
-                existed = self.client.delete(name)
-            except DyupsError as exc:
-                self._push_failed(report, name, exc)
-                continue
-            log.info("upstream %s: deleted%s", name, "" if existed else " (the interface did not hold it)")
-            self.pushed.pop(name, None)
-            self.gone.discard(name)
-            self.deleted_here.add(name)
-            report.deleted.append(name)
-            self.metrics.count("changes_applied")
-        self.metrics.set(dyups_up=0 if any(isinstance(e, DyupsUnavailable) for _n, e in report.failed) else 1)
+        self.pushes.send(self.applied, report)
+        if report.deleted:
+            self.save_state()
         if self._incomplete and report.ok and not self.has_pending:
             # what a failed sync left pending is sent now (by the retry or by the drift repair, whichever
             # came first): that sync is complete, say so (else last_sync_success stays 0 until the next
@@ -379,45 +289,72 @@ class Syncer:
             self._record_success()
         return report
 
-    def _push_failed(self, report: SyncReport, name: str, exc: DyupsError) -> None:
-        report.failed.append((name, exc))
-        self.metrics.error(dyups_error_kind(exc))
-        if isinstance(exc, DyupsUnavailable) and len(report.failed) > 1:
-            return
-        log.error("upstream %s not applied, will retry: %s", name, exc)
-
     def repair(self, details: Optional[List[Mapping[str, List[Server]]]] = None) -> SyncReport:
         """Compare ``/detail`` (``details``: the answers of several workers, see nginx_processes.py; else
-        one read) with the applied state; push what differs in any. Returns the names repaired. The
-        interface's ``Web`` is the applied ``web`` (names compared as the data plane compares them)."""
+        one read) with the applied state; push what differs in any; write the file again when it differs
+        from what is applied. Returns the names repaired. The interface's ``Web`` is the applied ``web``
+        (names compared as the data plane compares them)."""
         readings = [same_names(detail, self.applied)
                     for detail in (details if details is not None else [self.client.detail()])]
         self.resolve = make_resolver(hosts_file=self.settings.hosts_file)
         drifted = []
         for name, upstream in self.applied.items():
-            if name in self.pending:
+            if name in self.pushes.pending:
                 continue
             if any(not servers_equal(upstream, detail.get(name), resolve=self.resolve) for detail in readings):
                 drifted.append(name)
-        deleted = {name_key(name) for name in self.deleted_here}
-        held = set().union(*readings)
-        stale = sorted(name for name in held if name_key(name) in deleted and name not in self.applied)
-        if drifted or stale:
+        if drifted:
             log.warning("dyups differs from the upstream file for %d upstream(s)%s; pushing them again",
-                        len(drifted) + len(stale), ": " + ", ".join((drifted + stale)[:10]))
-        self.pending.update(drifted)
-        self.gone.update(stale)
-        self.metrics.count("repairs", len(drifted) + len(stale))
+                        len(drifted), ": " + ", ".join(drifted[:10]))
+        self.pushes.pending.update(drifted)
+        self.metrics.count("repairs", len(drifted))
+        self._repair_file()
         report = self.push()
         self._update_gauges()
         return report
 
     def push_all(self) -> SyncReport:
         """POST every applied upstream again (nginx started workers whose state is unknown)."""
-        self.pending.update(self.applied)
+        self.pushes.pending.update(self.applied)
         report = self.push()
         self._update_gauges()
         return report
+
+    @property
+    def deleted_here(self) -> Set[str]:
+        """Upstreams this watcher deleted (nginx_processes.py deletes them again on a respawned worker that
+        holds them; Pushes.deleted says when a name leaves the set)."""
+        return self.pushes.deleted
+
+    def _repair_file(self) -> None:
+        """Write the upstream file again when what is on disk is not what is applied (removed, edited,
+        truncated): a reload or a restart of nginx loads that file. Not while a failed write waits for
+        its retry (that retry writes it)."""
+        if self.dry_run or self.unwritten is not None:
+            return
+        if self._file is None:
+            self._file = _upstream_file.RenderedFile(self.applied.values())
+        wanted = self._file.text()
+        try:
+            with open(self.settings.upstream_file, encoding="utf-8") as handle:
+                on_disk: Optional[str] = handle.read()
+        except FileNotFoundError:
+            on_disk = None
+        except (OSError, UnicodeDecodeError):
+            on_disk = ""
+        if on_disk == wanted:
+            return
+        log.warning("the upstream file %s %s; writing it again", self.settings.upstream_file,
+                    "is missing" if on_disk is None else "differs from what the watcher applied")
+        try:
+            _upstream_file.replace_file(self.settings.upstream_file, wanted, validate=self.settings.validate_command,
+                                        check=self._check_config())
+        except (OSError, _upstream_file.ValidateCommandFailed, ConfigCheckFailed, ValidationError) as exc:
+            self.metrics.error("file_validate" if not isinstance(exc, OSError) else "file_write")
+            log.error("upstream file not written again, retried at the next drift check: %s",
+                      getattr(exc, "strerror", None) or exc)
+            return
+        self.metrics.count("repairs")
 
     def _finish(self, report: SyncReport, started: float) -> None:
         duration = self.clock() - started
@@ -437,8 +374,8 @@ class Syncer:
 
     def _update_gauges(self) -> None:
         self.metrics.set(upstreams=len(self.applied), servers=self._server_count,
-                         pending_upstreams=len(self.pending) + len(self.gone))
+                         pending_upstreams=len(self.pushes))
 
     @property
     def has_pending(self) -> bool:
-        return bool(self.pending or self.gone or self.unwritten is not None)
+        return bool(self.pushes) or self.unwritten is not None

@@ -86,3 +86,53 @@ def test_the_window_counts_what_the_count_lost_since_its_largest_and_forgets_wha
     window.restart(9)
     assert window.widen(change, now=62).earlier == 0
     assert safety.RemovalWindow(0, total=10).widen(change, now=0) is change
+
+
+def test_a_held_server_that_the_new_directives_refuse_keeps_the_upstream_as_applied():
+    """A backup server held while the upstream turns to ip_hash (which refuses backup servers): putting it
+    back beside the new directives would make an upstream build_upstream refuses (Tengine answers 500);
+    the whole upstream stays as applied until the hold ends."""
+    applied = {"A": ups("A", "10.0.0.1:80", "10.0.0.2:80", "10.0.0.3:80 backup")}
+    desired = {"A": build_upstream("A", ["10.0.0.1:80"], ["ip_hash"])}
+    held = safety.hold_removals(applied, desired, safety.removals(applied, desired))
+    assert held["A"] == applied["A"]
+
+
+# -- the hold's state machine alone (RemovalHold; the Syncer drives it in tests/unit/watcher/test_syncer*.py)
+TEN = [f"10.0.3.{i}:80" for i in range(1, 11)]
+
+
+def hold(seconds=60, window=0):
+    return safety.RemovalHold(safety.GuardSettings(share=0.5, minimum=3, hold_seconds=seconds, window=window), 10)
+
+
+def test_the_hold_counts_only_time_between_two_evaluations_with_consul_answering():
+    machine, applied, desired = hold(), {"A": ups("A", *TEN)}, {"A": ups("A", *TEN[:2])}
+    assert machine.evaluate(applied, desired, 10, now=0)["A"] == applied["A"] and machine.active
+    machine.evaluate(applied, desired, 10, now=30)
+    machine.evaluate(applied, desired, 10, now=100, confirmed=False)
+    machine.evaluate(applied, desired, 10, now=200)
+    assert machine.confirmed == 30 and not machine.runs_out_at(229) and machine.runs_out_at(230)
+    assert machine.evaluate(applied, desired, 10, now=230, confirmed=False)["A"] == applied["A"]
+    machine.evaluate(applied, desired, 10, now=231)
+    assert machine.evaluate(applied, desired, 10, now=261)["A"] == desired["A"] and not machine.active
+    assert machine.releasing
+
+
+def test_a_resumed_hold_goes_on_from_its_confirmed_seconds_and_base():
+    machine, applied, desired = hold(), {"A": ups("A", *TEN)}, {"A": ups("A", *TEN[:2])}
+    machine.resume(confirmed=50, base=10, totals=(), now=0)
+    machine.evaluate(applied, desired, 14, now=0)      # 4 servers added elsewhere: measured against 10
+    assert machine.active and machine.removal.total == 10
+    assert machine.evaluate(applied, desired, 14, now=10)["A"] == desired["A"]
+
+
+def test_a_release_with_nothing_held_is_refused_and_a_snapshot_brings_a_release_back():
+    machine, applied, desired = hold(seconds=0), {"A": ups("A", *TEN)}, {"A": ups("A", *TEN[:2])}
+    assert not machine.release() and not machine.release_requested
+    machine.evaluate(applied, desired, 10, now=0)
+    assert machine.release()
+    before = machine.snapshot()
+    assert machine.evaluate(applied, desired, 10, now=1)["A"] == desired["A"] and not machine.active
+    machine.restore(before)   # the release could not be applied (the file write failed)
+    assert machine.active and machine.evaluate(applied, desired, 10, now=2)["A"] == desired["A"]

@@ -235,13 +235,16 @@ def test_an_unreachable_interface_keeps_the_file_and_the_push_pending(make, tmp_
 
 
 def test_repair_pushes_what_the_interface_lost_and_deletes_what_it_kept(make, fake):
+    """A lost upstream is posted again; one whose DELETE was refused is deleted again. An upstream deleted
+    with success is no longer the watcher's: whatever the interface holds under that name later is left
+    alone (tests/unit/watcher/test_syncer_faults.py)."""
     syncer, _clock = make()
     syncer.sync({"A": ups("A", "10.0.0.1:80"), "B": ups("B", "10.0.0.2:80")})
-    syncer.sync({"A": ups("A", "10.0.0.1:80")})                 # B deleted by the watcher
-    fake_b = fake.state.parse_body("server 10.0.0.2:80;")
+    fake.busy(always=True)
+    syncer.sync({"A": ups("A", "10.0.0.1:80")})                 # B removed; its DELETE refused
+    fake.busy(0)
     with fake.state.lock:
         del fake.state.upstreams["A"]                          # lost (a restart, say)
-        fake.state.upstreams["B"] = fake_b                     # back (an old POST replayed)
     repaired = syncer.repair()
     assert repaired.posted == ["A"] and repaired.deleted == ["B"]
     assert set(fake.upstreams) == {"A"}

@@ -1,0 +1,76 @@
+# -*- coding: utf-8 -*-
+# Copyright: swallowkeeper.dyups contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Servers written as host names: resolved here at every sync, left out when they do not resolve.
+
+Tengine answers 500 to a whole POST that names a host it cannot resolve, so such a server is left out
+of what is sent (and of what the guard and the file see); an upstream left without servers, or with
+backup servers only, counts as empty (the zero-instance policy applies). DNS changes on its own, so
+the upstreams with host names are resolved again at every sync, whatever else changed; the others
+only when they change. The upstreams left are built with ``build_upstream``, like every other.
+"""
+
+from __future__ import annotations
+
+from typing import Dict, Iterable, List, Mapping, Optional, Set, Tuple
+
+from ansible_collections.swallowkeeper.dyups.plugins.module_utils._resolve import Resolve, make_resolver
+from ansible_collections.swallowkeeper.dyups.plugins.module_utils._upstream import Upstream, build_upstream
+
+
+class HostNames:
+    def __init__(self, hosts_file: Optional[str]) -> None:
+        self.hosts_file = hosts_file
+        self.resolve: Optional[Resolve] = None   # the last sync's resolver
+        self._resolved: Optional[Dict[str, Upstream]] = None  # {name: Upstream} of the last call, host names resolved
+        self._empty: Set[str] = set()            # left without servers that resolve
+        self._skips: Dict[str, List[dict]] = {}  # name -> skip items: the upstreams with host names
+
+    @property
+    def names(self) -> Set[str]:
+        """The upstreams written with host names (examined at every sync)."""
+        return set(self._skips)
+
+    def skipped(self) -> List[dict]:
+        """``{"what", "why"}`` for every server left out at the last call."""
+        return [item for items in self._skips.values() for item in items]
+
+    def forget(self) -> None:
+        """The next call resolves every upstream again (what it was given may not have been applied)."""
+        self._resolved = None
+
+    def resolvable(self, upstreams: Mapping[str, Upstream], empty: Iterable[str],
+                   changed: Optional[Iterable[str]] = None) -> Tuple[Dict[str, Upstream], Set[str]]:
+        """({name: Upstream}, {empty names}) with host names resolved. ``changed``: the names that may
+        differ from the last call's; None: all of them."""
+        resolve = self.resolve = make_resolver(hosts_file=self.hosts_file)  # fresh each sync
+        if changed is None or self._resolved is None:
+            self._resolved, self._empty, self._skips = {}, set(), {}
+            names = set(upstreams)
+        else:
+            names = set(changed) | set(self._skips)
+        for name in names:
+            self._resolve_one(name, upstreams.get(name), resolve)
+        return self._resolved, self._empty | set(empty)
+
+    def _resolve_one(self, name: str, upstream: Optional[Upstream], resolve: Resolve) -> None:
+        resolved = self._resolved
+        if resolved is None:  # its only caller, resolvable(), sets it first
+            raise AssertionError("resolvable() sets _resolved first")
+        resolved.pop(name, None)
+        self._empty.discard(name)
+        self._skips.pop(name, None)
+        if upstream is None:
+            return
+        if all(server.kind != "hostname" for server in upstream.servers):
+            resolved[name] = upstream
+            return
+        kept = [server for server in upstream.servers if server.kind != "hostname" or resolve(server.host)]
+        self._skips[name] = [{"what": f"server {server.spec()} of upstream {name}",
+                              "why": f"the host name {server.host!r} does not resolve on this host"}
+                             for server in upstream.servers if server not in kept]
+        if kept and not all(server.backup for server in kept):
+            resolved[name] = upstream if len(kept) == len(upstream.servers) else \
+                build_upstream(name, kept, upstream.directives)
+        else:
+            self._empty.add(name)
