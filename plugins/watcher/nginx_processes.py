@@ -30,6 +30,7 @@ import http.client
 import logging
 import os
 import threading
+import time
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, FrozenSet, List, Optional, Tuple
 from urllib.parse import urlsplit
@@ -43,6 +44,11 @@ log = logging.getLogger("swallowkeeper.watcher")
 WORKER_HEADER = "x-dyups-worker"  # add_header X-Dyups-Worker $pid always; on the interface's location
 FREE_HEADER = "x-dyups-free-space"  # the Lua flavor's shared dict: free bytes (api.lua)
 READS_PER_WORKER = 16  # new connections tried per worker before giving up on seeing them all
+# After new workers, every current worker is read again (and what it lacks pushed) until all agree with
+# what is applied, for at most this long: around a reload a POST can land on an old worker that is about
+# to stop, and the new ones then never get it (Tengine #1114).
+SETTLE_SECONDS = 3.0
+SETTLE_PAUSE = 0.05
 Detail = Dict[str, List[Server]]
 
 
@@ -189,6 +195,7 @@ class WorkerReader:
         self.client = DyupsClient(api_url, self.transport, timeout=timeout)
         self._warned = False
         self.free_space: Optional[int] = None  # X-Dyups-Free-Space of the last answer (None: not given)
+        self.complete = False  # the last details() read every worker that takes connections
 
     def details(self) -> Tuple[List[Detail], bool]:
         """``([detail, ...], named)``: the answers of the distinct workers that answered (every current
@@ -213,10 +220,15 @@ class WorkerReader:
             seen.setdefault(int(worker), detail)
             if wanted <= set(seen):
                 break
+        # only the workers that still take connections now: one that began shutting down meanwhile (a
+        # reload) may have answered, and what it holds no longer serves anything
+        current = accepting_workers(children(master)) if master is not None else frozenset()
+        self.complete = bool(current) and current <= set(seen)
         if wanted - set(seen):
             log.debug("read %d of %d nginx workers (is the interface's listen without reuseport?)",
                       len(wanted & set(seen)), len(wanted))
-        return list(seen.values()), True
+        kept = [detail for worker, detail in seen.items() if worker in current]
+        return (kept or list(seen.values())), True
 
     def delete_from_holder(self, name: str, workers: int) -> bool:
         """DELETE ``name`` on new connections until a worker that holds it answers 200 (at most
@@ -254,10 +266,16 @@ class NginxProcesses:
             syncer.push_all()
         report = syncer.repair(details)
         if new_workers or report.deleted:
-            details, named = self.reader.details()
-            if named and self._delete_from_holders(syncer, details):
-                details = self.reader.details()[0]
-            report = syncer.repair(details)
+            deadline = time.monotonic() + SETTLE_SECONDS
+            while True:
+                details, named = self.reader.details()
+                if named and self._delete_from_holders(syncer, details):
+                    details = self.reader.details()[0]
+                report = syncer.repair(details)
+                settled = not (report.posted or report.deleted or report.failed) and (self.reader.complete or not named)
+                if settled or time.monotonic() >= deadline:
+                    break
+                time.sleep(SETTLE_PAUSE)
         free = self.reader.free_space
         self.metrics.set(dyups_free_bytes=-1 if free is None else free)
         return report
