@@ -111,6 +111,12 @@ class MappingOptions:
             return False
         return service.startswith(self.prefix)
 
+    def may_map_to(self, upstream: str) -> bool:
+        """True when a service these filters select can map to ``upstream``: the service's name, or the
+        name, ``_`` and a tag (rule 2). What an exclusive sync with these filters may remove."""
+        parts = upstream.split("_")
+        return any(self.selects("_".join(parts[:end])) for end in range(1, len(parts) + 1))
+
     def directives_for(self, upstream: str) -> tuple:
         """The directives attached to ``upstream``."""
         return self.upstream_directives.get(upstream, self.directives)

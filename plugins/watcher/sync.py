@@ -20,10 +20,16 @@ Order of every sync:
 
 ``repair`` compares ``/detail`` with what is applied and pushes what differs: a POST lost in an
 nginx reload, or an nginx restart that left only the file's state.
+
+One writer at a time (_upstream_file.py): the Syncer claims its file for its life (a module run then
+refuses it, naming the watcher) and holds the writer lock across each sync, retry and repair. A file
+changed under it (by hand, or by a module run while it was stopped) is read again before its next
+sync, which then examines every name.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from dataclasses import dataclass, field, replace
@@ -86,9 +92,13 @@ class Syncer:
         self.metrics = metrics
         self.clock = clock
         self.dry_run = dry_run
-        for leftover in _upstream_file.remove_stale_temp_files(settings.upstream_file):
-            log.warning("removed %s, left by a writer that stopped mid-write", leftover)
-        self.applied = _upstream_file.read(settings.upstream_file)
+        self._claim = None if dry_run else _upstream_file.WatcherClaim.claim(settings.upstream_file)
+        self._lock = _upstream_file.WriterLock(settings.upstream_file)
+        with self._writing():
+            for leftover in _upstream_file.remove_stale_temp_files(settings.upstream_file):
+                log.warning("removed %s, left by a writer that stopped mid-write", leftover)
+            self.applied = _upstream_file.read(settings.upstream_file)
+            self._identity = _upstream_file.file_identity(settings.upstream_file)
         self._server_count = sum(len(upstream.servers) for upstream in self.applied.values())
         self._file: Optional[_upstream_file.RenderedFile] = None  # the file's text as blocks per upstream (_upstream_file.RenderedFile)
         self._held_names: Set[str] = set()
@@ -223,9 +233,37 @@ class Syncer:
         return "release requested: a held change is applied at the next sync" if self.hold_since is not None \
             else "nothing is held"
 
+    # -- one writer at a time -----------------------------------------------------------------
+    def _writing(self) -> "contextlib.AbstractContextManager[object]":
+        return contextlib.nullcontext() if self.dry_run else self._lock
+
+    def _picked_up(self) -> bool:
+        """Read the file again when it changed since this Syncer last read or wrote it; True if it did."""
+        identity = _upstream_file.file_identity(self.settings.upstream_file)
+        if identity == self._identity:
+            return False
+        self._identity = identity
+        try:
+            found = _upstream_file.read(self.settings.upstream_file)
+        except (OSError, ValidationError) as exc:
+            log.error("%s changed under the watcher and cannot be read (%s); it is written whole at the next change",
+                      self.settings.upstream_file, exc)
+            return False
+        log.warning("%s changed under the watcher: read again (%d upstream(s)); every upstream is compared",
+                    self.settings.upstream_file, len(found))
+        self._apply({**{name: None for name in self.applied if name not in found}, **found})
+        self._file = None
+        return True
+
     # -- applying --------------------------------------------------------------------------------
     def sync(self, upstreams: Mapping[str, Upstream], empty: Iterable[str] = (),
              changed: Optional[Iterable[str]] = None) -> SyncReport:
+        """The sync below under the writer lock, after reading again a file changed under the watcher."""
+        with self._writing():
+            return self._sync(upstreams, empty, None if self._picked_up() else changed)
+
+    def _sync(self, upstreams: Mapping[str, Upstream], empty: Iterable[str] = (),
+              changed: Optional[Iterable[str]] = None) -> SyncReport:
         """Bring file and interface to the desired state for ``upstreams`` ({name: Upstream}, with their
         directives) and ``empty`` (names whose instances all fail). ``changed``: the names whose entry
         may differ from the previous call's (None: any); the work done is for those names, except
@@ -261,6 +299,7 @@ class Syncer:
                 self._file.update(changes)
                 _upstream_file.replace_file(self.settings.upstream_file, self._file.text(),
                                             validate=self.settings.validate_command)
+                self._identity = _upstream_file.file_identity(self.settings.upstream_file)
                 report.file_changed = True
             except _upstream_file.ValidateCommandFailed as exc:
                 return self._file_failed(report, started, "file_validate", str(exc), upstreams, empty)
@@ -310,7 +349,8 @@ class Syncer:
         validation fixed), else the pending POSTs and DELETEs are sent again."""
         if self.unwritten is not None:
             return self.sync(*self.unwritten)
-        report = self.push()
+        with self._writing():
+            report = self.push()
         self._update_gauges()
         return report
 
@@ -379,7 +419,8 @@ class Syncer:
         self.pending.update(drifted)
         self.gone.update(stale)
         self.metrics.count("repairs", len(drifted) + len(stale))
-        report = self.push()
+        with self._writing():
+            report = self.push()
         self._update_gauges()
         return report
 
