@@ -90,8 +90,31 @@ options:
       - With O(upstreams) and O(upstream_conf), also delete the upstreams that the upstream file holds and
         O(upstreams) does not name, from the file and from the interface.
       - Upstreams that the file does not hold (defined in C(nginx.conf), or added by someone else) are never deleted.
+      - O(exclusive_select) narrows it to the upstreams that a Consul service selected by some filters maps to.
     type: bool
     default: false
+  exclusive_select:
+    description:
+      - With O(exclusive=true), delete only the upstreams that a Consul service these filters select can map
+        to (the service's name, or that name, C(_) and a tag), as
+        M(swallowkeeper.dyups.consul_services) selects services. C(playbooks/sync.yml) passes its own filters, so
+        a sync of C(web*) never deletes C(api).
+    type: dict
+    suboptions:
+      prefix:
+        description: Only services whose name starts with this.
+        type: str
+        default: ""
+      include:
+        description: Only these services (all when empty).
+        type: list
+        elements: str
+        default: []
+      exclude:
+        description: Never these services.
+        type: list
+        elements: str
+        default: [consul]
   upstream_conf:
     description:
       - Path of the upstream file on the managed node (C(upstream NAME { server ...; }) blocks, C(include)d by
@@ -100,6 +123,15 @@ options:
         mode and owner kept), then the interface. If the interface then fails, the file already holds the change
         and the task fails saying so.
       - The file holds only upstreams written by this module (or the swallowkeeper watcher), one block each.
+      - One writer at a time. The module holds C(flock) on C(.NAME.lock) beside the file from reading it to its
+        last request, and the watcher does the same while it writes and pushes; a run that waits for the lock more
+        than 60 s fails and changes nothing.
+      - The file of a B(running watcher) is refused (check mode included), with a message naming the watcher's pid.
+        The watcher writes the file from Consul and would undo the change. Stop the watcher first, or change
+        Consul.
+      - The names written to the file and not (yet) sent are recorded in C(.NAME.unsent) beside it. After a failed
+        run, the next run on the file POSTs them whatever C(/detail) shows, so that a change of directives alone
+        is not lost. A body the interface refuses goes back out of the file.
     type: path
   backup:
     description:
@@ -199,7 +231,8 @@ upstreams:
   description:
     - Per upstream, what was (or, in check mode, would be) done.
     - C(action) is V(create), V(update), V(delete) or V(none); C(request) the request sent (V(POST), V(DELETE) or
-      null); C(before) the servers C(/detail) showed (null when the interface did not hold the upstream);
+      null; in check mode the one that would be sent; null for an upstream that a run stopped by a failure did not
+      reach); C(before) the servers C(/detail) showed (null when the interface did not hold the upstream);
       C(after) the desired servers (null for a deletion); C(directives) the desired directives; C(added) and
       C(removed) the servers (as C(/detail) shows them) that appear and disappear; a changed parameter counts as
       removed and added.
@@ -220,6 +253,14 @@ requests:
   type: list
   elements: str
   sample: ["POST /upstream/WebappReadonly_b"]
+unsent:
+  description:
+    - When a run with O(upstream_conf) fails after writing the file, the upstreams the file holds and the run did
+      not send. The next run on the file sends them.
+  returned: on failure after the file was written
+  type: list
+  elements: str
+  sample: ["WebappReadonly_b"]
 file_changed:
   description: Whether O(upstream_conf) was (or, in check mode, would be) replaced.
   returned: always

@@ -167,6 +167,22 @@ def test_upstreams_the_file_does_not_hold_are_left_alone(agent, sync):
 
 
 @one_flavor
+def test_a_narrower_sync_removes_only_what_its_filters_select(agent, sync):
+    """Issue 26 finding 8: with dyups_sync_prefix=Web and the default exclusive=true, Api (in the file, not
+    selected) was deleted from file and interface. Now exclusive removes only what the filters can map to:
+    Webapp_b once its instance is gone, never Api."""
+    register_fleet(agent)
+    sync()
+    assert set(in_file(sync.conf)) == {"Api", "Webapp", "Webapp_b"}
+    agent.deregister("w3")
+    agent.deregister("w4")
+    sync(dyups_sync_prefix="Web")
+    assert set(in_file(sync.conf)) == {"Api", "Webapp"} and set(detail(sync)) == {"Api", "Webapp"}
+    sync(dyups_sync_include=["Webapp"])
+    assert set(in_file(sync.conf)) == {"Api", "Webapp"} and set(detail(sync)) == {"Api", "Webapp"}
+
+
+@one_flavor
 def test_refuses_to_empty_nginx_when_consul_maps_to_nothing(agent, sync):
     register_fleet(agent)
     sync()

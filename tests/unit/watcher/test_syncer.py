@@ -365,3 +365,17 @@ def test_a_rolling_replacement_within_the_window_is_never_held(make, fake):
         servers = servers[2:] + [f"10.0.4.{2 * step + 1}:80", f"10.0.4.{2 * step + 2}:80"]
         assert syncer.sync({"A": ups("A", *servers)}).held is None
     assert {server["address"] for server in fake.upstreams["A"]["servers"]} == set(servers)
+
+
+def test_a_file_changed_under_the_syncer_is_read_again_before_its_next_write(make, fake, tmp_path):
+    """Issue 21 item 1: the Syncer read its file at start only, so a change under it was overwritten unseen
+    (or, for a name outside ``changed``, kept in the file and never compared). Now it is read again, and
+    every name is compared with the desired state."""
+    path = tmp_path / "upstreams.conf"
+    syncer, _clock = make(removal_guard_min=1000)
+    syncer.sync({"A": ups("A", "10.0.0.1:80"), "B": ups("B", "10.0.1.1:80")})
+    path.write_text(_upstream_file.render([ups("A", "10.0.0.9:80"), ups("B", "10.0.1.1:80"), ups("H", "10.0.2.1:80")]))
+    fake.clear_requests()
+    report = syncer.sync({"A": ups("A", "10.0.0.1:80"), "B": ups("B", "10.0.1.2:80")}, changed={"B"})
+    assert report.ok and sorted(report.posted) == ["A", "B"] and report.deleted == ["H"]
+    assert _upstream_file.read(str(path)) == {"A": ups("A", "10.0.0.1:80"), "B": ups("B", "10.0.1.2:80")}
