@@ -190,10 +190,11 @@ def map_instances(service: str, instances: Optional[Sequence[Instance]], options
     result.skipped = skipped  # the empty tuple again at the end when nothing was skipped
     problem = name_problem(service)
     if problem:
-        count = len(instances) if instances is not None else 0
+        # None: not read (consul_services sends no request for a name it cannot use)
+        count = f"{len(instances)} instance(s)" if instances is not None else "its instances"
         skipped.append(_skip_item(f"service {_text(service)}",
                                   f"the service name {problem}, so it cannot name an upstream "
-                                  f"({count} instance(s) skipped)", service=service))
+                                  f"({count} skipped)", service=service))
         return result
     if instances is None:
         skipped.append(_skip_item(f"service {_text(service)}", "its health entries are not a list",

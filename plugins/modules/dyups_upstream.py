@@ -378,18 +378,30 @@ class Runner:
         """Under the upstream file's lock (one writer at a time), unless no file is managed or in check mode."""
         if not self.path:
             return self.plan_and_apply()
+        self.check_input()
+        self.refuse_a_watched_file()  # at once, not after waiting for the lock a busy watcher holds
         if self.module.check_mode:
-            self.refuse_a_watched_file()
             return self.plan_and_apply()
         try:
             lock = _upstream_file.WriterLock(self.path).__enter__()
         except OSError as exc:
             self.fail(f"cannot lock the upstream file {self.path}: {exc.strerror or exc}. Nothing was sent or written.")
         try:
-            self.refuse_a_watched_file()
+            self.refuse_a_watched_file()  # again, under the lock: a watcher starting later reads the file after it
             return self.plan_and_apply()
         finally:
             lock.__exit__(None, None, None)
+
+    def check_input(self):
+        """Everything that does not depend on the file, checked before its lock is taken (or created)."""
+        try:
+            desired = requested(self.params)
+            exclusive_scope(self.params["exclusive_select"])
+            dyups_client_from_params(self.params)
+            if self.params["resolve_check"]:
+                check_resolvable(desired, make_resolver())
+        except ValidationError as exc:
+            self.fail(f"{exc}. Nothing was sent or written.")
 
     def refuse_a_watched_file(self):
         owner = _upstream_file.watcher_owner(self.path)

@@ -92,6 +92,7 @@ def test_sync_then_second_run_changes_nothing(agent, sync):
     skipped = {item["what"] for item in first.task(READ)["skipped_items"]}
     assert skipped == {"service 'a b'", "instance 'bad' of service 'Api' on node 'consul-test'"}
     assert "skipped instance 'bad' of service 'Api'" in first.stdout
+    assert "skipped 2 item(s)" in first.stdout
 
     second = sync()
     assert not any(result.get("changed") for _name, result in second.tasks), second.stdout[-3000:]
@@ -190,6 +191,10 @@ def test_refuses_to_empty_nginx_when_consul_maps_to_nothing(agent, sync):
     assert "maps to no upstream at all" in failed.stdout
     assert detail(sync) == EXPECTED
     sync(dyups_sync_prefix="NoSuchPrefix", dyups_sync_allow_empty=True)
+    assert detail(sync) == EXPECTED        # a prefix that selects nothing may remove nothing (issue 26)
+    agent.clear_services()
+    assert "maps to no upstream at all" in sync(expect_rc=2).stdout and detail(sync) == EXPECTED
+    sync(dyups_sync_allow_empty=True)
     assert detail(sync) == {}
 
 
