@@ -409,7 +409,7 @@ def test_one_connection_per_fetch_thread_no_tls_for_http_no_request_for_a_bad_na
         agent.register(f"bad name {index}", f"bad-{index}", port=18200 + index)
     agent.wait_until(lambda: len(agent.get("/v1/catalog/services")) >= 31, "31 services", timeout=30)
     path = tmp_path / "args.json"
-    path.write_text(json.dumps({"ANSIBLE_MODULE_ARGS": {"consul_url": agent.url, "skipped_shown": 2}}))
+    path.write_text(json.dumps({"ANSIBLE_MODULE_ARGS": {"consul_url": agent.url}}))
     done = subprocess.run([sys.executable, "-c", COUNTING, MODULE, str(path)], capture_output=True, text=True,
                           timeout=120, env=module_env(), cwd=tmp_path, check=False)
     result = json.loads(done.stdout)
@@ -417,6 +417,8 @@ def test_one_connection_per_fetch_thread_no_tls_for_http_no_request_for_a_bad_na
     connects, contexts = (int(n) for n in done.stderr.rsplit("COUNTS=", 1)[1].split(","))
     assert contexts == 0 and connects <= 4 + 1, (connects, contexts)    # FETCH_THREADS, and the catalog's
     # the skipped, summarised: counted by reason, the first skipped_shown in full, not read (no request)
-    assert result["skipped_count"] == 6 and len(result["skipped_items"]) == 2
+    assert result["skipped_count"] == 6 and len(result["skipped_items"]) == 6
     assert result["skipped_reasons"] == {
         "the service name contains whitespace, so it cannot name an upstream (its instances skipped)": 6}
+    shown = ok(tmp_path, consul_url=agent.url, skipped_shown=2)
+    assert shown["skipped_count"] == 6 and len(shown["skipped_items"]) == 2
