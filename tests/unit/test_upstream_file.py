@@ -226,8 +226,8 @@ def test_a_watcher_claim_names_its_pid_and_ends_with_it(tmp_path):
     done = subprocess.run([sys.executable, "-c", code, path], capture_output=True, text=True, check=True,
                           env=dict(os.environ, PYTHONPATH=str(COLLECTIONS)))
     owner = f"swallowkeeper-dyups watcher, pid {os.getpid()}"
-    assert done.stdout.splitlines() == [owner, f"{owner} already owns the upstream file "
-                                                f"({_upstream_file.side_path(path, 'watcher')} is locked)"]
+    busy = f"{owner} already owns the upstream file ({_upstream_file.side_path(path, 'watcher')} is locked)"
+    assert done.stdout.splitlines() == [owner, busy]
     del claim
     assert _upstream_file.watcher_owner(path) is None                        # released with the object
 
