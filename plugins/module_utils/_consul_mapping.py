@@ -118,6 +118,12 @@ class MappingOptions:
             return False
         return service.startswith(self.prefix)
 
+    def may_map_to(self, upstream: str) -> bool:
+        """True when a service these filters select can map to ``upstream``: the service's name, or the
+        name, ``_`` and a tag (rule 2). What an exclusive sync with these filters may remove."""
+        parts = upstream.split("_")
+        return any(self.selects("_".join(parts[:end])) for end in range(1, len(parts) + 1))
+
     def directives_for(self, upstream: str) -> tuple:
         """The directives attached to ``upstream``."""
         return self.upstream_directives.get(upstream, self.directives)
@@ -196,10 +202,11 @@ def map_instances(service: str, instances: Optional[Sequence[Instance]], options
     result.skipped = skipped  # the empty tuple again at the end when nothing was skipped
     problem = name_problem(service)
     if problem:
-        count = len(instances) if instances is not None else 0
+        # None: not read (consul_services sends no request for a name it cannot use)
+        count = f"{len(instances)} instance(s)" if instances is not None else "its instances"
         skipped.append(_skip_item(f"service {_text(service)}",
                                   f"the service name {problem}, so it cannot name an upstream "
-                                  f"({count} instance(s) skipped)", service=service))
+                                  f"({count} skipped)", service=service))
         return result
     if instances is None:
         skipped.append(_skip_item(f"service {_text(service)}", "its health entries are not a list",

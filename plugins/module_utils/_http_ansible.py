@@ -1,55 +1,28 @@
 # -*- coding: utf-8 -*-
-# Private to swallowkeeper.dyups: the HTTP transport that modules use (ansible.module_utils.urls).
+# Private to swallowkeeper.dyups: the HTTP transport that modules use.
 # Copyright: swallowkeeper.dyups contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""``ansible_transport``: HTTP through ``open_url``, so a managed node needs no extra package.
+"""``ansible_transport``: the modules' transport, keep-alive connections of the standard library
+(``_http_keepalive.py``), so a managed node needs no extra package.
 
-A transport is ``transport(method, url, body, timeout, extra_headers=None) -> (status, body_bytes,
-headers)`` with header names in lower case; it raises TransportError when no answer came. Every
-HTTP status, 4xx and 5xx included, is an answer and is returned, not raised.
+One module run reuses one connection per host and thread (consul_services reads thousands of
+services from the local agent), builds no TLS context for ``http://`` and one for ``https://``; it
+follows no redirect and uses no proxy. ``ansible.module_utils.urls.open_url`` did neither: it built
+an SSL context per request, ``http://`` included (issue 26: 7.25 s of every 8.5 s at 5 000 services).
 """
 
 from __future__ import annotations
 
-import http.client
-import socket
-from typing import Any, Callable, Dict, Mapping, Tuple
-from urllib.error import HTTPError, URLError
+from typing import Callable, Dict, Mapping, Tuple
 
-from ansible.module_utils.urls import open_url
-
-from ansible_collections.swallowkeeper.dyups.plugins.module_utils._errors import TransportError
+from ansible_collections.swallowkeeper.dyups.plugins.module_utils._http_keepalive import KeepAliveTransport
 
 # transport(method, url, body, timeout, extra_headers=None) -> (status, body, headers)
 Transport = Callable[..., Tuple[int, bytes, Dict[str, str]]]
 
 
-def _lower(headers: Any) -> dict[str, str]:
-    return {key.lower(): value for key, value in (headers or {}).items()}
-
-
 def ansible_transport(headers: Mapping[str, str] | None = None, validate_certs: bool = True, ca_path: str | None = None,
                       client_cert: str | None = None, client_key: str | None = None) -> Transport:
     """A transport callable bound to TLS settings and fixed headers (a token, say)."""
-    fixed = dict(headers or {})
-
-    def transport(method: str, url: str, body: bytes | None, timeout: float,
-                  extra_headers: Mapping[str, str] | None = None) -> tuple[int, bytes, dict[str, str]]:
-        request_headers = dict(fixed)
-        request_headers.update(extra_headers or {})
-        try:
-            response = open_url(url, data=body, method=method, headers=request_headers, timeout=timeout,
-                                validate_certs=validate_certs, ca_path=ca_path, client_cert=client_cert,
-                                client_key=client_key, follow_redirects="none", use_proxy=False)
-            return response.getcode(), response.read(), _lower(response.headers)
-        except HTTPError as exc:
-            try:
-                data = exc.read()
-            except Exception:  # the error body is informative only; its absence is not a failure
-                data = b""
-            return exc.code, data, _lower(exc.headers)
-        except (URLError, OSError, socket.timeout, http.client.HTTPException) as exc:  # not HTTP, cut short
-            reason = getattr(exc, "reason", exc)
-            raise TransportError(f"{type(reason).__name__}: {reason}") from None
-
-    return transport
+    verify: bool | str = (ca_path or True) if validate_certs else False
+    return KeepAliveTransport(headers, verify=verify, cert=(client_cert, client_key) if client_cert else None)

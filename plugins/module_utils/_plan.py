@@ -15,7 +15,11 @@ Rules:
   Tengine prints for it;
 * ``/detail`` does not show upstream-level directives: they are compared through the upstream file
   when one is managed, and a POST is planned when the file's directives differ from the desired ones;
-* ``exclusive`` removes only upstreams that the file holds and the desired set does not name;
+* so a change of directives alone that a failed run wrote to the file and never sent is not lost:
+  the module records such names (``unsent``, kept beside the file) and the next plan POSTs them
+  whatever ``/detail`` shows;
+* ``exclusive`` removes only upstreams that the file holds and the desired set does not name (and,
+  with ``owns``, only those ``owns`` accepts).
 * names compare as the data plane compares them (``_names.name_key``: letter case ignored): an
   upstream the interface or the file holds as ``Web`` is the one a caller asks for as ``web``.
 """
@@ -24,7 +28,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass
-from typing import Any, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._dyups_wire import Detail, detail_line
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._names import same_names
@@ -162,6 +166,7 @@ class Plan:
 
 def _plan_present(name: str, upstream: Upstream, detail: Detail | None, file_upstreams: Mapping[str, Upstream] | None,
                   force: bool, resolve: Resolve | None) -> UpstreamChange:
+    """``force``: POST even when ``/detail`` shows the servers (asked for, or a name left unsent)."""
     current = None if detail is None else detail.get(name)
     expected = tuple(sort_servers(expand_servers(upstream.servers, resolve)))
     file_before = None if file_upstreams is None else file_upstreams.get(name)
@@ -192,7 +197,8 @@ def _plan_absent(name: str, detail: Detail | None, file_upstreams: Mapping[str, 
 
 def plan(desired: Mapping[str, Upstream | None], detail: Detail | None,
          file_upstreams: Mapping[str, Upstream] | None = None, exclusive: bool = False, force: bool = False,
-         resolve: Resolve | None = None) -> Plan:
+         resolve: Resolve | None = None, unsent: Iterable[str] = (),
+         owns: Callable[[str], bool] | None = None) -> Plan:
     """Plan the requests and the file's new content.
 
     ``desired``: {name: Upstream} to be present, or {name: None} to be absent. ``detail``: what
@@ -200,7 +206,10 @@ def plan(desired: Mapping[str, Upstream | None], detail: Detail | None,
     upstream is POSTed and every absent one DELETEd). ``file_upstreams``: the upstream file's
     {name: Upstream}, or None when no file is managed. ``exclusive``: upstreams the file holds and
     ``desired`` does not name are removed (from the file, and from the interface when it holds
-    them); upstreams the file does not hold are never touched. ``force``: POST even when equal.
+    them); upstreams the file does not hold are never touched, nor, with ``owns`` (name -> bool),
+    those it refuses. ``force``: POST even when equal. ``unsent``: names an earlier run wrote to the
+    file and did not send: each is POSTed (the file's block, unless ``desired`` names it) whatever
+    ``/detail`` shows, or, when the file no longer holds it, DELETEd if ``/detail`` still shows it.
     ``detail`` and ``file_upstreams`` are looked up by name key: their ``Web`` is ``desired``'s ``web``
     (the file's block is then written under ``desired``'s spelling).
     """
@@ -209,14 +218,18 @@ def plan(desired: Mapping[str, Upstream | None], detail: Detail | None,
     wanted = dict(desired)
     if exclusive and file_upstreams:
         for name in file_upstreams:
-            wanted.setdefault(name, None)
+            if owns is None or owns(name):
+                wanted.setdefault(name, None)
+    unsent = set(unsent)
+    for name in unsent:
+        wanted.setdefault(name, None if file_upstreams is None else file_upstreams.get(name))
     changes = []
     for name in sorted(wanted):
         upstream = wanted[name]
         if upstream is None:
             changes.append(_plan_absent(name, detail, file_upstreams))
         else:
-            changes.append(_plan_present(name, upstream, detail, file_upstreams, force, resolve))
+            changes.append(_plan_present(name, upstream, detail, file_upstreams, force or name in unsent, resolve))
     file_after = None
     if file_upstreams is not None:
         file_after = dict(file_upstreams)

@@ -14,11 +14,21 @@ sent to the interface. Three guarantees:
 * ``replace_file`` never leaves a half-written file: a temporary file in the
   same directory, fsync, an optional validation command, then ``rename``
   over the old one, keeping its mode and owner.
+
+One writer at a time: every writer (the dyups_upstream module, so sync.yml, and the watcher) holds
+``WriterLock`` on ``.NAME.lock`` beside the file from the moment it reads the file until it has
+written it and sent its requests. A running watcher also holds ``WatcherClaim`` on ``.NAME.watcher``
+for its whole life: it writes the file from Consul, so a module run refuses a file it claims
+(``watcher_owner`` names the watcher). ``.NAME.unsent`` records the upstreams a module run wrote
+to the file and has not (yet) sent to the interface, so that the next run sends them.
 """
 
 from __future__ import annotations
 
 import bisect
+import errno
+import fcntl
+import json
 import os
 import shlex
 import shutil
@@ -26,7 +36,8 @@ import stat
 import subprocess
 import tempfile
 import time
-from typing import Callable, Iterable, Iterator, Mapping
+import weakref
+from typing import Any, Callable, Iterable, Iterator, Mapping
 
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._errors import ValidationError
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._names import name_key
@@ -312,3 +323,146 @@ def remove_stale_temp_files(path: str, older_than: float = 60.0) -> list[str]:
             except OSError:
                 continue
     return removed
+
+
+# -- one writer at a time ----------------------------------------------------------------------------------
+def side_path(path: str, what: str) -> str:
+    """``DIR/.NAME.WHAT`` beside the upstream file ``DIR/NAME``: its lock, its watcher claim, its unsent record."""
+    directory, base = os.path.split(os.path.abspath(path))
+    return os.path.join(directory, f".{base}.{what}")
+
+
+def file_identity(path: str) -> tuple[int, int, int, int] | None:
+    """What tells one version of the file from another (device, inode, size, mtime), or None when absent."""
+    try:
+        found = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return (found.st_dev, found.st_ino, found.st_size, found.st_mtime_ns)
+
+
+class LockTimeout(OSError):
+    """Another writer held the upstream file's lock for longer than the timeout."""
+
+
+class UpstreamFileBusy(Exception):
+    """A running watcher owns the upstream file (or, for a watcher, another watcher does)."""
+
+
+class WriterLock:
+    """``flock`` on ``.NAME.lock`` beside the upstream file: one writer at a time, across processes.
+
+    Held by a module run from reading the file to its last request, and by the watcher across each
+    write + push cycle. Re-entrant within one object (the watcher's retry calls its sync). The lock
+    file is opened read-only (``flock`` needs no more), so writers running as different users share
+    it; it is created 0644 and never removed (removing it would let two writers lock two files).
+    """
+
+    def __init__(self, path: str, timeout: float = 60.0) -> None:
+        self.path = side_path(path, "lock")
+        self.timeout = timeout
+        self._fd: int | None = None
+        self._depth = 0
+
+    def __enter__(self) -> "WriterLock":
+        if self._depth == 0:
+            fd = os.open(self.path, os.O_RDONLY | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)
+            deadline = time.monotonic() + self.timeout
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() >= deadline:
+                        os.close(fd)
+                        raise LockTimeout(errno.EWOULDBLOCK, f"another writer held {self.path} for more than "
+                                                             f"{self.timeout:g} s") from None
+                    time.sleep(0.02)
+            self._fd = fd
+        self._depth += 1
+        return self
+
+    def __exit__(self, *_exc: Any) -> None:
+        self._depth -= 1
+        if self._depth == 0 and self._fd is not None:
+            fd, self._fd = self._fd, None
+            os.close(fd)  # closing the only descriptor releases the lock
+
+
+def watcher_owner(path: str) -> str | None:
+    """Who claims the upstream file (``swallowkeeper-dyups watcher, pid N``) while a watcher runs, else None."""
+    try:
+        fd = os.open(side_path(path, "watcher"), os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+    except FileNotFoundError:
+        return None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            text = os.read(fd, 200).decode("utf-8", "replace").strip()
+            return text or "a swallowkeeper-dyups watcher"
+        return None  # a watcher that stopped left the file; nobody holds it
+    finally:
+        os.close(fd)
+
+
+_CLAIMS: "weakref.WeakValueDictionary[str, WatcherClaim]" = weakref.WeakValueDictionary()
+
+
+class WatcherClaim:
+    """A running watcher's claim on its upstream file: an exclusive ``flock`` on ``.NAME.watcher``,
+    which holds ``swallowkeeper-dyups watcher, pid N``; released when the object is collected or
+    the process ends. ``claim`` returns the claim this process already holds for the file (the
+    watcher rebuilds its Syncer on reload) and raises UpstreamFileBusy when another process holds it."""
+
+    def __init__(self, path: str, fd: int) -> None:
+        self.path = path
+        self.fd = fd
+        weakref.finalize(self, os.close, fd)
+
+    @classmethod
+    def claim(cls, path: str) -> "WatcherClaim":
+        path = side_path(path, "watcher")
+        held = _CLAIMS.get(path)
+        if held is not None:
+            return held
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            owner = os.read(fd, 200).decode("utf-8", "replace").strip() or "another process"
+            os.close(fd)
+            raise UpstreamFileBusy(f"{owner} already owns the upstream file ({path} is locked)") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"swallowkeeper-dyups watcher, pid {os.getpid()}\n".encode("ascii"))
+        claim = cls(path, fd)
+        _CLAIMS[path] = claim
+        return claim
+
+
+def read_unsent(path: str) -> set[str]:
+    """Names a module run wrote to the upstream file and did not send to the interface (``.NAME.unsent``)."""
+    record = side_path(path, "unsent")
+    try:
+        with open(record, encoding="utf-8") as handle:
+            names = json.load(handle).get("unsent")
+    except FileNotFoundError:
+        return set()
+    except (ValueError, AttributeError):
+        names = None
+    if not isinstance(names, list) or not all(isinstance(name, str) for name in names):
+        raise ValidationError("unsent record", record, "is not {\"unsent\": [names]}; remove it and run with force=true")
+    return set(names)
+
+
+def write_unsent(path: str, names: Iterable[str]) -> None:
+    """Record ``names`` as written to the file and not sent (atomically); an empty set removes the record."""
+    record = side_path(path, "unsent")
+    names = sorted(set(names))
+    if names:
+        replace_file(record, json.dumps({"unsent": names}) + "\n")
+        return
+    try:
+        os.unlink(record)
+    except FileNotFoundError:
+        pass

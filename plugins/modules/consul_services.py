@@ -19,8 +19,10 @@ description:
     and C(dyups_down).
   - Only instances whose checks (node and service checks) are all in O(passing_states) serve.
   - Anything that breaks the upstream name or server rules (a service C(a b), a tag C(gray=x y), a weight
-    C(abc), an unknown C(dyups_*) Meta key) is left out and listed in RV(skipped_items) with the reason, and a warning
-    is shown. Nothing invalid is ever returned in RV(upstreams).
+    C(abc), an unknown C(dyups_*) Meta key) is left out, counted by reason in RV(skipped_reasons) and listed, the first
+    O(skipped_shown) in full, in RV(skipped_items); a few warnings are shown. Nothing invalid is ever returned in
+    RV(upstreams). A service whose name cannot name an upstream is not read at all.
+  - One connection to the agent per fetch thread, reused for every request.
   - Read-only. RV(upstreams) is ready for the O(swallowkeeper.dyups.dyups_upstream#module:upstreams) option of
     M(swallowkeeper.dyups.dyups_upstream).
 requirements:
@@ -81,6 +83,18 @@ options:
     elements: str
     choices: [passing, warning, critical]
     default: [passing]
+  report_instances:
+    description:
+      - Return RV(instances). V(false) leaves it empty, which a large catalog reads much faster (the result of 5 000
+        services x 3 instances is about 4 MB with it; C(playbooks/sync.yml) does without).
+    type: bool
+    default: true
+  skipped_shown:
+    description:
+      - How many of the items left out RV(skipped_items) lists in full (RV(skipped_count) and RV(skipped_reasons)
+        count them all); V(0) lists them all.
+    type: int
+    default: 50
   include_warning:
     description:
       - Count C(warning) as passing (the same as adding C(warning) to O(passing_states)).
@@ -118,6 +132,8 @@ EXAMPLES = r"""
   swallowkeeper.dyups.dyups_upstream:
     upstreams: "{{ webapps.upstream_servers }}"
     exclusive: true
+    exclusive_select:        # delete only what a webapp* service may have made
+      prefix: webapp
     upstream_conf: /var/lib/swallowkeeper-dyups/upstreams.conf
 
 - name: Show what was left out and why
@@ -162,7 +178,7 @@ empty:
   sample: [WebappWrite]
 instances:
   description: Every instance that maps to an upstream, serving or not, sorted by service, node and ID.
-  returned: success
+  returned: success (empty with O(report_instances=false))
   type: list
   elements: dict
   contains:
@@ -211,9 +227,22 @@ instances:
       description: Upstream the instance maps to.
       type: str
       sample: WebappReadonly_b
+skipped_count:
+  description: How many items were left out because they break a rule.
+  returned: success
+  type: int
+  sample: 500
+skipped_reasons:
+  description:
+    - How many items were left out for each reason (the reason with the values in it replaced by C(…)), most
+      frequent first.
+  returned: success
+  type: dict
+  sample: {"the service name contains whitespace, so it cannot name an upstream (its instances skipped)": 500}
 skipped_items:
   description:
-    - What was left out because it breaks a rule, and why. Also shown as warnings.
+    - What was left out because it breaks a rule, and why; the first O(skipped_shown) of RV(skipped_count). The
+      first 20 are also shown as warnings.
     - Not called C(skipped), because Ansible reads a true C(skipped) in a result as "this task was skipped".
   returned: success
   type: list
@@ -243,36 +272,58 @@ catalog_index:
   sample: 4711
 """
 
+import re
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._consul_client import (
     UNREADABLE_NAME, path_segment_safe)
+from ansible_collections.swallowkeeper.dyups.plugins.module_utils._consul_instance import parse_health_entries
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._consul_mapping import (
-    MappingOptions, MappingResult, map_services, merge_results, skipped_service)
+    MappingOptions, MappingResult, map_instances, merge_results, skipped_service)
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._consul_options import (
     CONSUL_REQUIRED_BY, consul_argument_spec, consul_client_from_params)
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._errors import ConsulError, ValidationError
+from ansible_collections.swallowkeeper.dyups.plugins.module_utils._names import name_problem
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._reserved import (
     ReservedNamesUnknown, reserved_argument_spec, reserved_from_params)
 
 FETCH_THREADS = 4
 WARNINGS_SHOWN = 20
+_VALUES = re.compile(r"'[^']*'|\"[^\"]*\"|\d+")
 
 
-def read_health(client, names):
-    """{name: health entries} for ``names``, a few requests at a time."""
+def read_and_map(client, names, options, report=True):
+    """The MappingResult of ``names``: each service mapped as its answer arrives (the raw answers are not all
+    kept at once), a few requests at a time; a name that cannot name an upstream is not read. ``report``:
+    list the instances too."""
+    def one(name):
+        if not path_segment_safe(name):  # names Consul accepts that no URL path reads (docs/watcher.md)
+            return skipped_service(name, UNREADABLE_NAME)
+        if name_problem(name):
+            return map_instances(name, None, options, report=report)
+        entries = client.health_service(name).data
+        return map_instances(name, parse_health_entries(name, entries, options.tag_key, keep_meta=report), options,
+                             report=report)
+
     names = sorted(names)
     if len(names) <= 1:
-        return {name: client.health_service(name).data for name in names}
-    with ThreadPoolExecutor(max_workers=min(FETCH_THREADS, len(names))) as pool:
-        answers = list(pool.map(client.health_service, names))
-    return {name: answer.data for name, answer in zip(names, answers)}
+        return merge_results(one(name) for name in names)
+    with ThreadPoolExecutor(max_workers=FETCH_THREADS) as pool:
+        return merge_results(list(pool.map(one, names)))
+
+
+def reason_of(why):
+    """A skip reason with its values (quoted texts, numbers) taken out, to count alike reasons together."""
+    return _VALUES.sub("…", why)
 
 
 def run(module):
     params = module.params
+    if params["skipped_shown"] < 0:
+        module.fail_json(msg=f"skipped_shown must be 0 (all) or more, not {params['skipped_shown']}")
     try:
         options = MappingOptions(tag_key=params["tag_key"], include=tuple(params["include"] or ()),
                                  exclude=tuple(params["exclude"] or ()), prefix=params["prefix"] or "",
@@ -289,25 +340,25 @@ def run(module):
         catalog = client.catalog_services()
         wanted = set(params["services"]) if params["services"] is not None else set(catalog.data)
         selected = {name for name in wanted if name in catalog.data and options.selects(name)}
-        health = read_health(client, {name for name in selected if path_segment_safe(name)})
+        result = read_and_map(client, selected, options, report=params["report_instances"])
     except ConsulError as exc:
         module.fail_json(msg=str(exc), url=exc.url, status=exc.status)
-    result = map_services(health, options)
-    unreadable = sorted(name for name in selected if not path_segment_safe(name))
-    if unreadable:  # names Consul accepts that no URL path reads (docs/watcher.md, "Names Consul accepts")
-        result = merge_results([result] + [skipped_service(name, UNREADABLE_NAME) for name in unreadable])
     missing = sorted(name for name in wanted - set(catalog.data) if options.selects(name))
     if missing:
         extra = MappingResult(skipped=[{"what": f"service {name!r}", "why": "it is not registered in Consul",
                                        "service": name, "node": None, "id": None} for name in missing])
         result = merge_results([result, extra])
-    for item in result.skipped[:WARNINGS_SHOWN]:
+    skipped = list(result.skipped)
+    for item in skipped[:WARNINGS_SHOWN]:
         module.warn(f"skipped {item['what']}: {item['why']}")
-    if len(result.skipped) > WARNINGS_SHOWN:
-        module.warn(f"... and {len(result.skipped) - WARNINGS_SHOWN} more skipped (see skipped_items)")
+    if len(skipped) > WARNINGS_SHOWN:
+        module.warn(f"... and {len(skipped) - WARNINGS_SHOWN} more skipped (see skipped_reasons and skipped_items)")
     output = result.to_dict()
-    # "skipped" is reserved: Ansible shows a result with a true "skipped" as a skipped task.
-    output["skipped_items"] = output.pop("skipped")
+    del output["skipped"]  # "skipped" is reserved: Ansible shows a result with a true "skipped" as a skipped task.
+    shown = params["skipped_shown"]
+    output.update(skipped_count=len(skipped),
+                  skipped_reasons=dict(Counter(reason_of(item["why"]) for item in skipped).most_common()),
+                  skipped_items=skipped[:shown] if shown else skipped)
     output["upstream_servers"] = {name: spec["servers"] for name, spec in output["upstreams"].items()}
     module.exit_json(changed=False, catalog_index=catalog.index, **output)
 
@@ -325,6 +376,8 @@ def main():
         include_warning=dict(type="bool", default=False),
         upstream_conf=dict(type="path"),
         **reserved_argument_spec(),
+        skipped_shown=dict(type="int", default=50),
+        report_instances=dict(type="bool", default=True),
     )
     module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True,
                            required_by=dict(CONSUL_REQUIRED_BY, nginx_conf=("upstream_conf",)))

@@ -94,8 +94,31 @@ options:
       - With O(upstreams) and O(upstream_conf), also delete the upstreams that the upstream file holds and
         O(upstreams) does not name, from the file and from the interface.
       - Upstreams that the file does not hold (defined in C(nginx.conf), or added by someone else) are never deleted.
+      - O(exclusive_select) narrows it to the upstreams that a Consul service selected by some filters maps to.
     type: bool
     default: false
+  exclusive_select:
+    description:
+      - With O(exclusive=true), delete only the upstreams that a Consul service these filters select can map
+        to (the service's name, or that name, C(_) and a tag), as
+        M(swallowkeeper.dyups.consul_services) selects services. C(playbooks/sync.yml) passes its own filters, so
+        a sync of C(web*) never deletes C(api).
+    type: dict
+    suboptions:
+      prefix:
+        description: Only services whose name starts with this.
+        type: str
+        default: ""
+      include:
+        description: Only these services (all when empty).
+        type: list
+        elements: str
+        default: []
+      exclude:
+        description: Never these services.
+        type: list
+        elements: str
+        default: [consul]
   upstream_conf:
     description:
       - Path of the upstream file on the managed node (C(upstream NAME { server ...; }) blocks, C(include)d by
@@ -104,6 +127,15 @@ options:
         mode and owner kept), then the interface. If the interface then fails, the file already holds the change
         and the task fails saying so.
       - The file holds only upstreams written by this module (or the swallowkeeper watcher), one block each.
+      - One writer at a time. The module holds C(flock) on C(.NAME.lock) beside the file from reading it to its
+        last request, and the watcher does the same while it writes and pushes; a run that waits for the lock more
+        than 60 s fails and changes nothing.
+      - The file of a B(running watcher) is refused (check mode included), with a message naming the watcher's pid.
+        The watcher writes the file from Consul and would undo the change. Stop the watcher first, or change
+        Consul.
+      - The names written to the file and not (yet) sent are recorded in C(.NAME.unsent) beside it. After a failed
+        run, the next run on the file POSTs them whatever C(/detail) shows, so that a change of directives alone
+        is not lost. A body the interface refuses goes back out of the file.
     type: path
   backup:
     description:
@@ -213,7 +245,8 @@ upstreams:
   description:
     - Per upstream, what was (or, in check mode, would be) done.
     - C(action) is V(create), V(update), V(delete) or V(none); C(request) the request sent (V(POST), V(DELETE) or
-      null); C(before) the servers C(/detail) showed (null when the interface did not hold the upstream);
+      null; in check mode the one that would be sent; null for an upstream that a run stopped by a failure did not
+      reach); C(before) the servers C(/detail) showed (null when the interface did not hold the upstream);
       C(after) the desired servers (null for a deletion); C(directives) the desired directives; C(added) and
       C(removed) the servers (as C(/detail) shows them) that appear and disappear; a changed parameter counts as
       removed and added.
@@ -234,6 +267,14 @@ requests:
   type: list
   elements: str
   sample: ["POST /upstream/WebappReadonly_b"]
+unsent:
+  description:
+    - When a run with O(upstream_conf) fails after writing the file, the upstreams the file holds and the run did
+      not send. The next run on the file sends them.
+  returned: on failure after the file was written
+  type: list
+  elements: str
+  sample: ["WebappReadonly_b"]
 file_changed:
   description: Whether O(upstream_conf) was (or, in check mode, would be) replaced.
   returned: always
@@ -249,10 +290,11 @@ backup_file:
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils import _upstream_file
+from ansible_collections.swallowkeeper.dyups.plugins.module_utils._consul_mapping import DEFAULT_EXCLUDE, MappingOptions
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._dyups_options import (
     dyups_argument_spec, dyups_client_from_params)
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._errors import (
-    DyupsError, ValidationError)
+    DyupsError, DyupsRejected, ValidationError)
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._names import same_names, unique_names, validate_name
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._plan import (
     desired_upstream, interface_text, plan)
@@ -279,6 +321,11 @@ def argument_spec():
         resolve_check=dict(type="bool", default=True),
         force=dict(type="bool", default=False),
         **reserved_argument_spec(),
+        exclusive_select=dict(type="dict", options=dict(
+            prefix=dict(type="str", default=""),
+            include=dict(type="list", elements="str", default=[]),
+            exclude=dict(type="list", elements="str", default=["consul"]),
+        )),
     )
     return spec
 
@@ -292,6 +339,8 @@ def requested(params, file_upstreams=None, reserved=None):
     absent = params["state"] == "absent"
     if params["exclusive"] and absent:
         raise ValidationError("exclusive", True, "applies to state=present only")
+    if params.get("exclusive_select") and not params["exclusive"]:
+        raise ValidationError("exclusive_select", params["exclusive_select"], "applies with exclusive=true only")
     if params["validate"] and "%s" not in params["validate"]:
         raise ValidationError("validate command", params["validate"], "must contain %s, replaced by the new file's path")
     if params["name"] is not None:
@@ -314,6 +363,18 @@ def requested(params, file_upstreams=None, reserved=None):
     return wanted
 
 
+def exclusive_scope(select):
+    """With O(exclusive_select): name -> whether a service those filters select may map to it; else None."""
+    if not select:
+        return None
+    try:
+        options = MappingOptions(prefix=select.get("prefix") or "", include=select.get("include") or (),
+                                 exclude=select.get("exclude") if select.get("exclude") is not None else DEFAULT_EXCLUDE)
+    except ValueError as exc:
+        raise ValidationError("exclusive_select", select, str(exc)) from None
+    return options.may_map_to
+
+
 class Runner:
     def __init__(self, module):
         self.module = module
@@ -321,6 +382,7 @@ class Runner:
         self.path = self.params["upstream_conf"]
         self.result = dict(changed=False, upstreams={}, requests=[], file_changed=False)
         self.file_written = False
+        self.recorded = set()  # the names .unsent holds (read at the start, kept in step)
 
     def fail(self, msg, **extra):
         self.result.update(extra)
@@ -329,19 +391,57 @@ class Runner:
     def file_note(self):
         if self.file_written:
             return (f" The upstream file {self.path} was written before the request and already holds the desired "
-                    "state, so a reload of nginx applies it.")
+                    "state, so a reload of nginx applies it; the next run sends what was not sent.")
         if self.path:
             return f" The upstream file {self.path} holds the desired state."
         return ""
 
     def run(self):
+        """Under the upstream file's lock (one writer at a time), unless no file is managed or in check mode."""
+        if not self.path:
+            return self.plan_and_apply()
+        self.check_input()
+        self.refuse_a_watched_file()  # at once, not after waiting for the lock a busy watcher holds
+        if self.module.check_mode:
+            return self.plan_and_apply()
+        try:
+            lock = _upstream_file.WriterLock(self.path).__enter__()
+        except OSError as exc:
+            self.fail(f"cannot lock the upstream file {self.path}: {exc.strerror or exc}. Nothing was sent or written.")
+        try:
+            self.refuse_a_watched_file()  # again, under the lock: a watcher starting later reads the file after it
+            return self.plan_and_apply()
+        finally:
+            lock.__exit__(None, None, None)
+
+    def check_input(self):
+        """Everything that does not depend on the file, checked before its lock is taken (or created)."""
+        try:
+            desired = requested(self.params)
+            exclusive_scope(self.params["exclusive_select"])
+            dyups_client_from_params(self.params)
+            if self.params["resolve_check"]:
+                check_resolvable(desired, make_resolver())
+        except ValidationError as exc:
+            self.fail(f"{exc}. Nothing was sent or written.")
+
+    def refuse_a_watched_file(self):
+        owner = _upstream_file.watcher_owner(self.path)
+        if owner:
+            self.fail(f"the upstream file {self.path} belongs to a running watcher ({owner}): it writes the file from "
+                      "Consul and would undo or lose this change. Change the services in Consul, or stop the watcher "
+                      "first (it owns the file again at its next start). Nothing was sent or written.")
+
+    def plan_and_apply(self):
         resolve = make_resolver()
-        file_text, file_upstreams = None, None
+        file_text, file_upstreams, owns = None, None, None
         try:
             if self.path:
                 file_text, file_upstreams = _upstream_file.read_text(self.path)
+                self.recorded = _upstream_file.read_unsent(self.path)
             reserved = reserved_from_params(self.params, [self.path])
             desired = requested(self.params, file_upstreams, reserved)
+            owns = exclusive_scope(self.params["exclusive_select"])
             client = dyups_client_from_params(self.params)
             if self.params["resolve_check"]:
                 check_resolvable(desired, resolve)
@@ -361,7 +461,7 @@ class Runner:
             detail, detail_error = None, exc
 
         the_plan = plan(desired, detail, file_upstreams, exclusive=self.params["exclusive"],
-                        force=self.params["force"], resolve=resolve)
+                        force=self.params["force"], resolve=resolve, unsent=self.recorded, owns=owns)
         new_text = _upstream_file.render(the_plan.file_after.values()) if the_plan.file_changed else file_text
         self.result.update(
             changed=the_plan.changed,
@@ -373,12 +473,35 @@ class Runner:
         if self.module.check_mode:
             self.module.exit_json(**self.result)
 
+        for change in self.result["upstreams"].values():
+            change["request"] = None  # until it is sent
+        sending = {change.name for change in the_plan.changes if change.post or change.delete}
+        if self.path:
+            self.record(self.recorded | sending, must=True)
         if the_plan.file_changed:
             self.write_file(new_text)
         if detail_error is not None:
-            self.fail(f"{detail_error}. Nothing was sent to the interface.{self.file_note()}")
-        self.apply(client, the_plan)
+            self.fail(f"{detail_error}. Nothing was sent to the interface.{self.file_note()}",
+                      unsent=sorted(self.recorded))
+        self.apply(client, the_plan, sending)
         self.module.exit_json(**self.result)
+
+    def record(self, names, must=False):
+        """Keep ``.unsent`` (the names the file holds and the interface may not) equal to ``names``.
+
+        The record written before the file is a superset of what stays unsent, so only that write
+        must succeed (``must``); a later one that fails costs the next run a POST it did not need."""
+        names = set(names)
+        if names == self.recorded:
+            return
+        try:
+            _upstream_file.write_unsent(self.path, names)
+        except OSError as exc:
+            if must:
+                self.fail(f"cannot write {_upstream_file.side_path(self.path, 'unsent')}: {exc.strerror or exc}. "
+                          "Nothing was sent or written.")
+            return
+        self.recorded = names
 
     def write_file(self, text):
         try:
@@ -398,17 +521,48 @@ class Runner:
         if backup_file:
             self.result["backup_file"] = backup_file
 
-    def apply(self, client, the_plan):
-        """POST, then DELETE; the first failure stops and says what was already done."""
+    def apply(self, client, the_plan, sending):
+        """POST, then DELETE; the first failure stops, says what was sent and what was not, and leaves
+        the names not sent recorded for the next run. A body the interface refused (Tengine's 500)
+        does not stay in the file: its block goes back to what the file held before."""
         steps = [("POST", upstream.name, client.update, upstream) for upstream in the_plan.posts]
         steps += [("DELETE", name, client.delete, name) for name in the_plan.deletes]
         requests = self.result["requests"]
+        sent = set()
         for method, name, send, argument in steps:
             try:
                 send(argument)
             except DyupsError as exc:
-                self.fail(f"upstream {name}: {exc}.{self.file_note()}", changed=bool(requests) or self.file_written)
+                note = self.file_note()
+                if method == "POST" and isinstance(exc, DyupsRejected) and self.path and self.file_written:
+                    note = self.restore_block(the_plan, name)
+                if self.path:
+                    self.record(sending - sent)
+                self.fail(f"upstream {name}: {exc}.{note}", changed=bool(requests) or self.file_written,
+                          unsent=sorted(sending - sent))
             requests.append(f"{method} /upstream/{name}")
+            self.result["upstreams"][name]["request"] = method
+            sent.add(name)
+        if self.path:
+            self.record(set())
+
+    def restore_block(self, the_plan, name):
+        """Put back the file's block for ``name`` (the interface refused the new one); the file then
+        holds, for it, what the interface held before. Returns the note for the failure message."""
+        blocks = dict(the_plan.file_after)
+        before = (the_plan.file_before or {}).get(name)
+        if before is None:
+            blocks.pop(name, None)
+        else:
+            blocks[name] = before
+        try:
+            _upstream_file.replace_file(self.path, _upstream_file.render(blocks.values()),
+                                        validate=self.params["validate"])
+        except (OSError, _upstream_file.ValidateCommandFailed) as exc:
+            return (f" The upstream file {self.path} was written before the request and still holds the refused "
+                    f"upstream: putting back its old block failed ({exc}).")
+        return (f" The interface refused it, so the upstream file {self.path} holds its old block again (it was "
+                "written before the request); the upstreams not sent are sent by the next run.")
 
     def diff(self, the_plan, api_url, file_text, new_text):
         header = f"dyups {api_url}/detail"

@@ -14,6 +14,7 @@ import logging
 import sys
 
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._errors import ValidationError
+from ansible_collections.swallowkeeper.dyups.plugins.module_utils._upstream_file import UpstreamFileBusy
 from ansible_collections.swallowkeeper.dyups.plugins.watcher import __version__
 from ansible_collections.swallowkeeper.dyups.plugins.watcher import settings as settings_mod
 from ansible_collections.swallowkeeper.dyups.plugins.watcher.memory import tune_allocator
@@ -76,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         daemon = Daemon(settings, dry_run=args.dry_run, flag_values=flag_values)
-    except (ValidationError, settings_mod.SettingsError) as exc:
+    except (ValidationError, settings_mod.SettingsError, UpstreamFileBusy) as exc:
         logging.getLogger("swallowkeeper.watcher").error("cannot start: %s", exc)
         return 2
     if args.once:

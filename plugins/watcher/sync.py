@@ -27,10 +27,16 @@ Order of every sync:
 ``repair`` compares ``/detail`` with what is applied and pushes what differs: a POST lost in an
 nginx reload, or an nginx restart that left only the file's state; and writes the upstream file
 again when the one on disk is not what is applied (removed or edited behind the watcher's back).
+
+One writer at a time (_upstream_file.py): the Syncer claims its file for its life (a module run then
+refuses it, naming the watcher) and holds the writer lock across each sync, retry and repair. A file
+changed under it (by hand, or by a module run while it was stopped) is read again before its next
+sync, which then examines every name.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from typing import Callable, Dict, Iterable, List, Mapping, Optional, Set, Tuple
@@ -61,9 +67,13 @@ class Syncer:
         self.metrics = metrics
         self.clock = clock
         self.dry_run = dry_run
-        for leftover in _upstream_file.remove_stale_temp_files(settings.upstream_file):
-            log.warning("removed %s, left by a writer that stopped mid-write", leftover)
-        self.applied = _upstream_file.read(settings.upstream_file)
+        self._claim = None if dry_run else _upstream_file.WatcherClaim.claim(settings.upstream_file)
+        self._lock = _upstream_file.WriterLock(settings.upstream_file)
+        with self._writing():
+            for leftover in _upstream_file.remove_stale_temp_files(settings.upstream_file):
+                log.warning("removed %s, left by a writer that stopped mid-write", leftover)
+            self.applied = _upstream_file.read(settings.upstream_file)
+            self._identity = _upstream_file.file_identity(settings.upstream_file)
         self._server_count = sum(len(upstream.servers) for upstream in self.applied.values())
         self._file: Optional[_upstream_file.RenderedFile] = None  # the file's text as blocks per upstream (_upstream_file.RenderedFile)
         self._held_names: Set[str] = set()
@@ -173,9 +183,37 @@ class Syncer:
             return
         self._saved_state = key
 
+    # -- one writer at a time -----------------------------------------------------------------
+    def _writing(self) -> "contextlib.AbstractContextManager[object]":
+        return contextlib.nullcontext() if self.dry_run else self._lock
+
+    def _picked_up(self) -> bool:
+        """Read the file again when it changed since this Syncer last read or wrote it; True if it did."""
+        identity = _upstream_file.file_identity(self.settings.upstream_file)
+        if identity == self._identity:
+            return False
+        self._identity = identity
+        try:
+            found = _upstream_file.read(self.settings.upstream_file)
+        except (OSError, ValidationError) as exc:
+            log.error("%s changed under the watcher and cannot be read (%s); it is written whole at the next change",
+                      self.settings.upstream_file, exc)
+            return False
+        log.warning("%s changed under the watcher: read again (%d upstream(s)); every upstream is compared",
+                    self.settings.upstream_file, len(found))
+        self._apply({**{name: None for name in self.applied if name not in found}, **found})
+        self._file = None
+        return True
+
     # -- applying --------------------------------------------------------------------------------
     def sync(self, upstreams: Mapping[str, Upstream], empty: Iterable[str] = (),
              changed: Optional[Iterable[str]] = None, consul_confirmed: bool = True) -> SyncReport:
+        """The sync below under the writer lock, after reading again a file changed under the watcher."""
+        with self._writing():
+            return self._sync(upstreams, empty, None if self._picked_up() else changed, consul_confirmed)
+
+    def _sync(self, upstreams: Mapping[str, Upstream], empty: Iterable[str] = (),
+              changed: Optional[Iterable[str]] = None, consul_confirmed: bool = True) -> SyncReport:
         """Bring file and interface to the desired state for ``upstreams`` ({name: Upstream}, with their
         directives) and ``empty`` (names whose instances all fail). ``changed``: the names whose entry
         may differ from the previous call's (None: any); the work done is for those names, except
@@ -217,6 +255,7 @@ class Syncer:
                 self._file.update(changes)
                 _upstream_file.replace_file(self.settings.upstream_file, self._file.text(),
                                             validate=self.settings.validate_command, check=self._check_config())
+                self._identity = _upstream_file.file_identity(self.settings.upstream_file)
                 report.file_changed = True
             except (_upstream_file.ValidateCommandFailed, ConfigCheckFailed) as exc:
                 return self._file_failed(report, started, "file_validate", str(exc), upstreams, empty, hold_before)
@@ -270,7 +309,8 @@ class Syncer:
         validation fixed), else the pending POSTs and DELETEs are sent again."""
         if self.unwritten is not None:
             return self.sync(*self.unwritten, consul_confirmed=self._consul_confirmed)
-        report = self.push()
+        with self._writing():
+            report = self.push()
         self._update_gauges()
         return report
 
@@ -308,8 +348,9 @@ class Syncer:
                         len(drifted), ": " + ", ".join(drifted[:10]))
         self.pushes.pending.update(drifted)
         self.metrics.count("repairs", len(drifted))
-        self._repair_file()
-        report = self.push()
+        with self._writing():
+            self._repair_file()
+            report = self.push()
         self._update_gauges()
         return report
 
@@ -349,6 +390,7 @@ class Syncer:
         try:
             _upstream_file.replace_file(self.settings.upstream_file, wanted, validate=self.settings.validate_command,
                                         check=self._check_config())
+            self._identity = _upstream_file.file_identity(self.settings.upstream_file)
         except (OSError, _upstream_file.ValidateCommandFailed, ConfigCheckFailed, ValidationError) as exc:
             self.metrics.error("file_validate" if not isinstance(exc, OSError) else "file_write")
             log.error("upstream file not written again, retried at the next drift check: %s",

@@ -393,3 +393,47 @@ def test_examples_run_as_written(agent, dyups_server, tmp_path):
     assert "webappBad" not in done.tasks[1][1]["upstreams"]
     assert "weight='abc'" in done.stdout
     assert "upstream webappReadonly_b" in conf.read_text()
+
+
+# -- at scale (issue 26 finding 10) ---------------------------------------------------------------------------------
+COUNTING = textwrap.dedent("""
+    import runpy, socket, ssl, sys
+    counts = {"connect": 0, "ssl_context": 0}
+    connect, context = socket.socket.connect, ssl.SSLContext.__new__
+    def counting_connect(self, *args):
+        counts["connect"] += 1
+        return connect(self, *args)
+    def counting_context(cls, *args, **kwargs):
+        counts["ssl_context"] += 1
+        return context(cls, *args, **kwargs)
+    socket.socket.connect, ssl.SSLContext.__new__ = counting_connect, counting_context
+    sys.argv = sys.argv[1:]
+    try:
+        runpy.run_module(sys.argv[0], run_name="__main__")
+    finally:
+        sys.stderr.write("COUNTS=%d,%d\\n" % (counts["connect"], counts["ssl_context"]))
+""")
+
+
+def test_one_connection_per_fetch_thread_no_tls_for_http_no_request_for_a_bad_name(agent, tmp_path):
+    """Before: open_url opened a connection and built an SSL context for every request, http:// included (7.25 of
+    every 8.5 s at 5 000 services), and a service whose name cannot name an upstream was read all the same."""
+    for index in range(24):
+        agent.register(f"svc{index}", f"svc{index}-1", port=18100 + index)
+    for index in range(6):
+        agent.register(f"bad name {index}", f"bad-{index}", port=18200 + index)
+    agent.wait_until(lambda: len(agent.get("/v1/catalog/services")) >= 31, "31 services", timeout=30)
+    path = tmp_path / "args.json"
+    path.write_text(json.dumps({"ANSIBLE_MODULE_ARGS": {"consul_url": agent.url}}))
+    done = subprocess.run([sys.executable, "-c", COUNTING, MODULE, str(path)], capture_output=True, text=True,
+                          timeout=120, env=module_env(), cwd=tmp_path, check=False)
+    result = json.loads(done.stdout)
+    assert len(result["upstreams"]) == 24, result
+    connects, contexts = (int(n) for n in done.stderr.rsplit("COUNTS=", 1)[1].split(","))
+    assert contexts == 0 and connects <= 4 + 1, (connects, contexts)    # FETCH_THREADS, and the catalog's
+    # the skipped, summarised: counted by reason, the first skipped_shown in full, not read (no request)
+    assert result["skipped_count"] == 6 and len(result["skipped_items"]) == 6
+    assert result["skipped_reasons"] == {
+        "the service name contains whitespace, so it cannot name an upstream (its instances skipped)": 6}
+    shown = ok(tmp_path, consul_url=agent.url, skipped_shown=2)
+    assert shown["skipped_count"] == 6 and len(shown["skipped_items"]) == 2

@@ -92,6 +92,7 @@ def test_sync_then_second_run_changes_nothing(agent, sync):
     skipped = {item["what"] for item in first.task(READ)["skipped_items"]}
     assert skipped == {"service 'a b'", "instance 'bad' of service 'Api' on node 'consul-test'"}
     assert "skipped instance 'bad' of service 'Api'" in first.stdout
+    assert "skipped 2 item(s)" in first.stdout
 
     second = sync()
     assert not any(result.get("changed") for _name, result in second.tasks), second.stdout[-3000:]
@@ -167,6 +168,22 @@ def test_upstreams_the_file_does_not_hold_are_left_alone(agent, sync):
 
 
 @one_flavor
+def test_a_narrower_sync_removes_only_what_its_filters_select(agent, sync):
+    """Issue 26 finding 8: with dyups_sync_prefix=Web and the default exclusive=true, Api (in the file, not
+    selected) was deleted from file and interface. Now exclusive removes only what the filters can map to:
+    Webapp_b once its instance is gone, never Api."""
+    register_fleet(agent)
+    sync()
+    assert set(in_file(sync.conf)) == {"Api", "Webapp", "Webapp_b"}
+    agent.deregister("w3")
+    agent.deregister("w4")
+    sync(dyups_sync_prefix="Web")
+    assert set(in_file(sync.conf)) == {"Api", "Webapp"} and set(detail(sync)) == {"Api", "Webapp"}
+    sync(dyups_sync_include=["Webapp"])
+    assert set(in_file(sync.conf)) == {"Api", "Webapp"} and set(detail(sync)) == {"Api", "Webapp"}
+
+
+@one_flavor
 def test_refuses_to_empty_nginx_when_consul_maps_to_nothing(agent, sync):
     register_fleet(agent)
     sync()
@@ -174,6 +191,10 @@ def test_refuses_to_empty_nginx_when_consul_maps_to_nothing(agent, sync):
     assert "maps to no upstream at all" in failed.stdout
     assert detail(sync) == EXPECTED
     sync(dyups_sync_prefix="NoSuchPrefix", dyups_sync_allow_empty=True)
+    assert detail(sync) == EXPECTED        # a prefix that selects nothing may remove nothing (issue 26)
+    agent.clear_services()
+    assert "maps to no upstream at all" in sync(expect_rc=2).stdout and detail(sync) == EXPECTED
+    sync(dyups_sync_allow_empty=True)
     assert detail(sync) == {}
 
 

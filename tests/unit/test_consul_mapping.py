@@ -300,3 +300,13 @@ def test_directives_are_attached_by_the_mapping_and_an_upstream_that_breaks_a_ru
 def test_directives_that_break_the_directive_rules_are_refused_with_the_options():
     with pytest.raises(ValueError, match="unknown upstream directive"):
         MappingOptions(directives=["proxy_pass x"])
+
+
+def test_what_an_exclusive_sync_with_filters_may_remove():
+    """Issue 26 finding 8: the names a service the filters select can map to (SERVICE or SERVICE_TAG)."""
+    web = MappingOptions(prefix="web")
+    assert [name for name in ("web", "web_b", "webapp_gray", "api", "api_web", "consul") if web.may_map_to(name)] \
+        == ["web", "web_b", "webapp_gray"]
+    only = MappingOptions(include=["Webapp"])
+    assert only.may_map_to("Webapp") and only.may_map_to("Webapp_b") and not only.may_map_to("Web")
+    assert not MappingOptions().may_map_to("consul") and MappingOptions().may_map_to("anything")

@@ -194,3 +194,22 @@ def test_results_and_diff_text():
 
 def test_server_equality_is_by_value():
     assert Server("10.0.0.1", 80) == parse_server("10.0.0.1:80 weight=1 fail_timeout=10s")
+
+
+# -- unsent names and the exclusive scope (issue 26) ---------------------------------------------------------
+def test_an_unsent_name_is_posted_whatever_detail_shows():
+    """A run that wrote the file and stopped before its POST: /detail shows the servers, not the directives."""
+    keep = build_upstream("Web", ["10.0.0.1:80", "10.0.0.2:80 weight=2"], ["keepalive 16"])
+    detail = {"Web": list(keep.servers), "Gone": servers("10.0.0.9:80")}
+    result = by_name(plan({}, detail, {"Web": keep}, unsent={"Web", "Gone", "Never"}))
+    assert result["Web"].post and result["Web"].after == keep                 # the file's block, sent again
+    assert result["Gone"].delete                                              # the file no longer holds it
+    assert result["Never"].action == NONE and not result["Never"].delete      # neither file nor interface: done
+    assert not by_name(plan({}, detail, {"Web": keep}))                        # nothing recorded: nothing to do
+
+
+def test_exclusive_removes_only_what_owns_accepts():
+    files = {"web": WEB, "web_b": WEB, "api": WEB}
+    detail = {name: list(WEB.servers) for name in files}
+    result = plan({"web": WEB}, detail, files, exclusive=True, owns=lambda name: "web" in name)
+    assert set(by_name(result)) == {"web", "web_b"} and result.deletes == ["web_b"] and "api" in result.file_after

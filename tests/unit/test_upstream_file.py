@@ -197,3 +197,50 @@ def test_crash_between_write_and_rename_leaves_the_old_file_whole(tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["marker", "new.txt", "up.conf"]
     _upstream_file.replace_file(str(path), NEW)           # the next writer succeeds
     assert path.read_text() == NEW
+
+
+# -- one writer at a time (issue 21 item 1, issue 26) ---------------------------------------------------------
+def test_the_writer_lock_admits_one_writer_and_is_reentrant(tmp_path):
+    path = str(tmp_path / "upstreams.conf")
+    first, second = _upstream_file.WriterLock(path), _upstream_file.WriterLock(path, timeout=0.1)
+    with first:
+        with first:                                          # re-entrant in one object (the watcher's retry)
+            with pytest.raises(_upstream_file.LockTimeout):
+                with second:
+                    pass
+        with pytest.raises(_upstream_file.LockTimeout):
+            with second:
+                pass
+    with second:                                             # released by the outer exit only
+        pass
+    assert oct(stat.S_IMODE(os.stat(tmp_path / ".upstreams.conf.lock").st_mode)) in ("0o644", "0o640", "0o600")
+
+
+def test_a_watcher_claim_names_its_pid_and_ends_with_it(tmp_path):
+    path = str(tmp_path / "upstreams.conf")
+    assert _upstream_file.watcher_owner(path) is None
+    claim = _upstream_file.WatcherClaim.claim(path)
+    assert _upstream_file.WatcherClaim.claim(path) is claim                  # the same process: the same claim
+    code = ("import sys; from ansible_collections.swallowkeeper.dyups.plugins.module_utils import _upstream_file as f\n"
+            "print(f.watcher_owner(sys.argv[1]))\n"
+            "try:\n    f.WatcherClaim.claim(sys.argv[1])\nexcept f.UpstreamFileBusy as exc:\n    print(exc)\n")
+    done = subprocess.run([sys.executable, "-c", code, path], capture_output=True, text=True, check=True,
+                          env=dict(os.environ, PYTHONPATH=str(COLLECTIONS)))
+    owner = f"swallowkeeper-dyups watcher, pid {os.getpid()}"
+    busy = f"{owner} already owns the upstream file ({_upstream_file.side_path(path, 'watcher')} is locked)"
+    assert done.stdout.splitlines() == [owner, busy]
+    del claim
+    assert _upstream_file.watcher_owner(path) is None                        # released with the object
+
+
+def test_the_unsent_record(tmp_path):
+    path = str(tmp_path / "upstreams.conf")
+    assert _upstream_file.read_unsent(path) == set()
+    _upstream_file.write_unsent(path, ["b", "a"])
+    assert _upstream_file.read_unsent(path) == {"a", "b"}
+    _upstream_file.write_unsent(path, [])
+    assert not os.path.exists(_upstream_file.side_path(path, "unsent"))
+    with open(_upstream_file.side_path(path, "unsent"), "w", encoding="utf-8") as handle:
+        handle.write("[1]")
+    with pytest.raises(ValidationError, match="remove it"):
+        _upstream_file.read_unsent(path)

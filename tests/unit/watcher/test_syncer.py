@@ -428,3 +428,17 @@ def test_the_budget_counts_only_upstreams_with_check_and_zero_is_no_limit(make, 
     assert syncer.sync({"Plain": ups("Plain", *[f"10.0.7.{i}:80" for i in range(1, 10)])}).posted == ["Plain"]
     unlimited, _clock = make(check_peer_budget=0, upstream_file=str(tmp_path / "other.conf"))
     assert unlimited.sync({"Big": checked("Big", 9)}).posted == ["Big"]
+
+
+def test_a_file_changed_under_the_syncer_is_read_again_before_its_next_write(make, fake, tmp_path):
+    """Issue 21 item 1: the Syncer read its file at start only, so a change under it was overwritten unseen
+    (or, for a name outside ``changed``, kept in the file and never compared). Now it is read again, and
+    every name is compared with the desired state."""
+    path = tmp_path / "upstreams.conf"
+    syncer, _clock = make(removal_guard_min=1000)
+    syncer.sync({"A": ups("A", "10.0.0.1:80"), "B": ups("B", "10.0.1.1:80")})
+    path.write_text(_upstream_file.render([ups("A", "10.0.0.9:80"), ups("B", "10.0.1.1:80"), ups("H", "10.0.2.1:80")]))
+    fake.clear_requests()
+    report = syncer.sync({"A": ups("A", "10.0.0.1:80"), "B": ups("B", "10.0.1.2:80")}, changed={"B"})
+    assert report.ok and sorted(report.posted) == ["A", "B"] and report.deleted == ["H"]
+    assert _upstream_file.read(str(path)) == {"A": ups("A", "10.0.0.1:80"), "B": ups("B", "10.0.1.2:80")}

@@ -1,0 +1,163 @@
+# -*- coding: utf-8 -*-
+# Private to swallowkeeper.dyups: the HTTP transport of the modules and the watcher.
+# Copyright: swallowkeeper.dyups contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The transport of the shared clients: keep-alive ``http.client`` connections (standard library only).
+
+A transport is ``transport(method, url, body, timeout, extra_headers=None) -> (status, body,
+headers)`` with header names in lower case, and raises TransportError when no answer came. Every
+HTTP status, 4xx and 5xx included, is an answer and is returned, not raised. Connections are kept
+open and reused by whichever thread (the two Consul long polls, a fetch pool, the sync loop) asks
+next: a full sync sends thousands of POSTs to the local interface, consul_services thousands of
+GETs to the local agent, and a kept connection with the standard library costs about a third of what
+a ``requests`` session costs per request (docs/benchmarks.md); the TLS context is built once, for
+https only. Proxy variables, .netrc and redirects play no part: the collection talks to the local
+agent and the local nginx only.
+
+A request that fails on a kept connection before any answer came (the server closed it while idle:
+nginx's keepalive_timeout) is sent once more on a new connection. Every request the collection sends
+is safe to repeat: GETs, and POST and DELETE of a whole upstream.
+"""
+
+from __future__ import annotations
+
+import http.client
+import socket
+import ssl
+import threading
+from http.client import HTTPConnection
+from typing import Mapping
+from urllib.parse import SplitResult, urlsplit
+
+from ansible_collections.swallowkeeper.dyups.plugins.module_utils._errors import TransportError
+
+STALE_CONNECTION = (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError,
+                    http.client.CannotSendRequest, http.client.BadStatusLine)
+
+
+class KeepAliveTransport:
+    """A callable transport; ``verify`` (True, False or a CA bundle path) and ``cert`` ((cert, key), the key
+    None when the cert file holds it) apply to https URLs.
+
+    Connections are shared, not bound to threads: a request takes an idle connection to its host
+    (or opens one) and gives it back after the answer; at most ``max_idle`` per host are kept. So
+    the short-lived threads of a fetch pool reuse the connections of the last one instead of
+    leaving theirs open behind them.
+    """
+
+    def __init__(self, headers: Mapping[str, str] | None = None, verify: bool | str = True,
+                 cert: tuple[str, str | None] | None = None, max_idle: int = 8) -> None:
+        self._headers = dict(headers or {})
+        self._verify = verify
+        self._cert = cert
+        self._max_idle = max_idle
+        self._context: ssl.SSLContext | None = None
+        self._closed = False
+        self._idle: dict[tuple[str, str], list[HTTPConnection]] = {}  # (scheme, netloc) -> [connection, ...]
+        self._busy: set[HTTPConnection] = set()  # connections with a request in flight
+        self._lock = threading.Lock()
+
+    def _ssl_context(self) -> ssl.SSLContext:
+        if self._context is None:
+            context = ssl.create_default_context(cafile=self._verify if isinstance(self._verify, str) else None)
+            if self._verify is False:
+                context.check_hostname = False
+                context.verify_mode = ssl.CERT_NONE
+            if self._cert:
+                context.load_cert_chain(*self._cert)
+            self._context = context
+        return self._context
+
+    def _take(self, parts: SplitResult, timeout: float, fresh: bool) -> tuple[tuple[str, str], HTTPConnection]:
+        """An idle connection to the URL's host (none when ``fresh``), or a new one; marked busy."""
+        key = (parts.scheme, parts.netloc)
+        connection = None
+        with self._lock:
+            idle = self._idle.get(key)
+            if idle and not fresh:
+                connection = idle.pop()
+        if connection is None:
+            if not parts.hostname:
+                raise TransportError(f"no host in the URL {parts.geturl()!r}")
+            if parts.scheme == "https":
+                connection = http.client.HTTPSConnection(parts.hostname, parts.port or 443, timeout=timeout,
+                                                         context=self._ssl_context())
+            elif parts.scheme == "http":
+                connection = http.client.HTTPConnection(parts.hostname, parts.port or 80, timeout=timeout)
+            else:
+                raise TransportError(f"unsupported URL scheme {parts.scheme!r} (http or https)")
+        connection.timeout = timeout
+        if connection.sock is not None:
+            connection.sock.settimeout(timeout)
+        with self._lock:
+            self._busy.add(connection)
+        return key, connection
+
+    def _give_back(self, key: tuple[str, str], connection: HTTPConnection, keep: bool) -> None:
+        with self._lock:
+            self._busy.discard(connection)
+            idle = self._idle.setdefault(key, [])
+            if keep and not self._closed and connection.sock is not None and len(idle) < self._max_idle:
+                idle.append(connection)
+                return
+        connection.close()
+
+    def __call__(self, method: str, url: str, body: bytes | None, timeout: float,
+                 extra_headers: Mapping[str, str] | None = None) -> tuple[int, bytes, dict[str, str]]:
+        if self._closed:
+            raise TransportError("the transport was closed (the watcher is stopping or reloading)")
+        parts = urlsplit(url)
+        target = (parts.path or "/") + ("?" + parts.query if parts.query else "")
+        headers = dict(self._headers, **(extra_headers or {}))
+        for attempt in (1, 2):
+            key, connection = self._take(parts, timeout, fresh=attempt == 2)
+            reused = connection.sock is not None
+            try:
+                connection.request(method, target, body=body, headers=headers)
+                response = connection.getresponse()
+                data = response.read()
+            except STALE_CONNECTION as exc:
+                self._give_back(key, connection, keep=False)
+                if reused and attempt == 1 and not self._closed:
+                    continue
+                raise TransportError(_reason(exc)) from None
+            except (OSError, http.client.HTTPException, ValueError) as exc:
+                self._give_back(key, connection, keep=False)
+                raise TransportError(_reason(exc)) from None
+            except AttributeError:
+                # close() from another thread took the socket from under a read in flight: http.client
+                # then reads from None (a SIGHUP reload stops the long polls this way)
+                self._give_back(key, connection, keep=False)
+                if not self._closed:
+                    raise
+                raise TransportError("the transport was closed while the request was in flight") from None
+            self._give_back(key, connection, keep=not response.will_close)
+            return response.status, data, {name.lower(): value for name, value in response.getheaders()}
+        raise TransportError("no answer")  # not reached: the second attempt returns or raises
+
+    def connections(self) -> tuple[int, int]:
+        """(idle, busy) connection counts, for tests and the curious."""
+        with self._lock:
+            return sum(len(idle) for idle in self._idle.values()), len(self._busy)
+
+    def close(self) -> None:
+        """Close every connection; a request in flight (a long poll) ends at once with a
+        TransportError, and so does any later request."""
+        self._closed = True
+        with self._lock:
+            connections = [c for idle in self._idle.values() for c in idle] + list(self._busy)
+            self._idle = {}
+        for connection in connections:
+            sock = connection.sock
+            if sock is not None:
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)  # wakes a thread blocked reading it; close() alone does not
+                except OSError:
+                    pass
+            connection.close()
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc) or type(exc).__name__
+    text = text if len(text) < 300 else text[:300] + "..."
+    return f"{type(exc).__name__}: {text}"
