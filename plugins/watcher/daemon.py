@@ -32,8 +32,10 @@ from ansible_collections.swallowkeeper.dyups.plugins.watcher import settings as 
 from ansible_collections.swallowkeeper.dyups.plugins.watcher import memory
 from ansible_collections.swallowkeeper.dyups.plugins.watcher.backoff import Backoff
 from ansible_collections.swallowkeeper.dyups.plugins.watcher.consul_source import ConsulSource, consul_error_kind
-from ansible_collections.swallowkeeper.dyups.plugins.watcher.metrics import Metrics, StatusServer
+from ansible_collections.swallowkeeper.dyups.plugins.watcher.metrics import (
+    Metrics, MetricsServer, StampedQueue, StatusServer)
 from ansible_collections.swallowkeeper.dyups.plugins.watcher.sync import Syncer, dyups_error_kind
+from ansible_collections.swallowkeeper.dyups.plugins.watcher.systemd_notify import Supervision
 from ansible_collections.swallowkeeper.dyups.plugins.watcher.transport import KeepAliveTransport
 
 log = logging.getLogger("swallowkeeper.watcher")
@@ -47,13 +49,15 @@ class Daemon:
         self.dry_run = dry_run
         self.clock = clock
         self.metrics = Metrics()
-        self.events: queue.Queue[tuple[str, Any]] = queue.Queue()
+        self.events: queue.Queue[tuple[str, Any]] = StampedQueue()  # claim(): when its events were read
         self.stopping = threading.Event()
         self.reload_requested = False
         self._skipped_seen: set[tuple[str, str]] = set()
         self._skipped_list: list[dict[str, Any]] | None = None  # the source's skip list last logged (replaced when it changes)
         self._syncer_skipped = False
         self._build()
+        self.supervision = Supervision(lambda: self.metrics.loop_heartbeat, self._polls_alive,
+                                       lambda: self.events.put(("wake", None)))
 
     def _build(self) -> None:
         settings = self.settings
@@ -117,6 +121,12 @@ class Daemon:
         if self.settings.status_listen:
             status_server = StatusServer(self.settings.status_listen, self.metrics, self.request_release).start()
             log.info("status and metrics on http://%s:%d/", *status_server.address[:2])
+        metrics_server = None
+        if self.settings.metrics_listen:
+            metrics_server = MetricsServer(self.settings.metrics_listen, self.settings.metrics_allow,
+                                           self.metrics).start()
+            log.info("metrics for %s on %s", ", ".join(self.settings.metrics_allow), self.settings.metrics_listen)
+        self.supervision.start()
         log.info("watching Consul at %s; upstream file %s; dyups at %s%s", self.settings.consul_url,
                  self.settings.upstream_file, self.settings.dyups_url, " (dry run)" if self.dry_run else "")
         try:
@@ -126,6 +136,9 @@ class Daemon:
             self.dyups_transport.close()
             if status_server:
                 status_server.stop()
+            if metrics_server:
+                metrics_server.stop()
+            self.supervision.stop()
             log.info("stopped")
         return 0
 
@@ -157,6 +170,7 @@ class Daemon:
             if need_sync:
                 need_sync = False
                 self._sync()
+            self.supervision.ready()  # once: after the first full read and sync, or their failure
             if self.syncer.has_pending and (next_retry is None or now >= next_retry):
                 if next_retry is not None:
                     self.syncer.retry()
@@ -178,17 +192,23 @@ class Daemon:
                 need_sync = True
             timeout = max(0.0, min(deadlines) - self.clock())
             batch = self._collect(timeout)
+            read_at = self.events.claim()  # type: ignore[attr-defined]  # a StampedQueue
             if batch:
                 try:
                     started = self.clock()
                     if self.source.apply_events(batch):
                         need_sync = True
+                        self.metrics.latency.folded(read_at)
                     log.debug("%d event(s) folded in %.1f ms", len(batch), (self.clock() - started) * 1000)
                 except Exception as exc:  # ConsulError while fetching changed services: full read later
                     kind = consul_error_kind(exc)
                     self.metrics.error(kind)
                     log.error("Consul read failed after an event (%s), keeping the current state: %s", kind, exc)
                     next_refresh = self.clock() + self.consul_retry.next()
+
+    def _polls_alive(self) -> bool:
+        source = self.source  # replaced by a SIGHUP reload
+        return source is None or all(thread.is_alive() for thread in source.threads)
 
     def _collect(self, timeout: float) -> list[tuple[str, Any]]:
         """Events that arrived within ``timeout``, coalesced by the quiescence window."""
@@ -226,7 +246,9 @@ class Daemon:
         events are folded in, and tells which upstream names changed (consul_source.take_changes)."""
         started = self.clock()
         upstreams, empty, changed = self.source.take_changes()
+        self.metrics.latency.taken(changed)
         report = self.syncer.sync(upstreams, empty, changed=changed)
+        self.metrics.latency.settle(None if self.syncer.unwritten else self.syncer.pending | self.syncer.gone)
         skipped = self.source.skipped()
         if skipped is not self._skipped_list or self.syncer.skipped or self._syncer_skipped:
             self._log_skipped(skipped + self.syncer.skipped)

@@ -334,7 +334,7 @@ class Syncer:
             self.pushed[name] = upstream
             self.pending.discard(name)
             report.posted.append(name)
-            self.metrics.count("changes_applied")
+            self.metrics.change_applied(name)  # counted, and timed from the Consul answer
         for name in sorted(self.gone):
             try:
                 existed = self.client.delete(name)
@@ -346,7 +346,7 @@ class Syncer:
             self.gone.discard(name)
             self.deleted_here.add(name)
             report.deleted.append(name)
-            self.metrics.count("changes_applied")
+            self.metrics.change_applied(name)
         self.metrics.set(dyups_up=0 if any(isinstance(e, DyupsUnavailable) for _n, e in report.failed) else 1)
         if self._incomplete and report.ok and not self.has_pending:
             # what a failed sync left pending is sent now (by the retry or by the drift repair, whichever
