@@ -49,7 +49,7 @@ class Daemon:
         self.dry_run = dry_run
         self.clock = clock
         self.metrics = Metrics()
-        self.events: queue.Queue[tuple[str, Any]] = StampedQueue()  # claim(): when its events were read
+        self.events = StampedQueue()  # queue.Queue of (kind, ...) events; claim(): when they were read
         self.stopping = threading.Event()
         self.reload_requested = False
         self._skipped_seen: set[tuple[str, str]] = set()
@@ -192,7 +192,7 @@ class Daemon:
                 need_sync = True
             timeout = max(0.0, min(deadlines) - self.clock())
             batch = self._collect(timeout)
-            read_at = self.events.claim()  # type: ignore[attr-defined]  # a StampedQueue
+            read_at = self.events.claim()
             if batch:
                 try:
                     started = self.clock()

@@ -72,7 +72,7 @@ class Histogram:
         return lines
 
 
-class StampedQueue(queue.Queue):  # type: ignore[type-arg]
+class StampedQueue(queue.Queue):
     """The loop's event queue, remembering when each event was put (the moment a long poll read its
     Consul answer). ``claim()``: the earliest such moment of the events taken since the last claim."""
 

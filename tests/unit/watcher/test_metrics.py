@@ -153,6 +153,24 @@ def test_metrics_listener_answers_the_allow_list_only():
         server.stop()
 
 
+def test_metrics_listener_on_ipv6():
+    try:
+        with socket.socket(socket.AF_INET6) as probe:
+            probe.bind(("::1", 0))
+            port = probe.getsockname()[1]
+    except OSError as exc:
+        pytest.skip(f"no IPv6 loopback here: {exc}")
+    for allow, answered in ((["::1/128"], True), (["127.0.0.0/8"], False)):
+        server = m.MetricsServer(f"[::1]:{port}", allow, m.Metrics()).start()
+        try:
+            with socket.create_connection(("::1", port), timeout=5) as sock:
+                sock.sendall(b"GET /metrics HTTP/1.0\r\n\r\n")
+                first = sock.recv(64)
+            assert first.startswith(b"HTTP/1.0 200") if answered else first == b"", (allow, first)
+        finally:
+            server.stop()
+
+
 def test_allow_list_matches_ipv4_clients_of_an_ipv6_socket():
     networks = [m.ipaddress.ip_network("10.0.0.0/8"), m.ipaddress.ip_network("fd00::/8")]
     assert m.allowed("::ffff:10.1.2.3", networks)
