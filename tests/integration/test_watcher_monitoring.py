@@ -6,7 +6,6 @@ dashboard of docs/monitoring/ name is in the running watcher's /metrics."""
 from __future__ import annotations
 
 import os
-import socket
 import time
 
 from tests.support import monitoring
@@ -17,19 +16,6 @@ from tests.support.tengine import proxy_factory  # noqa: F401  # pylint: disable
 from tests.support.watcher import WatcherProcess
 
 LATENCY = "swallowkeeper_watcher_consul_to_applied_seconds"
-
-
-def scrape(host, port, path="/metrics", source="127.0.0.1"):
-    """The raw HTTP answer to GET path from the local address ``source`` ('' when closed unanswered)."""
-    with socket.create_connection((host, port), timeout=5, source_address=(source, 0)) as sock:
-        sock.sendall(f"GET {path} HTTP/1.0\r\nHost: {host}\r\n\r\n".encode())
-        chunks = []
-        while True:
-            chunk = sock.recv(65536)
-            if not chunk:
-                break
-            chunks.append(chunk)
-    return b"".join(chunks).decode()
 
 
 def served(nginx, name, tries=8):
@@ -78,10 +64,10 @@ def test_flip_is_timed_and_process_metrics_are_sane(tmp_path, proxy_factory):  #
             assert 0 < after["process_cpu_seconds_total"] <= (time.time() - started_at) * (os.cpu_count() or 1)
 
             # the opt-in listener: GET /metrics to the allow list, nothing else, nothing to others
-            answer = scrape("127.0.0.2", listen_port)
+            answer = monitoring.get_from("127.0.0.2", listen_port)
             assert answer.startswith("HTTP/1.0 200"), answer[:200]
-            assert scrape("127.0.0.2", listen_port, source="127.0.0.3") == ""
-            assert scrape("127.0.0.2", listen_port, "/status").startswith("HTTP/1.0 404")
+            assert monitoring.get_from("127.0.0.2", listen_port, source="127.0.0.3") == ""
+            assert monitoring.get_from("127.0.0.2", listen_port, "/status").startswith("HTTP/1.0 404")
             assert watcher.alive()
 
             # every metric of the alert rules and the dashboard is in this real /metrics

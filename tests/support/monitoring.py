@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import socket
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -39,3 +40,17 @@ def dashboard_queries() -> list[str]:
     queries += [variable["query"]["query"] for variable in dashboard["templating"]["list"]
                 if variable["type"] == "query"]
     return queries
+
+
+def get_from(host: str, port: int, path: str = "/metrics", source: str | None = "127.0.0.1") -> str:
+    """The raw HTTP/1.0 answer to GET ``path`` sent from the local address ``source`` (any of 127.0.0.0/8
+    is ours on loopback; None: the kernel's choice); '' when the server closed without answering."""
+    with socket.create_connection((host, port), timeout=5, source_address=(source, 0) if source else None) as sock:
+        sock.sendall(f"GET {path} HTTP/1.0\r\nHost: {host}\r\n\r\n".encode())
+        chunks = []
+        while True:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            chunks.append(chunk)
+    return b"".join(chunks).decode()

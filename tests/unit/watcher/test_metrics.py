@@ -11,6 +11,7 @@ import pytest
 
 from ansible_collections.swallowkeeper.dyups.plugins.watcher import metrics as m
 from ansible_collections.swallowkeeper.dyups.plugins.watcher import settings as s
+from tests.support.monitoring import get_from
 from tests.support.ports import free_port
 
 
@@ -122,29 +123,15 @@ def test_every_metric_has_help_and_type():
     assert ("process_cpu_seconds_total", "counter") in typed
 
 
-def get(url, source=None):
-    """GET url from the local address ``source`` (a loopback address: 127.0.0.0/8 is all ours)."""
-    host, port = url.split("/")[2].rsplit(":", 1)
-    with socket.create_connection((host, int(port)), timeout=5, source_address=(source, 0) if source else None) as sock:
-        sock.sendall(f"GET /{url.split('/', 3)[3]} HTTP/1.0\r\nHost: x\r\n\r\n".encode())
-        chunks = []
-        while True:
-            chunk = sock.recv(65536)
-            if not chunk:
-                break
-            chunks.append(chunk)
-    return b"".join(chunks).decode()
-
-
 def test_metrics_listener_answers_the_allow_list_only():
     port = free_port("127.0.0.2")
     metrics = m.Metrics()
     server = m.MetricsServer(f"127.0.0.2:{port}", ["127.0.0.3/32"], metrics).start()
     try:
-        answer = get(f"http://127.0.0.2:{port}/metrics", source="127.0.0.3")
+        answer = get_from("127.0.0.2", port, source="127.0.0.3")
         assert answer.startswith("HTTP/1.0 200") and "swallowkeeper_watcher_syncs_total 0" in answer
-        assert get(f"http://127.0.0.2:{port}/metrics", source="127.0.0.4") == ""   # closed unanswered
-        assert get(f"http://127.0.0.2:{port}/status", source="127.0.0.3").startswith("HTTP/1.0 404")
+        assert get_from("127.0.0.2", port, source="127.0.0.4") == ""   # closed unanswered
+        assert get_from("127.0.0.2", port, "/status", source="127.0.0.3").startswith("HTTP/1.0 404")
         request = urllib.request.Request(f"http://127.0.0.2:{port}/release", method="POST")
         with pytest.raises(Exception) as refused:   # from 127.0.0.1: not allowed, no answer
             urllib.request.urlopen(request, timeout=5)
@@ -163,10 +150,8 @@ def test_metrics_listener_on_ipv6():
     for allow, answered in ((["::1/128"], True), (["127.0.0.0/8"], False)):
         server = m.MetricsServer(f"[::1]:{port}", allow, m.Metrics()).start()
         try:
-            with socket.create_connection(("::1", port), timeout=5) as sock:
-                sock.sendall(b"GET /metrics HTTP/1.0\r\n\r\n")
-                first = sock.recv(64)
-            assert first.startswith(b"HTTP/1.0 200") if answered else first == b"", (allow, first)
+            answer = get_from("::1", port, source=None)
+            assert answer.startswith("HTTP/1.0 200") if answered else answer == "", (allow, answer[:100])
         finally:
             server.stop()
 
