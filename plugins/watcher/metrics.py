@@ -332,7 +332,6 @@ class StatusServer(_Listener):
         self.server.daemon_threads = True
         self.thread = threading.Thread(target=self.server.serve_forever, name="status-http", daemon=True)
 
-
     def _handler(self) -> type[BaseHTTPRequestHandler]:
         outer = self
 
