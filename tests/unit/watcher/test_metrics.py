@@ -96,7 +96,7 @@ def test_stamped_queue_claims_when_the_earliest_answer_was_read():
     events.put(("health", [], 7))
     clock.now = 102.0
     events.put(("catalog", {}, 8))
-    assert [events.get()[0] for _ in range(3)] == ["wake", "health", "catalog"]
+    assert [events.get()[0] for _unused in range(3)] == ["wake", "health", "catalog"]
     assert events.claim() == 101.0       # the wake-up does not count
     assert events.claim() is None
 
