@@ -32,8 +32,7 @@ from ansible_collections.swallowkeeper.dyups.plugins.watcher import settings as 
 from ansible_collections.swallowkeeper.dyups.plugins.watcher import memory
 from ansible_collections.swallowkeeper.dyups.plugins.watcher.backoff import Backoff
 from ansible_collections.swallowkeeper.dyups.plugins.watcher.consul_source import ConsulSource, consul_error_kind
-from ansible_collections.swallowkeeper.dyups.plugins.watcher.metrics import (
-    Metrics, MetricsServer, StampedQueue, StatusServer)
+from ansible_collections.swallowkeeper.dyups.plugins.watcher.metrics import Metrics, StampedQueue, start_listeners
 from ansible_collections.swallowkeeper.dyups.plugins.watcher.sync import Syncer, dyups_error_kind
 from ansible_collections.swallowkeeper.dyups.plugins.watcher.systemd_notify import Supervision
 from ansible_collections.swallowkeeper.dyups.plugins.watcher.transport import KeepAliveTransport
@@ -49,7 +48,7 @@ class Daemon:
         self.dry_run = dry_run
         self.clock = clock
         self.metrics = Metrics()
-        self.events = StampedQueue()  # queue.Queue of (kind, ...) events; claim(): when they were read
+        self.events = StampedQueue()  # (kind, ...) events; claim(): when they were read
         self.stopping = threading.Event()
         self.reload_requested = False
         self._skipped_seen: set[tuple[str, str]] = set()
@@ -117,15 +116,11 @@ class Daemon:
         signal.signal(signal.SIGUSR1, self.request_release)
 
     def run(self) -> int:
-        status_server = None
-        if self.settings.status_listen:
-            status_server = StatusServer(self.settings.status_listen, self.metrics, self.request_release).start()
-            log.info("status and metrics on http://%s:%d/", *status_server.address[:2])
-        metrics_server = None
-        if self.settings.metrics_listen:
-            metrics_server = MetricsServer(self.settings.metrics_listen, self.settings.metrics_allow,
-                                           self.metrics).start()
-            log.info("metrics for %s on %s", ", ".join(self.settings.metrics_allow), self.settings.metrics_listen)
+        try:
+            listeners = start_listeners(self.settings, self.metrics, self.request_release)
+        except OSError as exc:  # the message names the setting and the address
+            log.error("cannot start: %s", exc)
+            return 2
         self.supervision.start()
         log.info("watching Consul at %s; upstream file %s; dyups at %s%s", self.settings.consul_url,
                  self.settings.upstream_file, self.settings.dyups_url, " (dry run)" if self.dry_run else "")
@@ -134,10 +129,8 @@ class Daemon:
         finally:
             self.source.stop()
             self.dyups_transport.close()
-            if status_server:
-                status_server.stop()
-            if metrics_server:
-                metrics_server.stop()
+            for listener in listeners:
+                listener.stop()
             self.supervision.stop()
             log.info("stopped")
         return 0

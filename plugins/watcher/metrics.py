@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import logging
 import os
 import queue
 import resource
@@ -39,6 +40,7 @@ ERROR_KINDS = (
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 LATENCY_METRIC = "consul_to_applied_seconds"
 _L = TypeVar("_L", bound="_Listener")
+log = logging.getLogger("swallowkeeper.watcher")
 
 
 class Histogram:
@@ -411,3 +413,27 @@ class MetricsServer(_Listener):
 
         self.server = Server((host, port), Handler)
         self.thread = threading.Thread(target=self.server.serve_forever, name="metrics-http", daemon=True)
+
+
+def start_listeners(settings: Any, metrics: Metrics, release: Callable[[], str]) -> list[_Listener]:
+    """The listeners the settings ask for, started: the loopback status endpoint (``status_listen``) and
+    the metrics listener (``metrics_listen``). OSError naming the setting when one cannot listen (the
+    ones already started are stopped)."""
+    started: list[_Listener] = []
+    wanted = [("status_listen", lambda: StatusServer(settings.status_listen, metrics, release)),
+              ("metrics_listen", lambda: MetricsServer(settings.metrics_listen, settings.metrics_allow, metrics))]
+    for name, make in wanted:
+        if not getattr(settings, name):
+            continue
+        try:
+            started.append(make().start())
+        except OSError as exc:
+            for listener in started:
+                listener.stop()
+            raise OSError(f"{name} {getattr(settings, name)}: {exc.strerror or exc}") from None
+    for listener in started:
+        host, port = listener.address[:2]
+        what = ("status and metrics" if isinstance(listener, StatusServer)
+                else f"metrics for {', '.join(settings.metrics_allow)}")
+        log.info("%s on http://%s:%d/", what, f"[{host}]" if ":" in host else host, port)
+    return started

@@ -235,6 +235,12 @@ def check(settings: Settings) -> None:
             raise SettingsError(f"status_listen: expected a loopback address:port, got {settings.status_listen!r}")
 
     check_metrics_listener(settings.metrics_listen, settings.metrics_allow)
+    if settings.metrics_listen and settings.status_listen:
+        host, port = split_listen(settings.metrics_listen)
+        status_host, _sep, status_port = settings.status_listen.rpartition(":")
+        if str(port) == status_port and (ipaddress.ip_address(host).is_unspecified or host == status_host.strip("[]")):
+            raise SettingsError(f"metrics_listen: {settings.metrics_listen} takes the port of status_listen "
+                                f"{settings.status_listen}; give it another port")
 
 
 def check_metrics_listener(listen: str, allow: list[str]) -> None:

@@ -172,6 +172,8 @@ def test_allow_list_matches_ipv4_clients_of_an_ipv6_socket():
     ({"metrics_listen": "0.0.0.0:9345", "metrics_allow": ["10.0.0.1/8"]}, "'10.0.0.1/8' is not a CIDR"),
     ({"metrics_listen": "0.0.0.0:9345", "metrics_allow": ["everyone"]}, "'everyone' is not a CIDR"),
     ({"metrics_allow": ["10.0.0.0/8"]}, "metrics_listen is not"),
+    ({"metrics_listen": "0.0.0.0:18883", "metrics_allow": ["10.0.0.0/8"]}, "takes the port of status_listen"),
+    ({"metrics_listen": "127.0.0.1:18883", "metrics_allow": ["10.0.0.0/8"]}, "takes the port of status_listen"),
 ])
 def test_bad_metrics_listener_settings_are_refused(values, fragment):
     with pytest.raises(s.SettingsError, match=re.escape(fragment)):
@@ -182,3 +184,19 @@ def test_metrics_listener_settings_accepted():
     settings = s.build({"metrics_listen": "[::]:9345", "metrics_allow": "10.0.0.0/8, fd00::/8"}, environ={})
     assert settings.metrics_allow == ["10.0.0.0/8", "fd00::/8"]
     assert s.build(environ={}).metrics_listen == ""
+
+
+def test_a_listener_that_cannot_listen_is_named_and_the_others_stopped():
+    """A port already taken: start_listeners says which setting and address, and leaves nothing running."""
+    status_port, taken = free_port(), socket.socket()
+    taken.bind(("127.0.0.2", 0))
+    taken.listen()
+    try:
+        settings = s.build({"status_listen": f"127.0.0.1:{status_port}", "metrics_allow": ["127.0.0.0/8"],
+                            "metrics_listen": f"127.0.0.2:{taken.getsockname()[1]}"}, environ={})
+        with pytest.raises(OSError, match=re.escape(f"metrics_listen 127.0.0.2:{taken.getsockname()[1]}: ")):
+            m.start_listeners(settings, m.Metrics(), lambda: "")
+        with socket.socket() as probe:   # the status endpoint started first was closed again
+            assert probe.connect_ex(("127.0.0.1", status_port)) != 0
+    finally:
+        taken.close()
