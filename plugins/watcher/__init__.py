@@ -15,7 +15,9 @@ Where things are:
 - ``consul_answers.py``  Consul's answers kept small: unread fields dropped, health answers indexed
 - ``safety.py``     the zero-instance policy and the mass-removal hold
 - ``sync.py``       desired upstreams -> file first -> POST/DELETE what changed; drift repair
-- ``metrics.py``    counters and the loopback status / Prometheus endpoint
+- ``metrics.py``    counters, gauges, the histogram Consul answer -> applied, process_* metrics; the loopback
+  status / Prometheus endpoint and the opt-in metrics listener with its allow list (docs/monitoring.md)
+- ``systemd_notify.py``  READY / WATCHDOG / STOPPING to systemd (Type=notify, WatchdogSec)
 - ``daemon.py``     the event loop: coalescing, retries with backoff, signals
 - ``cli.py``        ``--once``, ``--dry-run``, exit codes
 - ``validate_upstreams.py``  ``nginx -t`` on a candidate upstream file alone (a validate_command)
