@@ -152,3 +152,26 @@ def test_daemon_sends_ready_and_watchdog_tied_to_its_loop(notify_socket, tmp_pat
             break
         rest.append(message)
     assert rest[-1] == "STOPPING=1", rest
+
+
+def test_daemon_counts_a_dead_long_poll_thread(tmp_path):
+    """The daemon's polls_alive: False as soon as one long poll thread has ended (a poll that died)."""
+    from ansible_collections.swallowkeeper.dyups.plugins.watcher import daemon as d
+    from ansible_collections.swallowkeeper.dyups.plugins.watcher import settings as s
+
+    daemon = d.Daemon(s.build({"upstream_file": str(tmp_path / "upstreams.conf"), "status_listen": ""}, environ={}))
+    assert daemon._polls_alive()           # not watching yet: no thread to be dead
+    release = threading.Event()
+    running = threading.Thread(target=release.wait)
+    ended = threading.Thread(target=lambda: None)
+    running.start()
+    ended.start()
+    ended.join()
+    try:
+        daemon.source.threads = [running]
+        assert daemon._polls_alive()
+        daemon.source.threads = [running, ended]
+        assert not daemon._polls_alive()
+    finally:
+        release.set()
+        running.join()
