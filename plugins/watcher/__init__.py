@@ -20,7 +20,9 @@ Where things are:
 - ``sync.py``       desired upstreams -> file first -> POST/DELETE what changed; drift repair
 - ``host_names.py``  servers written as host names: resolved at every sync, left out when they do not resolve
 - ``pushes.py``     push bookkeeping: POSTs and DELETEs the interface has not confirmed, and sending them
-- ``metrics.py``    counters and the loopback status / Prometheus endpoint
+- ``metrics.py``    counters, gauges, the histogram Consul answer -> applied, process_* metrics; the loopback
+  status / Prometheus endpoint and the opt-in metrics listener with its allow list (docs/monitoring.md)
+- ``systemd_notify.py``  READY / WATCHDOG / STOPPING to systemd (Type=notify, WatchdogSec)
 - ``daemon.py``     the event loop: coalescing, retries with backoff, signals
 - ``cli.py``        ``--once``, ``--dry-run``, exit codes
 - ``validate_upstreams.py``  ``nginx -t`` on a candidate upstream file alone (a validate_command)

@@ -34,9 +34,10 @@ from ansible_collections.swallowkeeper.dyups.plugins.watcher import settings as 
 from ansible_collections.swallowkeeper.dyups.plugins.watcher import memory, nginx_processes
 from ansible_collections.swallowkeeper.dyups.plugins.watcher.backoff import Backoff
 from ansible_collections.swallowkeeper.dyups.plugins.watcher.consul_source import ConsulSource, consul_error_kind
-from ansible_collections.swallowkeeper.dyups.plugins.watcher.metrics import Metrics, StatusServer
+from ansible_collections.swallowkeeper.dyups.plugins.watcher.metrics import Metrics, StampedQueue, start_listeners
 from ansible_collections.swallowkeeper.dyups.plugins.watcher.pushes import dyups_error_kind
 from ansible_collections.swallowkeeper.dyups.plugins.watcher.sync import Syncer
+from ansible_collections.swallowkeeper.dyups.plugins.watcher.systemd_notify import Supervision
 from ansible_collections.swallowkeeper.dyups.plugins.watcher.transport import KeepAliveTransport
 
 log = logging.getLogger("swallowkeeper.watcher")
@@ -50,7 +51,7 @@ class Daemon:
         self.dry_run = dry_run
         self.clock = clock
         self.metrics = Metrics()
-        self.events: queue.Queue[tuple[str, Any]] = queue.Queue()
+        self.events = StampedQueue()  # (kind, ...) events; claim(): when they were read
         self.stopping = threading.Event()
         self.stop_signalled = False      # set by the signal handlers, which take no lock (install_signals)
         self.release_signalled = False
@@ -62,6 +63,8 @@ class Daemon:
         self._skipped_list: list[dict[str, Any]] | None = None  # the source's skip list last logged (replaced when it changes)
         self._syncer_skipped = False
         self._build()
+        self.supervision = Supervision(lambda: self.metrics.loop_heartbeat, self._polls_alive,
+                                       lambda: self.events.put(("wake", None)))
 
     def _build(self) -> None:
         """Make the connections, the Syncer and the Consul source for ``self.settings``; raises (a token
@@ -179,10 +182,12 @@ class Daemon:
         return self.stop_signalled or self.stopping.is_set()
 
     def run(self) -> int:
-        status_server = None
-        if self.settings.status_listen:
-            status_server = StatusServer(self.settings.status_listen, self.metrics, self.request_release).start()
-            log.info("status and metrics on http://%s:%d/", *status_server.address[:2])
+        try:
+            listeners = start_listeners(self.settings, self.metrics, self.request_release)
+        except OSError as exc:  # the message names the setting and the address
+            log.error("cannot start: %s", exc)
+            return 2
+        self.supervision.start()
         if self.nginx is not None:
             self.nginx.start()
         log.info("watching Consul at %s; upstream file %s; dyups at %s%s", self.settings.consul_url,
@@ -195,8 +200,9 @@ class Daemon:
             self.dyups_transport.close()
             if self.nginx is not None:
                 self.nginx.stop()
-            if status_server:
-                status_server.stop()
+            for listener in listeners:
+                listener.stop()
+            self.supervision.stop()
             log.info("stopped")
         return 0
 
@@ -232,6 +238,7 @@ class Daemon:
                 need_sync = False
                 if not self._sync():   # the read that had to confirm a hold failed: Consul read again soon
                     next_refresh = min(next_refresh, self.clock() + self.consul_retry.next())
+            self.supervision.ready()  # once: after the first full read and sync, or their failure
             if self.syncer.has_pending and (next_retry is None or now >= next_retry):
                 if next_retry is not None:
                     self.syncer.retry()
@@ -253,17 +260,23 @@ class Daemon:
                 need_sync = True
             timeout = max(0.0, min(deadlines) - self.clock())
             batch = self._collect(timeout)
+            read_at = self.events.claim()
             if batch:
                 try:
                     started = self.clock()
                     if self.source.apply_events(batch):
                         need_sync = True
+                        self.metrics.latency.folded(read_at)
                     log.debug("%d event(s) folded in %.1f ms", len(batch), (self.clock() - started) * 1000)
                 except Exception as exc:  # ConsulError while fetching changed services: full read later
                     kind = consul_error_kind(exc)
                     self.metrics.error(kind)
                     log.error("Consul read failed after an event (%s), keeping the current state: %s", kind, exc)
                     next_refresh = self.clock() + self.consul_retry.next()
+
+    def _polls_alive(self) -> bool:
+        source = self.source  # replaced by a SIGHUP reload
+        return source is None or all(thread.is_alive() for thread in source.threads)
 
     def _collect(self, timeout: float) -> list[tuple[str, Any]]:
         """Events that arrived within ``timeout``, coalesced by the quiescence window."""
@@ -308,7 +321,10 @@ class Daemon:
             confirmed = self._refresh()
             read_failed = not confirmed
         upstreams, empty, changed = self.source.take_changes()
+        self.metrics.latency.taken(changed)
         report = self.syncer.sync(upstreams, empty, changed=changed, consul_confirmed=confirmed)
+        self.metrics.latency.settle(None if self.syncer.unwritten
+                                    else self.syncer.pushes.pending | self.syncer.pushes.gone)
         skipped = self.source.skipped()
         if skipped is not self._skipped_list or self.syncer.skipped or self._syncer_skipped:
             self._log_skipped(skipped + self.syncer.skipped)

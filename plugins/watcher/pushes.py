@@ -105,7 +105,7 @@ class Pushes:
             self.pending.discard(name)
             self.deleted.discard(name)
             report.posted.append(name)
-            self.metrics.count("changes_applied")
+            self.metrics.change_applied(name)  # counted, and timed from the Consul answer
         live = {name_key(name) for name in applied} if self.gone else set()
         for name in sorted(self.gone):
             if name_key(name) in live:
@@ -124,7 +124,7 @@ class Pushes:
             self.gone.discard(name)   # no longer owned: an upstream added under this name later is someone else's
             self.deleted.add(name)
             report.deleted.append(name)
-            self.metrics.count("changes_applied")
+            self.metrics.change_applied(name)
         self.metrics.set(dyups_up=0 if any(isinstance(e, DyupsUnavailable) for _n, e in report.failed) else 1)
 
     def forget_deleted(self) -> None:

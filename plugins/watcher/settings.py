@@ -30,6 +30,7 @@ from ansible_collections.swallowkeeper.dyups.plugins.module_utils._errors import
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._names import validate_name
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._reserved import (
     Reserved, ReservedNamesUnknown, reserved_from)
+from ansible_collections.swallowkeeper.dyups.plugins.watcher.metrics import split_listen
 
 ZERO_INSTANCE_POLICIES = ("keep", "down", "delete")
 MAX_REMOVAL_GUARD_WINDOW = 3600.0  # an hour: older removals are no one mass event (and each sync reads the window)
@@ -103,6 +104,9 @@ OPTIONS = (
     Option("retry_max", 5.0, float, "longest retry delay (also: the longest a recovered Consul or nginx waits)"),
     Option("status_listen", "127.0.0.1:18883", str, "loopback address:port of the status and metrics "
                                                     "endpoint ('' to disable)"),
+    Option("metrics_listen", "", str, "ADDRESS:PORT of an extra listener for GET /metrics only, on any "
+                                      "address, answering only metrics_allow ('' : none)"),
+    Option("metrics_allow", [], list, "CIDRs whose clients metrics_listen answers (required with it)"),
     Option("log_level", "info", str, "debug | info | warning | error"),
 )
 _BY_NAME = {option.name: option for option in OPTIONS}
@@ -256,6 +260,35 @@ def check(settings: Settings) -> None:
             loopback = False
         if not loopback or not port.isdigit():
             raise SettingsError(f"status_listen: expected a loopback address:port, got {settings.status_listen!r}")
+
+    check_metrics_listener(settings.metrics_listen, settings.metrics_allow)
+    if settings.metrics_listen and settings.status_listen:
+        host, port = split_listen(settings.metrics_listen)
+        status_host, _sep, status_port = settings.status_listen.rpartition(":")
+        if str(port) == status_port and (ipaddress.ip_address(host).is_unspecified or host == status_host.strip("[]")):
+            raise SettingsError(f"metrics_listen: {settings.metrics_listen} takes the port of status_listen "
+                                f"{settings.status_listen}; give it another port")
+
+
+def check_metrics_listener(listen: str, allow: list[str]) -> None:
+    """``metrics_listen`` an IP literal and a port; ``metrics_allow`` CIDRs, given with it and only with it."""
+    if not listen:
+        if allow:
+            raise SettingsError("metrics_allow: set, but metrics_listen is not (it opens no listener alone)")
+        return
+    try:
+        split_listen(listen)
+    except ValueError:
+        raise SettingsError(f"metrics_listen: expected an IP address and a port (0.0.0.0:9345, [::]:9345), "
+                            f"got {listen!r}") from None
+    if not allow:
+        raise SettingsError("metrics_listen: needs metrics_allow, the CIDRs of the scrapers it answers "
+                            "(e.g. [10.0.0.5/32])")
+    for cidr in allow:
+        try:
+            ipaddress.ip_network(cidr)
+        except ValueError as exc:
+            raise SettingsError(f"metrics_allow: {cidr!r} is not a CIDR: {exc}") from None
 
 
 def option_names() -> list[str]:

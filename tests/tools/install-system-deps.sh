@@ -4,13 +4,13 @@
 # build needs (build-essential libpcre2-dev libssl-dev zlib1g-dev: tests/tools/get-tengine.sh), what
 # Tengine's own dyups.t needs (perl's prove, openssl: tests/conformance/test_tengine_dyups_suite.py), and
 # debootstrap, systemd-container, apt-cacher-ng, openssh-client for the test hosts (tests/hosts: booted
-# containers reached over ssh). Package installs must not start services (no systemd here, and a stray
+# containers reached over ssh), prometheus for promtool (the alert rules' checks: tests/unit/test_monitoring_rules.py). Package installs must not start services (no systemd here, and a stray
 # nginx on port 80 or apt-cacher-ng on 3142 is not wanted): a policy-rc.d denies that for the duration
 # of the install. Uses the machine's own apt sources; idempotent.
 set -euo pipefail
 packages=(nginx libnginx-mod-http-lua lua-resty-core lua-resty-lrucache wrk supervisor python3-venv curl ca-certificates procps iproute2 util-linux shellcheck
   build-essential libpcre2-dev libssl-dev zlib1g-dev perl openssl
-  debootstrap systemd-container apt-cacher-ng openssh-client)
+  debootstrap systemd-container apt-cacher-ng openssh-client prometheus)
 missing=()
 for p in "${packages[@]}"; do
   # Compared whole (no pipe into grep -q, whose early exit can fail the pipeline under pipefail).
