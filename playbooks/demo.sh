@@ -6,11 +6,13 @@
 #
 #   playbooks/demo.sh                      the demo
 #   playbooks/demo.sh -e demo_front_port=28080     extra arguments go to ansible-playbook
-#   playbooks/demo.sh --cleanup            stop what the demo started (playbooks/demo-cleanup.yml)
+#   playbooks/demo.sh --cleanup            stop what the demo started and remove its units or supervisor
+#                                          programs (playbooks/demo-cleanup.yml): nothing of it starts again
 #   playbooks/demo.sh --flavor tengine [TARBALL]   the same demo on Tengine, built by the role from a
 #                                          Tengine source tarball: TARBALL, else $TENGINE_TARBALL (a few
 #                                          minutes more; the default stock-nginx demo is the fastest)
-#   playbooks/demo.sh --cleanup --flavor tengine   stop the Tengine demo
+#   playbooks/demo.sh --cleanup --flavor tengine   the same for the Tengine demo (it also stops a Tengine
+#                                          that no service manager knows any more, through its PID file)
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"

@@ -13,7 +13,9 @@
 # (ansible-lint), molecule (the role on booted Debian containers over ssh, tests/hosts: flavor
 # tengine and nginx under systemd, nginx under supervisor, and a fleet of three proxies against a
 # three-server Consul cluster with TLS and ACLs; never on this machine itself), bench (short
-# benchmark and resilience runs; results to tests/output/, not to docs/).
+# benchmark and resilience runs; results to tests/output/, not to docs/); outside the default, named only:
+# demo (playbooks/demo.sh's playbooks and cleanup on a booted container, under supervisor and systemd,
+# with restarts of supervisord and reboots: tests/hosts/demo_check.py; the molecule stage runs its short form).
 #
 # Tengine: setup builds one with the role's source path (tests/tools/get-tengine.sh, from $TENGINE_TARBALL
 # or ../shared/tengine/tengine-3.2.0.tar.gz; cached in /var/cache/swallowkeeper-dyups/tengine, so only the
@@ -84,7 +86,8 @@ for stage in "${stages[@]}"; do
     lint)        run lint tests/tools/lint.sh ;;
     molecule)    run molecule tests/tools/molecule.sh ;;
     bench)       run bench tests/tools/bench.sh --short ;;
-    *) echo "unknown stage: $stage (known: ${all[*]})"; exit 2 ;;
+    demo)        run demo python -m tests.hosts.demo_check ;;
+    *) echo "unknown stage: $stage (known: ${all[*]} demo)"; exit 2 ;;
   esac
 done
 step "done"

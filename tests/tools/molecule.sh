@@ -11,14 +11,16 @@
 # one container per platform of the scenario's molecule.yml (one bridge per scenario), points molecule
 # at them (SKDY_ADDR_<platform>, and SKDY_HOST_ADDRESS for the first; SKDY_SSH_KEY, SKDY_RUN_DIR), and
 # removes them afterwards, also when molecule fails or the script is interrupted. The role never touches this machine then.
-# tengine_dyups (localhost, supervisor) converges THIS machine; it runs only when named.
+# tengine_dyups (localhost, supervisor) converges THIS machine; it runs only when named. demo_host is no
+# molecule scenario: the demo, its cleanup and the watcher's teardown on a container of its own, under
+# supervisor (tests/hosts/demo_check.py --short, beside the scenarios; the full form: tests/run.sh demo).
 #
 # Needs root, tests/tools/install-system-deps.sh and tests/tools/venv.sh done, ../shared/tengine
 # beside the checkout (or TENGINE_TARBALL, or SKDY_TENGINE_TARBALL). Logs end up in tests/output/molecule/.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$root"
-host_scenarios=(tengine_host nginx_host supervisor_host fleet_host)
+host_scenarios=(tengine_host nginx_host supervisor_host fleet_host demo_host)
 [ -x .venv/bin/molecule ] || { echo "no .venv/bin/molecule: run tests/tools/venv.sh first" >&2; exit 2; }
 [ "$(id -u)" = 0 ] || { echo "the scenarios start containers and services: run it as root" >&2; exit 2; }
 export PATH="$root/.venv/bin:$PATH"
@@ -111,6 +113,9 @@ PY
 run_one() {
   local scenario=$1 start=$SECONDS rc=0
   case "$scenario" in
+    # Not a molecule scenario: the demo and its cleanup on a container of its own (tests/hosts/demo_check.py;
+    # its short form here, the full one is tests/run.sh's demo stage).
+    demo_host) .venv/bin/python -m tests.hosts.demo_check --short || rc=$? ;;
     *_host) run_on_host "$scenario" || rc=$? ;;
     *) run_localhost "$scenario" || rc=$? ;;
   esac
