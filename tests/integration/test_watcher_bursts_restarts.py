@@ -62,6 +62,7 @@ class RestartBench(base.Bench):
         self.hosts = self.workdir / "hosts"
         self.hosts.write_text(base.TEST_HOSTS)
         self.watcher = self.interface = self.fresh = None
+        self.proxy = None   # the base bench's fault proxy in front of Consul: this bench has relays instead
         self.releases = self.fresh_checks = 0
         self.upstream_file = self.workdir / "upstreams.conf"
         self.consul_relay = self.dyups_relay = None

@@ -15,6 +15,7 @@ from tests.support.ports import free_port
 from tests.support.tengine import proxy_factory  # noqa: F401  # pylint: disable=unused-import  # pytest fixture
 from tests.support.watcher import WatcherProcess
 
+QUIESCENCE_MAX = 0.25   # the watcher's default quiescence_max (plugins/watcher/settings.py)
 LATENCY = "swallowkeeper_watcher_consul_to_applied_seconds"
 
 
@@ -47,7 +48,10 @@ def test_flip_is_timed_and_process_metrics_are_sane(tmp_path, proxy_factory):  #
             assert after["swallowkeeper_watcher_changes_applied_total"] == \
                 before["swallowkeeper_watcher_changes_applied_total"] + 1
             took = after[f"{LATENCY}_sum"] - before[f"{LATENCY}_sum"]
-            assert 0 < took < elapsed, (took, elapsed)  # read after the flip, answered before we saw it
+            # timed from the earliest Consul answer of the batch the flip was folded in: an answer read just
+            # before the flip (another long poll's, within the quiescence window) starts it early, by at most
+            # quiescence_max (seen once under load: 40 ms timed, 27 ms seen by the test)
+            assert 0 < took < elapsed + QUIESCENCE_MAX, (took, elapsed)
             assert after[f'{LATENCY}_bucket{{le="+Inf"}}'] == after[f"{LATENCY}_count"]
             assert after[f'{LATENCY}_bucket{{le="30.0"}}'] == after[f"{LATENCY}_count"]
 
