@@ -32,4 +32,4 @@ Where things are:
   ansible_collections.swallowkeeper.dyups.plugins.watcher`` where the collection is installed
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
