@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """consul_services at scale: wall time and peak RSS of one module run against a real Consul agent.
 
 A Consul agent (tests/support/consul.py) gets SIZE services x 3 instances through the catalog API in

@@ -95,7 +95,7 @@ def test_https_vhost_serves_and_follows_a_flip(tmp_path, proxy_factory):  # noqa
         proxy = proxy_factory(http_snippet=text)
         assert proxy.api("POST", "/upstream/web", f"server 127.0.0.1:{first};")[0] == 200
         # every worker has the upstream (Tengine's reach the others within dyups_read_msg_timeout)
-        proxy.wait_for(lambda: all(https_get(port, cert)[1].endswith(f"{first}\n") for _ in range(12)),
+        proxy.wait_for(lambda: all(https_get(port, cert)[1].endswith(f"{first}\n") for _unused in range(12)),
                        "the HTTPS vhost serves the upstream")
         version, answer = https_get(port, cert)
         assert version == "TLSv1.3" and answer.startswith("HTTP/1.1 200") and answer.endswith(f"{first}\n"), answer
