@@ -15,7 +15,8 @@
 # three-server Consul cluster with TLS and ACLs; never on this machine itself), bench (short
 # benchmark and resilience runs; results to tests/output/, not to docs/); outside the default, named only:
 # demo (playbooks/demo.sh's playbooks and cleanup on a booted container, under supervisor and systemd,
-# with restarts of supervisord and reboots: tests/hosts/demo_check.py; the molecule stage runs its short form).
+# with restarts of supervisord and reboots: tests/hosts/demo_check.py; its short form is
+# tests/tools/molecule.sh demo_host), not in the default run (CI's 35 minutes).
 #
 # Tengine: setup builds one with the role's source path (tests/tools/get-tengine.sh, from $TENGINE_TARBALL
 # or ../shared/tengine/tengine-3.2.0.tar.gz; cached in /var/cache/swallowkeeper-dyups/tengine, so only the

@@ -13,14 +13,15 @@
 # removes them afterwards, also when molecule fails or the script is interrupted. The role never touches this machine then.
 # tengine_dyups (localhost, supervisor) converges THIS machine; it runs only when named. demo_host is no
 # molecule scenario: the demo, its cleanup and the watcher's teardown on a container of its own, under
-# supervisor (tests/hosts/demo_check.py --short, beside the scenarios; the full form: tests/run.sh demo).
+# supervisor (tests/hosts/demo_check.py --short); it runs only when named, like tests/run.sh's demo stage (the
+# full form), both outside the default run: beside the four scenarios it pushed CI past 30 minutes on 2 cores.
 #
 # Needs root, tests/tools/install-system-deps.sh and tests/tools/venv.sh done, ../shared/tengine
 # beside the checkout (or TENGINE_TARBALL, or SKDY_TENGINE_TARBALL). Logs end up in tests/output/molecule/.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$root"
-host_scenarios=(tengine_host nginx_host supervisor_host fleet_host demo_host)
+host_scenarios=(tengine_host nginx_host supervisor_host fleet_host)
 [ -x .venv/bin/molecule ] || { echo "no .venv/bin/molecule: run tests/tools/venv.sh first" >&2; exit 2; }
 [ "$(id -u)" = 0 ] || { echo "the scenarios start containers and services: run it as root" >&2; exit 2; }
 export PATH="$root/.venv/bin:$PATH"
