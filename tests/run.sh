@@ -18,6 +18,13 @@
 # with restarts of supervisord and reboots: tests/hosts/demo_check.py; its short form is
 # tests/tools/molecule.sh demo_host), not in the default run (CI's 35 minutes).
 #
+# Side by side: when other stages than unit come in one run with molecule, the molecule stage starts in the
+# background after unit (under `nice -n 10` and the lowest best-effort I/O priority, its output to
+# tests/output/molecule-stage.log, printed when it ends) and the other stages run meanwhile in the
+# foreground with the machine's first claim on the CPU: the scenarios mostly wait on ssh round trips to
+# their containers, and they are the longest stage (about 15 minutes). SKDY_MOLECULE_BACKGROUND=0 runs
+# every stage in turn.
+#
 # Tengine: setup builds one with the role's source path (tests/tools/get-tengine.sh, from $TENGINE_TARBALL
 # or ../shared/tengine/tengine-3.2.0.tar.gz; cached in /var/cache/swallowkeeper-dyups/tengine, so only the
 # first run builds) and exports TENGINE_BIN; every suite that talks to a proxy then runs on Tengine and the
@@ -77,20 +84,56 @@ run() {  # run a stage, remember failure, keep going so one run reports every br
   if "$@"; then echo "--- $name: passed in $((SECONDS - start))s"
   else echo "--- $name: FAILED in $((SECONDS - start))s"; status=1; fi
 }
+# The molecule stage in the background (see the header): started before the first stage after unit,
+# awaited at the end.
+molecule_log=tests/output/molecule-stage.log
+molecule_pid=""
+molecule_start=0
+molecule_background=0
+if [ "${SKDY_MOLECULE_BACKGROUND:-1}" = 1 ] && [ ${#stages[@]} -gt 1 ] \
+   && [ "${stages[${#stages[@]}-1]}" != molecule ]; then
+  for stage in "${stages[@]}"; do [ "$stage" = molecule ] && molecule_background=1; done
+fi
+stop_molecule() {  # an interrupted run stops the scenarios (molecule.sh removes their containers itself)
+  if [ -n "$molecule_pid" ]; then kill -TERM "$molecule_pid" 2>/dev/null || true; wait "$molecule_pid" || true; fi
+}
+trap stop_molecule EXIT
+trap 'stop_molecule; exit 130' INT
+trap 'stop_molecule; exit 143' TERM
+start_molecule() {
+  step "molecule (started in the background; its output follows when it ends: $molecule_log)"
+  molecule_start=$SECONDS
+  nice -n 10 ionice -c 2 -n 7 tests/tools/molecule.sh > "$molecule_log" 2>&1 &
+  molecule_pid=$!
+}
+wait_molecule() {
+  [ -n "$molecule_pid" ] || return 0
+  local rc=0
+  wait "$molecule_pid" || rc=$?
+  molecule_pid=""
+  step "molecule (ended; its output)"
+  cat "$molecule_log"
+  if [ $rc -eq 0 ]; then echo "--- molecule: passed in $((SECONDS - molecule_start))s (in the background)"
+  else echo "--- molecule: FAILED in $((SECONDS - molecule_start))s (in the background)"; status=1; fi
+}
 for stage in "${stages[@]}"; do
+  if [ $molecule_background = 1 ] && [ "$stage" != unit ] && [ $molecule_start = 0 ]; then
+    start_molecule
+  fi
   case "$stage" in
     unit)        run unit "${pytest[@]}" -q tests/unit ;;
-    integration) run integration "${pytest[@]}" -q --timeout 600 tests/integration ;;
+    integration) run integration "${pytest[@]}" -q --timeout 600 --durations=25 tests/integration ;;
     conformance) run conformance "${pytest[@]}" -q --timeout 300 tests/conformance ;;
     sanity)      run sanity tests/tools/sanity.sh
                  run publishing tests/tools/publishing.sh ;;
     lint)        run lint tests/tools/lint.sh ;;
-    molecule)    run molecule tests/tools/molecule.sh ;;
+    molecule)    [ $molecule_background = 1 ] || run molecule tests/tools/molecule.sh ;;
     bench)       run bench tests/tools/bench.sh --short ;;
     demo)        run demo python -m tests.hosts.demo_check ;;
     *) echo "unknown stage: $stage (known: ${all[*]} demo)"; exit 2 ;;
   esac
 done
+wait_molecule
 step "done"
 if [ -f "$dyups_t_result" ]; then
   dyups_t_line=$(sed -n 1p "$dyups_t_result")

@@ -15,7 +15,7 @@ export PATH="$root/.venv/bin:$PATH"
 ANSIBLE_COLLECTIONS_PATH=$("$root/.venv/bin/python" -c \
   'from tests.support.collection import ensure_importable; print(ensure_importable())')
 export ANSIBLE_COLLECTIONS_PATH
-export ANSIBLE_HOME="$root/.cache/ansible-home"
+export ANSIBLE_HOME="$root/.cache/ansible-lint-home"  # its own: lint runs beside molecule (tests/run.sh)
 version=$("$lint" --version)  # captured whole, then cut: a pipe into head can fail by chance under pipefail
 echo "${version%%$'\n'*}"
 # Shell pipelines that can fail by chance under pipefail (file:line of each).
