@@ -280,7 +280,7 @@ from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._consul_client import (
     UNREADABLE_NAME, path_segment_safe)
-from ansible_collections.swallowkeeper.dyups.plugins.module_utils._consul_instance import parse_health_entries
+from ansible_collections.swallowkeeper.dyups.plugins.module_utils._consul_instance import parse_health_answer
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._consul_mapping import (
     MappingOptions, MappingResult, map_instances, merge_results, skipped_service)
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._consul_options import (
@@ -303,10 +303,10 @@ def read_and_map(client, names, options, report=True):
         if not path_segment_safe(name):  # names Consul accepts that no URL path reads (docs/watcher.md)
             return skipped_service(name, UNREADABLE_NAME)
         if name_problem(name):
-            return map_instances(name, None, options, report=report)
+            return map_instances(name, None, {}, options, report=report)
         entries = client.health_service(name).data
-        return map_instances(name, parse_health_entries(name, entries, options.tag_key, keep_meta=report), options,
-                             report=report)
+        registrations, health = parse_health_answer(name, entries, options.tag_key, keep_meta=report) or (None, {})
+        return map_instances(name, registrations, health, options, report=report)
 
     names = sorted(names)
     if len(names) <= 1:
