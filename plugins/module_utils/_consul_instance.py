@@ -303,3 +303,15 @@ def parse_node_services(answer: Any, tag_key: str, keep_meta: bool = True,
             continue
         result.append((name, parse_registration(name, node_data, service_data, None, tag_key, keep_meta)))
     return result
+
+
+def node_registrations(node: str, answer: Any, tag_key: str, keep_meta: bool = True,
+                       wanted: Optional[Container[str]] = None) -> List[Tuple[str, InstanceKey, Instance]]:
+    """``(service name, key, Instance)`` of each registration of a ``/v1/catalog/node-services/NODE``
+    answer (see parse_node_services), keyed as in the registrations store (see keyed)."""
+    seen: Dict[InstanceKey, Instance] = {}
+    result = []
+    for position, (name, instance) in enumerate(parse_node_services(answer, tag_key, keep_meta, wanted)):
+        key = keyed(instance, seen, f"#malformed-{node}-{position}")
+        result.append((name, key, seen[key]))
+    return result

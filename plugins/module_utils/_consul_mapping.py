@@ -145,12 +145,16 @@ class MappingResult:
 
     def upstream_specs(self) -> dict:
         """``{name: {"servers": [spec, ...], "directives": [...]}}``: the bulk form of dyups_upstream."""
-        return {name: {"servers": upstream.to_dict()["servers"], "directives": upstream.to_dict()["directives"]}
-                for name, upstream in self.upstreams.items()}
+        specs = {}
+        for name, upstream in self.upstreams.items():
+            spec = upstream.to_dict()
+            specs[name] = {"servers": spec["servers"], "directives": spec["directives"]}
+        return specs
 
     def to_dict(self) -> dict:
+        """The result as plain data; ``instances`` holds this result's own items (made for it by the mapping)."""
         return {
-            "instances": [dict(item) for item in self.instances],
+            "instances": list(self.instances),
             "upstreams": self.upstream_specs(),
             "empty": list(self.empty),
             "skipped": [dict(item) for item in self.skipped],

@@ -51,7 +51,7 @@ from typing import Any, Callable, Collection, Dict, Iterable, List, Mapping, Opt
 
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils import _consul_mapping as mapping
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._consul_instance import (
-    CheckPairs, HealthIndex, Instance, InstanceKey, health_index, keyed, parse_health_answer, parse_node_services, shown)
+    CheckPairs, HealthIndex, Instance, InstanceKey, health_index, node_registrations, parse_health_answer, shown)
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._consul_client import (
     UNREADABLE_NAME, BlockingQuery, ConsulClient, path_segment_safe, resolve_token)
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._consul_mapping import MappingResult
@@ -110,11 +110,7 @@ def _parse_node(node: str, answer: Any, instances: Dict[str, Instances], known: 
     ({service name: {(node, service id): Instance}}, only the names it already holds). An instance
     equal to the one ``known`` (the cache) holds under its key is taken from there (a lookup), so
     that a full read of an unchanged fleet allocates next to nothing that stays."""
-    seen: Dict[InstanceKey, Instance] = {}
-    for position, (name, instance) in enumerate(parse_node_services(answer, tag_key, keep_meta=False,
-                                                                    wanted=instances)):
-        key = keyed(instance, seen, f"#malformed-{node}-{position}")
-        instance = seen[key]
+    for name, key, instance in node_registrations(node, answer, tag_key, keep_meta=False, wanted=instances):
         before = known.get(name, {}).get(key)
         instances[name][key] = before if before is not None and before == instance else instance
 
