@@ -4,8 +4,10 @@
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """How Consul's services become upstreams. Pure functions of data: no I/O, no clock, no logging.
 
-Input: for each service name, the entries of ``/v1/health/service/NAME`` (each ``{"Node": {...},
-"Service": {...}, "Checks": [...]}``, every instance whatever its health).
+Input: for each service, two plain stores (_consul_instance.py): its registrations ``{(node, id):
+Instance}`` and a health index ``{(node, id) or (node, ""): check pairs}``, as
+``parse_health_answer`` builds them from the entries of ``/v1/health/service/NAME`` (the module) or
+the watcher keeps them (plugins/watcher/consul_source.py); ``map_instances`` maps one service.
 
 Rules, in order, for each instance (docs/consul.md has the table of skip reasons):
 
@@ -42,10 +44,11 @@ names that have instances, none serving: callers apply their zero-instance polic
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._consul_instance import (
-    DEFAULT_TAG_VALUE, META_KEYS, META_PREFIX, Instance, parse_health_entries, shown)
+    DEFAULT_TAG_VALUE, META_KEYS, META_PREFIX, CheckPairs, Instance, InstanceKey, instance_checks, parse_health_answer,
+    shown, tag_sources, worst_status)
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._directives import parse_directives
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._errors import ValidationError
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._names import name_key, name_problem
@@ -121,8 +124,7 @@ class MappingOptions:
     def may_map_to(self, upstream: str) -> bool:
         """True when a service these filters select can map to ``upstream``: the service's name, or the
         name, ``_`` and a tag (rule 2). What an exclusive sync with these filters may remove."""
-        parts = upstream.split("_")
-        return any(self.selects("_".join(parts[:end])) for end in range(1, len(parts) + 1))
+        return any(self.selects(service) for service in tag_sources(upstream))
 
     def directives_for(self, upstream: str) -> tuple:
         """The directives attached to ``upstream``."""
@@ -143,12 +145,16 @@ class MappingResult:
 
     def upstream_specs(self) -> dict:
         """``{name: {"servers": [spec, ...], "directives": [...]}}``: the bulk form of dyups_upstream."""
-        return {name: {"servers": upstream.to_dict()["servers"], "directives": upstream.to_dict()["directives"]}
-                for name, upstream in self.upstreams.items()}
+        specs = {}
+        for name, upstream in self.upstreams.items():
+            spec = upstream.to_dict()
+            specs[name] = {"servers": spec["servers"], "directives": spec["directives"]}
+        return specs
 
     def to_dict(self) -> dict:
+        """The result as plain data; ``instances`` holds this result's own items (made for it by the mapping)."""
         return {
-            "instances": [dict(item) for item in self.instances],
+            "instances": list(self.instances),
             "upstreams": self.upstream_specs(),
             "empty": list(self.empty),
             "skipped": [dict(item) for item in self.skipped],
@@ -192,11 +198,14 @@ def skipped_service(service: str, why: str) -> MappingResult:
     return MappingResult(skipped=[_skip_item(f"service {_text(service)}", why, service=service)])
 
 
-def map_instances(service: str, instances: Optional[Sequence[Instance]], options: MappingOptions,
+def map_instances(service: str, registrations: Optional[Mapping[InstanceKey, Instance]],
+                  health: Mapping[InstanceKey, CheckPairs], options: MappingOptions,
                   report: bool = True) -> MappingResult:
-    """The mapping of one service's Instances (None: its answer was not a list), before cross-service
-    collisions are resolved. ``report``: also list the usable instances (the module's ``instances``;
-    the watcher does without)."""
+    """The mapping of one service's registrations (``{(node, id): Instance}``; None: its answer was not
+    a list), their checks looked up in ``health`` (the health index: see _consul_instance.py), before
+    cross-service collisions are resolved. ``report``: also list the usable instances (the module's
+    ``instances``; the watcher does without)."""
+    instances = None if registrations is None else registrations.values()
     result = MappingResult()
     skipped: List[dict] = []
     result.skipped = skipped  # the empty tuple again at the end when nothing was skipped
@@ -226,13 +235,15 @@ def map_instances(service: str, instances: Optional[Sequence[Instance]], options
             skipped.append(_skip_item(_instance_what(service, instance.node, instance.id), instance.skip,
                                       service=service, node=instance.node, instance_id=instance.id))
         else:
-            candidates.append((not instance.serving(options.passing_states), instance))
+            checks = instance_checks(health, instance)
+            serving = all(status in options.passing_states for _check_id, status in checks)
+            candidates.append((not serving, instance, checks))
     # One address once per upstream: a serving instance before a non-serving one, then by node and ID.
     candidates.sort(key=lambda row: (row[0], row[1].node, row[1].id))
     by_upstream: Dict[str, list] = {}
     kept: Dict[Tuple[str, str], str] = {}
     reports = []
-    for not_serving, instance in candidates:
+    for not_serving, instance, checks in candidates:
         upstream, server = instance.upstream, instance.server
         if upstream is None or server is None:  # a parse guarantee
             raise AssertionError("a candidate is a usable Instance")
@@ -245,7 +256,7 @@ def map_instances(service: str, instances: Optional[Sequence[Instance]], options
             continue
         kept[key] = instance.id
         if report:
-            reports.append(_report(instance, instance.status, not not_serving))
+            reports.append(_report(instance, worst_status(checks), not not_serving))
         by_upstream.setdefault(upstream, []).append((server, not not_serving))
     empty = []
     broken = set()
@@ -455,6 +466,9 @@ def merge_results(results: Iterable[MappingResult]) -> MappingResult:
 def map_services(health: dict, options: Optional[MappingOptions] = None) -> MappingResult:
     """Map ``{service: [health entries]}`` to a MappingResult. Services the filters drop are ignored."""
     options = options or MappingOptions()
-    per_service = [map_instances(service, parse_health_entries(service, health[service], options.tag_key), options)
-                   for service in sorted(health, key=str) if isinstance(service, str) and options.selects(service)]
+    per_service = []
+    for service in sorted(health, key=str):
+        if isinstance(service, str) and options.selects(service):
+            registrations, checks = parse_health_answer(service, health[service], options.tag_key) or (None, {})
+            per_service.append(map_instances(service, registrations, checks, options))
     return merge_results(per_service)

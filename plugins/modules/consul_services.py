@@ -22,7 +22,11 @@ description:
     C(abc), an unknown C(dyups_*) Meta key) is left out, counted by reason in RV(skipped_reasons) and listed, the first
     O(skipped_shown) in full, in RV(skipped_items); a few warnings are shown. Nothing invalid is ever returned in
     RV(upstreams). A service whose name cannot name an upstream is not read at all.
-  - One connection to the agent per fetch thread, reused for every request.
+  - One connection to the agent per fetch thread, reused for every request. When the selected services outnumber
+    the nodes, they are read node by node (C(/v1/catalog/nodes), C(/v1/catalog/node-services/NODE) per node, one
+    C(/v1/health/state/any), a few requests, not one per service); when the catalog changes during that read, or a
+    node cannot be read by name, or the token may not read nodes, they are read service by service
+    (C(/v1/health/service/NAME)). Both give the same result.
   - Read-only. RV(upstreams) is ready for the O(swallowkeeper.dyups.dyups_upstream#module:upstreams) option of
     M(swallowkeeper.dyups.dyups_upstream).
 requirements:
@@ -272,6 +276,7 @@ catalog_index:
   sample: 4711
 """
 
+import copy
 import re
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -280,12 +285,14 @@ from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._consul_client import (
     UNREADABLE_NAME, path_segment_safe)
-from ansible_collections.swallowkeeper.dyups.plugins.module_utils._consul_instance import parse_health_entries
+from ansible_collections.swallowkeeper.dyups.plugins.module_utils._consul_instance import (
+    health_index, node_registrations, parse_health_answer)
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._consul_mapping import (
     MappingOptions, MappingResult, map_instances, merge_results, skipped_service)
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._consul_options import (
     CONSUL_REQUIRED_BY, consul_argument_spec, consul_client_from_params)
-from ansible_collections.swallowkeeper.dyups.plugins.module_utils._errors import ConsulError, ValidationError
+from ansible_collections.swallowkeeper.dyups.plugins.module_utils._errors import (
+    ConsulBadAnswer, ConsulError, ConsulForbidden, ValidationError)
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._names import name_problem
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._reserved import (
     ReservedNamesUnknown, reserved_argument_spec, reserved_from_params)
@@ -295,24 +302,82 @@ WARNINGS_SHOWN = 20
 _VALUES = re.compile(r"'[^']*'|\"[^\"]*\"|\d+")
 
 
-def read_and_map(client, names, options, report=True):
-    """The MappingResult of ``names``: each service mapped as its answer arrives (the raw answers are not all
-    kept at once), a few requests at a time; a name that cannot name an upstream is not read. ``report``:
-    list the instances too."""
-    def one(name):
+CHECK_FIELDS = ("Node", "CheckID", "Status", "ServiceID", "ServiceName")
+
+
+def check_fields(obj):
+    """json.loads' object_hook for /v1/health/state/any: a check keeps only the fields health_index reads (its
+    Output, Notes and Definition are most of a large answer)."""
+    return {key: obj[key] for key in CHECK_FIELDS if key in obj} if "CheckID" in obj else obj
+
+
+def read_by_node(client, names, options, report, catalog_index):
+    """{service: MappingResult} of ``names`` read node by node, as the watcher's full read: the two stores of
+    every service built from /v1/catalog/nodes, /v1/catalog/node-services/NODE per node and one
+    /v1/health/state/any (instances before checks), 3 + nodes requests instead of one per service. None
+    when that is not fewer requests, a node name is no clean URL path, this Consul has no node-services
+    (before 1.7) or the token may not read them, or the catalog's index moved while reading (an instance
+    came or went between the reads): the caller then reads service by service, each service's instances
+    and checks of one moment. A service found on no node is left out (read by service: that read tells an
+    empty service from a token that may not read nodes)."""
+    nodes = client.catalog_nodes().data
+    node_names = sorted({node["Node"] for node in nodes if isinstance(node, dict) and isinstance(node.get("Node"), str)})
+    if not node_names or len(node_names) + 3 >= len(names) or not all(path_segment_safe(node) for node in node_names):
+        return None
+    registrations = {name: {} for name in names}
+
+    def node_read(node):
+        return node_registrations(node, client.catalog_node_services(node).data, options.tag_key, keep_meta=report,
+                                  wanted=registrations)
+
+    try:
+        with ThreadPoolExecutor(max_workers=min(FETCH_THREADS, len(node_names))) as pool:
+            for found in pool.map(node_read, node_names):
+                for name, key, instance in found:
+                    registrations[name][key] = instance
+        checks_client = copy.copy(client)
+        checks_client.object_hook = check_fields
+        health = health_index(checks_client.health_state_any().data)
+        if client.catalog_services().index != catalog_index:
+            return None
+    except ConsulForbidden:
+        return None
+    except ConsulBadAnswer as exc:
+        if exc.status == 404:
+            return None
+        raise
+    return {name: map_instances(name, found, health, options, report=report)
+            for name, found in registrations.items() if found}
+
+
+def read_and_map(client, names, options, report=True, catalog_index=None):
+    """The MappingResult of ``names``: read node by node when that is fewer requests (see read_by_node;
+    ``catalog_index``: the index of the catalog the names come from), else service by service, each service
+    mapped as its answer arrives (the raw answers are not all kept at once), a few requests at a time; a name
+    that cannot name an upstream is not read. ``report``: list the instances too."""
+    def unread(name):
         if not path_segment_safe(name):  # names Consul accepts that no URL path reads (docs/watcher.md)
             return skipped_service(name, UNREADABLE_NAME)
-        if name_problem(name):
-            return map_instances(name, None, options, report=report)
+        return map_instances(name, None, {}, options, report=report)
+
+    def one(name):
         entries = client.health_service(name).data
-        return map_instances(name, parse_health_entries(name, entries, options.tag_key, keep_meta=report), options,
-                             report=report)
+        registrations, health = parse_health_answer(name, entries, options.tag_key, keep_meta=report) or (None, {})
+        return map_instances(name, registrations, health, options, report=report)
 
     names = sorted(names)
-    if len(names) <= 1:
-        return merge_results(one(name) for name in names)
-    with ThreadPoolExecutor(max_workers=FETCH_THREADS) as pool:
-        return merge_results(list(pool.map(one, names)))
+    results = [unread(name) for name in names if not path_segment_safe(name) or name_problem(name)]
+    readable = [name for name in names if path_segment_safe(name) and not name_problem(name)]
+    by_node = read_by_node(client, readable, options, report, catalog_index) if catalog_index is not None else None
+    if by_node is not None:
+        results.extend(by_node.values())
+        readable = [name for name in readable if name not in by_node]
+    if len(readable) <= 1:
+        results.extend(one(name) for name in readable)
+    else:
+        with ThreadPoolExecutor(max_workers=FETCH_THREADS) as pool:
+            results.extend(pool.map(one, readable))
+    return merge_results(results)
 
 
 def reason_of(why):
@@ -340,7 +405,7 @@ def run(module):
         catalog = client.catalog_services()
         wanted = set(params["services"]) if params["services"] is not None else set(catalog.data)
         selected = {name for name in wanted if name in catalog.data and options.selects(name)}
-        result = read_and_map(client, selected, options, report=params["report_instances"])
+        result = read_and_map(client, selected, options, report=params["report_instances"], catalog_index=catalog.index)
     except ConsulError as exc:
         module.fail_json(msg=str(exc), url=exc.url, status=exc.status)
     missing = sorted(name for name in wanted - set(catalog.data) if options.selects(name))

@@ -47,11 +47,11 @@ import queue
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Callable, Collection, Container, Dict, Iterable, List, Mapping, Optional, Set, Tuple
+from typing import Any, Callable, Collection, Dict, Iterable, List, Mapping, Optional, Set, Tuple
 
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils import _consul_mapping as mapping
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._consul_instance import (
-    CheckPairs, Instance, check_pairs, parse_health_entries, parse_node_services, shown)
+    CheckPairs, HealthIndex, Instance, InstanceKey, health_index, node_registrations, parse_health_answer, shown)
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._consul_client import (
     UNREADABLE_NAME, BlockingQuery, ConsulClient, path_segment_safe, resolve_token)
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._consul_mapping import MappingResult
@@ -59,7 +59,7 @@ from ansible_collections.swallowkeeper.dyups.plugins.module_utils._errors import
     ConsulBadAnswer, ConsulError, ConsulForbidden, ConsulRateLimited, ConsulServerError, ConsulUnavailable)
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._upstream import Upstream
 from ansible_collections.swallowkeeper.dyups.plugins.watcher.backoff import Backoff
-from ansible_collections.swallowkeeper.dyups.plugins.watcher.consul_answers import index_checks, slim_object
+from ansible_collections.swallowkeeper.dyups.plugins.watcher.consul_answers import slim_object
 from ansible_collections.swallowkeeper.dyups.plugins.watcher.metrics import Metrics
 from ansible_collections.swallowkeeper.dyups.plugins.watcher.settings import Settings
 from ansible_collections.swallowkeeper.dyups.plugins.watcher.transport import KeepAliveTransport
@@ -71,9 +71,8 @@ FAILING_FILTER = 'Status != "passing"'  # the health poll reads only the checks 
 
 UNREADABLE_NODE = "Consul answers a redirect for /v1/catalog/node-services/NODE when NODE is not a clean URL path"
 
-InstanceKey = Tuple[str, str]  # (node, service id); (node, "") for node checks
-Instances = Dict[InstanceKey, Instance]
-Compacted = Tuple[Instances, Dict[InstanceKey, CheckPairs]]  # (instances, checks) of one service, see _parse_entries
+Instances = Dict[InstanceKey, Instance]  # one service's registrations (_consul_instance.py)
+Compacted = Tuple[Instances, HealthIndex]  # (registrations, health index) of one service, see _parse_entries
 
 
 def consul_error_kind(exc: BaseException) -> str:
@@ -98,62 +97,22 @@ def _updated(known: CheckPairs, failing_pairs: CheckPairs) -> CheckPairs:
     return tuple(sorted((check_id, failing.get(check_id, "passing")) for check_id, _status in known))
 
 
-def _strip(instance: Instance) -> Instance:
-    """The Instance as the cache holds it: checks apart (self.checks), so that instances read by
-    node (no checks there) and by service compare equal when Consul holds the same."""
-    return instance._replace(checks=(), node_checks=()) if instance.checks or instance.node_checks else instance
-
-
-def _keyed(instance: Instance, seen: Container[InstanceKey], fallback: str) -> InstanceKey:
-    """The cache key of an Instance: (node, service id); a malformed one, or one whose key repeats
-    in the same answer, gets ``("", fallback)`` and keeps its own checks (the mapping skips it or maps
-    it on its own)."""
-    key = (instance.node, instance.id)
-    if instance.malformed or not instance.node or not instance.id or key in seen:
-        return ("", fallback)
-    return key
-
-
 def _parse_entries(name: str, health_entries: Any, tag_key: str) -> Compacted:
-    """({(node, service id): Instance}, {(node, service id) or (node, ""): check pairs}) of one
-    service's ``/v1/health/service/NAME`` answer, parsed once (_consul_instance.py). Instances are
-    kept without their checks (see _strip) and Meta (only its dyups_* keys matter, already in the
-    server); an answer that is not a list holds no instance."""
-    instances: Instances = {}
-    checks: Dict[InstanceKey, CheckPairs] = {}
-    for position, instance in enumerate(parse_health_entries(name, health_entries, tag_key, keep_meta=False) or ()):
-        key = _keyed(instance, instances, f"#malformed-{position}")
-        if not key[0]:
-            instances[key] = instance
-            continue
-        instances[key] = _strip(instance)
-        checks[key] = instance.checks
-        checks[(key[0], "")] = instance.node_checks
-    return instances, checks
+    """The two stores of one service's ``/v1/health/service/NAME`` answer (parse_health_answer), without
+    Meta (only its dyups_* keys matter, already in the server); an answer that is not a list holds no
+    instance."""
+    return parse_health_answer(name, health_entries, tag_key, keep_meta=False) or ({}, {})
 
 
 def _parse_node(node: str, answer: Any, instances: Dict[str, Instances], known: Mapping[str, Instances],
                 tag_key: str) -> None:
     """Add the Instances of one ``/v1/catalog/node-services/NODE`` answer to ``instances``
     ({service name: {(node, service id): Instance}}, only the names it already holds). An instance
-    equal to the one ``known`` (the cache) holds is taken from there, so that a full read of an
-    unchanged fleet allocates next to nothing that stays."""
-    seen: Set[InstanceKey] = set()
-
-    def cached(name: str, node_name: str, service_id: str) -> Optional[Instance]:
-        return known.get(name, {}).get((node_name, service_id))
-
-    for position, (name, _raw_id, instance) in enumerate(
-            parse_node_services(answer, tag_key, keep_meta=False, known=cached, wanted=instances)):
-        key = _keyed(instance, seen, f"#malformed-{node}-{position}")
-        seen.add(key)
+    equal to the one ``known`` (the cache) holds under its key is taken from there (a lookup), so
+    that a full read of an unchanged fleet allocates next to nothing that stays."""
+    for name, key, instance in node_registrations(node, answer, tag_key, keep_meta=False, wanted=instances):
         before = known.get(name, {}).get(key)
-        instances[name][key] = before if before is not instance and before == instance else instance
-
-
-def _pairs(checks: Iterable[dict]) -> CheckPairs:
-    """((check id, status), ...) sorted, as CheckSnapshot states hold them."""
-    return check_pairs(checks)
+        instances[name][key] = before if before is not None and before == instance else instance
 
 
 def _node_addresses(nodes: Any) -> Dict[str, Any]:
@@ -187,8 +146,8 @@ class ConsulSource:
         self.watch_client = ConsulClient(settings.consul_url, self.transport, token=token,
                                          datacenter=settings.consul_datacenter, timeout=settings.consul_timeout,
                                          stale=settings.consul_stale, object_hook=slim_object)
-        self.entries: Dict[str, Instances] = {}  # service -> {(node, service_id): Instance without checks (see _strip)}
-        self.checks: Dict[InstanceKey, CheckPairs] = {}  # (node, service_id) -> ((check id, status), ...); node checks under (node, "")
+        self.entries: Dict[str, Instances] = {}  # service -> its registrations {(node, service_id): Instance}
+        self.checks: HealthIndex = {}  # the health index: (node, service_id) -> ((check id, status), ...); node checks under (node, "")
         self.failing: Dict[InstanceKey, Tuple[str, CheckPairs]] = {}  # the part of self.checks not passing: key -> (service name or "", pairs)
         # node -> {service names with an instance there: None}; a dict, not a set: a third of the size
         # for a node with thousands of services
@@ -274,17 +233,13 @@ class ConsulSource:
         self.failing.pop(key, None)
 
     def _remap(self, name: str) -> None:
-        """Map one service again from its cached Instances, their checks attached; the merged
+        """Map one service again from the two stores (its registrations, the health index); the merged
         mapping notes the upstreams whose result changed (see take_changes)."""
         instances = self.entries.get(name)
         if not instances:
             self.merged.put(name, None)
             return
-        checks = self.checks
-        attached = [instance if not key[0] else
-                    instance.with_checks(checks.get(key, ()), checks.get((key[0], ""), ()))
-                    for key, instance in instances.items()]
-        self.merged.put(name, mapping.map_instances(name, attached, self.options, report=False))
+        self.merged.put(name, mapping.map_instances(name, instances, self.checks, self.options, report=False))
 
     def _fetch_many(self, names: Collection[str]) -> List[Tuple[str, Compacted]]:
         """(name, compacted) of each service read with ``/v1/health/service/NAME`` (8 at a time).
@@ -408,13 +363,7 @@ class ConsulSource:
         instances = self._instances_by_node(names, extra_requests=1, nodes=nodes)
         if instances is None:
             return None
-        checks: Dict[InstanceKey, List[dict]] = {}
-        for check in self.client.health_state_any().data:
-            node, service_id = check.get("Node"), check.get("ServiceID") or ""
-            if isinstance(node, str) and isinstance(service_id, str):  # else no instance would list it
-                checks.setdefault((node, service_id), []).append(check)
-        pairs = {key: _pairs(found) for key, found in checks.items()}
-        del checks
+        pairs = health_index(self.client.health_state_any().data)
         result: List[Tuple[str, Compacted]] = []
         for name, found in instances.items():
             service_checks: Dict[InstanceKey, CheckPairs] = {}
@@ -541,8 +490,10 @@ class ConsulSource:
         than assumed healthy. So is every service with a listed check the cache does not know (a
         new instance, a new check).
         """
-        listed = index_checks(failing).states
-        for key, (name, pairs) in listed.items():
+        owners: Dict[InstanceKey, str] = {}
+        listed = health_index(failing, owners=owners)
+        for key, pairs in listed.items():
+            name = owners[key]
             held = self.failing.get(key)
             if held is not None and held[1] == pairs:
                 continue

@@ -437,3 +437,49 @@ def test_one_connection_per_fetch_thread_no_tls_for_http_no_request_for_a_bad_na
         "the service name contains whitespace, so it cannot name an upstream (its instances skipped)": 6}
     shown = ok(tmp_path, consul_url=agent.url, skipped_shown=2)
     assert shown["skipped_count"] == 6 and len(shown["skipped_items"]) == 2
+
+
+def test_a_read_by_node_maps_as_the_read_by_service(agent):
+    """At scale the module reads node by node (3 + nodes requests, not one per service: issue 26 finding 10)
+    and builds the same two stores as the read of each service: the same result, node checks, tags, Meta,
+    letter-case variants and names no upstream can have included; when the catalog moves during the read it
+    reads service by service."""
+    from ansible_collections.swallowkeeper.dyups.plugins.module_utils._consul_mapping import MappingOptions
+    from ansible_collections.swallowkeeper.dyups.plugins.module_utils._consul_options import consul_client_from_params
+    from ansible_collections.swallowkeeper.dyups.plugins.modules import consul_services
+
+    for index in range(8):
+        agent.register(f"svc{index}", f"svc{index}-1", port=18300 + index, tags=["gray=b"] if index % 3 else [],
+                       meta={"dyups_weight": str(index + 1), "team": "x"}, status=("passing", "warning", "critical")[index % 3],
+                       wait=False)
+    agent.register("Web", "W1", port=18320)
+    agent.register("web", "w1", port=18321)
+    agent.register("bad name", "bad-1", port=18322)
+    agent.catalog_register("ext-1", "127.0.0.9", "api", "e1", port=18323)
+    agent.catalog_register("ext-2", "127.0.0.10", "api", "e2", port=18323)
+    agent.call("PUT", "/v1/catalog/register", {"Node": "ext-1", "Address": "127.0.0.9", "Check": {
+        "Node": "ext-1", "CheckID": "serfHealth", "Name": "node", "Status": "critical"}})
+    agent.wait_until(lambda: len(agent.get("/v1/catalog/services")) >= 12, "12 services (Web and web: one)", timeout=30)
+    agent.wait_until(lambda: len(agent.get("/v1/health/service/svc7")) == 1, "svc7", timeout=30)
+    client = consul_client_from_params({"consul_url": agent.url})
+    asked = []
+    get = client.get
+
+    def counting_get(path, *args, **kwargs):
+        asked.append(path)
+        return get(path, *args, **kwargs)
+
+    client.get = counting_get
+    catalog = client.catalog_services()
+    options = MappingOptions()
+    names = {name for name in catalog.data if options.selects(name)}
+    by_service = consul_services.read_and_map(client, names, options).to_dict()
+    asked.clear()
+    by_node = consul_services.read_and_map(client, names, options, catalog_index=catalog.index).to_dict()
+    assert not [path for path in asked if path.startswith("/v1/health/service/")], asked
+    assert len(asked) == 3 + 3, asked  # nodes, node-services of the agent's node, ext-1 and ext-2, checks, catalog
+    assert by_node == by_service
+    assert by_node["upstreams"]["api"]["servers"] == ["127.0.0.10:18323"]   # ext-1's node check is critical
+    assert {item["status"] for item in by_node["instances"]} == {"passing", "warning", "critical"}
+    assert any(item["meta"] == {"dyups_weight": "2", "team": "x"} for item in by_node["instances"])
+    assert consul_services.read_by_node(client, sorted(names), options, True, catalog.index - 1) is None

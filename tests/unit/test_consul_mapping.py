@@ -170,6 +170,16 @@ def test_the_same_address_twice_keeps_one_and_prefers_a_serving_instance():
     assert sorted(item["id"] for item in result.skipped) == ["a-sick", "c-dup"]
 
 
+def test_a_second_entry_of_one_node_and_id_is_skipped_with_the_reason():
+    """Consul keeps one registration per node and ID; an answer that repeats one (a broken proxy, a fuzzer)
+    keeps the first: the health index has one entry per node and ID, so the second could have no checks of
+    its own."""
+    result = map_services({"web": [entry("web", "w1", 80), entry("web", "w1", 81, status="critical")]})
+    assert servers(result, "web") == ["10.0.0.1:80"]
+    assert [(item["id"], item["why"]) for item in result.skipped] == [
+        ("w1", "another entry of the same answer has its node and ID (Consul keeps one registration per node and ID)")]
+
+
 # -- health ----------------------------------------------------------------------------------------------
 def test_only_passing_instances_serve_and_the_status_is_the_worst_check():
     result = map_services({"web": [

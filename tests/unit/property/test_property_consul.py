@@ -25,12 +25,12 @@ from ansible_collections.swallowkeeper.dyups.plugins.module_utils import _consul
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils import _upstream_file
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._consul_client import (
     BlockingQuery, ConsulAnswer, ConsulClient)
+from ansible_collections.swallowkeeper.dyups.plugins.module_utils._consul_instance import health_index
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._errors import ConsulError, ConsulUnavailable, \
     TransportError
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._names import name_problem
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._upstream import build_upstream
 from ansible_collections.swallowkeeper.dyups.plugins.watcher import settings as watcher_settings
-from ansible_collections.swallowkeeper.dyups.plugins.watcher.consul_answers import index_checks
 from ansible_collections.swallowkeeper.dyups.plugins.watcher.consul_source import ConsulSource
 from ansible_collections.swallowkeeper.dyups.plugins.watcher.metrics import Metrics
 from tests.unit.property.strategies import HOSTILE_CHARS, count, has_forbidden, json_values, valid_names
@@ -198,9 +198,10 @@ def test_the_mapping_of_any_health_entries_raises_nothing_and_gives_valid_upstre
 def test_check_snapshots_of_any_checks_raise_nothing(checks, other):
     count("mapping: check snapshots")
     for answer in (checks, other):
-        snapshot = index_checks(answer)
-        assert all(isinstance(name, str) and all(isinstance(part, str) for pair in pairs for part in pair)
-                   for name, pairs in snapshot.states.values())
+        owners = {}
+        index = health_index(answer, owners=owners)
+        assert set(owners) == set(index) and all(isinstance(name, str) for name in owners.values())
+        assert all(isinstance(part, str) for pairs in index.values() for pair in pairs for part in pair)
 
 
 # -- the watcher's cache --------------------------------------------------------------------------------

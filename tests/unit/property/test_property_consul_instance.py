@@ -1,12 +1,11 @@
 """Properties of the parse at the edge (plugins/module_utils/_consul_instance.py), whatever Consul answers.
 
 Any ``/v1/health/service/NAME`` answer and any ``/v1/catalog/node-services/NODE`` answer, of the real
-shape with any field replaced by any JSON value, or any JSON value at all, becomes Instances (each
-either mappable: a valid upstream name, a server that passed the server rules, string check pairs; or
-carrying the reason it is skipped) and never raises. The two endpoints describe the same
-registration the same way (the watcher compares what one gives with what the other gave), an
-Instance kept from an earlier parse is what the registration parses to, and the mapping of any parsed
-answer raises nothing.
+shape with any field replaced by any JSON value, or any JSON value at all, becomes the two stores:
+registrations (Instances, each either mappable: a valid upstream name, a server that passed the
+server rules; or carrying the reason it is skipped) and a health index of string check pairs, and
+never raises. The two endpoints describe the same registration the same way (the watcher compares
+what one gives with what the other gave), and the mapping of any parsed answer raises nothing.
 """
 
 from __future__ import annotations
@@ -15,7 +14,7 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._consul_instance import (
-    Instance, parse_health_entries, parse_node_services, parse_registration)
+    Instance, health_index, parse_health_answer, parse_node_services)
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._consul_mapping import MappingOptions, map_instances
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._names import name_problem
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._servers import Server, parse_server
@@ -28,10 +27,6 @@ tag_keys = st.sampled_from(["gray", "canary"])
 def assert_instance(instance, service):
     assert isinstance(instance, Instance) and instance.service == service
     assert isinstance(instance.node, str) and isinstance(instance.id, str)
-    for pairs in (instance.checks, instance.node_checks):
-        assert all(isinstance(check_id, str) and isinstance(status, str) for check_id, status in pairs)
-        assert list(pairs) == sorted(set(pairs))
-    assert instance.status in ("passing", "warning", "critical")
     assert all(isinstance(tag, str) for tag in instance.tags)
     if instance.skip is None:
         assert not instance.malformed
@@ -54,18 +49,24 @@ health_answers = st.one_of(st.lists(st.one_of(health_entries(), json_values), ma
                   "Checks": [{"Status": {}, "ServiceID": []}]}], "gray")
 def test_any_health_answer_becomes_instances_or_skips_and_maps_without_raising(service, answer, tag_key):
     count("instance parse: any health answer")
-    instances = parse_health_entries(service, answer, tag_key)
+    stores = parse_health_answer(service, answer, tag_key)
+    registrations, health = stores or (None, {})
+    assert_health_index(health)
     if not isinstance(answer, list):
-        assert instances is None
+        assert stores is None
     else:
+        instances = list(registrations.values())
         # an entry of another service (Consul matches the name ignoring case) is left out, any other kept
         own = [entry for entry in answer if not (isinstance(entry, dict) and isinstance(entry.get("Service"), dict)
                                                  and isinstance(entry["Service"].get("Service"), str)
                                                  and entry["Service"]["Service"] != service)]
         assert len(instances) == len(own)
-        for instance in instances:
+        for key, instance in registrations.items():
             assert_instance(instance, service)
-    result = map_instances(service, instances, MappingOptions(tag_key=tag_key))
+            assert key == (instance.node, instance.id) or (not key[0] and (instance.skip or instance.malformed))
+            if key[0]:  # the answer says what checks it has, none included
+                assert key in health and (key[0], "") in health
+    result = map_instances(service, registrations, health, MappingOptions(tag_key=tag_key))
     assert_valid_mapping(result)
     assert all(isinstance(item["why"], str) and item["why"] for item in result.skipped)
 
@@ -86,10 +87,9 @@ def node_answers(draw):
 @given(node_answers(), tag_keys)
 def test_any_node_services_answer_becomes_instances_or_skips(answer, tag_key):
     count("instance parse: any node-services answer")
-    for name, _raw_id, instance in parse_node_services(answer, tag_key):
+    for name, instance in parse_node_services(answer, tag_key):
         assert isinstance(name, str)
         assert_instance(instance, name)
-        assert not instance.checks and not instance.node_checks
 
 
 @given(health_entries(), tag_keys)
@@ -103,34 +103,39 @@ def test_both_endpoints_describe_one_registration_alike(entry, tag_key):
     name = service_data["Service"]
     if not isinstance(name, str):
         return
-    from_health, = parse_health_entries(name, [dict(entry, Checks=[])], tag_key, keep_meta=False)
-    from_node = [instance for _name, _id, instance in
+    registrations, _health = parse_health_answer(name, [entry], tag_key, keep_meta=False)
+    from_node = [instance for _name, instance in
                  parse_node_services({"Node": node_data, "Services": [service_data]}, tag_key, keep_meta=False)]
-    assert from_node == [from_health]
-
-
-@given(health_entries(), health_entries(), st.booleans(), tag_keys)
-@example({"Node": {"Node": "n1", "Address": "10.0.0.1"}, "Service": {"ID": "i", "Service": "web", "Port": 80}},
-         {"Node": {"Node": "n1", "Address": "10.0.0.1"},
-          "Service": {"ID": "i", "Service": "web", "Port": 80, "Meta": {"dyups_weight": "2"}}}, False, "gray")
-@example({"Node": {"Node": "n1", "Address": "10.0.0.1"}, "Service": {"ID": "i", "Service": "web", "Port": 80}},
-         {"Node": {"Node": "n1", "Address": "10.0.0.1"}, "Service": {"ID": "i", "Service": "web", "Port": True}},
-         False, "gray")
-@example({"Node": {"Node": "n1", "Address": "h.example"}, "Service": {"ID": "i", "Service": "web", "Port": 80}},
-         {"Node": {"Node": "n1", "Address": "H.example"}, "Service": {"ID": "i", "Service": "web", "Port": 80}},
-         False, "gray")
-def test_a_kept_instance_is_what_the_registration_parses_to(first, second, same_registration, tag_key):
-    """The watcher's read by node passes the Instance it holds for a registration (``reuse``), and
-    gets it back when nothing the mapping reads changed: with or without it, the parse is the same."""
-    count("instance parse: a kept Instance")
-    if same_registration:
-        second = first
-    node_data, service_data = second.get("Node"), second.get("Service")
-    name = service_data.get("Service") if isinstance(service_data, dict) else None
-    if not isinstance(name, str):
+    from_health = list(registrations.values())
+    if from_health[0].skip == "its Checks are not a list of objects":  # the one rule only a health entry can break
         return
-    kept = parse_registration(name, first.get("Node"), first.get("Service"), None, tag_key, keep_meta=False)
-    if isinstance(node_data, dict) and isinstance(service_data, dict):  # the node and ID the watcher looks it up by
-        kept = kept._replace(node=str(node_data.get("Node", "")), id=str(service_data.get("ID", "")))
-    parsed = parse_registration(name, node_data, service_data, None, tag_key, keep_meta=False, reuse=kept)
-    assert parsed == parse_registration(name, node_data, service_data, None, tag_key, keep_meta=False)
+    assert from_node == from_health
+
+
+def assert_health_index(health):
+    for key, pairs in health.items():
+        assert isinstance(key, tuple) and len(key) == 2 and all(isinstance(part, str) for part in key)
+        assert all(isinstance(check_id, str) and isinstance(status, str) for check_id, status in pairs)
+        assert list(pairs) == sorted(set(pairs))
+
+
+checks_lists = st.one_of(json_values, st.lists(st.one_of(json_values, st.fixed_dictionaries(
+    {"Node": st.one_of(st.sampled_from(["n1", "n2"]), json_values), "CheckID": st.sampled_from(["a", "b", ""]),
+     "Status": st.one_of(st.sampled_from(["passing", "warning", "critical"]), json_values),
+     "ServiceID": st.one_of(st.sampled_from(["i1", ""]), json_values)})), max_size=6))
+
+
+@given(checks_lists, st.one_of(st.none(), st.just(("n1", "i1"))))
+def test_any_checks_list_gives_one_health_index(checks, instance):
+    """health_index, the one builder of check states: any list (or anything else) gives string keys and
+    sorted pairs without repeats; the order of the checks does not matter; adding to an index gives
+    the union."""
+    count("instance parse: health index of any checks")
+    index = health_index(checks, instance)
+    assert_health_index(index)
+    if isinstance(checks, list):
+        assert health_index(list(reversed(checks)), instance) == index
+        twice = health_index(checks, instance, health_index(checks, instance))
+        assert twice == index
+    if instance is not None:
+        assert set(index) <= {instance, ("n1", "")}
