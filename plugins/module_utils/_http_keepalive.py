@@ -23,16 +23,36 @@ from __future__ import annotations
 
 import http.client
 import socket
-import ssl
 import threading
 from http.client import HTTPConnection
-from typing import Mapping
+from typing import TYPE_CHECKING, Mapping
 from urllib.parse import SplitResult, urlsplit
 
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._errors import TransportError
 
+if TYPE_CHECKING:
+    import ssl
+
 STALE_CONNECTION = (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError,
                     http.client.CannotSendRequest, http.client.BadStatusLine)
+
+
+class TLSConnection(HTTPConnection):
+    """``http.client.HTTPSConnection`` without its proxy tunnel (the collection talks to loopback and the
+    local agent): the socket wrapped by ``context``, the host name checked as the context says. Its own
+    class because ``http.client.HTTPSConnection`` exists only when ``ssl`` was importable as
+    ``http.client`` was imported, and the watcher imports ``http.client`` without ``ssl`` (libssl and
+    libcrypto, about 4 MB of RSS) when no URL of its needs TLS (plugins/watcher/__main__.py)."""
+
+    default_port = 443
+
+    def __init__(self, host: str, port: int, timeout: float, context: ssl.SSLContext) -> None:
+        super().__init__(host, port, timeout=timeout)
+        self._context = context
+
+    def connect(self) -> None:
+        super().connect()
+        self.sock = self._context.wrap_socket(self.sock, server_hostname=self.host)
 
 
 class KeepAliveTransport:
@@ -58,6 +78,8 @@ class KeepAliveTransport:
         self._lock = threading.Lock()
 
     def _ssl_context(self) -> ssl.SSLContext:
+        import ssl  # pylint: disable=import-outside-toplevel,redefined-outer-name  # https only (TLSConnection)
+
         if self._context is None:
             context = ssl.create_default_context(cafile=self._verify if isinstance(self._verify, str) else None)
             if self._verify is False:
@@ -80,8 +102,8 @@ class KeepAliveTransport:
             if not parts.hostname:
                 raise TransportError(f"no host in the URL {parts.geturl()!r}")
             if parts.scheme == "https":
-                connection = http.client.HTTPSConnection(parts.hostname, parts.port or 443, timeout=timeout,
-                                                         context=self._ssl_context())
+                connection = TLSConnection(parts.hostname, parts.port or 443, timeout=timeout,
+                                           context=self._ssl_context())
             elif parts.scheme == "http":
                 connection = http.client.HTTPConnection(parts.hostname, parts.port or 80, timeout=timeout)
             else:

@@ -253,7 +253,8 @@ def run_validate(command: str, candidate: str) -> None:
 
 
 def replace_file(path: str, content: str | bytes, mode: int | None = None, backup: bool = False,
-                 validate: str | None = None, check: Callable[[str], None] | None = None) -> str | None:
+                 validate: str | None = None, check: Callable[[str], None] | None = None,
+                 sync_directory: bool = True) -> str | None:
     """Atomically replace ``path`` with ``content``; return the backup's path (or None).
 
     The old file stays whole until ``rename``; a crash at any point before it
@@ -261,6 +262,13 @@ def replace_file(path: str, content: str | bytes, mode: int | None = None, backu
     Mode and owner of an existing file are kept; a new file gets ``mode``
     (default 0644). ``check(temporary path)``, like ``validate``, runs before the rename and raises to stop it
     (``_validate_config.check_config``: nginx -t of the whole configuration with the new file in place).
+
+    The data is fsynced before the rename, so that no crash, a power loss included, leaves a short or
+    empty file under the name. ``sync_directory`` (default) also fsyncs the directory after the rename,
+    so that the new file, not the old one, is what a power loss leaves. A killed process needs neither
+    (the rename is seen by every reader at once); the watcher passes False: after a power loss nginx
+    starts from the old, whole file and the watcher's first full read writes and posts what Consul
+    holds, and the directory's fsync was about half of a flip's write (docs/benchmarks.md, issue 22).
     """
     path = os.path.abspath(path)
     directory, base = os.path.split(path)
@@ -299,7 +307,8 @@ def replace_file(path: str, content: str | bytes, mode: int | None = None, backu
         except FileNotFoundError:
             pass
         raise
-    _fsync_directory(directory)
+    if sync_directory:
+        _fsync_directory(directory)
     return backup_file
 
 

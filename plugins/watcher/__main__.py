@@ -38,9 +38,24 @@ def _bootstrap() -> None:
         collection.__path__ = list(collection.__path__) + [root]
 
 
+def _http_without_tls() -> None:
+    """Import ``http.client`` without ``ssl``: it imports ``ssl`` (libssl and libcrypto, about 4 MB of
+    RSS) only to define ``HTTPSConnection``, which the collection does not use
+    (module_utils/_http_keepalive.py has its own TLS connection and imports ``ssl`` when an https URL
+    is first asked for). The first import decides, so this runs before any other."""
+    if "http.client" in sys.modules or "ssl" in sys.modules:
+        return
+    sys.modules["ssl"] = None  # type: ignore[assignment]  # "import ssl" raises ImportError meanwhile
+    try:
+        importlib.import_module("http.client")
+    finally:
+        del sys.modules["ssl"]
+
+
 if __name__ == "__main__":
     if __package__ in (None, ""):
         sys.path = [p for p in sys.path if os.path.abspath(p) != os.path.dirname(os.path.abspath(__file__))]
+    _http_without_tls()
     _bootstrap()
     from ansible_collections.swallowkeeper.dyups.plugins.watcher.cli import main
 

@@ -4,8 +4,9 @@
 """The event loop: Consul events in, coalesced, synced; retries, drift repair and signals.
 
 Threads: two Consul long polls (consul_source.py) put events on a queue; this loop takes them,
-waits until Consul has been quiet for ``quiescence_min`` (but never longer than
-``quiescence_max`` from the first event), then syncs once. The loop also wakes for retries of
+applies an event that comes after a quiet spell at once (leading edge), and batches what comes within
+``quiescence_min`` of another until Consul has been quiet for ``quiescence_min`` (but never longer
+than ``quiescence_max`` from the first event), then syncs once. The loop also wakes for retries of
 failed pushes (capped exponential backoff with jitter), for the periodic drift repair and the
 periodic full Consul read, and for signals:
 
@@ -59,6 +60,7 @@ class Daemon:
         self.nginx_changed = threading.Event()  # set by the nginx process watch (nginx_processes.py)
         self.nginx_new_master = threading.Event()  # ... when the master itself is new
         self._nginx_master: int | None = None
+        self._last_event_at: float | None = None   # when the last event of the last batch was read (_collect)
         self._skipped_seen: set[tuple[str, str]] = set()
         self._skipped_list: list[dict[str, Any]] | None = None  # the source's skip list last logged (replaced when it changes)
         self._syncer_skipped = False
@@ -279,23 +281,41 @@ class Daemon:
         return source is None or all(thread.is_alive() for thread in source.threads)
 
     def _collect(self, timeout: float) -> list[tuple[str, Any]]:
-        """Events that arrived within ``timeout``, coalesced by the quiescence window."""
+        """Events that arrived within ``timeout``, coalesced by the quiescence window.
+
+        Leading edge: an event that comes after ``quiescence_min`` of quiet (a lone health flip) is
+        taken at once, with what is already queued beside it, and waits for nothing. An event that
+        comes within ``quiescence_min`` of the one before it (a burst, or what arrived while the loop
+        applied the last batch) opens the window as before: further events are taken until none has
+        arrived for ``quiescence_min``, never beyond ``quiescence_max`` from the first. The times are
+        those at which the long polls read the answers (StampedQueue), not when the loop took them: a
+        batch that waited in the queue during a long sync has been quiet for that long already."""
         try:
             first = self.events.get(timeout=timeout)
         except queue.Empty:
             return []
-        batch = [first]
         if first[0] == "wake":
-            return [event for event in batch if event[0] != "wake"]
-        deadline = self.clock() + self.settings.quiescence_max
+            return []
+        batch = [first]
+        quiet, longest = self.settings.quiescence_min, self.settings.quiescence_max
+        first_at = last_at = self.events.taken_at or self.events.clock()
+        leading = self._last_event_at is None or first_at - self._last_event_at >= quiet
+        deadline = first_at + longest
         while not self._stop_wanted():
-            remaining = min(self.settings.quiescence_min, deadline - self.clock())
-            if remaining <= 0:
-                break
             try:
-                batch.append(self.events.get(timeout=remaining))
+                if leading:
+                    event = self.events.get_nowait()   # only what is already there
+                else:
+                    remaining = min(last_at + quiet, deadline) - self.events.clock()
+                    if remaining <= 0:
+                        break
+                    event = self.events.get(timeout=remaining)
             except queue.Empty:
                 break
+            batch.append(event)
+            if event[0] != "wake":
+                last_at = self.events.taken_at or last_at
+        self._last_event_at = last_at
         self.metrics.count("consul_events", sum(1 for event in batch if event[0] in ("health", "catalog")))
         return [event for event in batch if event[0] != "wake"]
 

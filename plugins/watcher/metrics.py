@@ -77,18 +77,22 @@ class Histogram:
 
 class StampedQueue(queue.Queue):
     """The loop's event queue, remembering when each event was put (the moment a long poll read its
-    Consul answer). ``claim()``: the earliest such moment of the events taken since the last claim."""
+    Consul answer). ``claim()``: the earliest such moment of the events taken since the last claim;
+    ``taken_at``: when the last event taken (a wake-up aside) was put, for the loop's quiescence window."""
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         super().__init__()
-        self._clock = clock
+        self.clock = clock
         self._earliest: float | None = None
+        self.taken_at: float | None = None
 
     def _put(self, item: Any) -> None:
-        self.queue.append((self._clock(), item))
+        self.queue.append((self.clock(), item))
 
     def _get(self) -> Any:
         stamp, item = self.queue.popleft()
+        if item[0] != "wake":
+            self.taken_at = stamp
         if item[0] not in ("wake", "consul_error") and (self._earliest is None or stamp < self._earliest):
             self._earliest = stamp
         return item

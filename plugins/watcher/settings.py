@@ -88,7 +88,8 @@ OPTIONS = (
                                            "file in place of upstream_file (needs a user that may run nginx -t)"),
     Option("reserved_names", [], list, "upstream names never written or sent, besides DYUPS_BALANCER and those "
                                        "learnt from nginx_conf (for hosts where nginx -T cannot run as this user)"),
-    Option("quiescence_min", 0.02, float, "seconds without a new Consul event before a change is applied"),
+    Option("quiescence_min", 0.02, float, "seconds without a new Consul event before a change is applied; "
+           "an event after that long a quiet spell is applied at once"),
     Option("quiescence_max", 0.25, float, "longest a burst of events may delay a change"),
     Option("drift_interval", 30.0, float, "seconds between comparisons of the interface with the desired state"),
     Option("zero_instances", "keep", str, "when a service has no passing instance: keep | down | delete"),

@@ -19,7 +19,8 @@ Order of every sync:
    zero-instance policy and the mass-removal hold (safety.py). A sync is told which upstream names
    changed since the last one (``changed``): only those are examined again (host names: every time);
 2. if it differs from what is applied: the file is replaced atomically (and validated, when a
-   command is configured), written whole from blocks rendered once per upstream. If that fails, nothing is sent: the interface keeps the last good state,
+   command is configured), written whole from blocks rendered once per upstream, with one fsync (of
+   its data, before the rename; not of the directory: ``_upstream_file.replace_file`` says why). If that fails, nothing is sent: the interface keeps the last good state,
    the file stays whole, and the sync is retried;
 3. POST every upstream whose body changed (the whole upstream: servers and directives), DELETE every
    owned upstream that disappeared. A failed request leaves the upstream pending; it is retried.
@@ -254,7 +255,8 @@ class Syncer:
                     self._file = _upstream_file.RenderedFile(self.applied.values())
                 self._file.update(changes)
                 _upstream_file.replace_file(self.settings.upstream_file, self._file.text(),
-                                            validate=self.settings.validate_command, check=self._check_config())
+                                            validate=self.settings.validate_command, check=self._check_config(),
+                                            sync_directory=False)   # one fsync per batch (replace_file says why)
                 self._identity = _upstream_file.file_identity(self.settings.upstream_file)
                 report.file_changed = True
             except (_upstream_file.ValidateCommandFailed, ConfigCheckFailed) as exc:
@@ -389,7 +391,7 @@ class Syncer:
                     "is missing" if on_disk is None else "differs from what the watcher applied")
         try:
             _upstream_file.replace_file(self.settings.upstream_file, wanted, validate=self.settings.validate_command,
-                                        check=self._check_config())
+                                        check=self._check_config(), sync_directory=False)
             self._identity = _upstream_file.file_identity(self.settings.upstream_file)
         except (OSError, _upstream_file.ValidateCommandFailed, ConfigCheckFailed, ValidationError) as exc:
             self.metrics.error("file_validate" if not isinstance(exc, OSError) else "file_write")

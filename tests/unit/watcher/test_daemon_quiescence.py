@@ -1,0 +1,109 @@
+"""The event loop's quiescence window (plugins/watcher/daemon.py, ``Daemon._collect``; issue 22 item 1).
+
+A lone event is applied at once (leading edge); events that follow one another within
+``quiescence_min`` are batched until Consul has been quiet that long (never beyond ``quiescence_max``),
+the quiet measured from when the long polls read them. On a4c1ad6 every batch, a lone health flip
+included, waited ``quiescence_min`` after the loop took its first event.
+
+No server is involved: the Daemon is built on addresses nothing listens on, its loop is not run, and
+the events are put on its queue as the long polls put them. The window is wide (0.5 s) so that the
+timing holds on a loaded machine.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from ansible_collections.swallowkeeper.dyups.plugins.watcher import settings as watcher_settings
+from ansible_collections.swallowkeeper.dyups.plugins.watcher.daemon import Daemon
+
+QUIET = 0.5
+LONGEST = 1.5
+
+
+@pytest.fixture
+def daemon(tmp_path):
+    settings = watcher_settings.build({"upstream_file": str(tmp_path / "upstreams.conf"), "status_listen": "",
+                                       "consul_url": "http://127.0.0.1:9", "dyups_url": "http://127.0.0.1:9",
+                                       "quiescence_min": QUIET, "quiescence_max": LONGEST}, environ={})
+    made = Daemon(settings)
+    try:
+        yield made
+    finally:
+        made.source.stop()
+        made.dyups_transport.close()
+
+
+def health(index):
+    return ("health", [], index)
+
+
+def timed_collect(daemon, timeout=5.0):
+    started = time.monotonic()
+    batch = daemon._collect(timeout)
+    return batch, time.monotonic() - started
+
+
+def test_a_lone_event_waits_for_nothing(daemon):
+    daemon.events.put(health(1))
+    batch, took = timed_collect(daemon)
+    assert batch == [health(1)]
+    assert took < QUIET / 2, f"a lone event waited {took:.3f} s (the quiescence window is {QUIET} s)"
+
+
+def test_events_already_queued_together_are_taken_together_at_once(daemon):
+    daemon.events.put(health(1))
+    daemon.events.put(("catalog", {}, 2))
+    batch, took = timed_collect(daemon)
+    assert batch == [health(1), ("catalog", {}, 2)]
+    assert took < QUIET / 2
+
+
+def test_an_event_close_behind_another_opens_the_window_and_batches_what_follows(daemon):
+    daemon.events.put(health(1))
+    assert timed_collect(daemon)[0] == [health(1)]
+    daemon.events.put(health(2))      # within QUIET of the first: a burst
+    later = threading.Timer(QUIET / 3, daemon.events.put, (health(3),))
+    later.start()
+    try:
+        batch, took = timed_collect(daemon)
+    finally:
+        later.cancel()
+    assert batch == [health(2), health(3)]
+    assert took >= QUIET / 3 + QUIET * 0.9, f"the burst was cut after {took:.3f} s"
+
+
+def test_the_quiet_counts_from_when_an_event_was_read_not_when_the_loop_took_it(daemon):
+    daemon.events.put(health(1))
+    assert timed_collect(daemon)[0] == [health(1)]
+    daemon.events.put(health(2))      # a burst's second event, read while the loop was busy ...
+    time.sleep(QUIET * 1.2)           # ... for longer than the window: Consul has been quiet since
+    batch, took = timed_collect(daemon)
+    assert batch == [health(2)]
+    assert took < QUIET / 2, f"an event that had been quiet for {QUIET * 1.2} s waited {took:.3f} s more"
+
+
+def test_a_burst_never_waits_longer_than_quiescence_max(daemon):
+    daemon.events.put(health(0))
+    assert timed_collect(daemon)[0] == [health(0)]
+    stop = threading.Event()
+
+    def keep_coming():
+        index = 1
+        while not stop.wait(QUIET / 4):
+            daemon.events.put(health(index))
+            index += 1
+
+    daemon.events.put(health(1000))
+    feeder = threading.Thread(target=keep_coming, daemon=True)
+    feeder.start()
+    try:
+        batch, took = timed_collect(daemon)
+    finally:
+        stop.set()
+        feeder.join()
+    assert len(batch) > 2
+    assert LONGEST * 0.9 <= took <= LONGEST + QUIET, f"a burst held its batch for {took:.3f} s"
