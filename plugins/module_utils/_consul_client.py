@@ -59,11 +59,10 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping
 from urllib.parse import quote, urlencode
 
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._errors import (
-    ConsulBadAnswer, ConsulForbidden, ConsulRateLimited, ConsulServerError, ConsulTLSError, ConsulUnavailable,
-    TransportError, ValidationError)
+    ConsulBadAnswer, ConsulError, ConsulForbidden, ConsulRateLimited, ConsulServerError, ConsulTLSError,
+    ConsulUnavailable, TransportError, ValidationError)
 
 if TYPE_CHECKING:
-    from ansible_collections.swallowkeeper.dyups.plugins.module_utils._errors import ConsulError
     from ansible_collections.swallowkeeper.dyups.plugins.module_utils._http_ansible import Transport
 
 DEFAULT_URL = "http://127.0.0.1:8500"
@@ -78,11 +77,20 @@ _BODY_SHOWN = 200
 
 @dataclass(frozen=True)
 class ConsulAnswer:
-    """One successful answer: parsed JSON, the ``X-Consul-Index`` (int or None), the URL asked."""
+    """One successful answer: parsed JSON, the ``X-Consul-Index`` (int or None), the URL asked.
+
+    ``last_contact``: seconds since the answering server last heard from the leader
+    (``X-Consul-LastContact``; 0 from the leader; None when not sent). ``reread_after``: set when a
+    ``stale`` answer was too old for ``max_stale`` (ConsulClient) and this answer is its re-read from
+    the leader: the discarded answer's ``last_contact`` (``inf`` when its server knew no leader or
+    its header was not a number).
+    """
 
     data: Any
     index: int | None
     url: str
+    last_contact: float | None = None
+    reread_after: float | None = None
 
 
 NAME_KEYED_ANSWERS = frozenset(("/v1/catalog/services",))
@@ -211,6 +219,27 @@ def consul_environment(environ: Mapping[str, str] | None = None) -> dict[str, An
     return found
 
 
+def _staleness(headers: Mapping[str, str]) -> float | None:
+    """Seconds since the answering server last heard from the Raft leader: ``X-Consul-LastContact``
+    (milliseconds; 0 from the leader itself) / 1000; ``inf`` when the server knew no leader
+    (``X-Consul-KnownLeader: false``) or the header is not a whole number (nothing vouches for the
+    answer); None when the answer has no such header."""
+    raw = headers.get("x-consul-lastcontact")
+    if str(headers.get("x-consul-knownleader", "")).strip().lower() == "false":
+        return float("inf")
+    if raw is None:
+        return None
+    text = str(raw).strip()
+    return int(text) / 1000.0 if text.isdigit() else float("inf")
+
+
+def _heard(last_contact: float) -> str:
+    """How a server's staleness reads in a message."""
+    if last_contact == float("inf"):
+        return "knew no leader"
+    return f"last heard from the leader {last_contact:.3f}s before"
+
+
 def format_wait(seconds: float) -> str:
     """Consul's duration syntax for ``wait``, in whole milliseconds, capped at 10 minutes."""
     milliseconds = max(1, int(round(min(float(seconds), MAX_WAIT) * 1000)))
@@ -244,10 +273,21 @@ class ConsulClient:
     answer; use it for long polls, not for one-shot reads that must be current); ``timeout`` is
     for a request that does not block (a blocking one gets its ``wait`` plus Consul's jitter on top).
     Safe to share between threads when the transport is.
+
+    ``max_stale`` (seconds; None or 0: no bound) bounds what a ``stale`` read may return, as
+    consul-template's ``max_stale``: an answer whose server last heard from the leader longer ago
+    (``X-Consul-LastContact``), that knew no leader (``X-Consul-KnownLeader: false``) or whose
+    LastContact is not a number is not used; the same path is read again at once without ``stale``
+    and without blocking (the leader answers, through the agent), and that answer is returned with
+    ``reread_after`` set. When the leader cannot be reached that read fails as any read does
+    (ConsulServerError "No cluster leader", say): a reader keeps its last good state and says so,
+    instead of taking old data for current. ``on_too_stale(url, seconds)`` is called before each
+    such re-read (the watcher's metric and log line).
     """
 
     def __init__(self, url: str | None, transport: Transport, token: str | None = None, datacenter: str | None = None,
-                 timeout: float = 10.0, stale: bool = False, object_hook: Callable[[dict], Any] | None = None) -> None:
+                 timeout: float = 10.0, stale: bool = False, object_hook: Callable[[dict], Any] | None = None,
+                 max_stale: float | None = None, on_too_stale: Callable[[str, float], Any] | None = None) -> None:
         self.url = (url or DEFAULT_URL).rstrip("/")
         self.object_hook = object_hook  # json.loads' object_hook: a long-running reader slims what it keeps
         self.transport = transport
@@ -255,6 +295,8 @@ class ConsulClient:
         self.datacenter = datacenter or None
         self.timeout = float(timeout)
         self.stale = bool(stale)
+        self.max_stale = float(max_stale) if max_stale else None
+        self.on_too_stale = on_too_stale  # called (url, last contact in seconds) before each such re-read
 
     def __repr__(self) -> str:
         return (f"ConsulClient(url={self.url!r}, token={'<set>' if self._token else None}, "
@@ -280,7 +322,8 @@ class ConsulClient:
         query = dict(params or {})
         if self.datacenter:
             query.setdefault("dc", self.datacenter)
-        if self.stale if stale is None else stale:
+        stale_read = self.stale if stale is None else stale
+        if stale_read:
             query["stale"] = True
         timeout = self.timeout
         if index:
@@ -322,7 +365,19 @@ class ConsulClient:
                                       url=url, status=status) from None
             if index_value < 0:
                 raise ConsulBadAnswer(f"GET {url}: X-Consul-Index {index_value} is negative", url=url, status=status)
-        return ConsulAnswer(data=data, index=index_value, url=url)
+        last_contact = _staleness(answer_headers or {})
+        if stale_read and self.max_stale is not None and last_contact is not None and last_contact > self.max_stale:
+            if self.on_too_stale is not None:
+                self.on_too_stale(url, last_contact)
+            try:
+                fresh = self.get(path, params=params, stale=False)  # no index: a plain read, it never blocks
+            except ConsulError as exc:
+                raise type(exc)(f"{exc} (read again without stale because the answer of GET {url} came from a "
+                                f"server that {_heard(last_contact)}, above max_stale {self.max_stale:g}s)",
+                                url=exc.url, status=exc.status) from None
+            return ConsulAnswer(data=fresh.data, index=fresh.index, url=fresh.url, last_contact=fresh.last_contact,
+                                reread_after=last_contact)
+        return ConsulAnswer(data=data, index=index_value, url=url, last_contact=last_contact)
 
     def _shown(self, text: str) -> str:
         text = self._redact(text.strip())
@@ -461,6 +516,8 @@ class PollResult:
     index: int
     changed: bool
     reset: str | None = None
+    last_contact: float | None = None
+    reread_after: float | None = None
 
 
 class BlockingQuery:
@@ -489,7 +546,11 @@ class BlockingQuery:
       once); a poll after a timeout, a spurious wake-up, a reset or an error is paced by a token
       bucket: ``burst`` back to back, then one per ``min_interval`` on average, so an endpoint that
       answers at once every time (index 0, say) costs at most 1/min_interval requests a second;
-    * ``stale`` (None: the client's setting) lets any server answer;
+    * ``stale`` (None: the client's setting) lets any server answer; an answer the client re-read
+      from the leader because it was too stale (``max_stale``, see ConsulClient) sends the polls of
+      the next ``wait`` seconds to the leader too (without ``stale``): a server that lost the leader
+      would otherwise hold the next blocking query until its ``wait`` ends, seeing no change.
+      (One that loses the leader while a query is parked on it answers when that ``wait`` ends.)
     * answers are checked with ``client.read`` (shape per endpoint; an empty catalog is
       ConsulForbidden), so a watcher never mistakes an ACL-filtered answer for "all gone".
 
@@ -522,6 +583,7 @@ class BlockingQuery:
         self._tokens = float(self.burst)
         self._last_start: float | None = None
         self._productive = False
+        self._leader_until: float | None = None  # polls go to the leader until then (after a too-stale answer)
 
     def _pace(self) -> None:
         """A token bucket for polls that follow an unproductive one.
@@ -555,12 +617,21 @@ class BlockingQuery:
         self._pace()
         self._productive = False
         fetch = getattr(self.client, "read", None) or self.client.get
+        stale = self.stale
+        if self._leader_until is not None:
+            if self.clock() < self._leader_until:
+                stale = False
+            else:
+                self._leader_until = None
         try:
             answer = fetch(self.path, params=self.params, index=self.index or None,
-                           wait=self.wait if self.index else None, stale=self.stale)
+                           wait=self.wait if self.index else None, stale=stale)
         except ConsulUnavailable:
             self.index = 0
             raise
+        reread_after = getattr(answer, "reread_after", None)
+        if reread_after is not None:
+            self._leader_until = self.clock() + self.wait
         new = answer.index
         if new is None:
             raise ConsulBadAnswer(f"GET {answer.url} sent no X-Consul-Index: it cannot be used as a blocking query",
@@ -574,4 +645,5 @@ class BlockingQuery:
         self._productive = changed and reset is None and self.last_index is not None
         self.index = 0 if reset else new
         self.last_index = new
-        return PollResult(data=answer.data, index=new, changed=changed, reset=reset)
+        return PollResult(data=answer.data, index=new, changed=changed, reset=reset,
+                          last_contact=getattr(answer, "last_contact", None), reread_after=reread_after)

@@ -62,6 +62,7 @@ from ansible_collections.swallowkeeper.dyups.plugins.watcher.backoff import Back
 from ansible_collections.swallowkeeper.dyups.plugins.watcher.consul_answers import slim_object
 from ansible_collections.swallowkeeper.dyups.plugins.watcher.metrics import Metrics
 from ansible_collections.swallowkeeper.dyups.plugins.watcher.settings import Settings
+from ansible_collections.swallowkeeper.dyups.plugins.watcher.stale_reads import StaleReads
 from ansible_collections.swallowkeeper.dyups.plugins.watcher.transport import KeepAliveTransport
 
 log = logging.getLogger("swallowkeeper.watcher")
@@ -145,7 +146,9 @@ class ConsulSource:
                                    object_hook=slim_object)
         self.watch_client = ConsulClient(settings.consul_url, self.transport, token=token,
                                          datacenter=settings.consul_datacenter, timeout=settings.consul_timeout,
-                                         stale=settings.consul_stale, object_hook=slim_object)
+                                         stale=settings.consul_stale, object_hook=slim_object,
+                                         max_stale=settings.consul_max_stale,
+                                         on_too_stale=StaleReads(metrics, settings.consul_max_stale))
         self.entries: Dict[str, Instances] = {}  # service -> its registrations {(node, service_id): Instance}
         self.checks: HealthIndex = {}  # the health index: (node, service_id) -> ((check id, status), ...); node checks under (node, "")
         self.failing: Dict[InstanceKey, Tuple[str, CheckPairs]] = {}  # the part of self.checks not passing: key -> (service name or "", pairs)
@@ -605,7 +608,8 @@ class ConsulSource:
             if failed:
                 failed = False
                 events.put(("resync", kind, None))
-            self.metrics.set_index(kind, result.index)
+            self.metrics.set_index(kind, result.index, result.last_contact if result.reread_after is None
+                                   else result.reread_after)
             if result.changed and not self.stop_event.is_set():
                 events.put((kind, result.data, result.index, result.reset))
 

@@ -177,15 +177,17 @@ class Metrics:
         self._clock = clock
         self.started = clock()
         self.counters: dict[str, int] = {"changes_applied": 0, "syncs": 0, "repairs": 0, "consul_events": 0,
-                                         "nginx_generations": 0, "check_budget_refusals": 0}
+                                         "nginx_generations": 0, "check_budget_refusals": 0,
+                                         "consul_stale_rereads": 0}
         self.errors = {kind: 0 for kind in ERROR_KINDS}
         self.gauges: dict[str, float] = {
             "last_sync_timestamp_seconds": 0.0, "last_sync_success": 0, "last_sync_duration_seconds": 0.0,
             "upstreams": 0, "servers": 0, "held_changes": 0, "held_removals": 0, "pending_upstreams": 0,
             "consul_up": 0, "dyups_up": 0, "skipped_instances": 0, "unread_services": 0,
-            "dyups_free_bytes": -1, "config_reload_success": 1}
+            "dyups_free_bytes": -1, "config_reload_success": 1, "consul_stale_reread_last_contact_seconds": 0.0}
         self.consul_index: dict[str, int] = {}
         self.consul_answered: dict[str, float] = {}
+        self.consul_last_contact: dict[str, float] = {}
         self.latency = ChangeLatency()
         self.latency_histogram = Histogram(LATENCY_BUCKETS)
         self.status: dict[str, Any] = {}
@@ -203,10 +205,14 @@ class Metrics:
         with self._lock:
             self.gauges.update(gauges)
 
-    def set_index(self, query: str, index: int | None) -> None:
+    def set_index(self, query: str, index: int | None, last_contact: float | None = None) -> None:
+        """A blocking query answered: its index, when, and how stale its server was (seconds since it
+        heard from the leader, of the answer as it came, before any re-read; None: not said)."""
         with self._lock:
             self.consul_index[query] = index or 0
             self.consul_answered[query] = self._clock()
+            if last_contact is not None:
+                self.consul_last_contact[query] = last_contact
 
     def change_applied(self, name: str) -> None:
         """A POST or DELETE of upstream ``name`` was answered: counted, and timed when a Consul answer
@@ -234,6 +240,7 @@ class Metrics:
                 "gauges": dict(self.gauges),
                 "consul_index": dict(self.consul_index),
                 "consul_answered": dict(self.consul_answered),
+                "consul_last_contact": dict(self.consul_last_contact),
                 "latency": {"count": self.latency_histogram.total, "sum": round(self.latency_histogram.sum, 6),
                             "waiting": len(self.latency.waiting)},
                 "status": json.loads(json.dumps(self.status, default=str)),
@@ -254,7 +261,7 @@ class Metrics:
             for labels, value in samples:
                 suffix = labels.pop("__suffix__", "") if labels else ""
                 label_text = "{" + ",".join(f'{k}="{v}"' for k, v in labels.items()) + "}" if labels else ""
-                lines.append(f"{full_name}{suffix}{label_text} {value}")
+                lines.append(f"{full_name}{suffix}{label_text} {'+Inf' if value == float('inf') else value}")
 
         metric("changes_applied_total", "counter", "Upstream POSTs and DELETEs the interface accepted.",
                [({}, snap["counters"]["changes_applied"])])
@@ -276,6 +283,12 @@ class Metrics:
         metric("consul_answer_timestamp_seconds", "gauge", "Unix time of the last answer of each blocking query "
                "(one at least every consul_wait while Consul answers).",
                [({"query": query}, round(value, 3)) for query, value in sorted(snap["consul_answered"].items())])
+        metric("consul_last_contact_seconds", "gauge", "Seconds since the Consul server that gave each blocking "
+               "query's last answer had heard from the leader (X-Consul-LastContact; +Inf: it knew no leader).",
+               [({"query": query}, value) for query, value in sorted(snap["consul_last_contact"].items())])
+        metric("consul_stale_rereads_total", "counter", "Answers of servers that had not heard from the leader for "
+               "more than consul_max_stale seconds, read again from the leader.",
+               [({}, snap["counters"]["consul_stale_rereads"])])
         metric(LATENCY_METRIC, "histogram", "Seconds from reading the Consul answer that carried a change to "
                "the interface's answer to its POST or DELETE.",
                [(dict(labels, __suffix__=suffix), value) for suffix, labels, value in latency])
@@ -295,6 +308,8 @@ class Metrics:
             "dyups_free_bytes": "Free bytes of the Lua flavor's shared dict at the last drift check (nginx_pid_file "
                                 "set); -1: not known (Tengine's zones cannot be read).",
             "config_reload_success": "0 when the last SIGHUP could not reload (the watcher goes on as it was).",
+            "consul_stale_reread_last_contact_seconds": "LastContact of the last answer read again from the leader "
+                                                        "(consul_max_stale; +Inf: its server knew no leader; 0: none).",
         }
         for name, help_text in gauge_help.items():
             metric(name, "gauge", help_text, [({}, snap["gauges"][name])])

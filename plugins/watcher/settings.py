@@ -56,6 +56,9 @@ OPTIONS = (
     Option("consul_timeout", 10.0, float, "seconds for a Consul request that does not block"),
     Option("consul_wait", 300.0, float, "seconds a blocking query may wait (Consul caps it at 600)"),
     Option("consul_stale", True, bool, "let any Consul server answer the blocking queries"),
+    Option("consul_max_stale", 2.0, float, "with consul_stale: an answer from a server that last heard from the "
+                                           "Consul leader longer ago than this many seconds (or knew no leader) "
+                                           "is read again from the leader (0: no bound)"),
     Option("consul_ca_path", None, str, "CA bundle for an https consul_url (else CONSUL_CACERT)"),
     Option("consul_client_cert", None, str, "client certificate for an https consul_url (else CONSUL_CLIENT_CERT)"),
     Option("consul_client_key", None, str, "client key for an https consul_url (else CONSUL_CLIENT_KEY)"),
@@ -232,6 +235,9 @@ def check(settings: Settings) -> None:
                             f"{MAX_REMOVAL_GUARD_WINDOW:.0f}, got {settings.removal_guard_window!r}")
     if settings.quiescence_min < 0 or settings.quiescence_max < settings.quiescence_min:
         raise SettingsError("quiescence_min/quiescence_max: expected 0 <= min <= max")
+    if not 0 <= settings.consul_max_stale <= 600 or settings.consul_max_stale != settings.consul_max_stale:
+        raise SettingsError(f"consul_max_stale: expected seconds from 0 (no bound) to 600, "
+                            f"got {settings.consul_max_stale!r}")
     if not 0 < settings.consul_wait <= 600:
         raise SettingsError("consul_wait: expected seconds above 0 and at most 600")
     if settings.check_peer_budget < 0:

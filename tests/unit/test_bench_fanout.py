@@ -55,3 +55,35 @@ def test_per_service_watches_the_routed_services_and_the_flips_toggle_passing_on
     paths = [path for path, _service in bench.queries_of("per-service", routed)]
     assert paths[:2] == ["/v1/health/service/svc-00001?stale", "/v1/health/service/svc-00002?stale"]
     assert paths[-1] == "/v1/catalog/services?stale" and len(paths) == 11
+
+
+def test_per_service_include_holds_no_catalog_and_the_publisher_follower_one_journal_key():
+    routed = bench.routed_services(3)
+    assert [path for path, _service in bench.queries_of("per-service-include", routed)] == [
+        "/v1/health/service/svc-00001?stale", "/v1/health/service/svc-00002?stale", "/v1/health/service/svc-00003?stale"]
+    assert bench.queries_of("publisher", routed) == [("/v1/kv/swk/journal?stale", None)]
+    roles = [bench.role_of(path) for path, _service in bench.queries_of("state-critical", routed)]
+    assert roles == ["failing", "warning", "catalog"]
+    assert [bench.triggers(strategy, event) for strategy, event in (
+        ("state-any", "flip"), ("state-any", "register"), ("per-service", "register"), ("publisher", "flip"))] == [
+        "failing", "catalog", "service", "journal"]
+
+
+def test_registration_events_add_then_remove_a_second_instance_on_the_node_of_the_first():
+    register, deregister = bench.instance_ops(41, True), bench.instance_ops(41, False)
+    service = register[0]["Service"]
+    assert (service["Node"], service["Service"]["ID"], service["Service"]["Service"]) == (
+        "node-0002", "svc-00041-2", "svc-00041")
+    assert register[1]["Check"]["Check"]["Status"] == "passing"
+    assert [op.get("Check", op.get("Service"))["Verb"] for op in deregister] == ["delete", "delete"]
+    plan = bench.event_plan(["flip", "register", "deregister"], 2, [1, 2, 3], {1: "passing", 2: "critical", 3: "passing"})
+    assert [(event, number, status) for event, number, _ops, status in plan] == [
+        ("flip", 1, "critical"), ("flip", 2, "passing"), ("register", 1, None), ("register", 2, None),
+        ("deregister", 1, None), ("deregister", 2, None)]
+
+
+def test_the_publisher_keeps_the_passing_servers_only():
+    body = ('[{"Node": {"Address": "10.0.0.1"}, "Service": {"Address": "", "Port": 80}, "Checks": [{"Status": "passing"}]},'
+            ' {"Node": {"Address": "10.0.0.2"}, "Service": {"Address": "10.9.9.9", "Port": 81},'
+            ' "Checks": [{"Status": "critical"}]}]')
+    assert bench.compact_upstream(body.encode()) == '{"servers":["10.0.0.1:80"]}'

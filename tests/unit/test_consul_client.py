@@ -433,3 +433,72 @@ def test_plain_http_on_the_https_port_says_so():
     answer = (400, "Client sent an HTTP request to an HTTPS server.\n", {})
     with pytest.raises(ConsulBadAnswer, match="use an https:// URL"):
         ConsulClient("http://c:8501", ScriptedTransport(answer)).health_state_any()
+
+
+# -- stale answers bounded (max_stale) -------------------------------------------------------------------
+# ScriptedTransport stands in for the headers of a server cut off from its leader; a real follower that
+# lost its leader is in tests/integration/test_consul_stale_bound.py.
+def stale_answer(body, index, last_contact, known_leader="true"):
+    headers = {"x-consul-index": index, "x-consul-knownleader": known_leader}
+    if last_contact is not None:
+        headers["x-consul-lastcontact"] = last_contact
+    return 200, body, headers
+
+
+@pytest.mark.parametrize("last_contact, known_leader", [("7300", "true"), ("10", "false"), ("soon", "true")])
+def test_a_too_stale_answer_is_read_again_from_the_leader(last_contact, known_leader):
+    transport = ScriptedTransport(stale_answer('[{"CheckID": "old"}]', "41", last_contact, known_leader),
+                                  stale_answer('[{"CheckID": "new"}]', "45", "0"))
+    seen = []
+    client = ConsulClient("http://c:8500", transport, stale=True, max_stale=2,
+                          on_too_stale=lambda url, seconds: seen.append((url, seconds)))
+    answer = client.health_state_any(index=40, wait=60)
+    assert [call["url"] for call in transport.calls] == [
+        "http://c:8500/v1/health/state/any?stale=&index=40&wait=60000ms", "http://c:8500/v1/health/state/any"]
+    assert transport.calls[1]["timeout"] == 10.0  # a plain read: it does not block
+    expected = 7.3 if last_contact == "7300" else float("inf")
+    assert (answer.data, answer.index, answer.last_contact, answer.reread_after) == (
+        [{"CheckID": "new"}], 45, 0.0, expected)
+    assert seen == [(transport.calls[0]["url"], expected)]
+
+
+@pytest.mark.parametrize("max_stale, last_contact", [(2, "2000"), (2, None), (0, "900000"), (None, "900000")])
+def test_an_answer_within_the_bound_or_without_a_bound_is_used(max_stale, last_contact):
+    transport = ScriptedTransport(stale_answer("[]", "41", last_contact))
+    answer = ConsulClient("http://c:8500", transport, stale=True, max_stale=max_stale).health_state_any(index=40)
+    assert len(transport.calls) == 1
+    assert answer.last_contact == (None if last_contact is None else int(last_contact) / 1000)
+    assert answer.reread_after is None
+
+
+def test_a_read_without_stale_is_never_read_again():
+    transport = ScriptedTransport(stale_answer("[]", "41", "9000"))
+    ConsulClient("http://c:8500", transport, stale=False, max_stale=2).health_state_any()
+    assert len(transport.calls) == 1
+
+
+def test_a_failed_leader_read_says_how_stale_the_answer_was():
+    transport = ScriptedTransport(stale_answer("[]", "41", "7300", "false"),
+                                  (500, "No cluster leader", {}))
+    client = ConsulClient("http://c:8500", transport, stale=True, max_stale=2)
+    with pytest.raises(ConsulServerError, match=r"No cluster leader.*knew no leader, above max_stale 2s"):
+        client.health_state_any(index=40)
+
+
+def test_after_a_too_stale_answer_the_polls_of_one_wait_go_to_the_leader():
+    clock = FakeClock()
+
+    class Client(FakeClient):
+        def read(self, path, params=None, index=None, wait=None, stale=None):
+            answer = super().read(path, params, index, wait, stale)
+            stale_one = self.calls[-1]["index"] == 11
+            return ConsulAnswer(answer.data, answer.index, answer.url, last_contact=0.0 if stale_one else 0.2,
+                                reread_after=9.0 if stale_one else None)
+
+    client = Client(clock, [(10, "a"), (11, "b"), (12, "c"), (13, "d"), (14, "e")], duration=40.0)
+    query = BlockingQuery(client, "/v1/health/state/any", wait=30, stale=None, clock=clock, sleep=clock.sleep)
+    results = [query.poll() for _unused in range(5)]
+    # the answer to index 11 was re-read (it ended at +120 s): the polls that start before +150 s ask the
+    # leader (stale=False), the next one (+160 s) any server again
+    assert [call["stale"] for call in client.calls] == [None, None, None, False, None]
+    assert [result.reread_after for result in results] == [None, None, 9.0, None, None]

@@ -41,6 +41,8 @@ def test_yaml_file(tmp_path):
     ({"upstream_directives": {"bad name": ["keepalive 1"]}}, "bad name"),
     ({"consul_wait": 900}, "consul_wait"),
     ({"consul_stale": "perhaps"}, "consul_stale"),
+    ({"consul_max_stale": -1}, "consul_max_stale: expected seconds from 0"),
+    ({"consul_max_stale": "nan"}, "consul_max_stale: expected seconds from 0"),
     ({"removal_guard_window": -1}, "removal_guard_window: expected seconds from 0"),
     ({"removal_guard_window": "nan"}, "removal_guard_window: expected seconds from 0"),
     ({"removal_guard_window": 10 ** 6}, "removal_guard_window: expected seconds from 0 .* to 3600"),
