@@ -31,6 +31,7 @@ from ansible_collections.swallowkeeper.dyups.plugins.module_utils._names import 
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._reserved import (
     Reserved, ReservedNamesUnknown, reserved_from)
 from ansible_collections.swallowkeeper.dyups.plugins.watcher.metrics import split_listen
+from ansible_collections.swallowkeeper.dyups.plugins.watcher import zone_fit
 
 ZERO_INSTANCE_POLICIES = ("keep", "down", "delete")
 MAX_REMOVAL_GUARD_WINDOW = 3600.0  # an hour: older removals are no one mass event (and each sync reads the window)
@@ -104,6 +105,9 @@ OPTIONS = (
                                                 "lost in this time count with the change's (0: the change alone)"),
     Option("check_peer_budget", 4096, int, "never send a change that brings the servers of upstreams with a "
                                            "'check' directive above this (0: no limit); see check_budget.py"),
+    Option("dyups_shm_zone_size", None, str, "Tengine's dyups_shm_zone_size (e.g. 2m): never send a body that "
+                                             "cannot fit it, which Tengine would apply on one worker only (unset: "
+                                             "not checked; the Lua flavor refuses such a body whole); see zone_fit.py"),
     Option("retry_initial", 0.5, float, "first retry delay after a failure (doubles, with jitter)"),
     Option("retry_max", 5.0, float, "longest retry delay (also: the longest a recovered Consul or nginx waits)"),
     Option("status_listen", "127.0.0.1:18883", str, "loopback address:port of the status and metrics "
@@ -242,6 +246,13 @@ def check(settings: Settings) -> None:
         raise SettingsError("consul_wait: expected seconds above 0 and at most 600")
     if settings.check_peer_budget < 0:
         raise SettingsError("check_peer_budget: expected 0 (no limit) or more")
+    if settings.dyups_shm_zone_size is not None:
+        try:
+            zone_bytes = zone_fit.parse_size(settings.dyups_shm_zone_size)
+        except ValueError as exc:
+            raise SettingsError(f"dyups_shm_zone_size: {exc}") from None
+        if zone_fit.largest_body(zone_bytes) <= 0:
+            raise SettingsError(f"dyups_shm_zone_size: {settings.dyups_shm_zone_size} holds no change at all")
     if not 0 < settings.nginx_poll_interval <= 10:
         raise SettingsError("nginx_poll_interval: expected seconds above 0 and at most 10")
     if settings.validate_command and "%s" not in settings.validate_command:

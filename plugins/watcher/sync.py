@@ -51,7 +51,7 @@ from ansible_collections.swallowkeeper.dyups.plugins.module_utils._resolve impor
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._servers import Server
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._upstream import Upstream
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._validate_config import ConfigCheckFailed, check_config
-from ansible_collections.swallowkeeper.dyups.plugins.watcher import check_budget, owned_state, safety
+from ansible_collections.swallowkeeper.dyups.plugins.watcher import check_budget, owned_state, safety, zone_fit
 from ansible_collections.swallowkeeper.dyups.plugins.watcher.host_names import HostNames
 from ansible_collections.swallowkeeper.dyups.plugins.watcher.metrics import Metrics
 from ansible_collections.swallowkeeper.dyups.plugins.watcher.pushes import Pushes, SyncReport, describe_change
@@ -100,6 +100,8 @@ class Syncer:
         self.skipped: List[dict] = []
         self.hosts = HostNames(settings.hosts_file)   # servers written as host names (host_names.py)
         self.resolve: Optional[Resolve] = None   # the drift check's resolver
+        # Tengine's dyups_shm_zone_size in bytes (0: not checked); a body that cannot fit is never sent (zone_fit.py)
+        self.zone_bytes = zone_fit.parse_size(settings.dyups_shm_zone_size) if settings.dyups_shm_zone_size else 0
         self._update_gauges()
 
     # -- desired state ---------------------------------------------------------------------------
@@ -124,6 +126,11 @@ class Syncer:
         if refused:
             self.skipped.extend(refused)
             self.metrics.count("check_budget_refusals", len(refused))
+        limited, too_big, unfit = zone_fit.limit(limited, self.applied, self.zone_bytes)
+        if too_big:
+            self.skipped.extend(too_big)
+            self.metrics.count("zone_refusals", len(too_big))
+            self._refused_names |= unfit
         return limited, names
 
     def _guard(self, applied: Dict[str, Upstream], desired: Dict[str, Upstream]) -> Dict[str, Upstream]:

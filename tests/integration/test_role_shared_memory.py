@@ -46,8 +46,11 @@ def test_the_sizes_follow_the_expected_upstreams_and_an_explicit_size_wins(tmp_p
     explicit = {"tengine_dyups_shm_zone_size": "5m", "tengine_dyups_check_shm_size": "3m"}
     texts = render_all(tmp_path, [("dyups.conf.j2", tengine), ("dyups.conf.j2", dict(tengine, **big)),
                                   ("dyups.conf.j2", dict(tengine, **explicit)), ("dyups-lua.conf.j2", lua),
-                                  ("dyups-lua.conf.j2", dict(lua, **huge))])
-    assert [sizes(text) for text in texts] == [
+                                  ("dyups-lua.conf.j2", dict(lua, **huge)), ("watcher.yml.j2", dict(tengine, **explicit)),
+                                  ("watcher.yml.j2", tengine), ("watcher.yml.j2", lua)])
+    # the watcher never sends a body that cannot fit the zone (plugins/watcher/zone_fit.py): it is told its size
+    assert [yaml.safe_load(text).get("dyups_shm_zone_size") for text in texts[5:]] == ["5m", "2m", None]
+    assert [sizes(text) for text in texts[:5]] == [
         # defaults, 1000 upstreams of 4 servers: 1000 x 512 x 2 B = 0.98 MiB (at least 2m); 8096 x 384 B = 2.97 MiB
         {"dyups_shm_zone_size": "2m", "check_shm_size": "3m"},
         # 5000 x (256 + 64 x 8) x 2 B = 7.3 MiB; (4096 + 40000) x 384 B = 16.1 MiB

@@ -70,7 +70,7 @@ local function segments(uri)
 end
 
 local function sorted_upstreams()
-    cache.sync()
+    cache.sync_and_wait()
     local list = {}
     for _, ups in pairs(cache.all()) do
         list[#list + 1] = ups
@@ -119,7 +119,7 @@ local function do_get(parts)
         if #parts ~= 2 then
             return respond(404, "not support this interface")
         end
-        cache.sync()
+        cache.sync_and_wait()
         local ups = cache.lookup(parts[2])
         if not ups then
             return respond(404, "")
@@ -192,6 +192,10 @@ local function read_body()
     return body
 end
 
+-- Let nginx serve other requests between the steps of a long parse (rules.lua, PAUSE_EVERY;
+-- cache.pause): a 10 000-server body held this worker for about a second otherwise (issue 25).
+local yield = cache.pause
+
 local function do_post(parts)
     local body, err = read_body()
     if not body then
@@ -206,7 +210,7 @@ local function do_post(parts)
                             .. "and directives, like 'server 10.0.0.1:8080 weight=2;'\n")
     end
     local record, rule
-    record, err, rule = upstream.from_body(name, body)
+    record, err, rule = upstream.from_body(name, body, yield)
     if not record then
         local what = sub(rule, 1, 5) == "name." and "the upstream name in the URL" or "the request body"
         err = format("%s is refused (rule %s): %s", what, rule, err)
@@ -214,7 +218,7 @@ local function do_post(parts)
         return respond(400, err .. "\n")
     end
     local version
-    version, err = state.put(record)
+    version, err = state.put(record, yield)
     if not version then
         return write_failed("update", name, err)
     end

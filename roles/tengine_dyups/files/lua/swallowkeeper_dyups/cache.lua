@@ -6,13 +6,23 @@
 -- enough). Nothing is decoded on a request unless something changed; the per-peer balancing state
 -- (weights, failures, connection counts) lives here and is per worker, like nginx's own round
 -- robin without a `zone`. A replaced upstream starts with fresh peer state, as in Tengine.
+--
+-- A changed upstream whose stored text is longer than BIG bytes (some 1 000 servers) is rebuilt in
+-- the background: a timer decodes and builds it in steps of about SLICE seconds (pause below),
+-- while the worker goes on serving every other upstream, and this one
+-- as it had it (a new one: not yet); the new copy replaces it when complete, unless a later change
+-- came meanwhile. Built inline on a request, a 10 000-server upstream held each worker 300-500 ms
+-- (issue 25). A full rebuild (a worker's first request, a journal that does not reach back) is
+-- inline: the worker has nothing else to serve.
 
 local state = require("swallowkeeper_dyups.state")
 local upstream = require("swallowkeeper_dyups.upstream")
 local rules = require("swallowkeeper_dyups.rules")
 
 local ngx = ngx
-local lower, find, pairs, ngx_now = string.lower, string.find, pairs, ngx.now
+local lower, find, pairs, next, ngx_now = string.lower, string.find, pairs, next, ngx.now
+local PAUSE_EVERY = rules.PAUSE_EVERY
+local BIG = 32768
 
 local _M = {}
 
@@ -21,6 +31,28 @@ local by_name = {}   -- names as requests spell them -> upstream (emptied on eve
 local version = -1
 local dict, cell
 local checked_dict_at = 0
+local stamp = {}     -- key -> changes this worker saw to it: a background copy older than the last is dropped
+local epoch = 0      -- full rebuilds: a background copy begun before one is dropped
+local queued = {}    -- key -> its stamp when queued for the background
+local running = false
+
+-- Called every rules.PAUSE_EVERY items of a long job (a big POST's parse, a background build):
+-- once the job has run SLICE seconds since it last let nginx in, it sleeps a millisecond, so the
+-- worker's other requests wait at most about SLICE. ngx.sleep(0) is no pause on stock nginx: the
+-- job resumes in the same round of posted events, before nginx looks at any connection.
+local SLICE = 0.005
+local let_in_at = 0
+
+local function pause()
+    ngx.update_time()
+    if ngx_now() - let_in_at >= SLICE then
+        ngx.sleep(0.001)
+        ngx.update_time()
+        let_in_at = ngx_now()
+    end
+end
+
+_M.pause = pause
 
 -- An address as ngx.balancer.set_current_peer takes it: IPv6 in brackets (a bare "::1" is read
 -- as host ":" with port ":1", "invalid port").
@@ -32,7 +64,8 @@ local function peer_host(ip)
 end
 
 -- The balancer's view of a record: peers (one per resolved address, as nginx makes them).
-local function build(record)
+-- `pause` (optional): called every PAUSE_EVERY servers.
+local function build(record, pause_fn)
     local ups = { name = record.name, record = record, primary = {}, backup = {} }
     for i = 1, #record.servers do
         local s = record.servers[i]
@@ -45,24 +78,76 @@ local function build(record)
                 down = s.down, fails = 0, checked = 0, accessed = 0, conns = 0,
             }
         end
+        if pause_fn and i % PAUSE_EVERY == 0 then
+            pause_fn()
+        end
     end
     ups.tries = #ups.primary + #ups.backup
     ups.single = #ups.primary == 1 and #ups.backup == 0
     return ups
 end
 
-local function load(key, encoded)
-    if not encoded then
-        by_key[key] = nil
-        return
-    end
-    local record, err = upstream.decode(encoded)
+-- The balancer's view of an encoded upstream, or nil (damaged: logged).
+local function built(encoded, pause_fn)
+    local record, err = upstream.decode(encoded, pause_fn)
     if not record then
         ngx.log(ngx.ERR, "dyups: ", err)
-        by_key[key] = nil
-        return
+        return nil
     end
-    by_key[key] = build(record)
+    return build(record, pause_fn)
+end
+
+local function load(key, encoded)
+    stamp[key] = (stamp[key] or 0) + 1
+    by_key[key] = encoded and built(encoded) or nil
+end
+
+-- The timer that builds the queued upstreams (see the top of this file).
+local function build_all_queued()
+    let_in_at = ngx_now()
+    local key, mark = next(queued)
+    while key do
+        queued[key] = nil
+        local began = epoch
+        local encoded = state.get(key)
+        local ups = encoded and built(encoded, pause) or nil
+        if stamp[key] == mark and epoch == began then
+            by_key[key] = ups
+            by_name = {}
+        end
+        key, mark = next(queued)
+    end
+end
+
+local function build_queued(premature)
+    if not premature then
+        local ok, err = pcall(build_all_queued)
+        if not ok then
+            ngx.log(ngx.ERR, "dyups: building upstreams in the background failed: ", err)
+        end
+    end
+    running = false
+end
+
+-- A changed upstream: built now, or queued for the background when it is big.
+local function changed(key)
+    local encoded = state.get(key)
+    if not encoded or #encoded <= BIG then
+        queued[key] = nil
+        return load(key, encoded)
+    end
+    stamp[key] = (stamp[key] or 0) + 1
+    queued[key] = stamp[key]
+    if not running then
+        local ok, err = ngx.timer.at(0, build_queued)
+        if not ok then
+            -- no timer (the worker is exiting, or too many timers): build it here
+            ngx.log(ngx.WARN, "dyups: upstream ", key, " built inline: ", err)
+            queued[key] = nil
+            return load(key, encoded)
+        end
+        running = true
+    end
 end
 
 function _M.sync()
@@ -104,11 +189,13 @@ function _M.sync()
             local key = keys[i]
             if not done[key] then
                 done[key] = true
-                load(key, state.get(key))
+                changed(key)
             end
         end
     else
         by_key = {}
+        epoch = epoch + 1
+        queued = {}
         local count = 0
         for key, encoded in pairs(state.all()) do
             load(key, encoded)
@@ -118,6 +205,18 @@ function _M.sync()
     end
     by_name = {}
     version = current
+end
+
+-- sync(), then wait until the background has built what it queued (at most `timeout` seconds,
+-- default 10): the interface's GETs show what the worker serves, never a copy about to be replaced.
+-- Only where ngx.sleep may run (the content phase).
+function _M.sync_and_wait(timeout)
+    _M.sync()
+    local deadline = ngx_now() + (timeout or 10)
+    while (running or next(queued)) and ngx_now() < deadline do
+        ngx.sleep(0.002)
+        ngx.update_time()
+    end
 end
 
 -- The upstream a request names (case-insensitive, like nginx), or nil. Call sync() first.

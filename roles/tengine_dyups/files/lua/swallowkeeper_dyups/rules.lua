@@ -19,6 +19,14 @@ local tonumber, floor = tonumber, math.floor
 
 local _M = { _VERSION = "2" }
 
+-- A long body is parsed in steps: the functions that walk it take an optional `pause`, called
+-- after every PAUSE_EVERY statements (or 8 x as many tokens). The interface passes one that lets
+-- nginx in every few milliseconds (cache.pause), so requests on the worker that parses a
+-- 10 000-server POST keep being served (issue 25); without one (the upstream file at start, the
+-- tests) nothing pauses.
+_M.PAUSE_EVERY = 32
+local PAUSE_EVERY = _M.PAUSE_EVERY
+
 local MAX_NAME_LENGTH = 128
 local DEFAULT_PORT = 80
 local LIMITS = {
@@ -659,7 +667,7 @@ end
 -- An upstream (_upstream.py build_upstream) and a POST body / block content (_upstream_file.py)
 
 -- parser() applied to every text; nil, message, rule id of the first refusal otherwise.
-local function parse_all(texts, parser)
+local function parse_all(texts, parser, pause)
     local out = {}
     for i = 1, #texts do
         local item, err, rule = parser(texts[i])
@@ -667,6 +675,9 @@ local function parse_all(texts, parser)
             return nil, err, rule
         end
         out[i] = item
+        if pause and i % PAUSE_EVERY == 0 then
+            pause()
+        end
     end
     return out
 end
@@ -682,14 +693,14 @@ end
 
 -- { name, servers = {...} (in the given order), directives = {...} (balancing method first) } from
 -- server strings and directive strings; nil, message, rule id when Python's build_upstream refuses.
-function _M.build_upstream(name, server_texts, directive_texts)
+function _M.build_upstream(name, server_texts, directive_texts, pause)
     local _, err, rule = _M.validate_name(name)
     if err then
         return nil, err, rule
     end
     local subject = "upstream " .. quote(name)
     local servers
-    servers, err, rule = parse_all(server_texts, _M.parse_server)
+    servers, err, rule = parse_all(server_texts, _M.parse_server, pause)
     if not servers then
         return nil, err, rule
     end
@@ -766,9 +777,14 @@ end
 
 -- Tokens of nginx configuration text (Python: _upstream_file._tokens): words, "{", "}", ";";
 -- comments dropped. Returns a list of { line, token } or nil, message, rule id.
-function _M.tokens(text)
+function _M.tokens(text, pause)
     local out, i, n, line = {}, 1, #text, 1
+    local step = 8 * PAUSE_EVERY
     while i <= n do
+        if pause and #out >= step then
+            step = step + 8 * PAUSE_EVERY
+            pause()
+        end
         local c = sub(text, i, i)
         if c == "\n" then
             line = line + 1
@@ -834,8 +850,8 @@ function _M.block_statements(tokens, first)
 end
 
 -- An upstream from a POST body: the content of an upstream block, nothing that closes it.
-function _M.parse_body(name, body)
-    local tokens, err, rule = _M.tokens(body)
+function _M.parse_body(name, body, pause)
+    local tokens, err, rule = _M.tokens(body, pause)
     if not tokens then
         return nil, err, rule
     end
@@ -847,7 +863,7 @@ function _M.parse_body(name, body)
         return refuse("body.closes_block", "line " .. tokens[stop][1], "'}' would close the upstream block; a body "
                       .. "holds only server lines and upstream directives")
     end
-    return _M.build_upstream(name, servers, directives)
+    return _M.build_upstream(name, servers, directives, pause)
 end
 
 return _M

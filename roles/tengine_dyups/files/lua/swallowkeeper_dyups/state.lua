@@ -186,9 +186,10 @@ local function locked(fn)
 end
 
 -- Store a record (create or replace). Returns the new version, or nil and "busy" / a reason.
-function _M.put(record)
+-- `pause` (optional): passed to upstream.encode, which runs before the lock is taken.
+function _M.put(record, pause)
     local key = upstream.key(record.name)
-    local encoded = upstream.encode(record)
+    local encoded = upstream.encode(record, pause)
     return locked(function(dict)
         local stored = dict:get("u:" .. key)
         local ok, err = dict:safe_set("u:" .. key, encoded)

@@ -16,7 +16,8 @@
 local rules = require("swallowkeeper_dyups.rules")
 local resolve = require("swallowkeeper_dyups.resolve")
 
-local concat, format, sub, gmatch = table.concat, string.format, string.sub, string.gmatch
+local concat, format, sub, gmatch, match, find = table.concat, string.format, string.sub, string.gmatch,
+    string.match, string.find
 local tonumber = tonumber
 
 local _M = {}
@@ -43,8 +44,8 @@ _M.key = rules.name_key
 
 -- A record from validated parts (rules.build_upstream's result); nil, reason, rule id when the
 -- flavor cannot honour a directive (flavor.directive_unsupported) or a host does not resolve
--- (server.unresolvable).
-function _M.from_parsed(parsed)
+-- (server.unresolvable). `pause` (optional): called every rules.PAUSE_EVERY servers (rules.lua).
+function _M.from_parsed(parsed, pause)
     local directives = {}
     for i = 1, #parsed.directives do
         local directive = parsed.directives[i]
@@ -68,17 +69,20 @@ function _M.from_parsed(parsed)
             max_fails = server.max_fails, fail_timeout = server.fail_timeout, max_conns = server.max_conns,
             backup = server.backup, down = server.down,
         }
+        if pause and i % rules.PAUSE_EVERY == 0 then
+            pause()
+        end
     end
     return { name = parsed.name, servers = servers, directives = directives }
 end
 
--- A record from a POST body; nil, reason, rule id otherwise.
-function _M.from_body(name, body)
-    local parsed, err, rule = rules.parse_body(name, body)
+-- A record from a POST body; nil, reason, rule id otherwise. `pause`: as in rules.parse_body.
+function _M.from_body(name, body, pause)
+    local parsed, err, rule = rules.parse_body(name, body, pause)
     if not parsed then
         return nil, err, rule
     end
-    return _M.from_parsed(parsed)
+    return _M.from_parsed(parsed, pause)
 end
 
 -- "ADDR" as Tengine shows a server in /detail and /upstream/NAME: its first resolved address.
@@ -87,14 +91,18 @@ function _M.shown_address(server)
 end
 
 -- One line per server and directive; fields separated by single spaces (no field holds one,
--- except a directive's text, which is the rest of its line).
-function _M.encode(record)
+-- except a directive's text, which is the rest of its line). `pause` (optional): called every
+-- rules.PAUSE_EVERY servers, here and in decode.
+function _M.encode(record, pause)
     local lines = { "N " .. record.name }
     for i = 1, #record.servers do
         local s = record.servers[i]
         lines[#lines + 1] = format("S %d %d %d %d %d %d %d %s %s", s.port, s.weight, s.max_conns, s.max_fails,
                                    s.fail_timeout, s.backup and 1 or 0, s.down and 1 or 0, s.host,
                                    concat(s.ips, " "))
+        if pause and i % rules.PAUSE_EVERY == 0 then
+            pause()
+        end
     end
     for i = 1, #record.directives do
         lines[#lines + 1] = "D " .. record.directives[i]
@@ -102,26 +110,39 @@ function _M.encode(record)
     return concat(lines, "\n")
 end
 
-function _M.decode(text)
+-- The fields of a server line after "S ": port weight max_conns max_fails fail_timeout backup down
+-- host, then the addresses.
+local SERVER_LINE = "^(%d+) (%d+) (%d+) (%d+) (%d+) ([01]) ([01]) (%S+) ?(.*)$"
+
+function _M.decode(text, pause)
     local record = { servers = {}, directives = {} }
+    local servers = record.servers
     for line in gmatch(text, "[^\n]+") do
         local kind, rest = sub(line, 1, 1), sub(line, 3)
         if kind == "N" then
             record.name = rest
         elseif kind == "S" then
-            local fields = {}
-            for field in gmatch(rest, "%S+") do
-                fields[#fields + 1] = field
+            local port, weight, max_conns, max_fails, fail_timeout, backup, down, host, addresses = match(rest, SERVER_LINE)
+            if not port then
+                return nil, "a stored upstream is damaged: " .. line
             end
-            local ips = {}
-            for i = 9, #fields do
-                ips[#ips + 1] = fields[i]
+            local ips
+            if addresses == "" or find(addresses, " ", 1, true) then
+                ips = {}
+                for ip in gmatch(addresses, "%S+") do
+                    ips[#ips + 1] = ip
+                end
+            else
+                ips = { addresses }
             end
-            record.servers[#record.servers + 1] = {
-                port = tonumber(fields[1]), weight = tonumber(fields[2]), max_conns = tonumber(fields[3]),
-                max_fails = tonumber(fields[4]), fail_timeout = tonumber(fields[5]), backup = fields[6] == "1",
-                down = fields[7] == "1", host = fields[8], ips = ips,
+            servers[#servers + 1] = {
+                port = tonumber(port), weight = tonumber(weight), max_conns = tonumber(max_conns),
+                max_fails = tonumber(max_fails), fail_timeout = tonumber(fail_timeout), backup = backup == "1",
+                down = down == "1", host = host, ips = ips,
             }
+            if pause and #servers % rules.PAUSE_EVERY == 0 then
+                pause()
+            end
         elseif kind == "D" then
             record.directives[#record.directives + 1] = rest
         end

@@ -1,0 +1,155 @@
+"""POSTs answered 200 around a Tengine reload, lost (Tengine #1114), reproduced with the watcher's own
+upstream file (outside CI; figures in docs/resilience.md, "The reload race").
+
+    .venv/bin/python tests/resilience/reload_race.py [--rounds 8] [--services 20]
+                                                     [--old-watcher DIR/plugins/watcher]
+
+Tengine (2 workers) includes the watcher's upstream file, as on a role-made host. Per round: for 0.4 s
+a thread moves services between two backends in Consul, one every ~20 ms (each a change the watcher
+writes to the file and POSTs); 0.2 s into it nginx is reloaded (SIGHUP). A POST that an old worker
+answers after the master read the file reaches no new worker: the new workers have the file as the
+master read it, and the old worker's message goes to the old generation's shared zone. After the last
+move, ``/detail`` is read from every worker until every worker holds every service's last backend:
+the time that took (``converged_after``), or ``null`` after ``--wait`` seconds (a lost change).
+``--old-watcher`` runs another watcher (an extracted 940f60b, say) without ``nginx_pid_file``.
+Printed as JSON lines, one per round, then a summary.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import signal
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+from tests.support.collection import ensure_importable  # noqa: E402
+
+ensure_importable()
+
+from tests.support.backends import Backends  # noqa: E402
+from tests.support.consul import ConsulAgent  # noqa: E402
+from tests.support.nginx_lua import TEST_HOSTS  # noqa: E402
+from tests.support.tengine import Tengine  # noqa: E402
+from tests.support.watcher import WatcherProcess  # noqa: E402
+
+BURST = 0.4
+RELOAD_AT = 0.2
+
+
+def every_worker_detail(nginx, tries=40):
+    """{worker pid: {upstream: set of server ports}} of every current worker (new connections)."""
+    workers, seen = set(nginx.worker_pids()), {}
+    for _unused in range(tries):
+        status, text, headers = nginx.api("GET", "/detail", timeout=10)
+        if status not in (200, 204) or "x-dyups-worker" not in headers:
+            continue
+        upstreams, name = {}, None
+        for line in text.splitlines():
+            if line.startswith("server "):
+                upstreams.setdefault(name, set()).add(int(line.split()[1].rsplit(":", 1)[1]))
+            elif line.strip():
+                name = line.strip()
+        seen[int(headers["x-dyups-worker"])] = upstreams
+        if set(seen) >= workers:
+            return seen
+    return None
+
+
+def converged(nginx, expected):
+    seen = every_worker_detail(nginx)
+    return seen is not None and all(all(upstreams.get(name) == {port} for name, port in expected.items())
+                                    for upstreams in seen.values())
+
+
+def run(rounds, services, wait, old_watcher=None):
+    results = []
+    with tempfile.TemporaryDirectory(prefix="reload-race-") as tmp, ConsulAgent() as agent, \
+            Backends(count=2) as backends:
+        tmp_path = Path(tmp)
+        upstream_file = tmp_path / "upstreams.conf"
+        nginx = Tengine(workers=2, upstream_file=str(upstream_file))
+        nginx.start()
+        names = [f"Svc{i}" for i in range(services)]
+        where = {}
+        for i, name in enumerate(names):
+            where[name] = backends.ports[i % 2]
+            agent.register(name, f"{name}-1", port=where[name], check=False)
+        hosts = tmp_path / "hosts"
+        hosts.write_text(TEST_HOSTS)
+        settings = {"consul_url": agent.url, "dyups_url": nginx.api_url, "upstream_file": str(upstream_file),
+                    "hosts_file": str(hosts), "log_level": "info", "drift_interval": 300}
+        if old_watcher:
+            watcher = WatcherProcess(tmp_path, entry=Path(old_watcher), **settings)
+        else:
+            watcher = WatcherProcess(tmp_path, nginx_pid_file=str(nginx.prefix / "nginx.pid"), **settings)
+        try:
+            watcher.start()
+            deadline = time.monotonic() + 20
+            while not converged(nginx, where):
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"the first sync did not reach every worker:\n{watcher.log_text()[-2000:]}")
+                time.sleep(0.1)
+            pick = random.Random(25)
+            for number in range(rounds):
+                moves = []
+
+                def burst():
+                    ends = time.monotonic() + BURST
+                    while time.monotonic() < ends:
+                        name = pick.choice(names)
+                        where[name] = backends.ports[0] if where[name] == backends.ports[1] else backends.ports[1]
+                        agent.register(name, f"{name}-1", port=where[name], check=False, wait=False)
+                        moves.append(name)
+                        time.sleep(0.02)
+                mover = threading.Thread(target=burst)
+                mover.start()
+                time.sleep(RELOAD_AT)
+                os.kill(nginx.master_pid(), signal.SIGHUP)
+                mover.join()
+                last_move = time.monotonic()
+                took = None
+                while time.monotonic() - last_move < wait:
+                    if converged(nginx, where):
+                        took = round(time.monotonic() - last_move, 3)
+                        break
+                    time.sleep(0.02)
+                results.append({"round": number, "moves": len(moves), "converged_after": took})
+                print(json.dumps(results[-1]), flush=True)
+                if took is None:   # put it right before the next round (a restart of the watcher reads everything)
+                    watcher.stop()
+                    watcher.start()
+                    while not converged(nginx, where):
+                        time.sleep(0.1)
+                time.sleep(1.0)
+        finally:
+            watcher.stop()
+            nginx.stop()
+    times = sorted(r["converged_after"] for r in results if r["converged_after"] is not None)
+    return {"watcher": "old" if old_watcher else "this", "rounds": len(results),
+            "lost_rounds": sum(r["converged_after"] is None for r in results),
+            "converged_after_max": times[-1] if times else None,
+            "converged_after_median": times[len(times) // 2] if times else None,
+            "load_average": os.getloadavg()}
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=8)
+    parser.add_argument("--services", type=int, default=20)
+    parser.add_argument("--wait", type=float, default=5.0, help="seconds after the last move before a round counts as lost")
+    parser.add_argument("--old-watcher", help="DIR/plugins/watcher of another watcher (run without nginx_pid_file)")
+    args = parser.parse_args()
+    print(json.dumps(run(args.rounds, args.services, args.wait, args.old_watcher)), flush=True)
+
+
+if __name__ == "__main__":
+    main()
