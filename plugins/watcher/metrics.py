@@ -8,6 +8,8 @@
 ``GET /healthz``  200 while the sync loop is alive
 ``POST /release`` let a change held by the removal guard through (same as SIGUSR1)
 
+Both listeners serve a bounded number of connections, each within a deadline (bounded_http.py).
+
 An opt-in second listener (``metrics_listen``, any address) answers ``GET /metrics`` only, and only to
 clients in ``metrics_allow``; the others' connections are closed unanswered (MetricsServer).
 
@@ -26,8 +28,10 @@ import resource
 import socket
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any, Callable, Iterable, Sequence, TypeVar
+
+from ansible_collections.swallowkeeper.dyups.plugins.watcher.bounded_http import BoundedHandler, BoundedServer
 
 PREFIX = "swallowkeeper_watcher"
 ERROR_KINDS = (
@@ -299,7 +303,7 @@ class Metrics:
         return "\n".join(lines) + "\n"
 
 
-class _Handler(BaseHTTPRequestHandler):
+class _Handler(BoundedHandler):
     server_version = "swallowkeeper-watcher"
 
     def log_message(self, *args: Any) -> None:  # the access log would drown the change log
@@ -317,7 +321,7 @@ class _Handler(BaseHTTPRequestHandler):
 class _Listener:
     """An HTTP server on its own thread: ``start()`` (returns itself), ``stop()``, ``address``."""
 
-    server: ThreadingHTTPServer
+    server: BoundedServer
     thread: threading.Thread
 
     @property
@@ -342,8 +346,7 @@ class StatusServer(_Listener):
         self.release = release
         self.stale_after = stale_after
         handler = self._handler()
-        self.server = ThreadingHTTPServer((host.strip("[]"), int(port)), handler)
-        self.server.daemon_threads = True
+        self.server = BoundedServer((host.strip("[]"), int(port)), handler)
         self.thread = threading.Thread(target=self.server.serve_forever, name="status-http", daemon=True)
 
     def _handler(self) -> type[BaseHTTPRequestHandler]:
@@ -406,9 +409,8 @@ class MetricsServer(_Listener):
         networks = [ipaddress.ip_network(cidr) for cidr in allow]
         outer_metrics = metrics
 
-        class Server(ThreadingHTTPServer):
+        class Server(BoundedServer):
             address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
-            daemon_threads = True
 
             def verify_request(self, request: Any, client_address: Any) -> bool:
                 return allowed(str(client_address[0]), networks)
