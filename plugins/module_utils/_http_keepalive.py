@@ -14,6 +14,10 @@ a ``requests`` session costs per request (docs/benchmarks.md); the TLS context i
 https only. Proxy variables, .netrc and redirects play no part: the collection talks to the local
 agent and the local nginx only.
 
+Each request has ``timeout`` seconds in all, from connecting to the last byte of the answer (each read
+waits only for what is left: a server that sends a byte at a time is cut off like a silent one), and an
+answer larger than ``max_answer`` bytes (MAX_ANSWER, 64 MiB, unless told) is refused, not read whole.
+
 A request that fails on a kept connection before any answer came (the server closed it while idle:
 nginx's keepalive_timeout) is sent once more on a new connection. Every request the collection sends
 is safe to repeat: GETs, and POST and DELETE of a whole upstream.
@@ -21,23 +25,38 @@ is safe to repeat: GETs, and POST and DELETE of a whole upstream.
 
 from __future__ import annotations
 
+import functools
 import http.client
 import socket
 import ssl
 import threading
+import time
 from http.client import HTTPConnection
-from typing import Mapping
+from typing import Any, Mapping
 from urllib.parse import SplitResult, urlsplit
 
+from ansible_collections.swallowkeeper.dyups.plugins.module_utils._deadline_io import deadline_reader
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._errors import TransportError
+
+MAX_ANSWER = 64 * 1024 * 1024   # a Consul answer of 100,000 health checks is about 40 MB
+_CHUNK = 1024 * 1024
 
 STALE_CONNECTION = (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError,
                     http.client.CannotSendRequest, http.client.BadStatusLine)
 
 
+class _DeadlineResponse(http.client.HTTPResponse):
+    """An answer read within ``deadline`` (time.monotonic()), status line and headers included."""
+
+    def __init__(self, sock: Any, *args: Any, deadline: float = 0.0, **kwargs: Any) -> None:
+        super().__init__(sock, *args, **kwargs)
+        self.fp.close()
+        self.fp = deadline_reader(sock, deadline)
+
+
 class KeepAliveTransport:
     """A callable transport; ``verify`` (True, False or a CA bundle path) and ``cert`` ((cert, key), the key
-    None when the cert file holds it) apply to https URLs.
+    None when the cert file holds it) apply to https URLs; ``max_answer``: the largest answer body read.
 
     Connections are shared, not bound to threads: a request takes an idle connection to its host
     (or opens one) and gives it back after the answer; at most ``max_idle`` per host are kept. So
@@ -46,8 +65,9 @@ class KeepAliveTransport:
     """
 
     def __init__(self, headers: Mapping[str, str] | None = None, verify: bool | str = True,
-                 cert: tuple[str, str | None] | None = None, max_idle: int = 8) -> None:
+                 cert: tuple[str, str | None] | None = None, max_idle: int = 8, max_answer: int = MAX_ANSWER) -> None:
         self._headers = dict(headers or {})
+        self._max_answer = max_answer
         self._verify = verify
         self._cert = cert
         self._max_idle = max_idle
@@ -109,13 +129,18 @@ class KeepAliveTransport:
         parts = urlsplit(url)
         target = (parts.path or "/") + ("?" + parts.query if parts.query else "")
         headers = dict(self._headers, **(extra_headers or {}))
+        deadline = time.monotonic() + timeout
         for attempt in (1, 2):
-            key, connection = self._take(parts, timeout, fresh=attempt == 2)
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TransportError(f"no answer within {timeout:g}s")
+            key, connection = self._take(parts, left, fresh=attempt == 2)
+            connection.response_class = functools.partial(_DeadlineResponse, deadline=deadline)  # type: ignore[assignment]
             reused = connection.sock is not None
             try:
                 connection.request(method, target, body=body, headers=headers)
                 response = connection.getresponse()
-                data = response.read()
+                data = self._read(response)
             except STALE_CONNECTION as exc:
                 self._give_back(key, connection, keep=False)
                 if reused and attempt == 1 and not self._closed:
@@ -134,6 +159,20 @@ class KeepAliveTransport:
             self._give_back(key, connection, keep=not response.will_close)
             return response.status, data, {name.lower(): value for name, value in response.getheaders()}
         raise TransportError("no answer")  # not reached: the second attempt returns or raises
+
+    def _read(self, response: http.client.HTTPResponse) -> bytes:
+        """The answer's body; ValueError when it is larger than ``max_answer`` (not read further)."""
+        if response.length is not None and response.length > self._max_answer:
+            raise ValueError(f"the answer announces {response.length} bytes, more than the {self._max_answer} bytes read")
+        chunks, size = [], 0
+        while True:
+            chunk = response.read(_CHUNK)
+            if not chunk:
+                return b"".join(chunks)
+            size += len(chunk)
+            if size > self._max_answer:
+                raise ValueError(f"the answer is longer than the {self._max_answer} bytes read")
+            chunks.append(chunk)
 
     def connections(self) -> tuple[int, int]:
         """(idle, busy) connection counts, for tests and the curious."""

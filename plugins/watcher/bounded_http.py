@@ -14,38 +14,18 @@ at most ``request_deadline + WRITE_FLOOR`` seconds, and there are at most ``max_
 
 from __future__ import annotations
 
-import io
-import socket
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+
+from ansible_collections.swallowkeeper.dyups.plugins.module_utils._deadline_io import deadline_reader
 
 MAX_CONNECTIONS = 16
 REQUEST_DEADLINE = 5.0
 WRITE_FLOOR = 1.0
 BUSY_ANSWER = (b"HTTP/1.0 503 Service Unavailable\r\nContent-Type: text/plain\r\nContent-Length: 31\r\n"
                b"Connection: close\r\n\r\ntoo many connections; try again\n")
-
-
-class _DeadlineReader(socket.SocketIO):
-    """A socket's reading side whose every read waits only until ``deadline`` (time.monotonic())."""
-
-    def __init__(self, sock: socket.socket, deadline: float) -> None:
-        super().__init__(sock, "rb")
-        self.deadline = deadline
-        self.connection = sock
-
-    def readinto(self, b: Any) -> Any:
-        left = self.deadline - time.monotonic()
-        if left <= 0:
-            raise socket.timeout("request deadline passed")
-        self.connection.settimeout(left)
-        return super().readinto(b)
-
-    def close(self) -> None:
-        # made without makefile(): the socket counts no reference for it (the server closes the socket)
-        io.RawIOBase.close(self)
 
 
 class BoundedServer(ThreadingHTTPServer):
@@ -99,7 +79,7 @@ class BoundedHandler(BaseHTTPRequestHandler):
         super().setup()
         self.deadline = time.monotonic() + self.server.request_deadline
         self.rfile.close()   # the plain reader setup() made, replaced by one that keeps the deadline
-        self.rfile = io.BufferedReader(_DeadlineReader(self.connection, self.deadline))
+        self.rfile = deadline_reader(self.connection, self.deadline)
 
     def send_response(self, code: int, message: Any = None) -> None:
         """The answer (error answers too) gets what is left of the deadline, at least WRITE_FLOOR seconds."""
