@@ -164,7 +164,8 @@ class KeepAliveTransport:
         """The answer's body; ValueError when it is larger than ``max_answer`` (not read further)."""
         if response.length is not None and response.length > self._max_answer:
             raise ValueError(f"the answer announces {response.length} bytes, more than the {self._max_answer} bytes read")
-        chunks, size = [], 0
+        chunks: list[bytes] = []
+        size = 0
         while True:
             chunk = response.read(_CHUNK)
             if not chunk:

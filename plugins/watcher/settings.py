@@ -77,6 +77,8 @@ OPTIONS = (
            "upstream file, written atomically before every change reaches the interface"),
     Option("hosts_file", None, str, "resolve host names in servers from this file (hosts format) only, never "
                                     "through DNS (default: the system resolver)"),
+    Option("resolve_timeout", 2.0, float, "seconds a sync waits, in all, for the host names in servers to resolve "
+                                          "(each lookup runs off the sync loop; a late one counts as not resolving)"),
     Option("validate_command", None, str, "command run on a new upstream file before it replaces the old "
                                           "one; %s is the new file's path"),
     Option("directives", [], list, "upstream-level directives sent with every upstream (e.g. 'keepalive 32')"),
@@ -235,6 +237,8 @@ def check(settings: Settings) -> None:
         raise SettingsError("consul_wait: expected seconds above 0 and at most 600")
     if settings.check_peer_budget < 0:
         raise SettingsError("check_peer_budget: expected 0 (no limit) or more")
+    if not 0 < settings.resolve_timeout <= 60:
+        raise SettingsError("resolve_timeout: expected seconds above 0 and at most 60")
     if not 0 < settings.nginx_poll_interval <= 10:
         raise SettingsError("nginx_poll_interval: expected seconds above 0 and at most 10")
     if settings.validate_command and "%s" not in settings.validate_command:
