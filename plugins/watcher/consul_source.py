@@ -187,6 +187,9 @@ class ConsulSource:
         self.watch_client = ConsulClient(settings.consul_url, self.transport, token=token,
                                          datacenter=settings.consul_datacenter, timeout=settings.consul_timeout,
                                          stale=settings.consul_stale, object_hook=slim_object)
+        cleartext = self.client.cleartext_token_warning()
+        if cleartext:
+            log.warning("%s", cleartext)
         self.entries: Dict[str, Instances] = {}  # service -> {(node, service_id): Instance without checks (see _strip)}
         self.checks: Dict[InstanceKey, CheckPairs] = {}  # (node, service_id) -> ((check id, status), ...); node checks under (node, "")
         self.failing: Dict[InstanceKey, Tuple[str, CheckPairs]] = {}  # the part of self.checks not passing: key -> (service name or "", pairs)
