@@ -18,6 +18,10 @@ Each request has ``timeout`` seconds in all, from connecting to the last byte of
 waits only for what is left: a server that sends a byte at a time is cut off like a silent one), and an
 answer larger than ``max_answer`` bytes (MAX_ANSWER, 64 MiB, unless told) is refused, not read whole.
 
+A URL ``unix:/PATH/TO.sock`` names a unix socket (the dyups interface and the watcher's endpoint where
+the role puts them: reachable only by who may enter the socket's directory); a request to it is
+``unix:/PATH/TO.sock:/REQUEST/PATH`` (``join_url``; nginx's own spelling), so a socket path holds no ``:``.
+
 A request that fails on a kept connection before any answer came (the server closed it while idle:
 nginx's keepalive_timeout) is sent once more on a new connection. Every request the collection sends
 is safe to repeat: GETs, and POST and DELETE of a whole upstream.
@@ -43,6 +47,38 @@ _CHUNK = 1024 * 1024
 
 STALE_CONNECTION = (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError,
                     http.client.CannotSendRequest, http.client.BadStatusLine)
+
+
+UNIX_PREFIX = "unix:"
+
+
+def join_url(base: str, path: str) -> str:
+    """``base`` (an http(s) URL, or ``unix:/SOCKET``) with the request ``path`` (``/detail``) after it."""
+    return (base + ":" + path) if base.startswith(UNIX_PREFIX) else base + path
+
+
+def split_unix(url: str) -> tuple[str, str]:
+    """(socket path, request path) of ``unix:/SOCKET[:/PATH]``."""
+    socket_path, _sep, path = url[len(UNIX_PREFIX):].partition(":")
+    return socket_path, path or "/"
+
+
+class UnixHTTPConnection(HTTPConnection):
+    """HTTP over a unix socket (``Host: localhost``)."""
+
+    def __init__(self, socket_path: str, timeout: float) -> None:
+        super().__init__("localhost", timeout=timeout)
+        self.socket_path = socket_path
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.settimeout(self.timeout)
+            sock.connect(self.socket_path)
+        except OSError:
+            sock.close()
+            raise
+        self.sock = sock
 
 
 class _DeadlineResponse(http.client.HTTPResponse):
@@ -90,12 +126,15 @@ class KeepAliveTransport:
 
     def _take(self, parts: SplitResult, timeout: float, fresh: bool) -> tuple[tuple[str, str], HTTPConnection]:
         """An idle connection to the URL's host (none when ``fresh``), or a new one; marked busy."""
-        key = (parts.scheme, parts.netloc)
+        unix = parts.scheme == "unix"
+        key = (parts.scheme, split_unix(parts.geturl())[0] if unix else parts.netloc)
         connection = None
         with self._lock:
             idle = self._idle.get(key)
             if idle and not fresh:
                 connection = idle.pop()
+        if connection is None and unix:
+            connection = UnixHTTPConnection(key[1], timeout)
         if connection is None:
             if not parts.hostname:
                 raise TransportError(f"no host in the URL {parts.geturl()!r}")
@@ -127,7 +166,10 @@ class KeepAliveTransport:
         if self._closed:
             raise TransportError("the transport was closed (the watcher is stopping or reloading)")
         parts = urlsplit(url)
-        target = (parts.path or "/") + ("?" + parts.query if parts.query else "")
+        if parts.scheme == "unix":
+            target = split_unix(url)[1]
+        else:
+            target = (parts.path or "/") + ("?" + parts.query if parts.query else "")
         headers = dict(self._headers, **(extra_headers or {}))
         deadline = time.monotonic() + timeout
         for attempt in (1, 2):

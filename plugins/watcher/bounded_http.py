@@ -14,6 +14,10 @@ at most ``request_deadline + WRITE_FLOOR`` seconds, and there are at most ``max_
 
 from __future__ import annotations
 
+import os
+import socket
+import socketserver
+import stat
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -68,6 +72,37 @@ class BoundedServer(ThreadingHTTPServer):
     def handle_error(self, request: Any, client_address: Any) -> None:
         """A client that went away or ran out of time: no traceback on stderr (a client controls it)."""
         return
+
+
+class UnixBoundedServer(BoundedServer):
+    """A BoundedServer on a unix socket (``server_address``: its path), mode 0660: who may connect is who
+    may enter its directory and is its owner or in its group. A socket left at the path by an earlier run
+    is replaced; anything else there is refused (OSError)."""
+
+    address_family = socket.AF_UNIX
+    socket_mode = 0o660
+
+    def server_bind(self) -> None:
+        path = str(self.server_address)
+        try:
+            if stat.S_ISSOCK(os.lstat(path).st_mode):
+                os.unlink(path)
+        except FileNotFoundError:
+            pass
+        socketserver.TCPServer.server_bind(self)  # HTTPServer's would look its "host" up
+        os.chmod(path, self.socket_mode)
+        self.server_name, self.server_port = "localhost", 0
+
+    def get_request(self) -> Any:
+        request, _unused = self.socket.accept()
+        return request, ("unix", 0)
+
+    def server_close(self) -> None:
+        super().server_close()
+        try:
+            os.unlink(str(self.server_address))
+        except OSError:
+            pass
 
 
 class BoundedHandler(BaseHTTPRequestHandler):

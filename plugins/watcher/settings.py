@@ -26,6 +26,7 @@ from typing import Any, Mapping
 
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._consul_client import consul_environment
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._directives import parse_directives
+from ansible_collections.swallowkeeper.dyups.plugins.module_utils._dyups_options import check_api_url
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._errors import ValidationError
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._names import validate_name
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._reserved import (
@@ -67,7 +68,10 @@ OPTIONS = (
     Option("exclude", ["consul"], list, "never these services"),
     Option("prefix", "", str, "only services whose name starts with this"),
     Option("include_warning", False, bool, "count Consul's warning state as passing"),
-    Option("dyups_url", "http://127.0.0.1:18882", str, "the dyups interface"),
+    Option("dyups_url", "http://127.0.0.1:18882", str, "the dyups interface: http://HOST:PORT, or unix:/PATH of its "
+                                                     "socket"),
+    Option("dyups_secret_file", None, str, "file holding the interface's shared secret, sent as X-Dyups-Secret "
+                                           "(an interface on TCP with tengine_dyups_api_secret)"),
     Option("dyups_timeout", 5.0, float, "seconds for a dyups request"),
     Option("nginx_pid_file", None, str, "the nginx master's pid file: new worker processes (a respawn after a "
                                         "crash, a reload) are noticed and every worker is brought back to the "
@@ -256,7 +260,16 @@ def check(settings: Settings) -> None:
             parse_directives(directives)
     except ValidationError as exc:
         raise SettingsError(f"directives: {exc}") from None
-    if settings.status_listen:
+    try:
+        check_api_url(settings.dyups_url)
+    except ValidationError as exc:
+        raise SettingsError(f"dyups_url: {exc}") from None
+    if settings.status_listen.startswith("unix:"):
+        path = settings.status_listen[len("unix:"):]
+        if not path.startswith("/") or len(path.encode()) > 107 or path.endswith("/"):
+            raise SettingsError(f"status_listen: expected unix:/ABSOLUTE/PATH (at most 107 bytes), got "
+                                f"{settings.status_listen!r}")
+    elif settings.status_listen:
         host, _sep, port = settings.status_listen.rpartition(":")
         try:
             loopback = ipaddress.ip_address(host.strip("[]")).is_loopback
@@ -266,7 +279,7 @@ def check(settings: Settings) -> None:
             raise SettingsError(f"status_listen: expected a loopback address:port, got {settings.status_listen!r}")
 
     check_metrics_listener(settings.metrics_listen, settings.metrics_allow)
-    if settings.metrics_listen and settings.status_listen:
+    if settings.metrics_listen and settings.status_listen and not settings.status_listen.startswith("unix:"):
         host, port = split_listen(settings.metrics_listen)
         status_host, _sep, status_port = settings.status_listen.rpartition(":")
         if str(port) == status_port and (ipaddress.ip_address(host).is_unspecified or host == status_host.strip("[]")):
