@@ -60,7 +60,8 @@ options:
     type: path
   timeout:
     description:
-      - Seconds to wait for an answer from the agent.
+      - Seconds to wait for an answer from the agent, in all (a slow answer is cut off then, however its bytes
+        come). An answer larger than 64 MiB is refused.
     type: float
     default: 10.0
 """

@@ -22,8 +22,16 @@ options:
       - The interface usually listens on loopback only, so the task runs on the nginx host itself.
       - Set it for every dyups module at once with C(module_defaults) and the group
         C(group/swallowkeeper.dyups.dyups).
+      - C(unix:/PATH) reaches an interface on a unix socket (the role's C(tengine_dyups_api_listen) C(unix:PATH)).
     type: str
     default: http://127.0.0.1:18882
+  api_secret_file:
+    description:
+      - File on the managed node holding the interface's shared secret (the role's C(tengine_dyups_api_secret);
+        C(/etc/swallowkeeper-dyups/dyups.secret) where the role wrote it), sent as the C(X-Dyups-Secret) header.
+        Read from a file only, never given as an argument.
+      - An interface with a secret refuses (403) every request without it.
+    type: path
   timeout:
     description:
       - Seconds to wait for each answer from the interface.

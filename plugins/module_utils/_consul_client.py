@@ -50,13 +50,14 @@ the modules and the watcher to use where their own option is not given.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import posixpath
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Mapping
-from urllib.parse import quote, urlencode
+from urllib.parse import quote, urlencode, urlsplit
 
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._errors import (
     ConsulBadAnswer, ConsulError, ConsulForbidden, ConsulRateLimited, ConsulServerError, ConsulTLSError,
@@ -301,6 +302,22 @@ class ConsulClient:
     def __repr__(self) -> str:
         return (f"ConsulClient(url={self.url!r}, token={'<set>' if self._token else None}, "
                 f"datacenter={self.datacenter!r}, stale={self.stale})")
+
+    def cleartext_token_warning(self) -> str | None:
+        """The warning to give when a token goes to the agent in clear text over a network: ``http://`` to a
+        host that is not loopback (None otherwise). Never holds the token."""
+        if not self._token:
+            return None
+        parts = urlsplit(self.url)
+        host = (parts.hostname or "").lower()
+        try:
+            loopback = ipaddress.ip_address(host).is_loopback
+        except ValueError:
+            loopback = host == "localhost"
+        if parts.scheme != "http" or loopback:
+            return None
+        return (f"the Consul token is sent in clear text to {self.url} (plain http to a host that is not loopback): "
+                "anyone on the path can read it; use https (ca_path) or the local agent")
 
     def url_for(self, path: str, params: Mapping[str, Any] | None = None) -> str:
         """The full URL of ``path`` with ``params`` (a dict; None values dropped). Never holds the token."""

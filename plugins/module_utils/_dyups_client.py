@@ -24,6 +24,7 @@ import time
 from typing import TYPE_CHECKING, Callable, Dict, List, Tuple, TypeVar  # List: the class has a method list
 
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils import _dyups_wire as wire
+from ansible_collections.swallowkeeper.dyups.plugins.module_utils._http_keepalive import join_url
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._errors import (
     DyupsBusy, DyupsProtocolError, DyupsRejected, DyupsUnavailable, TransportError, ValidationError)
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._servers import Server
@@ -48,7 +49,7 @@ class DyupsClient:
         self.sleep = sleep
 
     def _call(self, method: str, path: str, body: str | None = None) -> tuple[int, str, str]:
-        url = self.api_url + path
+        url = join_url(self.api_url, path)
         data = body.encode("utf-8") if isinstance(body, str) else body
         delay = self.busy_backoff
         text = ""

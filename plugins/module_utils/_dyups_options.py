@@ -15,7 +15,7 @@ from typing import Any, Mapping
 from urllib.parse import urlsplit
 
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._dyups_client import DyupsClient
-from ansible_collections.swallowkeeper.dyups.plugins.module_utils._dyups_wire import DEFAULT_API_URL
+from ansible_collections.swallowkeeper.dyups.plugins.module_utils._dyups_wire import DEFAULT_API_URL, SECRET_HEADER
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._errors import ValidationError
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._http_ansible import Transport, ansible_transport
 
@@ -26,19 +26,46 @@ def dyups_argument_spec() -> dict[str, dict[str, Any]]:
     """A fresh copy of the connection options' argument spec (callers may add to it)."""
     return dict(
         api_url=dict(type="str", default=DEFAULT_API_URL),
+        api_secret_file=dict(type="path"),
         timeout=dict(type="float", default=DEFAULT_TIMEOUT),
     )
 
 
+def secret_headers(secret_file: str | None) -> dict[str, str]:
+    """{SECRET_HEADER: the secret} read from ``secret_file`` (whitespace around it stripped), {} without
+    one; ValidationError naming the file (never the secret) when it cannot be read, is empty, or holds a
+    character a header cannot carry."""
+    if not secret_file:
+        return {}
+    try:
+        with open(secret_file, encoding="utf-8") as handle:
+            secret = handle.read().strip()
+    except (OSError, UnicodeError) as exc:
+        raise ValidationError("api_secret_file", secret_file, f"cannot be read: {getattr(exc, 'strerror', None) or exc}") from None
+    if not secret:
+        raise ValidationError("api_secret_file", secret_file, "is empty")
+    if not all(33 <= ord(char) <= 126 for char in secret):
+        raise ValidationError("api_secret_file", secret_file, "holds a character other than printable ASCII "
+                                                             "without spaces (a header carries it)")
+    return {SECRET_HEADER: secret}
+
+
 def check_api_url(api_url: str) -> str:
-    """``api_url`` without a trailing slash, or ValidationError: http(s)://HOST[:PORT][/PREFIX] only."""
+    """``api_url`` without a trailing slash, or ValidationError: http(s)://HOST[:PORT][/PREFIX] or
+    unix:/ABSOLUTE/SOCKET only."""
+    if api_url.startswith("unix:"):
+        path = api_url[len("unix:"):]
+        if not path.startswith("/") or ":" in path or "\0" in path or len(path.encode()) > 107 or path.endswith("/"):
+            raise ValidationError("api_url", api_url, "must be unix:/ABSOLUTE/PATH of a socket (no ':', at most "
+                                                      "107 bytes)")
+        return api_url
     try:
         parts = urlsplit(api_url)
         port = parts.port
     except ValueError as exc:
         raise ValidationError("api_url", api_url, f"is not a URL: {exc}") from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValidationError("api_url", api_url, "must be http://HOST[:PORT] or https://HOST[:PORT]")
+        raise ValidationError("api_url", api_url, "must be http://HOST[:PORT], https://HOST[:PORT] or unix:/PATH")
     if parts.query or parts.fragment or parts.username or parts.password:
         raise ValidationError("api_url", api_url, "takes no query, fragment or user info")
     if port == 0:
@@ -59,4 +86,5 @@ def dyups_client_from_params(params: Mapping[str, Any], transport: Transport | N
     """
     api_url = check_api_url(params.get("api_url") or DEFAULT_API_URL)
     timeout = check_timeout(params.get("timeout") if params.get("timeout") is not None else DEFAULT_TIMEOUT)
-    return DyupsClient(api_url, transport or ansible_transport(), timeout=timeout)
+    headers = secret_headers(params.get("api_secret_file"))
+    return DyupsClient(api_url, transport or ansible_transport(headers), timeout=timeout)

@@ -35,6 +35,10 @@ if TYPE_CHECKING:
 LIST_PATH = "/list"
 DETAIL_PATH = "/detail"
 DEFAULT_API_URL = "http://127.0.0.1:18882"
+# The shared secret of an interface on TCP (the role's tengine_dyups_api_secret): nginx refuses, 403, a
+# request without it. A browser cannot add it to a cross-site request, a proxied request does not carry it.
+SECRET_HEADER = "X-Dyups-Secret"
+FORBIDDEN = 403
 
 # {upstream name: [Server, ...]}: what a /detail answer holds
 Detail = Dict[str, List[Server]]

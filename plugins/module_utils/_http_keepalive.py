@@ -14,6 +14,14 @@ a ``requests`` session costs per request (docs/benchmarks.md); the TLS context i
 https only. Proxy variables, .netrc and redirects play no part: the collection talks to the local
 agent and the local nginx only.
 
+Each request has ``timeout`` seconds in all, from connecting to the last byte of the answer (each read
+waits only for what is left: a server that sends a byte at a time is cut off like a silent one), and an
+answer larger than ``max_answer`` bytes (MAX_ANSWER, 64 MiB, unless told) is refused, not read whole.
+
+A URL ``unix:/PATH/TO.sock`` names a unix socket (the dyups interface and the watcher's endpoint where
+the role puts them: reachable only by who may enter the socket's directory); a request to it is
+``unix:/PATH/TO.sock:/REQUEST/PATH`` (``join_url``; nginx's own spelling), so a socket path holds no ``:``.
+
 A request that fails on a kept connection before any answer came (the server closed it while idle:
 nginx's keepalive_timeout) is sent once more on a new connection. Every request the collection sends
 is safe to repeat: GETs, and POST and DELETE of a whole upstream.
@@ -21,17 +29,23 @@ is safe to repeat: GETs, and POST and DELETE of a whole upstream.
 
 from __future__ import annotations
 
+import functools
 import http.client
 import socket
 import threading
+import time
 from http.client import HTTPConnection
-from typing import TYPE_CHECKING, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 from urllib.parse import SplitResult, urlsplit
 
+from ansible_collections.swallowkeeper.dyups.plugins.module_utils._deadline_io import deadline_reader
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._errors import TransportError
 
 if TYPE_CHECKING:
     import ssl
+
+MAX_ANSWER = 64 * 1024 * 1024   # a Consul answer of 100,000 health checks is about 40 MB
+_CHUNK = 1024 * 1024
 
 STALE_CONNECTION = (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError,
                     http.client.CannotSendRequest, http.client.BadStatusLine)
@@ -55,9 +69,50 @@ class TLSConnection(HTTPConnection):
         self.sock = self._context.wrap_socket(self.sock, server_hostname=self.host)
 
 
+UNIX_PREFIX = "unix:"
+
+
+def join_url(base: str, path: str) -> str:
+    """``base`` (an http(s) URL, or ``unix:/SOCKET``) with the request ``path`` (``/detail``) after it."""
+    return (base + ":" + path) if base.startswith(UNIX_PREFIX) else base + path
+
+
+def split_unix(url: str) -> tuple[str, str]:
+    """(socket path, request path) of ``unix:/SOCKET[:/PATH]``."""
+    socket_path, _sep, path = url[len(UNIX_PREFIX):].partition(":")
+    return socket_path, path or "/"
+
+
+class UnixHTTPConnection(HTTPConnection):
+    """HTTP over a unix socket (``Host: localhost``)."""
+
+    def __init__(self, socket_path: str, timeout: float) -> None:
+        super().__init__("localhost", timeout=timeout)
+        self.socket_path = socket_path
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.settimeout(self.timeout)
+            sock.connect(self.socket_path)
+        except OSError:
+            sock.close()
+            raise
+        self.sock = sock
+
+
+class _DeadlineResponse(http.client.HTTPResponse):
+    """An answer read within ``deadline`` (time.monotonic()), status line and headers included."""
+
+    def __init__(self, sock: Any, *args: Any, deadline: float = 0.0, **kwargs: Any) -> None:
+        super().__init__(sock, *args, **kwargs)
+        self.fp.close()
+        self.fp = deadline_reader(sock, deadline)
+
+
 class KeepAliveTransport:
     """A callable transport; ``verify`` (True, False or a CA bundle path) and ``cert`` ((cert, key), the key
-    None when the cert file holds it) apply to https URLs.
+    None when the cert file holds it) apply to https URLs; ``max_answer``: the largest answer body read.
 
     Connections are shared, not bound to threads: a request takes an idle connection to its host
     (or opens one) and gives it back after the answer; at most ``max_idle`` per host are kept. So
@@ -66,8 +121,9 @@ class KeepAliveTransport:
     """
 
     def __init__(self, headers: Mapping[str, str] | None = None, verify: bool | str = True,
-                 cert: tuple[str, str | None] | None = None, max_idle: int = 8) -> None:
+                 cert: tuple[str, str | None] | None = None, max_idle: int = 8, max_answer: int = MAX_ANSWER) -> None:
         self._headers = dict(headers or {})
+        self._max_answer = max_answer
         self._verify = verify
         self._cert = cert
         self._max_idle = max_idle
@@ -92,12 +148,15 @@ class KeepAliveTransport:
 
     def _take(self, parts: SplitResult, timeout: float, fresh: bool) -> tuple[tuple[str, str], HTTPConnection]:
         """An idle connection to the URL's host (none when ``fresh``), or a new one; marked busy."""
-        key = (parts.scheme, parts.netloc)
+        unix = parts.scheme == "unix"
+        key = (parts.scheme, split_unix(parts.geturl())[0] if unix else parts.netloc)
         connection = None
         with self._lock:
             idle = self._idle.get(key)
             if idle and not fresh:
                 connection = idle.pop()
+        if connection is None and unix:
+            connection = UnixHTTPConnection(key[1], timeout)
         if connection is None:
             if not parts.hostname:
                 raise TransportError(f"no host in the URL {parts.geturl()!r}")
@@ -129,15 +188,23 @@ class KeepAliveTransport:
         if self._closed:
             raise TransportError("the transport was closed (the watcher is stopping or reloading)")
         parts = urlsplit(url)
-        target = (parts.path or "/") + ("?" + parts.query if parts.query else "")
+        if parts.scheme == "unix":
+            target = split_unix(url)[1]
+        else:
+            target = (parts.path or "/") + ("?" + parts.query if parts.query else "")
         headers = dict(self._headers, **(extra_headers or {}))
+        deadline = time.monotonic() + timeout
         for attempt in (1, 2):
-            key, connection = self._take(parts, timeout, fresh=attempt == 2)
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TransportError(f"no answer within {timeout:g}s")
+            key, connection = self._take(parts, left, fresh=attempt == 2)
+            connection.response_class = functools.partial(_DeadlineResponse, deadline=deadline)  # type: ignore[assignment]
             reused = connection.sock is not None
             try:
                 connection.request(method, target, body=body, headers=headers)
                 response = connection.getresponse()
-                data = response.read()
+                data = self._read(response)
             except STALE_CONNECTION as exc:
                 self._give_back(key, connection, keep=False)
                 if reused and attempt == 1 and not self._closed:
@@ -156,6 +223,21 @@ class KeepAliveTransport:
             self._give_back(key, connection, keep=not response.will_close)
             return response.status, data, {name.lower(): value for name, value in response.getheaders()}
         raise TransportError("no answer")  # not reached: the second attempt returns or raises
+
+    def _read(self, response: http.client.HTTPResponse) -> bytes:
+        """The answer's body; ValueError when it is larger than ``max_answer`` (not read further)."""
+        if response.length is not None and response.length > self._max_answer:
+            raise ValueError(f"the answer announces {response.length} bytes, more than the {self._max_answer} bytes read")
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            chunk = response.read(_CHUNK)
+            if not chunk:
+                return b"".join(chunks)
+            size += len(chunk)
+            if size > self._max_answer:
+                raise ValueError(f"the answer is longer than the {self._max_answer} bytes read")
+            chunks.append(chunk)
 
     def connections(self) -> tuple[int, int]:
         """(idle, busy) connection counts, for tests and the curious."""

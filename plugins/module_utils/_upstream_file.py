@@ -202,13 +202,31 @@ def parse(text: str) -> dict[str, Upstream]:
     return upstreams
 
 
-def read_text(path: str) -> tuple[str | None, dict[str, Upstream]]:
-    """(text, {name: Upstream}) of the file at ``path``; an absent file is (None, {})."""
+def _open_regular(path: str) -> int:
+    """A descriptor of the regular file at ``path``, never through a symbolic link (its last component) and
+    never a FIFO or a device (opened without blocking, then refused); ValidationError naming the path."""
     try:
-        with open(path, encoding="utf-8") as handle:
-            text = handle.read()
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise ValidationError("upstream file", path, "is a symbolic link; the upstream file is read only as "
+                                  "a regular file, never through a link", "file.symlink") from None
+        raise
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise ValidationError("upstream file", path, "is not a regular file", "file.not_regular")
+    return fd
+
+
+def read_text(path: str) -> tuple[str | None, dict[str, Upstream]]:
+    """(text, {name: Upstream}) of the file at ``path``; an absent file is (None, {}). A symbolic link, a FIFO
+    or a device there is refused (ValidationError), not read."""
+    try:
+        fd = _open_regular(path)
     except FileNotFoundError:
         return None, {}
+    with os.fdopen(fd, encoding="utf-8") as handle:
+        text = handle.read()
     return text, parse(text)
 
 

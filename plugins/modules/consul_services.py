@@ -401,6 +401,9 @@ def run(module):
         client = consul_client_from_params(params)
     except ValidationError as exc:
         module.fail_json(msg=str(exc))
+    cleartext = client.cleartext_token_warning()
+    if cleartext:
+        module.warn(cleartext)
     try:
         catalog = client.catalog_services()
         wanted = set(params["services"]) if params["services"] is not None else set(catalog.data)

@@ -19,9 +19,11 @@ Where things are:
 - ``nginx_processes.py``  new nginx workers noticed (pid file, /proc), every worker's ``/detail`` read
 - ``sync.py``       desired upstreams -> file first -> POST/DELETE what changed; drift repair
 - ``host_names.py``  servers written as host names: resolved at every sync, left out when they do not resolve
+- ``lookup_threads.py``  host-name lookups off the sync loop, bounded threads, one deadline per sync
 - ``pushes.py``     push bookkeeping: POSTs and DELETEs the interface has not confirmed, and sending them
 - ``metrics.py``    counters, gauges, the histogram Consul answer -> applied, process_* metrics; the loopback
   status / Prometheus endpoint and the opt-in metrics listener with its allow list (docs/monitoring.md)
+- ``bounded_http.py``  the listeners' bounds: a connection cap and a request deadline
 - ``systemd_notify.py``  READY / WATCHDOG / STOPPING to systemd (Type=notify, WatchdogSec)
 - ``daemon.py``     the event loop: coalescing, retries with backoff, signals
 - ``cli.py``        ``--once``, ``--dry-run``, exit codes

@@ -149,6 +149,9 @@ class ConsulSource:
                                          stale=settings.consul_stale, object_hook=slim_object,
                                          max_stale=settings.consul_max_stale,
                                          on_too_stale=StaleReads(metrics, settings.consul_max_stale))
+        cleartext = self.client.cleartext_token_warning()
+        if cleartext:
+            log.warning("%s", cleartext)
         self.entries: Dict[str, Instances] = {}  # service -> its registrations {(node, service_id): Instance}
         self.checks: HealthIndex = {}  # the health index: (node, service_id) -> ((check id, status), ...); node checks under (node, "")
         self.failing: Dict[InstanceKey, Tuple[str, CheckPairs]] = {}  # the part of self.checks not passing: key -> (service name or "", pairs)

@@ -30,6 +30,7 @@ import time
 from typing import Any, Callable, Mapping
 
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._dyups_client import DyupsClient
+from ansible_collections.swallowkeeper.dyups.plugins.module_utils._dyups_options import secret_headers
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._errors import DyupsError
 from ansible_collections.swallowkeeper.dyups.plugins.watcher import settings as settings_mod
 from ansible_collections.swallowkeeper.dyups.plugins.watcher import memory, nginx_processes
@@ -73,7 +74,7 @@ class Daemon:
         file that cannot be read, an upstream file that does not parse) and then changes nothing."""
         settings = self.settings
         source = ConsulSource(settings, self.metrics)
-        dyups_transport = KeepAliveTransport()
+        dyups_transport = KeepAliveTransport(secret_headers(settings.dyups_secret_file))
         client = DyupsClient(settings.dyups_url, dyups_transport, timeout=settings.dyups_timeout)
         try:
             syncer = Syncer(settings, client, self.metrics, clock=self.clock, dry_run=self.dry_run)

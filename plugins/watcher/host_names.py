@@ -8,6 +8,10 @@ of what is sent (and of what the guard and the file see); an upstream left witho
 backup servers only, counts as empty (the zero-instance policy applies). DNS changes on its own, so
 the upstreams with host names are resolved again at every sync, whatever else changed; the others
 only when they change. The upstreams left are built with ``build_upstream``, like every other.
+
+Each lookup runs off the sync loop, and a sync waits ``resolve_timeout`` seconds in all for them
+(lookup_threads.py); a host name that is late is left out like one that does not resolve, with that
+reason. With ``hosts_file`` the names are read from that file, on the loop.
 """
 
 from __future__ import annotations
@@ -16,11 +20,18 @@ from typing import Dict, Iterable, List, Mapping, Optional, Set, Tuple
 
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._resolve import Resolve, make_resolver
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._upstream import Upstream, build_upstream
+from ansible_collections.swallowkeeper.dyups.plugins.watcher.lookup_threads import LookupThreads
+
+RESOLVE_TIMEOUT = 2.0
 
 
 class HostNames:
-    def __init__(self, hosts_file: Optional[str]) -> None:
+    def __init__(self, hosts_file: Optional[str], timeout: float = RESOLVE_TIMEOUT,
+                 lookups: Optional[LookupThreads] = None) -> None:
         self.hosts_file = hosts_file
+        self.timeout = timeout
+        self.lookups = lookups or LookupThreads()
+        self._late: Set[str] = set()             # host names that did not answer in time at the last call
         self.resolve: Optional[Resolve] = None   # the last sync's resolver
         self._resolved: Optional[Dict[str, Upstream]] = None  # {name: Upstream} of the last call, host names resolved
         self._empty: Set[str] = set()            # left without servers that resolve
@@ -39,16 +50,29 @@ class HostNames:
         """The next call resolves every upstream again (what it was given may not have been applied)."""
         self._resolved = None
 
+    def resolver(self, hosts: Iterable[str] = ()) -> Resolve:
+        """A fresh resolver (DNS changes): with ``hosts_file`` that file, else lookups off this thread that
+        wait ``timeout`` seconds in all (``hosts`` started at once); the late hosts go to ``_late``."""
+        if self.hosts_file:
+            self._late = set()
+            return make_resolver(hosts_file=self.hosts_file)
+        lookup = self.lookups.timed(self.timeout)
+        lookup.prefetch(hosts)
+        self._late = lookup.late
+        return make_resolver(getaddrinfo=lookup)
+
     def resolvable(self, upstreams: Mapping[str, Upstream], empty: Iterable[str],
                    changed: Optional[Iterable[str]] = None) -> Tuple[Dict[str, Upstream], Set[str]]:
         """({name: Upstream}, {empty names}) with host names resolved. ``changed``: the names that may
         differ from the last call's; None: all of them."""
-        resolve = self.resolve = make_resolver(hosts_file=self.hosts_file)  # fresh each sync
         if changed is None or self._resolved is None:
             self._resolved, self._empty, self._skips = {}, set(), {}
             names = set(upstreams)
         else:
             names = set(changed) | set(self._skips)
+        resolve = self.resolve = self.resolver(  # fresh each sync
+            {server.host for name in names if name in upstreams for server in upstreams[name].servers
+             if server.kind == "hostname"})
         for name in names:
             self._resolve_one(name, upstreams.get(name), resolve)
         return self._resolved, self._empty | set(empty)
@@ -66,11 +90,16 @@ class HostNames:
             resolved[name] = upstream
             return
         kept = [server for server in upstream.servers if server.kind != "hostname" or resolve(server.host)]
-        self._skips[name] = [{"what": f"server {server.spec()} of upstream {name}",
-                              "why": f"the host name {server.host!r} does not resolve on this host"}
+        self._skips[name] = [{"what": f"server {server.spec()} of upstream {name}", "why": self._why(server.host)}
                              for server in upstream.servers if server not in kept]
         if kept and not all(server.backup for server in kept):
             resolved[name] = upstream if len(kept) == len(upstream.servers) else \
                 build_upstream(name, kept, upstream.directives)
         else:
             self._empty.add(name)
+
+    def _why(self, host: str) -> str:
+        if host in self._late:
+            return (f"the host name {host!r} did not resolve within {self.timeout:g}s (resolve_timeout); "
+                    "it is asked again at the next sync")
+        return f"the host name {host!r} does not resolve on this host"

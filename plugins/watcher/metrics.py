@@ -8,6 +8,8 @@
 ``GET /healthz``  200 while the sync loop is alive
 ``POST /release`` let a change held by the removal guard through (same as SIGUSR1)
 
+Both listeners serve a bounded number of connections, each within a deadline (bounded_http.py).
+
 An opt-in second listener (``metrics_listen``, any address) answers ``GET /metrics`` only, and only to
 clients in ``metrics_allow``; the others' connections are closed unanswered (MetricsServer).
 
@@ -26,8 +28,11 @@ import resource
 import socket
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any, Callable, Iterable, Sequence, TypeVar
+
+from ansible_collections.swallowkeeper.dyups.plugins.watcher.bounded_http import (
+    BoundedHandler, BoundedServer, UnixBoundedServer)
 
 PREFIX = "swallowkeeper_watcher"
 ERROR_KINDS = (
@@ -321,7 +326,7 @@ class Metrics:
         return "\n".join(lines) + "\n"
 
 
-class _Handler(BaseHTTPRequestHandler):
+class _Handler(BoundedHandler):
     server_version = "swallowkeeper-watcher"
 
     def log_message(self, *args: Any) -> None:  # the access log would drown the change log
@@ -339,7 +344,7 @@ class _Handler(BaseHTTPRequestHandler):
 class _Listener:
     """An HTTP server on its own thread: ``start()`` (returns itself), ``stop()``, ``address``."""
 
-    server: ThreadingHTTPServer
+    server: BoundedServer
     thread: threading.Thread
 
     @property
@@ -359,13 +364,15 @@ class StatusServer(_Listener):
     """The loopback HTTP endpoint; ``release`` is called for POST /release."""
 
     def __init__(self, listen: str, metrics: Metrics, release: Callable[[], str], stale_after: float = 120.0) -> None:
-        host, _sep, port = listen.rpartition(":")
         self.metrics = metrics
         self.release = release
         self.stale_after = stale_after
         handler = self._handler()
-        self.server = ThreadingHTTPServer((host.strip("[]"), int(port)), handler)
-        self.server.daemon_threads = True
+        if listen.startswith("unix:"):
+            self.server = UnixBoundedServer(listen[len("unix:"):], handler)
+        else:
+            host, _sep, port = listen.rpartition(":")
+            self.server = BoundedServer((host.strip("[]"), int(port)), handler)
         self.thread = threading.Thread(target=self.server.serve_forever, name="status-http", daemon=True)
 
     def _handler(self) -> type[BaseHTTPRequestHandler]:
@@ -388,12 +395,21 @@ class StatusServer(_Listener):
                     self._send(404, "not found; try /metrics, /status, /healthz\n")
 
             def do_POST(self) -> None:
-                if self.path == "/release":
+                if self.path == "/release" and from_a_browser(self.headers):
+                    self._send(403, "refused: a POST with an Origin header comes from a web page; use curl -X POST "
+                                    "or SIGUSR1\n")
+                elif self.path == "/release":
                     self._send(200, outer.release() + "\n")
                 else:
                     self._send(404, "not found; POST /release lets a held change through\n")
 
         return Handler
+
+
+def from_a_browser(headers: Any) -> bool:
+    """Whether a POST comes from a web page: browsers add ``Origin`` to every POST (and ``Sec-Fetch-Site``),
+    a page cannot take them off, and curl, the tests and operators send neither."""
+    return headers.get("Origin") is not None or headers.get("Sec-Fetch-Site") is not None
 
 
 def split_listen(listen: str) -> tuple[str, int]:
@@ -428,9 +444,8 @@ class MetricsServer(_Listener):
         networks = [ipaddress.ip_network(cidr) for cidr in allow]
         outer_metrics = metrics
 
-        class Server(ThreadingHTTPServer):
+        class Server(BoundedServer):
             address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
-            daemon_threads = True
 
             def verify_request(self, request: Any, client_address: Any) -> bool:
                 return allowed(str(client_address[0]), networks)
@@ -466,6 +481,9 @@ def start_listeners(settings: Any, metrics: Metrics, release: Callable[[], str])
                 listener.stop()
             raise OSError(f"{name} {getattr(settings, name)}: {exc.strerror or exc}") from None
     for listener in started:
+        if isinstance(listener.address, str):
+            log.info("status and metrics on unix:%s", listener.address)
+            continue
         host, port = listener.address[:2]
         what = ("status and metrics" if isinstance(listener, StatusServer)
                 else f"metrics for {', '.join(settings.metrics_allow)}")

@@ -36,7 +36,9 @@ from typing import Any, Callable, Dict, FrozenSet, List, Optional, Tuple
 from urllib.parse import urlsplit
 
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._dyups_client import DyupsClient
+from ansible_collections.swallowkeeper.dyups.plugins.module_utils._dyups_options import secret_headers
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._errors import TransportError
+from ansible_collections.swallowkeeper.dyups.plugins.module_utils._http_keepalive import UnixHTTPConnection, split_unix
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._servers import Server
 
 log = logging.getLogger("swallowkeeper.watcher")
@@ -164,18 +166,26 @@ class ProcessWatcher:
 
 class FreshConnectionTransport:
     """A transport (see plugins/watcher/transport.py) that opens a new connection for every request,
-    so that ``reuseport`` lets the kernel pick the worker; keeps the headers of the last answer."""
+    so that ``reuseport`` lets the kernel pick the worker; keeps the headers of the last answer. ``headers``
+    go with every request (the interface's shared secret)."""
 
-    def __init__(self) -> None:
+    def __init__(self, headers: Optional[Dict[str, str]] = None) -> None:
         self.last_headers: Dict[str, str] = {}
+        self.headers = dict(headers or {})
 
     def __call__(self, method: str, url: str, body: Optional[bytes], timeout: float,
                  extra_headers: Optional[Dict[str, str]] = None) -> Tuple[int, bytes, Dict[str, str]]:
         parts = urlsplit(url)
-        connection = http.client.HTTPConnection(parts.hostname or "127.0.0.1", parts.port or 80, timeout=timeout)
+        connection: http.client.HTTPConnection
+        if parts.scheme == "unix":
+            socket_path, target = split_unix(url)
+            connection = UnixHTTPConnection(socket_path, timeout)
+        else:
+            target = parts.path or "/"
+            connection = http.client.HTTPConnection(parts.hostname or "127.0.0.1", parts.port or 80, timeout=timeout)
         try:
-            connection.request(method, parts.path or "/", body=body,
-                               headers={"Connection": "close", **(extra_headers or {})})
+            connection.request(method, target, body=body,
+                               headers={"Connection": "close", **self.headers, **(extra_headers or {})})
             answer = connection.getresponse()
             data = answer.read()
         except (OSError, http.client.HTTPException) as exc:
@@ -189,9 +199,9 @@ class FreshConnectionTransport:
 class WorkerReader:
     """``/detail`` of every worker of the nginx whose master's pid file is ``pid_file``."""
 
-    def __init__(self, api_url: str, pid_file: str, timeout: float) -> None:
+    def __init__(self, api_url: str, pid_file: str, timeout: float, headers: Optional[Dict[str, str]] = None) -> None:
         self.pid_file = pid_file
-        self.transport = FreshConnectionTransport()
+        self.transport = FreshConnectionTransport(headers)
         self.client = DyupsClient(api_url, self.transport, timeout=timeout)
         self._warned = False
         self.free_space: Optional[int] = None  # X-Dyups-Free-Space of the last answer (None: not given)
@@ -246,7 +256,8 @@ class NginxProcesses:
 
     def __init__(self, settings: Any, on_new: Callable[[Generation], None], metrics: Any) -> None:
         self.watcher = ProcessWatcher(settings.nginx_pid_file, settings.nginx_poll_interval, on_new)
-        self.reader = WorkerReader(settings.dyups_url, settings.nginx_pid_file, settings.dyups_timeout)
+        self.reader = WorkerReader(settings.dyups_url, settings.nginx_pid_file, settings.dyups_timeout,
+                                   secret_headers(settings.dyups_secret_file))
         self.metrics = metrics
 
     def start(self) -> "NginxProcesses":

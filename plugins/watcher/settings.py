@@ -26,6 +26,7 @@ from typing import Any, Mapping
 
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._consul_client import consul_environment
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._directives import parse_directives
+from ansible_collections.swallowkeeper.dyups.plugins.module_utils._dyups_options import check_api_url
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._errors import ValidationError
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._names import validate_name
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._reserved import (
@@ -71,7 +72,10 @@ OPTIONS = (
     Option("exclude", ["consul"], list, "never these services"),
     Option("prefix", "", str, "only services whose name starts with this"),
     Option("include_warning", False, bool, "count Consul's warning state as passing"),
-    Option("dyups_url", "http://127.0.0.1:18882", str, "the dyups interface"),
+    Option("dyups_url", "http://127.0.0.1:18882", str, "the dyups interface: http://HOST:PORT, or unix:/PATH of its "
+                                                     "socket"),
+    Option("dyups_secret_file", None, str, "file holding the interface's shared secret, sent as X-Dyups-Secret "
+                                           "(an interface on TCP with tengine_dyups_api_secret)"),
     Option("dyups_timeout", 5.0, float, "seconds for a dyups request"),
     Option("nginx_pid_file", None, str, "the nginx master's pid file: new worker processes (a respawn after a "
                                         "crash, a reload) are noticed and every worker is brought back to the "
@@ -81,6 +85,8 @@ OPTIONS = (
            "upstream file, written atomically before every change reaches the interface"),
     Option("hosts_file", None, str, "resolve host names in servers from this file (hosts format) only, never "
                                     "through DNS (default: the system resolver)"),
+    Option("resolve_timeout", 2.0, float, "seconds a sync waits, in all, for the host names in servers to resolve "
+                                          "(each lookup runs off the sync loop; a late one counts as not resolving)"),
     Option("validate_command", None, str, "command run on a new upstream file before it replaces the old "
                                           "one; %s is the new file's path"),
     Option("directives", [], list, "upstream-level directives sent with every upstream (e.g. 'keepalive 32')"),
@@ -253,6 +259,8 @@ def check(settings: Settings) -> None:
             raise SettingsError(f"dyups_shm_zone_size: {exc}") from None
         if zone_fit.largest_body(zone_bytes) <= 0:
             raise SettingsError(f"dyups_shm_zone_size: {settings.dyups_shm_zone_size} holds no change at all")
+    if not 0 < settings.resolve_timeout <= 60:
+        raise SettingsError("resolve_timeout: expected seconds above 0 and at most 60")
     if not 0 < settings.nginx_poll_interval <= 10:
         raise SettingsError("nginx_poll_interval: expected seconds above 0 and at most 10")
     if settings.validate_command and "%s" not in settings.validate_command:
@@ -270,7 +278,16 @@ def check(settings: Settings) -> None:
             parse_directives(directives)
     except ValidationError as exc:
         raise SettingsError(f"directives: {exc}") from None
-    if settings.status_listen:
+    try:
+        check_api_url(settings.dyups_url)
+    except ValidationError as exc:
+        raise SettingsError(f"dyups_url: {exc}") from None
+    if settings.status_listen.startswith("unix:"):
+        path = settings.status_listen[len("unix:"):]
+        if not path.startswith("/") or len(path.encode()) > 107 or path.endswith("/"):
+            raise SettingsError(f"status_listen: expected unix:/ABSOLUTE/PATH (at most 107 bytes), got "
+                                f"{settings.status_listen!r}")
+    elif settings.status_listen:
         host, _sep, port = settings.status_listen.rpartition(":")
         try:
             loopback = ipaddress.ip_address(host.strip("[]")).is_loopback
@@ -280,7 +297,7 @@ def check(settings: Settings) -> None:
             raise SettingsError(f"status_listen: expected a loopback address:port, got {settings.status_listen!r}")
 
     check_metrics_listener(settings.metrics_listen, settings.metrics_allow)
-    if settings.metrics_listen and settings.status_listen:
+    if settings.metrics_listen and settings.status_listen and not settings.status_listen.startswith("unix:"):
         host, port = split_listen(settings.metrics_listen)
         status_host, _sep, status_port = settings.status_listen.rpartition(":")
         if str(port) == status_port and (ipaddress.ip_address(host).is_unspecified or host == status_host.strip("[]")):

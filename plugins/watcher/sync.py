@@ -47,7 +47,7 @@ from ansible_collections.swallowkeeper.dyups.plugins.module_utils._dyups_client 
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._errors import ValidationError
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._names import same_names
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._plan import servers_equal
-from ansible_collections.swallowkeeper.dyups.plugins.module_utils._resolve import Resolve, make_resolver
+from ansible_collections.swallowkeeper.dyups.plugins.module_utils._resolve import Resolve
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._servers import Server
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._upstream import Upstream
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._validate_config import ConfigCheckFailed, check_config
@@ -98,7 +98,7 @@ class Syncer:
         self._saved_state: Optional[tuple] = self._state_key()
         self._consul_confirmed = True  # the last sync's: Consul answered
         self.skipped: List[dict] = []
-        self.hosts = HostNames(settings.hosts_file)   # servers written as host names (host_names.py)
+        self.hosts = HostNames(settings.hosts_file, settings.resolve_timeout)   # servers written as host names
         self.resolve: Optional[Resolve] = None   # the drift check's resolver
         # Tengine's dyups_shm_zone_size in bytes (0: not checked); a body that cannot fit is never sent (zone_fit.py)
         self.zone_bytes = zone_fit.parse_size(settings.dyups_shm_zone_size) if settings.dyups_shm_zone_size else 0
@@ -345,7 +345,8 @@ class Syncer:
         (names compared as the data plane compares them)."""
         readings = [same_names(detail, self.applied)
                     for detail in (details if details is not None else [self.client.detail()])]
-        self.resolve = make_resolver(hosts_file=self.settings.hosts_file)
+        self.resolve = self.hosts.resolver({server.host for upstream in self.applied.values()
+                                            for server in upstream.servers if server.kind == "hostname"})
         drifted = []
         for name, upstream in self.applied.items():
             if name in self.pushes.pending:

@@ -502,3 +502,38 @@ def test_after_a_too_stale_answer_the_polls_of_one_wait_go_to_the_leader():
     # leader (stale=False), the next one (+160 s) any server again
     assert [call["stale"] for call in client.calls] == [None, None, None, False, None]
     assert [result.reread_after for result in results] == [None, None, 9.0, None, None]
+
+
+# -- a token in clear text over a network (issue 19) -------------------------------------------------------
+@pytest.mark.parametrize("url, token, warned", [
+    ("http://10.0.0.5:8500", TOKEN, True),
+    ("http://consul.example.internal:8500", TOKEN, True),
+    ("http://[2001:db8::1]:8500", TOKEN, True),
+    ("https://10.0.0.5:8501", TOKEN, False),
+    ("http://127.0.0.1:8500", TOKEN, False),
+    ("http://127.8.9.10:8500", TOKEN, False),
+    ("http://[::1]:8500", TOKEN, False),
+    ("http://LOCALHOST:8500", TOKEN, False),
+    ("http://10.0.0.5:8500", None, False),
+])
+def test_a_token_over_plain_http_to_a_host_that_is_not_loopback_is_warned_about(url, token, warned):
+    warning = ConsulClient(url, ScriptedTransport(ok()), token=token).cleartext_token_warning()
+    assert bool(warning) is warned
+    if warning:
+        assert "clear text" in warning and url in warning and TOKEN not in warning
+
+
+def test_the_watcher_warns_once_at_start_about_a_token_in_clear_text(tmp_path, caplog):
+    from ansible_collections.swallowkeeper.dyups.plugins.watcher import settings as watcher_settings
+    from ansible_collections.swallowkeeper.dyups.plugins.watcher.consul_source import ConsulSource
+    from ansible_collections.swallowkeeper.dyups.plugins.watcher.metrics import Metrics
+
+    token_file = tmp_path / "consul.token"
+    token_file.write_text(TOKEN + "\n")
+    settings = watcher_settings.build({"consul_url": "http://10.0.0.5:8500", "consul_token_file": str(token_file),
+                                       "status_listen": ""}, environ={})
+    with caplog.at_level("WARNING", logger="swallowkeeper.watcher"):
+        source = ConsulSource(settings, Metrics())   # builds its clients; sends nothing yet
+    source.transport.close()
+    warnings = [record.getMessage() for record in caplog.records if "clear text" in record.getMessage()]
+    assert len(warnings) == 1 and "http://10.0.0.5:8500" in warnings[0] and TOKEN not in caplog.text

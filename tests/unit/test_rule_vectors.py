@@ -53,6 +53,7 @@ PYTHON_ONLY = {
     "name.type", "server.address_type", "server.type", "server.dict_keys", "server.host_type",
     "server.host_address_mismatch", "server.port_twice", "server.no_address", "directive.type",
     "upstream.keys", "file.case_clash", "name.case_clash", "file.expected_upstream", "file.unclosed", "file.defined_twice",
+    "file.symlink", "file.not_regular",
     "detail.line", "detail.field", "server.backup_flag", "server.down_flag",
 }
 # The ids _servers.py builds with f"server.{key}_int" / f"server.{key}_range" / f"server.{key}_flag".

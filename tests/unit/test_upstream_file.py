@@ -78,6 +78,35 @@ def test_read_text_gives_the_text_and_what_it_holds(tmp_path):
     assert text == path.read_text() and upstreams == {"a": build_upstream("a", ["10.0.0.1:80"], ["keepalive 2"])}
 
 
+def test_the_file_is_never_read_through_a_symbolic_link(tmp_path):
+    """A link where the upstream file goes (the directory is the watcher's: a user of it could plant one to
+    make a root-run module read /etc/shadow): refused, and nothing of the target's text in the error."""
+    secret = tmp_path / "secret"
+    secret.write_text("root:$6$hash-of-the-password:19000:0:99999:7:::\n")
+    link = tmp_path / "upstreams.conf"
+    link.symlink_to(secret)
+    with pytest.raises(ValidationError) as caught:
+        _upstream_file.read_text(str(link))
+    assert caught.value.rule_id == "file.symlink" and "symbolic link" in str(caught.value)
+    assert "hash-of-the-password" not in str(caught.value)
+    valid = tmp_path / "valid.conf"
+    valid.write_text("upstream a { server 10.0.0.1:80; }\n")
+    link.unlink()
+    link.symlink_to(valid)                     # even a link to a valid file
+    with pytest.raises(ValidationError, match="symbolic link"):
+        _upstream_file.read(str(link))
+
+
+def test_a_fifo_or_a_directory_where_the_file_goes_is_refused_at_once(tmp_path):
+    fifo = tmp_path / "upstreams.conf"
+    os.mkfifo(fifo)                            # open() of a FIFO blocks until a writer comes: never here
+    with pytest.raises(ValidationError) as caught:
+        _upstream_file.read_text(str(fifo))
+    assert caught.value.rule_id == "file.not_regular"
+    with pytest.raises(ValidationError, match="not a regular file"):
+        _upstream_file.read_text(str(tmp_path))
+
+
 def leftovers(directory):
     return sorted(name for name in os.listdir(directory) if name.endswith(".tmp"))
 

@@ -42,7 +42,17 @@ def settings(path):
     return wanted
 
 
+def size_bytes(text):
+    """systemd's size syntax (512M, 1G, 4096) as the number of bytes systemctl show reports."""
+    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+    if text[-1:].upper() in units:
+        return str(int(float(text[:-1]) * units[text[-1].upper()]))
+    return text
+
+
 def same(key, want, got):
+    if key in ("MemoryMax", "MemoryHigh"):
+        return size_bytes(want) == got
     if want.lower() in BOOLEAN and key not in ("User", "Group"):
         return BOOLEAN[want.lower()] == BOOLEAN.get(got.lower(), got)
     if key in ("RestrictAddressFamilies", "CapabilityBoundingSet", "AmbientCapabilities", "ReadWritePaths"):
