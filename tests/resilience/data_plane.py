@@ -37,6 +37,18 @@ from tests.support.tengine import flavor_class  # noqa: E402
 from tests.support.watcher import WatcherProcess  # noqa: E402
 
 
+def make_watcher(tmp_path, agent, nginx, upstream_file, old_watcher=None, **extra):
+    """A watcher (not started) on ``agent`` and ``nginx``, host names from the test hosts file; with
+    ``old_watcher`` (DIR/plugins/watcher) that one, without ``nginx_pid_file``."""
+    hosts = tmp_path / "hosts"
+    hosts.write_text(TEST_HOSTS)
+    settings = {"consul_url": agent.url, "dyups_url": nginx.api_url, "upstream_file": str(upstream_file),
+                "hosts_file": str(hosts), "log_level": "info", **extra}
+    if old_watcher:
+        return WatcherProcess(tmp_path, entry=Path(old_watcher), **settings)
+    return WatcherProcess(tmp_path, nginx_pid_file=str(nginx.prefix / "nginx.pid"), **settings)
+
+
 def measure(flavor, fault, upstreams, requests, old_watcher=None):
     with tempfile.TemporaryDirectory(prefix="data-plane-") as tmp, ConsulAgent() as agent, \
             Backends(count=2) as backends:
@@ -48,14 +60,7 @@ def measure(flavor, fault, upstreams, requests, old_watcher=None):
         names = [f"Svc{i}" for i in range(upstreams)]
         for i, name in enumerate(names):
             agent.register(name, f"{name}-1", port=backends.ports[i % 2])
-        hosts = tmp_path / "hosts"
-        hosts.write_text(TEST_HOSTS)
-        settings = {"consul_url": agent.url, "dyups_url": nginx.api_url, "upstream_file": str(tmp_path / "ups.conf"),
-                    "hosts_file": str(hosts), "log_level": "info"}
-        if old_watcher:
-            watcher = WatcherProcess(tmp_path, entry=Path(old_watcher), **settings)
-        else:
-            watcher = WatcherProcess(tmp_path, nginx_pid_file=str(nginx.prefix / "nginx.pid"), **settings)
+        watcher = make_watcher(tmp_path, agent, nginx, tmp_path / "ups.conf", old_watcher)
         try:
             watcher.start()
             want = {name: str(backends.ports[i % 2]) for i, name in enumerate(names)}

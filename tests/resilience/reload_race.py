@@ -10,7 +10,10 @@ writes to the file and POSTs); 0.2 s into it nginx is reloaded (SIGHUP). A POST 
 answers after the master read the file reaches no new worker: the new workers have the file as the
 master read it, and the old worker's message goes to the old generation's shared zone. After the last
 move, ``/detail`` is read from every worker until every worker holds every service's last backend:
-the time that took (``converged_after``), or ``null`` after ``--wait`` seconds (a lost change).
+the time that took (``converged_after``), or ``null`` after ``--wait`` seconds (a lost change);
+``file_written_after``: until the watcher's file held them (what the watcher applied, after Consul's
+answer and the watcher's quiescence), and ``workers_behind_the_file`` the difference: how long the
+workers lagged behind what the watcher applied.
 ``--old-watcher`` runs another watcher (an extracted 940f60b, say) without ``nginx_pid_file``.
 Printed as JSON lines, one per round, then a summary.
 """
@@ -37,9 +40,10 @@ ensure_importable()
 
 from tests.support.backends import Backends  # noqa: E402
 from tests.support.consul import ConsulAgent  # noqa: E402
-from tests.support.nginx_lua import TEST_HOSTS  # noqa: E402
+from tests.resilience.data_plane import make_watcher  # noqa: E402
 from tests.support.tengine import Tengine  # noqa: E402
-from tests.support.watcher import WatcherProcess  # noqa: E402
+
+from ansible_collections.swallowkeeper.dyups.plugins.module_utils import _upstream_file  # noqa: E402
 
 BURST = 0.4
 RELOAD_AT = 0.2
@@ -70,6 +74,16 @@ def converged(nginx, expected):
                                     for upstreams in seen.values())
 
 
+def file_holds(path, expected):
+    """True when the upstream file (the watcher's applied state) holds every service's last backend."""
+    try:
+        upstreams = _upstream_file.read(str(path))
+    except (OSError, ValueError):
+        return False
+    return all(name in upstreams and [server.port for server in upstreams[name].servers] == [port]
+               for name, port in expected.items())
+
+
 def run(rounds, services, wait, old_watcher=None):
     results = []
     with tempfile.TemporaryDirectory(prefix="reload-race-") as tmp, ConsulAgent() as agent, \
@@ -83,14 +97,7 @@ def run(rounds, services, wait, old_watcher=None):
         for i, name in enumerate(names):
             where[name] = backends.ports[i % 2]
             agent.register(name, f"{name}-1", port=where[name], check=False)
-        hosts = tmp_path / "hosts"
-        hosts.write_text(TEST_HOSTS)
-        settings = {"consul_url": agent.url, "dyups_url": nginx.api_url, "upstream_file": str(upstream_file),
-                    "hosts_file": str(hosts), "log_level": "info", "drift_interval": 300}
-        if old_watcher:
-            watcher = WatcherProcess(tmp_path, entry=Path(old_watcher), **settings)
-        else:
-            watcher = WatcherProcess(tmp_path, nginx_pid_file=str(nginx.prefix / "nginx.pid"), **settings)
+        watcher = make_watcher(tmp_path, agent, nginx, upstream_file, old_watcher, drift_interval=300)
         try:
             watcher.start()
             deadline = time.monotonic() + 20
@@ -110,19 +117,27 @@ def run(rounds, services, wait, old_watcher=None):
                         agent.register(name, f"{name}-1", port=where[name], check=False, wait=False)
                         moves.append(name)
                         time.sleep(0.02)
+                log_mark = len(watcher.log_text())
                 mover = threading.Thread(target=burst)
                 mover.start()
                 time.sleep(RELOAD_AT)
                 os.kill(nginx.master_pid(), signal.SIGHUP)
                 mover.join()
                 last_move = time.monotonic()
-                took = None
+                took = applied = None
                 while time.monotonic() - last_move < wait:
-                    if converged(nginx, where):
+                    if applied is None and file_holds(upstream_file, where):
+                        applied = round(time.monotonic() - last_move, 3)
+                    if applied is not None and converged(nginx, where):
                         took = round(time.monotonic() - last_move, 3)
                         break
                     time.sleep(0.02)
-                results.append({"round": number, "moves": len(moves), "converged_after": took})
+                results.append({"round": number, "moves": len(moves), "file_written_after": applied,
+                                "converged_after": took,
+                                "workers_behind_the_file": None if took is None else round(took - applied, 3)})
+                if took is None or took > 1:   # what the watcher did meanwhile, for the reader
+                    results[-1]["watcher_log"] = [line[24:200] for line in watcher.log_text()[log_mark:].splitlines()
+                                                  ][-16:]
                 print(json.dumps(results[-1]), flush=True)
                 if took is None:   # put it right before the next round (a restart of the watcher reads everything)
                     watcher.stop()
@@ -134,10 +149,12 @@ def run(rounds, services, wait, old_watcher=None):
             watcher.stop()
             nginx.stop()
     times = sorted(r["converged_after"] for r in results if r["converged_after"] is not None)
+    behind = sorted(r["workers_behind_the_file"] for r in results if r["converged_after"] is not None)
     return {"watcher": "old" if old_watcher else "this", "rounds": len(results),
             "lost_rounds": sum(r["converged_after"] is None for r in results),
             "converged_after_max": times[-1] if times else None,
             "converged_after_median": times[len(times) // 2] if times else None,
+            "workers_behind_the_file_max": behind[-1] if behind else None,
             "load_average": os.getloadavg()}
 
 
