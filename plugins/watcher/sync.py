@@ -20,8 +20,9 @@ Order of every sync:
    changed since the last one (``changed``): only those are examined again (host names: every time);
 2. if it differs from what is applied: the file is replaced atomically (and validated, when a
    command is configured), written whole from blocks rendered once per upstream, with one fsync (of
-   its data, before the rename; not of the directory: ``_upstream_file.replace_file`` says why). If that fails, nothing is sent: the interface keeps the last good state,
-   the file stays whole, and the sync is retried;
+   its data, before the rename; not of the directory: ``_upstream_file.replace_file`` says why). If
+   that fails, nothing is sent: the interface keeps the last good state, the file stays whole, and
+   the sync is retried;
 3. POST every upstream whose body changed (the whole upstream: servers and directives), DELETE every
    owned upstream that disappeared. A failed request leaves the upstream pending; it is retried.
 
