@@ -14,7 +14,6 @@ Tengine and a real nginx with the Lua flavor:
 
 from __future__ import annotations
 
-import http.client
 import json
 import os
 import stat
@@ -166,7 +165,7 @@ def test_the_management_endpoint_on_a_unix_socket_and_release_refused_to_web_pag
         with open(watcher.log_path, "ab") as log:
             watcher.process = subprocess.Popen([sys.executable, "plugins/watcher", "--config", str(watcher.config_path)],
                                                cwd=str(ROLE.parents[1]), stdout=log, stderr=subprocess.STDOUT)
-        watcher.wait_for(lambda: sock.exists(), "the watcher listens on its socket")
+        watcher.wait_for(sock.exists, "the watcher listens on its socket")
         assert stat.S_IMODE(os.stat(sock).st_mode) == 0o660
         assert unix_request(sock, "GET", "/healthz")[0] == 200
         assert json.loads(unix_request(sock, "GET", "/status")[1])
