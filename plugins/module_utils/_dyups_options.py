@@ -45,8 +45,8 @@ def secret_headers(secret_file: str | None) -> dict[str, str]:
     if not secret:
         raise ValidationError("api_secret_file", secret_file, "is empty")
     if not all(33 <= ord(char) <= 126 for char in secret):
-        raise ValidationError("api_secret_file", secret_file, "holds a character other than printable ASCII "
-                                                             "without spaces (a header carries it)")
+        raise ValidationError("api_secret_file", secret_file,
+                              "holds a character other than printable ASCII without spaces (a header carries it)")
     return {SECRET_HEADER: secret}
 
 

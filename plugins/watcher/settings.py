@@ -72,8 +72,8 @@ OPTIONS = (
     Option("exclude", ["consul"], list, "never these services"),
     Option("prefix", "", str, "only services whose name starts with this"),
     Option("include_warning", False, bool, "count Consul's warning state as passing"),
-    Option("dyups_url", "http://127.0.0.1:18882", str, "the dyups interface: http://HOST:PORT, or unix:/PATH of its "
-                                                     "socket"),
+    Option("dyups_url", "http://127.0.0.1:18882", str,
+           "the dyups interface: http://HOST:PORT, or unix:/PATH of its socket"),
     Option("dyups_secret_file", None, str, "file holding the interface's shared secret, sent as X-Dyups-Secret "
                                            "(an interface on TCP with tengine_dyups_api_secret)"),
     Option("dyups_timeout", 5.0, float, "seconds for a dyups request"),

@@ -7,13 +7,13 @@ Tengine and a real nginx with the Lua flavor:
   without the header is refused, and the collection's client with ``api_secret_file`` changes upstreams;
 * an interface on a unix socket (``listen unix:``, ``allow unix:``, as the role's dyups.conf writes it):
   the modules' client and the watcher reach it through ``unix:/PATH``;
+* a local user outside the socket directory's group (a client run as ``nobody``) refused;
 * the watcher's management endpoint on a unix socket (``status_listen: unix:/PATH``), mode 0660, and
   ``POST /release`` from a web page (an ``Origin`` header) refused on its TCP endpoint.
 """
 
 from __future__ import annotations
 
-import http.client
 import json
 import os
 import stat
@@ -165,7 +165,7 @@ def test_the_management_endpoint_on_a_unix_socket_and_release_refused_to_web_pag
         with open(watcher.log_path, "ab") as log:
             watcher.process = subprocess.Popen([sys.executable, "plugins/watcher", "--config", str(watcher.config_path)],
                                                cwd=str(ROLE.parents[1]), stdout=log, stderr=subprocess.STDOUT)
-        watcher.wait_for(lambda: sock.exists(), "the watcher listens on its socket")
+        watcher.wait_for(sock.exists, "the watcher listens on its socket")
         assert stat.S_IMODE(os.stat(sock).st_mode) == 0o660
         assert unix_request(sock, "GET", "/healthz")[0] == 200
         assert json.loads(unix_request(sock, "GET", "/status")[1])
@@ -174,3 +174,35 @@ def test_the_management_endpoint_on_a_unix_socket_and_release_refused_to_web_pag
     finally:
         watcher.stop()
     assert not sock.exists()   # removed when the watcher stops
+
+
+NOBODY_CONNECTS = """
+import socket, sys
+s = socket.socket(socket.AF_UNIX)
+try:
+    s.connect(sys.argv[1])
+    s.sendall(b"POST /upstream/victim HTTP/1.0\\r\\nContent-Length: 19\\r\\n\\r\\nserver 6.6.6.6:80;\\n")
+    print(s.recv(100).split(b"\\r\\n")[0].decode())
+except OSError as exc:
+    print("refused:", exc.strerror)
+"""
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run a client as nobody")
+def test_a_local_user_outside_the_group_cannot_reach_the_socket(tmp_path, proxy_factory, socket_dir):  # noqa: F811
+    """nginx makes its unix sockets 0666: the directory (the role's tengine_dyups_socket_dir, root and the
+    watcher's group, 1770) is what keeps other users out. Run as nobody: refused; the upstream unchanged."""
+    guard = render_guard(tmp_path, "")   # no secret: the directory alone
+    sock = socket_dir / "dyups.sock"
+    nginx = proxy_factory(http_snippet=interfaces(proxy_factory.flavor, guard, free_port(), sock))
+    assert stat.S_IMODE(os.stat(sock).st_mode) == 0o666
+
+    def as_nobody():
+        return subprocess.run(["/usr/bin/python3", "-c", NOBODY_CONNECTS, str(sock)], capture_output=True, text=True,
+                              timeout=30, user="nobody", group="nogroup", extra_groups=[]).stdout.strip()
+
+    socket_dir.chmod(0o1770)           # root:root here; the role's is root:swallowkeeper-dyups
+    assert as_nobody() == "refused: Permission denied"
+    assert "6.6.6.6" not in nginx.api("GET", "/detail")[1]
+    socket_dir.chmod(0o755)            # the same socket in a directory anyone may enter: anyone changes routing
+    assert as_nobody().startswith("HTTP/1.1 200")

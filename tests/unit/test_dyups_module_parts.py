@@ -5,7 +5,7 @@ import socket
 import pytest
 
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._dyups_options import (
-    check_api_url, dyups_argument_spec, dyups_client_from_params)
+    check_api_url, dyups_argument_spec, dyups_client_from_params, secret_headers)
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._errors import ValidationError
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._servers import Server
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._upstream import build_upstream
@@ -139,11 +139,25 @@ def test_api_url_refused(url):
 def test_client_from_params():
     spec = dyups_argument_spec()
     assert spec == {"api_url": {"type": "str", "default": "http://127.0.0.1:18882"},
-                    "timeout": {"type": "float", "default": 5.0}}
+                    "api_secret_file": {"type": "path"}, "timeout": {"type": "float", "default": 5.0}}
     client = dyups_client_from_params({"api_url": "http://127.0.0.1:1/", "timeout": 2.5}, transport=print)
     assert (client.api_url, client.timeout, client.transport) == ("http://127.0.0.1:1", 2.5, print)
     with pytest.raises(ValidationError):
         dyups_client_from_params({"api_url": "http://127.0.0.1:1", "timeout": 0})
+
+
+def test_the_secret_comes_from_a_file_and_is_never_shown(tmp_path):
+    secret = tmp_path / "dyups.secret"
+    secret.write_text("  s3cret-0123456789abcdef\n")
+    assert secret_headers(str(secret)) == {"X-Dyups-Secret": "s3cret-0123456789abcdef"}
+    assert secret_headers(None) == {}
+    for text, problem in (("", "is empty"), ("two words here", "printable ASCII")):
+        secret.write_text(text)
+        with pytest.raises(ValidationError, match=problem) as caught:
+            secret_headers(str(secret))
+        assert "two words" not in str(caught.value)
+    with pytest.raises(ValidationError, match="cannot be read"):
+        secret_headers(str(tmp_path / "missing"))
 
 
 def test_info_select():
