@@ -33,6 +33,17 @@ ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "roles/tengine_dyups/files/binary_upgrade.sh"
 
 
+_RENDERED = {}
+
+
+def rendered_vhost(work):
+    """The role's vhosts.conf for one vhost (/ to upstream web) listening on 127.0.0.1:1, rendered once."""
+    if "text" not in _RENDERED:
+        work.mkdir(parents=True, exist_ok=True)
+        _RENDERED["text"] = render(work, [{"listen": "127.0.0.1:1", "locations": [{"upstream": "web"}]}], "tengine")
+    return _RENDERED["text"]
+
+
 class Master:
     """A daemonized Tengine in a prefix of its own: sbin/tengine (a copy of $TENGINE_BIN), conf/tengine.conf."""
 
@@ -51,8 +62,8 @@ class Master:
         upstream_file.write_text(f"upstream web {{ server 127.0.0.1:{backend_port}; }}\n"
                                  f"upstream other {{ server 127.0.0.1:{backend_port}; }}\n")
         vhosts = prefix / "conf" / "vhosts.conf"
-        vhosts.write_text(render(prefix, [{"listen": f"127.0.0.1:{self.vhost_port}",
-                                           "locations": [{"upstream": "web"}]}], "tengine"))
+        vhosts.write_text(rendered_vhost(prefix.parent).replace("listen 127.0.0.1:1;",
+                                                                f"listen 127.0.0.1:{self.vhost_port};"))
         self.config.write_text(f"""worker_processes 2;
 pid {self.pid_file};
 error_log {prefix}/logs/error.log warn;
@@ -73,6 +84,11 @@ http {{
         subprocess.run([str(self.binary), "-p", f"{self.prefix}/", "-c", str(self.config)], check=True, timeout=30)
         wait_port(self.vhost_port)
         wait_port(self.api_port)
+        # the daemon writes its pid file after the starting process returned
+        deadline = time.monotonic() + 15
+        while not self.pid_file.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert self.pid_file.exists(), f"no {self.pid_file}"
 
     def pid(self):
         return int(self.pid_file.read_text().strip())

@@ -58,6 +58,8 @@ if [ -n "$api_url" ]; then before=$(upstreams) || roll_back "the interface $api_
 say "USR2 to master $old_master ($workers workers)"
 kill -USR2 "$old_master"
 new_master=""
+seen_oldbin=""
+waited=0
 tries=$((limit * 5))
 while [ "$tries" -gt 0 ]; do
   candidate=$(cat "$pid_file" 2>/dev/null) || candidate=""
@@ -66,13 +68,18 @@ while [ "$tries" -gt 0 ]; do
     break
   fi
   alive "$old_master" || break
+  # The old master renames its pid file to .oldbin as it takes USR2 and takes it back when the new master exits:
+  # no .oldbin after a second (or after one was seen) and the old PID in the pid file: the new master has exited.
+  waited=$((waited + 1))
+  if [ -f "$pid_file.oldbin" ]; then seen_oldbin=1
+  elif { [ -n "$seen_oldbin" ] || [ "$waited" -ge 5 ]; } && [ "$candidate" = "$old_master" ]; then break; fi
   tries=$((tries - 1))
   sleep 0.2
 done
 if [ -z "$new_master" ]; then
   candidate=$(cat "$pid_file" 2>/dev/null) || candidate=""
   if [ "$candidate" != "$old_master" ] && alive "$candidate"; then kill -TERM "$candidate"; fi
-  roll_back "the new binary did not start a master with $workers workers within ${limit}s (see the error log)"
+  roll_back "the new binary did not start a master with $workers workers (it exited, or not within ${limit}s; see the error log)"
 fi
 say "new master $new_master runs with $(children "$new_master") workers; WINCH to the old master"
 kill -WINCH "$old_master"
