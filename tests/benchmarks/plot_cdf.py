@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import statistics
 import sys
 from pathlib import Path
 
@@ -84,7 +85,7 @@ def svg(row, title):
             dashes = f' stroke-dasharray="{dash}"' if dash else ""
             out.append(f'<polyline points="{path}" fill="none" stroke="{colour}" stroke-width="2"{dashes}/>')
             legend_y = top + 16 + number * 34
-            median = f"p50 {sorted(samples)[len(samples) // 2]:g} ms" if samples else "none propagated"
+            median = f"p50 {round(statistics.median(samples), 1):g} ms" if samples else "none propagated"
             out.append(f'<line x1="{WIDTH - RIGHT + 12}" y1="{legend_y}" x2="{WIDTH - RIGHT + 40}" y2="{legend_y}" '
                        f'stroke="{colour}" stroke-width="2"{dashes}/>')
             out.append(f'<text x="{WIDTH - RIGHT + 46}" y="{legend_y + 4}">{label}</text>')
