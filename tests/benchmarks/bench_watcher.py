@@ -189,7 +189,9 @@ def summary(values, attempts):
     if done:
         result.update({"p50_ms": round(statistics.median(done) * 1000, 1),
                        "p99_ms": round(percentile(done, 0.99) * 1000, 1),
-                       "max_ms": round(max(done) * 1000, 1)})
+                       "max_ms": round(max(done) * 1000, 1),
+                       # every propagated one, for tests/benchmarks/plot_cdf.py
+                       "samples_ms": sorted(round(v * 1000, 1) for v in done)})
     return result
 
 

@@ -1,4 +1,5 @@
-"""The role's main configuration for the stock nginx flavor (templates/nginx.conf.j2 with the role's own
+"""The role's own main configuration for the stock nginx flavor (tengine_dyups_nginx_dropin false, or a
+configuration directory of its own as the demo has; templates/nginx.conf.j2 with the role's own
 defaults, vars/main.yml and vars/Debian.yml, rendered by Ansible's template module) keeps serving a site the
 host served before the role: a site in sites-enabled, started with the real nginx on a free port. With
 tengine_dyups_nginx_distribution_includes false it is not included.
@@ -111,27 +112,35 @@ SHARED = Path(__file__).resolve().parents[2] / "extensions" / "molecule" / "shar
 
 def test_the_shared_prepare_and_verify_task_files(tmp_path):
     """extensions/molecule/shared/prepare_sites_enabled.yml and verify_sites_enabled.yml (for the container
-    scenario of the nginx flavor) run here against a temporary /etc/nginx and the rendered configuration."""
+    scenarios of the nginx flavor, a drop-in) run here against a temporary /etc/nginx whose nginx.conf includes
+    sites-enabled as Debian's does: verify passes while the site answers and nginx.conf is the one prepare kept,
+    and fails when nginx.conf changed by a single byte."""
     port = free_port()
     etc = tmp_path / "etc-nginx"
     (etc / "sites-available").mkdir(parents=True)
     (etc / "sites-enabled").mkdir()
-    shared_vars = {"sites_enabled_dir": str(etc), "sites_enabled_port": port}
+    main = etc / "nginx.conf"
+    main.write_text(f"pid {tmp_path}/nginx.pid;\nerror_log {tmp_path}/error.log;\nevents {{}}\n"
+                    f"http {{\n\taccess_log off;\n\tinclude {etc}/sites-enabled/*;\n}}\n")
+    shared_vars = {"sites_enabled_dir": str(etc), "sites_enabled_port": port,
+                   "sites_enabled_keep": str(tmp_path / "kept" / "nginx.conf.before")}
 
-    def run_tasks(path, **extra):
+    def run_tasks(path):
         play = yaml.safe_dump([{"name": path.name, "hosts": "tengine", "gather_facts": False,
                                 "tasks": [{"name": "the shared tasks", "ansible.builtin.include_tasks": str(path)}]}])
-        return AnsibleRunner(tmp_path / "ansible-shared").playbook(play, extra_vars=dict(shared_vars, **extra))
+        return AnsibleRunner(tmp_path / "ansible-shared").playbook(play, extra_vars=shared_vars)
 
     prepared = run_tasks(SHARED / "prepare_sites_enabled.yml")
     assert prepared.rc == 0, prepared.stdout[-3000:]
-    conf, _etc = render(tmp_path)
     verify = SHARED / "verify_sites_enabled.yml"
-    assert run_tasks(verify, sites_enabled_main_config=str(conf)).rc != 0, "nothing serves the site yet"
-    started = subprocess.run([NGINX, "-c", str(conf)], capture_output=True, text=True, check=False)
+    assert run_tasks(verify).rc != 0, "nothing serves the site yet"
+    started = subprocess.run([NGINX, "-c", str(main)], capture_output=True, text=True, check=False)
     assert started.returncode == 0, started.stderr
     try:
-        verified = run_tasks(verify, sites_enabled_main_config=str(conf))
+        verified = run_tasks(verify)
         assert verified.rc == 0, verified.stdout[-3000:]
+        main.write_text(main.read_text() + " ")
+        changed = run_tasks(verify)
+        assert changed.rc != 0 and "nginx.conf differs" in changed.stdout, changed.stdout[-3000:]
     finally:
-        subprocess.run([NGINX, "-c", str(conf), "-s", "quit"], capture_output=True, check=False)
+        subprocess.run([NGINX, "-c", str(main), "-s", "quit"], capture_output=True, check=False)

@@ -57,3 +57,51 @@ def test_nothing_to_check_when_the_main_configuration_does_not_include_the_file(
     main, include_dir = conf
     main.write_text("events {}\nhttp {}\n")
     assert check(main, include_dir / "dyups.conf", "not nginx at all", include_dir, tmp_path).returncode == 0
+
+
+@pytest.fixture
+def dropin(tmp_path):
+    """The stock nginx drop-in: a main configuration shaped like Debian's, which includes conf.d/*.conf
+    inside http {} (the role's files are conf.d/swallowkeeper-dyups*.conf), with a file of someone else's there."""
+    conf_d = tmp_path / "conf.d"
+    conf_d.mkdir()
+    (conf_d / "00-site.conf").write_text("upstream site_backend { server 127.0.0.1:8081; }\n")
+    main = tmp_path / "nginx.conf"
+    main.write_text(f"pid {tmp_path}/nginx.pid;\nerror_log {tmp_path}/error.log;\nevents {{}}\n"
+                    f"http {{\n\taccess_log off;\n\tinclude {conf_d}/*.conf;\n}}\n")
+    return main, conf_d
+
+
+def test_dropin_a_new_file_is_checked_in_context_through_the_glob(dropin, tmp_path):
+    """The file does not exist yet (a first run): the candidate is checked together with what the glob already
+    matches, so a name another drop-in defines is a duplicate (the old script found no include line and passed)."""
+    main, conf_d = dropin
+    clash = check(main, conf_d / "swallowkeeper-dyups.conf", "upstream site_backend { server 127.0.0.1:9; }\n",
+                  conf_d, tmp_path)
+    assert clash.returncode != 0
+    assert "duplicate upstream" in clash.stderr
+    good = check(main, conf_d / "swallowkeeper-dyups.conf", "upstream web { server 127.0.0.1:8080; }\n",
+                 conf_d, tmp_path)
+    assert good.returncode == 0, good.stderr
+
+
+def test_dropin_a_broken_candidate_fails_and_an_existing_file_is_replaced_not_doubled(dropin, tmp_path):
+    main, conf_d = dropin
+    target = conf_d / "swallowkeeper-dyups.conf"
+    target.write_text("upstream web { server 127.0.0.1:8080; }\n")
+    broken = check(main, target, "upstream web { server 127.0.0.1:8080 weight=0; }\n", conf_d, tmp_path)
+    assert broken.returncode != 0
+    assert "weight" in broken.stderr
+    # the live file defines `web` too: it must not be read beside the candidate
+    again = check(main, target, "upstream web { server 127.0.0.1:8082; }\n", conf_d, tmp_path)
+    assert again.returncode == 0, again.stderr
+    # the copy keeps the rest of the main configuration: a candidate that needs the other drop-in passes
+    uses = check(main, conf_d / "swallowkeeper-dyups-vhosts.conf",
+                 "server { listen 127.0.0.1:1; location / { proxy_pass http://site_backend; } }\n", conf_d, tmp_path)
+    assert uses.returncode == 0, uses.stderr
+    assert main.read_text().count("*.conf") == 1
+
+
+def test_dropin_a_file_the_glob_does_not_match_has_nothing_to_check(dropin, tmp_path):
+    main, conf_d = dropin
+    assert check(main, tmp_path / "elsewhere.conf", "not nginx at all", conf_d, tmp_path).returncode == 0
