@@ -94,6 +94,7 @@ if [ "${SKDY_MOLECULE_BACKGROUND:-1}" = 1 ] && [ ${#stages[@]} -gt 1 ] \
    && [ "${stages[${#stages[@]}-1]}" != molecule ]; then
   for stage in "${stages[@]}"; do [ "$stage" = molecule ] && molecule_background=1; done
 fi
+# shellcheck disable=SC2317  # called from the traps below
 stop_molecule() {  # an interrupted run stops the scenarios (molecule.sh removes their containers itself)
   if [ -n "$molecule_pid" ]; then kill -TERM "$molecule_pid" 2>/dev/null || true; wait "$molecule_pid" || true; fi
 }
