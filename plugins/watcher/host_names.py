@@ -8,6 +8,10 @@ of what is sent (and of what the guard and the file see); an upstream left witho
 backup servers only, counts as empty (the zero-instance policy applies). DNS changes on its own, so
 the upstreams with host names are resolved again at every sync, whatever else changed; the others
 only when they change. The upstreams left are built with ``build_upstream``, like every other.
+A name that resolves to an address the server policy refuses (``_server_policy.py``: loopback, this
+host, ``denied_networks`` ...) is left out too, with the reason: a host name from Consul is only
+accepted with ``allow_host_names``, and then what it resolves to is checked here at every sync (nginx
+resolves it again when the upstream is posted: docs/security.md says what stays open).
 """
 
 from __future__ import annotations
@@ -15,12 +19,14 @@ from __future__ import annotations
 from typing import Dict, Iterable, List, Mapping, Optional, Set, Tuple
 
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._resolve import Resolve, make_resolver
+from ansible_collections.swallowkeeper.dyups.plugins.module_utils._server_policy import ServerPolicy
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._upstream import Upstream, build_upstream
 
 
 class HostNames:
-    def __init__(self, hosts_file: Optional[str]) -> None:
+    def __init__(self, hosts_file: Optional[str], policy: Optional[ServerPolicy] = None) -> None:
         self.hosts_file = hosts_file
+        self.policy = policy  # checks the addresses a name resolves to (None: none checked)
         self.resolve: Optional[Resolve] = None   # the last sync's resolver
         self._resolved: Optional[Dict[str, Upstream]] = None  # {name: Upstream} of the last call, host names resolved
         self._empty: Set[str] = set()            # left without servers that resolve
@@ -65,12 +71,24 @@ class HostNames:
         if all(server.kind != "hostname" for server in upstream.servers):
             resolved[name] = upstream
             return
-        kept = [server for server in upstream.servers if server.kind != "hostname" or resolve(server.host)]
-        self._skips[name] = [{"what": f"server {server.spec()} of upstream {name}",
-                              "why": f"the host name {server.host!r} does not resolve on this host"}
+        why = {server: self._problem(server.host, resolve) for server in upstream.servers if server.kind == "hostname"}
+        kept = [server for server in upstream.servers if why.get(server) is None]
+        self._skips[name] = [{"what": f"server {server.spec()} of upstream {name}", "why": why[server]}
                              for server in upstream.servers if server not in kept]
         if kept and not all(server.backup for server in kept):
             resolved[name] = upstream if len(kept) == len(upstream.servers) else \
                 build_upstream(name, kept, upstream.directives)
         else:
             self._empty.add(name)
+
+    def _problem(self, host: str, resolve: Resolve) -> Optional[str]:
+        """Why the server with host name ``host`` is left out, or None."""
+        addresses = resolve(host)
+        if not addresses:
+            return f"the host name {host!r} does not resolve on this host"
+        if self.policy is not None:
+            for address in addresses:
+                refused = self.policy.problem_of_host(address)
+                if refused is not None:
+                    return f"the host name {host!r} resolves to {address}: {refused}"
+        return None

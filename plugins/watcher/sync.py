@@ -97,7 +97,7 @@ class Syncer:
         self._saved_state: Optional[tuple] = self._state_key()
         self._consul_confirmed = True  # the last sync's: Consul answered
         self.skipped: List[dict] = []
-        self.hosts = HostNames(settings.hosts_file)   # servers written as host names (host_names.py)
+        self.hosts = HostNames(settings.hosts_file, settings.policy)  # servers written as host names (host_names.py)
         self.resolve: Optional[Resolve] = None   # the drift check's resolver
         self._update_gauges()
 

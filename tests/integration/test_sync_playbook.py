@@ -15,6 +15,7 @@ from ansible_collections.swallowkeeper.dyups.plugins.module_utils._upstream_file
 from tests.support.ansible_run import AnsibleRunner
 from tests.support.collection import ROOT
 from tests.support.consul import consul_agent  # noqa: F401 (fixture)  # pylint: disable=unused-import  # pytest fixtures
+from tests.support.consul import LOOPBACK_OPT_IN
 from tests.support.http_stdlib import stdlib_transport
 from tests.support.nginx_lua import NginxLua
 from tests.support.tengine import tengine_binary
@@ -45,7 +46,9 @@ def sync(agent, dyups_server, tmp_path):
         variables = {"dyups_sync_consul_url": agent.url, "dyups_sync_api_url": dyups_server.api_url,
                      "dyups_sync_upstream_conf": str(conf),
                      # never this machine's own watcher settings (a demo may have left them)
-                     "dyups_sync_watcher_config": str(tmp_path / "no-watcher.yml")}
+                     "dyups_sync_watcher_config": str(tmp_path / "no-watcher.yml"),
+                     # the test's backends are on loopback, refused from Consul by default
+                     "dyups_sync_allowed_networks": LOOPBACK_OPT_IN["allowed_networks"]}
         variables.update(extra)
         done = runner.playbook(PLAYBOOK, check=check, diff=diff, extra_vars=variables)
         assert done.rc == expect_rc, f"rc {done.rc}\n{done.stdout[-5000:]}\n{done.stderr[-3000:]}"
