@@ -187,8 +187,11 @@ class ServerPolicy:
         if not self.builtin:
             return None
         for network, what in _CLASSES + tuple((network, _OWN) for network in self.own):
-            if address in network and not any(net.version == network.version and net.subnet_of(network)  # type: ignore[arg-type]
-                                               for net in inside):
+            if address not in network:
+                continue
+            lifted = any(net.version == network.version and net.subnet_of(network)  # type: ignore[arg-type]
+                         for net in inside)
+            if not lifted:
                 return f"{address} is {what}: a registrant must not point nginx at it; {_OPT_IN} ({network})"
         return None
 

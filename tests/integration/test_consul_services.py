@@ -426,7 +426,7 @@ def test_one_connection_per_fetch_thread_no_tls_for_http_no_request_for_a_bad_na
         agent.register(f"bad name {index}", f"bad-{index}", port=18200 + index)
     agent.wait_until(lambda: len(agent.get("/v1/catalog/services")) >= 31, "31 services", timeout=30)
     path = tmp_path / "args.json"
-    path.write_text(json.dumps({"ANSIBLE_MODULE_ARGS": {"consul_url": agent.url}}))
+    path.write_text(json.dumps({"ANSIBLE_MODULE_ARGS": {"consul_url": agent.url, **LOOPBACK_OPT_IN}}))
     done = subprocess.run([sys.executable, "-c", COUNTING, MODULE, str(path)], capture_output=True, text=True,
                           timeout=120, env=module_env(), cwd=tmp_path, check=False)
     result = json.loads(done.stdout)

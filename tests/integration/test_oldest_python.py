@@ -58,7 +58,7 @@ def test_the_watcher_syncs_on_python_3_7(lua_stack, tmp_path):
     stack.agent.register("Web", "w1", port=p1)
     stack.agent.register("Web", "w2", port=p2, tags=["gray=b"])
     config = tmp_path / "once.json"
-    config.write_text(json.dumps(dict(stack.common, status_listen="")))
+    config.write_text(json.dumps(dict(stack.common, status_listen="", **LOOPBACK_OPT_IN)))
     once = subprocess.run([python, str(ENTRY), "--config", str(config), "--once"], capture_output=True, text=True,
                           timeout=60, cwd=str(ROOT), check=False)
     assert once.returncode == 0, once.stdout + once.stderr
