@@ -23,7 +23,10 @@ Rules, in order, for each instance (docs/consul.md has the table of skip reasons
    parameters from ``Service.Meta``: ``dyups_weight``, ``dyups_max_fails``, ``dyups_fail_timeout``,
    ``dyups_max_conns``, ``dyups_backup``, ``dyups_down``; checked by ``parse_server``. Any other
    ``dyups_*`` Meta key (a typo such as ``dyups_bakup``) skips the instance rather than being
-   ignored: a misread parameter must not reach nginx.
+   ignored: a misread parameter must not reach nginx. Then the server policy (``_server_policy.py``):
+   an address a registrant must not point nginx at (loopback, unspecified, link-local, multicast, this
+   host, ``denied_networks``, outside ``allowed_networks``; host names unless allowed) or Meta out of
+   bounds (``weight`` above ``max_weight``, ``max_fails=0``) skips the instance with the reason.
 4. Health: the instance's status is the worst of its checks (node checks and service checks, as
    the endpoint returns them; no check at all is ``passing``). It serves only when every check's
    status is in ``passing_states`` (default ``("passing",)``; ``include_warning`` adds ``warning``).
@@ -53,6 +56,7 @@ from ansible_collections.swallowkeeper.dyups.plugins.module_utils._directives im
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._errors import ValidationError
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._names import name_key, name_problem
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._reserved import Reserved
+from ansible_collections.swallowkeeper.dyups.plugins.module_utils._server_policy import ServerPolicy
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._slots import with_slots
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._upstream import Upstream, build_upstream
 
@@ -74,7 +78,9 @@ class MappingOptions:
     instead of ``directives`` for that upstream) are attached to the upstreams the mapping builds,
     so that ``build_upstream`` checks them with the servers (the watcher's settings; none for the
     consul_services module). ``reserved``: a ``_reserved.Reserved`` (or names to reserve besides the
-    balancer's): upstreams of those names are skipped with the reason."""
+    balancer's): upstreams of those names are skipped with the reason. ``policy``: a
+    ``_server_policy.ServerPolicy`` (or its keyword arguments): where servers may point and their Meta
+    bounds; instances it refuses are skipped with the reason (rule 3)."""
 
     tag_key: str = DEFAULT_TAG_KEY
     include: tuple = ()
@@ -85,6 +91,7 @@ class MappingOptions:
     directives: tuple = ()
     upstream_directives: Any = None
     reserved: Any = None
+    policy: Any = None
 
     def __post_init__(self) -> None:
         tag_key = self.tag_key
@@ -99,6 +106,8 @@ class MappingOptions:
         object.__setattr__(self, "prefix", self.prefix or "")
         if not isinstance(self.reserved, Reserved):
             object.__setattr__(self, "reserved", Reserved(extra=self.reserved or ()))
+        if not isinstance(self.policy, ServerPolicy):
+            object.__setattr__(self, "policy", ServerPolicy(**(self.policy or {})))
         states = (self.passing_states,) if isinstance(self.passing_states, str) else tuple(self.passing_states or ())
         unknown = [state for state in states if state not in CHECK_STATES]
         if unknown or not states:
@@ -235,6 +244,11 @@ def map_instances(service: str, registrations: Optional[Mapping[InstanceKey, Ins
             skipped.append(_skip_item(_instance_what(service, instance.node, instance.id), instance.skip,
                                       service=service, node=instance.node, instance_id=instance.id))
         else:
+            refused = options.policy.problem(instance.server)
+            if refused is not None:
+                skipped.append(_skip_item(_instance_what(service, instance.node, instance.id), refused,
+                                          service=service, node=instance.node, instance_id=instance.id))
+                continue
             checks = instance_checks(health, instance)
             serving = all(status in options.passing_states for _check_id, status in checks)
             candidates.append((not serving, instance, checks))

@@ -22,6 +22,9 @@ description:
     C(abc), an unknown C(dyups_*) Meta key) is left out, counted by reason in RV(skipped_reasons) and listed, the first
     O(skipped_shown) in full, in RV(skipped_items); a few warnings are shown. Nothing invalid is ever returned in
     RV(upstreams). A service whose name cannot name an upstream is not read at all.
+  - An instance that points where a registrant must not make nginx go (loopback, this host, link-local, outside
+    O(allowed_networks) ...) or whose Meta is out of bounds (O(max_weight), O(allow_zero_max_fails)) is skipped the
+    same way, with the reason (docs/security.md).
   - One connection to the agent per fetch thread, reused for every request. When the selected services outnumber
     the nodes, they are read node by node (C(/v1/catalog/nodes), C(/v1/catalog/node-services/NODE) per node, one
     C(/v1/health/state/any), a few requests, not one per service); when the catalog changes during that read, or a
@@ -37,6 +40,7 @@ author:
 extends_documentation_fragment:
   - swallowkeeper.dyups._consul
   - swallowkeeper.dyups._reserved
+  - swallowkeeper.dyups._server_policy
 attributes:
   check_mode:
     support: full
@@ -109,6 +113,25 @@ options:
       - The upstream file the result is written to (by M(swallowkeeper.dyups.dyups_upstream)); with O(nginx_conf),
         its blocks are not reserved. Required with O(nginx_conf).
     type: path
+  allow_host_names:
+    description:
+      - Accept instances whose address is a host name. Off by default - nginx resolves a name when the upstream is
+        posted, after any check, and a registrant may control what it resolves to; such instances are skipped
+        with the reason. A name the C library reads as an IPv4 address (C(0x7f000001)) is refused always.
+    type: bool
+    default: false
+  max_weight:
+    description:
+      - The highest weight Meta C(dyups_weight) may set (1-10000); an instance above it is skipped with the
+        reason, so that one registrant cannot take a service's traffic.
+    type: int
+    default: 100
+  allow_zero_max_fails:
+    description:
+      - Accept Meta C(dyups_max_fails=0), with which nginx never takes a failing server out of rotation.
+        Off by default - such instances are skipped with the reason.
+    type: bool
+    default: false
 notes:
   - With ACLs enabled Consul does not refuse what a token may not read, it hides it. A catalog that lists no service
     at all (every datacenter has at least C(consul)) therefore fails the task as a missing or insufficient token,
@@ -296,6 +319,8 @@ from ansible_collections.swallowkeeper.dyups.plugins.module_utils._errors import
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._names import name_problem
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._reserved import (
     ReservedNamesUnknown, reserved_argument_spec, reserved_from_params)
+from ansible_collections.swallowkeeper.dyups.plugins.module_utils._server_policy import (
+    consul_argument_spec as policy_argument_spec, consul_policy_from_params)
 
 FETCH_THREADS = 4
 WARNINGS_SHOWN = 20
@@ -394,7 +419,8 @@ def run(module):
                                  exclude=tuple(params["exclude"] or ()), prefix=params["prefix"] or "",
                                  include_warning=params["include_warning"],
                                  passing_states=tuple(params["passing_states"] or ()),
-                                 reserved=reserved_from_params(params, [params["upstream_conf"]]))
+                                 reserved=reserved_from_params(params, [params["upstream_conf"]]),
+                                 policy=consul_policy_from_params(params))
     except (ValueError, ReservedNamesUnknown) as exc:
         module.fail_json(msg=str(exc))
     try:
@@ -444,6 +470,7 @@ def main():
         include_warning=dict(type="bool", default=False),
         upstream_conf=dict(type="path"),
         **reserved_argument_spec(),
+        **policy_argument_spec(),
         skipped_shown=dict(type="int", default=50),
         report_instances=dict(type="bool", default=True),
     )

@@ -32,6 +32,7 @@ author:
 extends_documentation_fragment:
   - swallowkeeper.dyups._dyups
   - swallowkeeper.dyups._reserved
+  - swallowkeeper.dyups._server_policy
 attributes:
   check_mode:
     support: full
@@ -301,6 +302,8 @@ from ansible_collections.swallowkeeper.dyups.plugins.module_utils._plan import (
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._reserved import (
     Reserved, ReservedNamesUnknown, reserved_argument_spec, reserved_from_params)
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._resolve import check_resolvable, make_resolver
+from ansible_collections.swallowkeeper.dyups.plugins.module_utils._server_policy import (
+    network_argument_spec, operator_policy)
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._upstream import spec_parts
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._validate_config import ConfigCheckFailed, check_config
 
@@ -321,6 +324,7 @@ def argument_spec():
         resolve_check=dict(type="bool", default=True),
         force=dict(type="bool", default=False),
         **reserved_argument_spec(),
+        **network_argument_spec(),
         exclusive_select=dict(type="dict", options=dict(
             prefix=dict(type="str", default=""),
             include=dict(type="list", elements="str", default=[]),
@@ -351,6 +355,10 @@ def requested(params, file_upstreams=None, reserved=None):
         specs = {name: None if absent else spec for name, spec in params["upstreams"].items()}
     unique_names(specs, "upstreams")
     file_upstreams = same_names(file_upstreams, specs)  # the file's Web is the task's web
+    try:
+        policy = operator_policy(params.get("allowed_networks"), params.get("denied_networks"))
+    except ValueError as exc:
+        raise ValidationError("option", exc.args[0].split(":")[0], str(exc)) from None
     wanted = {}
     for name, spec in specs.items():
         validate_name(name)
@@ -360,6 +368,10 @@ def requested(params, file_upstreams=None, reserved=None):
             continue
         servers, directives = spec_parts(name, spec)
         wanted[name] = desired_upstream(name, servers, directives, file_upstreams)
+        for server in wanted[name].servers:
+            refused = policy.problem(server)
+            if refused is not None:
+                raise ValidationError("server", server.spec(), f"{refused} (upstream {name})", "server.network")
     return wanted
 
 

@@ -12,6 +12,11 @@ only when they change. The upstreams left are built with ``build_upstream``, lik
 Each lookup runs off the sync loop, and a sync waits ``resolve_timeout`` seconds in all for them
 (lookup_threads.py); a host name that is late is left out like one that does not resolve, with that
 reason. With ``hosts_file`` the names are read from that file, on the loop.
+
+A name that resolves to an address the server policy refuses (``_server_policy.py``: loopback, this
+host, ``denied_networks`` ...) is left out too, with the reason: a host name from Consul is only
+accepted with ``allow_host_names``, and then what it resolves to is checked here at every sync (nginx
+resolves it again when the upstream is posted: docs/security.md says what stays open).
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from __future__ import annotations
 from typing import Dict, Iterable, List, Mapping, Optional, Set, Tuple
 
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._resolve import Resolve, make_resolver
+from ansible_collections.swallowkeeper.dyups.plugins.module_utils._server_policy import ServerPolicy
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._upstream import Upstream, build_upstream
 from ansible_collections.swallowkeeper.dyups.plugins.watcher.lookup_threads import LookupThreads
 
@@ -27,11 +33,12 @@ RESOLVE_TIMEOUT = 2.0
 
 class HostNames:
     def __init__(self, hosts_file: Optional[str], timeout: float = RESOLVE_TIMEOUT,
-                 lookups: Optional[LookupThreads] = None) -> None:
+                 lookups: Optional[LookupThreads] = None, policy: Optional[ServerPolicy] = None) -> None:
         self.hosts_file = hosts_file
         self.timeout = timeout
         self.lookups = lookups or LookupThreads()
         self._late: Set[str] = set()             # host names that did not answer in time at the last call
+        self.policy = policy  # checks the addresses a name resolves to (None: none checked)
         self.resolve: Optional[Resolve] = None   # the last sync's resolver
         self._resolved: Optional[Dict[str, Upstream]] = None  # {name: Upstream} of the last call, host names resolved
         self._empty: Set[str] = set()            # left without servers that resolve
@@ -89,8 +96,9 @@ class HostNames:
         if all(server.kind != "hostname" for server in upstream.servers):
             resolved[name] = upstream
             return
-        kept = [server for server in upstream.servers if server.kind != "hostname" or resolve(server.host)]
-        self._skips[name] = [{"what": f"server {server.spec()} of upstream {name}", "why": self._why(server.host)}
+        why = {server: self._problem(server.host, resolve) for server in upstream.servers if server.kind == "hostname"}
+        kept = [server for server in upstream.servers if why.get(server) is None]
+        self._skips[name] = [{"what": f"server {server.spec()} of upstream {name}", "why": why[server]}
                              for server in upstream.servers if server not in kept]
         if kept and not all(server.backup for server in kept):
             resolved[name] = upstream if len(kept) == len(upstream.servers) else \
@@ -103,3 +111,15 @@ class HostNames:
             return (f"the host name {host!r} did not resolve within {self.timeout:g}s (resolve_timeout); "
                     "it is asked again at the next sync")
         return f"the host name {host!r} does not resolve on this host"
+
+    def _problem(self, host: str, resolve: Resolve) -> Optional[str]:
+        """Why the server with host name ``host`` is left out, or None."""
+        addresses = resolve(host)
+        if not addresses:
+            return self._why(host)
+        if self.policy is not None:
+            for address in addresses:
+                refused = self.policy.problem_of_host(address)
+                if refused is not None:
+                    return f"the host name {host!r} resolves to {address}: {refused}"
+        return None

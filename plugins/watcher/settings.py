@@ -31,6 +31,7 @@ from ansible_collections.swallowkeeper.dyups.plugins.module_utils._errors import
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._names import validate_name
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._reserved import (
     Reserved, ReservedNamesUnknown, reserved_from)
+from ansible_collections.swallowkeeper.dyups.plugins.module_utils._server_policy import ServerPolicy, host_networks
 from ansible_collections.swallowkeeper.dyups.plugins.watcher.metrics import split_listen
 from ansible_collections.swallowkeeper.dyups.plugins.watcher import zone_fit
 
@@ -98,6 +99,16 @@ OPTIONS = (
                                            "file in place of upstream_file (needs a user that may run nginx -t)"),
     Option("reserved_names", [], list, "upstream names never written or sent, besides DYUPS_BALANCER and those "
                                        "learnt from nginx_conf (for hosts where nginx -T cannot run as this user)"),
+    Option("allowed_networks", [], list, "CIDRs servers from Consul may point into (empty: any address outside "
+                                         "the refused classes); a network inside loopback, link-local or this "
+                                         "host's addresses lifts that refusal (127.0.0.0/8 for loopback backends)"),
+    Option("denied_networks", [], list, "CIDRs servers from Consul never point into, besides loopback, "
+                                        "unspecified, link-local, multicast and this host's addresses"),
+    Option("allow_host_names", False, bool, "accept host names as addresses from Consul (nginx resolves them "
+                                            "after any check; the watcher checks what they resolve to)"),
+    Option("max_weight", 100, int, "the highest dyups_weight Meta an instance may set (1-10000); above: skipped"),
+    Option("allow_zero_max_fails", False, bool, "accept Meta dyups_max_fails=0 (nginx never takes such a "
+                                                "server out of rotation)"),
     Option("quiescence_min", 0.02, float, "seconds without a new Consul event before a change is applied; "
            "an event after that long a quiet spell is applied at once"),
     Option("quiescence_max", 0.25, float, "longest a burst of events may delay a change"),
@@ -131,6 +142,7 @@ class Settings:
     values: dict[str, Any] = field(default_factory=dict)
     config_file: str | None = None
     reserved: Reserved = field(default_factory=Reserved)  # learnt by build() (_reserved.py)
+    policy: ServerPolicy | None = None  # built by build(), with this host's addresses (_server_policy.py)
 
     def __getattr__(self, name: str) -> Any:
         option = _BY_NAME.get(name)
@@ -231,7 +243,17 @@ def build(file_values: Mapping[str, Any] | None = None, flag_values: Mapping[str
                                  [settings.upstream_file])
     except ReservedNamesUnknown as exc:
         raise SettingsError(f"nginx_conf: {exc}") from None
-    return replace(settings, reserved=reserved)
+    return replace(settings, reserved=reserved, policy=server_policy(settings, host_networks()))
+
+
+def server_policy(settings: Settings, own: Any = ()) -> ServerPolicy:
+    """Where servers from Consul may point, and their Meta bounds (``own``: this host's addresses)."""
+    try:
+        return ServerPolicy(settings.allowed_networks, settings.denied_networks, own=own,
+                            allow_host_names=settings.allow_host_names, max_weight=settings.max_weight,
+                            allow_zero_max_fails=settings.allow_zero_max_fails)
+    except ValueError as exc:
+        raise SettingsError(str(exc)) from None
 
 
 def check(settings: Settings) -> None:
@@ -263,6 +285,7 @@ def check(settings: Settings) -> None:
         raise SettingsError("resolve_timeout: expected seconds above 0 and at most 60")
     if not 0 < settings.nginx_poll_interval <= 10:
         raise SettingsError("nginx_poll_interval: expected seconds above 0 and at most 10")
+    server_policy(settings)
     if settings.validate_command and "%s" not in settings.validate_command:
         raise SettingsError("validate_command: must contain %s (the new file's path)")
     if settings.log_level not in ("debug", "info", "warning", "error"):

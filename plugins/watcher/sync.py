@@ -99,7 +99,7 @@ class Syncer:
         self._saved_state: Optional[tuple] = self._state_key()
         self._consul_confirmed = True  # the last sync's: Consul answered
         self.skipped: List[dict] = []
-        self.hosts = HostNames(settings.hosts_file, settings.resolve_timeout)   # servers written as host names
+        self.hosts = HostNames(settings.hosts_file, settings.resolve_timeout, policy=settings.policy)  # servers written as host names
         self.resolve: Optional[Resolve] = None   # the drift check's resolver
         # Tengine's dyups_shm_zone_size in bytes (0: not checked); a body that cannot fit is never sent (zone_fit.py)
         self.zone_bytes = zone_fit.parse_size(settings.dyups_shm_zone_size) if settings.dyups_shm_zone_size else 0

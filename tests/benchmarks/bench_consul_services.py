@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
+LOOPBACK_OPT_IN = {"allowed_networks": ["127.0.0.0/8"]}  # as tests/support/consul.py's (populate registers 127.0.0.1)
 MODULE = "ansible_collections.swallowkeeper.dyups.plugins.modules.consul_services"
 PORTS = (18801, 18802, 18803)
 
@@ -50,7 +51,9 @@ def run_module(root, consul_url, workdir, profile=None, extra=None):
     link.parent.mkdir(parents=True)
     link.symlink_to(Path(root).resolve(), target_is_directory=True)
     args = links / "args.json"
-    args.write_text(json.dumps({"ANSIBLE_MODULE_ARGS": dict(extra or {}, consul_url=consul_url)}))
+    # the catalog's addresses are loopback, refused by default: opt in where the checkout has the options
+    opt_in = LOOPBACK_OPT_IN if (Path(root) / "plugins" / "module_utils" / "_server_policy.py").exists() else {}
+    args.write_text(json.dumps({"ANSIBLE_MODULE_ARGS": dict(opt_in, **(extra or {}), consul_url=consul_url)}))
     env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(links), "ANSIBLE_COLLECTIONS_PATH": str(links)}
     started = time.perf_counter()
     command = ["-m", "cProfile", "-o", profile, "-m", MODULE] if profile else ["-c", CHILD, MODULE]

@@ -118,7 +118,10 @@ def child(args):
     settings = settings_mod.build({
         "consul_url": args.consul, "upstream_file": str(links / "upstreams.conf"), "status_listen": "",
         "drift_interval": 3600, "consul_resync_interval": 3600, "removal_guard_min": 10 ** 6,
-        "log_level": "warning"}, environ={})
+        "log_level": "warning",
+        # the catalog's addresses are loopback, refused by default (where the checkout has the option)
+        **({"allowed_networks": ["127.0.0.0/8"]} if "allowed_networks" in settings_mod.option_names() else {})},
+        environ={})
     daemon = Daemon(settings)
     daemon.syncer.client = Interface(daemon.syncer)
     runner = threading.Thread(target=daemon.run, name="daemon", daemon=True)

@@ -11,6 +11,7 @@ import pytest
 
 from tests.support.collection import COLLECTIONS
 from tests.support.consul import consul_agent  # noqa: F401 (fixture)  # pylint: disable=unused-import  # pytest fixtures
+from tests.support.consul import LOOPBACK_OPT_IN
 from tests.support.watcher import run_once
 
 MODULE = "ansible_collections.swallowkeeper.dyups.plugins.modules.consul_services"
@@ -31,7 +32,7 @@ def clean_env(**extra):
 
 def run_module(tmp_path, env, **args):
     path = tmp_path / "args.json"
-    path.write_text(json.dumps({"ANSIBLE_MODULE_ARGS": args}))
+    path.write_text(json.dumps({"ANSIBLE_MODULE_ARGS": {**LOOPBACK_OPT_IN, **args}}))  # backends on loopback
     done = subprocess.run([sys.executable, "-m", MODULE, str(path)], capture_output=True, text=True, timeout=120,
                           env=env, cwd=tmp_path, check=False)
     return done.returncode, json.loads(done.stdout)

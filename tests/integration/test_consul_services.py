@@ -17,6 +17,7 @@ import pytest
 from tests.support.ansible_run import AnsibleRunner
 from tests.support.collection import COLLECTIONS
 from tests.support.consul import consul_acl_agent, consul_agent  # noqa: F401 (fixtures)  # pylint: disable=unused-import  # pytest fixtures
+from tests.support.consul import LOOPBACK_OPT_IN
 from tests.support.ports import free_port
 
 MODULE = "ansible_collections.swallowkeeper.dyups.plugins.modules.consul_services"
@@ -30,10 +31,10 @@ def module_env(extra=None):
     return env
 
 
-def run_module(tmp_path, env=None, **args):
-    """(rc, result) of one module run with ``args``."""
+def run_module(tmp_path, env=None, loopback=True, **args):
+    """(rc, result) of one module run with ``args``; ``loopback``: with LOOPBACK_OPT_IN (the backends' addresses)."""
     path = tmp_path / "args.json"
-    path.write_text(json.dumps({"ANSIBLE_MODULE_ARGS": args}))
+    path.write_text(json.dumps({"ANSIBLE_MODULE_ARGS": {**(LOOPBACK_OPT_IN if loopback else {}), **args}}))
     done = subprocess.run([sys.executable, "-m", MODULE, str(path)], capture_output=True, text=True, timeout=120,
                           env=module_env(env), cwd=tmp_path, check=False)
     try:
@@ -312,6 +313,7 @@ def test_token_never_appears_in_ansible_output_or_logs(consul_acl_agent, tmp_pat
           module_defaults:
             group/swallowkeeper.dyups.consul:
               consul_url: {agent.url}
+              allowed_networks: [127.0.0.0/8]
           tasks:
             - name: Token as an option (carried by the action group)
               swallowkeeper.dyups.consul_services:
@@ -344,7 +346,7 @@ def test_token_never_appears_in_ansible_output_or_logs(consul_acl_agent, tmp_pat
     assert token not in everything
     adhoc, adhoc_output = run_ansible(
         [str(BIN / "ansible"), "localhost", "-c", "local", "-vvv", "-m", "swallowkeeper.dyups.consul_services",
-         "-a", json.dumps({"consul_url": agent.url, "token_file": str(token_file)})], tmp_path)
+         "-a", json.dumps({"consul_url": agent.url, "token_file": str(token_file), **LOOPBACK_OPT_IN})], tmp_path)
     assert adhoc.returncode == 0 and "web_b" in adhoc_output, adhoc_output[-3000:]
     assert token not in adhoc_output
     assert agent.log_level == "debug" and "/v1/catalog/services" in agent.log_text()
@@ -383,7 +385,7 @@ def test_examples_run_as_written(agent, dyups_server, tmp_path):
             .replace("/etc/consul.d/read.token", str(token_file)).replace("/var/lib/swallowkeeper-dyups/upstreams.conf", str(conf)))
     tasks = yaml.safe_load(text)
     play = [{"name": "EXAMPLES", "hosts": "all", "gather_facts": False, "tasks": tasks,
-             "module_defaults": {"group/swallowkeeper.dyups.consul": {"consul_url": agent.url},
+             "module_defaults": {"group/swallowkeeper.dyups.consul": {"consul_url": agent.url, **LOOPBACK_OPT_IN},
                                  "group/swallowkeeper.dyups.dyups": {"api_url": dyups_server.api_url}}}]
     runner = AnsibleRunner(tmp_path / "ansible")
     done = runner.playbook(yaml.safe_dump(play, sort_keys=False))
@@ -424,7 +426,7 @@ def test_one_connection_per_fetch_thread_no_tls_for_http_no_request_for_a_bad_na
         agent.register(f"bad name {index}", f"bad-{index}", port=18200 + index)
     agent.wait_until(lambda: len(agent.get("/v1/catalog/services")) >= 31, "31 services", timeout=30)
     path = tmp_path / "args.json"
-    path.write_text(json.dumps({"ANSIBLE_MODULE_ARGS": {"consul_url": agent.url}}))
+    path.write_text(json.dumps({"ANSIBLE_MODULE_ARGS": {"consul_url": agent.url, **LOOPBACK_OPT_IN}}))
     done = subprocess.run([sys.executable, "-c", COUNTING, MODULE, str(path)], capture_output=True, text=True,
                           timeout=120, env=module_env(), cwd=tmp_path, check=False)
     result = json.loads(done.stdout)

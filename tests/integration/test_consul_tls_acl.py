@@ -27,6 +27,7 @@ from tests.integration.test_consul_services import run_module
 from tests.support.ansible_run import AnsibleRunner
 from tests.support.consul import (  # noqa: F401  (fixtures)  # pylint: disable=unused-import  # pytest fixtures
     consul_agent, consul_tls_acl_agent, reader_policy_rules)
+from tests.support.consul import LOOPBACK_OPT_IN
 from tests.support.consul_tls import make_tls_material
 from tests.support.nginx_lua import TEST_HOSTS, nginx_lua_factory  # noqa: F401  # pylint: disable=unused-import
 from tests.support.watcher import WatcherProcess, run_once
@@ -79,7 +80,7 @@ def token_file(tmp_path, token):
 def module_args(agent, tmp_path, ca=True, cert="own", token="reader"):
     """consul_services arguments; ``cert``: "own", "stranger" (another CA's) or None; ``token``: "reader",
     None, or a token."""
-    args = {"consul_url": agent.url}
+    args = {"consul_url": agent.url, **LOOPBACK_OPT_IN}  # the test's backends are on loopback
     if ca:
         args["ca_path"] = str(agent.tls.ca_file)
     if cert:
@@ -95,7 +96,7 @@ def watcher_settings(agent, tmp_path, **args):
     given = module_args(agent, tmp_path, **args)
     names = {"consul_url": "consul_url", "ca_path": "consul_ca_path", "client_cert": "consul_client_cert",
              "client_key": "consul_client_key", "token_file": "consul_token_file"}
-    return {names[key]: value for key, value in given.items()}
+    return {names.get(key, key): value for key, value in given.items()}
 
 
 def module_fails(agent, tmp_path, **choices):
@@ -211,7 +212,8 @@ def test_sync_playbook_passes_tls_and_token(secured, nginx_lua_factory, tmp_path
                  "dyups_sync_consul_client_key": str(secured.tls.client_key),
                  "dyups_sync_consul_token_file": token_file(tmp_path, secured.reader_token),
                  "dyups_sync_api_url": nginx.api_url, "dyups_sync_upstream_conf": str(conf),
-                 "dyups_sync_watcher_config": str(tmp_path / "none.yml")}
+                 "dyups_sync_watcher_config": str(tmp_path / "none.yml"),
+                 "dyups_sync_allowed_networks": LOOPBACK_OPT_IN["allowed_networks"]}
     done = AnsibleRunner(tmp_path / "ansible").playbook((ROOT / "playbooks" / "sync.yml").read_text(),
                                                         extra_vars=variables)
     output = done.stdout + done.stderr

@@ -19,6 +19,7 @@ import pytest
 
 from tests.integration.test_watcher import running_stack
 from tests.support.collection import ensure_importable
+from tests.support.consul import LOOPBACK_OPT_IN
 from tests.support.nginx_lua import NginxLua
 from tests.support.watcher import ENTRY
 
@@ -57,7 +58,7 @@ def test_the_watcher_syncs_on_python_3_7(lua_stack, tmp_path):
     stack.agent.register("Web", "w1", port=p1)
     stack.agent.register("Web", "w2", port=p2, tags=["gray=b"])
     config = tmp_path / "once.json"
-    config.write_text(json.dumps(dict(stack.common, status_listen="")))
+    config.write_text(json.dumps(dict(stack.common, status_listen="", **LOOPBACK_OPT_IN)))
     once = subprocess.run([python, str(ENTRY), "--config", str(config), "--once"], capture_output=True, text=True,
                           timeout=60, cwd=str(ROOT), check=False)
     assert once.returncode == 0, once.stdout + once.stderr
@@ -83,7 +84,7 @@ def test_the_modules_run_on_python_3_8(lua_stack, tmp_path):
 
     facts = run("ansible.builtin.setup", {"filter": "ansible_python_version"})
     assert '"ansible_python_version": "3.8.' in facts, facts
-    consul = run("swallowkeeper.dyups.consul_services", {"consul_url": stack.agent.url})
+    consul = run("swallowkeeper.dyups.consul_services", {"consul_url": stack.agent.url, **LOOPBACK_OPT_IN})
     assert '"Api"' in consul and f"127.0.0.1:{p1}" in consul, consul
     created = run("swallowkeeper.dyups.dyups_upstream",
                   {"api_url": stack.nginx.api_url, "name": "Api", "servers": [f"127.0.0.1:{p1}"],

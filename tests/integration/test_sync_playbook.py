@@ -15,6 +15,7 @@ from ansible_collections.swallowkeeper.dyups.plugins.module_utils._upstream_file
 from tests.support.ansible_run import AnsibleRunner
 from tests.support.collection import ROOT
 from tests.support.consul import consul_agent  # noqa: F401 (fixture)  # pylint: disable=unused-import  # pytest fixtures
+from tests.support.consul import LOOPBACK_OPT_IN
 from tests.support.http_stdlib import stdlib_transport
 from tests.support.nginx_lua import NginxLua
 from tests.support.tengine import tengine_binary
@@ -45,7 +46,9 @@ def sync(agent, dyups_server, tmp_path):
         variables = {"dyups_sync_consul_url": agent.url, "dyups_sync_api_url": dyups_server.api_url,
                      "dyups_sync_upstream_conf": str(conf),
                      # never this machine's own watcher settings (a demo may have left them)
-                     "dyups_sync_watcher_config": str(tmp_path / "no-watcher.yml")}
+                     "dyups_sync_watcher_config": str(tmp_path / "no-watcher.yml"),
+                     # the test's backends are on loopback, refused from Consul by default
+                     "dyups_sync_allowed_networks": LOOPBACK_OPT_IN["allowed_networks"]}
         variables.update(extra)
         done = runner.playbook(PLAYBOOK, check=check, diff=diff, extra_vars=variables)
         assert done.rc == expect_rc, f"rc {done.rc}\n{done.stdout[-5000:]}\n{done.stderr[-3000:]}"
@@ -226,7 +229,9 @@ def test_the_file_and_interface_come_from_the_watcher_settings_and_survive_a_rel
     upstream_file.write_text("")
     with NginxLua(workers=1, upstream_file=upstream_file) as nginx:
         settings = tmp_path / "watcher.yml"
-        settings.write_text(f"consul_url: {agent.url}\ndyups_url: {nginx.api_url}\nupstream_file: {upstream_file}\n")
+        # allowed_networks as the role writes it (the fleet's backends are on loopback): read from here too
+        settings.write_text(f"consul_url: {agent.url}\ndyups_url: {nginx.api_url}\nupstream_file: {upstream_file}\n"
+                            "allowed_networks: [127.0.0.0/8]\n")
         runner = AnsibleRunner(tmp_path / "ansible")
         done = runner.playbook(PLAYBOOK, extra_vars={"dyups_sync_watcher_config": str(settings)})
         assert done.rc == 0, done.stdout[-5000:]
@@ -246,7 +251,7 @@ def test_without_settings_the_role_default_file_is_used(agent, dyups_server, tmp
     runner = AnsibleRunner(tmp_path / "ansible")
     done = runner.playbook(PLAYBOOK, check=True, extra_vars={
         "dyups_sync_watcher_config": str(tmp_path / "absent.yml"), "dyups_sync_consul_url": agent.url,
-        "dyups_sync_api_url": dyups_server.api_url})
+        "dyups_sync_api_url": dyups_server.api_url, "dyups_sync_allowed_networks": LOOPBACK_OPT_IN["allowed_networks"]})
     assert done.rc == 0, done.stdout[-5000:]
     assert "upstream file /var/lib/swallowkeeper-dyups/upstreams.conf" in done.stdout
 

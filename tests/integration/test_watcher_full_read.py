@@ -13,6 +13,7 @@ from ansible_collections.swallowkeeper.dyups.plugins.watcher import settings as 
 from ansible_collections.swallowkeeper.dyups.plugins.watcher.consul_source import ConsulSource
 from ansible_collections.swallowkeeper.dyups.plugins.watcher.metrics import Metrics
 from tests.support.consul import consul_agent  # noqa: F401 (fixture)  # pylint: disable=unused-import  # pytest fixtures
+from tests.support.consul import LOOPBACK_OPT_IN
 
 
 @pytest.fixture
@@ -23,7 +24,7 @@ def agent(consul_agent):  # noqa: F811
 
 def source_for(agent):
     settings = watcher_settings.build({"consul_url": agent.url, "status_listen": "",
-                                       "upstream_file": "/nonexistent/upstreams.conf"})
+                                       "upstream_file": "/nonexistent/upstreams.conf", **LOOPBACK_OPT_IN})
     return ConsulSource(settings, Metrics())
 
 

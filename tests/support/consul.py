@@ -68,6 +68,10 @@ from tests.support.ports import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 READER_POLICY_FILE = Path(__file__).resolve().parent / "consul_acl_policy.hcl"
+# Test backends listen on this host's loopback (register's default address), which the watcher and
+# consul_services refuse from Consul by default (docs/security.md): tests opt in with these settings /
+# module options, also to host names of the test hosts file (they resolve to loopback).
+LOOPBACK_OPT_IN = {"allowed_networks": ["127.0.0.0/8", "::1/128"], "allow_host_names": True}
 
 
 def reader_policy_rules():

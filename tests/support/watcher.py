@@ -8,6 +8,10 @@
         watcher.hup() / watcher.usr1() / watcher.kill() / watcher.stop()
         watcher.log_text()
 
+Every test backend listens on loopback, which the watcher refuses from Consul by default
+(docs/security.md): ``LOOPBACK_OPT_IN`` is in the settings of both helpers unless a test gives its own
+``allowed_networks`` / ``allow_host_names`` (None: the watcher's default).
+
 Settings are written to a JSON config file (``watcher.config_path``) so SIGHUP can re-read it:
 ``watcher.rewrite_config(**changes)``. ``run_once(...)`` runs ``--once`` and returns the
 CompletedProcess.
@@ -24,11 +28,17 @@ import time
 import urllib.request
 from pathlib import Path
 
+from tests.support.consul import LOOPBACK_OPT_IN
 from tests.support.ports import free_port, wait_port
 from tests.support.waiting import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 ENTRY = ROOT / "plugins" / "watcher"
+
+
+def opt_in(entry):
+    """LOOPBACK_OPT_IN for a watcher that has these settings (an earlier checkout a benchmark runs may not)."""
+    return LOOPBACK_OPT_IN if (Path(entry).parent / "module_utils" / "_server_policy.py").exists() else {}
 
 
 def _command(config_path, *extra, entry=ENTRY, python_args=()):
@@ -45,7 +55,7 @@ class WatcherProcess:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
         defaults = {"status_listen": f"127.0.0.1:{self.port}", "log_level": "debug", "consul_wait": 30,
-                    "retry_initial": 0.1, "retry_max": 1.0}
+                    "retry_initial": 0.1, "retry_max": 1.0, **opt_in(entry)}
         defaults.update(settings)
         self.settings = defaults
         self.config_path = self.workdir / f"watcher-{self.port}.json"
@@ -55,7 +65,8 @@ class WatcherProcess:
 
     def _write_config(self):
         tmp = self.config_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.settings, indent=1))
+        # a setting given as None is left out: the watcher's default (opt-out of LOOPBACK_OPT_IN)
+        tmp.write_text(json.dumps({key: value for key, value in self.settings.items() if value is not None}, indent=1))
         os.replace(tmp, self.config_path)
 
     def rewrite_config(self, **changes):
@@ -148,6 +159,8 @@ def run_once(workdir, *extra, timeout=60, entry=ENTRY, **settings):
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     settings.setdefault("status_listen", "")
+    for name, value in opt_in(entry).items():
+        settings.setdefault(name, value)
     config = workdir / f"once-{time.monotonic_ns()}.json"
     config.write_text(json.dumps(settings))
     return subprocess.run(_command(config, "--once", *extra, entry=entry), capture_output=True, text=True, timeout=timeout,

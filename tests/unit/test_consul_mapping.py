@@ -127,8 +127,10 @@ def test_unusable_addresses_and_ports_are_skipped(address, node_address, port, r
 
 
 def test_ipv6_and_host_name_addresses():
-    result = map_services({"web": [entry("web", "a", 80, address="::1"), entry("web", "b", 81, address="App.Example")]})
-    assert sorted(servers(result, "web")) == ["[::1]:80", "app.example:81"]
+    health = {"web": [entry("web", "a", 80, address="2001:DB8::1"), entry("web", "b", 81, address="App.Example")]}
+    options = MappingOptions(policy={"allow_host_names": True})  # host names are refused by default (_server_policy)
+    assert sorted(servers(map_services(health, options), "web")) == ["[2001:db8::1]:80", "app.example:81"]
+    assert servers(map_services(health), "web") == ["[2001:db8::1]:80"]
 
 
 def test_meta_parameters_become_server_parameters():

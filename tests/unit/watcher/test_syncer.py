@@ -126,7 +126,8 @@ def test_a_removal_held_stays_held_when_additions_beside_it_went_through(make, f
 def test_a_host_name_that_does_not_resolve_is_skipped_and_an_upstream_left_empty_is_kept(make, fake, tmp_path):
     hosts = tmp_path / "hosts"
     hosts.write_text("127.0.0.1 localhost\n")   # the stand-in resolves localhost only, as this file does
-    syncer, _clock = make(hosts_file=str(hosts))
+    # what a name resolves to is checked like an address from Consul: loopback only with the opt-in
+    syncer, _clock = make(hosts_file=str(hosts), allowed_networks=["127.0.0.0/8"], allow_host_names=True)
     syncer.sync({"A": ups("A", "localhost:80", "unknown.test:80")})
     assert [server["address"] for server in fake.upstreams["A"]["servers"]] == ["127.0.0.1:80"]
     assert any("unknown.test" in item["what"] for item in syncer.skipped)
