@@ -146,7 +146,7 @@ def test_the_mapping_skips_with_the_reason():
 def test_the_watcher_checks_what_a_host_name_resolves_to(tmp_path):
     hosts = tmp_path / "hosts"
     hosts.write_text("127.0.0.1 sneaky.test\n10.0.0.5 fine.test\n")
-    names = HostNames(str(hosts), ServerPolicy(allow_host_names=True))
+    names = HostNames(str(hosts), policy=ServerPolicy(allow_host_names=True))
     upstreams = {"A": build_upstream("A", ["sneaky.test:80", "fine.test:80"])}
     resolved, _empty = names.resolvable(upstreams, [])
     assert [server.host for server in resolved["A"].servers] == ["fine.test"]
