@@ -6,7 +6,7 @@ no websockets package). Run by extensions/molecule/tengine_host/upgrade.yml:
 
 Serves a websocket echo on 127.0.0.1:ECHO_PORT (each message M answered with ``echo:M``); opens one websocket
 through the proxy (URL's host and port, --ws-path) and checks an echo, creates --ready-file; then sends GET URL in a loop, one new
-connection each, until --stop-file exists. Then it checks an echo on the held websocket and on a new one, and
+connection each (the held websocket echoing every 10 s), until --stop-file exists. Then it checks an echo on the held websocket and on a new one, and
 writes {"requests", "failed", "errors", "held", "fresh"} as JSON to --out. Exit status 0 when it wrote the file.
 """
 
@@ -126,7 +126,19 @@ def main():
               "held_before": bool(held_conn) and echo(held_conn, "before")}
     with open(args.ready_file, "w", encoding="utf-8") as stream:
         stream.write("ready\n")
+    last_ping = time.monotonic()
     while not os.path.exists(args.stop_file):
+        # the held websocket talks every 10 s, as applications keep theirs alive (nginx's proxy_read_timeout,
+        # 60 s, closes a silent one): each answer is checked, so a drop shows whenever it happens
+        if held_conn is not None and time.monotonic() - last_ping > 10:
+            last_ping = time.monotonic()
+            try:
+                if not echo(held_conn, f"ping {result['requests']}"):
+                    result["errors"].append("held websocket: a wrong echo")
+                    held_conn = None
+            except OSError as error:
+                result["errors"].append("held websocket: " + repr(error))
+                held_conn = None
         result["requests"] += 1
         try:
             with urllib.request.urlopen(args.url, timeout=10) as answer:
