@@ -23,8 +23,8 @@ FORBIDDEN = set(';{}"\'#\\') | {chr(i) for i in range(32)} | {"\x7f"}
 HOSTILE_CHARS = " ;{}'\"#\\\t\n\r\x00\x0b\x7f/%$=:[]é\u2028\u00a0\u0660"
 
 
-def count(name):
-    CASES[name] += 1
+def count(name, number=1):
+    CASES[name] += number
 
 
 def has_forbidden(text):

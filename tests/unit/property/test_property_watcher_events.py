@@ -310,6 +310,7 @@ ID_MOVES_BEFORE = (  # issue 18: an instance ID moves to a service that sorts be
 @example(*ID_MOVES_BEFORE)
 def test_any_interleaving_of_answers_and_reads_converges_to_a_fresh_read(setup, sequence):
     count("watcher events: any interleaving")
+    count("watcher events: operations in those (setup and steps)", len(setup) + len(sequence))
     model = ModelConsul()
     for step in setup:
         apply(model, step)

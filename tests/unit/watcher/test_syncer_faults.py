@@ -175,9 +175,10 @@ def refusing_validator(tmp_path):
     """(flag, validate_command): the command refuses every file while the flag file exists (a full disk)."""
     flag = tmp_path / "refuse"
     validator = tmp_path / "validate.sh"
-    validator.write_text(f"#!/bin/sh\n[ ! -e {flag} ]\n")
-    validator.chmod(0o755)
-    return flag, f"{validator} %s"
+    validator.write_text(f"[ ! -e {flag} ]\n")
+    # run by /bin/sh, not exec'd: a script just written can be "Text file busy" to exec while another
+    # thread's fork still holds it open
+    return flag, f"/bin/sh {validator} %s"
 
 
 def test_a_release_whose_file_write_failed_is_applied_by_the_retry(make, fake, tmp_path):
@@ -185,7 +186,8 @@ def test_a_release_whose_file_write_failed_is_applied_by_the_retry(make, fake, t
     with a fresh timer. Now the released change is what the retry applies."""
     flag, validate = refusing_validator(tmp_path)
     syncer, clock = make(removal_hold_seconds=60, validate_command=validate, **GUARD)
-    syncer.sync({"A": ups("A", *TEN)})
+    first = syncer.sync({"A": ups("A", *TEN)})
+    assert first.ok and servers(fake, "A") == sorted(TEN), first
     assert syncer.sync({"A": ups("A", *TEN[:2])}).held is not None
     flag.write_text("")
     clock.now += 61
