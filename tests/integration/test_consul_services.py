@@ -473,7 +473,7 @@ def test_a_read_by_node_maps_as_the_read_by_service(agent):
 
     client.get = counting_get
     catalog = client.catalog_services()
-    options = MappingOptions()
+    options = MappingOptions(policy=dict(LOOPBACK_OPT_IN))
     names = {name for name in catalog.data if options.selects(name)}
     by_service = consul_services.read_and_map(client, names, options).to_dict()
     asked.clear()

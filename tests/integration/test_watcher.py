@@ -216,7 +216,7 @@ def test_tengine_active_tcp_check_ejects_a_dead_peer(tengine_factory, tmp_path):
         no_passive = {"dyups_max_fails": "0"}  # nginx's passive check off: only the active check can eject
         stack.agent.register("Web", "w1", port=live, meta=no_passive)
         stack.agent.register("Web", "w2", port=dead, meta=no_passive)
-        watcher = stack.watcher(upstream_directives={"Web": [check]})
+        watcher = stack.watcher(upstream_directives={"Web": [check]}, allow_zero_max_fails=True)
         watcher.wait_for(lambda: "127.0.0.1:%d" % dead in nginx.api("GET", "/upstream/Web")[1], "both sent")
         assert f"{check};" in upstream_file.read_text()
 

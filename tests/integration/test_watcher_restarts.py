@@ -180,10 +180,14 @@ def additions_beside_a_held_removal(stack, window):
     for i in range(4, 8):
         agent.deregister(f"w{i}")
     watcher.wait_for(lambda: metric(watcher, "held_changes") == 1, "4 of the 6 left held")
+    # the first deregistration after a quiet spell may be applied at once (the leading edge: one server of
+    # six, within the guard) and the rest held; whatever the interface holds now must stay
+    held_state = interface_servers(nginx, "Web")
+    assert held_state in (sorted(ten[4:]), sorted(ten[5:])), held_state
     for i in range(4):
         agent.register("Api", f"a{i}", port=8080, address=f"127.0.2.{i + 1}")
     watcher.wait_for(lambda: len(interface_servers(nginx, "Api")) == 4, "the additions applied")
     time.sleep(1.5)   # a sync runs every second while a change is held
-    assert metric(watcher, "held_changes") == 1 and interface_servers(nginx, "Web") == sorted(ten[4:])
+    assert metric(watcher, "held_changes") == 1 and interface_servers(nginx, "Web") == held_state
     assert "release requested" in watcher.release()
     watcher.wait_for(lambda: interface_servers(nginx, "Web") == sorted(ten[8:]), "released")
