@@ -296,6 +296,7 @@ from ansible_collections.swallowkeeper.dyups.plugins.module_utils._dyups_options
     dyups_argument_spec, dyups_client_from_params)
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._errors import (
     DyupsError, DyupsRejected, ValidationError)
+from ansible_collections.swallowkeeper.dyups.plugins.module_utils._http_keepalive import join_url
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._names import same_names, unique_names, validate_name
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._plan import (
     desired_upstream, interface_text, plan)
@@ -577,7 +578,7 @@ class Runner:
                 "written before the request); the upstreams not sent are sent by the next run.")
 
     def diff(self, the_plan, api_url, file_text, new_text):
-        header = f"dyups {api_url}/detail"
+        header = f"dyups {join_url(api_url, '/detail')}"
         diffs = [dict(before_header=header, after_header=header,
                       before=interface_text(the_plan.changes, "before"),
                       after=interface_text(the_plan.changes, "after"))]
