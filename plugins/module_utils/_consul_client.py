@@ -50,6 +50,7 @@ the modules and the watcher to use where their own option is not given.
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import json
 import os
@@ -84,7 +85,8 @@ class ConsulAnswer:
     (``X-Consul-LastContact``; 0 from the leader; None when not sent). ``reread_after``: set when a
     ``stale`` answer was too old for ``max_stale`` (ConsulClient) and this answer is its re-read from
     the leader: the discarded answer's ``last_contact`` (``inf`` when its server knew no leader or
-    its header was not a number).
+    its header was not a number). ``digest``: the body's digest, only for a conditional read (``get``'s
+    ``known_digest``); ``data`` is None then when the body had that digest (it was not parsed).
     """
 
     data: Any
@@ -92,6 +94,7 @@ class ConsulAnswer:
     url: str
     last_contact: float | None = None
     reread_after: float | None = None
+    digest: bytes | None = None
 
 
 NAME_KEYED_ANSWERS = frozenset(("/v1/catalog/services",))
@@ -251,6 +254,12 @@ UNREADABLE_NAME = ("Consul answers a redirect, not the service, for /v1/health/s
                    "URL path (such as x//y, a/../b or ..); such a name cannot name an upstream either")
 
 
+def body_digest(body: bytes) -> bytes:
+    """A 16-byte BLAKE2b digest of an answer's body: equal digests are equal bodies (see ConsulClient.get,
+    ``known_digest``)."""
+    return hashlib.blake2b(body if isinstance(body, bytes) else str(body).encode("utf-8"), digest_size=16).digest()
+
+
 def path_segment_safe(name: str) -> bool:
     """True when Consul serves ``/v1/.../NAME`` for this name as it is. Consul's HTTP server (Go's
     ServeMux) decodes the path and, when cleaning it changes it (``x//y``, ``a/../b``, ``..``, ``.``,
@@ -331,8 +340,13 @@ class ConsulClient:
         return text
 
     def get(self, path: str, params: Mapping[str, Any] | None = None, index: int | None = None,
-            wait: float | None = None, stale: bool | None = None) -> ConsulAnswer:
+            wait: float | None = None, stale: bool | None = None,
+            known_digest: bytes | None = None) -> ConsulAnswer:
         """GET ``path``; with ``index`` > 0 it is a blocking query that waits up to ``wait`` seconds.
+
+        ``known_digest`` makes it a conditional read: the answer carries the body's digest (``body_digest``),
+        and when that equals ``known_digest`` (b"": none known yet) the body is not parsed and ``data`` is
+        None: the caller already has what it says.
 
         Returns a ConsulAnswer; raises a ConsulError subclass (see the module docstring).
         """
@@ -363,6 +377,9 @@ class ConsulClient:
         raw = raw or b""
         if status != 200:
             raise self._status_error(url, status, raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw)
+        digest = body_digest(raw) if known_digest is not None else None
+        if digest is not None and digest == known_digest:
+            return ConsulAnswer(data=None, index=None, url=url, digest=digest)
         try:
             # bytes as they are: no decoded copy of a big body. Answers keyed by names users choose
             # (the catalog: {service: tags}) are never slimmed: a service may be called "Name".
@@ -387,14 +404,14 @@ class ConsulClient:
             if self.on_too_stale is not None:
                 self.on_too_stale(url, last_contact)
             try:
-                fresh = self.get(path, params=params, stale=False)  # no index: a plain read, it never blocks
+                fresh = self.get(path, params=params, stale=False, known_digest=known_digest)  # no index: a plain read, it never blocks
             except ConsulError as exc:
                 raise type(exc)(f"{exc} (read again without stale because the answer of GET {url} came from a "
                                 f"server that {_heard(last_contact)}, above max_stale {self.max_stale:g}s)",
                                 url=exc.url, status=exc.status) from None
             return ConsulAnswer(data=fresh.data, index=fresh.index, url=fresh.url, last_contact=fresh.last_contact,
-                                reread_after=last_contact)
-        return ConsulAnswer(data=data, index=index_value, url=url, last_contact=last_contact)
+                                reread_after=last_contact, digest=fresh.digest)
+        return ConsulAnswer(data=data, index=index_value, url=url, last_contact=last_contact, digest=digest)
 
     def _shown(self, text: str) -> str:
         text = self._redact(text.strip())
@@ -419,7 +436,8 @@ class ConsulClient:
 
     # -- endpoints -----------------------------------------------------------------------------------
     def read(self, path: str, params: Mapping[str, Any] | None = None, index: int | None = None,
-             wait: float | None = None, stale: bool | None = None) -> ConsulAnswer:
+             wait: float | None = None, stale: bool | None = None,
+             known_digest: bytes | None = None) -> ConsulAnswer:
         """``get`` plus the shape check of the endpoints this project reads (others: ``get`` unchecked).
 
         ``/v1/catalog/services``: a JSON object of lists of strings, with the ``consul`` service.
@@ -428,8 +446,11 @@ class ConsulClient:
         What looks filtered by ACLs is raised as ConsulForbidden (module docstring, "ACL filtering").
         ``/v1/catalog/node-services/NODE``: {Node: object, Services: [objects]}, a node that is gone
         (both null) read as no services.
+        A conditional read (``known_digest``, see ``get``) whose body is unchanged is not checked again.
         """
-        answer = self.get(path, params=params, index=index, wait=wait, stale=stale)
+        answer = self.get(path, params=params, index=index, wait=wait, stale=stale, known_digest=known_digest)
+        if answer.data is None and answer.digest is not None and answer.digest == known_digest:
+            return answer
         if path == "/v1/catalog/services":
             return self._check_catalog(answer)
         if path.startswith("/v1/health/service/"):
@@ -448,7 +469,8 @@ class ConsulClient:
             self._expect(answer, dict, "a JSON object")
             # a node that left between the node list and this read: {"Node": null, "Services": null}
             node, services = answer.data.get("Node") or {}, answer.data.get("Services") or []
-            answer = ConsulAnswer(data={"Node": node, "Services": services}, index=answer.index, url=answer.url)
+            answer = ConsulAnswer(data={"Node": node, "Services": services}, index=answer.index, url=answer.url,
+                                  digest=answer.digest)
             if not (isinstance(node, dict) and isinstance(services, list)
                     and all(isinstance(service, dict) for service in services)):
                 raise ConsulBadAnswer(f"GET {answer.url} did not answer {{Node: object, Services: [objects]}}",
@@ -515,10 +537,10 @@ class ConsulClient:
         """``/v1/catalog/nodes``: data is a list of {Node, Address, ...}, every node in the datacenter."""
         return self.read("/v1/catalog/nodes")
 
-    def catalog_node_services(self, node: str) -> ConsulAnswer:
+    def catalog_node_services(self, node: str, known_digest: bytes | None = None) -> ConsulAnswer:
         """``/v1/catalog/node-services/NODE`` (Consul 1.7+): data is {Node: {...}, Services: [{...}]},
-        every service instance on that node (no checks)."""
-        return self.read("/v1/catalog/node-services/" + quote(str(node), safe=""))
+        every service instance on that node (no checks); None when ``known_digest`` is the body's (see get)."""
+        return self.read("/v1/catalog/node-services/" + quote(str(node), safe=""), known_digest=known_digest)
 
 
 @dataclass(frozen=True)

@@ -74,6 +74,7 @@ UNREADABLE_NODE = "Consul answers a redirect for /v1/catalog/node-services/NODE 
 
 Instances = Dict[InstanceKey, Instance]  # one service's registrations (_consul_instance.py)
 Compacted = Tuple[Instances, HealthIndex]  # (registrations, health index) of one service, see _parse_entries
+ByNode = Tuple[Dict[str, Instances], Dict[str, bytes]]  # a read by node: {service: instances}, {node: answer digest}
 
 
 def consul_error_kind(exc: BaseException) -> str:
@@ -166,6 +167,10 @@ class ConsulSource:
         self.node_addresses: Dict[str, Any] = {}  # node -> Node.Address, from /v1/catalog/nodes (see _fold_nodes)
         self.unread: Dict[str, str] = {}  # service -> why its last read failed; its last good state is kept, read again
         self.unsafe_nodes: List[str] = []  # nodes no path can read: full reads go service by service
+        # node -> the digest of its last /v1/catalog/node-services answer, kept while the cached instances
+        # on that node are what that answer says: an unchanged answer is then not parsed again (a catalog
+        # change costs the nodes that changed). Dropped for a node whose cached instances change or differ.
+        self.node_digests: Dict[str, bytes] = {}
         self.unreadable: Dict[str, None] = {}  # selected services no path can read (see path_segment_safe): skipped
         self.events: Optional[queue.Queue[Any]] = None
         self.retry = Backoff(settings.retry_initial, settings.retry_max)
@@ -209,6 +214,7 @@ class ConsulSource:
                         self._remap(other)
         if not changed:
             return
+        self._forget_nodes(instances, self.entries.get(name, {}))
         for node, _service_id in instances:
             if node:
                 self.node_services.setdefault(node, {})[name] = None
@@ -302,14 +308,19 @@ class ConsulSource:
             self.merged.put(name, mapping.skipped_service(name, UNREADABLE_NAME))
 
     def _instances_by_node(self, names: Collection[str], extra_requests: int = 0,
-                           nodes: Any = None) -> Optional[Dict[str, Instances]]:
-        """{service: instances}, as _parse_entries makes them, of every service in
+                           nodes: Any = None, reuse_unchanged: bool = False) -> Optional[ByNode]:
+        """({service: instances}, {node: answer digest}): the instances, as _parse_entries makes them, of every service in
         ``names``, read with ``/v1/catalog/nodes`` and ``/v1/catalog/node-services/NODE`` per node.
         None when that (plus ``extra_requests``) is not fewer requests than one per service, or when
         this Consul has no node-services endpoint (before 1.7), or when a node cannot be read by
         name (see path_segment_safe) or its read fails: reading by service then gives every
         instance, whatever its node. An instance equal to the cached one is the cached object (see
-        _parse_node). ``nodes``: the ``/v1/catalog/nodes`` answer, when already read."""
+        _parse_node). ``nodes``: the ``/v1/catalog/nodes`` answer, when already read.
+
+        ``reuse_unchanged`` (after a catalog change): a node whose answer is byte for byte the one of
+        the last read by node is not parsed; its instances are the cached ones (see self.node_digests,
+        which the caller sets to the digests returned once the cache holds what they describe).
+        A full read (refresh_all) parses every node."""
         if nodes is None:
             nodes = self.client.catalog_nodes().data
         node_names = sorted({node.get("Node") for node in nodes if isinstance(node.get("Node"), str)})
@@ -324,22 +335,31 @@ class ConsulSource:
             return None
         self.unsafe_nodes = unsafe
         instances: Dict[str, Instances] = {name: {} for name in names}
+        known = self.node_digests if reuse_unchanged else {}
+        digests: Dict[str, bytes] = {}
         # Answers are compacted as they come and then dropped. Few nodes with many services each make
         # big answers: fewer are fetched at once, so that about BY_NODE_IN_FLIGHT services' worth of
         # parsed JSON is alive at a time (the peak, not the cache, sets the watcher's RSS).
         window = max(1, min(FETCH_THREADS, BY_NODE_IN_FLIGHT * len(node_names) // len(names)))
 
         def fetch(node: str) -> Any:
-            return self.client.catalog_node_services(node).data
+            return self.client.catalog_node_services(node, known_digest=known.get(node, b""))
+
+        def fold(node: str, answer: Any) -> None:
+            digests[node] = answer.digest
+            if answer.data is None:
+                self._cached_on_node(node, instances)
+            else:
+                _parse_node(node, answer.data, instances, self.entries, self.options.tag_key)
 
         try:
             if window == 1:
                 for node in node_names:
-                    _parse_node(node, fetch(node), instances, self.entries, self.options.tag_key)
+                    fold(node, fetch(node))
             else:
                 with ThreadPoolExecutor(max_workers=window, thread_name_prefix="consul-fetch") as pool:
                     for node, answer in zip(node_names, pool.map(fetch, node_names)):
-                        _parse_node(node, answer, instances, self.entries, self.options.tag_key)
+                        fold(node, answer)
         except ConsulBadAnswer as exc:
             if exc.status == 404:
                 log.info("this Consul has no /v1/catalog/node-services (before 1.7): reading service by service")
@@ -350,7 +370,24 @@ class ConsulSource:
         except (ConsulForbidden, ConsulRateLimited, ConsulServerError) as exc:
             self._node_read_failed(exc)
             return None
-        return instances
+        return instances, digests
+
+    def _cached_on_node(self, node: str, instances: Dict[str, Instances]) -> None:
+        """Add to ``instances`` the cached instances on ``node`` of the services it holds (those whose
+        node answer did not change since the last read by node)."""
+        for name in self.node_services.get(node, ()):
+            found = instances.get(name)
+            if found is not None:
+                for key, instance in self.entries.get(name, {}).items():
+                    if key[0] == node:
+                        found[key] = instance
+
+    def _forget_nodes(self, new: Instances, old: Instances) -> None:
+        """The cache changes from ``old`` to ``new``, or Consul said ``new`` where the cache holds ``old``:
+        the nodes where they differ are parsed at their next read by node (see self.node_digests)."""
+        for key in new.keys() | old.keys():
+            if new.get(key) != old.get(key):
+                self.node_digests.pop(key[0], None)
 
     def _node_read_failed(self, exc: ConsulError) -> None:
         """A node's read failed (not Consul down): the caller reads service by service, where a
@@ -358,18 +395,20 @@ class ConsulSource:
         log.warning("reading by node failed (%s), reading service by service: %s", consul_error_kind(exc), exc)
         self.metrics.error("consul_service_read")
 
-    def _fetch_by_node(self, names: Collection[str], nodes: Any = None) -> Optional[List[Tuple[str, Compacted]]]:
+    def _fetch_by_node(self, names: Collection[str],
+                       nodes: Any = None) -> Optional[Tuple[List[Tuple[str, Compacted]], Dict[str, bytes]]]:
         """Every service in ``names`` as ``/v1/health/service/NAME`` would answer it, built from
         _instances_by_node and one ``/v1/health/state/any``: 2 + nodes requests instead of one per
-        service. None when that is not fewer requests, or when this Consul has no node-services
-        endpoint (before 1.7).
+        service, and the digests of the node answers (see _instances_by_node). None when that is not
+        fewer requests, or when this Consul has no node-services endpoint (before 1.7).
 
         Instances are read before checks: an instance registered meanwhile is simply absent (the
         catalog poll reports it), never present without its checks and so taken for passing.
         """
-        instances = self._instances_by_node(names, extra_requests=1, nodes=nodes)
-        if instances is None:
+        by_node = self._instances_by_node(names, extra_requests=1, nodes=nodes)
+        if by_node is None:
             return None
+        instances, digests = by_node
         pairs = health_index(self.client.health_state_any().data)
         result: List[Tuple[str, Compacted]] = []
         for name, found in instances.items():
@@ -381,7 +420,7 @@ class ConsulSource:
                         now, known = pairs.get(key, ()), self.checks.get(key)
                         service_checks[key] = known if known == now else now  # an equal old value is kept
             result.append((name, (found, service_checks)))
-        return result
+        return result, digests
 
     def refresh_all(self) -> None:
         """Read every selected service from Consul; raises ConsulError and changes nothing then."""
@@ -393,9 +432,8 @@ class ConsulSource:
         nodes = self.client.catalog_nodes().data  # before the services: a later address change moves its poll
         chosen = sorted(name for name in catalog if self.options.selects(name))
         selected = [name for name in chosen if path_segment_safe(name)]
-        fetched = self._fetch_by_node(selected, nodes) if self.read_by_node and len(selected) > 3 else None
-        if fetched is None:
-            fetched = self._fetch_many(selected)
+        by_node = self._fetch_by_node(selected, nodes) if self.read_by_node and len(selected) > 3 else None
+        fetched, digests = by_node if by_node is not None else (self._fetch_many(selected), {})
         with self.lock:
             self.catalog = _catalog(catalog)
             self.catalog_index = answer.index
@@ -407,6 +445,7 @@ class ConsulSource:
                 del self.unread[name]
             for name, compacted in fetched:
                 self._store_compacted(name, compacted)
+            self.node_digests = digests  # the cache now holds what these answers say
         self._schedule_reread()
         self._recovered()
         log.debug("read %d services from Consul in %.3fs", len(selected), time.monotonic() - started)
@@ -554,12 +593,17 @@ class ConsulSource:
         known = cached & selected
         if not known:
             return
-        found = self._instances_by_node(known) if self.read_by_node else None
-        if found is None:  # by service: read them all again (what a full read costs)
+        by_node = self._instances_by_node(known, reuse_unchanged=True) if self.read_by_node else None
+        if by_node is None:  # by service: read them all again (what a full read costs)
             refetch.update(known)
             return
+        found, self.node_digests = by_node
         with self.lock:
-            refetch.update(name for name in known if found[name] != self.entries.get(name, {}))
+            for name in known:
+                cached = self.entries.get(name, {})
+                if found[name] != cached:
+                    refetch.add(name)
+                    self._forget_nodes(found[name], cached)
 
     def mapping(self) -> MappingResult:
         """The whole mapping (MappingResult, sorted), as the module gives it."""
