@@ -276,6 +276,43 @@ def test_host_name_servers_are_balanced_to_their_address(nginx_lua_factory, back
     assert "[::1]:" + str(port) in nginx.error_log_text()     # the IPv6 peer was tried
 
 
+class _ClosesSilently(http.server.BaseHTTPRequestHandler):
+    """HTTP/1.1 answers without ``Connection: close``, then the connection closed: a kept-alive connection that
+    the server drops right after answering (many backends do, at their idle timeout or request limit)."""
+
+    protocol_version = "HTTP/1.1"
+
+    def do_GET(self):  # noqa: N802  (http.server's name)
+        body = b"ok\n"
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+        self.close_connection = True
+
+    def log_message(self, *args):  # pylint: disable=arguments-differ
+        pass
+
+
+def test_one_server_is_tried_again_when_its_kept_alive_connection_was_closed(nginx_lua_factory):
+    """nginx sends a request on a kept-alive connection the server has just closed: the try fails before any
+    answer, and nginx adds a try for it (a cached connection). With one server, nginx's round robin tries that
+    server again on another connection; the Lua balancer used to refuse it as already tried: 502 "no live
+    upstreams" for a few percent of back-to-back requests (issue 21's websocket-across-a-reload test found it)."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _ClosesSilently)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        nginx = nginx_lua_factory(workers=1)
+        post(nginx, "closing", f"server 127.0.0.1:{server.server_address[1]};")
+        statuses = Counter(nginx.request("/u/closing/")[0] for _unused in range(600))
+        assert statuses == Counter({200: 600}), (statuses, nginx.error_log_text()[-2000:])
+        assert "no live upstreams" not in nginx.error_log_text()
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
 class _IPv6Server(http.server.ThreadingHTTPServer):
     address_family = socket.AF_INET6
 

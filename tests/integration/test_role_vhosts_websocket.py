@@ -10,8 +10,14 @@ Upgrade header). Until the template passed Upgrade on (``Connection ""`` hard-co
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
+import threading
+import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -84,3 +90,70 @@ def test_a_websocket_through_a_role_vhost_survives_scale_events(tmp_path, proxy_
     with pytest.raises(InvalidStatus):                            # websocket: false never upgrades
         with connect(f"ws://127.0.0.1:{port}/plain/x", open_timeout=5):
             pass
+
+
+def test_a_websocket_held_across_a_rerun_of_the_role_that_reloads(tmp_path, proxy_factory, ws_backends):  # noqa: F811
+    """Issue 21, item 3: the role run again with a changed vhost rewrites vhosts.conf (its template) and its
+    handler reloads nginx (``systemctl reload``: SIGHUP to the master). A websocket held open through the vhost
+    keeps echoing on its old worker, which outlives the reload until the websocket closes; new websockets
+    connect through the new workers; a request loop through the vhost (a new connection each) fails none
+    meanwhile; the changed vhost serves. The upstream is in the upstream file, as the watcher keeps it, so
+    the new workers have it on both flavors."""
+    first, _second = ws_backends
+    port = free_port()
+    flavor = "nginx" if proxy_factory.flavor == "lua" else "tengine"
+    upstream_file = tmp_path / "upstreams.conf"
+    upstream_file.write_text(f"upstream ws {{\n    server 127.0.0.1:{first};\n}}\n", encoding="utf-8")
+    locations = [{"path": "/", "upstream": "ws"}, {"path": "/plain/", "upstream": "ws", "websocket": False}]
+    conf = tmp_path / "vhosts.conf"
+    conf.write_text(render(tmp_path, [{"listen": f"127.0.0.1:{port}", "locations": locations}], flavor),
+                    encoding="utf-8")
+    proxy = proxy_factory(workers=2, upstream_file=str(upstream_file), http_snippet=f"    include {conf};")
+    wait_port(port)
+    plain = f"http://127.0.0.1:{port}/plain/x"
+    proxy.wait_for(lambda: all(_status(plain) == 200 for _unused in range(12)), "every worker serves ws", timeout=15)
+
+    outcomes = []
+    stop = threading.Event()
+
+    def loop():
+        while not stop.is_set():
+            outcomes.append(_status(plain))
+
+    with connect(f"ws://127.0.0.1:{port}/chat", open_timeout=5) as held:
+        assert _echo(held, "before") == f"{first}:before"
+        looping = threading.Thread(target=loop, daemon=True)
+        looping.start()
+        try:
+            old = set(proxy.worker_pids())
+            locations.append({"path": "/added/", "upstream": "ws", "websocket": False})   # the re-run's change
+            conf.write_text(render(tmp_path, [{"listen": f"127.0.0.1:{port}", "locations": locations}], flavor),
+                            encoding="utf-8")
+            os.kill(proxy.master_pid(), signal.SIGHUP)
+            proxy.wait_for(lambda: len(set(proxy.worker_pids()) - old) == 2, "two new workers after the reload",
+                           timeout=15)
+            time.sleep(1)   # the loop runs on the new workers too
+        finally:
+            stop.set()
+            looping.join(timeout=15)
+        assert _echo(held, "after the reload") == f"{first}:after the reload"
+        assert set(proxy.worker_pids()) & old, "the old worker carrying the websocket left before it closed"
+        with connect(f"ws://127.0.0.1:{port}/chat", open_timeout=5) as fresh:
+            assert _echo(fresh, "new") == f"{first}:new"
+        assert _status(f"http://127.0.0.1:{port}/added/x") == 200
+    failed = [status for status in outcomes if status != 200]
+    assert len(outcomes) > 20 and not failed, (f"{len(failed)} of {len(outcomes)} requests failed: {failed[:5]}; "
+                                               f"error log: {proxy.error_log_text()[-3000:]}")
+    proxy.wait_for(lambda: not set(proxy.worker_pids()) & old, "the old workers leave once the websocket closed",
+                   timeout=15)
+
+
+def _status(url):
+    """The status of GET ``url`` on a new connection; the exception's name when there was none."""
+    try:
+        with urllib.request.urlopen(url, timeout=5) as answer:
+            return answer.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+    except OSError as exc:
+        return type(exc).__name__

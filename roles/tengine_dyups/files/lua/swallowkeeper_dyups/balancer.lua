@@ -18,7 +18,8 @@
 --   * the backup peers only when no primary peer can be chosen;
 --   * nothing left: every peer's failure count is reset (nginx: "quick recovery") and the request
 --     gets 502 with "no live upstreams" in the error log;
---   * one primary peer and no backup: it is used whenever it is not down (max_fails ignored).
+--   * one primary peer and no backup: it is used whenever it is not down (max_fails ignored), also
+--     again on a retry (a kept-alive connection the server had closed: nginx adds a try for it).
 -- Retries: set_more_tries(peers) on the first try, so proxy_next_upstream (and
 -- proxy_next_upstream_tries) decides as with a static upstream; each try picks an untried peer.
 -- Passive health: a try that fails (error, timeout, invalid header, or an http_* condition listed
@@ -104,8 +105,11 @@ end
 local function pick(ups, key, now)
     local tried = req_tried[key]
     if ups.single then
+        -- nginx's rule for one peer: never "tried". nginx calls the balancer again only when a try
+        -- may be repeated, e.g. on a kept-alive connection the server had closed (it adds a try for
+        -- that): the one peer is tried again on another connection, as nginx's round robin does
         local peer = ups.primary[1]
-        if peer.down or (peer.max_conns > 0 and peer.conns >= peer.max_conns) or tried then
+        if peer.down or (peer.max_conns > 0 and peer.conns >= peer.max_conns) then
             return nil
         end
         return peer
