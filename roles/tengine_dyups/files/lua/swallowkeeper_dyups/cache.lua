@@ -108,15 +108,21 @@ local function load(key, encoded)
 end
 
 -- After a full rebuild: the upstream stored under key, built now (nil when there is none).
-local function build_late(key, encoded)
+-- `pause_fn` (optional, content phase only) lets other requests in: a change or a full rebuild that
+-- came meanwhile wins over this build.
+local function build_late(key, pause_fn)
     if damaged[key] then
         return nil
     end
-    encoded = encoded or state.get(key)
+    local encoded = state.get(key)
     if not encoded then
         return nil
     end
-    local ups = built(encoded)
+    local began, mark = epoch, stamp[key]
+    local ups = built(encoded, pause_fn)
+    if epoch ~= began or stamp[key] ~= mark then
+        return by_key[key]
+    end
     by_key[key] = ups
     damaged[key] = ups == nil or nil
     return ups
@@ -253,15 +259,25 @@ function _M.lookup(name)
     return ups
 end
 
--- { key = upstream } of every upstream this worker holds (after sync()); builds those not built yet.
+-- { key = upstream } of every upstream this worker holds (after sync()); builds those not built yet,
+-- letting other requests in meanwhile (pause). Only where ngx.sleep may run (the content phase).
 function _M.all()
     if lazy then
-        for key, encoded in pairs(state.all()) do
+        let_in_at = ngx_now()
+        local began, count = epoch, 0
+        for key in pairs(state.all()) do
+            if epoch ~= began then
+                break
+            end
             if by_key[key] == nil then
-                build_late(key, encoded)
+                build_late(key, pause)
+                count = count + 1
+                if count % PAUSE_EVERY == 0 then
+                    pause()
+                end
             end
         end
-        lazy = false
+        lazy = epoch ~= began
     end
     return by_key
 end
