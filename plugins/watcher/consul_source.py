@@ -600,10 +600,10 @@ class ConsulSource:
         found, self.node_digests = by_node
         with self.lock:
             for name in known:
-                cached = self.entries.get(name, {})
-                if found[name] != cached:
+                held = self.entries.get(name, {})
+                if found[name] != held:
                     refetch.add(name)
-                    self._forget_nodes(found[name], cached)
+                    self._forget_nodes(found[name], held)
 
     def mapping(self) -> MappingResult:
         """The whole mapping (MappingResult, sorted), as the module gives it."""
