@@ -52,6 +52,7 @@ from typing import Any, Callable, Collection, Dict, Iterable, List, Mapping, Opt
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils import _consul_mapping as mapping
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._consul_instance import (
     CheckPairs, HealthIndex, Instance, InstanceKey, health_index, node_registrations, parse_health_answer, shown)
+from ansible_collections.swallowkeeper.dyups.plugins.module_utils._consul_answers import slim_object
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._consul_client import (
     UNREADABLE_NAME, BlockingQuery, ConsulClient, path_segment_safe, resolve_token)
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._consul_mapping import MappingResult
@@ -59,7 +60,6 @@ from ansible_collections.swallowkeeper.dyups.plugins.module_utils._errors import
     ConsulBadAnswer, ConsulError, ConsulForbidden, ConsulRateLimited, ConsulServerError, ConsulUnavailable)
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._upstream import Upstream
 from ansible_collections.swallowkeeper.dyups.plugins.watcher.backoff import Backoff
-from ansible_collections.swallowkeeper.dyups.plugins.watcher.consul_answers import slim_object
 from ansible_collections.swallowkeeper.dyups.plugins.watcher.metrics import Metrics
 from ansible_collections.swallowkeeper.dyups.plugins.watcher.settings import Settings, server_policy
 from ansible_collections.swallowkeeper.dyups.plugins.watcher.stale_reads import StaleReads
