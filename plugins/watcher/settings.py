@@ -137,6 +137,11 @@ OPTIONS = (
 _BY_NAME = {option.name: option for option in OPTIONS}
 
 
+def default(name: str) -> Any:
+    """The default of option ``name``: OPTIONS is the one place defaults are written."""
+    return _BY_NAME[name].default
+
+
 @dataclass(frozen=True)
 class Settings:
     values: dict[str, Any] = field(default_factory=dict)
