@@ -61,7 +61,7 @@ from ansible_collections.swallowkeeper.dyups.plugins.module_utils._errors import
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._upstream import Upstream
 from ansible_collections.swallowkeeper.dyups.plugins.watcher.backoff import Backoff
 from ansible_collections.swallowkeeper.dyups.plugins.watcher.metrics import Metrics
-from ansible_collections.swallowkeeper.dyups.plugins.watcher.settings import Settings, server_policy
+from ansible_collections.swallowkeeper.dyups.plugins.watcher.settings import Settings
 from ansible_collections.swallowkeeper.dyups.plugins.watcher.stale_reads import StaleReads
 from ansible_collections.swallowkeeper.dyups.plugins.watcher.transport import KeepAliveTransport
 
@@ -132,13 +132,16 @@ def _catalog(answer: Dict[str, Any]) -> Dict[str, Tuple[str, ...]]:
 
 class ConsulSource:
     def __init__(self, settings: Settings, metrics: Metrics) -> None:
+        if settings.policy is None:
+            raise ValueError("ConsulSource needs settings made by settings.build (their server policy holds this "
+                             "host's addresses)")
         self.settings = settings
         self.metrics = metrics
         self.options = mapping.MappingOptions(
             tag_key=settings.tag_key, include=tuple(settings.include), exclude=tuple(settings.exclude),
             prefix=settings.prefix, include_warning=settings.include_warning, directives=tuple(settings.directives),
             upstream_directives=settings.upstream_directives, reserved=settings.reserved,
-            policy=settings.policy or server_policy(settings))
+            policy=settings.policy)
         token = resolve_token(token_file=settings.consul_token_file)
         cert = (settings.consul_client_cert, settings.consul_client_key) if settings.consul_client_cert else None
         verify = settings.consul_ca_path or settings.consul_validate_certs

@@ -242,13 +242,13 @@ def build(file_values: Mapping[str, Any] | None = None, flag_values: Mapping[str
                 continue
             values[name] = _coerce(_BY_NAME[name], value)
     settings = Settings(values=values, config_file=config_file)
-    check(settings)
+    policy = check(settings, host_networks())
     try:
         reserved = reserved_from(settings.reserved_names, settings.nginx_conf, settings.nginx_binary,
                                  [settings.upstream_file])
     except ReservedNamesUnknown as exc:
         raise SettingsError(f"nginx_conf: {exc}") from None
-    return replace(settings, reserved=reserved, policy=server_policy(settings, host_networks()))
+    return replace(settings, reserved=reserved, policy=policy)
 
 
 def server_policy(settings: Settings, own: Any = ()) -> ServerPolicy:
@@ -261,7 +261,9 @@ def server_policy(settings: Settings, own: Any = ()) -> ServerPolicy:
         raise SettingsError(str(exc)) from None
 
 
-def check(settings: Settings) -> None:
+def check(settings: Settings, own: Any = ()) -> ServerPolicy:
+    """Raises SettingsError naming the first setting that cannot be used; returns the server policy
+    (``own``: this host's addresses), built once, here."""
     if settings.zero_instances not in ZERO_INSTANCE_POLICIES:
         raise SettingsError(f"zero_instances: expected one of {', '.join(ZERO_INSTANCE_POLICIES)}, "
                             f"got {settings.zero_instances!r}")
@@ -290,7 +292,7 @@ def check(settings: Settings) -> None:
         raise SettingsError("resolve_timeout: expected seconds above 0 and at most 60")
     if not 0 < settings.nginx_poll_interval <= 10:
         raise SettingsError("nginx_poll_interval: expected seconds above 0 and at most 10")
-    server_policy(settings)
+    policy = server_policy(settings, own)
     if settings.validate_command and "%s" not in settings.validate_command:
         raise SettingsError("validate_command: must contain %s (the new file's path)")
     if settings.log_level not in ("debug", "info", "warning", "error"):
@@ -331,6 +333,7 @@ def check(settings: Settings) -> None:
         if str(port) == status_port and (ipaddress.ip_address(host).is_unspecified or host == status_host.strip("[]")):
             raise SettingsError(f"metrics_listen: {settings.metrics_listen} takes the port of status_listen "
                                 f"{settings.status_listen}; give it another port")
+    return policy
 
 
 def check_metrics_listener(listen: str, allow: list[str]) -> None:
