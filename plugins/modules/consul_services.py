@@ -426,6 +426,8 @@ def run(module):
     cleartext = client.cleartext_token_warning()
     if cleartext:
         module.warn(cleartext)
+    if options.policy.own_unread:
+        module.warn(options.policy.own_unread)
     try:
         catalog = client.catalog_services()
         wanted = set(params["services"]) if params["services"] is not None else set(catalog.data)

@@ -157,6 +157,8 @@ class ConsulSource:
         cleartext = self.client.cleartext_token_warning()
         if cleartext:
             log.warning("%s", cleartext)
+        if settings.policy.own_unread:
+            log.warning("%s", settings.policy.own_unread)
         self.entries: Dict[str, Instances] = {}  # service -> its registrations {(node, service_id): Instance}
         self.checks: HealthIndex = {}  # the health index: (node, service_id) -> ((check id, status), ...); node checks under (node, "")
         self.failing: Dict[InstanceKey, Tuple[str, CheckPairs]] = {}  # the part of self.checks not passing: key -> (service name or "", pairs)

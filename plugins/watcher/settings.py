@@ -31,7 +31,7 @@ from ansible_collections.swallowkeeper.dyups.plugins.module_utils._errors import
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._names import validate_name
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._reserved import (
     Reserved, ReservedNamesUnknown, reserved_from)
-from ansible_collections.swallowkeeper.dyups.plugins.module_utils._server_policy import ServerPolicy, host_networks
+from ansible_collections.swallowkeeper.dyups.plugins.module_utils._server_policy import ServerPolicy, read_host_networks
 from ansible_collections.swallowkeeper.dyups.plugins.watcher.metrics import split_listen
 from ansible_collections.swallowkeeper.dyups.plugins.watcher import zone_fit
 
@@ -242,7 +242,7 @@ def build(file_values: Mapping[str, Any] | None = None, flag_values: Mapping[str
                 continue
             values[name] = _coerce(_BY_NAME[name], value)
     settings = Settings(values=values, config_file=config_file)
-    policy = check(settings, host_networks())
+    policy = check(settings, *read_host_networks())
     try:
         reserved = reserved_from(settings.reserved_names, settings.nginx_conf, settings.nginx_binary,
                                  [settings.upstream_file])
@@ -251,19 +251,20 @@ def build(file_values: Mapping[str, Any] | None = None, flag_values: Mapping[str
     return replace(settings, reserved=reserved, policy=policy)
 
 
-def server_policy(settings: Settings, own: Any = ()) -> ServerPolicy:
-    """Where servers from Consul may point, and their Meta bounds (``own``: this host's addresses)."""
+def server_policy(settings: Settings, own: Any = (), own_unread: str | None = None) -> ServerPolicy:
+    """Where servers from Consul may point, and their Meta bounds (``own``: this host's addresses;
+    ``own_unread``: why they could not be read, see read_host_networks)."""
     try:
         return ServerPolicy(settings.allowed_networks, settings.denied_networks, own=own,
                             allow_host_names=settings.allow_host_names, max_weight=settings.max_weight,
-                            allow_zero_max_fails=settings.allow_zero_max_fails)
+                            allow_zero_max_fails=settings.allow_zero_max_fails, own_unread=own_unread)
     except ValueError as exc:
         raise SettingsError(str(exc)) from None
 
 
-def check(settings: Settings, own: Any = ()) -> ServerPolicy:
+def check(settings: Settings, own: Any = (), own_unread: str | None = None) -> ServerPolicy:
     """Raises SettingsError naming the first setting that cannot be used; returns the server policy
-    (``own``: this host's addresses), built once, here."""
+    (``own``, ``own_unread``: this host's addresses, see server_policy), built once, here."""
     if settings.zero_instances not in ZERO_INSTANCE_POLICIES:
         raise SettingsError(f"zero_instances: expected one of {', '.join(ZERO_INSTANCE_POLICIES)}, "
                             f"got {settings.zero_instances!r}")
@@ -292,7 +293,7 @@ def check(settings: Settings, own: Any = ()) -> ServerPolicy:
         raise SettingsError("resolve_timeout: expected seconds above 0 and at most 60")
     if not 0 < settings.nginx_poll_interval <= 10:
         raise SettingsError("nginx_poll_interval: expected seconds above 0 and at most 10")
-    policy = server_policy(settings, own)
+    policy = server_policy(settings, own, own_unread)
     if settings.validate_command and "%s" not in settings.validate_command:
         raise SettingsError("validate_command: must contain %s (the new file's path)")
     if settings.log_level not in ("debug", "info", "warning", "error"):

@@ -10,7 +10,7 @@ import pytest
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._consul_mapping import MappingOptions, map_services
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._errors import ValidationError
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._server_policy import (
-    ServerPolicy, host_networks, operator_policy)
+    ServerPolicy, host_networks, operator_policy, read_host_networks)
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._servers import parse_server
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._upstream import build_upstream
 from ansible_collections.swallowkeeper.dyups.plugins.modules import dyups_upstream
@@ -124,6 +124,24 @@ def test_host_networks_reads_the_kernels_local_routes(tmp_path):
     assert [str(net) for net in host_networks(str(tmp_path))] == ["10.1.2.3/32", "127.0.0.0/8", "::1/128",
                                                                   "fd00::2/128"]
     assert host_networks(str(tmp_path / "missing")) == ()
+
+
+FIB_TRIE = "Main:\n  +-- 0.0.0.0/0 3 0 5\n     |-- 10.1.2.3\n        /32 host LOCAL\n"
+
+
+def test_host_networks_that_cannot_be_read_come_with_a_warning(tmp_path):
+    """Without the kernel's lists this host's own addresses are not refused: say so, naming the file."""
+    networks, warning = read_host_networks(str(tmp_path / "missing"))
+    assert networks == () and f"{tmp_path}/missing/fib_trie: No such file or directory" in warning
+    assert "not refused" in warning and "denied_networks" in warning
+    (tmp_path / "fib_trie").write_text(FIB_TRIE)
+    assert read_host_networks(str(tmp_path)) == ((ipaddress.ip_network("10.1.2.3/32"),), None)  # no IPv6: no if_inet6
+    (tmp_path / "if_inet6").mkdir()
+    networks, warning = read_host_networks(str(tmp_path))
+    assert networks == (ipaddress.ip_network("10.1.2.3/32"),) and f"{tmp_path}/if_inet6: Is a directory" in warning
+    (tmp_path / "if_inet6").rmdir()
+    (tmp_path / "fib_trie").write_text(FIB_TRIE.replace("10.1.2.3", "10.1.2.x"))
+    assert "fib_trie: not the kernel's format" in read_host_networks(str(tmp_path))[1]
 
 
 def test_the_mapping_skips_with_the_reason():
