@@ -17,7 +17,9 @@ not be used, or None. Rules, in this order (docs/security.md says why):
    every address of this host (``own``: ``host_networks()``) are refused. An allowed network lifts a
    class only when it lies inside that class (``127.0.0.0/8`` lifts loopback; ``0.0.0.0/0`` lifts none;
    an address of this host is lifted only by itself, ``/32`` or ``/128``).
-4. An IPv4-mapped IPv6 address (``::ffff:127.0.0.1``) is checked as the IPv4 address it carries.
+4. An IPv4-mapped IPv6 address (``::ffff:127.0.0.1``) is checked as the IPv4 address it carries; so a
+   network of ``allowed_networks``/``denied_networks`` inside ``::ffff:0:0/96`` is taken as the IPv4
+   network it maps (``::ffff:10.0.0.0/104`` is ``10.0.0.0/8``).
 5. Host names: refused unless ``allow_host_names`` (nginx resolves a name when the upstream is posted, after
    any check made here, and a registrant may control what the name resolves to). A name that the C
    library reads as an IPv4 address (``0x7f000001``, ``0x7f.0.0.0x1``) is refused always. With ``allow_host_names``, the
@@ -54,10 +56,12 @@ _CLASSES = tuple((ipaddress.ip_network(cidr), what) for cidr, what in BUILTIN_CL
 _CACHE_SIZE = 65536  # verdicts kept per policy (addresses come from untrusted registrants: bounded)
 _OPT_IN = "to use it, list that network or a part of it in allowed_networks"
 _OWN = "an address of this host"
+_MAPPED = ipaddress.IPv6Network("::ffff:0:0/96")  # IPv4-mapped addresses (rule 4)
 
 
 def parse_networks(values: Any, what: str) -> Tuple[Network, ...]:
-    """CIDRs (or single addresses) as networks; ValueError naming ``what`` and the value."""
+    """CIDRs (or single addresses) as networks; ValueError naming ``what`` and the value. A network inside
+    ``::ffff:0:0/96`` is the IPv4 network it maps (rule 4: such addresses are checked as IPv4)."""
     if values is None:
         return ()
     if isinstance(values, str):
@@ -65,9 +69,13 @@ def parse_networks(values: Any, what: str) -> Tuple[Network, ...]:
     networks = []
     for value in values:
         try:
-            networks.append(ipaddress.ip_network(str(value).strip(), strict=False))
+            network = ipaddress.ip_network(str(value).strip(), strict=False)
         except ValueError:
             raise ValueError(f"{what}: {value!r} is not a network in CIDR form (10.0.0.0/8, fd00::/8)") from None
+        if isinstance(network, ipaddress.IPv6Network) and network.subnet_of(_MAPPED):
+            network = ipaddress.IPv4Network((int(network.network_address) - int(_MAPPED.network_address),
+                                             network.prefixlen - 96))
+        networks.append(network)
     return tuple(networks)
 
 
