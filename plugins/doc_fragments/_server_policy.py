@@ -19,6 +19,9 @@ options:
         inside one of those lifts the refusal for itself (C(127.0.0.0/8) for test backends on loopback; an
         address of this host only as C(/32) or C(/128)); C(0.0.0.0/0) lifts none.
       - M(swallowkeeper.dyups.dyups_upstream) (the operator's own servers) refuses only what these two lists say.
+      - An address in IPv4-mapped form (C(::ffff:10.1.2.3)) is checked as the IPv4 address it holds, so a network
+        of either list inside C(::ffff:0:0/96) is taken as the IPv4 network it maps (C(::ffff:10.0.0.0/104) is
+        C(10.0.0.0/8)).
     type: list
     elements: str
     default: []

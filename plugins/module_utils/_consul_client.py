@@ -341,8 +341,10 @@ class ConsulClient:
 
     def get(self, path: str, params: Mapping[str, Any] | None = None, index: int | None = None,
             wait: float | None = None, stale: bool | None = None,
-            known_digest: bytes | None = None) -> ConsulAnswer:
+            known_digest: bytes | None = None, object_hook: Callable[[dict], Any] | None = None) -> ConsulAnswer:
         """GET ``path``; with ``index`` > 0 it is a blocking query that waits up to ``wait`` seconds.
+
+        ``object_hook``: json.loads' object_hook for this read (None: the client's ``object_hook``).
 
         ``known_digest`` makes it a conditional read: the answer carries the body's digest (``body_digest``),
         and when that equals ``known_digest`` (b"": none known yet) the body is not parsed and ``data`` is
@@ -383,7 +385,7 @@ class ConsulClient:
         try:
             # bytes as they are: no decoded copy of a big body. Answers keyed by names users choose
             # (the catalog: {service: tags}) are never slimmed: a service may be called "Name".
-            hook = None if path in NAME_KEYED_ANSWERS else self.object_hook
+            hook = None if path in NAME_KEYED_ANSWERS else object_hook or self.object_hook
             data = json.loads(raw, object_hook=hook)
         except ValueError:
             text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw
@@ -404,7 +406,8 @@ class ConsulClient:
             if self.on_too_stale is not None:
                 self.on_too_stale(url, last_contact)
             try:
-                fresh = self.get(path, params=params, stale=False, known_digest=known_digest)  # no index: a plain read, it never blocks
+                fresh = self.get(path, params=params, stale=False, known_digest=known_digest,  # no index: a plain read, it never blocks
+                                 object_hook=object_hook)
             except ConsulError as exc:
                 raise type(exc)(f"{exc} (read again without stale because the answer of GET {url} came from a "
                                 f"server that {_heard(last_contact)}, above max_stale {self.max_stale:g}s)",
@@ -437,7 +440,7 @@ class ConsulClient:
     # -- endpoints -----------------------------------------------------------------------------------
     def read(self, path: str, params: Mapping[str, Any] | None = None, index: int | None = None,
              wait: float | None = None, stale: bool | None = None,
-             known_digest: bytes | None = None) -> ConsulAnswer:
+             known_digest: bytes | None = None, object_hook: Callable[[dict], Any] | None = None) -> ConsulAnswer:
         """``get`` plus the shape check of the endpoints this project reads (others: ``get`` unchecked).
 
         ``/v1/catalog/services``: a JSON object of lists of strings, with the ``consul`` service.
@@ -448,7 +451,8 @@ class ConsulClient:
         (both null) read as no services.
         A conditional read (``known_digest``, see ``get``) whose body is unchanged is not checked again.
         """
-        answer = self.get(path, params=params, index=index, wait=wait, stale=stale, known_digest=known_digest)
+        answer = self.get(path, params=params, index=index, wait=wait, stale=stale, known_digest=known_digest,
+                          object_hook=object_hook)
         if answer.data is None and answer.digest is not None and answer.digest == known_digest:
             return answer
         if path == "/v1/catalog/services":
@@ -529,9 +533,10 @@ class ConsulClient:
         """``/v1/health/service/NAME``: data is a list of {Node, Service, Checks} (all instances, any health)."""
         return self.read("/v1/health/service/" + quote(str(name), safe=""), index=index, wait=wait, stale=stale)
 
-    def health_state_any(self, index: int | None = None, wait: float | None = None, stale: bool | None = None) -> ConsulAnswer:
-        """``/v1/health/state/any``: data is a list of every check in the datacenter."""
-        return self.read("/v1/health/state/any", index=index, wait=wait, stale=stale)
+    def health_state_any(self, index: int | None = None, wait: float | None = None, stale: bool | None = None,
+                         object_hook: Callable[[dict], Any] | None = None) -> ConsulAnswer:
+        """``/v1/health/state/any``: data is a list of every check in the datacenter (``object_hook``: see get)."""
+        return self.read("/v1/health/state/any", index=index, wait=wait, stale=stale, object_hook=object_hook)
 
     def catalog_nodes(self) -> ConsulAnswer:
         """``/v1/catalog/nodes``: data is a list of {Node, Address, ...}, every node in the datacenter."""

@@ -17,7 +17,9 @@ not be used, or None. Rules, in this order (docs/security.md says why):
    every address of this host (``own``: ``host_networks()``) are refused. An allowed network lifts a
    class only when it lies inside that class (``127.0.0.0/8`` lifts loopback; ``0.0.0.0/0`` lifts none;
    an address of this host is lifted only by itself, ``/32`` or ``/128``).
-4. An IPv4-mapped IPv6 address (``::ffff:127.0.0.1``) is checked as the IPv4 address it carries.
+4. An IPv4-mapped IPv6 address (``::ffff:127.0.0.1``) is checked as the IPv4 address it carries; so a
+   network of ``allowed_networks``/``denied_networks`` inside ``::ffff:0:0/96`` is taken as the IPv4
+   network it maps (``::ffff:10.0.0.0/104`` is ``10.0.0.0/8``).
 5. Host names: refused unless ``allow_host_names`` (nginx resolves a name when the upstream is posted, after
    any check made here, and a registrant may control what the name resolves to). A name that the C
    library reads as an IPv4 address (``0x7f000001``, ``0x7f.0.0.0x1``) is refused always. With ``allow_host_names``, the
@@ -54,10 +56,12 @@ _CLASSES = tuple((ipaddress.ip_network(cidr), what) for cidr, what in BUILTIN_CL
 _CACHE_SIZE = 65536  # verdicts kept per policy (addresses come from untrusted registrants: bounded)
 _OPT_IN = "to use it, list that network or a part of it in allowed_networks"
 _OWN = "an address of this host"
+_MAPPED = ipaddress.IPv6Network("::ffff:0:0/96")  # IPv4-mapped addresses (rule 4)
 
 
 def parse_networks(values: Any, what: str) -> Tuple[Network, ...]:
-    """CIDRs (or single addresses) as networks; ValueError naming ``what`` and the value."""
+    """CIDRs (or single addresses) as networks; ValueError naming ``what`` and the value. A network inside
+    ``::ffff:0:0/96`` is the IPv4 network it maps (rule 4: such addresses are checked as IPv4)."""
     if values is None:
         return ()
     if isinstance(values, str):
@@ -65,16 +69,28 @@ def parse_networks(values: Any, what: str) -> Tuple[Network, ...]:
     networks = []
     for value in values:
         try:
-            networks.append(ipaddress.ip_network(str(value).strip(), strict=False))
+            network = ipaddress.ip_network(str(value).strip(), strict=False)
         except ValueError:
             raise ValueError(f"{what}: {value!r} is not a network in CIDR form (10.0.0.0/8, fd00::/8)") from None
+        if isinstance(network, ipaddress.IPv6Network) and network.subnet_of(_MAPPED):
+            network = ipaddress.IPv4Network((int(network.network_address) - int(_MAPPED.network_address),
+                                             network.prefixlen - 96))
+        networks.append(network)
     return tuple(networks)
 
 
 def host_networks(proc: str = "/proc/net") -> Tuple[Network, ...]:
     """The addresses of this host (its network namespace), as the kernel's local routes list them
     (``fib_trie``: ``host LOCAL``; ``if_inet6``). Empty where /proc does not hold them."""
+    return read_host_networks(proc)[0]
+
+
+def read_host_networks(proc: str = "/proc/net") -> Tuple[Tuple[Network, ...], Optional[str]]:
+    """``host_networks(proc)`` and, when the kernel's lists could not be read, the warning to give (None
+    when they were): a policy without them does not refuse this host's addresses outside the built-in
+    classes. No ``if_inet6`` at all is a kernel without IPv6 (no IPv6 address to miss), not a failure."""
     found: List[Network] = []
+    unread: List[str] = []
     try:
         with open(f"{proc}/fib_trie", encoding="ascii") as handle:
             previous = ""
@@ -83,17 +99,30 @@ def host_networks(proc: str = "/proc/net") -> Tuple[Network, ...]:
                 if words[-2:] == ["host", "LOCAL"] and words[0].startswith("/") and previous:
                     found.append(ipaddress.ip_network(f"{previous}{words[0]}", strict=False))
                 previous = words[1] if len(words) == 2 and words[0] in ("|--", "+--") else ""
-    except (OSError, ValueError):
-        pass
+    except (OSError, ValueError) as exc:
+        unread.append(f"{proc}/fib_trie: {_why(exc)}")
     try:
         with open(f"{proc}/if_inet6", encoding="ascii") as handle:
             for line in handle:
                 hexed = line.split()[0] if line.split() else ""
                 if len(hexed) == 32:
                     found.append(ipaddress.ip_network(ipaddress.IPv6Address(int(hexed, 16))))
-    except (OSError, ValueError):
+    except FileNotFoundError:
         pass
-    return tuple(sorted(set(found), key=lambda net: (net.version, net)))
+    except (OSError, ValueError) as exc:
+        unread.append(f"{proc}/if_inet6: {_why(exc)}")
+    warning = None
+    if unread:
+        warning = (f"this host's own addresses could not be read ({'; '.join(unread)}): a server from Consul "
+                   "that points at one of them outside loopback is not refused (servers from Consul are "
+                   "checked without them); list them in denied_networks")
+    return tuple(sorted(set(found), key=lambda net: (net.version, net))), warning
+
+
+def _why(exc: Exception) -> str:
+    if isinstance(exc, OSError):
+        return exc.strerror or type(exc).__name__
+    return f"not the kernel's format ({exc})"
 
 
 def _bounds(networks: Iterable[Network]) -> Tuple[Tuple[int, int, int], ...]:
@@ -119,13 +148,14 @@ class ServerPolicy:
 
     def __init__(self, allowed_networks: Any = (), denied_networks: Any = (), builtin: bool = True,
                  own: Iterable[Network] = (), allow_host_names: bool = False, max_weight: Optional[int] = DEFAULT_MAX_WEIGHT,
-                 allow_zero_max_fails: bool = False) -> None:
+                 allow_zero_max_fails: bool = False, own_unread: Optional[str] = None) -> None:
         self.allowed = parse_networks(allowed_networks, "allowed_networks")
         self.denied = parse_networks(denied_networks, "denied_networks")
         self.builtin = builtin
         # this host's addresses outside the classes (127.0.0.1/32 is loopback already: 127.0.0.0/8 lifts it)
         self.own = tuple(net for net in own if not any(
             net.version == cls.version and net.subnet_of(cls) for cls, _what in _CLASSES))  # type: ignore[arg-type]
+        self.own_unread = own_unread  # the warning when this host's addresses could not be read (read_host_networks)
         self.allow_host_names = allow_host_names
         if max_weight is not None and (isinstance(max_weight, bool) or not isinstance(max_weight, int)
                                        or not 1 <= max_weight <= 10000):
@@ -231,7 +261,9 @@ def consul_argument_spec() -> dict:
 
 
 def consul_policy_from_params(params: dict) -> ServerPolicy:
-    """The policy of servers from Consul, from consul_services' options and this host's addresses (ValueError)."""
-    return ServerPolicy(params["allowed_networks"], params["denied_networks"], own=host_networks(),
+    """The policy of servers from Consul, from consul_services' options and this host's addresses (ValueError;
+    ``own_unread``: the warning to give when those could not be read)."""
+    own, own_unread = read_host_networks()
+    return ServerPolicy(params["allowed_networks"], params["denied_networks"], own=own,
                         allow_host_names=params["allow_host_names"], max_weight=params["max_weight"],
-                        allow_zero_max_fails=params["allow_zero_max_fails"])
+                        allow_zero_max_fails=params["allow_zero_max_fails"], own_unread=own_unread)

@@ -299,13 +299,14 @@ catalog_index:
   sample: 4711
 """
 
-import copy
 import re
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 
 from ansible.module_utils.basic import AnsibleModule
 
+from ansible_collections.swallowkeeper.dyups.plugins.module_utils._consul_answers import slim_object
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._consul_client import (
     UNREADABLE_NAME, path_segment_safe)
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._consul_instance import (
@@ -327,13 +328,10 @@ WARNINGS_SHOWN = 20
 _VALUES = re.compile(r"'[^']*'|\"[^\"]*\"|\d+")
 
 
+# The fields of a check that health_index reads (its Output, Notes and Definition are most of a large answer).
 CHECK_FIELDS = ("Node", "CheckID", "Status", "ServiceID", "ServiceName")
-
-
-def check_fields(obj):
-    """json.loads' object_hook for /v1/health/state/any: a check keeps only the fields health_index reads (its
-    Output, Notes and Definition are most of a large answer)."""
-    return {key: obj[key] for key in CHECK_FIELDS if key in obj} if "CheckID" in obj else obj
+# json.loads' object_hook for /v1/health/state/any: a check keeps only CHECK_FIELDS (_consul_answers.py).
+check_fields = partial(slim_object, check_fields=CHECK_FIELDS)
 
 
 def read_by_node(client, names, options, report, catalog_index):
@@ -360,9 +358,7 @@ def read_by_node(client, names, options, report, catalog_index):
             for found in pool.map(node_read, node_names):
                 for name, key, instance in found:
                     registrations[name][key] = instance
-        checks_client = copy.copy(client)
-        checks_client.object_hook = check_fields
-        health = health_index(checks_client.health_state_any().data)
+        health = health_index(client.health_state_any(object_hook=check_fields).data)
         if client.catalog_services().index != catalog_index:
             return None
     except ConsulForbidden:
@@ -430,6 +426,8 @@ def run(module):
     cleartext = client.cleartext_token_warning()
     if cleartext:
         module.warn(cleartext)
+    if options.policy.own_unread:
+        module.warn(options.policy.own_unread)
     try:
         catalog = client.catalog_services()
         wanted = set(params["services"]) if params["services"] is not None else set(catalog.data)

@@ -11,8 +11,8 @@ Where things are:
 
 - ``settings.py``   every option, its default, the config file and the command line
 - ``transport.py``  keep-alive ``http.client`` connections as the transport of the shared clients
-- ``consul_source.py``  blocking queries on Consul and the cache of service instances
-- ``consul_answers.py``  Consul's answers kept small: unread fields dropped as they are parsed
+- ``consul_source.py``  blocking queries on Consul and the cache of service instances (their answers kept
+  small as they are parsed: plugins/module_utils/_consul_answers.py, shared with consul_services)
 - ``safety.py``     the zero-instance policy and the mass-removal hold (``RemovalHold``, its window)
 - ``owned_state.py``  what the watcher owns beyond the upstream file (pending deletes, a hold), kept beside it
 - ``check_budget.py``  the check-peer budget: no change that Tengine's check module cannot hold

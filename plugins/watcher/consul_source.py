@@ -52,6 +52,7 @@ from typing import Any, Callable, Collection, Dict, Iterable, List, Mapping, Opt
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils import _consul_mapping as mapping
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._consul_instance import (
     CheckPairs, HealthIndex, Instance, InstanceKey, health_index, node_registrations, parse_health_answer, shown)
+from ansible_collections.swallowkeeper.dyups.plugins.module_utils._consul_answers import slim_object
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._consul_client import (
     UNREADABLE_NAME, BlockingQuery, ConsulClient, path_segment_safe, resolve_token)
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._consul_mapping import MappingResult
@@ -59,9 +60,8 @@ from ansible_collections.swallowkeeper.dyups.plugins.module_utils._errors import
     ConsulBadAnswer, ConsulError, ConsulForbidden, ConsulRateLimited, ConsulServerError, ConsulUnavailable)
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._upstream import Upstream
 from ansible_collections.swallowkeeper.dyups.plugins.watcher.backoff import Backoff
-from ansible_collections.swallowkeeper.dyups.plugins.watcher.consul_answers import slim_object
 from ansible_collections.swallowkeeper.dyups.plugins.watcher.metrics import Metrics
-from ansible_collections.swallowkeeper.dyups.plugins.watcher.settings import Settings, server_policy
+from ansible_collections.swallowkeeper.dyups.plugins.watcher.settings import Settings
 from ansible_collections.swallowkeeper.dyups.plugins.watcher.stale_reads import StaleReads
 from ansible_collections.swallowkeeper.dyups.plugins.watcher.transport import KeepAliveTransport
 
@@ -132,13 +132,16 @@ def _catalog(answer: Dict[str, Any]) -> Dict[str, Tuple[str, ...]]:
 
 class ConsulSource:
     def __init__(self, settings: Settings, metrics: Metrics) -> None:
+        if settings.policy is None:
+            raise ValueError("ConsulSource needs settings made by settings.build (their server policy holds this "
+                             "host's addresses)")
         self.settings = settings
         self.metrics = metrics
         self.options = mapping.MappingOptions(
             tag_key=settings.tag_key, include=tuple(settings.include), exclude=tuple(settings.exclude),
             prefix=settings.prefix, include_warning=settings.include_warning, directives=tuple(settings.directives),
             upstream_directives=settings.upstream_directives, reserved=settings.reserved,
-            policy=settings.policy or server_policy(settings))
+            policy=settings.policy)
         token = resolve_token(token_file=settings.consul_token_file)
         cert = (settings.consul_client_cert, settings.consul_client_key) if settings.consul_client_cert else None
         verify = settings.consul_ca_path or settings.consul_validate_certs
@@ -154,6 +157,8 @@ class ConsulSource:
         cleartext = self.client.cleartext_token_warning()
         if cleartext:
             log.warning("%s", cleartext)
+        if settings.policy.own_unread:
+            log.warning("%s", settings.policy.own_unread)
         self.entries: Dict[str, Instances] = {}  # service -> its registrations {(node, service_id): Instance}
         self.checks: HealthIndex = {}  # the health index: (node, service_id) -> ((check id, status), ...); node checks under (node, "")
         self.failing: Dict[InstanceKey, Tuple[str, CheckPairs]] = {}  # the part of self.checks not passing: key -> (service name or "", pairs)

@@ -59,8 +59,7 @@ class Daemon:
         self.release_signalled = False
         self.reload_requested = False
         self.nginx_changed = threading.Event()  # set by the nginx process watch (nginx_processes.py)
-        self.nginx_new_master = threading.Event()  # ... when the master itself is new
-        self._nginx_master: int | None = None
+        self.nginx_new_master = threading.Event()  # ... when the master itself is new (Generation.new_master)
         self._last_event_at: float | None = None   # when the last event of the last batch was read (_collect)
         self._skipped_seen: set[tuple[str, str]] = set()
         self._skipped_list: list[dict[str, Any]] | None = None  # the source's skip list last logged (replaced when it changes)
@@ -89,9 +88,8 @@ class Daemon:
                       if settings.nginx_pid_file else None)
 
     def _on_new_nginx(self, generation: nginx_processes.Generation) -> None:
-        if self._nginx_master is not None and generation.master != self._nginx_master:
+        if generation.new_master:
             self.nginx_new_master.set()   # it read the upstream file, which names nothing deleted before
-        self._nginx_master = generation.master
         self.metrics.count("nginx_generations")
         self.nginx_changed.set()
         self.events.put(("wake", None))

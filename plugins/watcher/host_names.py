@@ -26,13 +26,12 @@ from typing import Dict, Iterable, List, Mapping, Optional, Set, Tuple
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._resolve import Resolve, make_resolver
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._server_policy import ServerPolicy
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._upstream import Upstream, build_upstream
+from ansible_collections.swallowkeeper.dyups.plugins.watcher import settings as settings_mod
 from ansible_collections.swallowkeeper.dyups.plugins.watcher.lookup_threads import LookupThreads
-
-RESOLVE_TIMEOUT = 2.0
 
 
 class HostNames:
-    def __init__(self, hosts_file: Optional[str], timeout: float = RESOLVE_TIMEOUT,
+    def __init__(self, hosts_file: Optional[str], timeout: float = settings_mod.default("resolve_timeout"),
                  lookups: Optional[LookupThreads] = None, policy: Optional[ServerPolicy] = None) -> None:
         self.hosts_file = hosts_file
         self.timeout = timeout

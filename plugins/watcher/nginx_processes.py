@@ -31,7 +31,7 @@ import logging
 import os
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Callable, Dict, FrozenSet, List, Optional, Tuple
 from urllib.parse import urlsplit
 
@@ -56,9 +56,12 @@ Detail = Dict[str, List[Server]]
 
 @dataclass(frozen=True)
 class Generation:
-    """The nginx processes at one moment: the master's PID (None: no master) and its children's."""
+    """The nginx processes at one moment: the master's PID (None: no master) and its children's.
+    ``new_master``: the ProcessWatcher saw another master before this one (this one read the upstream
+    file when it started, so it holds nothing the watcher deleted before)."""
     master: Optional[int]
     children: FrozenSet[int]
+    new_master: bool = False
 
     def is_new_after(self, before: "Generation") -> bool:
         """True when this generation has a process ``before`` did not: a new master, a respawned or
@@ -124,13 +127,15 @@ def generation(pid_file: str) -> Generation:
 
 
 class ProcessWatcher:
-    """A thread that calls ``on_new(generation)`` when nginx has a process it did not have before."""
+    """A thread that calls ``on_new(generation)`` when nginx has a process it did not have before
+    (``generation.new_master``: a master other than the last one it saw, from its start on)."""
 
     def __init__(self, pid_file: str, interval: float, on_new: Callable[[Generation], None]) -> None:
         self.pid_file = pid_file
         self.interval = interval
         self.on_new = on_new
         self.current = generation(pid_file)
+        self.master = self.current.master  # the last master seen (None: none yet)
         self._stopping = threading.Event()
         self._thread: Optional[threading.Thread] = None
 
@@ -149,6 +154,9 @@ class ProcessWatcher:
         now = generation(self.pid_file)
         before, self.current = self.current, now
         if now.is_new_after(before):
+            if self.master is not None and now.master != self.master:
+                now = replace(now, new_master=True)
+            self.master = now.master
             log.warning("nginx has new worker processes (master %s, workers %s; before: master %s, %s): "
                         "checking every worker", now.master, sorted(now.children), before.master,
                         sorted(before.children))

@@ -31,7 +31,7 @@ from ansible_collections.swallowkeeper.dyups.plugins.module_utils._errors import
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._names import validate_name
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._reserved import (
     Reserved, ReservedNamesUnknown, reserved_from)
-from ansible_collections.swallowkeeper.dyups.plugins.module_utils._server_policy import ServerPolicy, host_networks
+from ansible_collections.swallowkeeper.dyups.plugins.module_utils._server_policy import ServerPolicy, read_host_networks
 from ansible_collections.swallowkeeper.dyups.plugins.watcher.metrics import split_listen
 from ansible_collections.swallowkeeper.dyups.plugins.watcher import zone_fit
 
@@ -137,6 +137,11 @@ OPTIONS = (
 _BY_NAME = {option.name: option for option in OPTIONS}
 
 
+def default(name: str) -> Any:
+    """The default of option ``name``: OPTIONS is the one place defaults are written."""
+    return _BY_NAME[name].default
+
+
 @dataclass(frozen=True)
 class Settings:
     values: dict[str, Any] = field(default_factory=dict)
@@ -237,26 +242,29 @@ def build(file_values: Mapping[str, Any] | None = None, flag_values: Mapping[str
                 continue
             values[name] = _coerce(_BY_NAME[name], value)
     settings = Settings(values=values, config_file=config_file)
-    check(settings)
+    policy = check(settings, *read_host_networks())
     try:
         reserved = reserved_from(settings.reserved_names, settings.nginx_conf, settings.nginx_binary,
                                  [settings.upstream_file])
     except ReservedNamesUnknown as exc:
         raise SettingsError(f"nginx_conf: {exc}") from None
-    return replace(settings, reserved=reserved, policy=server_policy(settings, host_networks()))
+    return replace(settings, reserved=reserved, policy=policy)
 
 
-def server_policy(settings: Settings, own: Any = ()) -> ServerPolicy:
-    """Where servers from Consul may point, and their Meta bounds (``own``: this host's addresses)."""
+def server_policy(settings: Settings, own: Any = (), own_unread: str | None = None) -> ServerPolicy:
+    """Where servers from Consul may point, and their Meta bounds (``own``: this host's addresses;
+    ``own_unread``: why they could not be read, see read_host_networks)."""
     try:
         return ServerPolicy(settings.allowed_networks, settings.denied_networks, own=own,
                             allow_host_names=settings.allow_host_names, max_weight=settings.max_weight,
-                            allow_zero_max_fails=settings.allow_zero_max_fails)
+                            allow_zero_max_fails=settings.allow_zero_max_fails, own_unread=own_unread)
     except ValueError as exc:
         raise SettingsError(str(exc)) from None
 
 
-def check(settings: Settings) -> None:
+def check(settings: Settings, own: Any = (), own_unread: str | None = None) -> ServerPolicy:
+    """Raises SettingsError naming the first setting that cannot be used; returns the server policy
+    (``own``, ``own_unread``: this host's addresses, see server_policy), built once, here."""
     if settings.zero_instances not in ZERO_INSTANCE_POLICIES:
         raise SettingsError(f"zero_instances: expected one of {', '.join(ZERO_INSTANCE_POLICIES)}, "
                             f"got {settings.zero_instances!r}")
@@ -285,7 +293,7 @@ def check(settings: Settings) -> None:
         raise SettingsError("resolve_timeout: expected seconds above 0 and at most 60")
     if not 0 < settings.nginx_poll_interval <= 10:
         raise SettingsError("nginx_poll_interval: expected seconds above 0 and at most 10")
-    server_policy(settings)
+    policy = server_policy(settings, own, own_unread)
     if settings.validate_command and "%s" not in settings.validate_command:
         raise SettingsError("validate_command: must contain %s (the new file's path)")
     if settings.log_level not in ("debug", "info", "warning", "error"):
@@ -326,6 +334,7 @@ def check(settings: Settings) -> None:
         if str(port) == status_port and (ipaddress.ip_address(host).is_unspecified or host == status_host.strip("[]")):
             raise SettingsError(f"metrics_listen: {settings.metrics_listen} takes the port of status_listen "
                                 f"{settings.status_listen}; give it another port")
+    return policy
 
 
 def check_metrics_listener(listen: str, allow: list[str]) -> None:

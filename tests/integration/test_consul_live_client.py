@@ -11,10 +11,11 @@ import time
 
 import pytest
 
+from ansible_collections.swallowkeeper.dyups.plugins.module_utils._consul_answers import UNREAD_FIELDS, slim_object
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._consul_client import BlockingQuery, ConsulClient
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._errors import (
     ConsulBadAnswer, ConsulForbidden, ConsulServerError, ConsulUnavailable)
-from ansible_collections.swallowkeeper.dyups.plugins.watcher.consul_answers import UNREAD_FIELDS, slim_object
+from ansible_collections.swallowkeeper.dyups.plugins.modules.consul_services import CHECK_FIELDS, check_fields
 from tests.support.http_stdlib import stdlib_transport
 from tests.support.consul import ConsulAgent, consul_acl_agent, consul_agent  # noqa: F401 (fixtures)  # pylint: disable=unused-import  # pytest fixtures
 from tests.support.ports import free_port
@@ -226,3 +227,18 @@ def test_slimming_never_drops_a_service_whose_name_is_a_field_name(agent):
     entries = client_for(agent, object_hook=slim_object).health_service("Output").data
     assert [entry["Service"]["Service"] for entry in entries] == ["Output"]
     assert "Output" not in entries[0]["Checks"][0]   # a check's own Output field is still dropped
+
+
+def test_a_hook_given_to_one_read_slims_that_read_only(agent):
+    """consul_services reads the checks of /v1/health/state/any through its own hook (check_fields: the
+    fields health_index reads), given to that read: the client's other reads, and the catalog, are as read."""
+    agent.register("Output", "o1", port=9001)
+    client = client_for(agent)
+    checks = client.health_state_any(object_hook=check_fields).data
+    mine = [check for check in checks if check.get("ServiceID") == "o1"]
+    assert mine and all(set(check) <= set(CHECK_FIELDS) for check in checks)
+    assert mine[0]["ServiceName"] == "Output" and mine[0]["Status"] in ("passing", "warning", "critical")
+    assert "Output" in client.health_state_any().data[0]     # the next read has no hook: every field
+    assert "Output" in client.read("/v1/catalog/services", object_hook=check_fields).data   # never slimmed
+    kept = client_for(agent, object_hook=slim_object).health_state_any(object_hook=check_fields).data
+    assert all(set(check) <= set(CHECK_FIELDS) for check in kept)   # the read's hook, not the client's

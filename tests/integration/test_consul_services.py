@@ -31,11 +31,12 @@ def module_env(extra=None):
     return env
 
 
-def run_module(tmp_path, env=None, loopback=True, **args):
-    """(rc, result) of one module run with ``args``; ``loopback``: with LOOPBACK_OPT_IN (the backends' addresses)."""
+def run_module(tmp_path, env=None, loopback=True, wrapper=(), **args):
+    """(rc, result) of one module run with ``args``; ``loopback``: with LOOPBACK_OPT_IN (the backends' addresses);
+    ``wrapper``: a command the module runs under (its arguments, then the module's command)."""
     path = tmp_path / "args.json"
     path.write_text(json.dumps({"ANSIBLE_MODULE_ARGS": {**(LOOPBACK_OPT_IN if loopback else {}), **args}}))
-    done = subprocess.run([sys.executable, "-m", MODULE, str(path)], capture_output=True, text=True, timeout=120,
+    done = subprocess.run([*wrapper, sys.executable, "-m", MODULE, str(path)], capture_output=True, text=True, timeout=120,
                           env=module_env(env), cwd=tmp_path, check=False)
     try:
         return done.returncode, json.loads(done.stdout)

@@ -14,6 +14,9 @@ TEST-NET-2 address no request is ever sent to (traffic stays on loopback).
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._server_policy import host_networks
@@ -21,6 +24,7 @@ from tests.integration.test_consul_services import run_module
 from tests.integration.test_watcher import running_stack
 from tests.support.consul import ConsulAgent
 from tests.support.tengine import proxy_factory  # noqa: F401  (fixture)  # pylint: disable=unused-import
+from tests.support.watcher import ENTRY
 
 LEGIT = "198.51.100.7"  # TEST-NET-2: mapped, never contacted
 
@@ -117,3 +121,52 @@ def test_consul_services_refuses_a_bad_network(tmp_path, value):
     """Before any request (no agent listens on port 1)."""
     rc, result = run_module(tmp_path, consul_url="http://127.0.0.1:1", allowed_networks=value)
     assert rc != 0 and "allowed_networks" in result["msg"] and "CIDR" in result["msg"], result
+
+
+# A command run under it sees no /proc at all (an empty tmpfs over it, in a mount namespace of its own), as
+# on a host or sandbox without /proc/net: the kernel's lists of this host's addresses cannot be read.
+WITHOUT_PROC = ("unshare", "--mount", "sh", "-c", 'mount -t tmpfs none /proc && exec "$@"', "sh")
+UNREAD_WARNING = "this host's own addresses could not be read (/proc/net/fib_trie: No such file or directory)"
+
+
+def without_proc():
+    """WITHOUT_PROC, or a skip saying why it cannot be had here (it needs root, or CAP_SYS_ADMIN)."""
+    try:
+        done = subprocess.run([*WITHOUT_PROC, "test", "!", "-e", "/proc/net/fib_trie"], capture_output=True,
+                              text=True, timeout=30, check=False)
+    except OSError as exc:
+        pytest.skip(f"unshare cannot run here: {exc}")
+    if done.returncode != 0:
+        pytest.skip(f"no mount namespace without /proc here: {done.stderr.strip()}")
+    return WITHOUT_PROC
+
+
+def warnings_of(result):
+    """The module's warnings as one text (ansible-core 2.19 gives each as a structure holding its msg)."""
+    return " ".join(str(warning) for warning in result.get("warnings", []))
+
+
+def test_consul_services_warns_when_this_hosts_addresses_cannot_be_read(tmp_path):
+    wrapper = without_proc()
+    with ConsulAgent() as agent:
+        agent.register("Shop", "legit", port=80, address=LEGIT)
+        rc, result = run_module(tmp_path, loopback=False, consul_url=agent.url)
+        assert rc == 0 and "own addresses" not in warnings_of(result), result
+        rc, result = run_module(tmp_path, loopback=False, consul_url=agent.url, wrapper=wrapper)
+        assert rc == 0, result
+        assert UNREAD_WARNING in warnings_of(result) and "list them in denied_networks" in warnings_of(result), result
+        assert result["upstreams"] == {"Shop": {"servers": [f"{LEGIT}:80"], "directives": []}}, result["upstreams"]
+
+
+def test_the_watcher_warns_at_start_when_this_hosts_addresses_cannot_be_read(tmp_path):
+    wrapper = without_proc()
+    with ConsulAgent() as agent:
+        agent.register("Shop", "legit", port=80, address=LEGIT)
+        command = [sys.executable, str(ENTRY), "--once", "--dry-run", "--consul-url", agent.url, "--status-listen", "",
+                   "--upstream-file", str(tmp_path / "upstreams.conf"), "--dyups-url", "http://127.0.0.1:1"]
+        seen = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
+        assert UNREAD_WARNING not in seen.stdout + seen.stderr, seen.stdout + seen.stderr
+        hidden = subprocess.run([*wrapper, *command], capture_output=True, text=True, timeout=120, check=False)
+        warnings = [line for line in hidden.stdout.splitlines() if " WARNING " in line and UNREAD_WARNING in line]
+        assert warnings and "denied_networks" in warnings[0], hidden.stdout + hidden.stderr
+        assert hidden.returncode == seen.returncode, (hidden.stdout + hidden.stderr, seen.stdout + seen.stderr)

@@ -462,6 +462,14 @@ def test_a_too_stale_answer_is_read_again_from_the_leader(last_contact, known_le
     assert seen == [(transport.calls[0]["url"], expected)]
 
 
+def test_the_leader_read_after_a_too_stale_answer_keeps_the_reads_hook():
+    transport = ScriptedTransport(stale_answer('[{"CheckID": "old", "Output": "x"}]', "41", "7300"),
+                                  stale_answer('[{"CheckID": "new", "Output": "y"}]', "45", "0"))
+    client = ConsulClient("http://c:8500", transport, stale=True, max_stale=2)
+    answer = client.health_state_any(index=40, object_hook=lambda obj: {"CheckID": obj["CheckID"]})
+    assert len(transport.calls) == 2 and answer.data == [{"CheckID": "new"}]
+
+
 @pytest.mark.parametrize("max_stale, last_contact", [(2, "2000"), (2, None), (0, "900000"), (None, "900000")])
 def test_an_answer_within_the_bound_or_without_a_bound_is_used(max_stale, last_contact):
     transport = ScriptedTransport(stale_answer("[]", "41", last_contact))

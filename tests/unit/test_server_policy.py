@@ -10,7 +10,7 @@ import pytest
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._consul_mapping import MappingOptions, map_services
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._errors import ValidationError
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._server_policy import (
-    ServerPolicy, host_networks, operator_policy)
+    ServerPolicy, host_networks, operator_policy, read_host_networks)
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._servers import parse_server
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._upstream import build_upstream
 from ansible_collections.swallowkeeper.dyups.plugins.modules import dyups_upstream
@@ -124,6 +124,43 @@ def test_host_networks_reads_the_kernels_local_routes(tmp_path):
     assert [str(net) for net in host_networks(str(tmp_path))] == ["10.1.2.3/32", "127.0.0.0/8", "::1/128",
                                                                   "fd00::2/128"]
     assert host_networks(str(tmp_path / "missing")) == ()
+
+
+@pytest.mark.parametrize("mapped, ipv4", [("::ffff:10.0.0.0/104", "10.0.0.0/8"), ("::ffff:a00:0/104", "10.0.0.0/8"),
+                                          ("::ffff:10.1.2.3", "10.1.2.3/32"), ("::ffff:0:0/96", "0.0.0.0/0")])
+def test_ipv4_mapped_networks_are_the_ipv4_networks_they_map(mapped, ipv4):
+    """Addresses are checked as the IPv4 they carry (rule 4), so a mapped entry must match them as IPv4."""
+    policy = ServerPolicy(denied_networks=[mapped])
+    assert [str(net) for net in policy.denied] == [ipv4]
+    for host in ("10.1.2.3", "::ffff:10.1.2.3"):
+        assert "is in denied_networks" in policy.problem_of_host(host), host
+    assert policy.problem_of_host("198.51.100.7" if ipv4 != "0.0.0.0/0" else "2001:db8::7") is None
+    allowed = ServerPolicy(allowed_networks=[mapped])
+    assert allowed.problem_of_host("::ffff:10.1.2.3") is None and allowed.problem_of_host("10.1.2.3") is None
+    assert watcher_settings.build({"denied_networks": [mapped]}, environ={}).policy.denied == policy.denied
+
+
+def test_a_mapped_network_lifts_loopback_as_its_ipv4_network_does():
+    assert ServerPolicy(allowed_networks=["::ffff:127.0.0.0/104"]).problem_of_host("127.0.0.1") is None
+    assert ServerPolicy(denied_networks=["::/0"]).problem_of_host("::ffff:10.1.2.3") is None   # IPv6 only (docs)
+
+
+FIB_TRIE = "Main:\n  +-- 0.0.0.0/0 3 0 5\n     |-- 10.1.2.3\n        /32 host LOCAL\n"
+
+
+def test_host_networks_that_cannot_be_read_come_with_a_warning(tmp_path):
+    """Without the kernel's lists this host's own addresses are not refused: say so, naming the file."""
+    networks, warning = read_host_networks(str(tmp_path / "missing"))
+    assert networks == () and f"{tmp_path}/missing/fib_trie: No such file or directory" in warning
+    assert "not refused" in warning and "denied_networks" in warning
+    (tmp_path / "fib_trie").write_text(FIB_TRIE)
+    assert read_host_networks(str(tmp_path)) == ((ipaddress.ip_network("10.1.2.3/32"),), None)  # no IPv6: no if_inet6
+    (tmp_path / "if_inet6").mkdir()
+    networks, warning = read_host_networks(str(tmp_path))
+    assert networks == (ipaddress.ip_network("10.1.2.3/32"),) and f"{tmp_path}/if_inet6: Is a directory" in warning
+    (tmp_path / "if_inet6").rmdir()
+    (tmp_path / "fib_trie").write_text(FIB_TRIE.replace("10.1.2.3", "10.1.2.x"))
+    assert "fib_trie: not the kernel's format" in read_host_networks(str(tmp_path))[1]
 
 
 def test_the_mapping_skips_with_the_reason():

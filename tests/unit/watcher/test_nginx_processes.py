@@ -69,6 +69,40 @@ def test_the_pid_file_and_proc_give_the_children_and_a_respawn_is_noticed(master
     assert not watcher.poll()
 
 
+def test_the_daemon_takes_a_new_master_from_the_process_watcher(tmp_path, master):
+    """A master other than the last one seen, the one running at the watcher's start included, is a new
+    master: the daemon forgets its deletes (the new master read the upstream file). 6b64ee2's daemon kept a
+    master of its own, known only from the first new generation: the first restart after its start was
+    not a new master to it."""
+    from ansible_collections.swallowkeeper.dyups.plugins.watcher import daemon as watcher_daemon
+
+    first, pid_file, _kids = master
+    daemon = watcher_daemon.Daemon(watcher_settings.build(
+        {"upstream_file": str(tmp_path / "upstreams.conf"), "status_listen": "", "nginx_pid_file": str(pid_file)},
+        environ={}))
+    second = subprocess.Popen([sys.executable, "-c", PARENT], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              text=True)
+    try:
+        kids = {int(pid) for pid in second.stdout.readline().split()}
+        pid_file.write_text(f"{second.pid}\n")
+        assert daemon.nginx.watcher.poll()
+        assert daemon.nginx_new_master.is_set() and daemon.nginx_changed.is_set()
+        daemon.nginx_new_master.clear()
+        second.stdin.write("respawn\n")   # a worker respawned by the same master: not a new master
+        second.stdin.flush()
+        kids |= {int(pid) for pid in second.stdout.readline().split()}
+        assert daemon.nginx.watcher.poll() and not daemon.nginx_new_master.is_set()
+        pid_file.write_text(f"{first.pid}\n")   # the first one again: another master than the last seen
+        assert daemon.nginx.watcher.poll() and daemon.nginx_new_master.is_set()
+    finally:
+        daemon.dyups_transport.close()
+        second.stdin.close()
+        second.kill()
+        second.wait(timeout=10)
+        for child in kids:
+            subprocess.run(["kill", "-9", str(child)], check=False)
+
+
 def test_the_thread_calls_back_within_its_interval(master):
     process, pid_file, _kids = master
     noticed = []

@@ -66,3 +66,24 @@ def test_every_option_is_documented():
     text = (Path(__file__).resolve().parents[3] / "docs" / "watcher.md").read_text()
     missing = [option.name for option in s.OPTIONS if f"`{option.name}`" not in text]
     assert not missing, f"docs/watcher.md lacks {missing}"
+
+
+def test_the_server_policy_is_built_once_with_this_hosts_addresses(monkeypatch):
+    """build() keeps the policy its check of the network settings made (6b64ee2 built a second one, with
+    this host's addresses); a ConsulSource refuses settings without it rather than read with a weaker one."""
+    from ansible_collections.swallowkeeper.dyups.plugins.watcher.consul_source import ConsulSource
+    from ansible_collections.swallowkeeper.dyups.plugins.watcher.metrics import Metrics
+
+    built = []
+    real = s.ServerPolicy
+
+    def counted(*args, **kwargs):
+        built.append(kwargs.get("own"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(s, "ServerPolicy", counted)
+    settings = s.build({"denied_networks": ["10.9.0.0/16"]}, environ={})
+    assert built == [s.read_host_networks()[0]]
+    assert settings.policy.own == real(own=s.read_host_networks()[0]).own
+    with pytest.raises(ValueError, match="settings.build"):
+        ConsulSource(s.Settings(values={}), Metrics())
