@@ -81,12 +81,16 @@ dyups_t_result=tests/output/tengine-dyups-t.txt
 rm -f "$dyups_t_result"
 pytest=(python -m pytest -p no:cacheprovider -o console_output_style=classic)
 status=0
+results=()   # one line per stage, printed again at the very end (a CI log's tail is what one reads first)
+failures=()  # the log of each failed stage, searched at the end for what failed
 run() {  # run a stage, remember failure, keep going so one run reports every broken stage
   local name=$1; shift
   step "$name"
-  local start=$SECONDS
-  if "$@"; then echo "--- $name: passed in $((SECONDS - start))s"
-  else echo "--- $name: FAILED in $((SECONDS - start))s"; status=1; fi
+  local start=$SECONDS log=tests/output/stage-$name.log
+  # tee reads to the end, so the pipeline's status under pipefail is the stage's own
+  if "$@" 2>&1 | tee "$log"; then results+=("$name: passed in $((SECONDS - start))s")
+  else results+=("$name: FAILED in $((SECONDS - start))s"); failures+=("$log"); status=1; fi
+  echo "--- ${results[${#results[@]}-1]}"
 }
 # The molecule stage in the background (see the header): started before the first stage after unit (after
 # integration when autogroups stay on), awaited at the end.
@@ -131,8 +135,10 @@ wait_molecule() {
   molecule_pid=""
   step "molecule (ended; its output)"
   cat "$molecule_log"
-  if [ $rc -eq 0 ]; then echo "--- molecule: passed in $((SECONDS - molecule_start))s (in the background)"
-  else echo "--- molecule: FAILED in $((SECONDS - molecule_start))s (in the background)"; status=1; fi
+  if [ $rc -eq 0 ]; then results+=("molecule: passed in $((SECONDS - molecule_start))s (in the background)")
+  else results+=("molecule: FAILED in $((SECONDS - molecule_start))s (in the background)"); failures+=("$molecule_log")
+    status=1; fi
+  echo "--- ${results[${#results[@]}-1]}"
   stop_molecule  # puts the autogroup setting back
 }
 for stage in "${stages[@]}"; do
@@ -160,5 +166,10 @@ if [ -f "$dyups_t_result" ]; then
   echo "$dyups_t_line (whole output: $dyups_t_result)"
 fi
 [ -n "$tengine_note" ] && echo "$tengine_note (their cases are counted as skipped above)"
+printf '%s\n' "${results[@]}"
+for log in "${failures[@]}"; do  # what failed, from each failed stage's log (pytest's FAILED/ERROR lines,
+  echo "what failed, from $log:"  # a bench part's or a scenario's failure)
+  grep -a -m 40 -E '^(FAILED|ERROR) |--- bench: .* FAILED|^fatal: |FAILED! =>|exit [1-9][0-9]* after|failed=[1-9]' "$log" || echo "  (no line matched: read the log)"
+done
 [ $status -eq 0 ] && echo "all stages passed" || echo "some stages FAILED"
 exit $status
