@@ -142,6 +142,26 @@ def test_a_reload_serves_every_upstream_within_a_second(plane):
     assert seconds <= RECOVERY_SECONDS, f"{seconds:.2f}s"
 
 
+def holder(client_port, server_port, pids):
+    """The PID of ``pids`` that accepted the loopback connection from ``client_port`` to ``server_port`` (its
+    socket's inode in /proc/net/tcp, among the process's descriptors), or None: not accepted yet."""
+    inode = None
+    with open("/proc/net/tcp", encoding="ascii") as handle:
+        for line in handle.read().splitlines()[1:]:
+            fields = line.split()
+            if int(fields[1].rsplit(":", 1)[1], 16) == server_port and int(fields[2].rsplit(":", 1)[1], 16) == client_port:
+                inode = fields[9]
+    if inode in (None, "0"):
+        return None
+    for pid in pids:
+        try:
+            if any(os.readlink(f"/proc/{pid}/fd/{fd}") == f"socket:[{inode}]" for fd in os.listdir(f"/proc/{pid}/fd")):
+                return pid
+        except OSError:
+            continue
+    return None
+
+
 def quiet_for(relay, seconds, timeout=10.0):
     """Wait until the relay took no new connection for ``seconds``."""
     deadline = time.monotonic() + timeout
@@ -173,7 +193,8 @@ def test_a_post_that_an_old_worker_answers_after_a_reload_reaches_the_new_worker
             plane.watcher.wait_for(lambda: plane.every_worker_serves({"Web": first}), "the first sync")
             old = plane.accepting_workers()
             relay.hold()
-            time.sleep(0.3)   # taken by a worker of this generation (checked below: the answer names it)
+            nginx.wait_for(lambda: holder(relay.held_port, nginx.api_port, old), "a worker takes the held connection",
+                           timeout=5)
             generations = plane.watcher.metrics()["swallowkeeper_watcher_nginx_generations_total"]
             os.kill(nginx.master_pid(), signal.SIGHUP)
             nginx.wait_for(lambda: len(plane.accepting_workers()) == 2 and not plane.accepting_workers() & old,

@@ -2,7 +2,7 @@
 upstream file (outside CI; figures in docs/resilience.md, "The reload race").
 
     .venv/bin/python tests/resilience/reload_race.py [--rounds 8] [--services 20] [--flavor tengine|lua]
-                                                     [--old-watcher DIR/plugins/watcher]
+                                                     [--old-watcher DIR/plugins/watcher] [--quiescence-max S]
 
 Tengine (2 workers; ``--flavor lua``: stock nginx with the Lua flavor, which keeps every upstream in a
 shared dict that a reload keeps, for comparison) includes the watcher's upstream file, as on a role-made host. Per round: for 0.4 s
@@ -15,6 +15,9 @@ the time that took (``converged_after``), or ``null`` after ``--wait`` seconds (
 ``file_written_after``: until the watcher's file held them (what the watcher applied, after Consul's
 answer and the watcher's quiescence), and ``workers_behind_the_file`` the difference: how long the
 workers lagged behind what the watcher applied.
+Per round also: ``repairs``, the watcher's "dyups differs" warnings (a worker lacked what was applied, found
+by a check of every worker), ``stray_checks`` (a worker that answered a push stopped taking connections) and
+the repairs after the first of those (changes an old worker took, which only that check found).
 ``--old-watcher`` runs another watcher (``git archive`` of an earlier commit, extracted), with
 ``nginx_pid_file`` when it has plugins/watcher/nginx_processes.py (940f60b has not).
 Printed as JSON lines, one per round, then a summary.
@@ -49,6 +52,8 @@ from ansible_collections.swallowkeeper.dyups.plugins.module_utils import _upstre
 
 BURST = 0.4
 RELOAD_AT = 0.2
+REPAIR = "dyups differs from the upstream file"   # the watcher's log: a worker lacked what was applied
+STRAY = "no longer take connections"   # ... a worker that answered a push stopped taking connections
 
 
 def every_worker_detail(nginx, tries=40):
@@ -86,7 +91,7 @@ def file_holds(path, expected):
                for name, port in expected.items())
 
 
-def run(rounds, services, wait, old_watcher=None, flavor="tengine"):
+def run(rounds, services, wait, old_watcher=None, flavor="tengine", quiescence_max=None):
     results = []
     with tempfile.TemporaryDirectory(prefix="reload-race-") as tmp, ConsulAgent() as agent, \
             Backends(count=2) as backends:
@@ -100,6 +105,8 @@ def run(rounds, services, wait, old_watcher=None, flavor="tengine"):
             where[name] = backends.ports[i % 2]
             agent.register(name, f"{name}-1", port=where[name], check=False)
         extra = {}
+        if quiescence_max is not None:   # a sync every quiescence_max at least while the moves go on
+            extra.update(quiescence_max=quiescence_max, quiescence_min=min(0.02, quiescence_max))
         if old_watcher and (Path(old_watcher) / "nginx_processes.py").exists():
             extra["nginx_pid_file"] = str(nginx.prefix / "nginx.pid")
         watcher = make_watcher(tmp_path, agent, nginx, upstream_file, old_watcher, drift_interval=300, **extra)
@@ -137,9 +144,14 @@ def run(rounds, services, wait, old_watcher=None, flavor="tengine"):
                         took = round(time.monotonic() - last_move, 3)
                         break
                     time.sleep(0.02)
+                lines = watcher.log_text()[log_mark:].splitlines()
+                strays = [i for i, line in enumerate(lines) if STRAY in line]
                 results.append({"round": number, "moves": len(moves), "file_written_after": applied,
                                 "converged_after": took,
-                                "workers_behind_the_file": None if took is None else round(took - applied, 3)})
+                                "workers_behind_the_file": None if took is None else round(took - applied, 3),
+                                "repairs": sum(REPAIR in line for line in lines), "stray_checks": len(strays),
+                                "repairs_after_a_stray_check": sum(REPAIR in line for line in lines[strays[0]:])
+                                if strays else 0})
                 if took is None or took > 1:   # what the watcher did meanwhile, for the reader
                     results[-1]["watcher_log"] = [line[24:200] for line in watcher.log_text()[log_mark:].splitlines()
                                                   ][-40:]
@@ -155,11 +167,13 @@ def run(rounds, services, wait, old_watcher=None, flavor="tengine"):
             nginx.stop()
     times = sorted(r["converged_after"] for r in results if r["converged_after"] is not None)
     behind = sorted(r["workers_behind_the_file"] for r in results if r["converged_after"] is not None)
-    return {"watcher": old_watcher or "this", "flavor": flavor, "rounds": len(results),
+    return {"watcher": old_watcher or "this", "flavor": flavor, "quiescence_max": quiescence_max, "rounds": len(results),
             "lost_rounds": sum(r["converged_after"] is None for r in results),
             "converged_after_max": times[-1] if times else None,
             "converged_after_median": times[len(times) // 2] if times else None,
             "workers_behind_the_file_max": behind[-1] if behind else None,
+            "rounds_with_repairs": sum(bool(r["repairs"]) for r in results),
+            "rounds_repaired_after_a_stray_check": sum(bool(r["repairs_after_a_stray_check"]) for r in results),
             "load_average": os.getloadavg()}
 
 
@@ -169,10 +183,13 @@ def main():
     parser.add_argument("--services", type=int, default=20)
     parser.add_argument("--wait", type=float, default=5.0, help="seconds after the last move before a round counts as lost")
     parser.add_argument("--flavor", choices=["tengine", "lua"], default="tengine")
+    parser.add_argument("--quiescence-max", type=float,
+                        help="the watcher's quiescence_max (default: its own, 0.25 s); lower, more POSTs fall around the reload")
     parser.add_argument("--old-watcher", help="DIR/plugins/watcher of another watcher (with nginx_pid_file when it "
                                               "has nginx_processes.py)")
     args = parser.parse_args()
-    print(json.dumps(run(args.rounds, args.services, args.wait, args.old_watcher, args.flavor)), flush=True)
+    print(json.dumps(run(args.rounds, args.services, args.wait, args.old_watcher, args.flavor, args.quiescence_max)),
+          flush=True)
 
 
 if __name__ == "__main__":

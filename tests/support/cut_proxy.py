@@ -72,6 +72,12 @@ class CutProxy:
         self._held = socket.create_connection(self.target, timeout=5)
         self._held.settimeout(None)
 
+    @property
+    def held_port(self) -> int:
+        """The local port of the held connection (the server sees it as the client's)."""
+        assert self._held is not None
+        return self._held.getsockname()[1]
+
     def use_held(self, prefix: bytes) -> None:
         """Relay the next client connection whose first bytes are ``prefix`` over the held connection."""
         with self._lock:
