@@ -74,7 +74,9 @@ class Daemon:
         settings = self.settings
         source = ConsulSource(settings, self.metrics)
         dyups_transport = KeepAliveTransport(secret_headers(settings.dyups_secret_file))
-        client = DyupsClient(settings.dyups_url, dyups_transport, timeout=settings.dyups_timeout)
+        # with nginx_pid_file: the workers that answer the pushes are kept (nginx_processes.AnsweringWorkers)
+        answered = nginx_processes.AnsweringWorkers(dyups_transport) if settings.nginx_pid_file else None
+        client = DyupsClient(settings.dyups_url, answered or dyups_transport, timeout=settings.dyups_timeout)
         try:
             syncer = Syncer(settings, client, self.metrics, clock=self.clock, dry_run=self.dry_run)
         except BaseException:
@@ -84,13 +86,21 @@ class Daemon:
         self.source.after_full_read = memory.settle  # the large cache frozen out of gc scans, pages trimmed
         self.retry = Backoff(settings.retry_initial, settings.retry_max)
         self.consul_retry = Backoff(settings.retry_initial, settings.retry_max)
-        self.nginx = (nginx_processes.NginxProcesses(settings, self._on_new_nginx, self.metrics)
+        self.nginx = (nginx_processes.NginxProcesses(settings, self._on_new_nginx, self.metrics, answered,
+                                                     self._on_stray_answers)
                       if settings.nginx_pid_file else None)
 
     def _on_new_nginx(self, generation: nginx_processes.Generation) -> None:
         if generation.new_master:
             self.nginx_new_master.set()   # it read the upstream file, which names nothing deleted before
         self.metrics.count("nginx_generations")
+        self.nginx_changed.set()
+        self.events.put(("wake", None))
+
+    def _on_stray_answers(self, workers: frozenset[int]) -> None:
+        """Workers that answered a push no longer take connections (a reload's old workers): every worker
+        is checked at once, as after a new generation."""
+        self.metrics.count("stray_answers", len(workers))
         self.nginx_changed.set()
         self.events.put(("wake", None))
 

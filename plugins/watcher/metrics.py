@@ -183,7 +183,7 @@ class Metrics:
         self.started = clock()
         self.counters: dict[str, int] = {"changes_applied": 0, "syncs": 0, "repairs": 0, "consul_events": 0,
                                          "nginx_generations": 0, "check_budget_refusals": 0,
-                                         "consul_stale_rereads": 0, "zone_refusals": 0}
+                                         "consul_stale_rereads": 0, "zone_refusals": 0, "stray_answers": 0}
         self.errors = {kind: 0 for kind in ERROR_KINDS}
         self.gauges: dict[str, float] = {
             "last_sync_timestamp_seconds": 0.0, "last_sync_success": 0, "last_sync_duration_seconds": 0.0,
@@ -279,6 +279,9 @@ class Metrics:
         metric("nginx_generations_total", "counter", "Times nginx had new worker processes (a respawn, a reload, "
                "a restart) and every worker was checked (nginx_pid_file).",
                [({}, snap["counters"]["nginx_generations"])])
+        metric("nginx_stray_answers_total", "counter", "nginx workers that answered a POST or DELETE and then "
+               "stopped taking connections (the old workers of a reload); every worker was checked after each "
+               "(nginx_pid_file).", [({}, snap["counters"]["stray_answers"])])
         metric("check_budget_refusals_total", "counter", "Changes skipped at a sync because they would bring the "
                "check peers above check_peer_budget.", [({}, snap["counters"]["check_budget_refusals"])])
         metric("zone_refusals_total", "counter", "Changes skipped at a sync because their body cannot fit "

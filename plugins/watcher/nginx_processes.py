@@ -22,6 +22,17 @@ the upstreams the master read from the configuration when it started, not with w
   is pushed again (``Syncer.push_all``).
 
 The periodic drift check reads every worker the same way when a pid file is set.
+
+A change that an old worker answers around a reload is the one that new workers never see (Tengine
+#1114): nginx starts the new workers, waits 100 ms, then tells the old ones to stop, so for that long
+(longer on a busy machine) the old workers still take connections, and a kept-alive connection stays
+with its worker. The old worker answers 200 and leaves the change in its own generation's shared zone
+(Tengine names the zone by the configuration's generation); the new workers have the upstream file as
+the master read it, maybe just before the watcher wrote the change. Such a POST can come after the
+check of the new workers ended. So the Syncer's transport is wrapped (``AnsweringWorkers``): it keeps
+the worker that answered each POST and DELETE, and at each poll a worker among them that no longer
+takes connections (shutting down, gone, or not the current master's) makes every worker be checked
+again at once, as a new generation does.
 """
 
 from __future__ import annotations
@@ -32,7 +43,7 @@ import os
 import threading
 import time
 from dataclasses import dataclass, replace
-from typing import Any, Callable, Dict, FrozenSet, List, Optional, Tuple
+from typing import Any, Callable, Dict, FrozenSet, List, Optional, Set, Tuple
 from urllib.parse import urlsplit
 
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._dyups_client import DyupsClient
@@ -126,14 +137,54 @@ def generation(pid_file: str) -> Generation:
     return Generation(master, children(master) if master is not None else frozenset())
 
 
+class AnsweringWorkers:
+    """A transport (see plugins/watcher/transport.py) around another: it keeps the PIDs of the workers that
+    answered a POST or a DELETE (``X-Dyups-Worker``) until ``strays`` finds they no longer take connections.
+    The Syncer's pushes go through it; the process watcher's thread calls ``strays``."""
+
+    def __init__(self, transport: Callable[..., Tuple[int, bytes, Dict[str, str]]]) -> None:
+        self.transport = transport
+        self._pids: Set[int] = set()
+        self._lock = threading.Lock()
+
+    def __call__(self, method: str, url: str, body: Optional[bytes], timeout: float,
+                 extra_headers: Optional[Dict[str, str]] = None) -> Tuple[int, bytes, Dict[str, str]]:
+        answer = self.transport(method, url, body, timeout, extra_headers)
+        worker = answer[2].get(WORKER_HEADER, "") if method != "GET" else ""
+        if worker.isdigit():
+            with self._lock:
+                self._pids.add(int(worker))
+        return answer
+
+    def strays(self, now: Generation, proc: str = "/proc") -> FrozenSet[int]:
+        """The workers that answered a POST or a DELETE and are no longer workers of ``now`` taking
+        connections; forgotten once returned. The others are kept (an old worker of a reload still takes
+        connections for a while): at most the current workers."""
+        with self._lock:
+            pids = frozenset(self._pids)
+        if not pids:
+            return frozenset()
+        gone = pids - accepting_workers(pids & now.children, proc)
+        if gone:
+            with self._lock:
+                self._pids -= gone
+        return gone
+
+
 class ProcessWatcher:
     """A thread that calls ``on_new(generation)`` when nginx has a process it did not have before
-    (``generation.new_master``: a master other than the last one it saw, from its start on)."""
+    (``generation.new_master``: a master other than the last one it saw, from its start on), and
+    ``on_stray(pids)`` when workers that answered a POST or a DELETE (``answered``) no longer take
+    connections."""
 
-    def __init__(self, pid_file: str, interval: float, on_new: Callable[[Generation], None]) -> None:
+    def __init__(self, pid_file: str, interval: float, on_new: Callable[[Generation], None],
+                 answered: Optional[AnsweringWorkers] = None,
+                 on_stray: Optional[Callable[[FrozenSet[int]], None]] = None) -> None:
         self.pid_file = pid_file
         self.interval = interval
         self.on_new = on_new
+        self.answered = answered
+        self.on_stray = on_stray
         self.current = generation(pid_file)
         self.master = self.current.master  # the last master seen (None: none yet)
         self._stopping = threading.Event()
@@ -150,9 +201,11 @@ class ProcessWatcher:
             self._thread.join(timeout=5)
 
     def poll(self) -> bool:
-        """Read the processes once; True (and ``on_new`` called) when a new one appeared."""
+        """Read the processes once; True (and ``on_new`` or ``on_stray`` called) when a new one appeared or
+        a worker that answered a push no longer takes connections."""
         now = generation(self.pid_file)
         before, self.current = self.current, now
+        strays = self.answered.strays(now) if self.answered is not None and now.master is not None else frozenset()
         if now.is_new_after(before):
             if self.master is not None and now.master != self.master:
                 now = replace(now, new_master=True)
@@ -161,6 +214,12 @@ class ProcessWatcher:
                         "checking every worker", now.master, sorted(now.children), before.master,
                         sorted(before.children))
             self.on_new(now)
+            return True
+        if strays and self.on_stray is not None:
+            log.warning("nginx worker(s) %s answered a POST or DELETE and no longer take connections (the old "
+                        "workers of a reload): what they took may not reach the current workers (Tengine #1114); "
+                        "checking every worker", sorted(strays))
+            self.on_stray(strays)
             return True
         return False
 
@@ -262,8 +321,10 @@ class NginxProcesses:
     """The daemon's view of nginx's processes: ``start()``/``stop()`` the ProcessWatcher (which calls
     ``on_new`` from its thread), ``repair(syncer, new_workers)`` for the sync loop."""
 
-    def __init__(self, settings: Any, on_new: Callable[[Generation], None], metrics: Any) -> None:
-        self.watcher = ProcessWatcher(settings.nginx_pid_file, settings.nginx_poll_interval, on_new)
+    def __init__(self, settings: Any, on_new: Callable[[Generation], None], metrics: Any,
+                 answered: Optional[AnsweringWorkers] = None,
+                 on_stray: Optional[Callable[[FrozenSet[int]], None]] = None) -> None:
+        self.watcher = ProcessWatcher(settings.nginx_pid_file, settings.nginx_poll_interval, on_new, answered, on_stray)
         self.reader = WorkerReader(settings.dyups_url, settings.nginx_pid_file, settings.dyups_timeout,
                                    secret_headers(settings.dyups_secret_file))
         self.metrics = metrics

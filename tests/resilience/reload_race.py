@@ -1,10 +1,11 @@
 """POSTs answered 200 around a Tengine reload, lost (Tengine #1114), reproduced with the watcher's own
 upstream file (outside CI; figures in docs/resilience.md, "The reload race").
 
-    .venv/bin/python tests/resilience/reload_race.py [--rounds 8] [--services 20]
-                                                     [--old-watcher DIR/plugins/watcher]
+    .venv/bin/python tests/resilience/reload_race.py [--rounds 8] [--services 20] [--flavor tengine|lua]
+                                                     [--old-watcher DIR/plugins/watcher] [--quiescence-max S]
 
-Tengine (2 workers) includes the watcher's upstream file, as on a role-made host. Per round: for 0.4 s
+Tengine (2 workers; ``--flavor lua``: stock nginx with the Lua flavor, which keeps every upstream in a
+shared dict that a reload keeps, for comparison) includes the watcher's upstream file, as on a role-made host. Per round: for 0.4 s
 a thread moves services between two backends in Consul, one every ~20 ms (each a change the watcher
 writes to the file and POSTs); 0.2 s into it nginx is reloaded (SIGHUP). A POST that an old worker
 answers after the master read the file reaches no new worker: the new workers have the file as the
@@ -14,7 +15,11 @@ the time that took (``converged_after``), or ``null`` after ``--wait`` seconds (
 ``file_written_after``: until the watcher's file held them (what the watcher applied, after Consul's
 answer and the watcher's quiescence), and ``workers_behind_the_file`` the difference: how long the
 workers lagged behind what the watcher applied.
-``--old-watcher`` runs another watcher (an extracted 940f60b, say) without ``nginx_pid_file``.
+Per round also: ``repairs``, the watcher's "dyups differs" warnings (a worker lacked what was applied, found
+by a check of every worker), ``stray_checks`` (a worker that answered a push stopped taking connections) and
+the repairs after the first of those (changes an old worker took, which only that check found).
+``--old-watcher`` runs another watcher (``git archive`` of an earlier commit, extracted), with
+``nginx_pid_file`` when it has plugins/watcher/nginx_processes.py (940f60b has not).
 Printed as JSON lines, one per round, then a summary.
 """
 
@@ -41,12 +46,14 @@ ensure_importable()
 from tests.support.backends import Backends  # noqa: E402
 from tests.support.consul import ConsulAgent  # noqa: E402
 from tests.resilience.data_plane import make_watcher  # noqa: E402
-from tests.support.tengine import Tengine  # noqa: E402
+from tests.support.tengine import flavor_class  # noqa: E402
 
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils import _upstream_file  # noqa: E402
 
 BURST = 0.4
 RELOAD_AT = 0.2
+REPAIR = "dyups differs from the upstream file"   # the watcher's log: a worker lacked what was applied
+STRAY = "no longer take connections"   # ... a worker that answered a push stopped taking connections
 
 
 def every_worker_detail(nginx, tries=40):
@@ -84,20 +91,25 @@ def file_holds(path, expected):
                for name, port in expected.items())
 
 
-def run(rounds, services, wait, old_watcher=None):
+def run(rounds, services, wait, old_watcher=None, flavor="tengine", quiescence_max=None):
     results = []
     with tempfile.TemporaryDirectory(prefix="reload-race-") as tmp, ConsulAgent() as agent, \
             Backends(count=2) as backends:
         tmp_path = Path(tmp)
         upstream_file = tmp_path / "upstreams.conf"
-        nginx = Tengine(workers=2, upstream_file=str(upstream_file))
+        nginx = flavor_class(flavor)(workers=2, upstream_file=str(upstream_file))
         nginx.start()
         names = [f"Svc{i}" for i in range(services)]
         where = {}
         for i, name in enumerate(names):
             where[name] = backends.ports[i % 2]
             agent.register(name, f"{name}-1", port=where[name], check=False)
-        watcher = make_watcher(tmp_path, agent, nginx, upstream_file, old_watcher, drift_interval=300)
+        extra = {}
+        if quiescence_max is not None:   # a sync every quiescence_max at least while the moves go on
+            extra.update(quiescence_max=quiescence_max, quiescence_min=min(0.02, quiescence_max))
+        if old_watcher and (Path(old_watcher) / "nginx_processes.py").exists():
+            extra["nginx_pid_file"] = str(nginx.prefix / "nginx.pid")
+        watcher = make_watcher(tmp_path, agent, nginx, upstream_file, old_watcher, drift_interval=300, **extra)
         try:
             watcher.start()
             deadline = time.monotonic() + 20
@@ -132,12 +144,17 @@ def run(rounds, services, wait, old_watcher=None):
                         took = round(time.monotonic() - last_move, 3)
                         break
                     time.sleep(0.02)
+                lines = watcher.log_text()[log_mark:].splitlines()
+                strays = [i for i, line in enumerate(lines) if STRAY in line]
                 results.append({"round": number, "moves": len(moves), "file_written_after": applied,
                                 "converged_after": took,
-                                "workers_behind_the_file": None if took is None else round(took - applied, 3)})
+                                "workers_behind_the_file": None if took is None else round(took - applied, 3),
+                                "repairs": sum(REPAIR in line for line in lines), "stray_checks": len(strays),
+                                "repairs_after_a_stray_check": sum(REPAIR in line for line in lines[strays[0]:])
+                                if strays else 0})
                 if took is None or took > 1:   # what the watcher did meanwhile, for the reader
                     results[-1]["watcher_log"] = [line[24:200] for line in watcher.log_text()[log_mark:].splitlines()
-                                                  ][-16:]
+                                                  ][-40:]
                 print(json.dumps(results[-1]), flush=True)
                 if took is None:   # put it right before the next round (a restart of the watcher reads everything)
                     watcher.stop()
@@ -150,11 +167,13 @@ def run(rounds, services, wait, old_watcher=None):
             nginx.stop()
     times = sorted(r["converged_after"] for r in results if r["converged_after"] is not None)
     behind = sorted(r["workers_behind_the_file"] for r in results if r["converged_after"] is not None)
-    return {"watcher": "old" if old_watcher else "this", "rounds": len(results),
+    return {"watcher": old_watcher or "this", "flavor": flavor, "quiescence_max": quiescence_max, "rounds": len(results),
             "lost_rounds": sum(r["converged_after"] is None for r in results),
             "converged_after_max": times[-1] if times else None,
             "converged_after_median": times[len(times) // 2] if times else None,
             "workers_behind_the_file_max": behind[-1] if behind else None,
+            "rounds_with_repairs": sum(bool(r["repairs"]) for r in results),
+            "rounds_repaired_after_a_stray_check": sum(bool(r["repairs_after_a_stray_check"]) for r in results),
             "load_average": os.getloadavg()}
 
 
@@ -163,9 +182,14 @@ def main():
     parser.add_argument("--rounds", type=int, default=8)
     parser.add_argument("--services", type=int, default=20)
     parser.add_argument("--wait", type=float, default=5.0, help="seconds after the last move before a round counts as lost")
-    parser.add_argument("--old-watcher", help="DIR/plugins/watcher of another watcher (run without nginx_pid_file)")
+    parser.add_argument("--flavor", choices=["tengine", "lua"], default="tengine")
+    parser.add_argument("--quiescence-max", type=float,
+                        help="the watcher's quiescence_max (default: its own, 0.25 s); lower, more POSTs fall around the reload")
+    parser.add_argument("--old-watcher", help="DIR/plugins/watcher of another watcher (with nginx_pid_file when it "
+                                              "has nginx_processes.py)")
     args = parser.parse_args()
-    print(json.dumps(run(args.rounds, args.services, args.wait, args.old_watcher)), flush=True)
+    print(json.dumps(run(args.rounds, args.services, args.wait, args.old_watcher, args.flavor, args.quiescence_max)),
+          flush=True)
 
 
 if __name__ == "__main__":

@@ -136,6 +136,39 @@ def test_only_workers_that_take_connections_are_waited_for(tmp_path):
     assert nginx_processes.accepting_workers(frozenset({1, 2, 3, 4, 5}), proc=str(tmp_path)) == {1, 4}
 
 
+def test_a_worker_that_answered_a_push_and_stopped_taking_connections_is_a_stray_once(tmp_path):
+    """The transport below stands in for the interface's answers (the header only); /proc is written here."""
+    titles = {1: "nginx: worker process", 2: "nginx: worker process", 3: "nginx: worker process"}
+    for pid, title in titles.items():
+        (tmp_path / str(pid)).mkdir()
+        (tmp_path / str(pid) / "cmdline").write_bytes(title.encode() + b"\0")
+    answers = iter([(200, b"", {"x-dyups-worker": "1"}), (200, b"", {"x-dyups-worker": "2"}),
+                    (200, b"", {"x-dyups-worker": "3"}), (200, b"", {}), (404, b"", {"x-dyups-worker": "2"})])
+    answered = nginx_processes.AnsweringWorkers(lambda *_args: next(answers))
+    answered("POST", "http://i/upstream/a", b"", 1.0)
+    answered("DELETE", "http://i/upstream/b", None, 1.0)
+    answered("GET", "http://i/detail", None, 1.0)       # reads are not pushes
+    answered("POST", "http://i/upstream/c", b"", 1.0)    # no header: nothing to keep
+    now = Generation(100, frozenset({1, 2, 3}))
+    assert answered.strays(now, proc=str(tmp_path)) == frozenset()
+    (tmp_path / "2" / "cmdline").write_bytes(b"nginx: worker process is shutting down\0")   # a reload's old worker
+    assert answered.strays(now, proc=str(tmp_path)) == {2}
+    assert answered.strays(now, proc=str(tmp_path)) == frozenset()        # once
+    assert answered.strays(Generation(100, frozenset({3})), proc=str(tmp_path)) == {1}   # gone
+    answered("DELETE", "http://i/upstream/b", None, 1.0)                  # answered by 2 again (a 404)
+    assert answered.strays(now, proc=str(tmp_path)) == {2}
+
+
+def test_a_stray_is_reported_by_the_poll(master):
+    process, pid_file, _kids = master
+    strays = []
+    answered = nginx_processes.AnsweringWorkers(lambda *_args: (200, b"", {"x-dyups-worker": str(process.pid)}))
+    answered("POST", "http://i/upstream/a", b"", 1.0)    # the master is no worker of its own: a stray
+    watcher = nginx_processes.ProcessWatcher(str(pid_file), 0.05, lambda _generation: None, answered, strays.append)
+    assert watcher.poll() and strays == [{process.pid}]
+    assert not watcher.poll()
+
+
 @pytest.mark.parametrize("value", [0, -1, 11])
 def test_the_poll_interval_is_checked(value):
     with pytest.raises(watcher_settings.SettingsError, match="nginx_poll_interval"):
