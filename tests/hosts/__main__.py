@@ -6,6 +6,8 @@
   python -m tests.hosts ssh RUN NAME [CMD]  a shell or command in a container, over ssh
   python -m tests.hosts link RUN NAME up|down   cut a container off the bridge, or reconnect it
   python -m tests.hosts base-key            the key of the base root filesystem (for caches)
+
+SKDY_SUITE=trixie makes `up` (and `base-key`) use Debian 13 in place of the default, bookworm.
 """
 
 from __future__ import annotations
@@ -49,7 +51,7 @@ def main(argv: list[str]) -> int:
             entry = next(c for c in load(args[0])["containers"] if c["name"] == args[1])
             network.link_state(entry["link"], args[2] == "up")
         elif command == "base-key" and not args:
-            print(base.key())
+            print(base.key(base.suite_from_env()))
         else:
             print(__doc__, file=sys.stderr)
             return 2

@@ -7,6 +7,7 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import json
+import os
 import shutil
 import time
 from pathlib import Path
@@ -15,9 +16,18 @@ from tests.hosts.errors import HostsError
 from tests.hosts.paths import CACHE
 from tests.hosts.system import need, run, say
 
-SUITE = "bookworm"
+SUITE = "bookworm"  # the default: what CI runs
+SUITES = ("bookworm", "trixie")  # Debian 12 and 13; SKDY_SUITE picks one
 PACKAGES = ["systemd", "systemd-sysv", "dbus", "python3", "openssh-server", "iproute2", "procps"]
 LAYOUT = 2  # bump when the set-up below changes
+
+
+def suite_from_env() -> str:
+    """The suite of the run's containers: SKDY_SUITE (unset or empty: SUITE), one of SUITES."""
+    suite = os.environ.get("SKDY_SUITE") or SUITE
+    if suite not in SUITES:
+        raise HostsError(f"SKDY_SUITE must be one of {', '.join(SUITES)}: {suite!r}")
+    return suite
 
 
 def key(suite: str = SUITE, packages: list[str] | None = None) -> str:

@@ -20,8 +20,10 @@ def new_run_id() -> str:
     return f"{int(time.time())}-{os.getpid()}"
 
 
-def up(run_id: str, names: list[str], suite: str = base.SUITE) -> dict:
-    """Start the containers `names`; on any failure undo what was made, then raise."""
+def up(run_id: str, names: list[str], suite: str | None = None) -> dict:
+    """Start the containers `names` (Debian `suite`; None: SKDY_SUITE or bookworm); on any failure
+    undo what was made, then raise."""
+    suite = suite or base.suite_from_env()
     need("debootstrap", "systemd-nspawn", "ssh", "ssh-keygen", "apt-cacher-ng", "nsenter", "ip", "mount")
     if os.geteuid() != 0:
         raise HostsError("the test hosts need root (bridges, mounts, systemd-nspawn)")

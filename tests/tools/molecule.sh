@@ -16,6 +16,10 @@
 # supervisor (tests/hosts/demo_check.py --short); it runs only when named, like tests/run.sh's demo stage (the
 # full form), both outside the default run: beside the four scenarios it pushed CI past 30 minutes on 2 cores.
 #
+# SKDY_SUITE=trixie runs the _host scenarios on Debian 13 containers in place of the default, bookworm (Debian 12,
+# what CI runs); named only, e.g. `SKDY_SUITE=trixie tests/tools/molecule.sh nginx_host`. Its package cache
+# is a group of its own (<scenario>-trixie), so that a bookworm run beside it keeps its proxy to itself.
+#
 # Needs root, tests/tools/install-system-deps.sh and tests/tools/venv.sh done, ../shared/tengine
 # beside the checkout (or TENGINE_TARBALL, or SKDY_TENGINE_TARBALL). Logs end up in tests/output/molecule/.
 set -euo pipefail
@@ -73,10 +77,12 @@ run_on_host() {
   local scenario=$1 status=0 run=${SKDY_RUN:-}
   [ -f "$SKDY_TENGINE_TARBALL" ] || { echo "molecule: no Tengine tarball at $SKDY_TENGINE_TARBALL" >&2; return 2; }
   if [ -z "$run" ] || [ ! -f "/var/tmp/swallowkeeper-dyups-hosts/$run/state.json" ]; then
-    run=${run:-$scenario-$(date -u +%H%M%S)-$$}
+    local suffix=""
+    [ -z "${SKDY_SUITE:-}" ] || [ "$SKDY_SUITE" = bookworm ] || suffix=-$SKDY_SUITE
+    run=${run:-$scenario$suffix-$(date -u +%H%M%S)-$$}
     [ "$command" = test ] && current_run=$run
     local start=$SECONDS
-    export SKDY_APT_CACHE_GROUP=$scenario  # scenarios side by side: one package cache each
+    export SKDY_APT_CACHE_GROUP=$scenario$suffix  # scenarios (and suites) side by side: one package cache each
     local names
     read -r -a names < <(platforms "$scenario")
     if [ "$command" = test ]; then hosts up "$run" "${names[@]}" >/dev/null
