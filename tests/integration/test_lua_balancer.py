@@ -276,22 +276,34 @@ def test_host_name_servers_are_balanced_to_their_address(nginx_lua_factory, back
     assert "[::1]:" + str(port) in nginx.error_log_text()     # the IPv6 peer was tried
 
 
-class _ClosesSilently(http.server.BaseHTTPRequestHandler):
+class _Says(http.server.BaseHTTPRequestHandler):
+    """A backend that answers every GET with 200 and ``BODY``."""
+
+    BODY = b""
+
+    def do_GET(self):  # noqa: N802  (http.server's name)
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(self.BODY)))
+        self.end_headers()
+        self.wfile.write(self.BODY)
+        self.answered()
+
+    def answered(self):
+        """Called after each answer."""
+
+    def log_message(self, *args):  # pylint: disable=arguments-differ
+        pass
+
+
+class _ClosesSilently(_Says):
     """HTTP/1.1 answers without ``Connection: close``, then the connection closed: a kept-alive connection that
     the server drops right after answering (many backends do, at their idle timeout or request limit)."""
 
     protocol_version = "HTTP/1.1"
+    BODY = b"ok\n"
 
-    def do_GET(self):  # noqa: N802  (http.server's name)
-        body = b"ok\n"
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
+    def answered(self):
         self.close_connection = True
-
-    def log_message(self, *args):  # pylint: disable=arguments-differ
-        pass
 
 
 def test_one_server_is_tried_again_when_its_kept_alive_connection_was_closed(nginx_lua_factory):
@@ -317,16 +329,8 @@ class _IPv6Server(http.server.ThreadingHTTPServer):
     address_family = socket.AF_INET6
 
 
-class _SayIPv6(http.server.BaseHTTPRequestHandler):
-    def do_GET(self):  # noqa: N802  (http.server's name)
-        body = b"6\n"
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args):  # pylint: disable=arguments-differ
-        pass
+class _SayIPv6(_Says):
+    BODY = b"6\n"
 
 
 def test_ipv6_peers_are_used(nginx_lua_factory):
