@@ -23,6 +23,8 @@ from __future__ import annotations
 import socket
 import threading
 
+from tests.support.ports import close_listener
+
 
 class CutProxy:
     def __init__(self, target_port: int, target_host: str = "127.0.0.1") -> None:
@@ -88,8 +90,7 @@ class CutProxy:
         self.cut()
         if self._held is not None:
             _close(self._held)
-        _close(self.listener)
-        self._thread.join(5)
+        close_listener(self.listener, self._thread, 5)
 
     def _accept(self) -> None:
         while not self._stopped:

@@ -23,3 +23,20 @@ def wait_port(port, host="127.0.0.1", timeout=10.0):
             if time.monotonic() > deadline:
                 raise TimeoutError(f"nothing listens on {host}:{port} after {timeout}s") from None
             time.sleep(0.02)
+
+
+def close_listener(listener, thread, timeout=10.0):
+    """Stop ``thread``, which accepts connections on ``listener`` (its loop returns on OSError), then close
+    the socket, in that order. A listening socket closed while its thread may still call accept() frees
+    its file descriptor number, and the next socket this process opens (often another test's server)
+    gets it: the old thread then accepts that server's connections. Seen in CI rehearsal: two threads of
+    a fake Consul left in accept() on the fd of the next test's fake dyups server took its connections,
+    a syncer test failed and the server's shutdown hung. shutdown() wakes an accept() in progress and
+    makes the next one fail (Linux); the descriptor is freed only once the thread is gone (or after
+    ``timeout``, when it is busy with a connection and no longer accepting)."""
+    try:
+        listener.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+    thread.join(timeout)
+    listener.close()

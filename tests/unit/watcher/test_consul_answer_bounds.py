@@ -18,6 +18,7 @@ import pytest
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._consul_client import ConsulClient, ConsulUnavailable
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._errors import TransportError
 from ansible_collections.swallowkeeper.dyups.plugins.watcher.transport import KeepAliveTransport
+from tests.support.ports import close_listener
 
 
 class TricklingConsul:
@@ -57,8 +58,7 @@ class TricklingConsul:
 
     def __exit__(self, *exc):
         self.stopping.set()
-        self.listener.close()
-        self.thread.join(timeout=10)
+        close_listener(self.listener, self.thread)
 
 
 def timed(call):

@@ -15,7 +15,7 @@ import pytest
 
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._errors import TransportError
 from ansible_collections.swallowkeeper.dyups.plugins.watcher.transport import KeepAliveTransport
-from tests.support.ports import free_port
+from tests.support.ports import close_listener, free_port
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):
@@ -188,10 +188,11 @@ def streaming_server():
                 return
             threading.Thread(target=answer, args=(connection,), daemon=True).start()
 
-    threading.Thread(target=accept, daemon=True).start()
+    accepting = threading.Thread(target=accept, daemon=True)
+    accepting.start()
     yield f"http://127.0.0.1:{listener.getsockname()[1]}/"
     stop.set()
-    listener.close()
+    close_listener(listener, accepting)
 
 
 def test_close_during_a_body_read_is_a_transport_error_never_another_exception(streaming_server):
