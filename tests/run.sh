@@ -147,7 +147,7 @@ for stage in "${stages[@]}"; do
     start_molecule
   fi
   case "$stage" in
-    unit)        run unit "${pytest[@]}" -q tests/unit ;;
+    unit)        run unit "${pytest[@]}" -q --timeout 300 tests/unit ;;
     integration) run integration "${pytest[@]}" -q --timeout 600 --durations=25 tests/integration ;;
     conformance) run conformance "${pytest[@]}" -q --timeout 300 tests/conformance ;;
     sanity)      run sanity tests/tools/sanity.sh
