@@ -31,4 +31,3 @@ def test_a_thread_blocked_in_accept_is_gone_before_the_socket_is_closed():
     assert not thread.is_alive(), "a plain close() leaves the thread in accept(), on a number the next socket gets"
     assert time.monotonic() - started < 2
     assert listener.fileno() == -1
-
