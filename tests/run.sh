@@ -169,7 +169,7 @@ fi
 printf '%s\n' "${results[@]}"
 for log in "${failures[@]}"; do  # what failed, from each failed stage's log (pytest's FAILED/ERROR lines,
   echo "what failed, from $log:"  # a bench part's or a scenario's failure)
-  grep -a -m 40 -E '^(FAILED|ERROR) |--- bench: .* FAILED|^fatal: |FAILED! =>|exit [1-9][0-9]* after|failed=[1-9]' "$log" || echo "  (no line matched: read the log)"
+  grep -a -m 40 -E '^(FAILED|ERROR)[: ]|--- bench: .* FAILED|^fatal: |FAILED! =>|exit [1-9][0-9]* after|failed=[1-9]' "$log" || echo "  (no line matched: read the log)"
 done
 [ $status -eq 0 ] && echo "all stages passed" || echo "some stages FAILED"
 exit $status
