@@ -96,9 +96,17 @@ def test_the_guard_refuses_proxied_and_browser_requests(tmp_path, proxy_factory,
         # accepts for "evil" gets 502 (seen in a CI rehearsal). Every worker routes it once 12 in a row get 403.
         nginx.wait_for(lambda: all(nginx.request("/list", upstream="evil")[0] == 403 for _unused in range(12)),
                        "every worker routes upstream evil to the guarded interface", timeout=15)
-        status, text, _headers = nginx.request("/upstream/victim", upstream="evil", method="POST",
-                                               body="server 6.6.6.6:80;")
-        assert status == 403, (status, text)
+        # The guard answers 403 without reading the body; under load the proxy sometimes loses that answer
+        # to the connection's reset while it still sends the body, and answers 502 itself (seen in two CI
+        # rehearsals on Tengine). Either way nothing changed (checked below); the guard's own 403 must come.
+        answers = []
+        for _unused in range(20):
+            status, text, _headers = nginx.request("/upstream/victim", upstream="evil", method="POST",
+                                                   body="server 6.6.6.6:80;")
+            answers.append(status)
+            if status != 502:
+                break
+        assert status == 403, (answers, text)
         # A web page's POST: text/plain, any Host and Origin, no X-Dyups-Secret
         status, _text, _headers = http_request(tcp_port, "POST", "/upstream/victim", "server 6.6.6.6:80;",
                                                {"Content-Type": "text/plain", "Host": "example.test",
