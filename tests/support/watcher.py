@@ -73,17 +73,56 @@ class WatcherProcess:
         self.settings.update(changes)
         self._write_config()
 
-    def start(self, timeout=20.0):
-        log = open(self.log_path, "ab")
-        self.process = subprocess.Popen(_command(self.config_path, entry=self.entry, python_args=self.python_args), stdout=log, stderr=subprocess.STDOUT,
-                                        cwd=str(ROOT), env=dict(os.environ, PYTHONUNBUFFERED="1"))
-        log.close()
-        try:
-            wait_port(self.port, timeout=timeout)
-        except TimeoutError:
+    def start(self, timeout=20.0, attempts=5):
+        """Start the watcher; return once its own status endpoint listens. The port was free when
+        free_port() picked it, but another process (a test's nginx, another run beside this one) can take
+        it before the watcher binds it: then the watcher exits saying so, and it is started again on a
+        new port (the log line naming the port, not just something listening there, says it is ours)."""
+        for attempt in range(attempts):
+            offset = self.log_path.stat().st_size if self.log_path.exists() else 0
+            log = open(self.log_path, "ab")
+            self.process = subprocess.Popen(_command(self.config_path, entry=self.entry, python_args=self.python_args),
+                                            stdout=log, stderr=subprocess.STDOUT,
+                                            cwd=str(ROOT), env=dict(os.environ, PYTHONUNBUFFERED="1"))
+            log.close()
+            outcome = self._wait_listening(offset, timeout)
+            if outcome == "listening":
+                return self
+            if outcome == "port taken" and attempt + 1 < attempts:
+                self._move_to(free_port())
+                continue
             self.stop()
-            raise RuntimeError(f"the watcher did not start:\n{self.log_text()[-3000:]}") from None
-        return self
+            raise RuntimeError(f"the watcher did not start ({outcome}):\n{self.log_text()[-3000:]}")
+        raise AssertionError("unreachable")
+
+    def _wait_listening(self, offset, timeout):
+        """"listening", "port taken" (it exited: its status port was in use) or why it did not start."""
+        ours = self.settings.get("status_listen") == f"127.0.0.1:{self.port}"
+        if not ours:   # no status endpoint of the harness's choosing: something listening must do
+            try:
+                wait_port(self.port, timeout=timeout)
+                return "listening"
+            except TimeoutError:
+                return f"nothing listens on {self.port} after {timeout}s"
+        line = f"on http://127.0.0.1:{self.port}/"
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            text = self.log_text()[offset:]
+            if line in text:
+                wait_port(self.port, timeout=max(0.1, deadline - time.monotonic()))
+                return "listening"
+            if self.process.poll() is not None:
+                return "port taken" if "already in use" in text else f"exited {self.process.returncode}"
+            time.sleep(0.02)
+        return f"no status endpoint after {timeout}s"
+
+    def _move_to(self, port):
+        """The same settings on another status port (new config and log files, named by the port)."""
+        self.port = port
+        self.settings["status_listen"] = f"127.0.0.1:{port}"
+        self.config_path = self.workdir / f"watcher-{port}.json"
+        self.log_path = self.workdir / f"watcher-{port}.log"
+        self._write_config()
 
     def __enter__(self):
         return self.start()
