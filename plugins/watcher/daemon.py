@@ -89,6 +89,8 @@ class Daemon:
         self.nginx = (nginx_processes.NginxProcesses(settings, self._on_new_nginx, self.metrics, answered,
                                                      self._on_stray_answers)
                       if settings.nginx_pid_file else None)
+        if self.nginx is not None:  # a zone-paced push waits until every worker has read what was sent (zone_fit.py)
+            syncer.pushes.pacer.drain = self.nginx.reader.read_everywhere
 
     def _on_new_nginx(self, generation: nginx_processes.Generation) -> None:
         if generation.new_master:

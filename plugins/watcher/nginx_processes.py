@@ -48,9 +48,10 @@ from urllib.parse import urlsplit
 
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._dyups_client import DyupsClient
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._dyups_options import secret_headers
-from ansible_collections.swallowkeeper.dyups.plugins.module_utils._errors import TransportError
+from ansible_collections.swallowkeeper.dyups.plugins.module_utils._errors import DyupsError, TransportError
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._http_keepalive import UnixHTTPConnection, split_unix
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._servers import Server
+from ansible_collections.swallowkeeper.dyups.plugins.module_utils._upstream import Upstream
 
 log = logging.getLogger("swallowkeeper.watcher")
 
@@ -306,6 +307,32 @@ class WorkerReader:
                       len(wanted & set(seen)), len(wanted))
         kept = [detail for worker, detail in seen.items() if worker in current]
         return (kept or list(seen.values())), True
+
+    def read_everywhere(self, name: str, upstream: Optional[Upstream], check: bool) -> bool:
+        """GET ``/upstream/NAME`` on new connections until every worker that takes connections answered:
+        a Tengine worker reads the changes other workers left in the zone before it answers a GET
+        (zone_fit.Pacer). ``check``: only an answer that holds what ``upstream`` holds counts (None: no
+        such upstream), so a worker whose read was skipped (a busy zone lock) is asked again. False when
+        not every worker answered so within READS_PER_WORKER connections each, or none names itself."""
+        master = read_pid_file(self.pid_file)
+        wanted = accepting_workers(children(master)) if master is not None else frozenset()
+        expected = None if upstream is None else {(server.host, server.port) for server in upstream.servers}
+        if upstream is not None and any(server.kind == "hostname" for server in upstream.servers):
+            check = False  # Tengine holds the addresses a name resolved to
+        read: Set[int] = set()
+        for _attempt in range(len(wanted) * READS_PER_WORKER):
+            try:
+                answer = self.client.get(name)
+            except DyupsError:
+                return False
+            worker = self.transport.last_headers.get(WORKER_HEADER, "")
+            if not worker.isdigit():
+                return False
+            if not check or (None if answer is None else set(answer)) == expected:
+                read.add(int(worker))
+            if wanted <= read:
+                return True
+        return False
 
     def delete_from_holder(self, name: str, workers: int) -> bool:
         """DELETE ``name`` on new connections until a worker that holds it answers 200 (at most

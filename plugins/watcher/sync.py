@@ -87,8 +87,12 @@ class Syncer:
             hold_seconds=settings.removal_hold_seconds, window=settings.removal_guard_window), self._server_count)
         # what this watcher owns beyond the file (owned_state.py): DELETEs not confirmed yet, a hold
         owned = owned_state.load(settings.upstream_file, clock()) if not dry_run else owned_state.OwnedState()
+        # Tengine's dyups_shm_zone_size in bytes (0: not checked); a body that cannot fit is never sent, and
+        # none while the changes sent before it may leave it no room (zone_fit.py)
+        self.zone_bytes = zone_fit.parse_size(settings.dyups_shm_zone_size) if settings.dyups_shm_zone_size else 0
         # owned, out of the file, DELETE pending
-        self.pushes = Pushes(client, metrics, self.applied, set(owned.pending_deletes) - set(self.applied))
+        self.pushes = Pushes(client, metrics, self.applied, set(owned.pending_deletes) - set(self.applied),
+                             zone_fit.Pacer(self.zone_bytes, metrics))
         if owned.hold is not None:
             self.hold.resume(owned.hold.confirmed, owned.hold.base, owned.window, clock())
             log.warning("a removal hold from before the restart goes on (Consul confirmed it for %.0fs so far)",
@@ -101,8 +105,6 @@ class Syncer:
         self.skipped: List[dict] = []
         self.hosts = HostNames(settings.hosts_file, settings.resolve_timeout, policy=settings.policy)  # servers written as host names
         self.resolve: Optional[Resolve] = None   # the drift check's resolver
-        # Tengine's dyups_shm_zone_size in bytes (0: not checked); a body that cannot fit is never sent (zone_fit.py)
-        self.zone_bytes = zone_fit.parse_size(settings.dyups_shm_zone_size) if settings.dyups_shm_zone_size else 0
         self._update_gauges()
 
     # -- desired state ---------------------------------------------------------------------------
