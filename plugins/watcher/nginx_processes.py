@@ -52,11 +52,11 @@ from ansible_collections.swallowkeeper.dyups.plugins.module_utils._errors import
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._http_keepalive import UnixHTTPConnection, split_unix
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._servers import Server
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._upstream import Upstream
+from ansible_collections.swallowkeeper.dyups.plugins.watcher.dict_fit import FREE_HEADER  # the Lua dict's (api.lua)
 
 log = logging.getLogger("swallowkeeper.watcher")
 
 WORKER_HEADER = "x-dyups-worker"  # add_header X-Dyups-Worker $pid always; on the interface's location
-FREE_HEADER = "x-dyups-free-space"  # the Lua flavor's shared dict: free bytes (api.lua)
 READS_PER_WORKER = 16  # new connections tried per worker before giving up on seeing them all
 # After new workers, every current worker is read again (and what it lacks pushed) until all agree with
 # what is applied, for at most this long: around a reload a POST can land on an old worker that is about
@@ -385,6 +385,8 @@ class NginxProcesses:
                 time.sleep(SETTLE_PAUSE)
         free = self.reader.free_space
         self.metrics.set(dyups_free_bytes=-1 if free is None else free)
+        if free is not None:
+            syncer.dict_space.seen({FREE_HEADER: str(free)})
         return report
 
     def _delete_from_holders(self, syncer: Any, details: List[Detail]) -> bool:

@@ -52,7 +52,7 @@ from ansible_collections.swallowkeeper.dyups.plugins.module_utils._resolve impor
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._servers import Server
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._upstream import Upstream
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._validate_config import ConfigCheckFailed, check_config
-from ansible_collections.swallowkeeper.dyups.plugins.watcher import check_budget, owned_state, safety, zone_fit
+from ansible_collections.swallowkeeper.dyups.plugins.watcher import check_budget, dict_fit, owned_state, safety, zone_fit
 from ansible_collections.swallowkeeper.dyups.plugins.watcher.host_names import HostNames
 from ansible_collections.swallowkeeper.dyups.plugins.watcher.metrics import Metrics
 from ansible_collections.swallowkeeper.dyups.plugins.watcher.pushes import Pushes, SyncReport, describe_change
@@ -93,6 +93,9 @@ class Syncer:
         # owned, out of the file, DELETE pending
         self.pushes = Pushes(client, metrics, self.applied, set(owned.pending_deletes) - set(self.applied),
                              zone_fit.Pacer(self.zone_bytes, metrics))
+        # the Lua flavor's shared dict: its free bytes as the interface said last (dict_fit.py; the daemon
+        # keeps it from every answer)
+        self.dict_space = dict_fit.FreeSpace()
         if owned.hold is not None:
             self.hold.resume(owned.hold.confirmed, owned.hold.base, owned.window, clock())
             log.warning("a removal hold from before the restart goes on (Consul confirmed it for %.0fs so far)",
@@ -133,6 +136,11 @@ class Syncer:
         if too_big:
             self.skipped.extend(too_big)
             self.metrics.count("zone_refusals", len(too_big))
+            self._refused_names |= unfit
+        limited, too_big, unfit = dict_fit.limit(limited, self.applied, self.dict_space.bytes)
+        if too_big:
+            self.skipped.extend(too_big)
+            self.metrics.count("dict_refusals", len(too_big))
             self._refused_names |= unfit
         return limited, names
 
