@@ -101,7 +101,7 @@ class Pushes:
             body = post_body(upstream) if self.pacer.unread is not None else None
             self.pacer.before(name, body)
             try:
-                self.client.update(upstream)
+                self.client.update(upstream, body)
             except DyupsError as exc:
                 self.pacer.sent(name, upstream, body, answered=False)
                 self._failed(report, name, exc)

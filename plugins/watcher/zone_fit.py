@@ -48,7 +48,6 @@ from __future__ import annotations
 import logging
 import re
 import time
-from collections import Counter
 from typing import Callable, Dict, List, Mapping, Optional, Set, Tuple
 
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._dyups_wire import post_body
@@ -89,10 +88,7 @@ def zone_pages(zone_bytes: int) -> int:
 
 def slot_size(length: int) -> int:
     """The slot a piece of at most SLOT_MAX bytes takes: the next power of two, at least SLOT_MIN."""
-    size = SLOT_MIN
-    while size < length:
-        size *= 2
-    return size
+    return SLOT_MIN if length <= SLOT_MIN else 1 << (length - 1).bit_length()
 
 
 def slots_per_page(size: int) -> int:
@@ -103,11 +99,18 @@ def slots_per_page(size: int) -> int:
     return count
 
 
+SLOTS_PER_PAGE = {1 << shift: slots_per_page(1 << shift) for shift in range(3, 12)}
+
+
+def _length(text: str) -> int:
+    return len(text) if text.isascii() else len(text.encode("utf-8"))
+
+
 def message_pieces(name: str, body: Optional[str]) -> List[int]:
     """Bytes of each piece a change puts in the zone (ngx_http_dyups_send_msg): ``body`` None is a DELETE."""
-    pieces = [MESSAGE, PIDS, len(name.encode("utf-8"))]
+    pieces = [MESSAGE, PIDS, _length(name)]
     if body:
-        pieces.append(len(body.encode("utf-8")))
+        pieces.append(_length(body))
     return pieces
 
 
@@ -117,34 +120,47 @@ class Unread:
 
     def __init__(self, zone_bytes: int) -> None:
         self.zone_pages = zone_pages(zone_bytes)
-        self.slots: Counter = Counter()   # slot size: pieces
-        self.big_pages = 0                # whole pages of the pieces bigger than SLOT_MAX
+        self.slots: Dict[int, int] = {}   # slot size: pieces
         self.messages = 0
+        self.taken = CONTEXT_PAGES        # pages: the context's, whole pages of big pieces, pages of slots
+
+    def _more(self, pieces: List[int]) -> Tuple[int, Dict[int, int]]:
+        """(pages, {slot size: pieces}) that ``pieces`` add to what is counted."""
+        pages = 0
+        added: Dict[int, int] = {}
+        for length in pieces:
+            if length > SLOT_MAX:
+                pages += -(-length // PAGE)
+            else:
+                size = slot_size(length)
+                added[size] = added.get(size, 0) + 1
+        for size, count in added.items():
+            per_page, before = SLOTS_PER_PAGE[size], self.slots.get(size, 0)
+            pages += -(-(before + count) // per_page) - -(-before // per_page)
+        return pages, added
+
+    def more(self, name: str, body: Optional[str]) -> Tuple[int, Dict[int, int]]:
+        """What a change of ``name`` (and ``body``) adds to what is counted now: for ``add``."""
+        return self._more(message_pieces(name, body))
 
     def pages(self, name: Optional[str] = None, body: Optional[str] = None) -> int:
         """Pages taken, with a change of ``name`` (and ``body``) more when given."""
-        slots, big = Counter(self.slots), self.big_pages
-        for length in message_pieces(name, body) if name is not None else ():
-            if length > SLOT_MAX:
-                big += -(-length // PAGE)
-            else:
-                slots[slot_size(length)] += 1
-        return CONTEXT_PAGES + big + sum(-(-count // slots_per_page(size)) for size, count in slots.items())
+        return self.taken + (self.more(name, body)[0] if name is not None else 0)
 
     def room(self, name: str, body: Optional[str]) -> bool:
         return self.pages(name, body) <= self.zone_pages
 
-    def add(self, name: str, body: Optional[str]) -> None:
-        for length in message_pieces(name, body):
-            if length > SLOT_MAX:
-                self.big_pages += -(-length // PAGE)
-            else:
-                self.slots[slot_size(length)] += 1
+    def add(self, name: str, body: Optional[str], more: Optional[Tuple[int, Dict[int, int]]] = None) -> None:
+        """Count a change; ``more``: ``more(name, body)`` made since the last change counted."""
+        pages, added = more if more is not None else self.more(name, body)
+        self.taken += pages
+        for size, count in added.items():
+            self.slots[size] = self.slots.get(size, 0) + count
         self.messages += 1
 
     def clear(self) -> None:
         self.slots.clear()
-        self.big_pages = self.messages = 0
+        self.messages, self.taken = 0, CONTEXT_PAGES
 
 
 def largest_body(zone_bytes: int, name: str = "") -> int:
@@ -177,10 +193,16 @@ class Pacer:
         self.sleep = sleep
         self.clock = clock
         self.last: Optional[Tuple[str, Optional[Upstream], bool]] = None  # the last change; answered 200
+        self._ahead: Optional[Tuple[str, Optional[str], Tuple[int, Dict[int, int]]]] = None  # before()'s count
 
     def before(self, name: str, body: Optional[str]) -> None:
-        if self.unread is None or self.unread.messages == 0 or self.unread.room(name, body):
+        if self.unread is None:
             return
+        more = self.unread.more(name, body)
+        self._ahead = (name, body, more)
+        if self.unread.messages == 0 or self.unread.taken + more[0] <= self.unread.zone_pages:
+            return
+        self._ahead = None
         started = self.clock()
         pages, messages = self.unread.pages(), self.unread.messages
         confirmed = False
@@ -200,7 +222,9 @@ class Pacer:
         """A POST (``upstream``) or DELETE (None) of ``name`` was sent; ``answered``: with 200."""
         if self.unread is None:
             return
-        self.unread.add(name, body)  # also when it failed: an unknown outcome may have left a message
+        ahead, self._ahead = self._ahead, None
+        more = ahead[2] if ahead is not None and ahead[0] == name and ahead[1] is body else None
+        self.unread.add(name, body, more)  # also when it failed: an unknown outcome may have left a message
         self.last = (name, upstream, answered)
 
 
