@@ -168,7 +168,10 @@ class ConsulSource:
         self.catalog: Optional[Dict[str, Tuple[str, ...]]] = None  # service -> sorted tags, from /v1/catalog/services
         self.merged = mapping.MergedMapping()  # service -> its mapping, merged as it changes
         self.lock = threading.Lock()
-        self.catalog_index: Optional[int] = None
+        # The X-Consul-Index of what the cache holds from each long poll's endpoint (a full read's answer or
+        # the last answer applied): an answer with a smaller one was read before that and is not applied
+        # (see _newer). Health only after a full read by node, which reads the checks in one answer.
+        self.read_index: Dict[str, Optional[int]] = {}
         self.node_addresses: Dict[str, Any] = {}  # node -> Node.Address, from /v1/catalog/nodes (see _fold_nodes)
         self.unread: Dict[str, str] = {}  # service -> why its last read failed; its last good state is kept, read again
         self.unsafe_nodes: List[str] = []  # nodes no path can read: full reads go service by service
@@ -400,12 +403,13 @@ class ConsulSource:
         log.warning("reading by node failed (%s), reading service by service: %s", consul_error_kind(exc), exc)
         self.metrics.error("consul_service_read")
 
-    def _fetch_by_node(self, names: Collection[str],
-                       nodes: Any = None) -> Optional[Tuple[List[Tuple[str, Compacted]], Dict[str, bytes]]]:
+    def _fetch_by_node(self, names: Collection[str], nodes: Any = None
+                       ) -> Optional[Tuple[List[Tuple[str, Compacted]], Dict[str, bytes], Optional[int]]]:
         """Every service in ``names`` as ``/v1/health/service/NAME`` would answer it, built from
         _instances_by_node and one ``/v1/health/state/any``: 2 + nodes requests instead of one per
-        service, and the digests of the node answers (see _instances_by_node). None when that is not
-        fewer requests, or when this Consul has no node-services endpoint (before 1.7).
+        service, the digests of the node answers (see _instances_by_node) and the X-Consul-Index of the
+        checks' answer. None when that is not fewer requests, or when this Consul has no node-services
+        endpoint (before 1.7).
 
         Instances are read before checks: an instance registered meanwhile is simply absent (the
         catalog poll reports it), never present without its checks and so taken for passing.
@@ -414,7 +418,8 @@ class ConsulSource:
         if by_node is None:
             return None
         instances, digests = by_node
-        pairs = health_index(self.client.health_state_any().data)
+        checks = self.client.health_state_any()
+        pairs = health_index(checks.data)
         result: List[Tuple[str, Compacted]] = []
         for name, found in instances.items():
             service_checks: Dict[InstanceKey, CheckPairs] = {}
@@ -425,7 +430,7 @@ class ConsulSource:
                         now, known = pairs.get(key, ()), self.checks.get(key)
                         service_checks[key] = known if known == now else now  # an equal old value is kept
             result.append((name, (found, service_checks)))
-        return result, digests
+        return result, digests, checks.index
 
     def refresh_all(self) -> None:
         """Read every selected service from Consul; raises ConsulError and changes nothing then."""
@@ -434,14 +439,15 @@ class ConsulSource:
         catalog = answer.data
         if not isinstance(catalog, dict):
             raise ConsulBadAnswer("/v1/catalog/services did not answer a JSON object", url=self.settings.consul_url)
-        nodes = self.client.catalog_nodes().data  # before the services: a later address change moves its poll
+        nodes_answer = self.client.catalog_nodes()  # before the services: a later address change moves its poll
+        nodes = nodes_answer.data
         chosen = sorted(name for name in catalog if self.options.selects(name))
         selected = [name for name in chosen if path_segment_safe(name)]
         by_node = self._fetch_by_node(selected, nodes) if self.read_by_node and len(selected) > 3 else None
-        fetched, digests = by_node if by_node is not None else (self._fetch_many(selected), {})
+        fetched, digests, checks_index = by_node if by_node is not None else (self._fetch_many(selected), {}, None)
         with self.lock:
             self.catalog = _catalog(catalog)
-            self.catalog_index = answer.index
+            self.read_index = {"catalog": answer.index, "nodes": nodes_answer.index, "health": checks_index}
             self.node_addresses = _node_addresses(nodes)
             self._set_unreadable([name for name in chosen if not path_segment_safe(name)])
             for name in set(self.entries) - set(selected):
@@ -475,28 +481,27 @@ class ConsulSource:
         """Fold a batch of watch events into the cache; True when a sync is needed.
 
         Each answer of a long poll is complete (every check not passing; every service name), so only
-        the newest of each kind in a batch counts, and it is compared with the cache, never with the
-        previous answer: whatever the cache learnt meanwhile from other reads, the newest answers
-        bring it to what Consul holds (docs/watcher.md, "How events are ordered").
+        the newest of each kind in a batch counts (the last: one poll's answers come in order), and it
+        is compared with the cache, never with the previous answer: whatever the cache learnt meanwhile
+        from other reads, the newest answers bring it to what Consul holds (docs/watcher.md, "How
+        events are ordered"). An answer older than what the cache holds from its endpoint is not
+        applied (see _newer).
         """
-        health: Any = None
-        catalog: Optional[Tuple[Any, ...]] = None
-        nodes: Any = None
+        latest: Dict[str, Tuple[Any, ...]] = {}
         reread = False
         for event in batch:
             if event[0] == "resync":
                 self.refresh_all()
                 return True
-            if event[0] == "health":
-                health = event[1]
-            elif event[0] == "catalog" and (event[2] != self.catalog_index or (len(event) > 3 and event[3])):
-                catalog = event  # an index reset (event[3]) is new data even when it lands on the cached index
-            elif event[0] == "nodes":
-                nodes = event[1]
+            if event[0] in ("health", "catalog", "nodes"):
+                latest[event[0]] = event
             elif event[0] == "reread":
                 reread = True
             elif event[0] == "consul_error":
                 self.note_failure(event[1], event[2])
+        health = latest["health"][1] if self._newer(latest.get("health")) else None
+        catalog = latest["catalog"] if self._newer(latest.get("catalog"), equal_is_news=False) else None
+        nodes = latest["nodes"][1] if self._newer(latest.get("nodes")) else None
         if health is None and catalog is None and nodes is None and not (reread or self.unread):
             return False
         refetch: Set[str] = set(self.unread)  # what failed before is read again with every batch
@@ -509,7 +514,7 @@ class ConsulSource:
             if nodes is not None:
                 self._fold_nodes(nodes, refetch)
         if catalog is not None:
-            self._fold_catalog(catalog[1], catalog[2], refetch)
+            self._fold_catalog(catalog[1], refetch)
         if refetch:
             fetched = self._fetch_many(refetch)
             with self.lock:
@@ -517,6 +522,28 @@ class ConsulSource:
                     self._store_compacted(name, compacted)
         self._schedule_reread()
         return bool(touched or refetch or catalog is not None)
+
+    def _newer(self, event: Optional[Tuple[Any, ...]], equal_is_news: bool = True) -> bool:
+        """Whether a long poll's answer is to be applied; if so, its index becomes the one the cache holds.
+
+        Not when its X-Consul-Index is below the one the cache holds from that endpoint: it was read
+        before a full read (or before the one a SIGHUP made, the old polls' answers still queued), and
+        folding it would take the cache back with no later answer to bring it forward again (the
+        poll's next answer comes with Consul's next change only). An index reset (event[3]: the poll
+        saw the index go back, as after a snapshot restore) is always applied. A catalog answer with
+        the cache's own index brings nothing (``equal_is_news`` False)."""
+        if event is None:
+            return False
+        kind, index = event[0], event[2]
+        known = self.read_index.get(kind)
+        reset = len(event) > 3 and event[3]
+        if not reset and known is not None and index is not None and (index < known or (index == known and not equal_is_news)):
+            if index < known:
+                self.metrics.count("consul_outdated_answers")
+                log.debug("%s answer at index %s not applied: the cache holds index %s of it", kind, index, known)
+            return False
+        self.read_index[kind] = index
+        return True
 
     def _fold_nodes(self, nodes: Any, refetch: Set[str]) -> None:
         """Apply a ``/v1/catalog/nodes`` answer (lock held): the services with an instance on a node
@@ -573,7 +600,7 @@ class ConsulSource:
                 self._drop_checks(key)  # the services read again bring it back if the node still has it
                 refetch.update(self.node_services.get(key[0], ()))
 
-    def _fold_catalog(self, catalog: Dict[str, Any], index: Optional[int], refetch: Set[str]) -> None:
+    def _fold_catalog(self, catalog: Dict[str, Any], refetch: Set[str]) -> None:
         """Apply a ``/v1/catalog/services`` answer with a new index.
 
         A new index means that some instance was registered, changed or deregistered, but the
@@ -585,7 +612,6 @@ class ConsulSource:
         """
         with self.lock:
             self.catalog = _catalog(catalog)
-            self.catalog_index = index
             chosen = {name for name in self.catalog if self.options.selects(name)}
             selected = {name for name in chosen if path_segment_safe(name)}
             self._set_unreadable(chosen - selected)

@@ -44,7 +44,8 @@ def ensure(mirror_url: str, suite: str = SUITE) -> Path:
     need("debootstrap")
     CACHE.mkdir(parents=True, exist_ok=True)
     target = path(suite)
-    with open(CACHE / "base.lock", "w", encoding="utf-8") as lock:
+    # One lock per suite: a bookworm and a trixie base (CI's scenarios use both) build side by side.
+    with open(CACHE / f"base-{suite}.lock", "w", encoding="utf-8") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if (target / ".complete").exists():
             return target

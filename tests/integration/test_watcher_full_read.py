@@ -121,3 +121,33 @@ def test_a_service_named_like_another_but_for_case_gets_only_its_own_instances(a
     finally:
         by_node.stop()
         by_service.stop()
+
+
+def test_an_answer_read_before_a_full_read_does_not_take_the_cache_back(agent):
+    """The restart-burst long profile (2026-12-07): a catalog answer read before Api registered, still
+    queued when a full read (a SIGHUP's, or the periodic one) saw Api, and the next answer, on the full
+    read's own index, folded in one batch: the newer was skipped as no news and the older folded, so Api
+    was dropped and no later answer brought it back. Answers older than what the cache holds from their
+    endpoint are not applied; the newest of a batch is the last."""
+    agent.register("Web", "web-1", port=8001)
+    source = source_for(agent)
+    try:
+        source.refresh_all()
+        old = source.client.catalog_services()
+        nodes_before = source.client.catalog_nodes()
+        agent.register("Api", "api-1", port=8101)
+        source.refresh_all()
+        assert "Api" in source.mapping().upstreams
+        new = source.client.catalog_services()
+        assert old.index < new.index   # new: the index the full read saw (nothing changed since)
+        source.apply_events([("catalog", old.data, old.index, None), ("catalog", new.data, new.index, None)])
+        assert "Api" in source.mapping().upstreams   # 2f33e87: dropped
+        source.apply_events([("catalog", old.data, old.index, None)])
+        source.apply_events([("nodes", nodes_before.data, nodes_before.index, None)])
+        assert "Api" in source.mapping().upstreams
+        assert source.metrics.counters.get("consul_outdated_answers", 0) >= 1
+        # an answer whose index went back (a restored snapshot) is applied all the same
+        source.apply_events([("catalog", old.data, old.index, "backwards")])
+        assert "Api" not in source.mapping().upstreams
+    finally:
+        source.stop()

@@ -16,9 +16,12 @@
 # supervisor (tests/hosts/demo_check.py --short); it runs only when named, like tests/run.sh's demo stage (the
 # full form), both outside the default run: beside the four scenarios it pushed CI past 30 minutes on 2 cores.
 #
-# SKDY_SUITE=trixie runs the _host scenarios on Debian 13 containers in place of the default, bookworm (Debian 12,
-# what CI runs); named only, e.g. `SKDY_SUITE=trixie tests/tools/molecule.sh nginx_host`. Its package cache
-# is a group of its own (<scenario>-trixie), so that a bookworm run beside it keeps its proxy to itself.
+# Debian suites: each _host scenario has its own (suite_of below): nginx_host on Debian 13 (trixie), the others
+# on Debian 12 (bookworm), so that every run, CI's too, converges both platforms meta/main.yml names (the one
+# whose packages matter most on trixie: Debian's own nginx and Lua module). SKDY_SUITE=bookworm|trixie runs
+# every scenario named on that suite instead, e.g. `SKDY_SUITE=trixie tests/tools/molecule.sh tengine_host`.
+# A trixie run's package cache is a group of its own (<scenario>-trixie), so that a bookworm run of the same
+# scenario beside it keeps its proxy to itself.
 #
 # Needs root, tests/tools/install-system-deps.sh and tests/tools/venv.sh done, ../shared/tengine
 # beside the checkout (or TENGINE_TARBALL, or SKDY_TENGINE_TARBALL). Logs end up in tests/output/molecule/.
@@ -45,6 +48,14 @@ scenarios=()
 command="test"
 extra=()
 if [ $# -gt 0 ]; then scenarios=("$1"); command=${2:-test}; extra=("${@:3}"); else scenarios=("${host_scenarios[@]}"); fi
+
+suite_of() {  # the Debian suite a _host scenario runs on: SKDY_SUITE when set, otherwise the scenario's own
+  if [ -n "${SKDY_SUITE:-}" ]; then echo "$SKDY_SUITE"; return; fi
+  case "$1" in
+    nginx_host) echo trixie ;;
+    *) echo bookworm ;;
+  esac
+}
 
 hosts() { SKDY_OWNER_PID=$$ .venv/bin/python -m tests.hosts "$@"; }
 hosts cleanup --stale  # containers a killed earlier run left behind
@@ -75,10 +86,15 @@ PY
 
 run_on_host() {
   local scenario=$1 status=0 run=${SKDY_RUN:-}
+  local suite
+  suite=$(suite_of "$scenario")
+  local SKDY_SUITE=$suite
+  export SKDY_SUITE  # this function's own: tests.hosts builds and starts containers of this suite
+  echo "molecule: $scenario on Debian $SKDY_SUITE"
   [ -f "$SKDY_TENGINE_TARBALL" ] || { echo "molecule: no Tengine tarball at $SKDY_TENGINE_TARBALL" >&2; return 2; }
   if [ -z "$run" ] || [ ! -f "/var/tmp/swallowkeeper-dyups-hosts/$run/state.json" ]; then
     local suffix=""
-    [ -z "${SKDY_SUITE:-}" ] || [ "$SKDY_SUITE" = bookworm ] || suffix=-$SKDY_SUITE
+    [ "$SKDY_SUITE" = bookworm ] || suffix=-$SKDY_SUITE
     run=${run:-$scenario$suffix-$(date -u +%H%M%S)-$$}
     [ "$command" = test ] && current_run=$run
     local start=$SECONDS

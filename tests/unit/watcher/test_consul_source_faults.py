@@ -17,7 +17,7 @@ def test_a_catalog_answer_after_an_index_reset_is_folded_even_on_the_cached_inde
     model.register("n1", "i1", "Web", 8080, (), {}, "passing")
     source = source_on(model)
     source.refresh_all()
-    cached = source.catalog_index
+    cached = source.read_index["catalog"]
     model.register("n1", "i2", "Api", 8081, (), {}, "passing")
     data, _index = model.catalog_answer()
     assert source.apply_events([("catalog", data, cached, "backwards")])   # 940f60b skipped it: same index
