@@ -111,12 +111,13 @@ class DyupsClient:
             return DyupsRejected(refused, url=url, status=status, body=text)
         return self._unexpected(method, url, status, text)
 
-    def update(self, upstream: Upstream) -> None:
-        """Create or replace ``upstream`` (an Upstream, so already validated) with one POST."""
+    def update(self, upstream: Upstream, body: str | None = None) -> None:
+        """Create or replace ``upstream`` (an Upstream, so already validated) with one POST; ``body``:
+        its ``post_body`` when the caller made it already."""
         if not isinstance(upstream, Upstream):
             raise TypeError("update() takes an Upstream built by build_upstream()")
         path = wire.upstream_path(upstream.name)
-        status, text, url = self._call("POST", path, wire.post_body(upstream))
+        status, text, url = self._call("POST", path, wire.post_body(upstream) if body is None else body)
         if status != wire.OK:
             raise self._refused_or_unexpected("POST", url, status, text)
 

@@ -17,6 +17,7 @@ Where things are:
 - ``owned_state.py``  what the watcher owns beyond the upstream file (pending deletes, a hold), kept beside it
 - ``check_budget.py``  the check-peer budget: no change that Tengine's check module cannot hold
 - ``zone_fit.py``  Tengine's ``dyups_shm_zone_size``: no change whose body the zone cannot hold (one worker only)
+- ``dict_fit.py``  the Lua flavor's shared dict: no change whose entry its free space cannot hold
 - ``nginx_processes.py``  new nginx workers noticed (pid file, /proc), every worker's ``/detail`` read
 - ``sync.py``       desired upstreams -> file first -> POST/DELETE what changed; drift repair
 - ``host_names.py``  servers written as host names: resolved at every sync, left out when they do not resolve

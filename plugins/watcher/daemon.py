@@ -33,7 +33,7 @@ from ansible_collections.swallowkeeper.dyups.plugins.module_utils._dyups_client 
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._dyups_options import secret_headers
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._errors import DyupsError
 from ansible_collections.swallowkeeper.dyups.plugins.watcher import settings as settings_mod
-from ansible_collections.swallowkeeper.dyups.plugins.watcher import memory, nginx_processes
+from ansible_collections.swallowkeeper.dyups.plugins.watcher import dict_fit, memory, nginx_processes
 from ansible_collections.swallowkeeper.dyups.plugins.watcher.backoff import Backoff
 from ansible_collections.swallowkeeper.dyups.plugins.watcher.consul_source import ConsulSource, consul_error_kind
 from ansible_collections.swallowkeeper.dyups.plugins.watcher.metrics import Metrics, StampedQueue, start_listeners
@@ -74,14 +74,19 @@ class Daemon:
         settings = self.settings
         source = ConsulSource(settings, self.metrics)
         dyups_transport = KeepAliveTransport(secret_headers(settings.dyups_secret_file))
+        # the Lua flavor's shared dict: the free space each answer tells is kept (dict_fit.py)
+        dict_space = dict_fit.FreeSpace()
         # with nginx_pid_file: the workers that answer the pushes are kept (nginx_processes.AnsweringWorkers)
-        answered = nginx_processes.AnsweringWorkers(dyups_transport) if settings.nginx_pid_file else None
-        client = DyupsClient(settings.dyups_url, answered or dyups_transport, timeout=settings.dyups_timeout)
+        answered = (nginx_processes.AnsweringWorkers(dict_space.watching(dyups_transport))
+                    if settings.nginx_pid_file else None)
+        client = DyupsClient(settings.dyups_url, answered or dict_space.watching(dyups_transport),
+                             timeout=settings.dyups_timeout)
         try:
             syncer = Syncer(settings, client, self.metrics, clock=self.clock, dry_run=self.dry_run)
         except BaseException:
             dyups_transport.close()
             raise
+        syncer.dict_space = dict_space
         self.source, self.dyups_transport, self.client, self.syncer = source, dyups_transport, client, syncer
         self.source.after_full_read = memory.settle  # the large cache frozen out of gc scans, pages trimmed
         self.retry = Backoff(settings.retry_initial, settings.retry_max)
@@ -89,6 +94,8 @@ class Daemon:
         self.nginx = (nginx_processes.NginxProcesses(settings, self._on_new_nginx, self.metrics, answered,
                                                      self._on_stray_answers)
                       if settings.nginx_pid_file else None)
+        if self.nginx is not None:  # a zone-paced push waits until every worker has read what was sent (zone_fit.py)
+            syncer.pushes.pacer.drain = self.nginx.reader.read_everywhere
 
     def _on_new_nginx(self, generation: nginx_processes.Generation) -> None:
         if generation.new_master:

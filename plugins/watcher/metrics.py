@@ -183,8 +183,8 @@ class Metrics:
         self.started = clock()
         self.counters: dict[str, int] = {"changes_applied": 0, "syncs": 0, "repairs": 0, "consul_events": 0,
                                          "nginx_generations": 0, "check_budget_refusals": 0,
-                                         "consul_stale_rereads": 0, "zone_refusals": 0, "stray_answers": 0,
-                                         "consul_outdated_answers": 0}
+                                         "consul_stale_rereads": 0, "zone_refusals": 0, "zone_waits": 0, "dict_refusals": 0,
+                                         "stray_answers": 0, "consul_outdated_answers": 0}
         self.errors = {kind: 0 for kind in ERROR_KINDS}
         self.gauges: dict[str, float] = {
             "last_sync_timestamp_seconds": 0.0, "last_sync_success": 0, "last_sync_duration_seconds": 0.0,
@@ -291,6 +291,12 @@ class Metrics:
         metric("zone_refusals_total", "counter", "Changes skipped at a sync because their body cannot fit "
                "dyups_shm_zone_size (Tengine would apply them on one worker only).",
                [({}, snap["counters"]["zone_refusals"])])
+        metric("dict_refusals_total", "counter", "Changes skipped at a sync because their entry would not fit the "
+               "Lua flavor's shared dict (its free space at the last answer).",
+               [({}, snap["counters"]["dict_refusals"])])
+        metric("zone_waits_total", "counter", "POSTs and DELETEs held back until every Tengine worker had read "
+               "the changes sent before them, which could leave dyups_shm_zone_size no room for them.",
+               [({}, snap["counters"]["zone_waits"])])
         metric("errors_total", "counter", "Errors by kind.",
                [({"kind": kind}, value) for kind, value in sorted(snap["errors"].items())])
         metric("consul_index", "gauge", "Last X-Consul-Index seen per blocking query.",

@@ -48,14 +48,15 @@ from urllib.parse import urlsplit
 
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._dyups_client import DyupsClient
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._dyups_options import secret_headers
-from ansible_collections.swallowkeeper.dyups.plugins.module_utils._errors import TransportError
+from ansible_collections.swallowkeeper.dyups.plugins.module_utils._errors import DyupsError, TransportError
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._http_keepalive import UnixHTTPConnection, split_unix
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._servers import Server
+from ansible_collections.swallowkeeper.dyups.plugins.module_utils._upstream import Upstream
+from ansible_collections.swallowkeeper.dyups.plugins.watcher.dict_fit import FREE_HEADER  # the Lua dict's (api.lua)
 
 log = logging.getLogger("swallowkeeper.watcher")
 
 WORKER_HEADER = "x-dyups-worker"  # add_header X-Dyups-Worker $pid always; on the interface's location
-FREE_HEADER = "x-dyups-free-space"  # the Lua flavor's shared dict: free bytes (api.lua)
 READS_PER_WORKER = 16  # new connections tried per worker before giving up on seeing them all
 # After new workers, every current worker is read again (and what it lacks pushed) until all agree with
 # what is applied, for at most this long: around a reload a POST can land on an old worker that is about
@@ -307,6 +308,32 @@ class WorkerReader:
         kept = [detail for worker, detail in seen.items() if worker in current]
         return (kept or list(seen.values())), True
 
+    def read_everywhere(self, name: str, upstream: Optional[Upstream], check: bool) -> bool:
+        """GET ``/upstream/NAME`` on new connections until every worker that takes connections answered:
+        a Tengine worker reads the changes other workers left in the zone before it answers a GET
+        (zone_fit.Pacer). ``check``: only an answer that holds what ``upstream`` holds counts (None: no
+        such upstream), so a worker whose read was skipped (a busy zone lock) is asked again. False when
+        not every worker answered so within READS_PER_WORKER connections each, or none names itself."""
+        master = read_pid_file(self.pid_file)
+        wanted = accepting_workers(children(master)) if master is not None else frozenset()
+        expected = None if upstream is None else {(server.host, server.port) for server in upstream.servers}
+        if upstream is not None and any(server.kind == "hostname" for server in upstream.servers):
+            check = False  # Tengine holds the addresses a name resolved to
+        read: Set[int] = set()
+        for _attempt in range(len(wanted) * READS_PER_WORKER):
+            try:
+                answer = self.client.get(name)
+            except DyupsError:
+                return False
+            worker = self.transport.last_headers.get(WORKER_HEADER, "")
+            if not worker.isdigit():
+                return False
+            if not check or (None if answer is None else set(answer)) == expected:
+                read.add(int(worker))
+            if wanted <= read:
+                return True
+        return False
+
     def delete_from_holder(self, name: str, workers: int) -> bool:
         """DELETE ``name`` on new connections until a worker that holds it answers 200 (at most
         READS_PER_WORKER tries per worker): a worker that lacks it answers 404 and tells no other
@@ -358,6 +385,8 @@ class NginxProcesses:
                 time.sleep(SETTLE_PAUSE)
         free = self.reader.free_space
         self.metrics.set(dyups_free_bytes=-1 if free is None else free)
+        if free is not None:
+            syncer.dict_space.seen({FREE_HEADER: str(free)})
         return report
 
     def _delete_from_holders(self, syncer: Any, details: List[Detail]) -> bool:

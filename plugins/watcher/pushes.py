@@ -16,10 +16,12 @@ from dataclasses import dataclass, field
 from typing import Iterable, List, Mapping, Optional, Set, Tuple
 
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._dyups_client import DyupsClient
+from ansible_collections.swallowkeeper.dyups.plugins.module_utils._dyups_wire import post_body
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._errors import (
     DyupsError, DyupsRejected, DyupsUnavailable)
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._names import name_key
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._upstream import Upstream
+from ansible_collections.swallowkeeper.dyups.plugins.watcher import zone_fit
 from ansible_collections.swallowkeeper.dyups.plugins.watcher.metrics import Metrics
 
 log = logging.getLogger("swallowkeeper.watcher")
@@ -62,9 +64,11 @@ class SyncReport:
 
 class Pushes:
     def __init__(self, client: DyupsClient, metrics: Metrics, pushed: Mapping[str, Upstream],
-                 gone: Iterable[str] = ()) -> None:
+                 gone: Iterable[str] = (), pacer: Optional[zone_fit.Pacer] = None) -> None:
         self.client = client
         self.metrics = metrics
+        # Tengine's zone: no POST or DELETE while the messages sent before may leave it no room (zone_fit.py)
+        self.pacer = pacer or zone_fit.Pacer(0, metrics)
         self.pushed = dict(pushed)
         self.pending: Set[str] = set()
         self.gone: Set[str] = set(gone)
@@ -94,11 +98,15 @@ class Pushes:
             if upstream is None:
                 self.pending.discard(name)
                 continue
+            body = post_body(upstream) if self.pacer.unread is not None else None
+            self.pacer.before(name, body)
             try:
-                self.client.update(upstream)
+                self.client.update(upstream, body)
             except DyupsError as exc:
+                self.pacer.sent(name, upstream, body, answered=False)
                 self._failed(report, name, exc)
                 continue
+            self.pacer.sent(name, upstream, body, answered=True)
             log.info("upstream %s: %s (%d server(s))", name, describe_change(self.pushed.get(name), upstream),
                      len(upstream.servers))
             self.pushed[name] = upstream
@@ -114,11 +122,14 @@ class Pushes:
                 self.gone.discard(name)
                 self.pushed.pop(name, None)
                 continue
+            self.pacer.before(name, None)
             try:
                 existed = self.client.delete(name)
             except DyupsError as exc:
+                self.pacer.sent(name, None, None, answered=False)
                 self._failed(report, name, exc)
                 continue
+            self.pacer.sent(name, None, None, answered=existed)
             log.info("upstream %s: deleted%s", name, "" if existed else " (the interface did not hold it)")
             self.pushed.pop(name, None)
             self.gone.discard(name)   # no longer owned: an upstream added under this name later is someone else's

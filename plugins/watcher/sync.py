@@ -52,7 +52,7 @@ from ansible_collections.swallowkeeper.dyups.plugins.module_utils._resolve impor
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._servers import Server
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._upstream import Upstream
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._validate_config import ConfigCheckFailed, check_config
-from ansible_collections.swallowkeeper.dyups.plugins.watcher import check_budget, owned_state, safety, zone_fit
+from ansible_collections.swallowkeeper.dyups.plugins.watcher import check_budget, dict_fit, owned_state, safety, zone_fit
 from ansible_collections.swallowkeeper.dyups.plugins.watcher.host_names import HostNames
 from ansible_collections.swallowkeeper.dyups.plugins.watcher.metrics import Metrics
 from ansible_collections.swallowkeeper.dyups.plugins.watcher.pushes import Pushes, SyncReport, describe_change
@@ -87,8 +87,15 @@ class Syncer:
             hold_seconds=settings.removal_hold_seconds, window=settings.removal_guard_window), self._server_count)
         # what this watcher owns beyond the file (owned_state.py): DELETEs not confirmed yet, a hold
         owned = owned_state.load(settings.upstream_file, clock()) if not dry_run else owned_state.OwnedState()
+        # Tengine's dyups_shm_zone_size in bytes (0: not checked); a body that cannot fit is never sent, and
+        # none while the changes sent before it may leave it no room (zone_fit.py)
+        self.zone_bytes = zone_fit.parse_size(settings.dyups_shm_zone_size) if settings.dyups_shm_zone_size else 0
         # owned, out of the file, DELETE pending
-        self.pushes = Pushes(client, metrics, self.applied, set(owned.pending_deletes) - set(self.applied))
+        self.pushes = Pushes(client, metrics, self.applied, set(owned.pending_deletes) - set(self.applied),
+                             zone_fit.Pacer(self.zone_bytes, metrics))
+        # the Lua flavor's shared dict: its free bytes as the interface said last (dict_fit.py; the daemon
+        # keeps it from every answer)
+        self.dict_space = dict_fit.FreeSpace()
         if owned.hold is not None:
             self.hold.resume(owned.hold.confirmed, owned.hold.base, owned.window, clock())
             log.warning("a removal hold from before the restart goes on (Consul confirmed it for %.0fs so far)",
@@ -101,8 +108,6 @@ class Syncer:
         self.skipped: List[dict] = []
         self.hosts = HostNames(settings.hosts_file, settings.resolve_timeout, policy=settings.policy)  # servers written as host names
         self.resolve: Optional[Resolve] = None   # the drift check's resolver
-        # Tengine's dyups_shm_zone_size in bytes (0: not checked); a body that cannot fit is never sent (zone_fit.py)
-        self.zone_bytes = zone_fit.parse_size(settings.dyups_shm_zone_size) if settings.dyups_shm_zone_size else 0
         self._update_gauges()
 
     # -- desired state ---------------------------------------------------------------------------
@@ -131,6 +136,11 @@ class Syncer:
         if too_big:
             self.skipped.extend(too_big)
             self.metrics.count("zone_refusals", len(too_big))
+            self._refused_names |= unfit
+        limited, too_big, unfit = dict_fit.limit(limited, self.applied, self.dict_space.bytes)
+        if too_big:
+            self.skipped.extend(too_big)
+            self.metrics.count("dict_refusals", len(too_big))
             self._refused_names |= unfit
         return limited, names
 

@@ -65,7 +65,7 @@ class Interface:
     def __init__(self, syncer):
         self.syncer = syncer
 
-    def update(self, upstream):
+    def update(self, upstream, body=None):
         return None
 
     def delete(self, name):

@@ -1,4 +1,5 @@
-"""A change whose body does not fit Tengine's ``dyups_shm_zone_size`` is never sent (issue 25).
+"""A change whose body does not fit Tengine's ``dyups_shm_zone_size`` is never sent, nor one the messages
+still unread would leave no room for (issue 25).
 
 Tengine applies a POST on the worker that took it, then copies it into the zone for the others; when the
 copy does not fit it answers 500 "update success but not sync to other process" and the upstream is
@@ -9,6 +10,10 @@ watcher (``dyups_shm_zone_size`` set) sends neither: both are skipped with the r
 (``swallowkeeper_watcher_zone_refusals_total``), and every worker still serves ``Web`` from its one
 backend and has no ``Big``. The end of the test sends ``Big``'s very body as a watcher without the
 check did (940f60b): the 500 and the split traffic that the check prevents.
+
+The second test registers 8 upstreams of 2 pages each before a watcher starts (32k: Tengine takes two
+such messages unread, not three): a watcher without the Pacer sent them 2-10 ms apart and got 500 "not
+sync" (3 runs of 3 on 2f33e87); this one waits before each until every worker read the one before.
 
 The filler servers are ``down`` (Service.Meta ``dyups_down``), so they need no backend.
 """
@@ -95,3 +100,56 @@ def test_a_body_that_does_not_fit_the_zone_is_never_sent_and_every_worker_keeps_
         assert status == 500 and "not sync" in text, (status, text)
         split = {pid: {status for status, _text in seen} for pid, seen in answers(nginx, "Big").items()}
         assert sorted(split.values(), key=sorted) == [{200}, {502}], split
+
+
+BURST_ZONE = "32k"   # 7 pages: one message with a 2-page body fits; two unread ones do not
+BURST = 8            # upstreams of 1 backend and 100 down servers: about 5.8 KB (2 pages) each
+BURST_FILLER = 100
+
+
+def burst_filler(index):
+    return [(f"127.1.{index}.{1 + number}", 10000 + number) for number in range(BURST_FILLER)]
+
+
+def test_a_burst_never_fills_the_zone_with_unread_messages(tmp_path, tengine_factory):  # noqa: F811
+    """Each body fits the zone alone, but Tengine keeps each POST in the zone until every other worker
+    has read it (every dyups_read_msg_timeout): POSTs sent one after another within that interval found
+    it full (500 "update success but not sync", applied on one worker only). The watcher paces them."""
+    with ConsulAgent() as agent, Backends(count=1) as backends:
+        port = backends.ports[0]
+        nginx = tengine_factory(workers=2, http_snippet=f"    dyups_shm_zone_size {BURST_ZONE};")
+        hosts = tmp_path / "hosts"
+        hosts.write_text(TEST_HOSTS)
+        names = [f"Burst{index}" for index in range(BURST)]
+        for index, name in enumerate(names):
+            agent.register(name, f"{name}-live", port=port, check=False, wait=False)
+            for address, filler_port in burst_filler(index):
+                agent.register(name, f"{name}-down-{filler_port}", port=filler_port, address=address, meta=META,
+                               check=False, wait=False)
+        agent.wait_until(lambda: all(len(agent.call("GET", f"/v1/health/service/{name}")) == BURST_FILLER + 1
+                                     for name in names), "the burst's instances registered")
+        watcher = WatcherProcess(tmp_path, consul_url=agent.url, dyups_url=nginx.api_url,
+                                 upstream_file=str(tmp_path / "upstreams.conf"), hosts_file=str(hosts),
+                                 drift_interval=300, nginx_pid_file=str(nginx.prefix / "nginx.pid"),
+                                 dyups_shm_zone_size=BURST_ZONE, removal_guard_share=1)
+        try:
+            watcher.start()
+            workers = set(nginx.worker_pids())
+            watcher.wait_for(lambda: all(answers(nginx, name, tries=8) == {pid: {(200, str(port))} for pid in workers}
+                                         for name in names), "every burst upstream served by every worker",
+                             timeout=30)
+            metrics = watcher.metrics()
+            log_text = watcher.log_text()
+        finally:
+            watcher.stop()
+        for index, name in enumerate(names):  # each alone fits (nothing was refused), two do not
+            body = post_body(build_upstream(name, [f"127.0.0.1:{port}"] + [
+                f"{address}:{filler_port} max_fails=10 fail_timeout=30s down"
+                for address, filler_port in burst_filler(index)]))
+            assert zone_fit.fits(name, body, zone_fit.parse_size(BURST_ZONE)) and len(body) > zone_fit.PAGE
+        assert metrics.get("swallowkeeper_watcher_zone_refusals_total", 0) == 0
+        assert "not sync" not in log_text, [line for line in log_text.splitlines() if "not sync" in line]
+        # paced: each wait ended when every worker answered a GET with what was sent (not the 2 s fallback)
+        waits = [line for line in log_text.splitlines() if "dyups_shm_zone_size:" in line and "waited" in line]
+        assert metrics.get("swallowkeeper_watcher_zone_waits_total", 0) == len(waits) >= 1, (metrics, waits)
+        assert all(line.endswith("every worker had read them") for line in waits), waits

@@ -15,11 +15,12 @@ def huge_body(servers, first_octet=10):
 class RequestLoop:
     """Requests for ``paths`` (in turn) through ``nginx``'s proxy, in threads, each on kept-alive
     connections (spread over the workers by the kernel): ``answers`` [(end time, worker pid, seconds
-    taken)] of the answered ones (X-Dyups-Worker), ``failures`` the others."""
+    taken)] of the answered ones (X-Dyups-Worker), ``failures`` the others, ``failed`` [(end time,
+    status or error, worker pid or 0, path)] of them."""
 
     def __init__(self, nginx, paths, threads=4, connections=4):
         self.nginx, self.paths, self.connections = nginx, list(paths), connections
-        self.answers, self.failures = [], 0
+        self.answers, self.failures, self.failed = [], 0, []
         self.stop = threading.Event()
         self.threads = [threading.Thread(target=self._run, daemon=True) for _unused in range(threads)]
 
@@ -33,18 +34,21 @@ class RequestLoop:
             index = count % len(connections)
             count += 1
             began = time.monotonic()
+            path = self.paths[count % len(self.paths)]
             try:
-                connections[index].request("GET", self.paths[count % len(self.paths)])
+                connections[index].request("GET", path)
                 response = connections[index].getresponse()
                 response.read()
-            except (OSError, http.client.HTTPException):
+            except (OSError, http.client.HTTPException) as exc:
                 self.failures += 1
+                self.failed.append((time.monotonic(), type(exc).__name__, 0, path))
                 connections[index].close()
                 connections[index] = self._connect()
                 continue
+            now = time.monotonic()
             if response.status != 200:
                 self.failures += 1
-            now = time.monotonic()
+                self.failed.append((now, response.status, int(response.getheader("X-Dyups-Worker", "0")), path))
             self.answers.append((now, int(response.getheader("X-Dyups-Worker", "0")), now - began))
         for connection in connections:
             connection.close()

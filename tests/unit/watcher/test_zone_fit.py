@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from ansible_collections.swallowkeeper.dyups.plugins.module_utils._dyups_wire import post_body
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._upstream import build_upstream
 from ansible_collections.swallowkeeper.dyups.plugins.watcher import settings as watcher_settings
 from ansible_collections.swallowkeeper.dyups.plugins.watcher import zone_fit
@@ -72,3 +73,63 @@ def test_a_change_that_cannot_fit_the_zone_is_skipped_counted_and_examined_again
 def test_without_a_zone_size_nothing_is_checked(make, fake):  # noqa: F811
     syncer, _clock = make(removal_guard_share=1)
     assert syncer.sync({"A": big("A", 2000)}).posted == ["A"]
+
+
+def test_unread_messages_are_counted_by_slot_and_page_with_no_credit_for_what_tengine_frees():
+    """32k: 7 pages, 2 of them the context's and statuses'; a 2-page body with its message, PIDs and
+    name takes the other 5, so a second one waits; a 2m zone holds a whole push of small changes."""
+    unread = zone_fit.Unread(zone_fit.parse_size("32k"))
+    body = "x" * (zone_fit.PAGE + 1)
+    assert unread.pages() == zone_fit.CONTEXT_PAGES and unread.room("Burst0", body)
+    unread.add("Burst0", body)
+    assert unread.pages() == 7 and not unread.room("Burst1", body) and unread.room("Burst1", None)  # shared slots
+    unread.clear()
+    assert unread.messages == 0 and unread.room("Burst1", body)
+    unread = zone_fit.Unread(zone_fit.parse_size("2m"))
+    for index in range(1000):
+        unread.add(f"service-{index}", "server 10.0.0.1:8080;\n" * 12)
+    # per message: 72 B (slot 128: 32 a page), PIDs (256: 16), a name (16: 254), a body of 264 B (512: 8)
+    assert unread.pages() == 2 + 32 + 63 + 4 + 125 and unread.room("one-more", "x" * 300)
+    assert [zone_fit.slots_per_page(size) for size in (8, 16, 32, 64, 128, 2048)] == [504, 254, 127, 64, 32, 2]
+
+
+class Recorder:
+    def __init__(self, confirmed=True):
+        self.drained, self.slept, self.confirmed, self.counted = [], [], confirmed, []
+
+    def drain(self, name, upstream, check):
+        self.drained.append((name, upstream, check))
+        return self.confirmed
+
+    def count(self, name, amount=1):
+        self.counted.append((name, amount))
+
+
+@pytest.mark.parametrize("confirmed", [True, False])
+def test_the_pacer_waits_for_every_worker_only_when_the_next_change_would_not_fit(confirmed):
+    recorder = Recorder(confirmed)
+    pacer = zone_fit.Pacer(zone_fit.parse_size("32k"), recorder, recorder.drain, sleep=recorder.slept.append)
+    first, second = big("A", 100), big("B", 100)
+    body = post_body(first)
+    assert zone_fit.PAGE < len(body) <= 2 * zone_fit.PAGE
+    pacer.before("A", body)
+    pacer.sent("A", first, body, answered=True)
+    pacer.before("C", None)  # a DELETE fits beside it (its pieces share the message's pages)
+    assert recorder.drained == [] and recorder.counted == []
+    pacer.before("B", post_body(second))
+    # the last change answered is what every worker must show; unconfirmed: two read intervals of 1 s
+    assert recorder.drained == [("A", first, True)] and recorder.counted == [("zone_waits", 1)]
+    assert recorder.slept == ([] if confirmed else [zone_fit.UNCONFIRMED_WAIT])
+    assert pacer.unread.messages == 0
+    pacer.sent("B", second, post_body(second), answered=False)   # a failed POST may still have left its message
+    pacer.before("A", body)
+    assert recorder.drained[-1] == ("B", second, False) and pacer.unread.messages == 0
+
+
+def test_no_zone_size_never_waits():
+    recorder = Recorder()
+    pacer = zone_fit.Pacer(0, recorder, recorder.drain, sleep=recorder.slept.append)
+    for index in range(100):
+        pacer.before(f"U{index}", "x" * 100000)
+        pacer.sent(f"U{index}", None, "x" * 100000, answered=True)
+    assert recorder.drained == recorder.slept == recorder.counted == []
