@@ -6,7 +6,8 @@ roles/tengine_dyups/files/binary_upgrade.sh (the handler "tengine_dyups upgrade 
 The two builds are the role's own source builds of the shared 3.2.0 tarball (tests/tools/get-tengine.sh runs
 tasks/install_tengine_source.yml; each lands in CACHE/KEY/builds/3.2.0-HASH/sbin/tengine): $TENGINE_BIN, and a
 second build with other configure arguments (--with-http_gzip_static_module added) standing in for a new
-version (get-tengine.sh with TENGINE_EXTRA_CONFIGURE; cached after its first build, which takes minutes).
+version (get-tengine.sh with TENGINE_EXTRA_CONFIGURE; cached after its first build, which takes minutes). Each is
+copied into the test's own PREFIX/builds/VERSION-HASH/sbin/tengine (the cache is never touched).
 
 Across the upgrade to the second build and the rollback to the first (a binary upgrade back to it) a request loop
 (a new connection each) and a websocket held open through the role's vhost see no error; the master runs the
@@ -18,6 +19,7 @@ upgrade while the previous upgrade's old master still drains a connection is ref
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -68,10 +70,17 @@ class LinkedMaster(Master):
 
 
 @pytest.fixture
-def builds():
+def builds(tmp_path):
+    """The two builds, each copied into a directory of its own under PREFIX/builds/ as the role lays them out (the
+    build directory's name kept): what the test does to them never reaches the cache."""
     require_tengine()
-    first = os.path.realpath(tengine_binary())
-    second = os.path.realpath(second_build())
+    copies = []
+    for built in (os.path.realpath(tengine_binary()), os.path.realpath(second_build())):
+        copy = tmp_path / "tengine" / "builds" / Path(built).parent.parent.name / "sbin" / "tengine"
+        copy.parent.mkdir(parents=True)
+        shutil.copy2(built, copy)
+        copies.append(str(copy))
+    first, second = copies
     assert Path(first).parent.parent != Path(second).parent.parent          # two build directories
     assert SECOND_BUILD_ARGS not in version_of(first)
     assert SECOND_BUILD_ARGS in version_of(second)
