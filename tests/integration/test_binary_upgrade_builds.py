@@ -6,7 +6,8 @@ roles/tengine_dyups/files/binary_upgrade.sh (the handler "tengine_dyups upgrade 
 The two builds are the role's own source builds of the shared 3.2.0 tarball (tests/tools/get-tengine.sh runs
 tasks/install_tengine_source.yml; each lands in CACHE/KEY/builds/3.2.0-HASH/sbin/tengine): $TENGINE_BIN, and a
 second build with other configure arguments (--with-http_gzip_static_module added) standing in for a new
-version (get-tengine.sh with TENGINE_EXTRA_CONFIGURE; cached after its first build, which takes minutes). Each is
+version ($TENGINE_BIN_2 from tests/run.sh's setup, else get-tengine.sh with TENGINE_EXTRA_CONFIGURE; cached after
+its first build, which takes minutes). Each is
 copied into the test's own PREFIX/builds/VERSION-HASH/sbin/tengine (the cache is never touched).
 
 Across the upgrade to the second build and the rollback to the first (a binary upgrade back to it) a request loop
@@ -35,7 +36,10 @@ SECOND_BUILD_ARGS = "--with-http_gzip_static_module"
 
 
 def second_build():
-    """The role's build of the same source with SECOND_BUILD_ARGS added (built once, then cached)."""
+    """The role's build of the same source with SECOND_BUILD_ARGS added: $TENGINE_BIN_2 (tests/run.sh's setup builds
+    it), else get-tengine.sh's (built once, then cached)."""
+    if os.environ.get("TENGINE_BIN_2"):
+        return os.environ["TENGINE_BIN_2"]
     done = subprocess.run([str(ROOT / "tests/tools/get-tengine.sh")], capture_output=True, text=True, check=False,
                           env={**os.environ, "TENGINE_EXTRA_CONFIGURE": SECOND_BUILD_ARGS}, timeout=3600)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -104,6 +108,23 @@ def wait_gone(pid, seconds=15):
     return not Path(f"/proc/{pid}").exists()
 
 
+def upgrade_holding(linked, held, backend, build, previous, word):
+    """Switch the link to BUILD and upgrade from PREVIOUS while HELD (a websocket on the old master) stays open:
+    it still echoes after, the master is a new one running BUILD. Returns the old master's PID."""
+    held.send(word)
+    assert held.recv(timeout=5) == f"{backend}:{word}"
+    old_pid = linked.pid()
+    linked.switch(build)
+    done = linked.upgrade_from(previous)
+    assert done.returncode == 0, done.stdout + done.stderr
+    time.sleep(0.5)
+    held.send(word + " after")
+    assert held.recv(timeout=5) == f"{backend}:{word} after"             # its worker of the old build carries it
+    assert linked.running_build() == build
+    assert linked.pid() != old_pid
+    return old_pid
+
+
 def test_upgrade_to_another_build_and_back(linked, builds, backend):  # noqa: F811
     first, second = builds
     assert linked.running_build() == first
@@ -112,17 +133,7 @@ def test_upgrade_to_another_build_and_back(linked, builds, backend):  # noqa: F8
     loop.start()
     try:
         with connect(f"ws://127.0.0.1:{linked.vhost_port}/chat", open_timeout=5) as held:
-            held.send("before")
-            assert held.recv(timeout=5) == f"{backend}:before"
-            old_pid = linked.pid()
-            linked.switch(second)
-            done = linked.upgrade_from(first)
-            assert done.returncode == 0, done.stdout + done.stderr
-            time.sleep(0.5)
-            held.send("after")
-            assert held.recv(timeout=5) == f"{backend}:after"            # its worker of the first build carries it
-            assert linked.running_build() == second
-            assert linked.pid() != old_pid
+            old_pid = upgrade_holding(linked, held, backend, second, first, "to the second build")
             # a second upgrade while the first one's old master drains (this websocket) is refused, nothing signalled
             linked.switch(first)
             refused = linked.upgrade_from(second)
@@ -133,18 +144,9 @@ def test_upgrade_to_another_build_and_back(linked, builds, backend):  # noqa: F8
             assert Path(f"/proc/{old_pid}").exists()
         assert wait_gone(old_pid)                                         # the old master left with its websocket
         assert linked.upstreams() == before == ["other", "web"]
+        # the rollback: a binary upgrade back to the first build, a websocket on the second held across it
         with connect(f"ws://127.0.0.1:{linked.vhost_port}/chat", open_timeout=5) as fresh:
-            # the rollback: a binary upgrade back to the first build, a websocket on the second held across it
-            fresh.send("on the second build")
-            assert fresh.recv(timeout=5) == f"{backend}:on the second build"
-            second_pid = linked.pid()
-            linked.switch(first)
-            done = linked.upgrade_from(second)
-            assert done.returncode == 0, done.stdout + done.stderr
-            time.sleep(0.5)
-            fresh.send("back")
-            assert fresh.recv(timeout=5) == f"{backend}:back"
-            assert linked.running_build() == first
+            second_pid = upgrade_holding(linked, fresh, backend, first, second, "back to the first build")
         assert wait_gone(second_pid)
     finally:
         loop.stop()
