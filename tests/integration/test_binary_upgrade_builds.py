@@ -28,7 +28,7 @@ from pathlib import Path
 import pytest
 from websockets.sync.client import connect
 
-from tests.integration.test_binary_upgrade import Master, RequestLoop, backend  # noqa: F401 (fixture)
+from tests.integration.test_binary_upgrade import Master, RequestLoop, backend  # noqa: F401 (fixture)  # pylint: disable=unused-import
 from tests.support.tengine import require_tengine, tengine_binary
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -159,7 +159,7 @@ def test_upgrade_to_another_build_and_back(linked, builds, backend):  # noqa: F8
 
 @pytest.mark.parametrize("kind", ["fails -t", "cannot run as a master"])
 def test_a_failed_build_points_the_link_back(linked, builds, tmp_path, kind):
-    first, _ = builds
+    first = builds[0]
     broken = tmp_path / "tengine" / "builds" / "broken" / "sbin" / "tengine"
     broken.parent.mkdir(parents=True)
     if kind == "fails -t":
