@@ -63,8 +63,8 @@ roll_back() {  # $1: why
 
 old_master=$(cat "$pid_file" 2>/dev/null) || old_master=""
 alive "$old_master" || { say "no master runs (no live PID in $pid_file): nothing to upgrade"; exit 3; }
-# A master from an earlier upgrade that still drains (PID_FILE.oldbin: QUIT sent, a websocket still open) would
-# lose its pid file to this upgrade's and leave systemd's main PID behind: refuse until it has left.
+# A master from an earlier upgrade that still drains (PID_FILE.oldbin: QUIT sent, a websocket still open) is the
+# parent of the master now serving, and nginx ignores USR2 in a master whose parent still runs: refuse until it left.
 draining=$(cat "$pid_file.oldbin" 2>/dev/null) || draining=""
 if alive "$draining"; then
   echo "binary upgrade: master $draining of an earlier upgrade still serves its last connections ($pid_file.oldbin);" \
