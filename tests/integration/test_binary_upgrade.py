@@ -2,10 +2,11 @@
 nginx" after a Tengine version or build change) on a real Tengine ($TENGINE_BIN) run as systemd runs it (daemonized,
 a pid file), with the role's vhost (templates/vhosts.conf.j2) and the upstream file included as the role includes it.
 
-The binary is put in place as `make install` does (the running one moved to BINARY.old, the new one at BINARY). The
-new binary here is a copy of the same build: this tests the replacement of the master, which is the same for any
-build; the container check (tests/hosts/upgrade_check.py, named only) upgrades to a second build of the 3.2.0
-source with other configure arguments. A websocket held open and a request loop through the vhost see no error
+The binary is put in place as `make install` does into one prefix (the running one moved to BINARY.old, the new one
+at BINARY): the layout of a package, or of the role before versioned builds. The new binary here is a copy of the
+same build; test_binary_upgrade_builds.py upgrades between two builds in their own directories through the link the
+role now installs, and the container check (extensions/molecule/tengine_host/upgrade.yml, named only) runs the role
+across a build change. A websocket held open and a request loop through the vhost see no error
 across the upgrade; the new master serves the upstreams of the file. A new binary that fails `-t`, or passes it
 but cannot run as a master, is rolled back: the old master (same PID) serves, the old binary is back at BINARY.
 """

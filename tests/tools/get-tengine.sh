@@ -14,6 +14,9 @@
 # --with-debug, which only the test build has: Tengine's own dyups suite (tests/nginx-tests/tengine-tests/
 # dyups.t, run by tests/conformance/test_tengine_dyups_suite.py) counts debug log lines.
 #
+# TENGINE_EXTRA_CONFIGURE="--with-x --with-y": a build with these configure arguments too (another key, another
+# cache entry), e.g. the second build tests/integration/test_binary_upgrade_builds.py upgrades to.
+#
 # Cache: ${TENGINE_CACHE:-/var/cache/swallowkeeper-dyups/tengine}/<key>/, outside the clone; <key> is
 # the sha256 of the tarball's sha256 and the configure arguments (the role's module recipe, its default
 # extra arguments and the test build's own). A second run with the same tarball and arguments prints the
@@ -65,8 +68,9 @@ extra_args=$("$python" -c '
 import json, sys, yaml
 with open(sys.argv[1]) as f:
     args = yaml.safe_load(f)["tengine_dyups_tengine_configure_args"]
-print(json.dumps({"tengine_dyups_tengine_configure_args": list(args) + ["--with-debug"]}))
-' "$root/roles/tengine_dyups/defaults/main.yml") || { say "cannot read tengine_dyups_tengine_configure_args"; exit 1; }
+print(json.dumps({"tengine_dyups_tengine_configure_args": list(args) + ["--with-debug"] + sys.argv[2].split()}))
+' "$root/roles/tengine_dyups/defaults/main.yml" "${TENGINE_EXTRA_CONFIGURE:-}") \
+  || { say "cannot read tengine_dyups_tengine_configure_args"; exit 1; }
 # The key covers the role's whole configure recipe (vars/main.yml's configure lines), the extra
 # arguments, the version and the tarball's content.
 recipe=$(sed -n '/^_tengine_dyups_tengine_module_args:/,/^# Modules that/p' "$root/roles/tengine_dyups/vars/main.yml")
@@ -85,6 +89,7 @@ binary_ok() {  # the binary runs, is this version, has both modules, TLS and deb
   case "$v" in *--with-debug*) ;; *) return 1 ;; esac
   case "$m" in *ngx_http_dyups_module*) ;; *) return 1 ;; esac
   case "$m" in *ngx_http_upstream_check_module*) ;; *) return 1 ;; esac
+  for arg in ${TENGINE_EXTRA_CONFIGURE:-}; do case "$v" in *" $arg"*) ;; *) return 1 ;; esac; done
 }
 
 if binary_ok "$bin"; then

@@ -1,10 +1,16 @@
 #!/bin/sh
-# Replace a running nginx/Tengine master by the binary just installed at the same path, without dropping a
+# Replace a running nginx/Tengine master by the binary now at the path it was started from, without dropping a
 # connection: nginx's binary upgrade (USR2, WINCH, QUIT), with an automatic rollback to the old master when the
-# new binary fails. Run by the tengine_dyups role (handler "tengine_dyups upgrade nginx", after `make install`
-# moved the running binary to BINARY.old and put the new one at BINARY); usable by hand (docs/upgrade.md).
+# new binary fails. Run by the tengine_dyups role (handler "tengine_dyups upgrade nginx", after the binary path,
+# a symbolic link, was pointed at another build: PREFIX/sbin/tengine -> PREFIX/builds/VERSION-HASH/sbin/tengine);
+# usable by hand (docs/upgrade.md).
 #
 #   binary_upgrade.sh BINARY MAIN_CONFIG PID_FILE OLD_BINARY [API_URL PYTHON [TIMEOUT]]
+#
+# BINARY is the path the master was started from (its argv[0], which USR2 executes). OLD_BINARY is what to go
+# back to: when BINARY is a symbolic link, the build it named before (a rollback points the link back at it,
+# atomically); when BINARY is a plain file, the previous binary moved aside (`make install` leaves BINARY.old),
+# which a rollback moves back. Empty or missing: nothing to put back (said on stderr).
 #
 #  1. BINARY -t on MAIN_CONFIG; failing: OLD_BINARY is put back as BINARY, the master is left alone.
 #  2. USR2 to the master (PID_FILE): it renames PID_FILE to PID_FILE.oldbin and starts BINARY as a new master on
@@ -18,7 +24,8 @@
 #  4. QUIT to the old master: it exits once its last worker has finished. systemd (Type=forking, PIDFile=)
 #     reads PID_FILE again when its main PID exits, and follows the new master.
 # Exit status: 0 upgraded; 1 rolled back (the old master serves, the old binary is back; the reason on stderr);
-# 3 no master runs (nothing to upgrade: start the service instead); 2 wrong arguments.
+# 3 no master runs (nothing to upgrade: start the service instead); 4 the old master of an earlier upgrade still
+# drains its connections (nothing signalled, OLD_BINARY put back: try again once it has left); 2 wrong arguments.
 set -u
 [ $# -ge 4 ] || { echo "usage: $0 BINARY MAIN_CONFIG PID_FILE OLD_BINARY [API_URL PYTHON [TIMEOUT]]" >&2; exit 2; }
 binary=$1 config=$2 pid_file=$3 old_binary=$4 api_url=${5:-} python=${6:-python3} limit=${7:-30}
@@ -39,7 +46,14 @@ contains_all() {  # every word of $1 is a word of $2
   for name in $1; do case " $2 " in *" $name "*) ;; *) return 1 ;; esac; done
 }
 put_old_binary_back() {
-  if [ -f "$old_binary" ]; then mv -f "$old_binary" "$binary" && say "put the previous binary back at $binary"; fi
+  if [ -z "$old_binary" ] || [ ! -f "$old_binary" ]; then
+    say "no previous binary (${old_binary:-none given}): $binary left as it is"
+  elif [ -L "$binary" ]; then  # a new link beside it, renamed over it: the path always names a binary
+    ln -sfn "$old_binary" "$binary.rollback.$$" && mv -fT "$binary.rollback.$$" "$binary" \
+      && say "pointed $binary back at $old_binary"
+  else
+    mv -f "$old_binary" "$binary" && say "put the previous binary back at $binary"
+  fi
 }
 roll_back() {  # $1: why
   echo "binary upgrade: $1; rolled back: master $old_master keeps serving" >&2
@@ -49,6 +63,15 @@ roll_back() {  # $1: why
 
 old_master=$(cat "$pid_file" 2>/dev/null) || old_master=""
 alive "$old_master" || { say "no master runs (no live PID in $pid_file): nothing to upgrade"; exit 3; }
+# A master from an earlier upgrade that still drains (PID_FILE.oldbin: QUIT sent, a websocket still open) is the
+# parent of the master now serving, and nginx ignores USR2 in a master whose parent still runs: refuse until it left.
+draining=$(cat "$pid_file.oldbin" 2>/dev/null) || draining=""
+if alive "$draining"; then
+  echo "binary upgrade: master $draining of an earlier upgrade still serves its last connections ($pid_file.oldbin);" \
+       "try again once it has left; master $old_master keeps serving" >&2
+  put_old_binary_back >&2
+  exit 4
+fi
 workers=$(children "$old_master")
 before=""
 if [ -n "$api_url" ]; then before=$(upstreams) || roll_back "the interface $api_url did not answer before the upgrade"; fi
