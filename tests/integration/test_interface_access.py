@@ -47,6 +47,7 @@ LUA_HANDLER = 'content_by_lua_block { require("swallowkeeper_dyups.api").handle(
 def render_guard(tmp_path, secret):
     dest = tmp_path / "api-guard.conf"
     play = [{"name": "render the role's api-guard.conf", "hosts": "tengine", "gather_facts": False,
+             "vars_files": [str(ROLE / "defaults/main.yml"), str(ROLE / "vars/Debian.yml"), str(ROLE / "vars/main.yml")],
              "tasks": [{"name": "render", "ansible.builtin.template": {
                  "src": str(ROLE / "templates/api-guard.conf.j2"), "dest": str(dest), "mode": "0600"}}]}]
     import yaml
