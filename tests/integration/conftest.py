@@ -76,4 +76,3 @@ def guarded_dyups_server(request, tmp_path):
     with server:
         server.secret_file = str(secret_file)
         yield server
-

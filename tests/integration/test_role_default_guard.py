@@ -116,7 +116,7 @@ def stop_nginx(pid_file):
     except (OSError, ValueError):
         return
     os.kill(master, 15)
-    for _ in range(100):
+    for _attempt in range(100):
         if not os.path.exists(f"/proc/{master}"):
             return
         time.sleep(0.1)
