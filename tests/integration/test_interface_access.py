@@ -207,7 +207,9 @@ except OSError as exc:
 def test_a_local_user_outside_the_group_cannot_reach_the_socket(tmp_path, proxy_factory, socket_dir):  # noqa: F811
     """nginx makes its unix sockets 0666: the directory (the role's tengine_dyups_socket_dir, root and the
     watcher's group, 1770) is what keeps other users out. Run as nobody: refused; the upstream unchanged."""
-    guard = render_guard(tmp_path, "")   # no secret: the directory alone
+    # no secret, the directory alone (the role always writes a secret since it became the default: an empty guard)
+    guard = tmp_path / "no-guard.conf"
+    guard.write_text("# no secret: the socket's directory is the only guard here\n")
     sock = socket_dir / "dyups.sock"
     nginx = proxy_factory(http_snippet=interfaces(proxy_factory.flavor, guard, free_port(), sock))
     assert stat.S_IMODE(os.stat(sock).st_mode) == 0o666

@@ -10,7 +10,7 @@ watcher.yml.j2 are rendered with the same variables; nginx runs the rendered fil
 configuration includes it, and the watcher runs with the rendered settings. Then:
 
 * the secret file is 64 hexadecimal digits, root's and the group's, 0640; the guard 0600; a second run keeps
-  the secret and changes nothing; the secret never shows in Ansible's output;
+  the secret and changes nothing, and so does a run in check mode; the secret never shows in Ansible's output;
 * a POST without the header is refused (403) and changes nothing, also from a local user (``nobody``) who
   cannot read the secret file;
 * the watcher (the role's settings: ``dyups_secret_file``) syncs a Consul service and its drift check reads
@@ -80,13 +80,13 @@ def role_play(tmp_path, flavor, api_port):
         ]}])
 
 
-def run_role(tmp_path, flavor, api_port):
+def run_role(tmp_path, flavor, api_port, check=False):
     variables, play = role_play(tmp_path, flavor, api_port)
     templates = tmp_path / "ansible" / "templates"   # the role's templates, where an included task file finds them
     if not templates.exists():
         templates.parent.mkdir(parents=True, exist_ok=True)
         templates.symlink_to(ROLE / "templates")
-    done = AnsibleRunner(tmp_path / "ansible").playbook(play, extra_vars=variables)
+    done = AnsibleRunner(tmp_path / "ansible").playbook(play, extra_vars=variables, check=check)
     assert done.rc == 0, done.stdout[-5000:] + done.stderr[-2000:]
     return done
 
@@ -162,6 +162,8 @@ def test_the_role_default_interface_requires_the_generated_secret(flavor, tmp_pa
     assert secret_file.read_text().strip() == secret, "kept across runs"
     assert "changed=0" in again.stdout, again.stdout[-3000:]
     assert secret not in again.stdout + again.stderr
+    checked = run_role(tmp_path, flavor, api_port, check=True)
+    assert "changed=0" in checked.stdout, "check mode reads the secret and finds the guard unchanged"
 
     settings = yaml.safe_load((tmp_path / "watcher.yml").read_text())
     assert settings["dyups_secret_file"] == str(secret_file)
