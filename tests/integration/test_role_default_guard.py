@@ -101,7 +101,10 @@ def start_nginx(tmp_path, flavor, workers=2):
                                                                           "uwsgi", "scgi"))
     (prefix / "nginx.conf").write_text(
         f"{loads}worker_processes {workers};\npid {prefix}/nginx.pid;\nerror_log {prefix}/error.log warn;\n"
-        f"events {{ worker_connections 256; }}\nhttp {{ access_log off; {temp}\ninclude {tmp_path}/dyups.conf;\n}}\n")
+        f"events {{ worker_connections 256; }}\nhttp {{ access_log off; {temp}\ninclude {tmp_path}/dyups.conf;\n"
+        # as Debian's nginx.conf includes conf.d/*.conf (the stock flavor's drop-in directory): the guard, which
+        # holds an "if", must not be one of them (nginx -t failed on nginx_host when it was api-guard.conf)
+        f"include {tmp_path}/conf/swallowkeeper-dyups/*.conf;\n}}\n")
     binary = tengine_binary() if flavor == "tengine" else NGINX
     command = [binary, "-p", str(prefix), "-c", str(prefix / "nginx.conf"), "-e", str(prefix / "error.log")]
     checked = subprocess.run(command + ["-t"], capture_output=True, text=True, timeout=60, check=False)
