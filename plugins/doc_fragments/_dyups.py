@@ -27,10 +27,12 @@ options:
     default: http://127.0.0.1:18882
   api_secret_file:
     description:
-      - File on the managed node holding the interface's shared secret (the role's C(tengine_dyups_api_secret);
-        C(/etc/swallowkeeper-dyups/dyups.secret) where the role wrote it), sent as the C(X-Dyups-Secret) header.
-        Read from a file only, never given as an argument.
-      - An interface with a secret refuses (403) every request without it.
+      - File on the managed node holding the interface's shared secret, sent as the C(X-Dyups-Secret) header.
+        Read from a file only, never given as an argument, never in the task's output.
+      - The tengine_dyups role's interface requires it by default - the role writes the file
+        C(/etc/swallowkeeper-dyups/dyups.secret) (generated on the host, or C(tengine_dyups_api_secret)), readable
+        by root and the watcher's group, so run the task as root (C(become)). Without it the interface refuses
+        (403) every request and the task fails.
     type: path
   timeout:
     description:

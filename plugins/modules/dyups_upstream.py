@@ -184,12 +184,15 @@ seealso:
 """
 
 EXAMPLES = r"""
+# The tengine_dyups role's interface refuses (403) every request without its shared secret: give the file
+# the role wrote (root's, the watcher's group's), here or once for a play with module_defaults (last example).
 - name: One upstream with two servers
   swallowkeeper.dyups.dyups_upstream:
     name: WebappReadonly_b
     servers:
       - 10.117.17.21:8180
       - 10.117.17.22:8180 weight=2
+    api_secret_file: /etc/swallowkeeper-dyups/dyups.secret
 
 - name: The same with dicts, kept in the upstream file first so that it survives a reload
   swallowkeeper.dyups.dyups_upstream:
@@ -227,10 +230,11 @@ EXAMPLES = r"""
     state: absent
     upstream_conf: /var/lib/swallowkeeper-dyups/upstreams.conf
 
-- name: Point every dyups task of a play at another interface
+- name: Point every dyups task of a play at another interface, with its secret
   module_defaults:
     group/swallowkeeper.dyups.dyups:
       api_url: http://127.0.0.1:18883
+      api_secret_file: /etc/swallowkeeper-dyups/dyups.secret
       timeout: 3
   block:
     - name: Mark one server down

@@ -41,8 +41,11 @@ seealso:
 """
 
 EXAMPLES = r"""
+# The tengine_dyups role's interface refuses (403) every request without its shared secret: the file the role
+# wrote (root's, the watcher's group's) goes in api_secret_file.
 - name: Read every upstream
   swallowkeeper.dyups.dyups_upstream_info:
+    api_secret_file: /etc/swallowkeeper-dyups/dyups.secret
   register: dyups
 
 - name: Show the addresses of one upstream
@@ -52,6 +55,7 @@ EXAMPLES = r"""
 - name: Read two upstreams from another interface
   swallowkeeper.dyups.dyups_upstream_info:
     api_url: http://127.0.0.1:18883
+    api_secret_file: /etc/swallowkeeper-dyups/dyups.secret
     names:
       - WebappReadonly
       - WebappReadonly_b
@@ -60,6 +64,7 @@ EXAMPLES = r"""
 - name: Put them back later, exactly as they were (the same form as the upstreams option)
   swallowkeeper.dyups.dyups_upstream:
     api_url: http://127.0.0.1:18883
+    api_secret_file: /etc/swallowkeeper-dyups/dyups.secret
     upstreams: "{{ two.upstreams }}"
 """
 

@@ -6,7 +6,8 @@
 ``GET /metrics``  Prometheus text format (version 0.0.4)
 ``GET /status``   the same facts as JSON, plus what is held and why
 ``GET /healthz``  200 while the sync loop is alive
-``POST /release`` let a change held by the removal guard through (same as SIGUSR1)
+``POST /release`` let a change held by the removal guard through (same as SIGUSR1); with the interface's
+                  shared secret (``dyups_secret_file``, the role's default) only with its X-Dyups-Secret header
 
 Both listeners serve a bounded number of connections, each within a deadline (bounded_http.py).
 
@@ -19,6 +20,7 @@ applied (ChangeLatency) and the ``process_*`` metrics of Prometheus client libra
 
 from __future__ import annotations
 
+import hmac
 import ipaddress
 import json
 import logging
@@ -31,6 +33,8 @@ import time
 from http.server import BaseHTTPRequestHandler
 from typing import Any, Callable, Iterable, Sequence, TypeVar
 
+from ansible_collections.swallowkeeper.dyups.plugins.module_utils._dyups_options import secret_headers
+from ansible_collections.swallowkeeper.dyups.plugins.module_utils._dyups_wire import SECRET_HEADER
 from ansible_collections.swallowkeeper.dyups.plugins.watcher.bounded_http import (
     BoundedHandler, BoundedServer, UnixBoundedServer)
 
@@ -374,11 +378,15 @@ class _Listener:
 
 
 class StatusServer(_Listener):
-    """The loopback HTTP endpoint; ``release`` is called for POST /release."""
+    """The loopback HTTP endpoint; ``release`` is called for POST /release, which, given ``release_secret``,
+    needs it in the ``X-Dyups-Secret`` header: a local user without the secret file cannot let a held
+    removal through (the GETs, Prometheus' scrape among them, need nothing)."""
 
-    def __init__(self, listen: str, metrics: Metrics, release: Callable[[], str], stale_after: float = 120.0) -> None:
+    def __init__(self, listen: str, metrics: Metrics, release: Callable[[], str], stale_after: float = 120.0,
+                 release_secret: str | None = None) -> None:
         self.metrics = metrics
         self.release = release
+        self.release_secret = release_secret
         self.stale_after = stale_after
         handler = self._handler()
         if listen.startswith("unix:"):
@@ -411,12 +419,22 @@ class StatusServer(_Listener):
                 if self.path == "/release" and from_a_browser(self.headers):
                     self._send(403, "refused: a POST with an Origin header comes from a web page; use curl -X POST "
                                     "or SIGUSR1\n")
+                elif self.path == "/release" and not outer.secret_matches(self.headers.get(SECRET_HEADER)):
+                    self._send(403, "refused: POST /release needs the X-Dyups-Secret header (the watcher's "
+                                    "dyups_secret_file), or SIGUSR1\n")
                 elif self.path == "/release":
                     self._send(200, outer.release() + "\n")
                 else:
                     self._send(404, "not found; POST /release lets a held change through\n")
 
         return Handler
+
+    def secret_matches(self, given: str | None) -> bool:
+        """True without a ``release_secret``, else whether ``given`` is it (compared in constant time)."""
+        if not self.release_secret:
+            return True
+        return given is not None and hmac.compare_digest(given.encode("utf-8", "replace"),
+                                                         self.release_secret.encode("utf-8"))
 
 
 def from_a_browser(headers: Any) -> bool:
@@ -482,7 +500,9 @@ def start_listeners(settings: Any, metrics: Metrics, release: Callable[[], str])
     the metrics listener (``metrics_listen``). OSError naming the setting when one cannot listen (the
     ones already started are stopped)."""
     started: list[_Listener] = []
-    wanted = [("status_listen", lambda: StatusServer(settings.status_listen, metrics, release)),
+    release_secret = secret_headers(getattr(settings, "dyups_secret_file", None)).get(SECRET_HEADER)
+    wanted = [("status_listen", lambda: StatusServer(settings.status_listen, metrics, release,
+                                                     release_secret=release_secret)),
               ("metrics_listen", lambda: MetricsServer(settings.metrics_listen, settings.metrics_allow, metrics))]
     for name, make in wanted:
         if not getattr(settings, name):

@@ -56,3 +56,23 @@ def dyups_server(request):
             return
     with FakeDyups() as server:
         yield server
+
+
+GUARD_SECRET = "guarded-interface-secret-0123456789"
+
+
+@pytest.fixture(params=FLAVORS)
+def guarded_dyups_server(request, tmp_path):
+    """A real interface of each flavor guarded as the role's is by default (a request without
+    ``X-Dyups-Secret`` refused, 403); ``secret_file``: a file holding its secret. No stand-in."""
+    secret_file = tmp_path / "dyups.secret"
+    secret_file.write_text(GUARD_SECRET + "\n")
+    secret_file.chmod(0o600)
+    if request.param == "tengine":
+        require_tengine()
+        server = Tengine(workers=1, api_secret=GUARD_SECRET)
+    else:
+        server = importlib.import_module("tests.support.nginx_lua").NginxLua(workers=1, api_secret=GUARD_SECRET)
+    with server:
+        server.secret_file = str(secret_file)
+        yield server

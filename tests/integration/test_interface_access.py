@@ -47,6 +47,7 @@ LUA_HANDLER = 'content_by_lua_block { require("swallowkeeper_dyups.api").handle(
 def render_guard(tmp_path, secret):
     dest = tmp_path / "api-guard.conf"
     play = [{"name": "render the role's api-guard.conf", "hosts": "tengine", "gather_facts": False,
+             "vars_files": [str(ROLE / "defaults/main.yml"), str(ROLE / "vars/Debian.yml"), str(ROLE / "vars/main.yml")],
              "tasks": [{"name": "render", "ansible.builtin.template": {
                  "src": str(ROLE / "templates/api-guard.conf.j2"), "dest": str(dest), "mode": "0600"}}]}]
     import yaml
@@ -206,7 +207,9 @@ except OSError as exc:
 def test_a_local_user_outside_the_group_cannot_reach_the_socket(tmp_path, proxy_factory, socket_dir):  # noqa: F811
     """nginx makes its unix sockets 0666: the directory (the role's tengine_dyups_socket_dir, root and the
     watcher's group, 1770) is what keeps other users out. Run as nobody: refused; the upstream unchanged."""
-    guard = render_guard(tmp_path, "")   # no secret: the directory alone
+    # no secret, the directory alone (the role always writes a secret since it became the default: an empty guard)
+    guard = tmp_path / "no-guard.conf"
+    guard.write_text("# no secret: the socket's directory is the only guard here\n")
     sock = socket_dir / "dyups.sock"
     nginx = proxy_factory(http_snippet=interfaces(proxy_factory.flavor, guard, free_port(), sock))
     assert stat.S_IMODE(os.stat(sock).st_mode) == 0o666

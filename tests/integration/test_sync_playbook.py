@@ -21,6 +21,7 @@ from tests.support.nginx_lua import NginxLua
 from tests.support.tengine import tengine_binary
 
 PLAYBOOK = (ROOT / "playbooks" / "sync.yml").read_text()
+SECRET = "sync-playbook-secret-0123456789"
 
 # The playbook's own logic (health, zero-instance policy, check mode, refusals) does not depend on the
 # flavor: those tests run on one, Tengine (the default) when there is one. The tests that exercise the
@@ -221,25 +222,32 @@ def test_consul_down_fails_and_changes_nothing(agent, sync):
 # -- which upstream file: the one nginx includes ------------------------------------------------------------
 
 def test_the_file_and_interface_come_from_the_watcher_settings_and_survive_a_reload(agent, tmp_path):
-    """As on a host the role set up: nginx includes the upstream file named in the watcher settings; sync.yml,
-    given no file and no interface, reads both from those settings; a reload then keeps the upstreams."""
+    """As on a host the role set up with its defaults: nginx includes the upstream file named in the watcher
+    settings, and its interface requires the shared secret whose file the settings name (dyups_secret_file);
+    sync.yml, given no file, no interface and no secret, reads all three from those settings; a reload then
+    keeps the upstreams. The secret never shows in the output."""
     register_fleet(agent)
     upstream_file = tmp_path / "lib" / "upstreams.conf"
     upstream_file.parent.mkdir()
     upstream_file.write_text("")
-    with NginxLua(workers=1, upstream_file=upstream_file) as nginx:
+    secret_file = tmp_path / "dyups.secret"
+    secret_file.write_text(SECRET + "\n")
+    with NginxLua(workers=1, upstream_file=upstream_file, api_secret=SECRET) as nginx:
+        assert nginx.api("POST", "/upstream/web", "server 10.9.9.9:80;")[0] == 403   # guarded as the role's
         settings = tmp_path / "watcher.yml"
         # allowed_networks as the role writes it (the fleet's backends are on loopback): read from here too
         settings.write_text(f"consul_url: {agent.url}\ndyups_url: {nginx.api_url}\nupstream_file: {upstream_file}\n"
-                            "allowed_networks: [127.0.0.0/8]\n")
+                            f"dyups_secret_file: {secret_file}\nallowed_networks: [127.0.0.0/8]\n")
         runner = AnsibleRunner(tmp_path / "ansible")
         done = runner.playbook(PLAYBOOK, extra_vars={"dyups_sync_watcher_config": str(settings)})
         assert done.rc == 0, done.stdout[-5000:]
-        assert f"upstream file {upstream_file}, dyups {nginx.api_url} (from {settings})" in done.stdout
+        assert (f"upstream file {upstream_file}, dyups {nginx.api_url}, secret from {secret_file} (from {settings})"
+                in done.stdout)
+        assert SECRET not in done.stdout + done.stderr
         assert in_file(upstream_file) == EXPECTED
         master = nginx.master_pid()
         nginx.reload()
-        client = DyupsClient(nginx.api_url, stdlib_transport)
+        client = nginx.client()
         after = {name: sorted(server.spec() for server in servers) for name, servers in client.detail().items()}
         assert after == EXPECTED, "the upstreams sync.yml wrote are still there after nginx -s reload"
         assert nginx.master_pid() == master

@@ -144,6 +144,23 @@ def render_reference(lua_paths, api_port, upstream_file=None, dict_size="16m", k
     return text
 
 
+INTERFACE_LOCATION = '    location / {\n        content_by_lua_block { require("swallowkeeper_dyups.api").handle() }'
+
+
+def guard_directive(secret):
+    """What the role's api-guard.conf.j2 puts in the interface's location: a request without
+    ``X-Dyups-Secret: secret`` is refused (403)."""
+    return f'if ($http_x_dyups_secret != "{secret}") {{ return 403 "the dyups interface needs its X-Dyups-Secret header\\n"; }}'
+
+
+def with_secret_guard(text, secret):
+    """The reference snippet with ``guard_directive(secret)`` first in its interface location."""
+    if text.count(INTERFACE_LOCATION) != 1:
+        raise RuntimeError(f"{REFERENCE_CONF} no longer holds its interface location once: update INTERFACE_LOCATION")
+    head = "    location / {\n"
+    return text.replace(INTERFACE_LOCATION, head + "        " + guard_directive(secret) + "\n" + INTERFACE_LOCATION[len(head):])
+
+
 def _children(pid):
     """PIDs whose parent is ``pid`` (from /proc, as the watcher reads them), sorted."""
     from tests.support.collection import ensure_importable   # also from scripts that did not call it
@@ -194,8 +211,9 @@ class NginxLua:
                  lua_path=(), dict_size="16m", keepalive=64, proxy_next_upstream="error timeout",
                  proxy_next_upstream_tries=0, connect_timeout="2s", read_timeout="10s", error_log_level="notice",
                  access_log=False, api_port=None, proxy_port=None, lock_timeout=None, worker_header=True,
-                 prefix=None, hosts=TEST_HOSTS):
+                 prefix=None, hosts=TEST_HOSTS, api_secret=None):
         self.workers = workers
+        self.api_secret = api_secret   # the interface refuses (403) a request without X-Dyups-Secret: this
         self.upstream_file = str(upstream_file) if upstream_file else None
         self.http_snippet = http_snippet
         self.server_snippet = server_snippet
@@ -230,6 +248,10 @@ class NginxLua:
     @property
     def proxy_url(self):
         return f"http://127.0.0.1:{self.proxy_port}"
+
+    def guard_line(self):
+        """The guard the role's api-guard.conf.j2 writes into the interface's location (empty without a secret)."""
+        return ("            " + guard_directive(self.api_secret)) if self.api_secret else ""
 
     def http_common(self):
         """The access log and temp path lines of the http block (shared with the Tengine fixture)."""
@@ -282,9 +304,11 @@ http {{
         if self.hosts is not None:
             hosts_file = self.prefix / "hosts"
             hosts_file.write_text(self.hosts)
-        (self.prefix / "dyups_lua.conf").write_text(render_reference(
-            self.lua_paths, self.api_port, self.upstream_file, self.dict_size, self.keepalive, self.lock_timeout,
-            hosts_file))
+        text = render_reference(self.lua_paths, self.api_port, self.upstream_file, self.dict_size, self.keepalive,
+                                self.lock_timeout, hosts_file)
+        if self.api_secret:
+            text = with_secret_guard(text, self.api_secret)
+        (self.prefix / "dyups_lua.conf").write_text(text)
         self.conf_path.write_text(self.config_text())
 
     def _command(self, *extra):
@@ -428,7 +452,13 @@ http {{
         """The collection's DyupsClient on this interface (standard-library transport)."""
         from ansible_collections.swallowkeeper.dyups.plugins.module_utils._dyups_client import DyupsClient
         from tests.support.http_stdlib import stdlib_transport
-        return DyupsClient(self.api_url, stdlib_transport, timeout=timeout)
+        if not self.api_secret:
+            return DyupsClient(self.api_url, stdlib_transport, timeout=timeout)
+        secret = {"X-Dyups-Secret": self.api_secret}
+
+        def with_secret(method, url, body, timeout, extra_headers=None):
+            return stdlib_transport(method, url, body, timeout, {**secret, **(extra_headers or {})})
+        return DyupsClient(self.api_url, with_secret, timeout=timeout)
 
 
 @atexit.register

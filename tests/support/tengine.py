@@ -138,6 +138,7 @@ http {{
         location / {{
             allow 127.0.0.1;
             deny all;
+{self.guard_line()}
             dyups_interface;
             add_header X-Dyups-Worker $pid always;
         }}

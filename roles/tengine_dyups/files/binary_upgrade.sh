@@ -20,7 +20,8 @@
 #  3. WINCH to the old master: its workers stop accepting and finish what they serve (a websocket stays open on
 #     its old worker until it closes). With API_URL (the dyups interface, http://ADDRESS:PORT) the new workers
 #     must then answer /list with every upstream the old master had (read before step 2); they do not: HUP to
-#     the old master (its workers start again), QUIT to the new one, OLD_BINARY put back.
+#     the old master (its workers start again), QUIT to the new one, OLD_BINARY put back. The environment's
+#     DYUPS_SECRET_FILE names the file of the interface's shared secret (the role's), sent as X-Dyups-Secret.
 #  4. QUIT to the old master: it exits once its last worker has finished. systemd (Type=forking, PIDFile=)
 #     reads PID_FILE again when its main PID exits, and follows the new master.
 # Exit status: 0 upgraded; 1 rolled back (the old master serves, the old binary is back; the reason on stderr);
@@ -38,8 +39,12 @@ children() {  # the number of child processes of $1, not counting $2
   echo "$count"
 }
 upstreams() {  # the upstream names the interface lists, sorted, one line
-  "$python" -c 'import sys, urllib.request
-with urllib.request.urlopen(sys.argv[1] + "/list", timeout=5) as answer:
+  "$python" -c 'import os, sys, urllib.request
+request = urllib.request.Request(sys.argv[1] + "/list")
+if os.environ.get("DYUPS_SECRET_FILE"):
+    with open(os.environ["DYUPS_SECRET_FILE"], encoding="utf-8") as secret:
+        request.add_header("X-Dyups-Secret", secret.read().strip())
+with urllib.request.urlopen(request, timeout=5) as answer:
     print(" ".join(sorted(answer.read().decode().split())))' "$api_url"
 }
 contains_all() {  # every word of $1 is a word of $2

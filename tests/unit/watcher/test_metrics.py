@@ -5,6 +5,7 @@ import os
 import re
 import socket
 import time
+import urllib.error
 import urllib.request
 
 import pytest
@@ -200,3 +201,34 @@ def test_a_listener_that_cannot_listen_is_named_and_the_others_stopped():
             assert probe.connect_ex(("127.0.0.1", status_port)) != 0
     finally:
         taken.close()
+
+
+def test_release_needs_the_interfaces_secret_when_the_watcher_has_one(tmp_path):
+    """With ``dyups_secret_file`` (the role's default), POST /release without the X-Dyups-Secret header, or with
+    another secret, is refused and releases nothing: a local user without the file cannot let a held removal
+    through. The GETs (Prometheus' scrape) need nothing; without a secret file /release stays open to loopback."""
+    secret_file = tmp_path / "dyups.secret"
+    secret_file.write_text("0123456789abcdef0123456789abcdef\n")
+    released = []
+
+    def post(port, headers):
+        request = urllib.request.Request(f"http://127.0.0.1:{port}/release", data=b"", method="POST", headers=headers)
+        try:
+            with urllib.request.urlopen(request, timeout=5) as answer:
+                return answer.status
+        except urllib.error.HTTPError as refused:
+            return refused.code
+
+    for secret_path, expected in ((str(secret_file), [403, 403, 200]), (None, [200, 200, 200])):
+        port = free_port()
+        settings = s.build({"status_listen": f"127.0.0.1:{port}", "dyups_secret_file": secret_path}, environ={})
+        listeners = m.start_listeners(settings, m.Metrics(), lambda: released.append(1) or "released")
+        try:
+            before = len(released)
+            assert [post(port, {}), post(port, {"X-Dyups-Secret": "0123456789abcdef0123456789abcdeX"}),
+                    post(port, {"X-Dyups-Secret": "0123456789abcdef0123456789abcdef"})] == expected
+            assert len(released) - before == expected.count(200)
+            assert get_from("127.0.0.1", port, "/metrics").startswith("HTTP/1.0 200")
+        finally:
+            for listener in listeners:
+                listener.stop()
