@@ -77,16 +77,15 @@ class Daemon:
         # the Lua flavor's shared dict: the free space each answer tells is kept (dict_fit.py)
         dict_space = dict_fit.FreeSpace()
         # with nginx_pid_file: the workers that answer the pushes are kept (nginx_processes.AnsweringWorkers)
-        answered = (nginx_processes.AnsweringWorkers(dict_space.watching(dyups_transport))
-                    if settings.nginx_pid_file else None)
-        client = DyupsClient(settings.dyups_url, answered or dict_space.watching(dyups_transport),
-                             timeout=settings.dyups_timeout)
+        watched = dict_space.watching(dyups_transport)
+        answered = nginx_processes.AnsweringWorkers(watched) if settings.nginx_pid_file else None
+        client = DyupsClient(settings.dyups_url, answered or watched, timeout=settings.dyups_timeout)
         try:
-            syncer = Syncer(settings, client, self.metrics, clock=self.clock, dry_run=self.dry_run)
+            syncer = Syncer(settings, client, self.metrics, clock=self.clock, dry_run=self.dry_run,
+                            dict_space=dict_space)
         except BaseException:
             dyups_transport.close()
             raise
-        syncer.dict_space = dict_space
         self.source, self.dyups_transport, self.client, self.syncer = source, dyups_transport, client, syncer
         self.source.after_full_read = memory.settle  # the large cache frozen out of gc scans, pages trimmed
         self.retry = Backoff(settings.retry_initial, settings.retry_max)

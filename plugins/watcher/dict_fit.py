@@ -61,6 +61,12 @@ def entry_pages(upstream: Upstream) -> int:
     return 1 if size <= SLOT_MAX else -(-size // PAGE)
 
 
+def free_bytes(headers: Mapping[str, str]) -> Optional[int]:
+    """The dict's free bytes an answer's headers tell (None: they do not: Tengine, or no such header)."""
+    free = headers.get(FREE_HEADER, "")
+    return int(free) if free.isdigit() else None
+
+
 class FreeSpace:
     """The dict's free bytes as the interface said last (None: not said), from any answer's headers."""
 
@@ -69,10 +75,13 @@ class FreeSpace:
         self.bytes: Optional[int] = None
 
     def seen(self, headers: Mapping[str, str]) -> None:
-        free = headers.get(FREE_HEADER, "")
-        if free.isdigit():
+        self.note(free_bytes(headers))
+
+    def note(self, free: Optional[int]) -> None:
+        """Keep ``free`` (bytes), unless None (nothing said)."""
+        if free is not None:
             with self._lock:
-                self.bytes = int(free)
+                self.bytes = free
 
     def watching(self, transport: Callable[..., Tuple[int, bytes, Dict[str, str]]]) -> Callable[..., Tuple[int, bytes, Dict[str, str]]]:
         """``transport`` (see plugins/watcher/transport.py) with each answer's free space kept here."""

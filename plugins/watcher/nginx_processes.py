@@ -52,7 +52,7 @@ from ansible_collections.swallowkeeper.dyups.plugins.module_utils._errors import
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._http_keepalive import UnixHTTPConnection, split_unix
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._servers import Server
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._upstream import Upstream
-from ansible_collections.swallowkeeper.dyups.plugins.watcher.dict_fit import FREE_HEADER  # the Lua dict's (api.lua)
+from ansible_collections.swallowkeeper.dyups.plugins.watcher.dict_fit import free_bytes  # the Lua dict's (api.lua)
 
 log = logging.getLogger("swallowkeeper.watcher")
 
@@ -285,8 +285,7 @@ class WorkerReader:
         seen: Dict[int, Detail] = {}
         for _attempt in range(max(1, len(wanted)) * READS_PER_WORKER):
             detail = self.client.detail()
-            free = self.transport.last_headers.get(FREE_HEADER, "")
-            self.free_space = int(free) if free.isdigit() else None
+            self.free_space = free_bytes(self.transport.last_headers)
             worker = self.transport.last_headers.get(WORKER_HEADER, "")
             if not worker.isdigit():
                 if not self._warned:
@@ -385,8 +384,7 @@ class NginxProcesses:
                 time.sleep(SETTLE_PAUSE)
         free = self.reader.free_space
         self.metrics.set(dyups_free_bytes=-1 if free is None else free)
-        if free is not None:
-            syncer.dict_space.seen({FREE_HEADER: str(free)})
+        syncer.dict_space.note(free)
         return report
 
     def _delete_from_holders(self, syncer: Any, details: List[Detail]) -> bool:

@@ -63,7 +63,8 @@ log = logging.getLogger("swallowkeeper.watcher")
 
 class Syncer:
     def __init__(self, settings: Settings, client: DyupsClient, metrics: Metrics,
-                 clock: Callable[[], float] = time.monotonic, dry_run: bool = False) -> None:
+                 clock: Callable[[], float] = time.monotonic, dry_run: bool = False,
+                 dict_space: Optional[dict_fit.FreeSpace] = None) -> None:
         self.settings = settings
         self.client = client
         self.metrics = metrics
@@ -94,8 +95,8 @@ class Syncer:
         self.pushes = Pushes(client, metrics, self.applied, set(owned.pending_deletes) - set(self.applied),
                              zone_fit.Pacer(self.zone_bytes, metrics))
         # the Lua flavor's shared dict: its free bytes as the interface said last (dict_fit.py; the daemon
-        # keeps it from every answer)
-        self.dict_space = dict_fit.FreeSpace()
+        # passes the one its transport keeps from every answer)
+        self.dict_space = dict_space or dict_fit.FreeSpace()
         if owned.hold is not None:
             self.hold.resume(owned.hold.confirmed, owned.hold.base, owned.window, clock())
             log.warning("a removal hold from before the restart goes on (Consul confirmed it for %.0fs so far)",
