@@ -38,7 +38,8 @@ ENTRY = ROOT / "plugins" / "watcher"
 
 def opt_in(entry):
     """LOOPBACK_OPT_IN for a watcher that has these settings (an earlier checkout a benchmark runs may not)."""
-    return LOOPBACK_OPT_IN if (Path(entry).parent / "module_utils" / "_server_policy.py").exists() else {}
+    package = Path(entry).parent if Path(entry).suffix == ".py" else Path(entry)   # plugins/watcher(/__main__.py)
+    return LOOPBACK_OPT_IN if (package.parent / "module_utils" / "_server_policy.py").exists() else {}
 
 
 def _command(config_path, *extra, entry=ENTRY, python_args=()):
