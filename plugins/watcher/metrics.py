@@ -224,14 +224,15 @@ class Metrics:
             if last_contact is not None:
                 self.consul_last_contact[query] = last_contact
 
-    def change_applied(self, name: str) -> None:
+    def change_applied(self, name: str) -> float | None:
         """A POST or DELETE of upstream ``name`` was answered: counted, and timed when a Consul answer
-        caused it (ChangeLatency)."""
+        caused it (ChangeLatency). Returns that time in seconds (None: not caused by an answer)."""
         with self._lock:
             self.counters["changes_applied"] = self.counters.get("changes_applied", 0) + 1
             elapsed = self.latency.applied(name)
             if elapsed is not None:
                 self.latency_histogram.observe(elapsed)
+            return elapsed
 
     def set_status(self, **facts: Any) -> None:
         with self._lock:

@@ -35,6 +35,12 @@ def dyups_error_kind(exc: BaseException) -> str:
     return "dyups_protocol"
 
 
+def since_answer(elapsed: Optional[float]) -> str:
+    """The end of a change's log line: how long after the Consul answer that caused it the interface
+    answered (the latency histogram's sample; docs/monitoring.md), or nothing when no answer caused it."""
+    return "" if elapsed is None else f", {elapsed * 1000:.1f} ms after Consul's answer"
+
+
 def describe_change(before: Optional[Upstream], after: Optional[Upstream]) -> str:
     """``+10.0.0.3:8080 -10.0.0.1:8080 ~10.0.0.2:8080(weight=3)``, for the one log line per change."""
     old = {server.address: server for server in (before.servers if before else ())}
@@ -107,13 +113,13 @@ class Pushes:
                 self._failed(report, name, exc)
                 continue
             self.pacer.sent(name, upstream, body, answered=True)
-            log.info("upstream %s: %s (%d server(s))", name, describe_change(self.pushed.get(name), upstream),
-                     len(upstream.servers))
+            elapsed = self.metrics.change_applied(name)  # counted, and timed from the Consul answer
+            log.info("upstream %s: %s (%d server(s))%s", name, describe_change(self.pushed.get(name), upstream),
+                     len(upstream.servers), since_answer(elapsed))
             self.pushed[name] = upstream
             self.pending.discard(name)
             self.deleted.discard(name)
             report.posted.append(name)
-            self.metrics.change_applied(name)  # counted, and timed from the Consul answer
         live = {name_key(name) for name in applied} if self.gone else set()
         for name in sorted(self.gone):
             if name_key(name) in live:
@@ -130,12 +136,13 @@ class Pushes:
                 self._failed(report, name, exc)
                 continue
             self.pacer.sent(name, None, None, answered=existed)
-            log.info("upstream %s: deleted%s", name, "" if existed else " (the interface did not hold it)")
+            elapsed = self.metrics.change_applied(name)
+            log.info("upstream %s: deleted%s%s", name, "" if existed else " (the interface did not hold it)",
+                     since_answer(elapsed))
             self.pushed.pop(name, None)
             self.gone.discard(name)   # no longer owned: an upstream added under this name later is someone else's
             self.deleted.add(name)
             report.deleted.append(name)
-            self.metrics.change_applied(name)
         self.metrics.set(dyups_up=0 if any(isinstance(e, DyupsUnavailable) for _n, e in report.failed) else 1)
 
     def forget_deleted(self) -> None:

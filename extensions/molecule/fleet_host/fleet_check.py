@@ -13,6 +13,18 @@ round robin over three), so the time is an upper bound (the rule of tests/benchm
 The check then goes back to passing (not measured) and every worker of every proxy must answer from
 backend-3 again before the next flip.
 
+Where a flip's time goes (``timeline`` in the JSON, ms from the flip request, median / p90 / max over
+the flips; the clocks agree: the containers share the test machine's kernel clock):
+  server_applied   each server's state holds the new status (a blocking ``?stale`` query on each
+                   server, held from before the flip: the leader's commit, each follower's apply);
+  watcher_read     each proxy's watcher read Consul's answer (its log line for the change says how
+                   long after that answer the interface answered; journald's time of that line
+                   minus that figure);
+  interface_answered  each proxy's dyups interface answered the watcher's POST (the line's time);
+  worker_first / worker_confirmed  the first and the third answer of the proxy's last worker in its
+                   final streak without backend-3 (the probe's resolution: a worker is seen only when
+                   the kernel hands it a probe's connection).
+
 Faults, each with flips during it:
   (a) a Consul server killed (SIGKILL; the leader unless s1, which holds the checks and which this
       script talks to): a flip started right at the kill reaches every worker of every proxy within
@@ -63,20 +75,58 @@ class Consul:
         self.context.load_cert_chain(str(secrets / "driver.pem"), str(secrets / "driver-key.pem"))
         self.token = (secrets / "master.token").read_text(encoding="utf-8").strip()
 
-    def request(self, method, path):
-        connection = http.client.HTTPSConnection(self.address, 8501, timeout=10, context=self.context)
+    def request(self, method, path, address=None, timeout=10, index=False):
+        """The answer's JSON (and its X-Consul-Index, with ``index``), from s1 or ``address``."""
+        connection = http.client.HTTPSConnection(address or self.address, 8501, timeout=timeout,
+                                                 context=self.context)
         try:
             connection.request(method, path, headers={"X-Consul-Token": self.token})
             response = connection.getresponse()
             body = response.read().decode()
             if response.status != 200:
                 raise RuntimeError(f"{method} {path}: HTTP {response.status} {body}")
-            return json.loads(body) if body else None
+            answer = json.loads(body) if body else None
+            return (answer, int(response.getheader("X-Consul-Index") or 0)) if index else answer
         finally:
             connection.close()
 
     def set_check(self, status):
         self.request("PUT", f"/v1/agent/check/{'fail' if status == 'critical' else 'pass'}/{SERVICE}-backend-3")
+
+
+class ServerWatch:
+    """When each server's state first holds backend-3's check as critical: one blocking ``?stale``
+    query per server (answered from its own state), started before the flip."""
+
+    PATH = f"/v1/health/checks/{SERVICE}?stale"
+
+    def __init__(self, consul, servers):
+        self.consul, self.servers, self.applied, self.threads = consul, servers, {}, []
+
+    def start(self, deadline):
+        for name, address in self.servers.items():
+            _answer, index = self.consul.request("GET", self.PATH, address=address, index=True)
+            thread = threading.Thread(target=self._watch, args=(name, address, index, deadline), daemon=True)
+            thread.start()
+            self.threads.append(thread)
+        return self
+
+    def _watch(self, name, address, index, deadline):
+        while time.time() < deadline:
+            try:
+                checks, index = self.consul.request("GET", f"{self.PATH}&index={index}&wait=5s", address=address,
+                                                    timeout=15, index=True)
+            except (OSError, RuntimeError):
+                time.sleep(0.05)
+                continue
+            if any(check.get("ServiceID", "").endswith("backend-3") and check.get("Status") == "critical"
+                   for check in checks or []):
+                self.applied[name] = time.time()
+                return
+
+    def join(self):
+        for thread in self.threads:
+            thread.join()
 
 
 def get(address):
@@ -93,20 +143,24 @@ def get(address):
         connection.close()
 
 
-def wait_proxy(address, started, gone, deadline):
+def wait_proxy(address, started, gone, deadline, workers=None):
     """Seconds from ``started`` until every worker of one proxy serves the new set (module docstring):
-    without ``GONE`` when ``gone``, else each worker has answered from it once. None: not by ``deadline``."""
+    without ``GONE`` when ``gone``, else each worker has answered from it once. None: not by ``deadline``.
+    ``workers`` (a dict, when gone): filled with {worker: (first, third)} answers of the final streak,
+    as time.time() values."""
     streak, seen = {}, {}
     while time.perf_counter() < deadline:
         body, worker = get(address)
         now = time.perf_counter()
         if gone:
             if body is not None and body != GONE and not body.startswith("HTTP"):
-                streak.setdefault(worker, []).append(now)
+                streak.setdefault(worker, []).append((now, time.time()))
             else:
                 streak = {}
-            done = [times[2] for times in streak.values() if len(times) >= 3]
+            done = [times[2][0] for times in streak.values() if len(times) >= 3]
             if len(done) >= WORKERS:
+                if workers is not None:
+                    workers.update({worker: (times[0][1], times[2][1]) for worker, times in streak.items()})
                 return max(done) - started
         elif body == GONE:
             seen.setdefault(worker, now)
@@ -115,10 +169,13 @@ def wait_proxy(address, started, gone, deadline):
     return None
 
 
-def wait_all(addresses, started, gone, timeout=TIMEOUT):
-    """{address: seconds or None}, the proxies polled side by side."""
+def wait_all(addresses, started, gone, timeout=TIMEOUT, workers=None):
+    """{address: seconds or None}, the proxies polled side by side; ``workers``: {address: wait_proxy's}."""
     results, deadline = {}, started + timeout
-    threads = [threading.Thread(target=lambda a=a: results.__setitem__(a, wait_proxy(a, started, gone, deadline)))
+    if workers is not None:
+        workers.update({address: {} for address in addresses})
+    threads = [threading.Thread(target=lambda a=a: results.__setitem__(
+        a, wait_proxy(a, started, gone, deadline, None if workers is None else workers[a])))
                for a in addresses]
     for thread in threads:
         thread.start()
@@ -127,12 +184,19 @@ def wait_all(addresses, started, gone, timeout=TIMEOUT):
     return results
 
 
-def flip(consul, addresses, timeout=TIMEOUT):
+def flip(consul, addresses, timeout=TIMEOUT, timeline=None, servers=None):
     """One measured flip to critical (seconds to the last worker of the last proxy, or None) and its
-    unmeasured way back; raises when the way back does not reach every proxy."""
+    unmeasured way back; raises when the way back does not reach every proxy. ``timeline`` (a list):
+    gets {"sent": time.time(), "servers": {name: time}, "workers": {address: {worker: (first, third)}}}."""
+    watch = ServerWatch(consul, servers).start(time.time() + timeout) if timeline is not None else None
+    sent = time.time()
     started = time.perf_counter()
     consul.set_check("critical")
-    times = wait_all(addresses, started, gone=True, timeout=timeout)
+    workers = {} if timeline is not None else None
+    times = wait_all(addresses, started, gone=True, timeout=timeout, workers=workers)
+    if watch is not None:
+        watch.join()
+        timeline.append({"sent": sent, "servers": dict(watch.applied), "workers": workers})
     consul.set_check("passing")
     back = wait_all(addresses, time.perf_counter(), gone=False)
     if None in back.values():
@@ -152,6 +216,61 @@ def ssh(run, name, *command):
     if done.returncode:
         raise RuntimeError(f"on {name}: {' '.join(command)}: exit {done.returncode}: {done.stderr.strip()}")
     return done.stdout
+
+
+def watcher_lines(run, name, since):
+    """[(time, ms after Consul's answer)] of the proxy's watcher log lines for a change of the service
+    to two servers (pushes.py's line), from its journal since ``since`` (time.time())."""
+    text = ssh(run, name, "journalctl", "-u", "swallowkeeper-dyups-watcher", "-o", "json", "--no-pager",
+               f"--since=@{int(since) - 1}")
+    found = []
+    for line in text.splitlines():
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue
+        message = entry.get("MESSAGE")
+        if not isinstance(message, str) or f"upstream {SERVICE}: " not in message or "(2 server(s))" not in message:
+            continue
+        after = message.rsplit(", ", 1)[-1]
+        if after.endswith(" ms after Consul's answer"):
+            found.append((int(entry["__REALTIME_TIMESTAMP"]) / 1e6, float(after.split(" ", 1)[0])))
+    return found
+
+
+def stage(samples):
+    """median / p90 / max (ms) of a stage's samples, and how many flips had one."""
+    values = sorted(value for value in samples if value is not None)
+    if not values:
+        return {"flips": 0}
+    p50, p90 = (values[min(len(values) - 1, int(q * len(values)))] for q in (0.5, 0.9))
+    return {"flips": len(values), "p50_ms": round(p50, 1), "p90_ms": round(p90, 1), "max_ms": round(values[-1], 1)}
+
+
+def timeline_summary(timeline, run, proxies):
+    """Per stage (module docstring), per server and per proxy: ms from each flip's request."""
+    if not timeline:
+        return {}
+    lines = {name: watcher_lines(run, name, timeline[0]["sent"]) for name in proxies}
+    stages = {f"server_applied {name}": [] for name in sorted(timeline[0]["servers"] or {})}
+    for name in proxies:
+        for what in ("watcher_read", "interface_answered", "worker_first", "worker_confirmed"):
+            stages[f"{what} {name}"] = []
+    for number, entry in enumerate(timeline):
+        sent = entry["sent"]
+        until = timeline[number + 1]["sent"] if number + 1 < len(timeline) else float("inf")
+        for name, at in entry["servers"].items():
+            stages.setdefault(f"server_applied {name}", []).append((at - sent) * 1000)
+        for name, address in proxies.items():
+            line = next(((at, after) for at, after in lines[name] if sent <= at < until), None)
+            stages[f"watcher_read {name}"].append(None if line is None else (line[0] - line[1] / 1000 - sent) * 1000)
+            stages[f"interface_answered {name}"].append(None if line is None else (line[0] - sent) * 1000)
+            workers = entry["workers"].get(address) or {}
+            stages[f"worker_first {name}"].append(
+                max((first - sent) * 1000 for first, _third in workers.values()) if workers else None)
+            stages[f"worker_confirmed {name}"].append(
+                max((third - sent) * 1000 for _first, third in workers.values()) if workers else None)
+    return {what: stage(samples) for what, samples in stages.items()}
 
 
 def probe_inside(run, name, count=30):
@@ -265,8 +384,13 @@ def main():
         failures.append(f"not every worker of every proxy serves backend-3 at the start: {ready}")
         print(json.dumps({"failures": failures}, indent=2))
         return 1
-    times = [flip(consul, addresses) for _flip in range(args.flips)]
+    timeline = []
+    times = [flip(consul, addresses, timeline=timeline, servers=args.servers) for _flip in range(args.flips)]
     result = {"proxies": len(addresses), "workers_per_proxy": WORKERS, "flip_to_every_worker": summary(times, len(times))}
+    try:
+        result["timeline"] = timeline_summary(timeline, args.run, args.proxies)
+    except (OSError, RuntimeError, subprocess.TimeoutExpired) as exc:   # figures only: not a failure
+        result["timeline"] = {"error": str(exc)}
     if None in times:
         failures.append(f"{times.count(None)} of {len(times)} flips did not reach every worker within {TIMEOUT:.0f} s")
     result["server_killed"] = fault_server_killed(args, consul, args.servers, args.proxies, failures)

@@ -57,10 +57,10 @@ def test_a_change_is_timed_from_the_consul_answer_to_its_post():
     clock.now = 100.2
     metrics.latency.taken({"Web", "Api"})
     metrics.latency.settle({"Web", "Api"})
-    metrics.change_applied("Web")        # answered at 100.2
+    assert metrics.change_applied("Web") == pytest.approx(0.2)    # answered at 100.2
     clock.now = 102.0
-    metrics.change_applied("Api")        # answered at 102.0 (a retry, say)
-    metrics.change_applied("Other")      # a drift repair: counted, not timed
+    assert metrics.change_applied("Api") == pytest.approx(2.0)    # answered at 102.0 (a retry, say)
+    assert metrics.change_applied("Other") is None                # a drift repair: counted, not timed
     found = samples(metrics.prometheus())
     name = "swallowkeeper_watcher_consul_to_applied_seconds"
     assert found[f"{name}_count"] == 2

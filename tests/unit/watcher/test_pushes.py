@@ -31,3 +31,25 @@ def test_what_fails_stays_pending_and_what_succeeds_leaves_posts_before_deletes(
             assert pushes.gone == {"A"} and not pushes.pending
         finally:
             transport.close()
+
+
+def test_a_change_caused_by_a_consul_answer_logs_how_long_after_it_the_interface_answered(caplog):
+    """The change's log line ends with the latency histogram's sample (the fleet timeline reads it:
+    extensions/molecule/fleet_host/fleet_check.py); a change no answer caused (a repair) says nothing."""
+    applied = {"A": build_upstream("A", ["10.0.0.1:80"]), "B": build_upstream("B", ["10.0.0.2:80"])}
+    metrics = Metrics()
+    metrics.latency.folded(metrics.latency.clock() - 0.25)   # the answer was read 250 ms ago
+    metrics.latency.taken(["A"])
+    with FakeDyups() as fake:
+        transport = KeepAliveTransport()
+        try:
+            pushes = Pushes(DyupsClient(fake.api_url, transport, timeout=2), metrics, {}, gone=["Old"])
+            pushes.changed(["A", "B"], [])
+            caplog.set_level("INFO")
+            pushes.send(applied, SyncReport())
+        finally:
+            transport.close()
+    lines = {record.getMessage().split(":", 1)[0]: record.getMessage() for record in caplog.records}
+    after = float(lines["upstream A"].rsplit(", ", 1)[1].split(" ms after Consul's answer")[0])
+    assert 250 <= after < 10000, lines["upstream A"]
+    assert "Consul's answer" not in lines["upstream B"] and "Consul's answer" not in lines["upstream Old"]
