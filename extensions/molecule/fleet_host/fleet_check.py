@@ -174,9 +174,11 @@ def wait_all(addresses, started, gone, timeout=TIMEOUT, workers=None):
     results, deadline = {}, started + timeout
     if workers is not None:
         workers.update({address: {} for address in addresses})
-    threads = [threading.Thread(target=lambda a=a: results.__setitem__(
-        a, wait_proxy(a, started, gone, deadline, None if workers is None else workers[a])))
-               for a in addresses]
+
+    def poll(address):
+        results[address] = wait_proxy(address, started, gone, deadline, None if workers is None else workers[address])
+
+    threads = [threading.Thread(target=poll, args=(address,)) for address in addresses]
     for thread in threads:
         thread.start()
     for thread in threads:
