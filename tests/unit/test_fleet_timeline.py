@@ -23,10 +23,11 @@ def test_each_flip_takes_the_first_line_after_it_and_stages_count_from_its_reque
     monkeypatch.setattr(fleet, "watcher_lines", lambda run, name, since: lines[name])
     timeline = [
         {"sent": 1000.0, "servers": {"s1": 1000.010, "s2": 1000.020},
-         "workers": {"A1": {101: (1000.045, 1000.050), 102: (1000.047, 1000.070)}, "A2": {}}},
+         "workers": {"A1": {101: (1000.045, 1000.050), 102: (1000.047, 1000.070), "stale": 1000.030},
+                     "A2": {}}},
         {"sent": 1010.0, "servers": {"s1": 1010.012, "s2": 1010.014},
          "workers": {"A1": {101: (1010.035, 1010.040), 102: (1010.033, 1010.036)},
-                     "A2": {201: (1010.065, 1010.080), 202: (1010.061, 1010.090)}}},
+                     "A2": {201: (1010.065, 1010.080), 202: (1010.061, 1010.090), "stale": None}}},
     ]
     found = fleet.timeline_summary(timeline, "run", {"p1": "A1", "p2": "A2"})
     assert found["server_applied s2"] == {"flips": 2, "p50_ms": 20.0, "p90_ms": 20.0, "max_ms": 20.0}
@@ -35,3 +36,5 @@ def test_each_flip_takes_the_first_line_after_it_and_stages_count_from_its_reque
     assert found["interface_answered p2"] == {"flips": 1, "p50_ms": 60.0, "p90_ms": 60.0, "max_ms": 60.0}
     assert found["worker_first p1"]["max_ms"] == 47.0 and found["worker_confirmed p1"]["max_ms"] == 70.0
     assert found["worker_first p2"] == {"flips": 1, "p50_ms": 65.0, "p90_ms": 65.0, "max_ms": 65.0}
+    assert found["last_stale p1"] == {"flips": 1, "p50_ms": 30.0, "p90_ms": 30.0, "max_ms": 30.0}
+    assert found["last_stale p2"] == {"flips": 0}

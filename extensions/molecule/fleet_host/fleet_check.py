@@ -21,9 +21,13 @@ the flips; the clocks agree: the containers share the test machine's kernel cloc
                    long after that answer the interface answered; journald's time of that line
                    minus that figure);
   interface_answered  each proxy's dyups interface answered the watcher's POST (the line's time);
+  last_stale       the proxy's last answer from backend-3 (a worker not switched yet): every worker
+                   switched after it;
   worker_first / worker_confirmed  the first and the third answer of the proxy's last worker in its
-                   final streak without backend-3 (the probe's resolution: a worker is seen only when
-                   the kernel hands it a probe's connection).
+                   final streak without backend-3: every worker switched before the first (the
+                   probe's resolution: a worker is seen only when the kernel hands it a probe's
+                   connection; the scenario's vhost listens with reuseport, so connections spread
+                   evenly over the workers).
 
 Faults, each with flips during it:
   (a) a Consul server killed (SIGKILL; the leader unless s1, which holds the checks and which this
@@ -147,8 +151,10 @@ def wait_proxy(address, started, gone, deadline, workers=None):
     """Seconds from ``started`` until every worker of one proxy serves the new set (module docstring):
     without ``GONE`` when ``gone``, else each worker has answered from it once. None: not by ``deadline``.
     ``workers`` (a dict, when gone): filled with {worker: (first, third)} answers of the final streak,
-    as time.time() values."""
+    as time.time() values, and "stale": the time of the last answer from ``GONE`` (None: none came)."""
     streak, seen = {}, {}
+    if workers is not None:
+        workers["stale"] = None
     while time.perf_counter() < deadline:
         body, worker = get(address)
         now = time.perf_counter()
@@ -157,6 +163,8 @@ def wait_proxy(address, started, gone, deadline, workers=None):
                 streak.setdefault(worker, []).append((now, time.time()))
             else:
                 streak = {}
+                if workers is not None and body == GONE:
+                    workers["stale"] = time.time()
             done = [times[2][0] for times in streak.values() if len(times) >= 3]
             if len(done) >= WORKERS:
                 if workers is not None:
@@ -256,7 +264,7 @@ def timeline_summary(timeline, run, proxies):
     lines = {name: watcher_lines(run, name, timeline[0]["sent"]) for name in proxies}
     stages = {f"server_applied {name}": [] for name in sorted(timeline[0]["servers"] or {})}
     for name in proxies:
-        for what in ("watcher_read", "interface_answered", "worker_first", "worker_confirmed"):
+        for what in ("watcher_read", "interface_answered", "last_stale", "worker_first", "worker_confirmed"):
             stages[f"{what} {name}"] = []
     for number, entry in enumerate(timeline):
         sent = entry["sent"]
@@ -267,7 +275,9 @@ def timeline_summary(timeline, run, proxies):
             line = next(((at, after) for at, after in lines[name] if sent <= at < until), None)
             stages[f"watcher_read {name}"].append(None if line is None else (line[0] - line[1] / 1000 - sent) * 1000)
             stages[f"interface_answered {name}"].append(None if line is None else (line[0] - sent) * 1000)
-            workers = entry["workers"].get(address) or {}
+            workers = dict(entry["workers"].get(address) or {})
+            stale = workers.pop("stale", None)
+            stages[f"last_stale {name}"].append(None if stale is None else (stale - sent) * 1000)
             stages[f"worker_first {name}"].append(
                 max((first - sent) * 1000 for first, _third in workers.values()) if workers else None)
             stages[f"worker_confirmed {name}"].append(
