@@ -35,7 +35,7 @@ from typing import Any, Callable, Iterable, Sequence, TypeVar
 try:  # hmac.compare_digest's own fallback: importing ``hmac`` loads OpenSSL's libcrypto (3.8 MB of RSS) for it
     from _operator import _compare_digest as compare_digest
 except ImportError:  # pragma: no cover  (another interpreter)
-    from hmac import compare_digest
+    from hmac import compare_digest  # type: ignore[no-redef]
 
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._dyups_options import secret_headers
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._dyups_wire import SECRET_HEADER
