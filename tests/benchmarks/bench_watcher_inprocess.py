@@ -27,7 +27,7 @@ Each measured process (a child, one per checkout and repetition, ``--before`` al
 4. ``rss_after``: VmRSS after the flips, then ``hwm`` (VmHWM).
 
 ``--trace`` (one process per checkout, slower): tracemalloc from the start, the Python heap after the
-flips by file and by file:line, and the size (``sys.getsizeof``, deep for the containers the cache
+flips by file, by file:line and by type (bench_watcher_memory.py's ``trace_figures``), and the size (``sys.getsizeof``, deep for the containers the cache
 owns) of each store the watcher keeps. ``--profile``: cProfile of the flips of one process per checkout,
 the top functions by cumulative and by own time.
 """
@@ -247,24 +247,15 @@ def child(args):  # pylint: disable=too-many-locals,too-many-statements
     out["rss_after"] = proc_mb("VmRSS")
     out["hwm"] = proc_mb("VmHWM")
     out["libcrypto"] = "_hashlib" in sys.modules or "ssl" in sys.modules
-    import statistics  # pylint: disable=import-outside-toplevel  (not the watcher's: after the RSS figures)
+    # not a module the watcher imports: imported after the RSS figures
+    import statistics  # pylint: disable=import-outside-toplevel
     out["flips"] = {key: {"median": round(statistics.median(values), 3), "p90": round(percentile(values, 0.9), 3),
                           "p99": round(percentile(values, 0.99), 3), "max": round(max(values), 3)}
                     for key, values in times.items()}
     if args.trace:
-        current, peak = tracemalloc.get_traced_memory()
-        snapshot = tracemalloc.take_snapshot().filter_traces(
-            (tracemalloc.Filter(False, tracemalloc.__file__), tracemalloc.Filter(False, "<frozen importlib._bootstrap>"),
-             tracemalloc.Filter(False, __file__)))
-
-        def short(path):
-            return path.split("ansible_collections/swallowkeeper/dyups/", 1)[-1].split("/lib/python3")[-1]
-
-        out["traced_mb"], out["traced_peak_mb"] = round(current / 2 ** 20, 1), round(peak / 2 ** 20, 1)
-        out["by_file"] = [(short(stat.traceback[0].filename), round(stat.size / 2 ** 20, 2), stat.count)
-                          for stat in snapshot.statistics("filename")[:12]]
-        out["by_line"] = [(f"{short(stat.traceback[0].filename)}:{stat.traceback[0].lineno}",
-                           round(stat.size / 2 ** 20, 2), stat.count) for stat in snapshot.statistics("lineno")[:20]]
+        # a script of this directory (sys.path[0] when run as a script)
+        from bench_watcher_memory import trace_figures  # pylint: disable=import-outside-toplevel
+        out.update(trace_figures(tracemalloc, daemon))
         tracemalloc.stop()
         out["stores"] = store_sizes(daemon)
     if profiler is not None:
@@ -276,19 +267,18 @@ def child(args):  # pylint: disable=too-many-locals,too-many-statements
             out[f"profile_{order}"] = text.getvalue()
     gc.collect()
     if os.environ.get("BENCH_MALLOC_STATS"):
-        sys._debugmallocstats()  # pylint: disable=protected-access  (to stderr)
+        # the allocator's arenas and pools, to stderr
+        sys._debugmallocstats()  # pylint: disable=protected-access
     print(json.dumps(out), flush=True)
     return 0
 
 
 def run_child(root, args, trace=False, profile=False):
-    import subprocess  # pylint: disable=import-outside-toplevel
-    command = [sys.executable, str(Path(__file__).resolve()), "--child", "--root", str(root), "--size", str(args.size),
-               "--flips", str(args.flips)] + (["--trace"] if trace else []) + (["--profile"] if profile else [])
-    done = subprocess.run(command, capture_output=True, text=True, timeout=1800, check=False, cwd="/")
-    if done.returncode != 0:
-        raise RuntimeError(f"measured process failed ({done.returncode}):\n{done.stdout[-2000:]}\n{done.stderr[-3000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    # a script of this directory (sys.path[0] when run as a script)
+    from bench_watcher_memory import run_measured  # pylint: disable=import-outside-toplevel
+    return run_measured([sys.executable, str(Path(__file__).resolve()), "--child", "--root", str(root), "--size",
+                         str(args.size), "--flips", str(args.flips)]
+                        + (["--trace"] if trace else []) + (["--profile"] if profile else []))
 
 
 def main(argv=None):
@@ -325,7 +315,7 @@ def main(argv=None):
             trace = run_child(root, args, trace=True)
             results.setdefault("trace", {})[label] = trace
             print(f"{label}: traced {trace['traced_mb']} MB, traced peak {trace['traced_peak_mb']} MB")
-            for table in ("by_file", "by_line", "stores"):
+            for table in ("by_file", "by_line", "gc_types", "stores"):
                 print(f"  {table}:")
                 for row in trace[table]:
                     print("    ", *row)

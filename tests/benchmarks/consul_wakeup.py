@@ -83,9 +83,23 @@ def summary(samples):
     }
 
 
+def flip_rounds(query, set_check, flips):
+    """Seconds from each flip (``set_check(number, status)``: critical, then passing) to ``query``'s wake-up."""
+    query.poll()
+    samples = []
+    for number in range(flips):
+        for status in ("critical", "passing"):
+            elapsed, changed = one_round(query, lambda n=number, s=status: set_check(n, s), 30)
+            if not changed:
+                raise RuntimeError(f"{query.path} returned without a new index after a flip")
+            samples.append(elapsed)
+    return samples
+
+
 def filled_cases(agent, size, flips):
     """The two ``--fill`` cases (see the module docstring)."""
-    from bench_watcher import CatalogWriter, populate  # pylint: disable=import-outside-toplevel  (this directory)
+    # a script of this directory (sys.path[0] when run as a script)
+    from bench_watcher import CatalogWriter, populate  # pylint: disable=import-outside-toplevel
     writer = CatalogWriter(int(agent.url.rsplit(":", 1)[1]))
     started = time.perf_counter()
     populate(writer, size, (20101, 20102, 20103))
@@ -106,28 +120,12 @@ def filled_cases(agent, size, flips):
             client.get(path)
             samples.append(time.perf_counter() - started)
         report[f"read {path}"] = summary(samples)
-    query = BlockingQuery(client, "/v1/health/state/critical", wait=30, min_interval=0)
-    query.poll()
-    samples = []
-    for number in range(flips):
-        instance = f"Svc{number * 11 % size}-1"
-        for status in ("critical", "passing"):
-            elapsed, changed = one_round(query, lambda s=status, i=instance: writer.set_check("bench-n2", i, s), 30)
-            if not changed:
-                raise RuntimeError("the critical poll returned without a new index after a flip")
-            samples.append(elapsed)
-    report["health_critical_flip"] = summary(samples)
-    query = BlockingQuery(client, "/v1/health/state/any", params=params, wait=30, min_interval=0)
-    query.poll()
-    samples = []
-    for number in range(flips):
-        instance = f"Svc{number * 7 % size}-2"
-        for status in ("critical", "passing"):
-            elapsed, changed = one_round(query, lambda s=status, i=instance: writer.set_check("bench-n3", i, s), 30)
-            if not changed:
-                raise RuntimeError("the health poll returned without a new index after a flip")
-            samples.append(elapsed)
-    report["health_failing_flip"] = summary(samples)
+    report["health_critical_flip"] = summary(flip_rounds(
+        BlockingQuery(client, "/v1/health/state/critical", wait=30, min_interval=0),
+        lambda number, status: writer.set_check("bench-n2", f"Svc{number * 11 % size}-1", status), flips))
+    report["health_failing_flip"] = summary(flip_rounds(
+        BlockingQuery(client, "/v1/health/state/any", params=params, wait=30, min_interval=0),
+        lambda number, status: writer.set_check("bench-n3", f"Svc{number * 7 % size}-2", status), flips))
     return report
 
 
