@@ -20,7 +20,6 @@ applied (ChangeLatency) and the ``process_*`` metrics of Prometheus client libra
 
 from __future__ import annotations
 
-import hmac
 import ipaddress
 import json
 import logging
@@ -32,6 +31,11 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler
 from typing import Any, Callable, Iterable, Sequence, TypeVar
+
+try:  # hmac.compare_digest's own fallback: importing ``hmac`` loads OpenSSL's libcrypto (3.8 MB of RSS) for it
+    from _operator import _compare_digest as compare_digest
+except ImportError:  # pragma: no cover  (another interpreter)
+    from hmac import compare_digest  # type: ignore[no-redef]
 
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._dyups_options import secret_headers
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._dyups_wire import SECRET_HEADER
@@ -434,8 +438,7 @@ class StatusServer(_Listener):
         """True without a ``release_secret``, else whether ``given`` is it (compared in constant time)."""
         if not self.release_secret:
             return True
-        return given is not None and hmac.compare_digest(given.encode("utf-8", "replace"),
-                                                         self.release_secret.encode("utf-8"))
+        return given is not None and compare_digest(given.encode("utf-8", "replace"), self.release_secret.encode("utf-8"))
 
 
 def from_a_browser(headers: Any) -> bool:
