@@ -98,6 +98,7 @@ class Supervise:
         self.stop_since = 0.0
         self.stopped = set()        # the masters the stop signal was sent to
         self.status = 0
+        self.starter = 0            # the process started (nginx before it daemonizes)
 
     def current_masters(self):
         """The live masters: PID_FILE's and PID_FILE.oldbin's (if they are descendants), and the direct children."""
