@@ -31,7 +31,8 @@ import yaml
 from websockets.sync.client import connect
 
 from tests.integration.test_binary_upgrade import RequestLoop, backend  # noqa: F401 (fixture)  # pylint: disable=unused-import
-from tests.integration.test_binary_upgrade_builds import LinkedMaster, builds, upgrade_holding, wait_gone  # noqa: F401  # pylint: disable=unused-import
+from tests.integration.test_binary_upgrade_builds import (  # noqa: F401 (fixture)  # pylint: disable=unused-import
+    LinkedMaster, builds, upgrade_holding, upgrade_under_requests, wait_gone)
 from tests.support.ansible_run import AnsibleRunner
 from tests.support.ports import wait_port
 from tests.support.tengine import require_tengine, tengine_binary
@@ -231,14 +232,7 @@ def test_a_broken_build_rolls_back_under_supervisor(supervised, builds, tmp_path
     # -t passes (the real build checks); started as a master (by the old master's USR2) it says so and exits
     broken.write_text(f'#!/bin/sh\ncase " $* " in *" -t "*) exec {first} "$@";; esac\ntouch {ran}\nexit 1\n')
     broken.chmod(0o755)
-    loop = RequestLoop(master.vhost_port)
-    loop.start()
-    try:
-        master.switch(broken)
-        done = master.upgrade_from(first, timeout=5)
-        time.sleep(0.5)
-    finally:
-        loop.stop()
+    done, loop = upgrade_under_requests(master, broken, first)
     assert done.returncode == 1, done.stdout + done.stderr
     assert ran.exists()                                          # the old master took USR2 and ran the new build
     assert "rolled back" in done.stderr
