@@ -40,7 +40,8 @@ STOPPING = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT)
 
 
 def say(text):
-    print(f"nginx_supervise[{os.getpid()}]: {text}", file=sys.stderr, flush=True)
+    # one write(2), no buffered stream: a signal handler may say something while the loop is saying something
+    os.write(2, f"nginx_supervise[{os.getpid()}]: {text}\n".encode(errors="replace"))
 
 
 def parent_of(pid):
@@ -122,8 +123,9 @@ class Supervise:
             self.pass_stop()
             return
         self.follow()
-        if self.master:
-            self.send(self.master, signum)
+        # no master in the pid file yet (or a configuration whose "pid" is another file): the processes started
+        for pid in [self.master] if self.master and descends(self.master, self.me) else children(self.me):
+            self.send(pid, signum)
 
     def send(self, pid, signum):
         try:
