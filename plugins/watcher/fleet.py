@@ -331,6 +331,18 @@ class FleetSource:
         else:
             self.consul.note_failure(kind, exc)
 
+    def _kv_failed(self, kind: str, exc: BaseException) -> None:
+        """A long poll of the lock or the journal failed: logged once per kind. It says nothing of the
+        ConsulSource's reads (a fallback's state, its removal hold's clock)."""
+        if self.role == "follower":
+            self.metrics.set(consul_up=0)
+        if self.kv_failure != kind:
+            hint = (f" (with fleet_share on, the token needs key_prefix \"{self.settings.fleet_kv_prefix}/\" write "
+                    "and session_prefix \"\" write besides the readers' policy: docs/consul.md)"
+                    if kind == "consul_forbidden" else "")
+            log.error("fleet: the lock or journal could not be read (%s), retrying: %s%s", kind, exc, hint)
+            self.kv_failure = kind
+
     def mapping(self) -> MappingResult:
         if self.consul is not None and self.role != "follower":
             return self.consul.mapping()
@@ -385,7 +397,7 @@ class FleetSource:
             if event[0] == "fleet_journal":
                 journal = event
             elif event[0] == "fleet_error":
-                self.note_failure(event[1], event[2])
+                self._kv_failed(event[1], event[2])
             elif event[0] not in ("fleet_tick", "fleet_lock"):
                 consul_events.append(event)
         need = False

@@ -19,12 +19,13 @@ from __future__ import annotations
 import base64
 import json
 import time
+from pathlib import Path
 from urllib.parse import quote
 
 import pytest
 
 from tests.support import bursts
-from tests.support.consul import ConsulAgent
+from tests.support.consul import ConsulAgent, reader_policy_rules
 from tests.support.nginx_lua import NginxLua, TEST_HOSTS
 from tests.support.watcher import WatcherProcess
 
@@ -37,6 +38,9 @@ BACKEND = "127.0.0.2"
 
 def metric(watcher, name):
     return watcher.metrics().get(f"swallowkeeper_watcher_{name}", 0)
+
+
+FLEET_POLICY = (Path(__file__).resolve().parents[1] / "support" / "consul_acl_fleet_policy.hcl").read_text()
 
 
 class Fleet:
@@ -216,3 +220,36 @@ def test_a_watcher_with_other_mapping_settings_does_not_follow(fleet):
     wait_detail(other, other_nginx, {"Web": {f"{BACKEND}:8002"}})   # read from Consul itself
     time.sleep(1.5)
     assert role(other) == "fallback" and metric(other, "fleet_journal_seq") == 0
+
+
+def test_with_acls_the_fleet_policy_is_what_the_publisher_needs(tmp_path):
+    """default deny: the readers' policy plus tests/support/consul_acl_fleet_policy.hcl is enough for a
+    publisher and a follower; with the readers' policy alone the lock and the journal cannot be read (403, the log names the
+    rules) and that watcher reads Consul itself, serving what Consul says."""
+    with ConsulAgent(acl=True) as agent:
+        group = Fleet(tmp_path, agent)
+        try:
+            agent.call("PUT", "/v1/agent/service/register", {
+                "Name": "Web", "ID": "w1", "Address": BACKEND, "Port": 8001, "Check": {"TTL": "600s", "Status": "passing"}},
+                token=agent.master_token)
+            both_rules = agent.create_token(reader_policy_rules() + "\n" + FLEET_POLICY, name="fleet")
+            reader_only = agent.create_token(reader_policy_rules(), name="reader")
+            files = {}
+            for name, token in (("fleet", both_rules), ("reader", reader_only)):
+                files[name] = tmp_path / f"{name}.token"
+                files[name].write_text(token)
+                files[name].chmod(0o600)
+            first, _nginx = group.add(consul_token_file=str(files["fleet"]))
+            wait_role(first, "publisher")
+            second, second_nginx = group.add(consul_token_file=str(files["fleet"]))
+            wait_role(second, "follower")
+            wait_detail(second, second_nginx, {"Web": {f"{BACKEND}:8001"}})
+            first.stop()   # SIGTERM ends its session: the follower takes the lock after the lock delay
+            wait_role(second, "publisher", timeout=10)
+            third, third_nginx = group.add(consul_token_file=str(files["reader"]))
+            third.wait_for(lambda: "consul_forbidden" in third.log_text() and "session_prefix" in third.log_text(),
+                           "the 403 naming the rules")
+            wait_detail(third, third_nginx, {"Web": {f"{BACKEND}:8001"}})   # read from Consul itself
+            assert role(third) == "fallback"
+        finally:
+            group.stop()
