@@ -72,7 +72,7 @@ class Daemon:
         """Make the connections, the Syncer and the Consul source for ``self.settings``; raises (a token
         file that cannot be read, an upstream file that does not parse) and then changes nothing."""
         settings = self.settings
-        source = (fleet.FleetSource(settings, self.metrics) if settings.fleet_share == "on"
+        source = (fleet.FleetSource(settings, self.metrics) if settings.fleet_share
                   else ConsulSource(settings, self.metrics))
         dyups_transport = KeepAliveTransport(secret_headers(settings.dyups_secret_file))
         # the Lua flavor's shared dict: the free space each answer tells is kept (dict_fit.py)

@@ -128,7 +128,7 @@ OPTIONS = (
                                              "not checked; the Lua flavor refuses such a body whole); see zone_fit.py"),
     Option("retry_initial", 0.5, float, "first retry delay after a failure (doubles, with jitter)"),
     Option("retry_max", 5.0, float, "longest retry delay (also: the longest a recovered Consul or nginx waits)"),
-    Option("fleet_share", "off", str, "off | on: with on, the watchers of one fleet_group elect a publisher (a Consul "
+    Option("fleet_share", False, bool, "off | on (false | true): with on, the watchers of one fleet_group elect a publisher (a Consul "
                                       "lock) that reads Consul and publishes each upstream's result through "
                                       "Consul KV; the others follow it, and read Consul themselves when it is "
                                       "gone or stale (docs/watcher.md, \"One reader for a fleet\")"),
@@ -367,8 +367,6 @@ _KV_SEGMENT = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*\Z")
 def check_fleet(settings: Settings) -> None:
     """The fleet_* settings (fleet.py): checked whether fleet_share is on or not, so that turning it on
     later cannot fail on a value written long before."""
-    if settings.fleet_share not in ("off", "on"):
-        raise SettingsError(f"fleet_share: expected off or on, got {settings.fleet_share!r}")
     segments = settings.fleet_kv_prefix.split("/")
     if not all(_KV_SEGMENT.match(segment) for segment in segments) or len(settings.fleet_kv_prefix) > 128:
         raise SettingsError(f"fleet_kv_prefix: expected KV path segments of A-Z a-z 0-9 _ . - separated by /, "

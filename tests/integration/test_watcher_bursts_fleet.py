@@ -22,7 +22,7 @@ from tests.support import bursts
 from tests.support.consul import ConsulAgent
 from tests.support.watcher import WatcherProcess
 
-FLEET = {"fleet_share": "on", "fleet_heartbeat": 0.5, "fleet_stale_after": 3.0, "fleet_session_ttl": 10,
+FLEET = {"fleet_share": True, "fleet_heartbeat": 0.5, "fleet_stale_after": 3.0, "fleet_session_ttl": 10,
          "fleet_lock_delay": 1}
 
 

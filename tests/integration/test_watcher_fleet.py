@@ -30,7 +30,7 @@ from tests.support.nginx_lua import NginxLua, TEST_HOSTS
 from tests.support.watcher import WatcherProcess
 
 PREFIX = "swk/default"
-FLEET = {"fleet_share": "on", "fleet_heartbeat": 0.5, "fleet_stale_after": 2.0, "fleet_session_ttl": 10,
+FLEET = {"fleet_share": True, "fleet_heartbeat": 0.5, "fleet_stale_after": 2.0, "fleet_session_ttl": 10,
          "fleet_lock_delay": 1, "denied_networks": ["127.0.0.1/32"], "consul_wait": 30, "drift_interval": 3600,
          "consul_resync_interval": 3600, "fleet_value_max": 4096}
 BACKEND = "127.0.0.2"
