@@ -128,10 +128,11 @@ OPTIONS = (
                                              "not checked; the Lua flavor refuses such a body whole); see zone_fit.py"),
     Option("retry_initial", 0.5, float, "first retry delay after a failure (doubles, with jitter)"),
     Option("retry_max", 5.0, float, "longest retry delay (also: the longest a recovered Consul or nginx waits)"),
-    Option("fleet_share", False, bool, "off | on (false | true): with on, the watchers of one fleet_group elect a publisher (a Consul "
-                                      "lock) that reads Consul and publishes each upstream's result through "
-                                      "Consul KV; the others follow it, and read Consul themselves when it is "
-                                      "gone or stale (docs/watcher.md, \"One reader for a fleet\")"),
+    Option("fleet_share", False, bool, "off | on (false | true): with on, the watchers of one fleet_group elect "
+                                       "a publisher (a Consul lock) that reads Consul and publishes each "
+                                       "upstream's result through Consul KV; the others follow it, and read "
+                                       "Consul themselves when it is gone or stale (docs/watcher.md, \"One "
+                                       "reader for a fleet\")"),
     Option("fleet_kv_prefix", "swk", str, "KV prefix of the shared results (the ACL policy's key_prefix)"),
     Option("fleet_group", "default", str, "the group of watchers that share one publisher (proxies that route "
                                           "the same services with the same mapping settings): KV under "
