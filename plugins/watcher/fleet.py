@@ -202,7 +202,7 @@ class FollowerView:
         """Apply one decoded value (kind None: the key is gone); why it was refused, or None."""
         held = self.keys.get(name_key(name))
         if held is not None and held != name:
-            return f"upstream {held} holds this name but for letter case"
+            return None if kind is None else f"upstream {held} holds this name but for letter case"
         if self.refused.pop(name, None) is not None:
             self._skipped = []
         if kind is None:
@@ -284,6 +284,7 @@ class FleetSource:
         self.entries: List[dict] = []
         self.last_write = 0.0
         self.retry_at = 0.0   # a failed publish is retried from then on
+        self.fallback_retry_at = 0.0   # a fallback whose full read of Consul failed is tried again then
         self._logged: Set[Tuple[str, str]] = set()
         self._set_role_metrics()
 
@@ -490,6 +491,8 @@ class FleetSource:
         return False
 
     def _fall_back(self, why: str) -> bool:
+        if self.clock() < self.fallback_retry_at:
+            return False
         consul = ConsulSource(self.settings, self.metrics)
         consul.after_full_read = self._after_full_read
         try:
@@ -497,6 +500,7 @@ class FleetSource:
         except Exception as exc:  # Consul unreadable: keep following what was applied (fail-static)
             consul.stop()
             self.note_failure(consul_error_kind(exc), exc)
+            self.fallback_retry_at = self.clock() + self.settings.retry_max
             return False
         if self.events is not None:
             consul.start_watching(self.events)
@@ -637,6 +641,8 @@ class FleetSource:
                 found[key[len(self.kv.upstreams_prefix):]] = _value(entry)
         for name in [name for name in list(view.upstreams) + list(view.empty) if name not in found]:
             self._apply(view, name, None)
+        for name in [name for name in view.refused if name not in found]:
+            view.put(name, None, None)   # a refused value that is gone is no longer listed
         for name in sorted(found):
             self._apply(view, name, found[name])
         if view.changed is not None:

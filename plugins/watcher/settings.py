@@ -145,7 +145,7 @@ OPTIONS = (
     Option("fleet_stale_after", 15.0, float, "a follower that has seen no journal write for this long (at least "
                                              "twice fleet_heartbeat) reads Consul itself until a publisher "
                                              "publishes again"),
-    Option("fleet_journal_entries", 32, int, "changes the journal keeps (a follower further behind reads every "
+    Option("fleet_journal_entries", 8, int, "changes the journal keeps (a follower further behind reads every "
                                              "upstream key)"),
     Option("fleet_inline_max", 4096, int, "bytes of results carried in the journal itself (0: never; the "
                                           "followers then read each changed key)"),

@@ -253,3 +253,16 @@ def test_with_acls_the_fleet_policy_is_what_the_publisher_needs(tmp_path):
             assert role(third) == "fallback"
         finally:
             group.stop()
+
+
+def test_consul_down_leaves_the_followers_last_good_state_serving(fleet):
+    """Fail-static: the agent stopped, the follower can read neither the journal nor Consul; past
+    fleet_stale_after its fallback's full read fails, and it keeps serving what it applied."""
+    _first, _first_nginx, second, second_nginx = publisher_and_follower(fleet)
+    good = detail(second_nginx)
+    fleet.agent.stop()
+    second.wait_for(lambda: "fleet: the lock or journal could not be read" in second.log_text(), "the failure logged")
+    time.sleep(FLEET["fleet_stale_after"] + 2)
+    assert detail(second_nginx) == good
+    assert bursts.read_file(second.settings["upstream_file"]) == bursts.read_detail(second_nginx)
+    assert metric(second, "consul_up") == 0 and second.alive()
