@@ -2,7 +2,7 @@
 operations (and the faults of issue 18, on the publisher's reads), a publisher watcher, and the watcher
 whose interface is checked against the oracle a follower of the publisher's journal (fleet.py), which never
 reads Consul's catalog or health itself. After each burst and a quiet period the follower's upstream file and
-its real interface (the Lua flavor) must equal the oracle, within the zero-instance policy's and the removal
+its real interface (the Lua flavor; a real Tengine in the third case, skipped without one) must equal the oracle, within the zero-instance policy's and the removal
 guard's rules, exactly as for a single watcher; the follower must still be following at the end (no
 fallback: what it applied came from the journal).
 
@@ -77,8 +77,12 @@ def agent():
         yield started
 
 
-@pytest.mark.parametrize("config_name", ["delete-noguard", "keep-guard"])
-def test_a_follower_converges_to_the_oracle_after_bursts(tmp_path, agent, config_name):
+# the third case: no inline results and a journal of one entry, so that the follower reads each changed key,
+# and every key whenever it missed a write (the paths the defaults take only now and then)
+@pytest.mark.parametrize("config_name,flavor,journal", [
+    ("delete-noguard", "lua", {}), ("keep-guard", "lua", {}),
+    ("delete-noguard", "lua", {"fleet_inline_max": 0, "fleet_journal_entries": 1}), ("keep-guard", "tengine", {})])
+def test_a_follower_converges_to_the_oracle_after_bursts(tmp_path, agent, config_name, flavor, journal):
     assert config_name in CONFIGS
     seed = (BUDGET.get("seed") or 1) + 100 + sorted(CONFIGS).index(config_name)
     rng = random.Random(seed)
@@ -87,7 +91,8 @@ def test_a_follower_converges_to_the_oracle_after_bursts(tmp_path, agent, config
     while bursts.operation_count(run) < target:
         run.append(bursts.random_burst(rng, faults=BUDGET.get("faults", 0.1)))
     print(f"{config_name}: seed {seed}, {len(run)} bursts, {bursts.operation_count(run)} operations")
-    bench = FleetBench(tmp_path / "run", agent, config_name)
+    bench = FleetBench(tmp_path / "run", agent, config_name, flavor)
+    bench.settings.update(journal)
     try:
         bench.start()
         bursts.register_node_check(agent)
@@ -107,6 +112,8 @@ def test_a_follower_converges_to_the_oracle_after_bursts(tmp_path, agent, config
         assert role(bench.watcher) == "follower"
         assert metrics.get("swallowkeeper_watcher_fleet_fallbacks_total") == 0
         assert metrics.get("swallowkeeper_watcher_fleet_journal_seq", 0) > 0
+        print(f"{config_name} {flavor} {journal}: the follower read every key "
+              f"{metrics.get('swallowkeeper_watcher_fleet_full_reads_total'):.0f} time(s)")
     finally:
         bench.stop()
         bursts.reset(agent)
