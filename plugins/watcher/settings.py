@@ -146,7 +146,7 @@ OPTIONS = (
                                              "twice fleet_heartbeat) reads Consul itself until a publisher "
                                              "publishes again"),
     Option("fleet_journal_entries", 8, int, "changes the journal keeps (a follower further behind reads every "
-                                             "upstream key)"),
+                                            "upstream key)"),
     Option("fleet_inline_max", 4096, int, "bytes of results carried in the journal itself (0: never; the "
                                           "followers then read each changed key)"),
     Option("fleet_value_max", 262144, int, "largest upstream value (bytes) published or accepted from KV "

@@ -2,9 +2,9 @@
 operations (and the faults of issue 18, on the publisher's reads), a publisher watcher, and the watcher
 whose interface is checked against the oracle a follower of the publisher's journal (fleet.py), which never
 reads Consul's catalog or health itself. After each burst and a quiet period the follower's upstream file and
-its real interface (the Lua flavor; a real Tengine in the third case, skipped without one) must equal the oracle, within the zero-instance policy's and the removal
-guard's rules, exactly as for a single watcher; the follower must still be following at the end (no
-fallback: what it applied came from the journal).
+its real interface (the Lua flavor; a real Tengine in the last case, skipped without one) must equal the
+oracle, within the zero-instance policy's and the removal guard's rules, exactly as for a single watcher;
+the follower must still be following at the end (no fallback: what it applied came from the journal).
 
 Budget: BURSTS_FLEET_OPS operations per configuration (default 200: well under a minute); BURSTS_SEED as in
 test_watcher_bursts.py.
