@@ -25,9 +25,13 @@ from urllib.parse import quote
 import pytest
 
 from tests.support import bursts
-from tests.support.consul import ConsulAgent, reader_policy_rules
+from tests.support.consul import LOOPBACK_OPT_IN, ConsulAgent, reader_policy_rules
 from tests.support.nginx_lua import NginxLua, TEST_HOSTS
 from tests.support.watcher import WatcherProcess
+from ansible_collections.swallowkeeper.dyups.plugins.module_utils._upstream import build_upstream
+from ansible_collections.swallowkeeper.dyups.plugins.watcher import settings as watcher_settings
+from ansible_collections.swallowkeeper.dyups.plugins.watcher.fleet import FleetSource
+from ansible_collections.swallowkeeper.dyups.plugins.watcher.metrics import Metrics
 
 PREFIX = "swk/default"
 FLEET = {"fleet_share": True, "fleet_heartbeat": 0.5, "fleet_stale_after": 2.0, "fleet_session_ttl": 10,
@@ -266,3 +270,63 @@ def test_consul_down_leaves_the_followers_last_good_state_serving(fleet):
     assert detail(second_nginx) == good
     assert bursts.read_file(second.settings["upstream_file"]) == bursts.read_detail(second_nginx)
     assert metric(second, "consul_up") == 0 and second.alive()
+
+
+def _journal(agent):
+    entry = agent.get(f"/v1/kv/{PREFIX}/journal")[0]
+    return json.loads(base64.b64decode(entry["Value"]))
+
+
+def test_a_deposed_publisher_cannot_write(fleet):
+    """The publisher's session ended under it (destroyed through the API, as Consul does when its TTL
+    runs out) and a flip comes at once: the journal never moves under its session again (here the
+    watcher learns it lost the lock before it publishes; the transactions' own guard is
+    test_the_transactions_refuse_a_session_without_the_lock), and a publisher with a new session takes over."""
+    first, _first_nginx, second, second_nginx = publisher_and_follower(fleet)
+    agent = fleet.agent
+    old = agent.get(f"/v1/kv/{PREFIX}/leader")[0]["Session"]
+    before = _journal(agent)
+    assert before["session"] == old
+    agent.call("PUT", f"/v1/session/destroy/{old}")
+    agent.fail_check("w2")   # the deposed publisher reads it from Consul and tries to publish it
+    first.wait_for(lambda: "fleet: publisher -> fallback" in first.log_text()
+                   or "a publish was refused" in first.log_text(), "the deposed publisher noticed")
+    deadline = time.monotonic() + 8
+    while time.monotonic() < deadline:
+        journal = _journal(agent)
+        assert journal["session"] != old or journal["seq"] == before["seq"], journal
+        time.sleep(0.05)
+    second.wait_for(lambda: sorted([role(first), role(second)]) == ["follower", "publisher"],
+                    "one publisher and one follower again", timeout=15)
+    assert _journal(agent)["session"] != old
+    wait_detail(second, second_nginx, {"Web": {f"{BACKEND}:8001"}})
+
+
+def test_the_transactions_refuse_a_session_without_the_lock(tmp_path):
+    """The guard itself, on a real agent: a FleetSource that believes it publishes, with a session that
+    does not hold the lock (another does), writes nothing, neither key nor journal (check-session on the
+    lock key); one that holds the lock but names an old journal ModifyIndex (the journal was written by
+    another since) writes nothing either (the CAS), then re-reads the journal and publishes after it."""
+    with ConsulAgent() as agent:
+        settings = watcher_settings.build({"consul_url": agent.url, "status_listen": "", "fleet_share": True,
+                                           "upstream_file": str(tmp_path / "u.conf"), **LOOPBACK_OPT_IN})
+        source = FleetSource(settings, Metrics())
+        try:
+            holder = source.kv.create_session()
+            assert source.kv.acquire(holder)
+            source.session, source.role = source.kv.create_session(), "publisher"   # not the holder's
+            web = build_upstream("Web", ["127.0.0.2:8001"])
+            source._publish({"Web": web}, set(), None)   # pylint: disable=protected-access
+            assert source.kv.get(f"{PREFIX}/upstreams/Web") is None and source.kv.get(f"{PREFIX}/journal") is None
+            assert source.metrics.counters["fleet_publish_failures"] == 1
+            source.session = holder   # now the holder, but another wrote the journal meanwhile
+            _kv_put(agent, f"{PREFIX}/journal", json.dumps({"format": 1, "seq": 40}).encode())
+            source._publish({"Web": web}, set(), None)   # pylint: disable=protected-access
+            assert source.kv.get(f"{PREFIX}/upstreams/Web") is None
+            assert source.metrics.counters["fleet_publish_failures"] == 2
+            source._publish({"Web": web}, set(), None)   # pylint: disable=protected-access
+            assert source.kv.get(f"{PREFIX}/upstreams/Web") is not None
+            journal = _journal(agent)
+            assert journal["seq"] == 41 and journal["session"] == holder and journal["entries"][-1]["all"] is True
+        finally:
+            source.stop()
