@@ -23,11 +23,11 @@ upstream's last good state and says so).
 
 from __future__ import annotations
 
-import hashlib
 import json
 from typing import Any, Optional, Tuple
 
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils import _consul_mapping as mapping
+from ansible_collections.swallowkeeper.dyups.plugins.module_utils._consul_client import blake2b
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._errors import ValidationError
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._names import name_problem
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._upstream import Upstream, build_upstream
@@ -56,7 +56,8 @@ def digest_of(options: mapping.MappingOptions) -> str:
         "allow_zero_max_fails": policy.allow_zero_max_fails,
     }
     text = json.dumps(shape, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(text.encode()).hexdigest()[:16]  # tells settings apart; not a secret
+    # tells settings apart; not a secret (BLAKE2 built into CPython: hashlib would load libcrypto)
+    return blake2b(text.encode(), digest_size=8).hexdigest()
 
 
 def encode(upstream: Optional[Upstream], empty: bool) -> Optional[dict]:
