@@ -32,215 +32,30 @@ keeps its last good state.
 
 from __future__ import annotations
 
-import base64
 import json
 import logging
-import os
 import queue
-import socket
 import threading
 import time
 from typing import Any, Callable, Dict, Iterable, List, Optional, Set, Tuple
 
-from ansible_collections.swallowkeeper.dyups.plugins.module_utils._consul_client import (
-    TOKEN_HEADER, BlockingQuery, ConsulClient, resolve_token)
-from ansible_collections.swallowkeeper.dyups.plugins.module_utils._errors import (
-    ConsulBadAnswer, ConsulError, ConsulForbidden, ConsulServerError, ConsulUnavailable)
-from ansible_collections.swallowkeeper.dyups.plugins.module_utils._names import name_key
+from ansible_collections.swallowkeeper.dyups.plugins.module_utils._consul_client import BlockingQuery
+from ansible_collections.swallowkeeper.dyups.plugins.module_utils._errors import ConsulBadAnswer, ConsulError
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._upstream import Upstream
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._consul_mapping import MappingResult
 from ansible_collections.swallowkeeper.dyups.plugins.watcher import fleet_kv
+from ansible_collections.swallowkeeper.dyups.plugins.watcher.fleet_consul import FleetKV, b64, value_of
+from ansible_collections.swallowkeeper.dyups.plugins.watcher.fleet_view import FollowerView
 from ansible_collections.swallowkeeper.dyups.plugins.watcher.backoff import Backoff
 from ansible_collections.swallowkeeper.dyups.plugins.watcher.consul_source import ConsulSource, consul_error_kind
 from ansible_collections.swallowkeeper.dyups.plugins.watcher.metrics import Metrics
 from ansible_collections.swallowkeeper.dyups.plugins.watcher.settings import Settings
-from ansible_collections.swallowkeeper.dyups.plugins.watcher.stale_reads import StaleReads
-from ansible_collections.swallowkeeper.dyups.plugins.watcher.transport import KeepAliveTransport
 
 log = logging.getLogger("swallowkeeper.watcher")
 TXN_OPS = 64          # Consul's limit of operations per transaction
 TXN_BYTES = 400_000   # below Consul's 512 kB request limit
 KEYS_READ_ONE_BY_ONE = 32  # more changed keys than this and no inline results: one recurse read instead
 ROLES = ("publisher", "follower", "fallback")
-
-
-def _b64(data: bytes) -> str:
-    return base64.b64encode(data).decode("ascii")
-
-
-def _value(entry: Dict[str, Any]) -> bytes:
-    raw = entry.get("Value")
-    return base64.b64decode(raw) if isinstance(raw, str) else b""
-
-
-class FleetKV:
-    """The KV, session and transaction calls of the fleet share, through the watcher's transport."""
-
-    def __init__(self, settings: Settings, metrics: Metrics) -> None:
-        self.prefix = f"{settings.fleet_kv_prefix}/{settings.fleet_group}"
-        self.lock_key = f"{self.prefix}/leader"
-        self.journal_key = f"{self.prefix}/journal"
-        self.upstreams_prefix = f"{self.prefix}/upstreams/"
-        self.settings = settings
-        self.token = resolve_token(token_file=settings.consul_token_file)
-        cert = (settings.consul_client_cert, settings.consul_client_key) if settings.consul_client_cert else None
-        self.transport = KeepAliveTransport(verify=settings.consul_ca_path or settings.consul_validate_certs, cert=cert)
-        # reads: no object_hook (slim_object drops ModifyIndex); long polls stale within consul_max_stale
-        self.client = ConsulClient(settings.consul_url, self.transport, token=self.token,
-                                   datacenter=settings.consul_datacenter, timeout=settings.consul_timeout)
-        self.watch_client = ConsulClient(settings.consul_url, self.transport, token=self.token,
-                                         datacenter=settings.consul_datacenter, timeout=settings.consul_timeout,
-                                         stale=settings.consul_stale, max_stale=settings.consul_max_stale,
-                                         on_too_stale=StaleReads(metrics, settings.consul_max_stale))
-
-    def get(self, key: str, recurse: bool = False) -> Optional[Any]:
-        """A key's entry (or, with ``recurse``, the list of entries under it) read from the leader; None:
-        no such key."""
-        try:
-            answer = self.client.get(f"/v1/kv/{key}", params={"recurse": True} if recurse else None, stale=False)
-        except ConsulBadAnswer as exc:
-            if exc.status == 404:
-                return None
-            raise
-        data = answer.data
-        if recurse:
-            if not isinstance(data, list) or not all(isinstance(entry, dict) for entry in data):
-                raise ConsulBadAnswer(f"GET {answer.url} did not answer a list of KV entries", url=answer.url)
-            return data
-        if not isinstance(data, list) or len(data) != 1 or not isinstance(data[0], dict):
-            raise ConsulBadAnswer(f"GET {answer.url} did not answer one KV entry", url=answer.url)
-        return data[0]
-
-    def put(self, path: str, params: Optional[Dict[str, Any]] = None, body: Any = None) -> Tuple[int, Any]:
-        """PUT ``path``: (status, parsed JSON or None); raises a ConsulError for anything but 200 and 409."""
-        query = dict(params or {})
-        if self.settings.consul_datacenter:
-            query["dc"] = self.settings.consul_datacenter
-        url = self.client.url_for(path, query)
-        data = None if body is None else (body if isinstance(body, bytes) else json.dumps(body).encode())
-        headers = {TOKEN_HEADER: self.token} if self.token else {}
-        try:
-            status, raw, _headers = self.transport("PUT", url, data, self.settings.consul_timeout, headers)
-        except Exception as exc:  # TransportError and what a closed transport raises
-            raise ConsulUnavailable(f"the Consul agent did not answer PUT {url}: {exc}", url=url) from None
-        text = (raw or b"").decode("utf-8", "replace")
-        if status == 403:
-            raise ConsulForbidden(f"Consul refused PUT {url} (403 {text[:200]!r}): the token needs key_prefix "
-                                  f"\"{self.settings.fleet_kv_prefix}/\" write and session_prefix \"\" write "
-                                  "(fleet_share)", url=url, status=status)
-        if status >= 500:
-            raise ConsulServerError(f"Consul failed PUT {url} ({status} {text[:200]!r})", url=url, status=status)
-        if status not in (200, 409):
-            raise ConsulBadAnswer(f"PUT {url} answered {status} {text[:200]!r}", url=url, status=status)
-        try:
-            return status, json.loads(raw) if raw else None
-        except ValueError:
-            raise ConsulBadAnswer(f"PUT {url} answered {status} but not JSON: {text[:200]!r}", url=url) from None
-
-    def create_session(self) -> str:
-        who = f"swallowkeeper-dyups watcher on {socket.gethostname()} (pid {os.getpid()})"
-        _status, data = self.put("/v1/session/create", body={
-            "Name": who[:200], "TTL": f"{self.settings.fleet_session_ttl:g}s",
-            "LockDelay": f"{self.settings.fleet_lock_delay:g}s", "Behavior": "release", "Checks": []})
-        if not isinstance(data, dict) or not isinstance(data.get("ID"), str):
-            raise ConsulBadAnswer("PUT /v1/session/create did not answer {ID}")
-        return data["ID"]
-
-    def renew(self, session: str) -> bool:
-        """False when Consul no longer knows the session (it ended: the lock is lost)."""
-        try:
-            self.put(f"/v1/session/renew/{session}")
-        except ConsulBadAnswer as exc:
-            if exc.status == 404:
-                return False
-            raise
-        return True
-
-    def destroy(self, session: str) -> None:
-        self.put(f"/v1/session/destroy/{session}")
-
-    def acquire(self, session: str) -> bool:
-        who = {"host": socket.gethostname(), "pid": os.getpid()}
-        _status, data = self.put(f"/v1/kv/{self.lock_key}", {"acquire": session}, json.dumps(who).encode())
-        return data is True
-
-    def txn(self, ops: List[Dict[str, Any]]) -> Optional[List[Any]]:
-        """Run one transaction; its results, or None when it was rolled back (409: a check failed)."""
-        status, data = self.put("/v1/txn", body=ops)
-        if status == 409:
-            return None
-        if not isinstance(data, dict):
-            raise ConsulBadAnswer("PUT /v1/txn did not answer {Results, Errors}")
-        return data.get("Results") or []
-
-    def close(self) -> None:
-        self.transport.close()
-
-
-class FollowerView:
-    """What the follower applies: the upstreams decoded from KV, kept as the ConsulSource keeps its
-    merged mapping (take_changes: the live dicts and the names changed since the last call)."""
-
-    def __init__(self) -> None:
-        self.upstreams: Dict[str, Upstream] = {}
-        self.empty: Set[str] = set()
-        self.keys: Dict[str, str] = {}   # name_key -> the name held (one upstream whatever its letter case)
-        self.changed: Optional[Set[str]] = None   # None: every name (the first take)
-        self.refused: Dict[str, str] = {}   # name -> why its last value from KV was refused
-        self._skipped: List[dict] = []
-        self.version = 0   # counts the changes applied
-
-    def holds(self, name: str) -> bool:
-        return name in self.upstreams or name in self.empty
-
-    def _note(self, name: str) -> None:
-        self.version += 1
-        if self.changed is not None:
-            self.changed.add(name)
-
-    def put(self, name: str, kind: Optional[str], upstream: Optional[Upstream]) -> Optional[str]:
-        """Apply one decoded value (kind None: the key is gone); why it was refused, or None."""
-        held = self.keys.get(name_key(name))
-        if held is not None and held != name:
-            return None if kind is None else f"upstream {held} holds this name but for letter case"
-        if self.refused.pop(name, None) is not None:
-            self._skipped = []
-        if kind is None:
-            if self.holds(name):
-                self.upstreams.pop(name, None)
-                self.empty.discard(name)
-                del self.keys[name_key(name)]
-                self._note(name)
-            return None
-        self.keys[name_key(name)] = name
-        if kind == "empty":
-            if name not in self.empty:
-                self.upstreams.pop(name, None)
-                self.empty.add(name)
-                self._note(name)
-        elif self.upstreams.get(name) != upstream:
-            self.empty.discard(name)
-            self.upstreams[name] = upstream  # type: ignore[assignment]
-            self._note(name)
-        return None
-
-    def refuse(self, name: str, why: str) -> bool:
-        """Remember a refused value (its upstream keeps its last good state); True when it is news."""
-        if self.refused.get(name) == why:
-            return False
-        self.refused[name] = why
-        self._skipped = []
-        return True
-
-    def skipped(self) -> List[dict]:
-        if not self._skipped and self.refused:
-            self._skipped = [{"what": f"upstream {name} from the fleet's KV", "why": why, "service": None,
-                              "node": None, "id": None} for name, why in sorted(self.refused.items())]
-        return self._skipped
-
-    def take_changes(self) -> Tuple[Dict[str, Upstream], Set[str], Optional[Set[str]]]:
-        changed, self.changed = self.changed, set()
-        return self.upstreams, self.empty, changed
 
 
 class FleetSource:
@@ -534,11 +349,11 @@ class FleetSource:
         except ConsulError as exc:
             self.note_failure(consul_error_kind(exc), exc)
             return False
-        self.published = {entry["Key"][len(self.kv.upstreams_prefix):]: _value(entry) for entry in entries
+        self.published = {entry["Key"][len(self.kv.upstreams_prefix):]: value_of(entry) for entry in entries
                           if isinstance(entry.get("Key"), str)}
         self.journal_index = journal.get("ModifyIndex", 0) if isinstance(journal, dict) else 0
         try:
-            old = fleet_kv.check_journal(json.loads(_value(journal)), self.settings.fleet_value_max) if journal else None
+            old = fleet_kv.check_journal(json.loads(value_of(journal)), self.settings.fleet_value_max) if journal else None
         except (ValueError, fleet_kv.Refused):
             old = None
         self.seq = old["seq"] if old else 0
@@ -559,7 +374,7 @@ class FleetSource:
         self.seen_index = modify if isinstance(modify, int) else 0
         self.journal_seen_at = self.clock()
         try:
-            journal = json.loads(_value(entry))
+            journal = json.loads(value_of(entry))
             self.journal = fleet_kv.check_journal(journal, self.settings.fleet_value_max)
             self.journal_problem = None
         except (ValueError, fleet_kv.Refused) as exc:
@@ -593,7 +408,7 @@ class FleetSource:
         read: Dict[str, Optional[bytes]] = {}
         for name in unread:
             entry = self.kv.get(self.kv.upstreams_prefix + name)
-            read[name] = _value(entry) if entry is not None else None
+            read[name] = value_of(entry) if entry is not None else None
         version = view.version
         for name in names:
             self._apply(view, name, read[name] if name in read else values[name])
@@ -638,7 +453,7 @@ class FleetSource:
         for entry in entries:
             key = entry.get("Key")
             if isinstance(key, str) and key.startswith(self.kv.upstreams_prefix):
-                found[key[len(self.kv.upstreams_prefix):]] = _value(entry)
+                found[key[len(self.kv.upstreams_prefix):]] = value_of(entry)
         for name in [name for name in list(view.upstreams) + list(view.empty) if name not in found]:
             self._apply(view, name, None)
         for name in [name for name in view.refused if name not in found]:
@@ -706,14 +521,14 @@ class FleetSource:
         try:
             for name, raw in sorted((values or {}).items()):
                 key = self.kv.upstreams_prefix + name
-                ops.append({"KV": {"Verb": "set", "Key": key, "Value": _b64(raw)} if raw is not None
+                ops.append({"KV": {"Verb": "set", "Key": key, "Value": b64(raw)} if raw is not None
                             else {"Verb": "delete", "Key": key}})
                 size += len(raw or b"") * 4 // 3 + 100
                 if len(ops) >= TXN_OPS - 2 or size >= TXN_BYTES:
                     if self.kv.txn([check] + ops) is None:
                         return self._write_refused()
                     ops, size = [], 0
-            ops.append({"KV": {"Verb": "cas", "Key": self.kv.journal_key, "Value": _b64(fleet_kv.dumps(journal)),
+            ops.append({"KV": {"Verb": "cas", "Key": self.kv.journal_key, "Value": b64(fleet_kv.dumps(journal)),
                                "Index": self.journal_index}})
             results = self.kv.txn([check] + ops)
         except ConsulError as exc:
@@ -754,7 +569,7 @@ class FleetSource:
             self.journal_index = journal.get("ModifyIndex", 0) if isinstance(journal, dict) else 0
             # a journal written by another (a hostile writer, a publisher deposed meanwhile) may have taken
             # sequence numbers: the next entry comes after them, so followers cannot take it for one applied
-            found = json.loads(_value(journal)) if isinstance(journal, dict) else None
+            found = json.loads(value_of(journal)) if isinstance(journal, dict) else None
             if isinstance(found, dict) and isinstance(found.get("seq"), int) and found["seq"] > self.seq:
                 self.seq = found["seq"]
         except (ConsulError, ValueError):
