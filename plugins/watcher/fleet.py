@@ -125,6 +125,12 @@ class FleetSource:
             return self.consul.failure
         return self.kv_failure
 
+    def _direct(self) -> ConsulSource:
+        """The ConsulSource of the publisher and fallback roles (every role but follower has one)."""
+        if self.consul is None:
+            raise RuntimeError(f"fleet: no Consul reader in the {self.role} role")
+        return self.consul
+
     def refresh_all(self) -> None:
         """The full read of the current role: KV's every upstream (follower), Consul's (the others). The
         first one (before start_watching) follows at once when a publisher with this digest holds the lock."""
@@ -135,8 +141,7 @@ class FleetSource:
         if self.role == "follower":
             self._read_all_keys()
             return
-        assert self.consul is not None
-        self.consul.refresh_all()
+        self._direct().refresh_all()
 
     def note_failure(self, kind: str, exc: BaseException) -> None:
         if self.role == "follower" or self.consul is None:
@@ -168,14 +173,12 @@ class FleetSource:
     def skipped(self) -> List[dict]:
         if self.role == "follower" and self.view is not None:
             return self.view.skipped()
-        assert self.consul is not None
-        return self.consul.skipped()
+        return self._direct().skipped()
 
     def take_changes(self) -> Tuple[Dict[str, Upstream], Set[str], Optional[Set[str]]]:
         if self.role == "follower" and self.view is not None:
             return self.view.take_changes()
-        assert self.consul is not None
-        upstreams, empty, changed = self.consul.take_changes()
+        upstreams, empty, changed = self._direct().take_changes()
         if self.role == "publisher":
             self._publish(upstreams, empty, changed)
         return upstreams, empty, changed
@@ -445,7 +448,8 @@ class FleetSource:
         """Every ``P/upstreams/`` key into the view (names no longer there are gone; a refused value keeps
         the upstream's last good state); raises ConsulError and then changes nothing."""
         view = view if view is not None else self.view
-        assert view is not None
+        if view is None:
+            raise RuntimeError("fleet: no follower view to read the keys into")
         journal = self.journal
         entries = self.kv.get(self.kv.upstreams_prefix, recurse=True) or []
         self.metrics.count("fleet_full_reads")

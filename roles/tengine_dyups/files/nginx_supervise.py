@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """Run nginx/Tengine under supervisor so that supervisor keeps tracking it across a binary upgrade.
 
     nginx_supervise.py --pid-file PID_FILE [--kill-after SECONDS] -- BINARY ARGS...
