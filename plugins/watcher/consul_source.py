@@ -1,16 +1,21 @@
 # -*- coding: utf-8 -*-
 # Copyright: swallowkeeper.dyups contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""What Consul says, kept current with three blocking queries whatever the number of services.
+"""What Consul says, kept current with four blocking queries whatever the number of services.
 
 Consul limits concurrent HTTP connections per client address (200 by default), so one long poll
-per service does not scale. The watcher holds exactly three:
+per service does not scale. The watcher holds exactly four:
 
-- ``/v1/health/state/any?filter=Status != "passing"``: wakes on every check change (its index is
-  that of all checks), and its answer lists only the checks that are not passing: small while the
-  fleet is healthy, whatever its size. A check that goes bad on a known instance is applied in
-  place, without another request; one that recovers (or whose instance went away), and one the
-  cache does not know, make its service be read again.
+- ``/v1/health/state/critical`` and ``/v1/health/state/warning``: each wakes when a check enters,
+  leaves or changes in its state, and lists the checks in it: small while the fleet is healthy,
+  whatever its size. Their union is the set of checks not passing (what one filtered
+  ``/v1/health/state/any?filter=Status != "passing"`` gave, at 14 times the servers' cost per
+  wake-up at 5 000 services: that filter runs on every check; the state endpoints are indexed). A
+  check that goes bad on a known instance is applied in place, without another request; one that
+  recovers (or whose instance went away), and one the cache does not know, make its service be
+  read again. The two answers are separate reads, so a check moving between the states can show in
+  both (the worse, critical, counts) or in neither for a moment: see _take_states for why that never
+  counts as passing.
 - ``/v1/catalog/services``: wakes on registrations, deregistrations and re-registrations. Its
   answer (names and tags) cannot show a new instance of a known service, or a new port or Meta,
   so every new index makes the instances of every service be compared with the cache (by node:
@@ -68,11 +73,15 @@ from ansible_collections.swallowkeeper.dyups.plugins.watcher.transport import Ke
 log = logging.getLogger("swallowkeeper.watcher")
 FETCH_THREADS = 8
 BY_NODE_IN_FLIGHT = 1000  # services per batch of node answers held at once in a full read by node
-FAILING_FILTER = 'Status != "passing"'  # the health poll reads only the checks that are not passing
+# The two health polls: (event kind, Consul's check state). Their union is every check not passing.
+HEALTH_POLLS = (("health_critical", "critical"), ("health_warning", "warning"))
+OTHER_POLL = {"health_critical": "health_warning", "health_warning": "health_critical"}
 
 UNREADABLE_NODE = "Consul answers a redirect for /v1/catalog/node-services/NODE when NODE is not a clean URL path"
 
 Instances = Dict[InstanceKey, Instance]  # one service's registrations (_consul_instance.py)
+CheckKey = Tuple[str, str, str]  # (node, service id, check id); a node check's service id is ""
+StateView = Dict[CheckKey, str]  # one health state's checks: check key -> ServiceName (see _state_view)
 Compacted = Tuple[Instances, HealthIndex]  # (registrations, health index) of one service, see _parse_entries
 ByNode = Tuple[Dict[str, Instances], Dict[str, bytes]]  # a read by node: {service: instances}, {node: answer digest}
 
@@ -125,6 +134,27 @@ def _node_addresses(nodes: Any) -> Dict[str, Any]:
             if isinstance(node, dict) and isinstance(node.get("Node"), str)}
 
 
+def _state_view(answer: Any) -> StateView:
+    """{(node, service id, check id): ServiceName} of a ``/v1/health/state/STATE`` answer."""
+    view: StateView = {}
+    for check in answer if isinstance(answer, list) else ():
+        if isinstance(check, dict):
+            view[(str(check.get("Node") or ""), str(check.get("ServiceID") or ""), str(check.get("CheckID") or ""))] = \
+                str(check.get("ServiceName") or "")
+    return view
+
+
+def _union(critical: StateView, warning: StateView) -> List[Dict[str, str]]:
+    """The checks not passing, as one ``/v1/health/state/any?filter=Status != "passing"`` would list
+    them, from the two state views: a check in both (read at different moments while it moved) is
+    critical, the worse."""
+    checks = [{"Node": node, "ServiceID": service_id, "CheckID": check_id, "ServiceName": name, "Status": "critical"}
+              for (node, service_id, check_id), name in critical.items()]
+    checks.extend({"Node": node, "ServiceID": service_id, "CheckID": check_id, "ServiceName": name, "Status": "warning"}
+                  for (node, service_id, check_id), name in warning.items() if (node, service_id, check_id) not in critical)
+    return checks
+
+
 def _catalog(answer: Dict[str, Any]) -> Dict[str, Tuple[str, ...]]:
     """{service: sorted tags} of a ``/v1/catalog/services`` answer (tuples: no tags is the one empty tuple)."""
     return {name: tuple(sorted(tags or ())) for name, tags in answer.items()}
@@ -172,6 +202,9 @@ class ConsulSource:
         # the last answer applied): an answer with a smaller one was read before that and is not applied
         # (see _newer). Health only after a full read by node, which reads the checks in one answer.
         self.read_index: Dict[str, Optional[int]] = {}
+        # What each health poll's state holds, as the cache last took it: from that poll's last answer
+        # applied, a catch-up read of it (see _take_states), or the last full read (see _views_from_cache)
+        self.state_views: Dict[str, StateView] = {kind: {} for kind, _state in HEALTH_POLLS}
         self.node_addresses: Dict[str, Any] = {}  # node -> Node.Address, from /v1/catalog/nodes (see _fold_nodes)
         self.unread: Dict[str, str] = {}  # service -> why its last read failed; its last good state is kept, read again
         self.unsafe_nodes: List[str] = []  # nodes no path can read: full reads go service by service
@@ -447,7 +480,8 @@ class ConsulSource:
         fetched, digests, checks_index = by_node if by_node is not None else (self._fetch_many(selected), {}, None)
         with self.lock:
             self.catalog = _catalog(catalog)
-            self.read_index = {"catalog": answer.index, "nodes": nodes_answer.index, "health": checks_index}
+            self.read_index = {"catalog": answer.index, "nodes": nodes_answer.index,
+                               "health_critical": checks_index, "health_warning": checks_index}
             self.node_addresses = _node_addresses(nodes)
             self._set_unreadable([name for name in chosen if not path_segment_safe(name)])
             for name in set(self.entries) - set(selected):
@@ -457,6 +491,7 @@ class ConsulSource:
             for name, compacted in fetched:
                 self._store_compacted(name, compacted)
             self.node_digests = digests  # the cache now holds what these answers say
+            self._views_from_cache()
         self._schedule_reread()
         self._recovered()
         log.debug("read %d services from Consul in %.3fs", len(selected), time.monotonic() - started)
@@ -493,13 +528,13 @@ class ConsulSource:
             if event[0] == "resync":
                 self.refresh_all()
                 return True
-            if event[0] in ("health", "catalog", "nodes"):
+            if event[0] in ("health_critical", "health_warning", "catalog", "nodes"):
                 latest[event[0]] = event
             elif event[0] == "reread":
                 reread = True
             elif event[0] == "consul_error":
                 self.note_failure(event[1], event[2])
-        health = latest["health"][1] if self._newer(latest.get("health")) else None
+        health = self._take_states([latest[kind] for kind, _state in HEALTH_POLLS if self._newer(latest.get(kind))])
         catalog = latest["catalog"] if self._newer(latest.get("catalog"), equal_is_news=False) else None
         nodes = latest["nodes"][1] if self._newer(latest.get("nodes")) else None
         if health is None and catalog is None and nodes is None and not (reread or self.unread):
@@ -545,6 +580,64 @@ class ConsulSource:
         self.read_index[kind] = index
         return True
 
+    def _take_states(self, events: List[Tuple[Any, ...]]) -> Optional[List[Dict[str, str]]]:
+        """Take the health polls' new answers (those _newer let through) into the state views; the
+        union of the views (see _union) to fold, None when neither poll brought an answer.
+
+        The two states are read separately, so a check that moves from one to the other can, for a
+        moment, show in neither: the poll of the state it left answered at index I, the other's last
+        answer is older than I. Folded so, it would be absent from the union, and an instance with
+        another check listed would be updated in place with that check passing (an instance that is
+        failing, posted as serving when warning counts as passing). So: when an answer shows a check
+        leaving its state (the view or the cache held it so, the answer at I does not list it), the
+        other state's view must be at an index >= I before the union is folded; if its poll has not
+        answered that far, the other state is read once, without blocking (``?stale`` like the
+        polls, from the leader when that answer is older than I). Both endpoints carry the checks
+        table's index, so a view at >= I shows wherever the check went by I. A reset poll (its index
+        went back) or a view of unknown index (after a full read service by service) is read too.
+        """
+        if not events:
+            return None
+        leaving: List[Tuple[str, Optional[int], bool]] = []
+        for kind, data, index, *rest in events:
+            view = _state_view(data)
+            state = dict(HEALTH_POLLS)[kind]
+            held = set(self.state_views[kind])
+            held.update((key[0], key[1], check_id) for key, (_owner, pairs) in self.failing.items()
+                        for check_id, status in pairs if status == state)
+            self.state_views[kind] = view
+            if any(key not in view for key in held):
+                leaving.append((kind, index, bool(rest and rest[0])))
+        for kind, index, reset in leaving:
+            other = OTHER_POLL[kind]
+            known = self.read_index.get(other)
+            if reset or index is None or known is None or known < index:
+                self._catch_up(other, index)
+        return _union(self.state_views["health_critical"], self.state_views["health_warning"])
+
+    def _catch_up(self, kind: str, index: Optional[int]) -> None:
+        """Read one health state without blocking and take it as that state's view (see _take_states):
+        from the watch client (``?stale`` and its bound), and again from the leader when that answer
+        is older than ``index``."""
+        path = "/v1/health/state/" + dict(HEALTH_POLLS)[kind]
+        answer = self.watch_client.read(path)
+        if index is not None and (answer.index is None or answer.index < index):
+            answer = self.client.read(path, stale=False)
+        self.metrics.count("consul_health_catchup_reads")
+        self.read_index[kind] = answer.index
+        self.state_views[kind] = _state_view(answer.data)
+
+    def _views_from_cache(self) -> None:
+        """After a full read (lock held): each health state's view is what the cache holds in that
+        state (the full read's answer); a poll's answer replaces it once its index is at least the
+        full read's (see _newer; a full read service by service has no index: the next answer does)."""
+        views: Dict[str, StateView] = {kind: {} for kind, _state in HEALTH_POLLS}
+        for (node, service_id), (owner, pairs) in self.failing.items():
+            for check_id, status in pairs:
+                kind = "health_warning" if status == "warning" else "health_critical"  # any other status: the worse
+                views[kind][(node, service_id, check_id)] = owner
+        self.state_views = views
+
     def _fold_nodes(self, nodes: Any, refetch: Set[str]) -> None:
         """Apply a ``/v1/catalog/nodes`` answer (lock held): the services with an instance on a node
         whose address changed are read again. Re-registering a node with a new address moves neither
@@ -558,7 +651,7 @@ class ConsulSource:
         self.node_addresses = addresses
 
     def _fold_health(self, failing: Any, touched: Set[str], refetch: Set[str]) -> None:
-        """Apply a ``/v1/health/state/any?filter=Status != "passing"`` answer: every check not passing.
+        """Apply the union of the two health polls' views (see _take_states): every check not passing.
 
         The answer is compared with the checks the cache holds as not passing (``self.failing``), so
         a flip costs what the failing checks cost, whatever the number of services. A check that
@@ -656,11 +749,11 @@ class ConsulSource:
 
     # -- watching ----------------------------------------------------------------------------------
     def start_watching(self, events: queue.Queue[Any]) -> None:
-        """Start the three long polls; their events go to ``events`` until ``stop()``."""
+        """Start the four long polls; their events go to ``events`` until ``stop()``."""
         self.events = events
-        for kind, path, params in (("health", "/v1/health/state/any", {"filter": FAILING_FILTER}),
-                                   ("catalog", "/v1/catalog/services", None),
-                                   ("nodes", "/v1/catalog/nodes", None)):
+        polls = [(kind, "/v1/health/state/" + state, None) for kind, state in HEALTH_POLLS]
+        polls += [("catalog", "/v1/catalog/services", None), ("nodes", "/v1/catalog/nodes", None)]
+        for kind, path, params in polls:
             thread = threading.Thread(target=self._watch, args=(kind, path, params, events), name=f"consul-{kind}",
                                       daemon=True)
             thread.start()
