@@ -108,6 +108,13 @@ def _updated(known: CheckPairs, failing_pairs: CheckPairs) -> CheckPairs:
     return tuple(sorted((check_id, failing.get(check_id, "passing")) for check_id, _status in known))
 
 
+def _kept(held: Optional[Tuple[str, CheckPairs]], failing_pairs: CheckPairs) -> bool:
+    """True when every check ``held`` (the cache's failing entry of an instance) lists is still in
+    ``failing_pairs`` (whatever its status): updating in place then makes no check passing."""
+    ids = {check_id for check_id, _status in failing_pairs}
+    return held is None or all(check_id in ids for check_id, _status in held[1])
+
+
 def _parse_entries(name: str, health_entries: Any, tag_key: str) -> Compacted:
     """The two stores of one service's ``/v1/health/service/NAME`` answer (parse_health_answer), without
     Meta (only its dyups_* keys matter, already in the server); an answer that is not a list holds no
@@ -543,7 +550,7 @@ class ConsulSource:
         touched: Set[str] = set()
         with self.lock:
             if health is not None:
-                self._fold_health(health, touched, refetch)
+                self._fold_health(health[0], touched, refetch, exact=health[1])
             for name in touched:  # a check applied in place is mapped at once: a fact is cached with its consequence
                 self._remap(name)
             if nodes is not None:
@@ -580,9 +587,10 @@ class ConsulSource:
         self.read_index[kind] = index
         return True
 
-    def _take_states(self, events: List[Tuple[Any, ...]]) -> Optional[List[Dict[str, str]]]:
+    def _take_states(self, events: List[Tuple[Any, ...]]) -> Optional[Tuple[List[Dict[str, str]], bool]]:
         """Take the health polls' new answers (those _newer let through) into the state views; the
-        union of the views (see _union) to fold, None when neither poll brought an answer.
+        union of the views (see _union) to fold and whether both views are of one index (``exact``);
+        None when neither poll brought an answer.
 
         The two states are read separately, so a check that moves from one to the other can, for a
         moment, show in neither: the poll of the state it left answered at index I, the other's last
@@ -595,6 +603,13 @@ class ConsulSource:
         polls, from the leader when that answer is older than I). Both endpoints carry the checks
         table's index, so a view at >= I shows wherever the check went by I. A reset poll (its index
         went back) or a view of unknown index (after a full read service by service) is read too.
+
+        That is not enough alone: the check can move back between the answer at I and the catch-up
+        read (warning at I, critical again when the warning state is read), and then each view lacks
+        it, of different indexes. So a union whose views are not of one index is not ``exact``: a
+        check the cache holds as not passing that it does not list is not taken for passing in place
+        (its service is read again, see _fold_health). Views of one index are one moment of the
+        checks table, where a check in neither state passes.
         """
         if not events:
             return None
@@ -613,7 +628,9 @@ class ConsulSource:
             known = self.read_index.get(other)
             if reset or index is None or known is None or known < index:
                 self._catch_up(other, index)
-        return _union(self.state_views["health_critical"], self.state_views["health_warning"])
+        critical, warning = self.read_index.get("health_critical"), self.read_index.get("health_warning")
+        exact = critical is not None and critical == warning
+        return _union(self.state_views["health_critical"], self.state_views["health_warning"]), exact
 
     def _catch_up(self, kind: str, index: Optional[int]) -> None:
         """Read one health state without blocking and take it as that state's view (see _take_states):
@@ -650,7 +667,7 @@ class ConsulSource:
                 refetch.update(name for name in self.node_services.get(node, ()) if name in self.entries)
         self.node_addresses = addresses
 
-    def _fold_health(self, failing: Any, touched: Set[str], refetch: Set[str]) -> None:
+    def _fold_health(self, failing: Any, touched: Set[str], refetch: Set[str], exact: bool = True) -> None:
         """Apply the union of the two health polls' views (see _take_states): every check not passing.
 
         The answer is compared with the checks the cache holds as not passing (``self.failing``), so
@@ -659,7 +676,9 @@ class ConsulSource:
         always safe. A check the cache holds as failing that the answer no longer lists either
         recovered or went away with its instance: its service is read again to tell which, rather
         than assumed healthy. So is every service with a listed check the cache does not know (a
-        new instance, a new check).
+        new instance, a new check), and, when the union is not ``exact`` (see _take_states), every
+        listed instance or node with a check the cache holds as not passing that the union does not
+        list.
         """
         owners: Dict[InstanceKey, str] = {}
         listed = health_index(failing, owners=owners)
@@ -672,14 +691,15 @@ class ConsulSource:
             if not service_id:  # a node-level check: every service with an instance on the node
                 known = self.checks.get(key)
                 services = self.node_services.get(node, ())
-                if known is not None and _updatable(known, pairs):
+                if known is not None and _updatable(known, pairs) and (exact or _kept(self.failing.get(key), pairs)):
                     self._put_checks(key, _updated(known, pairs), "")
                     touched.update(services)
                 else:
                     refetch.update(services)
             elif self.options.selects(name):
                 known = self.checks.get(key)
-                if key in self.entries.get(name, {}) and known is not None and _updatable(known, pairs):
+                if key in self.entries.get(name, {}) and known is not None and _updatable(known, pairs) and (
+                        exact or _kept(self.failing.get(key), pairs)):
                     self._put_checks(key, _updated(known, pairs), name)
                     touched.add(name)
                 else:
