@@ -603,8 +603,11 @@ class ConsulSource:
         polls, from the leader when that answer is older than I). Both endpoints carry the checks
         table's index, so a view at >= I shows wherever the check went by I. A reset poll (its index
         went back) or a view of unknown index (after a full read service by service) is read too.
+        Only for a check whose instance (or node) still has a check listed: one with none left is
+        not updated in place anyway, its service is read again (_fold_health), so a recovery (the
+        common way to leave a state) costs no catch-up read.
 
-        That is not enough alone: the check can move back between the answer at I and the catch-up
+        The catch-up read is not enough alone: the check can move back between the answer at I and the catch-up
         read (warning at I, critical again when the warning state is read), and then each view lacks
         it, of different indexes. So a union whose views are not of one index is not ``exact``: a
         check the cache holds as not passing that it does not list is not taken for passing in place
@@ -613,7 +616,7 @@ class ConsulSource:
         """
         if not events:
             return None
-        leaving: List[Tuple[str, Optional[int], bool]] = []
+        leaving: List[Tuple[str, Optional[int], bool, Set[InstanceKey]]] = []
         for kind, data, index, *rest in events:
             view = _state_view(data)
             state = dict(HEALTH_POLLS)[kind]
@@ -621,9 +624,13 @@ class ConsulSource:
             held.update((key[0], key[1], check_id) for key, (_owner, pairs) in self.failing.items()
                         for check_id, status in pairs if status == state)
             self.state_views[kind] = view
-            if any(key not in view for key in held):
-                leaving.append((kind, index, bool(rest and rest[0])))
-        for kind, index, reset in leaving:
+            left = {(key[0], key[1]) for key in held if key not in view}
+            if left:
+                leaving.append((kind, index, bool(rest and rest[0]), left))
+        listed = {(key[0], key[1]) for view in self.state_views.values() for key in view}
+        for kind, index, reset, left in leaving:
+            if not left & listed:
+                continue
             other = OTHER_POLL[kind]
             known = self.read_index.get(other)
             if reset or index is None or known is None or known < index:

@@ -359,12 +359,14 @@ MOVED_BACK_BEFORE_THE_CATCH_UP = (  # the critical answer (i1's first check warn
     [("register", "n1", "i1", "Web", 8080, (), (), "critical"), ("check2", "n1", "i1", "critical")],
     [("status", "n1", "i1", "warning"), ("answer", "health_critical"), ("status", "n1", "i1", "critical"),
      ("fold", 1)])
-ONE_STATE_AFTER_A_FULL_READ = (  # after a full read, the critical poll answers first (another check failed):
-    # the warning part is the full read's until the warning poll answers, not empty (i1's warning check
-    # absent from the union, beside its critical one listed, was taken for passing in place)
+ONE_STATE_AFTER_A_FULL_READ = (  # after a full read (by node: more services than nodes), the critical poll's
+    # first answer, on the full read's index, comes alone: the warning part is the full read's until the
+    # warning poll answers, not empty (i1's warning check absent from a union of one index, beside its
+    # critical one listed, was taken for passing in place)
     [("register", "n1", "i1", "Web", 8080, (), (), "warning"), ("check2", "n1", "i1", "critical"),
-     ("register", "n2", "i2", "Api", 8080, (), (), "passing")],
-    [("status", "n2", "i2", "critical"), ("answer", "health_critical"), ("fold", 1)])
+     ("register", "n2", "i2", "Api", 8080, (), (), "passing"), ("register", "n2", "i3", "Db", 8080, (), (), "passing"),
+     ("register", "n2", "i4", "Mq", 8080, (), (), "passing"), ("register", "n2", "i5", "Kv", 8080, (), (), "passing")],
+    [("answer", "health_critical"), ("fold", 1)])
 OLD_CATALOG_AFTER_RESYNC = (  # the same with the periodic full read: an answer read just before it and the
     # poll's next one (on the full read's index) folded together after it
     [("register", "n1", "i1", "Web", 8080, (), (), "passing")],
