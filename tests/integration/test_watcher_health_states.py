@@ -137,7 +137,7 @@ def test_a_check_moving_between_warning_and_critical_is_never_taken_for_passing(
             loop.never_passing()
         stop.set()
         flipper.join(5)
-        loop.until(lambda: loop.events.empty(), "the answers of the flips folded")
+        loop.until(loop.events.empty, "the answers of the flips folded")
         loop.never_passing()
         # both states were seen on both checks, or the race was not run
         assert {("race-a", "warning"), ("race-a", "critical"), ("race-b", "warning"), ("race-b", "critical")} <= loop.seen

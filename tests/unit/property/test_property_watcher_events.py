@@ -317,19 +317,19 @@ def apply(model, step):
 ROLLING_DEPLOY = (  # a new instance joins, the old one fails, both answers folded in one batch
     [("register", "n1", "i1", "Web", 8080, (), (), "passing")],
     [("register", "n2", "i2", "Web", 8080, (), (), "passing"), ("status", "n1", "i1", "critical"),
-     ("answer", "health_critical"), ("answer", "health_warning"), ("answer", "catalog"), ("fold", 2)])
+     ("answer", "health_critical"), ("answer", "catalog"), ("fold", 2)])
 STALE_HEALTH_ANSWER = (  # an old answer folded after a read that saw newer checks, then the same status again
     [("register", "n1", "i1", "Web", 8080, (), (), "passing"), ("register", "n1", "i2", "Web", 8081, (), (), "passing")],
-    [("status", "n1", "i1", "critical"), ("answer", "health_critical"), ("answer", "health_warning"), ("fold", 1), ("status", "n1", "i1", "passing"),
+    [("status", "n1", "i1", "critical"), ("answer", "health_critical"), ("fold", 1), ("status", "n1", "i1", "passing"),
      ("register", "n1", "i3", "Web", 9090, (), (), "passing"), ("answer", "catalog"), ("fold", 1),
-     ("status", "n1", "i1", "critical"), ("answer", "health_critical"), ("answer", "health_warning"), ("fold", 1)])
+     ("status", "n1", "i1", "critical"), ("answer", "health_critical"), ("fold", 1)])
 
 
 FAILED_READ = (  # issue 18, finding 1: Db's read fails while Db/i2 recovers, then Api/i1 fails, then Db heals
     [("register", "n1", "i1", "Api", 8080, (), (), "passing"), ("register", "n1", "i2", "Api", 8081, (), (), "passing"),
      ("register", "n2", "i1", "Db", 8080, (), (), "passing"), ("register", "n2", "i2", "Db", 8081, (), (), "critical")],
-    [("fail", "Db"), ("status", "n2", "i2", "passing"), ("answer", "health_critical"), ("answer", "health_warning"), ("fold", 1),
-     ("status", "n1", "i1", "critical"), ("answer", "health_critical"), ("answer", "health_warning"), ("fold", 1), ("fullread",)])
+    [("fail", "Db"), ("status", "n2", "i2", "passing"), ("answer", "health_critical"), ("fold", 1),
+     ("status", "n1", "i1", "critical"), ("answer", "health_critical"), ("fold", 1), ("fullread",)])
 NODE_READDRESS = (  # issue 18, finding 3: only the nodes index moves
     [("register", "n2", "i1", "Web", 8080, (), (), "passing")],
     [("readdress", "n2", "10.1.0.9"), ("answer", "nodes"), ("fold", 1)])
@@ -339,7 +339,7 @@ ID_MOVES_BEFORE = (  # issue 18: an instance ID moves to a service that sorts be
     # tests/integration/test_watcher_full_read.py shows the dropped checks on a real agent)
     [("register", "n1", "i1", "Web", 8080, (), (), "critical"), ("register", "n1", "i2", "Web", 8081, (), (), "passing")],
     [("register", "n1", "i1", "Api", 8080, (), (), "critical"), ("answer", "catalog"), ("fold", 1),
-     ("answer", "health_critical"), ("answer", "health_warning"), ("fold", 1), ("status", "n1", "i1", "passing"), ("answer", "health_critical"), ("answer", "health_warning"), ("fold", 1)])
+     ("answer", "health_critical"), ("fold", 1), ("status", "n1", "i1", "passing"), ("answer", "health_critical"), ("fold", 1)])
 OLD_CATALOG_AFTER_SIGHUP = (  # the restart-burst long profile, 2026-12-07: an old poll's catalog answer
     # (before Api's registration) still queued when a SIGHUP's full read saw Api; the new poll's first
     # answer, on the cache's own index, came in the same batch and was skipped as "no news", so the old

@@ -33,8 +33,6 @@ def catalog_event(model):
     return ("catalog", data, index, None)
 
 
-
-
 def servers(source, upstream):
     return sorted(server.address for server in source.mapping().upstreams[upstream].servers)
 
