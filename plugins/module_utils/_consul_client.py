@@ -50,7 +50,6 @@ the modules and the watcher to use where their own option is not given.
 
 from __future__ import annotations
 
-import hashlib
 import ipaddress
 import json
 import os
@@ -58,6 +57,11 @@ import posixpath
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Mapping
+
+try:  # BLAKE2 is built into CPython (_blake2): ``hashlib`` would load OpenSSL's libcrypto too (3.8 MB of RSS)
+    from _blake2 import blake2b
+except ImportError:  # pragma: no cover  (another interpreter)
+    from hashlib import blake2b
 from urllib.parse import quote, urlencode, urlsplit
 
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._errors import (
@@ -257,7 +261,7 @@ UNREADABLE_NAME = ("Consul answers a redirect, not the service, for /v1/health/s
 def body_digest(body: bytes) -> bytes:
     """A 16-byte BLAKE2b digest of an answer's body: equal digests are equal bodies (see ConsulClient.get,
     ``known_digest``)."""
-    return hashlib.blake2b(body if isinstance(body, bytes) else str(body).encode("utf-8"), digest_size=16).digest()
+    return blake2b(body if isinstance(body, bytes) else str(body).encode("utf-8"), digest_size=16).digest()
 
 
 def path_segment_safe(name: str) -> bool:

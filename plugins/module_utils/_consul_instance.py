@@ -49,6 +49,7 @@ ENTRY_SKIP = "it lacks the Node or Service object"
 CHECKS_SKIP = "its Checks are not a list of objects"
 
 REPEATED_SKIP = "another entry of the same answer has its node and ID (Consul keeps one registration per node and ID)"
+NAMELESS_SKIP = "it has no node name or no service ID, so its checks cannot be found (Consul always gives both)"
 
 CheckPairs = Tuple[Tuple[str, str], ...]
 InstanceKey = Tuple[str, str]  # (node, service id); (node, "") for the checks of a node
@@ -244,11 +245,13 @@ def registration_key(instance: Instance, seen: Container[InstanceKey], fallback:
 
 def keyed(instance: Instance, registrations: Dict[InstanceKey, Instance], fallback: str) -> InstanceKey:
     """Put ``instance`` into ``registrations`` under its key (see registration_key) and return the key. A
-    second registration of one node and ID in an answer is kept as a skipped Instance (it cannot have
-    checks of its own: the health index has one entry per node and ID)."""
+    second registration of one node and ID in an answer, or one without a node name or ID, is kept as a
+    skipped Instance (it cannot have checks of its own: the health index has one entry per node and ID)."""
     key = registration_key(instance, registrations, fallback)
-    if not key[0] and not instance.malformed and instance.node and instance.id and instance.skip is None:
-        instance = instance._replace(server=None, skip=REPEATED_SKIP)
+    if not key[0] and not instance.malformed and instance.skip is None:
+        # a fallback key holds no checks: an instance under it would be served as if it had none
+        why = REPEATED_SKIP if instance.node and instance.id else NAMELESS_SKIP
+        instance = instance._replace(server=None, skip=why)
     registrations[key] = instance
     return key
 

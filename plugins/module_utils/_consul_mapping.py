@@ -47,7 +47,7 @@ names that have instances, none serving: callers apply their zero-instance polic
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterable, Iterator, List, Mapping, NamedTuple, Optional, Sequence, Tuple, TypeVar
 
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._consul_instance import (
     DEFAULT_TAG_VALUE, META_KEYS, META_PREFIX, CheckPairs, Instance, InstanceKey, instance_checks, parse_health_answer,
@@ -319,7 +319,7 @@ def _winner(claims: Iterable[Tuple[str, str]]) -> Tuple[str, str]:
 _WINS = "(the service named like the upstream, else the alphabetically first; nginx compares names ignoring case)"
 
 
-def _lost_items(result: MappingResult, service: str, upstream: str, winner: Tuple[str, str]) -> List[dict]:
+def _lost_items(result: MappingResult | _Kept, service: str, upstream: str, winner: Tuple[str, str]) -> List[dict]:
     """Skip items for the instances of ``result`` that map to ``upstream`` of ``service``, which lose
     the name to ``winner``; one item for the upstream when ``result`` lists no instances (the watcher
     keeps none)."""
@@ -329,6 +329,61 @@ def _lost_items(result: MappingResult, service: str, upstream: str, winner: Tupl
     return [_skip_item(_instance_what(item["service"], item["node"], item["id"]), why, service=item["service"],
                        node=item["node"], instance_id=item["id"])
             for item in result.instances if item["service"] == service and item["upstream"] == upstream]
+
+
+K = TypeVar("K")
+V = TypeVar("V")
+
+
+class _One(Mapping[K, V]):
+    """A read-only mapping of exactly one item: 48 bytes, where a dict of one item is 184 (a watcher keeps two
+    per service, see _Kept)."""
+
+    __slots__ = ("_key", "_value")
+
+    def __init__(self, key: K, value: V) -> None:
+        self._key, self._value = key, value
+
+    def __getitem__(self, key: K) -> V:
+        if key == self._key:
+            return self._value
+        raise KeyError(key)
+
+    def __iter__(self) -> Iterator[K]:
+        return iter((self._key,))
+
+    def __len__(self) -> int:
+        return 1
+
+    def __repr__(self) -> str:
+        return f"{{{self._key!r}: {self._value!r}}}"
+
+
+_NONE: Dict[Any, Any] = {}  # the one empty mapping every kept result shares (never written to)
+
+
+def _small(items: Mapping[K, V]) -> Mapping[K, V]:
+    """``items`` as kept: the shared empty one, a _One, or the dict itself (two items or more)."""
+    if not items:
+        return _NONE
+    if len(items) == 1:
+        ((key, value),) = items.items()
+        return _One(key, value)
+    return items
+
+
+class _Kept(NamedTuple):
+    """A service's MappingResult as MergedMapping keeps it: the same fields, its one-name dicts as _One."""
+
+    instances: Sequence[dict]
+    upstreams: Mapping[str, Upstream]
+    empty: tuple
+    skipped: Sequence[dict]
+    sources: Mapping[str, str]
+
+
+def _kept(result: MappingResult) -> _Kept:
+    return _Kept(result.instances, _small(result.upstreams), result.empty, result.skipped, _small(result.sources))
 
 
 class MergedMapping:
@@ -342,7 +397,7 @@ class MergedMapping:
     """
 
     def __init__(self) -> None:
-        self.results: Dict[Any, MappingResult] = {}
+        self.results: Dict[Any, _Kept] = {}  # MappingResults as kept (_kept: a third of the size)
         self.upstreams: Dict[str, Upstream] = {}
         self.empty: set = set()
         self.sources: Dict[str, str] = {}
@@ -366,8 +421,8 @@ class MergedMapping:
             if old.skipped:
                 self._skipped = None
         if result is not None:
-            self.results[key] = result
-            for upstream, service in result.sources.items():
+            kept = self.results[key] = _kept(result)
+            for upstream, service in kept.sources.items():
                 lower = _folded(upstream)
                 touched.add(lower)
                 self._claim(lower, (service, upstream), key)

@@ -33,7 +33,7 @@ from ansible_collections.swallowkeeper.dyups.plugins.module_utils._dyups_client 
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._dyups_options import secret_headers
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._errors import DyupsError
 from ansible_collections.swallowkeeper.dyups.plugins.watcher import settings as settings_mod
-from ansible_collections.swallowkeeper.dyups.plugins.watcher import dict_fit, memory, nginx_processes
+from ansible_collections.swallowkeeper.dyups.plugins.watcher import dict_fit, fleet, memory, nginx_processes
 from ansible_collections.swallowkeeper.dyups.plugins.watcher.backoff import Backoff
 from ansible_collections.swallowkeeper.dyups.plugins.watcher.consul_source import ConsulSource, consul_error_kind
 from ansible_collections.swallowkeeper.dyups.plugins.watcher.metrics import Metrics, StampedQueue, start_listeners
@@ -72,7 +72,8 @@ class Daemon:
         """Make the connections, the Syncer and the Consul source for ``self.settings``; raises (a token
         file that cannot be read, an upstream file that does not parse) and then changes nothing."""
         settings = self.settings
-        source = ConsulSource(settings, self.metrics)
+        source = (fleet.FleetSource(settings, self.metrics) if settings.fleet_share
+                  else ConsulSource(settings, self.metrics))
         dyups_transport = KeepAliveTransport(secret_headers(settings.dyups_secret_file))
         # the Lua flavor's shared dict: the free space each answer tells is kept (dict_fit.py)
         dict_space = dict_fit.FreeSpace()

@@ -20,7 +20,6 @@ applied (ChangeLatency) and the ``process_*`` metrics of Prometheus client libra
 
 from __future__ import annotations
 
-import hmac
 import ipaddress
 import json
 import logging
@@ -32,6 +31,11 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler
 from typing import Any, Callable, Iterable, Sequence, TypeVar
+
+try:  # hmac.compare_digest's own fallback: importing ``hmac`` loads OpenSSL's libcrypto (3.8 MB of RSS) for it
+    from _operator import _compare_digest as compare_digest
+except ImportError:  # pragma: no cover  (another interpreter)
+    from hmac import compare_digest  # type: ignore[no-redef]
 
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._dyups_options import secret_headers
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._dyups_wire import SECRET_HEADER
@@ -188,14 +192,17 @@ class Metrics:
         self.counters: dict[str, int] = {"changes_applied": 0, "syncs": 0, "repairs": 0, "consul_events": 0,
                                          "nginx_generations": 0, "check_budget_refusals": 0,
                                          "consul_stale_rereads": 0, "zone_refusals": 0, "zone_waits": 0, "dict_refusals": 0,
-                                         "stray_answers": 0, "consul_outdated_answers": 0,
-                                         "consul_health_catchup_reads": 0}
+                                         "stray_answers": 0, "consul_outdated_answers": 0, "fleet_fallbacks": 0,
+                                         "fleet_refused_values": 0, "fleet_publishes": 0, "fleet_publish_failures": 0,
+                                         "fleet_full_reads": 0, "consul_health_catchup_reads": 0}
         self.errors = {kind: 0 for kind in ERROR_KINDS}
         self.gauges: dict[str, float] = {
             "last_sync_timestamp_seconds": 0.0, "last_sync_success": 0, "last_sync_duration_seconds": 0.0,
             "upstreams": 0, "servers": 0, "held_changes": 0, "held_removals": 0, "pending_upstreams": 0,
             "consul_up": 0, "dyups_up": 0, "skipped_instances": 0, "unread_services": 0,
-            "dyups_free_bytes": -1, "config_reload_success": 1, "consul_stale_reread_last_contact_seconds": 0.0}
+            "dyups_free_bytes": -1, "config_reload_success": 1, "consul_stale_reread_last_contact_seconds": 0.0,
+            "fleet_publisher": 0, "fleet_follower": 0, "fleet_fallback": 0, "fleet_journal_seq": 0,
+            "fleet_publish_seconds": 0.0}
         self.consul_index: dict[str, int] = {}
         self.consul_answered: dict[str, float] = {}
         self.consul_last_contact: dict[str, float] = {}
@@ -306,6 +313,18 @@ class Metrics:
         metric("zone_waits_total", "counter", "POSTs and DELETEs held back until every Tengine worker had read "
                "the changes sent before them, which could leave dyups_shm_zone_size no room for them.",
                [({}, snap["counters"]["zone_waits"])])
+        for name, help_text in (
+                ("fleet_fallbacks", "Times a follower of the fleet share went back to reading Consul itself "
+                                    "(no lock holder, a journal older than fleet_stale_after, unusable or "
+                                    "from other mapping settings)."),
+                ("fleet_refused_values", "Values read from the fleet's KV (an upstream's, the journal) that broke "
+                                         "a rule: not applied, the upstream keeps its last good state."),
+                ("fleet_publishes", "Journal entries the publisher wrote with the upstreams that changed."),
+                ("fleet_publish_failures", "Publishes that failed or that Consul refused (a deposed publisher, a "
+                                           "journal written by another); the next one compares every upstream."),
+                ("fleet_full_reads", "Reads of every upstream key of the fleet's KV (start, too far behind, a new "
+                                     "publisher).")):
+            metric(f"{name}_total", "counter", help_text, [({}, snap["counters"][name])])
         metric("errors_total", "counter", "Errors by kind.",
                [({"kind": kind}, value) for kind, value in sorted(snap["errors"].items())])
         metric("consul_index", "gauge", "Last X-Consul-Index seen per blocking query.",
@@ -340,6 +359,11 @@ class Metrics:
             "config_reload_success": "0 when the last SIGHUP could not reload (the watcher goes on as it was).",
             "consul_stale_reread_last_contact_seconds": "LastContact of the last answer read again from the leader "
                                                         "(consul_max_stale; +Inf: its server knew no leader; 0: none).",
+            "fleet_publisher": "1 while this watcher is the fleet share's publisher (fleet_share on).",
+            "fleet_follower": "1 while this watcher follows the publisher's journal (fleet_share on).",
+            "fleet_fallback": "1 while this watcher reads Consul itself without being the publisher (fleet_share on).",
+            "fleet_journal_seq": "The journal sequence number last published (publisher) or applied (follower).",
+            "fleet_publish_seconds": "Duration of the publisher's last publish (its /v1/txn writes).",
         }
         for name, help_text in gauge_help.items():
             metric(name, "gauge", help_text, [({}, snap["gauges"][name])])
@@ -438,8 +462,7 @@ class StatusServer(_Listener):
         """True without a ``release_secret``, else whether ``given`` is it (compared in constant time)."""
         if not self.release_secret:
             return True
-        return given is not None and hmac.compare_digest(given.encode("utf-8", "replace"),
-                                                         self.release_secret.encode("utf-8"))
+        return given is not None and compare_digest(given.encode("utf-8", "replace"), self.release_secret.encode("utf-8"))
 
 
 def from_a_browser(headers: Any) -> bool:

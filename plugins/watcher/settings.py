@@ -21,6 +21,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
+import re
 from dataclasses import dataclass, field, replace
 from typing import Any, Mapping
 
@@ -58,7 +59,8 @@ OPTIONS = (
     Option("consul_datacenter", None, str, "datacenter to read (default: the agent's)"),
     Option("consul_timeout", 10.0, float, "seconds for a Consul request that does not block"),
     Option("consul_wait", 300.0, float, "seconds a blocking query may wait (Consul caps it at 600)"),
-    Option("consul_stale", True, bool, "let any Consul server answer the blocking queries"),
+    Option("consul_stale", False, bool, "let any Consul server answer the blocking queries (a follower answers "
+                                         "a change 50-100 ms after the leader)"),
     Option("consul_max_stale", 2.0, float, "with consul_stale: an answer from a server that last heard from the "
                                            "Consul leader longer ago than this many seconds (or knew no leader) "
                                            "is read again from the leader (0: no bound)"),
@@ -127,6 +129,29 @@ OPTIONS = (
                                              "not checked; the Lua flavor refuses such a body whole); see zone_fit.py"),
     Option("retry_initial", 0.5, float, "first retry delay after a failure (doubles, with jitter)"),
     Option("retry_max", 5.0, float, "longest retry delay (also: the longest a recovered Consul or nginx waits)"),
+    Option("fleet_share", False, bool, "off | on (false | true): with on, the watchers of one fleet_group elect "
+                                       "a publisher (a Consul lock) that reads Consul and publishes each "
+                                       "upstream's result through Consul KV; the others follow it, and read "
+                                       "Consul themselves when it is gone or stale (docs/watcher.md, \"One "
+                                       "reader for a fleet\")"),
+    Option("fleet_kv_prefix", "swk", str, "KV prefix of the shared results (the ACL policy's key_prefix)"),
+    Option("fleet_group", "default", str, "the group of watchers that share one publisher (proxies that route "
+                                          "the same services with the same mapping settings): KV under "
+                                          "fleet_kv_prefix/fleet_group/"),
+    Option("fleet_session_ttl", 10.0, float, "seconds of the publisher's Consul session TTL (10-86400; Consul "
+                                             "ends a session whose holder died within up to twice this)"),
+    Option("fleet_lock_delay", 15.0, float, "Consul's lock delay (0-60 s): after the publisher's session ends, "
+                                            "no one takes the lock for this long"),
+    Option("fleet_heartbeat", 5.0, float, "seconds between the publisher's journal writes when nothing changed"),
+    Option("fleet_stale_after", 15.0, float, "a follower that has seen no journal write for this long (at least "
+                                             "twice fleet_heartbeat) reads Consul itself until a publisher "
+                                             "publishes again"),
+    Option("fleet_journal_entries", 8, int, "changes the journal keeps (a follower further behind reads every "
+                                            "upstream key)"),
+    Option("fleet_inline_max", 4096, int, "bytes of results carried in the journal itself (0: never; the "
+                                          "followers then read each changed key)"),
+    Option("fleet_value_max", 262144, int, "largest upstream value (bytes) published or accepted from KV "
+                                           "(Consul's own limit: 512 kB)"),
     Option("status_listen", "127.0.0.1:18883", str, "loopback address:port of the status and metrics "
                                                     "endpoint ('' to disable)"),
     Option("metrics_listen", "", str, "ADDRESS:PORT of an extra listener for GET /metrics only, on any "
@@ -293,6 +318,7 @@ def check(settings: Settings, own: Any = (), own_unread: str | None = None) -> S
         raise SettingsError("resolve_timeout: expected seconds above 0 and at most 60")
     if not 0 < settings.nginx_poll_interval <= 10:
         raise SettingsError("nginx_poll_interval: expected seconds above 0 and at most 10")
+    check_fleet(settings)
     policy = server_policy(settings, own, own_unread)
     if settings.validate_command and "%s" not in settings.validate_command:
         raise SettingsError("validate_command: must contain %s (the new file's path)")
@@ -335,6 +361,34 @@ def check(settings: Settings, own: Any = (), own_unread: str | None = None) -> S
             raise SettingsError(f"metrics_listen: {settings.metrics_listen} takes the port of status_listen "
                                 f"{settings.status_listen}; give it another port")
     return policy
+
+
+_KV_SEGMENT = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*\Z")
+
+
+def check_fleet(settings: Settings) -> None:
+    """The fleet_* settings (fleet.py): checked whether fleet_share is on or not, so that turning it on
+    later cannot fail on a value written long before."""
+    segments = settings.fleet_kv_prefix.split("/")
+    if not all(_KV_SEGMENT.match(segment) for segment in segments) or len(settings.fleet_kv_prefix) > 128:
+        raise SettingsError(f"fleet_kv_prefix: expected KV path segments of A-Z a-z 0-9 _ . - separated by /, "
+                            f"got {settings.fleet_kv_prefix!r}")
+    if not _KV_SEGMENT.match(settings.fleet_group) or len(settings.fleet_group) > 128:
+        raise SettingsError(f"fleet_group: expected a word of A-Z a-z 0-9 _ . -, got {settings.fleet_group!r}")
+    if not 10 <= settings.fleet_session_ttl <= 86400:
+        raise SettingsError("fleet_session_ttl: expected seconds from 10 to 86400 (Consul's bounds)")
+    if not 0 <= settings.fleet_lock_delay <= 60:
+        raise SettingsError("fleet_lock_delay: expected seconds from 0 to 60 (Consul's bounds)")
+    if not 0.1 <= settings.fleet_heartbeat <= 300:
+        raise SettingsError("fleet_heartbeat: expected seconds from 0.1 to 300")
+    if not 2 * settings.fleet_heartbeat <= settings.fleet_stale_after <= 3600:
+        raise SettingsError("fleet_stale_after: expected at least twice fleet_heartbeat, at most 3600 seconds")
+    if not 1 <= settings.fleet_journal_entries <= 1000:
+        raise SettingsError("fleet_journal_entries: expected 1 to 1000")
+    if not 0 <= settings.fleet_inline_max <= 65536:
+        raise SettingsError("fleet_inline_max: expected 0 to 65536 bytes")
+    if not 1024 <= settings.fleet_value_max <= 524288:
+        raise SettingsError("fleet_value_max: expected 1024 to 524288 bytes (Consul's limit)")
 
 
 def check_metrics_listener(listen: str, allow: list[str]) -> None:

@@ -201,8 +201,12 @@ def trace_figures(tracemalloc, daemon):
 
 # -- the driver ------------------------------------------------------------------------------------
 def run_child(root, consul, size, flips, trace=False):
-    command = [sys.executable, str(Path(__file__).resolve()), "--child", "--root", str(root), "--consul", consul,
-               "--size", str(size), "--flips", str(flips)] + (["--trace"] if trace else [])
+    return run_measured([sys.executable, str(Path(__file__).resolve()), "--child", "--root", str(root), "--consul",
+                         consul, "--size", str(size), "--flips", str(flips)] + (["--trace"] if trace else []))
+
+
+def run_measured(command):
+    """The last line of a measured process's output, as JSON (bench_watcher_inprocess.py runs its own too)."""
     done = subprocess.run(command, capture_output=True, text=True, timeout=1800, check=False, cwd="/")
     if done.returncode != 0:
         raise RuntimeError(f"measured process failed ({done.returncode}):\n{done.stdout[-2000:]}\n{done.stderr[-3000:]}")

@@ -12,6 +12,20 @@ time from just before that request to the query's return is measured. Measured:
 * ``catalog_services_flip``: /v1/catalog/services, a check flipped (a few rounds, wait=2 s): it is
   expected NOT to wake (the wait runs out with the same index).
 
+With ``--fill N`` the agent first holds N services of 3 instances with one check each, as
+bench_watcher.py registers them (issue 22: what Consul's part of a flip is at 5 000 upstreams), and two
+cases are added, both the watcher's health poll (``/v1/health/state/any?filter=Status != "passing"``,
+whose answer lists only the failing checks while Consul filters all of them):
+
+* ``health_failing_read``: one plain (non-blocking) read of it, nothing changing: what the filter over
+  3 x N checks costs Consul per answer;
+* ``health_failing_flip``: the blocking poll woken by one filled instance's check flipped;
+
+and, to tell what is the filter's and what a registration's compare costs Consul (plain reads, nothing
+changing): ``read /v1/health/state/critical`` (Consul's index of checks by status, no filter),
+``read /v1/catalog/services``, ``read /v1/catalog/nodes``, ``read /v1/catalog/node-services/bench-n1``
+(N instances); and ``health_critical_flip``: a blocking ``/v1/health/state/critical`` woken by a flip.
+
 Prints median / p90 / max in milliseconds per case (``--json``: one JSON object). Timing is
 reported, not asserted.
 """
@@ -69,14 +83,63 @@ def summary(samples):
     }
 
 
+def flip_rounds(query, set_check, flips):
+    """Seconds from each flip (``set_check(number, status)``: critical, then passing) to ``query``'s wake-up."""
+    query.poll()
+    samples = []
+    for number in range(flips):
+        for status in ("critical", "passing"):
+            elapsed, changed = one_round(query, lambda n=number, s=status: set_check(n, s), 30)
+            if not changed:
+                raise RuntimeError(f"{query.path} returned without a new index after a flip")
+            samples.append(elapsed)
+    return samples
+
+
+def filled_cases(agent, size, flips):
+    """The two ``--fill`` cases (see the module docstring)."""
+    # a script of this directory (sys.path[0] when run as a script)
+    from bench_watcher import CatalogWriter, populate  # pylint: disable=import-outside-toplevel
+    writer = CatalogWriter(int(agent.url.rsplit(":", 1)[1]))
+    started = time.perf_counter()
+    populate(writer, size, (20101, 20102, 20103))
+    filled = {"services": size, "checks": 3 * size, "fill_s": round(time.perf_counter() - started, 1)}
+    client = ConsulClient(agent.url, stdlib_transport)
+    params = {"filter": 'Status != "passing"'}
+    samples = []
+    for _unused in range(flips):
+        started = time.perf_counter()
+        client.get("/v1/health/state/any", params=params)
+        samples.append(time.perf_counter() - started)
+    report = {"filled": filled, "health_failing_read": summary(samples)}
+    for path in ("/v1/health/state/critical", "/v1/catalog/services", "/v1/catalog/nodes",
+                 "/v1/catalog/node-services/bench-n1"):
+        samples = []
+        for _unused in range(flips):
+            started = time.perf_counter()
+            client.get(path)
+            samples.append(time.perf_counter() - started)
+        report[f"read {path}"] = summary(samples)
+    report["health_critical_flip"] = summary(flip_rounds(
+        BlockingQuery(client, "/v1/health/state/critical", wait=30, min_interval=0),
+        lambda number, status: writer.set_check("bench-n2", f"Svc{number * 11 % size}-1", status), flips))
+    report["health_failing_flip"] = summary(flip_rounds(
+        BlockingQuery(client, "/v1/health/state/any", params=params, wait=30, min_interval=0),
+        lambda number, status: writer.set_check("bench-n3", f"Svc{number * 7 % size}-2", status), flips))
+    return report
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--flips", type=int, default=30)
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--fill", type=int, default=0, help="services of 3 instances registered first")
     args = parser.parse_args(argv)
     report = {}
     with ConsulAgent() as agent:
         version = agent.get("/v1/agent/self")["Config"]["Version"]
+        if args.fill:
+            report.update(filled_cases(agent, args.fill, args.flips))
         agent.register("bench", "b1", port=18101)
         client = ConsulClient(agent.url, stdlib_transport)
         state = {"status": "passing"}
@@ -124,7 +187,7 @@ def main(argv=None):
         print(f"Consul {version}, {args.flips} changes per case (ms from the change request to the wake-up)")
         for name, row in report.items():
             if isinstance(row, dict):
-                print(f"  {name:28s} " + "  ".join(f"{key}={value}" for key, value in row.items()))
+                print(f"  {name:44s} " + "  ".join(f"{key}={value}" for key, value in row.items()))
     return 0
 
 

@@ -125,6 +125,20 @@ def upgrade_holding(linked, held, backend, build, previous, word):
     return old_pid
 
 
+def upgrade_under_requests(linked, build, previous, timeout=5):
+    """Switch the link to BUILD and upgrade from PREVIOUS while a request loop runs: (the script's result, the
+    stopped loop)."""
+    loop = RequestLoop(linked.vhost_port)
+    loop.start()
+    try:
+        linked.switch(build)
+        done = linked.upgrade_from(previous, timeout=timeout)
+        time.sleep(0.5)
+    finally:
+        loop.stop()
+    return done, loop
+
+
 def test_upgrade_to_another_build_and_back(linked, builds, backend):  # noqa: F811
     first, second = builds
     assert linked.running_build() == first
@@ -168,14 +182,7 @@ def test_a_failed_build_points_the_link_back(linked, builds, tmp_path, kind):
         broken.write_text(f'#!/bin/sh\ncase " $* " in *" -t "*) exec {first} "$@";; esac\nexit 1\n')
     broken.chmod(0o755)
     old_pid = linked.pid()
-    loop = RequestLoop(linked.vhost_port)
-    loop.start()
-    try:
-        linked.switch(broken)
-        done = linked.upgrade_from(first, timeout=5)
-        time.sleep(0.5)
-    finally:
-        loop.stop()
+    done, loop = upgrade_under_requests(linked, broken, first)
     assert done.returncode == 1, done.stdout + done.stderr
     assert "rolled back" in done.stderr
     assert f"pointed {linked.binary} back at {first}" in done.stdout + done.stderr

@@ -71,7 +71,8 @@ def test_a_follower_cut_off_from_its_leader_is_not_trusted(cluster, caplog):
     print(f"LastContact of a healthy follower, 5 reads: {healthy}")  # noqa: T201 (docs/watcher.md quotes it)
     assert max(healthy) < BOUND
 
-    settings = watcher_settings.build({"consul_url": follower.url, "consul_wait": 2, "consul_max_stale": BOUND,
+    settings = watcher_settings.build({"consul_url": follower.url, "consul_wait": 2, "consul_stale": True,
+                                       "consul_max_stale": BOUND,
                                        "consul_timeout": 3, "retry_initial": 0.2, "retry_max": 0.5}, environ={})
     metrics = Metrics()
     source = ConsulSource(settings, metrics)

@@ -322,3 +322,27 @@ def test_what_an_exclusive_sync_with_filters_may_remove():
     only = MappingOptions(include=["Webapp"])
     assert only.may_map_to("Webapp") and only.may_map_to("Webapp_b") and not only.may_map_to("Web")
     assert not MappingOptions().may_map_to("consul") and MappingOptions().may_map_to("anything")
+
+
+def test_a_merged_mapping_keeps_a_one_upstream_service_in_a_few_bytes_and_answers_the_same():
+    """A watcher keeps one mapping per service (MergedMapping.results): with its one-name ``upstreams`` and
+    ``sources`` as dicts that was 440 bytes a service by getsizeof (issue 22); kept compact it
+    is under 200, and the merged answers are those of plain dicts (a two-upstream service too)."""
+    import sys  # pylint: disable=import-outside-toplevel
+    from ansible_collections.swallowkeeper.dyups.plugins.module_utils import _consul_mapping as mapping  # pylint: disable=import-outside-toplevel
+    from ansible_collections.swallowkeeper.dyups.plugins.module_utils._consul_instance import parse_health_answer  # pylint: disable=import-outside-toplevel
+    options = MappingOptions()
+    health = {f"svc{i}": [entry(f"svc{i}", f"svc{i}-a", 8000 + i)] for i in range(50)}
+    health["gray"] = [entry("gray", "g1", 9001), entry("gray", "g2", 9002, tags=["gray=b"])]
+    merged = mapping.MergedMapping()
+    for name, entries in health.items():
+        registrations, checks = parse_health_answer(name, entries, options.tag_key)
+        merged.put(name, mapping.map_instances(name, registrations, checks, options, report=False))
+    kept = merged.results["svc7"]
+    assert dict(kept.sources) == {"svc7": "svc7"} and list(kept.upstreams) == ["svc7"]
+    assert sys.getsizeof(kept) + sys.getsizeof(kept.sources) + sys.getsizeof(kept.upstreams) < 200
+    assert dict(merged.results["gray"].sources) == {"gray": "gray", "gray_b": "gray"}
+    whole = map_services(health, options)
+    assert merged.result().upstream_specs() == whole.upstream_specs() and sorted(merged.upstreams) == sorted(whole.upstreams)
+    merged.put("svc7", None)
+    assert "svc7" not in merged.upstreams and "svc7" not in merged.results

@@ -37,7 +37,12 @@ Faults, each with flips during it:
       (30 s each); the server starts again afterwards and the cluster must have three peers;
   (b) a proxy cut off (``python -m tests.hosts link RUN NAME down``): the other two follow a flip; the
       cut-off one keeps serving the state it had (traffic inside it, through nsenter: every backend it
-      had, no error, for longer than its watcher's Consul timeout); after ``link up`` it catches up.
+      had, no error, for longer than its watcher's Consul timeout); after ``link up`` it catches up;
+  (c) with ``fleet_share`` (the scenario's default): the publisher's watcher killed (SIGKILL; systemd
+      starts it again 2 s later): a flip sent at the kill reaches every worker of every proxy within
+      PUBLISHER_TIMEOUT (the followers read Consul themselves after fleet_stale_after, 15 s, or follow a
+      new publisher), and every answer meanwhile is from backend-1..3 (no error); then --fault-flips
+      flips once a publisher publishes again.
 
 Prints one JSON object (figures in ms) and exits 1 with the failed expectations listed.
 """
@@ -45,6 +50,7 @@ Prints one JSON object (figures in ms) and exits 1 with the failed expectations 
 from __future__ import annotations
 
 import argparse
+import base64
 import http.client
 import json
 import ssl
@@ -65,6 +71,8 @@ WORKERS = 2
 TIMEOUT = 30.0          # one flip, every proxy
 KILL_TIMEOUT = 90.0     # the flip right after a server (the leader) was killed: election, agent's retry
 CATCH_UP_TIMEOUT = 120.0  # a proxy whose link came back (Consul's gossip reconnects within 30 s)
+PUBLISHER_TIMEOUT = 60.0  # the flip at the publisher's kill (fleet_stale_after 15 s, TTL 10 s + lock delay 15 s)
+LOCK_KEY = "swk/default/leader"  # the fleet share's lock (fleet_kv_prefix/fleet_group/leader)
 # How long the cut-off proxy is watched serving its last state: longer than the watcher's
 # consul_timeout (10 s) and drift_interval (30 s).
 CUT_HOLD = 35.0
@@ -372,6 +380,65 @@ def fault_proxy_cut(args, consul, proxies, failures):
     return result
 
 
+def publisher(consul, proxies, run):
+    """The proxy whose watcher holds the fleet share's lock (its value names the host), or None."""
+    try:
+        entries = consul.request("GET", f"/v1/kv/{LOCK_KEY}")
+    except RuntimeError:   # 404: no lock key (fleet_share off)
+        return None
+    entry = entries[0] if entries else {}
+    if not entry.get("Session"):
+        return None
+    host = json.loads(base64.b64decode(entry["Value"])).get("host")
+    for name in proxies:
+        if ssh(run, name, "hostname").strip() == host:
+            return name
+    return None
+
+
+def fault_publisher_killed(args, consul, proxies, failures):
+    name = publisher(consul, proxies, args.run)
+    if name is None:
+        failures.append("(c) no proxy holds the fleet share's lock (fleet_share is on in the scenario)")
+        return {}
+    errors = []
+    stop = threading.Event()
+
+    def watch_errors():   # every answer of every proxy during the fault: a backend, never an error
+        while not stop.is_set():
+            for address in proxies.values():
+                body, _worker = get(address)
+                if body is None or not body.startswith("backend-"):
+                    errors.append((address, body))
+            time.sleep(0.05)
+
+    watcher = threading.Thread(target=watch_errors, daemon=True)
+    watcher.start()
+    try:
+        ssh(args.run, name, "sh", "-c", "'kill -KILL $(systemctl show -p MainPID --value swallowkeeper-dyups-watcher)'")
+        at_kill = flip(consul, list(proxies.values()), timeout=PUBLISHER_TIMEOUT)
+        started = time.monotonic()
+        while publisher(consul, proxies, args.run) is None and time.monotonic() - started < 60:
+            time.sleep(0.5)
+        new = publisher(consul, proxies, args.run)
+        times = [flip(consul, list(proxies.values())) for _flip in range(args.fault_flips)]
+    finally:
+        stop.set()
+        watcher.join()
+    result = {"killed": name, "new_publisher": new, "flip_at_kill_ms": None if at_kill is None else round(at_kill * 1000, 1),
+              "new_publisher_after_s": round(time.monotonic() - started, 1) if new else None,
+              "flips_after": summary(times, len(times)), "answers_not_from_a_backend": len(errors)}
+    if at_kill is None:
+        failures.append(f"(c) the flip at the publisher's kill did not reach every proxy within {PUBLISHER_TIMEOUT:.0f} s")
+    if new is None:
+        failures.append("(c) no publisher within 60 s of the flip after the kill")
+    if None in times:
+        failures.append(f"(c) {times.count(None)} of {len(times)} flips after the publisher's kill did not reach every proxy")
+    if errors:
+        failures.append(f"(c) {len(errors)} answers were not from a backend during the publisher's kill: {errors[:5]}")
+    return result
+
+
 def pairs(text):
     return dict(item.split("=", 1) for item in text.split(","))
 
@@ -407,6 +474,7 @@ def main():
         failures.append(f"{times.count(None)} of {len(times)} flips did not reach every worker within {TIMEOUT:.0f} s")
     result["server_killed"] = fault_server_killed(args, consul, args.servers, args.proxies, failures)
     result["proxy_cut_off"] = fault_proxy_cut(args, consul, args.proxies, failures)
+    result["publisher_killed"] = fault_publisher_killed(args, consul, args.proxies, failures)
     result["failures"] = failures
     text = json.dumps(result, indent=2)
     print(text)

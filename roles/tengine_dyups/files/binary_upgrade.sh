@@ -23,7 +23,8 @@
 #     the old master (its workers start again), QUIT to the new one, OLD_BINARY put back. The environment's
 #     DYUPS_SECRET_FILE names the file of the interface's shared secret (the role's), sent as X-Dyups-Secret.
 #  4. QUIT to the old master: it exits once its last worker has finished. systemd (Type=forking, PIDFile=)
-#     reads PID_FILE again when its main PID exits, and follows the new master.
+#     reads PID_FILE again when its main PID exits, and follows the new master; under supervisor the role's
+#     program, nginx_supervise.py, does the same (the new master becomes its child).
 # Exit status: 0 upgraded; 1 rolled back (the old master serves, the old binary is back; the reason on stderr);
 # 3 no master runs (nothing to upgrade: start the service instead); 4 the old master of an earlier upgrade still
 # drains its connections (nothing signalled, OLD_BINARY put back: try again once it has left); 2 wrong arguments.

@@ -47,6 +47,9 @@ health_answers = st.one_of(st.lists(st.one_of(health_entries(), json_values), ma
                   "Checks": None}], "gray")
 @example("Web", [{"Node": {"Node": 5, "Address": "10.0.0.1"}, "Service": {"ID": None, "Port": 80, "Meta": {1: "x"}},
                   "Checks": [{"Status": {}, "ServiceID": []}]}], "gray")
+@example("Web", [{"Node": {}, "Service": {"ID": "i", "Address": "10.0.0.1", "Port": 80}, "Checks": []}], "gray")
+@example("Web", [{"Node": {"Node": "n1"}, "Service": {"Address": "10.0.0.1", "Port": 80},
+                  "Checks": [{"Node": "n1", "ServiceID": "", "Status": "critical"}]}], "gray")
 def test_any_health_answer_becomes_instances_or_skips_and_maps_without_raising(service, answer, tag_key):
     count("instance parse: any health answer")
     stores = parse_health_answer(service, answer, tag_key)
