@@ -9,8 +9,9 @@ per service does not scale. The watcher holds exactly four:
 - ``/v1/health/state/critical`` and ``/v1/health/state/warning``: each wakes when a check enters,
   leaves or changes in its state, and lists the checks in it: small while the fleet is healthy,
   whatever its size. Their union is the set of checks not passing (what one filtered
-  ``/v1/health/state/any?filter=Status != "passing"`` gave, at 14 times the servers' cost per
-  wake-up at 5 000 services: that filter runs on every check; the state endpoints are indexed). A
+  ``/v1/health/state/any?filter=Status != "passing"`` gave; that filter runs on every check at
+  each wake-up, the state endpoints are indexed: at 5 000 services x 3, 23.9 ms of Consul's time
+  per flip against 2.4 + 2.0 ms for the two, which both wake on every status change). A
   check that goes bad on a known instance is applied in place, without another request; one that
   recovers (or whose instance went away), and one the cache does not know, make its service be
   read again. The two answers are separate reads, so a check moving between the states can show in
@@ -606,8 +607,9 @@ class ConsulSource:
         failing, posted as serving when warning counts as passing). So: when an answer shows a check
         leaving its state (the view or the cache held it so, the answer at I does not list it), the
         other state's view must be at an index >= I before the union is folded; if its poll has not
-        answered that far, the other state is read once, without blocking (``?stale`` like the
-        polls, from the leader when that answer is older than I). Both endpoints carry the checks
+        answered that far, the other state is read once, without blocking (as the polls read:
+        ``?stale`` with its bound when consul_stale is on; from the leader when that answer is older
+        than I). Both endpoints carry the checks
         table's index, so a view at >= I shows wherever the check went by I. A reset poll (its index
         went back) or a view of unknown index (after a full read service by service) is read too.
         Only for a check whose instance (or node) still has a check listed: one with none left is
@@ -648,7 +650,7 @@ class ConsulSource:
 
     def _catch_up(self, kind: str, index: Optional[int]) -> None:
         """Read one health state without blocking and take it as that state's view (see _take_states):
-        from the watch client (``?stale`` and its bound), and again from the leader when that answer
+        from the watch client (as the polls read), and again from the leader when that answer
         is older than ``index``."""
         path = "/v1/health/state/" + dict(HEALTH_POLLS)[kind]
         answer = self.watch_client.read(path)
