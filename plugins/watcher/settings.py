@@ -60,7 +60,7 @@ OPTIONS = (
     Option("consul_timeout", 10.0, float, "seconds for a Consul request that does not block"),
     Option("consul_wait", 300.0, float, "seconds a blocking query may wait (Consul caps it at 600)"),
     Option("consul_stale", False, bool, "let any Consul server answer the blocking queries (a follower answers "
-                                         "a change 50-100 ms after the leader)"),
+                                        "a change 50-100 ms after the leader)"),
     Option("consul_max_stale", 2.0, float, "with consul_stale: an answer from a server that last heard from the "
                                            "Consul leader longer ago than this many seconds (or knew no leader) "
                                            "is read again from the leader (0: no bound)"),
