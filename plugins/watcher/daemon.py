@@ -332,7 +332,7 @@ class Daemon:
             if event[0] != "wake":
                 last_at = self.events.taken_at or last_at
         self._last_event_at = last_at
-        self.metrics.count("consul_events", sum(1 for event in batch if event[0] in ("health", "catalog")))
+        self.metrics.count("consul_events", sum(1 for event in batch if event[0] in ("health_critical", "health_warning", "catalog")))
         return [event for event in batch if event[0] != "wake"]
 
     def _refresh(self) -> bool:

@@ -194,7 +194,7 @@ class Metrics:
                                          "consul_stale_rereads": 0, "zone_refusals": 0, "zone_waits": 0, "dict_refusals": 0,
                                          "stray_answers": 0, "consul_outdated_answers": 0, "fleet_fallbacks": 0,
                                          "fleet_refused_values": 0, "fleet_publishes": 0, "fleet_publish_failures": 0,
-                                         "fleet_full_reads": 0}
+                                         "fleet_full_reads": 0, "consul_health_catchup_reads": 0}
         self.errors = {kind: 0 for kind in ERROR_KINDS}
         self.gauges: dict[str, float] = {
             "last_sync_timestamp_seconds": 0.0, "last_sync_success": 0, "last_sync_duration_seconds": 0.0,
@@ -293,6 +293,9 @@ class Metrics:
         metric("consul_outdated_answers_total", "counter", "Long-poll answers not applied because the cache "
                "already held a newer read of their endpoint (read before a full read or a SIGHUP, folded after).",
                [({}, snap["counters"]["consul_outdated_answers"])])
+        metric("consul_health_catchup_reads_total", "counter", "Non-blocking reads of one health state (critical "
+               "or warning) because the other state's poll showed a check leaving it at a newer index.",
+               [({}, snap["counters"]["consul_health_catchup_reads"])])
         metric("nginx_generations_total", "counter", "Times nginx had new worker processes (a respawn, a reload, "
                "a restart) and every worker was checked (nginx_pid_file).",
                [({}, snap["counters"]["nginx_generations"])])

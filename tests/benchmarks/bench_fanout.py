@@ -116,11 +116,11 @@ from tests.support.collection import ensure_importable  # noqa: E402
 
 ensure_importable()
 
-from ansible_collections.swallowkeeper.dyups.plugins.watcher.consul_source import FAILING_FILTER  # noqa: E402
 from tests.resilience.loadgen import read_response_counted  # noqa: E402
 from tests.support.consul_cluster import ConsulCluster, process_cpu_seconds  # noqa: E402
 
 WAIT = "300s"                     # the watcher's default consul_wait
+FAILING_FILTER = 'Status != "passing"'  # the watcher's one health poll until twostate (now state/critical + warning)
 PER_NODE = 20                     # instances per external node
 FAILING_EVERY = 50                # every 50th check critical: 2 %
 STRATEGIES = ("state-any", "state-critical", "per-service", "per-service-include", "publisher", "publisher-inline",

@@ -39,13 +39,16 @@ def test_a_cut_answer_is_an_error():
         read(CHUNKED[:-7])
 
 
-def test_state_any_asks_what_the_watcher_asks():
-    from ansible_collections.swallowkeeper.dyups.plugins.watcher.consul_source import FAILING_FILTER
+def test_state_critical_asks_what_the_watcher_asks_and_state_any_what_it_asked_before():
+    from ansible_collections.swallowkeeper.dyups.plugins.watcher.consul_source import HEALTH_POLLS
 
     health, catalog = bench.queries_of("state-any", [])
     url = urlsplit(health[0])
     assert url.path == "/v1/health/state/any"
-    assert parse_qs(url.query, keep_blank_values=True) == {"filter": [FAILING_FILTER], "stale": [""]}
+    assert parse_qs(url.query, keep_blank_values=True) == {"filter": ['Status != "passing"'], "stale": [""]}
+    assert catalog == ("/v1/catalog/services?stale", None)
+    *states, catalog = bench.queries_of("state-critical", [])
+    assert [path for path, _service in states] == [f"/v1/health/state/{state}?stale" for _kind, state in HEALTH_POLLS]
     assert catalog == ("/v1/catalog/services?stale", None)
 
 

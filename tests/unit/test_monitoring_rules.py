@@ -43,7 +43,7 @@ def test_promtool_test_rules():
 
 def watcher_names():
     metrics = Metrics()
-    metrics.set_index("health", 1)
+    metrics.set_index("health_critical", 1)
     return monitoring.exported_names(metrics.prometheus())
 
 

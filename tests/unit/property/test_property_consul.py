@@ -230,7 +230,7 @@ def test_the_watcher_cache_takes_any_answer_and_maps_it_validly(catalog, entries
     if not refreshed_validly(source):
         return
     try:
-        source.apply_events([("health", checks, 7)])
+        source.apply_events([("health_critical", checks, 7), ("health_warning", checks, 7)])
     except ConsulError:
         return
     assert_valid_mapping(source.mapping())

@@ -1,11 +1,15 @@
 """The watcher's cache converges to Consul's state whatever the order its events are folded in (hypothesis).
 
-The watcher learns of changes from three long polls (failing checks; service names and tags; nodes
-and their addresses) and reads services again when an answer calls for it. Answers reach the event loop late, in batches, and
+The watcher learns of changes from four long polls (critical checks; warning checks; service names
+and tags; nodes and their addresses) and reads services again when an answer calls for it. Answers reach the event loop late, in batches, and
 interleaved with those reads, so an answer can be older than what the cache already holds. The
 property: after ANY sequence of Consul operations, answers taken at any moments and folded in any
 batches, once the last answer of each poll has been folded, the cache maps exactly what a fresh full
-read of the same Consul maps (what ``--once`` on an empty host would apply).
+read of the same Consul maps (what ``--once`` on an empty host would apply). And at every moment
+between: a check that Consul never had passing is never passing in the cache. The two health polls
+answer separately (a step may take one state's answer and not the other's), so a check moving
+between warning and critical can be in neither answer for a while; an instance has a second check
+(``check2``), so that such a check could be taken for passing in place beside one that is listed.
 
 Faults are operations too (issue 18): a service whose ``/v1/health/service`` read answers 500 for a
 while (``fail``/``heal``; a node's by-node read: ``failnode``), names Consul accepts that no URL path can read (service ``x//y``, node
@@ -16,7 +20,7 @@ does; which of the two names an upstream is the mapping's rule, the same in both
 fault has healed and the retry timer's ``reread`` event is folded, the property must hold again.
 
 ``ModelConsul`` is a stand-in, not Consul: a small in-memory model of the state the watcher reads
-(instances, service and node checks, the three X-Consul-Index counters) answering the five endpoints
+(instances, service and node checks, the three X-Consul-Index counters) answering the endpoints
 the watcher uses in their real shape. It exists so that hypothesis can try thousands of
 interleavings in seconds and shrink a failure to a few steps; the same property runs against a
 real Consul agent and a real nginx in tests/integration/test_watcher_bursts.py.
@@ -26,7 +30,7 @@ from __future__ import annotations
 
 import json
 import posixpath
-from urllib.parse import parse_qs, unquote, urlsplit
+from urllib.parse import unquote, urlsplit
 
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
@@ -34,13 +38,14 @@ from hypothesis import strategies as st
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._consul_client import ConsulClient
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._errors import ConsulError
 from ansible_collections.swallowkeeper.dyups.plugins.watcher import settings as watcher_settings
-from ansible_collections.swallowkeeper.dyups.plugins.watcher.consul_source import ConsulSource
+from ansible_collections.swallowkeeper.dyups.plugins.watcher.consul_source import HEALTH_POLLS, ConsulSource
 from ansible_collections.swallowkeeper.dyups.plugins.watcher.metrics import Metrics
 from tests.unit.property.strategies import count
 
 NODES = {"n1": "10.1.0.1", "n2": "10.1.0.2", "n//3": "10.1.0.3"}   # "n//3": no path reads it by name
 # "consul" is excluded by default: the watcher must skip it; "x//y": no path reads it; "web": "Web" in another case
 SERVICES = ("Web", "Api", "Db", "Mq", "Kv", "consul", "x//y", "web")
+POLLS = tuple(kind for kind, _state in HEALTH_POLLS) + ("catalog", "nodes")
 ADDRESSES = ("10.1.0.1", "10.1.0.2", "10.1.0.3", "10.1.0.9")
 
 
@@ -68,6 +73,7 @@ class ModelConsul:
         self.nodes_index = 10
         self.failing_reads = set()   # services whose /v1/health/service read answers 500
         self.failing_nodes = set()   # nodes whose /v1/catalog/node-services read answers 500
+        self.ever_passed = set()     # (node, check id) of every check that was passing at some moment
 
     # -- operations ------------------------------------------------------------------------------------
     def register(self, node, instance_id, service, port, tags, meta, status):
@@ -78,23 +84,37 @@ class ModelConsul:
             self.instances[key] = new
             self.services_index += 1
         check = {"ServiceID": instance_id, "ServiceName": service, "Status": status}
-        if old is not None and old["Service"] != service:  # the same ID under another name: its check moves
+        if old is not None and old["Service"] != service:  # the same ID under another name: its checks move
             self.checks.pop((node, f"service:{instance_id}"), None)
-        if self.checks.get((node, f"service:{instance_id}")) != check:
-            self.checks[(node, f"service:{instance_id}")] = check
+            if self.checks.pop((node, f"service:{instance_id}:2"), None) is not None:
+                self.checks_index += 1
+        self._put_check(node, f"service:{instance_id}", check)
+
+    def _put_check(self, node, check_id, check):
+        if check["Status"] == "passing":
+            self.ever_passed.add((node, check_id))
+        if self.checks.get((node, check_id)) != check:
+            self.checks[(node, check_id)] = check
             self.checks_index += 1
+
+    def second_check(self, node, instance_id, status):
+        """The instance's second check (added, or set to ``status``)."""
+        instance = self.instances.get((node, instance_id))
+        if instance is not None:
+            self._put_check(node, f"service:{instance_id}:2",
+                            {"ServiceID": instance_id, "ServiceName": instance["Service"], "Status": status})
 
     def deregister(self, node, instance_id):
         if self.instances.pop((node, instance_id), None) is not None:
             self.services_index += 1
-        if self.checks.pop((node, f"service:{instance_id}"), None) is not None:
-            self.checks_index += 1
+        for check_id in (f"service:{instance_id}", f"service:{instance_id}:2"):
+            if self.checks.pop((node, check_id), None) is not None:
+                self.checks_index += 1
 
     def set_status(self, node, instance_id, status):
         check = self.checks.get((node, f"service:{instance_id}"))
         if check is not None and check["Status"] != status:
-            check["Status"] = status
-            self.checks_index += 1
+            self._put_check(node, f"service:{instance_id}", dict(check, Status=status))
 
     def readdress(self, node, address):
         if self.nodes[node] != address:  # a node re-registered: only the nodes index moves (measured on 1.8.7)
@@ -102,10 +122,7 @@ class ModelConsul:
             self.nodes_index += 1
 
     def node_status(self, node, status):
-        check = {"ServiceID": "", "ServiceName": "", "Status": status}
-        if self.checks.get((node, "serfHealth")) != check:
-            self.checks[(node, "serfHealth")] = check
-            self.checks_index += 1
+        self._put_check(node, "serfHealth", {"ServiceID": "", "ServiceName": "", "Status": status})
 
     # -- answers ---------------------------------------------------------------------------------------
     def _check_list(self, keys=None):
@@ -118,8 +135,9 @@ class ModelConsul:
             names.setdefault(instance["Service"], set()).update(instance["Tags"])
         return {name: sorted(tags) for name, tags in names.items()}, self.services_index
 
-    def failing_answer(self):
-        return [check for check in self._check_list() if check["Status"] != "passing"], self.checks_index
+    def state_answer(self, state):
+        """``/v1/health/state/STATE``: the checks in that state, at the checks' index."""
+        return [check for check in self._check_list() if check["Status"] == state], self.checks_index
 
     def nodes_answer(self):
         present = {"n1"} | {node for node, _id in self.instances} | {node for node, _check in self.checks}
@@ -139,8 +157,8 @@ class ModelConsul:
             data.setdefault("consul", [])  # as in every datacenter: the servers' service (the client checks it)
         elif path == "/v1/health/state/any":
             data, index = self._check_list(), self.checks_index
-            if "filter" in parse_qs(parts.query):
-                data, index = self.failing_answer()
+        elif path in ("/v1/health/state/critical", "/v1/health/state/warning"):
+            data, index = self.state_answer(path.rsplit("/", 1)[1])
         elif path.startswith("/v1/health/service/"):
             name = path[len("/v1/health/service/"):]
             if name in self.failing_reads:
@@ -185,13 +203,28 @@ def source_on(model, **values):
                                         "upstream_file": "/nonexistent/upstreams.conf", **values})
     source = ConsulSource(settings_, Metrics())
     source.client = ConsulClient(settings_.consul_url, ModelTransport(model))
+    source.watch_client = source.client   # its catch-up reads of a health state (the polls are the test's)
     return source
+
+
+def health_events(model):
+    """What the two health polls would answer now, as their events."""
+    return [(kind, *model.state_answer(state), None) for kind, state in HEALTH_POLLS]
 
 
 def mapped(source):
     result = source.mapping()
     return (dict(result.upstreams), sorted(result.empty),
             sorted((item["what"], item["why"]) for item in result.skipped))
+
+
+def assert_never_passing_unless_it_was(source, model):
+    """No check the cache holds as passing for an instance (or node) it holds was never passing in Consul."""
+    for key, pairs in source.checks.items():
+        if key[1] and not any(key in instances for instances in source.entries.values()):
+            continue
+        wrong = [check_id for check_id, status in pairs if status == "passing" and (key[0], check_id) not in model.ever_passed]
+        assert not wrong, f"{key}: {wrong} held as passing, never passing in Consul"
 
 
 def failing_checks(source):
@@ -208,8 +241,9 @@ class Loop:
     """What the daemon's loop does with the source: a batch that raises a Consul error schedules a full
     read (after a backoff: the ``fullread`` step), which is retried until it succeeds."""
 
-    def __init__(self, source):
+    def __init__(self, source, model):
         self.source = source
+        self.model = model
         self.full_read_due = False
 
     def fold(self, batch):
@@ -217,6 +251,7 @@ class Loop:
             self.source.apply_events(batch)
         except ConsulError:
             self.full_read_due = True
+        assert_never_passing_unless_it_was(self.source, self.model)
 
     def full_read(self, due_or_not=False):
         """The full read a failed batch scheduled (``due_or_not``: the periodic one, due or not)."""
@@ -236,6 +271,7 @@ operations = st.one_of(
               statuses),
     st.tuples(st.just("deregister"), st.sampled_from(sorted(NODES)), st.sampled_from(IDS)),
     st.tuples(st.just("status"), st.sampled_from(sorted(NODES)), st.sampled_from(IDS), statuses),
+    st.tuples(st.just("check2"), st.sampled_from(sorted(NODES)), st.sampled_from(IDS), statuses),
     st.tuples(st.just("node"), st.sampled_from(sorted(NODES)), statuses),
     st.tuples(st.just("readdress"), st.sampled_from(sorted(NODES)), st.sampled_from(ADDRESSES)),
 )
@@ -246,7 +282,7 @@ faults = st.one_of(
 )
 steps = st.lists(st.one_of(
     operations, operations, faults,
-    st.tuples(st.just("answer"), st.sampled_from(["health", "catalog", "nodes"])),   # a long poll answers now
+    st.tuples(st.just("answer"), st.sampled_from(POLLS)),   # a long poll answers now
     st.tuples(st.just("reread")),                                           # the retry timer fires
     st.tuples(st.just("fullread")),                             # the full read a failed batch scheduled runs
     st.tuples(st.just("resync")),     # the periodic full read (consul_resync_interval), answers still queued
@@ -264,6 +300,8 @@ def apply(model, step):
         model.deregister(step[1], step[2])
     elif kind == "status":
         model.set_status(step[1], step[2], step[3])
+    elif kind == "check2":
+        model.second_check(step[1], step[2], step[3])
     elif kind == "node":
         model.node_status(step[1], step[2])
     elif kind == "readdress":
@@ -279,19 +317,19 @@ def apply(model, step):
 ROLLING_DEPLOY = (  # a new instance joins, the old one fails, both answers folded in one batch
     [("register", "n1", "i1", "Web", 8080, (), (), "passing")],
     [("register", "n2", "i2", "Web", 8080, (), (), "passing"), ("status", "n1", "i1", "critical"),
-     ("answer", "health"), ("answer", "catalog"), ("fold", 2)])
+     ("answer", "health_critical"), ("answer", "catalog"), ("fold", 2)])
 STALE_HEALTH_ANSWER = (  # an old answer folded after a read that saw newer checks, then the same status again
     [("register", "n1", "i1", "Web", 8080, (), (), "passing"), ("register", "n1", "i2", "Web", 8081, (), (), "passing")],
-    [("status", "n1", "i1", "critical"), ("answer", "health"), ("fold", 1), ("status", "n1", "i1", "passing"),
+    [("status", "n1", "i1", "critical"), ("answer", "health_critical"), ("fold", 1), ("status", "n1", "i1", "passing"),
      ("register", "n1", "i3", "Web", 9090, (), (), "passing"), ("answer", "catalog"), ("fold", 1),
-     ("status", "n1", "i1", "critical"), ("answer", "health"), ("fold", 1)])
+     ("status", "n1", "i1", "critical"), ("answer", "health_critical"), ("fold", 1)])
 
 
 FAILED_READ = (  # issue 18, finding 1: Db's read fails while Db/i2 recovers, then Api/i1 fails, then Db heals
     [("register", "n1", "i1", "Api", 8080, (), (), "passing"), ("register", "n1", "i2", "Api", 8081, (), (), "passing"),
      ("register", "n2", "i1", "Db", 8080, (), (), "passing"), ("register", "n2", "i2", "Db", 8081, (), (), "critical")],
-    [("fail", "Db"), ("status", "n2", "i2", "passing"), ("answer", "health"), ("fold", 1),
-     ("status", "n1", "i1", "critical"), ("answer", "health"), ("fold", 1), ("fullread",)])
+    [("fail", "Db"), ("status", "n2", "i2", "passing"), ("answer", "health_critical"), ("fold", 1),
+     ("status", "n1", "i1", "critical"), ("answer", "health_critical"), ("fold", 1), ("fullread",)])
 NODE_READDRESS = (  # issue 18, finding 3: only the nodes index moves
     [("register", "n2", "i1", "Web", 8080, (), (), "passing")],
     [("readdress", "n2", "10.1.0.9"), ("answer", "nodes"), ("fold", 1)])
@@ -301,7 +339,7 @@ ID_MOVES_BEFORE = (  # issue 18: an instance ID moves to a service that sorts be
     # tests/integration/test_watcher_full_read.py shows the dropped checks on a real agent)
     [("register", "n1", "i1", "Web", 8080, (), (), "critical"), ("register", "n1", "i2", "Web", 8081, (), (), "passing")],
     [("register", "n1", "i1", "Api", 8080, (), (), "critical"), ("answer", "catalog"), ("fold", 1),
-     ("answer", "health"), ("fold", 1), ("status", "n1", "i1", "passing"), ("answer", "health"), ("fold", 1)])
+     ("answer", "health_critical"), ("fold", 1), ("status", "n1", "i1", "passing"), ("answer", "health_critical"), ("fold", 1)])
 OLD_CATALOG_AFTER_SIGHUP = (  # the restart-burst long profile, 2026-12-07: an old poll's catalog answer
     # (before Api's registration) still queued when a SIGHUP's full read saw Api; the new poll's first
     # answer, on the cache's own index, came in the same batch and was skipped as "no news", so the old
@@ -309,6 +347,26 @@ OLD_CATALOG_AFTER_SIGHUP = (  # the restart-burst long profile, 2026-12-07: an o
     [("register", "n1", "i1", "Web", 8080, (), (), "passing")],
     [("answer", "catalog"), ("register", "n2", "i1", "Api", 8080, (), (), "passing"), ("sighup",),
      ("answer", "catalog"), ("fold", 2)])
+TWO_STATE_RACE = (  # two checks on one instance, one moves warning -> critical: the warning poll's answer
+    # (without it) comes first, the critical poll's last answer is older (without it too): in neither,
+    # the instance was updated in place with the other check listed and the moving one taken for passing
+    [("register", "n1", "i1", "Web", 8080, (), (), "warning"), ("check2", "n1", "i1", "critical")],
+    [("status", "n1", "i1", "critical"), ("answer", "health_warning"), ("fold", 1),
+     ("status", "n1", "i1", "warning"), ("answer", "health_critical"), ("fold", 1)])
+MOVED_BACK_BEFORE_THE_CATCH_UP = (  # the critical answer (i1's first check warning then) is taken, the check goes
+    # critical again, then the fold's catch-up read of the warning state: each view lacks the check (the
+    # critical one is older than the move back), so the views of different indexes cannot say it passes
+    [("register", "n1", "i1", "Web", 8080, (), (), "critical"), ("check2", "n1", "i1", "critical")],
+    [("status", "n1", "i1", "warning"), ("answer", "health_critical"), ("status", "n1", "i1", "critical"),
+     ("fold", 1)])
+ONE_STATE_AFTER_A_FULL_READ = (  # after a full read (by node: more services than nodes), the critical poll's
+    # first answer, on the full read's index, comes alone: the warning part is the full read's until the
+    # warning poll answers, not empty (i1's warning check absent from a union of one index, beside its
+    # critical one listed, was taken for passing in place)
+    [("register", "n1", "i1", "Web", 8080, (), (), "warning"), ("check2", "n1", "i1", "critical"),
+     ("register", "n2", "i2", "Api", 8080, (), (), "passing"), ("register", "n2", "i3", "Db", 8080, (), (), "passing"),
+     ("register", "n2", "i4", "Mq", 8080, (), (), "passing"), ("register", "n2", "i5", "Kv", 8080, (), (), "passing")],
+    [("answer", "health_critical"), ("fold", 1)])
 OLD_CATALOG_AFTER_RESYNC = (  # the same with the periodic full read: an answer read just before it and the
     # poll's next one (on the full read's index) folded together after it
     [("register", "n1", "i1", "Web", 8080, (), (), "passing")],
@@ -325,6 +383,9 @@ OLD_CATALOG_AFTER_RESYNC = (  # the same with the periodic full read: an answer 
 @example(*ID_MOVES_BEFORE)
 @example(*OLD_CATALOG_AFTER_SIGHUP)
 @example(*OLD_CATALOG_AFTER_RESYNC)
+@example(*TWO_STATE_RACE)
+@example(*ONE_STATE_AFTER_A_FULL_READ)
+@example(*MOVED_BACK_BEFORE_THE_CATCH_UP)
 def test_any_interleaving_of_answers_and_reads_converges_to_a_fresh_read(setup, sequence):
     count("watcher events: any interleaving")
     count("watcher events: operations in those (setup and steps)", len(setup) + len(sequence))
@@ -333,9 +394,11 @@ def test_any_interleaving_of_answers_and_reads_converges_to_a_fresh_read(setup, 
         apply(model, step)
     source = source_on(model)
     source.refresh_all()
-    loop = Loop(source)
-    queue, delivered = [], {"health": None, "catalog": None, "nodes": None}
-    answers = {"health": model.failing_answer, "catalog": model.catalog_answer, "nodes": model.nodes_answer}
+    loop = Loop(source, model)
+    queue, delivered = [], dict.fromkeys(POLLS)
+    answers = {"health_critical": lambda: model.state_answer("critical"),
+               "health_warning": lambda: model.state_answer("warning"),
+               "catalog": model.catalog_answer, "nodes": model.nodes_answer}
 
     def answer(kind):  # what a long poll puts on the queue: only an answer with a new index
         data, index = answers[kind]()
@@ -350,8 +413,10 @@ def test_any_interleaving_of_answers_and_reads_converges_to_a_fresh_read(setup, 
             queue.append(("reread", None, None))
         elif step[0] == "fullread":
             loop.full_read()
+            assert_never_passing_unless_it_was(loop.source, model)
         elif step[0] == "resync":
             loop.full_read(due_or_not=True)
+            assert_never_passing_unless_it_was(loop.source, model)
         elif step[0] == "sighup":   # the daemon's reload: a new source on the same queue, its own full read,
             loop.source = source_on(model)   # then its polls, whose first answers always come
             loop.full_read(due_or_not=True)
@@ -364,9 +429,8 @@ def test_any_interleaving_of_answers_and_reads_converges_to_a_fresh_read(setup, 
             apply(model, step)
     model.failing_reads.clear()   # every fault heals; the retry timer then fires once
     model.failing_nodes.clear()
-    answer("health")
-    answer("catalog")
-    answer("nodes")
+    for kind in POLLS:
+        answer(kind)
     queue.append(("reread", None, None))
     while queue:
         batch, queue[:] = queue[:2], queue[2:]

@@ -15,7 +15,7 @@ burst tests.
 from __future__ import annotations
 
 from ansible_collections.swallowkeeper.dyups.plugins.watcher import consul_source
-from tests.unit.property.test_property_watcher_events import ModelConsul, source_on
+from tests.unit.property.test_property_watcher_events import ModelConsul, health_events, source_on
 
 SERVICES = ("Web", "Api", "Db", "Mq", "Kv")   # more services than nodes + 1: the compare reads by node
 
@@ -31,11 +31,6 @@ def fleet():
 def catalog_event(model):
     data, index = model.catalog_answer()
     return ("catalog", data, index, None)
-
-
-def health_event(model):
-    data, index = model.failing_answer()
-    return ("health", data, index, None)
 
 
 def servers(source, upstream):
@@ -122,7 +117,7 @@ def test_an_unchanged_answer_never_hides_what_another_read_cached(monkeypatch):
     assert servers(source, "Web") == ["10.1.0.2:8080"]   # web-1 is critical
 
     model.register("n1", "web-1", "Web", 9999, (), {}, "passing")
-    source.apply_events([health_event(model)])  # the critical check is gone: Web is read again
+    source.apply_events(health_events(model))  # the critical check is gone: Web is read again
     assert servers(source, "Web") == ["10.1.0.1:9999", "10.1.0.2:8080"]
 
     model.register("n1", "web-1", "Web", 8080, (), {}, "passing")

@@ -38,7 +38,7 @@ def daemon(tmp_path):
 
 
 def health(index):
-    return ("health", [], index)
+    return ("health_critical", [], index)
 
 
 def timed_collect(daemon, timeout=5.0):
