@@ -43,6 +43,9 @@ from ansible_collections.swallowkeeper.dyups.plugins.watcher.systemd_notify impo
 from ansible_collections.swallowkeeper.dyups.plugins.watcher.transport import KeepAliveTransport
 
 log = logging.getLogger("swallowkeeper.watcher")
+# The leading edge's grace: the other health poll's answer to the same change (both state polls wake on a
+# flip; measured 2.0-2.4 ms each at 5 000 services) joins the batch instead of opening the quiescence window.
+LEADING_GRACE = 0.005
 
 
 class Daemon:
@@ -300,7 +303,9 @@ class Daemon:
         """Events that arrived within ``timeout``, coalesced by the quiescence window.
 
         Leading edge: an event that comes after ``quiescence_min`` of quiet (a lone health flip) is
-        taken at once, with what is already queued beside it, and waits for nothing. An event that
+        taken at once, with what is already queued beside it and what follows within LEADING_GRACE
+        (a flip wakes both health polls, whose answers come a millisecond or two apart: without the
+        grace the second one opened the window and the flip waited ``quiescence_min``). An event that
         comes within ``quiescence_min`` of the one before it (a burst, or what arrived while the loop
         applied the last batch) opens the window as before: further events are taken until none has
         arrived for ``quiescence_min``, never beyond ``quiescence_max`` from the first. The times are
@@ -319,8 +324,9 @@ class Daemon:
         deadline = first_at + longest
         while not self._stop_wanted():
             try:
-                if leading:
-                    event = self.events.get_nowait()   # only what is already there
+                if leading:   # what is there, and what follows within the grace
+                    remaining = min(last_at + LEADING_GRACE, deadline) - self.events.clock()
+                    event = self.events.get(timeout=remaining) if remaining > 0 else self.events.get_nowait()
                 else:
                     remaining = min(last_at + quiet, deadline) - self.events.clock()
                     if remaining <= 0:

@@ -107,3 +107,17 @@ def test_a_burst_never_waits_longer_than_quiescence_max(daemon):
         feeder.join()
     assert len(batch) > 2
     assert LONGEST * 0.9 <= took <= LONGEST + QUIET, f"a burst held its batch for {took:.3f} s"
+
+
+def test_the_other_health_polls_answer_to_the_same_flip_joins_the_leading_batch(daemon):
+    """A flip wakes both health polls (critical and warning); their answers come a millisecond or two
+    apart. The second joins the lone flip's batch (LEADING_GRACE) instead of opening the window: on
+    46f037b it came alone after the first batch and waited quiescence_min (a flip's p50 went from about
+    10 to 27 ms in bench_watcher at 1 000 upstreams)."""
+    daemon.events.put(health(1))
+    later = threading.Timer(0.002, lambda: daemon.events.put(("health_warning", [], 1)))
+    later.start()
+    batch, took = timed_collect(daemon)
+    later.join()
+    assert batch == [health(1), ("health_warning", [], 1)]
+    assert took < QUIET / 2
