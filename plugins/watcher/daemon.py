@@ -48,6 +48,12 @@ log = logging.getLogger("swallowkeeper.watcher")
 LEADING_GRACE = 0.005
 
 
+def _one_health_poll(batch: list[tuple[str, Any]]) -> bool:
+    """True when ``batch`` holds an answer of one health poll and none of the other (see LEADING_GRACE)."""
+    kinds = {event[0] for event in batch}
+    return ("health_critical" in kinds) != ("health_warning" in kinds)
+
+
 class Daemon:
     def __init__(self, settings: settings_mod.Settings, dry_run: bool = False,
                  flag_values: Mapping[str, Any] | None = None, clock: Callable[[], float] = time.monotonic) -> None:
@@ -303,9 +309,11 @@ class Daemon:
         """Events that arrived within ``timeout``, coalesced by the quiescence window.
 
         Leading edge: an event that comes after ``quiescence_min`` of quiet (a lone health flip) is
-        taken at once, with what is already queued beside it and what follows within LEADING_GRACE
-        (a flip wakes both health polls, whose answers come a millisecond or two apart: without the
-        grace the second one opened the window and the flip waited ``quiescence_min``). An event that
+        taken at once, with what is already queued beside it; when that is one health poll's answer
+        without the other's, the other's is waited for up to LEADING_GRACE (a flip wakes both health
+        polls, whose answers come a millisecond or two apart: without the grace the second one opened
+        the window and the flip waited ``quiescence_min``; nothing else extends a leading batch, so a
+        burst of registrations is batched as before). An event that
         comes within ``quiescence_min`` of the one before it (a burst, or what arrived while the loop
         applied the last batch) opens the window as before: further events are taken until none has
         arrived for ``quiescence_min``, never beyond ``quiescence_max`` from the first. The times are
@@ -324,9 +332,12 @@ class Daemon:
         deadline = first_at + longest
         while not self._stop_wanted():
             try:
-                if leading:   # what is there, and what follows within the grace
-                    remaining = min(last_at + LEADING_GRACE, deadline) - self.events.clock()
-                    event = self.events.get(timeout=remaining) if remaining > 0 else self.events.get_nowait()
+                if leading:   # what is there, and the other health poll's answer within the grace
+                    remaining = first_at + LEADING_GRACE - self.events.clock()
+                    if remaining > 0 and _one_health_poll(batch):
+                        event = self.events.get(timeout=remaining)
+                    else:
+                        event = self.events.get_nowait()
                 else:
                     remaining = min(last_at + quiet, deadline) - self.events.clock()
                     if remaining <= 0:

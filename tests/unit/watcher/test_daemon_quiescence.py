@@ -121,3 +121,14 @@ def test_the_other_health_polls_answer_to_the_same_flip_joins_the_leading_batch(
     later.join()
     assert batch == [health(1), ("health_warning", [], 1)]
     assert took < QUIET / 2
+
+
+def test_the_grace_waits_only_for_the_other_health_poll():
+    """Only a batch with one health poll's answer and not the other's waits LEADING_GRACE: a registration's
+    answer does not, so bursts of registrations and deregistrations keep their window (the removal guard
+    sees them together; with the grace open to every event, test_watcher_restarts' held removal without a
+    window was applied in pieces)."""
+    from ansible_collections.swallowkeeper.dyups.plugins.watcher.daemon import _one_health_poll
+    assert _one_health_poll([health(1)]) and _one_health_poll([("health_warning", [], 1), ("catalog", {}, 1)])
+    assert not _one_health_poll([health(1), ("health_warning", [], 1)])
+    assert not _one_health_poll([("catalog", {}, 1)]) and not _one_health_poll([("nodes", [], 1)])
