@@ -35,7 +35,8 @@ from ansible_collections.swallowkeeper.dyups.plugins.module_utils._errors import
 from ansible_collections.swallowkeeper.dyups.plugins.watcher import settings as settings_mod
 from ansible_collections.swallowkeeper.dyups.plugins.watcher import dict_fit, fleet, memory, nginx_processes
 from ansible_collections.swallowkeeper.dyups.plugins.watcher.backoff import Backoff
-from ansible_collections.swallowkeeper.dyups.plugins.watcher.consul_source import ConsulSource, consul_error_kind
+from ansible_collections.swallowkeeper.dyups.plugins.watcher.consul_source import (
+    HEALTH_POLLS, ConsulSource, consul_error_kind)
 from ansible_collections.swallowkeeper.dyups.plugins.watcher.metrics import Metrics, StampedQueue, start_listeners
 from ansible_collections.swallowkeeper.dyups.plugins.watcher.pushes import dyups_error_kind
 from ansible_collections.swallowkeeper.dyups.plugins.watcher.sync import Syncer
@@ -46,12 +47,13 @@ log = logging.getLogger("swallowkeeper.watcher")
 # The leading edge's grace: the other health poll's answer to the same change (both state polls wake on a
 # flip; measured 2.0-2.4 ms each at 5 000 services) joins the batch instead of opening the quiescence window.
 LEADING_GRACE = 0.005
+HEALTH_KINDS = frozenset(kind for kind, _state in HEALTH_POLLS)
+CONSUL_EVENT_KINDS = HEALTH_KINDS | {"catalog"}   # counted in consul_events
 
 
 def _one_health_poll(batch: list[tuple[str, Any]]) -> bool:
     """True when ``batch`` holds an answer of one health poll and none of the other (see LEADING_GRACE)."""
-    kinds = {event[0] for event in batch}
-    return ("health_critical" in kinds) != ("health_warning" in kinds)
+    return len(HEALTH_KINDS & {event[0] for event in batch}) == 1
 
 
 class Daemon:
@@ -349,7 +351,7 @@ class Daemon:
             if event[0] != "wake":
                 last_at = self.events.taken_at or last_at
         self._last_event_at = last_at
-        self.metrics.count("consul_events", sum(1 for event in batch if event[0] in ("health_critical", "health_warning", "catalog")))
+        self.metrics.count("consul_events", sum(1 for event in batch if event[0] in CONSUL_EVENT_KINDS))
         return [event for event in batch if event[0] != "wake"]
 
     def _refresh(self) -> bool:
