@@ -382,7 +382,7 @@ class ConsulClient:
                                     url=url) from None
         raw = raw or b""
         if status != 200:
-            raise self._status_error(url, status, raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw)
+            raise self.status_error(url, status, raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw)
         digest = body_digest(raw) if known_digest is not None else None
         if digest is not None and digest == known_digest:
             return ConsulAnswer(data=None, index=None, url=url, digest=digest)
@@ -393,7 +393,7 @@ class ConsulClient:
             data = json.loads(raw, object_hook=hook)
         except ValueError:
             text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw
-            raise ConsulBadAnswer(f"GET {url} answered 200 but not JSON: {self._shown(text)!r}",
+            raise ConsulBadAnswer(f"GET {url} answered 200 but not JSON: {self.shown(text)!r}",
                                   url=url, status=status) from None
         raw_index = (answer_headers or {}).get("x-consul-index")
         index_value = None
@@ -401,7 +401,7 @@ class ConsulClient:
             try:
                 index_value = int(str(raw_index).strip())
             except ValueError:
-                raise ConsulBadAnswer(f"GET {url}: X-Consul-Index {self._shown(str(raw_index))!r} is not a number",
+                raise ConsulBadAnswer(f"GET {url}: X-Consul-Index {self.shown(str(raw_index))!r} is not a number",
                                       url=url, status=status) from None
             if index_value < 0:
                 raise ConsulBadAnswer(f"GET {url}: X-Consul-Index {index_value} is negative", url=url, status=status)
@@ -420,26 +420,30 @@ class ConsulClient:
                                 reread_after=last_contact, digest=fresh.digest)
         return ConsulAnswer(data=data, index=index_value, url=url, last_contact=last_contact, digest=digest)
 
-    def _shown(self, text: str) -> str:
+    def shown(self, text: str) -> str:
+        """``text`` as an error shows it: stripped, without the token, shortened."""
         text = self._redact(text.strip())
         return text if len(text) <= _BODY_SHOWN else text[:_BODY_SHOWN] + "..."
 
-    def _status_error(self, url: str, status: int, text: str) -> ConsulError:
-        said = self._shown(text)
+    def status_error(self, url: str, status: int, text: str, method: str = "GET",
+                     rights: str = f"read rights on the services and nodes (set {TOKEN_SETTING})") -> ConsulError:
+        """The error for an answer of ``status`` (not 200) to ``method url``, its body shown shortened and
+        without the token; ``rights``: what a 403 says the token needs."""
+        said = self.shown(text)
         if status == 403:
             hint = ("the ACL token is missing" if self._token is None else
                     "the ACL token was refused or lacks the rights for this request")
-            return ConsulForbidden(f"Consul refused GET {url} (403 {said!r}): {hint}; it needs read rights on the "
-                                   f"services and nodes (set {TOKEN_SETTING})", url=url, status=status)
+            return ConsulForbidden(f"Consul refused {method} {url} (403 {said!r}): {hint}; it needs {rights}",
+                                   url=url, status=status)
         if status == 429:
-            return ConsulRateLimited(f"Consul limited GET {url} (429 {said!r}): too many requests from this "
+            return ConsulRateLimited(f"Consul limited {method} {url} (429 {said!r}): too many requests from this "
                                      "client; retry later", url=url, status=status)
         if 500 <= status <= 599:
-            return ConsulServerError(f"Consul failed GET {url} ({status} {said!r})", url=url, status=status)
+            return ConsulServerError(f"Consul failed {method} {url} ({status} {said!r})", url=url, status=status)
         hint = " (is this a Consul agent's HTTP API?)" if status == 404 else ""
         if status == 400 and "HTTPS server" in text:  # Go's answer to plain HTTP on a TLS port
             hint = " (this is the agent's HTTPS port: use an https:// URL)"
-        return ConsulBadAnswer(f"GET {url} answered {status} {said!r}{hint}", url=url, status=status)
+        return ConsulBadAnswer(f"{method} {url} answered {status} {said!r}{hint}", url=url, status=status)
 
     # -- endpoints -----------------------------------------------------------------------------------
     def read(self, path: str, params: Mapping[str, Any] | None = None, index: int | None = None,

@@ -16,7 +16,7 @@ from typing import Any, Dict, List, Optional, Tuple
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._consul_client import (
     TOKEN_HEADER, ConsulClient, resolve_token)
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._errors import (
-    ConsulBadAnswer, ConsulForbidden, ConsulServerError, ConsulUnavailable)
+    ConsulBadAnswer, ConsulUnavailable)
 from ansible_collections.swallowkeeper.dyups.plugins.watcher.metrics import Metrics
 from ansible_collections.swallowkeeper.dyups.plugins.watcher.settings import Settings
 from ansible_collections.swallowkeeper.dyups.plugins.watcher.stale_reads import StaleReads
@@ -83,18 +83,14 @@ class FleetKV:
         except Exception as exc:  # TransportError and what a closed transport raises
             raise ConsulUnavailable(f"the Consul agent did not answer PUT {url}: {exc}", url=url) from None
         text = (raw or b"").decode("utf-8", "replace")
-        if status == 403:
-            raise ConsulForbidden(f"Consul refused PUT {url} (403 {text[:200]!r}): the token needs key_prefix "
-                                  f"\"{self.settings.fleet_kv_prefix}/\" write and session_prefix \"\" write "
-                                  "(fleet_share)", url=url, status=status)
-        if status >= 500:
-            raise ConsulServerError(f"Consul failed PUT {url} ({status} {text[:200]!r})", url=url, status=status)
         if status not in (200, 409):
-            raise ConsulBadAnswer(f"PUT {url} answered {status} {text[:200]!r}", url=url, status=status)
+            raise self.client.status_error(url, status, text, method="PUT", rights=(
+                f"key_prefix \"{self.settings.fleet_kv_prefix}/\" write and session_prefix \"\" write (fleet_share)"))
         try:
             return status, json.loads(raw) if raw else None
         except ValueError:
-            raise ConsulBadAnswer(f"PUT {url} answered {status} but not JSON: {text[:200]!r}", url=url) from None
+            raise ConsulBadAnswer(f"PUT {url} answered {status} but not JSON: {self.client.shown(text)!r}",
+                                  url=url) from None
 
     def create_session(self) -> str:
         who = f"swallowkeeper-dyups watcher on {socket.gethostname()} (pid {os.getpid()})"
