@@ -164,7 +164,11 @@ if [ ${#scenarios[@]} -gt 1 ] && [ "${SKDY_PARALLEL:-1}" = 1 ]; then
     rc=0; wait "${pids[$i]}" || rc=$?
     echo "=== molecule ${scenarios[$i]} (log: tests/output/molecule/${scenarios[$i]}.log)"
     cat "tests/output/molecule/${scenarios[$i]}.log"
-    [ $rc -eq 0 ] || status=1
+    if [ $rc -ne 0 ]; then
+      status=1
+      # one line per failed task (its name and message), so that a summary of FAILED lines names the task
+      .venv/bin/python tests/tools/ansible_failures.py "${scenarios[$i]}" "tests/output/molecule/${scenarios[$i]}.log" || true
+    fi
   done
 else
   for scenario in "${scenarios[@]}"; do run_one "$scenario" || status=1; done
