@@ -16,17 +16,20 @@ What each status means is written in ``_dyups_wire`` (with the paths, bodies and
 * a refusal (400 from the Lua flavor, 500 from Tengine): ``DyupsRejected`` with what the server said;
 * any other status the contract does not give: ``DyupsProtocolError``;
 * no answer: ``DyupsUnavailable`` naming the URL.
+
+``apply_many`` sends many POSTs and DELETEs pipelined when the transport can (its ``many``: the watcher's
+full resync), with the same meaning for each answer; a 409 among them is sent again on its own.
 """
 
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Callable, Dict, List, Tuple, TypeVar  # List: the class has a method list
+from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Sequence, Tuple, TypeVar, Union  # List: see list()
 
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils import _dyups_wire as wire
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._http_keepalive import join_url
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._errors import (
-    DyupsBusy, DyupsProtocolError, DyupsRejected, DyupsUnavailable, TransportError, ValidationError)
+    DyupsBusy, DyupsError, DyupsProtocolError, DyupsRejected, DyupsUnavailable, TransportError, ValidationError)
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._servers import Server
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._upstream import Upstream
 
@@ -105,7 +108,7 @@ class DyupsClient:
         except ValidationError as exc:
             raise DyupsProtocolError(f"GET {url}: {exc}", url=url, status=status, body=text) from None
 
-    def _refused_or_unexpected(self, method: str, url: str, status: int, text: str) -> Exception:
+    def _refused_or_unexpected(self, method: str, url: str, status: int, text: str) -> DyupsError:
         refused = wire.refusal(method, url, status, text)
         if refused is not None:
             return DyupsRejected(refused, url=url, status=status, body=text)
@@ -120,6 +123,47 @@ class DyupsClient:
         status, text, url = self._call("POST", path, wire.post_body(upstream) if body is None else body)
         if status != wire.OK:
             raise self._refused_or_unexpected("POST", url, status, text)
+
+    def apply_many(self, changes: Sequence[Tuple[str, Optional[Upstream]]]) -> List[Union[bool, DyupsError]]:
+        """POST each ``(name, Upstream)`` and DELETE each ``(name, None)``, in this order, pipelined when the
+        transport has ``many`` (else one after the other); per change, in the same order: True for a POST
+        done, for a DELETE whether the interface held the upstream, or the DyupsError ``update`` or
+        ``delete`` would have raised."""
+        many = getattr(self.transport, "many", None)
+        if many is None or len(changes) < 2:
+            return [self._one(name, upstream) for name, upstream in changes]
+        requests = []
+        for name, upstream in changes:
+            if upstream is not None and not isinstance(upstream, Upstream):
+                raise TypeError("apply_many() takes Upstreams built by build_upstream()")
+            url = join_url(self.api_url, wire.upstream_path(name))
+            requests.append(("DELETE", url, None) if upstream is None
+                            else ("POST", url, wire.post_body(upstream).encode("utf-8")))
+        outcomes: List[Union[bool, DyupsError]] = []
+        for (name, upstream), (method, url, _body), answer in zip(changes, requests, many(requests, self.timeout)):
+            if isinstance(answer, TransportError):
+                outcomes.append(DyupsUnavailable(f"the dyups interface at {url} did not answer {method}: "
+                                                 f"{answer.reason}", url=url))
+                continue
+            status, raw, _headers = answer
+            if status == wire.BUSY:
+                outcomes.append(self._one(name, upstream))   # with the busy retries of a lone request
+                continue
+            text = raw.decode("utf-8", "replace")
+            if status == wire.OK or (upstream is None and status == wire.UNKNOWN):
+                outcomes.append(upstream is not None or status == wire.OK)
+            else:
+                outcomes.append(self._refused_or_unexpected(method, url, status, text))
+        return outcomes
+
+    def _one(self, name: str, upstream: Optional[Upstream]) -> Union[bool, DyupsError]:
+        try:
+            if upstream is None:
+                return self.delete(name)
+            self.update(upstream)
+            return True
+        except DyupsError as exc:
+            return exc
 
     def delete(self, name: str) -> bool:
         """Delete one upstream; False when the interface did not hold it."""

@@ -35,17 +35,19 @@ import socket
 import threading
 import time
 from http.client import HTTPConnection
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 from urllib.parse import SplitResult, urlsplit
 
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._deadline_io import deadline_reader
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._errors import TransportError
+from ansible_collections.swallowkeeper.dyups.plugins.module_utils._http_pipeline import exchange, request_bytes
 
 if TYPE_CHECKING:
     import ssl
 
 MAX_ANSWER = 64 * 1024 * 1024   # a Consul answer of 100,000 health checks is about 40 MB
 _CHUNK = 1024 * 1024
+PIPELINE_WINDOW = 64   # requests in flight on a pipelined connection (many)
 
 STALE_CONNECTION = (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError,
                     http.client.CannotSendRequest, http.client.BadStatusLine)
@@ -223,6 +225,54 @@ class KeepAliveTransport:
             self._give_back(key, connection, keep=not response.will_close)
             return response.status, data, {name.lower(): value for name, value in response.getheaders()}
         raise TransportError("no answer")  # not reached: the second attempt returns or raises
+
+    def many(self, requests: Sequence[tuple[str, str, bytes | None]], timeout: float,
+             window: int = PIPELINE_WINDOW) -> list[tuple[int, bytes, dict[str, str]] | TransportError]:
+        """The answers to ``requests`` ((method, url, body), all to one host), in their order, each a
+        ``(status, body, headers)`` as ``__call__`` returns or the TransportError of a request that got no
+        answer. They are pipelined (_http_pipeline.py) on a connection of their own, ``window`` at a time,
+        each window within ``timeout``; where the server closes the connection (nginx's
+        ``keepalive_requests``) or it breaks, the requests not answered are sent again on a new one, which
+        every request the collection sends allows (see the module's text). A new connection that brings no
+        answer at all ends it: the rest get that error."""
+        answers: list[tuple[int, bytes, dict[str, str]] | None] = [None] * len(requests)
+        if not requests:
+            return []
+        if self._closed:
+            raise TransportError("the transport was closed (the watcher is stopping or reloading)")
+        parts = urlsplit(requests[0][1])
+        host = "localhost" if parts.scheme == "unix" else parts.netloc
+        framed = []
+        for method, url, body in requests:
+            target = split_unix(url)[1] if parts.scheme == "unix" else urlsplit(url).path or "/"
+            if parts.scheme != "unix" and urlsplit(url).query:
+                target += "?" + urlsplit(url).query
+            framed.append(request_bytes(method, target, host, self._headers, body))
+        index, error = 0, "no answer"
+        while index < len(requests):
+            before = index
+            connection = None
+            try:
+                _key, connection = self._take(parts, timeout, fresh=True)
+                if connection.sock is None:
+                    connection.connect()
+                index = exchange(connection.sock, framed, index, window, answers,
+                                 lambda: time.monotonic() + timeout, self._max_answer)
+            except TransportError as exc:
+                error = exc.reason
+            except (OSError, ValueError, AttributeError) as exc:   # AttributeError: close() took the socket
+                error = _reason(exc)
+                while index < len(requests) and answers[index] is not None:
+                    index += 1
+            finally:
+                if connection is not None:
+                    with self._lock:
+                        self._busy.discard(connection)
+                    connection.close()
+            if index == before or self._closed:
+                break
+        failed = TransportError(error)
+        return [failed if answer is None else answer for answer in answers]
 
     def _read(self, response: http.client.HTTPResponse) -> bytes:
         """The answer's body; ValueError when it is larger than ``max_answer`` (not read further)."""

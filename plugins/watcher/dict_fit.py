@@ -83,13 +83,32 @@ class FreeSpace:
             with self._lock:
                 self.bytes = free
 
-    def watching(self, transport: Callable[..., Tuple[int, bytes, Dict[str, str]]]) -> Callable[..., Tuple[int, bytes, Dict[str, str]]]:
+    def watching(self, transport: Callable[..., Tuple[int, bytes, Dict[str, str]]]) -> "Watched":
         """``transport`` (see plugins/watcher/transport.py) with each answer's free space kept here."""
-        def call(*args: object, **kwargs: object) -> Tuple[int, bytes, Dict[str, str]]:
-            answer = transport(*args, **kwargs)
-            self.seen(answer[2])
-            return answer
-        return call
+        return Watched(transport, self)
+
+
+class Watched:
+    """A transport around another that gives every answer's headers to a FreeSpace; its ``many`` (when the
+    inner transport has one: pipelined requests) too, the last answer's being the newest."""
+
+    def __init__(self, transport: Callable[..., Tuple[int, bytes, Dict[str, str]]], space: FreeSpace) -> None:
+        self.transport = transport
+        self.space = space
+        if hasattr(transport, "many"):
+            self.many = self._many
+
+    def __call__(self, *args: object, **kwargs: object) -> Tuple[int, bytes, Dict[str, str]]:
+        answer = self.transport(*args, **kwargs)
+        self.space.seen(answer[2])
+        return answer
+
+    def _many(self, *args: object, **kwargs: object) -> List[object]:
+        answers = self.transport.many(*args, **kwargs)  # type: ignore[attr-defined]
+        for answer in answers:
+            if isinstance(answer, tuple):
+                self.space.seen(answer[2])
+        return answers
 
 
 def limit(desired: Mapping[str, Optional[Upstream]], applied: Mapping[str, Upstream],

@@ -147,6 +147,8 @@ class AnsweringWorkers:
         self.transport = transport
         self._pids: Set[int] = set()
         self._lock = threading.Lock()
+        if hasattr(transport, "many"):
+            self.many = self._many
 
     def __call__(self, method: str, url: str, body: Optional[bytes], timeout: float,
                  extra_headers: Optional[Dict[str, str]] = None) -> Tuple[int, bytes, Dict[str, str]]:
@@ -156,6 +158,17 @@ class AnsweringWorkers:
             with self._lock:
                 self._pids.add(int(worker))
         return answer
+
+    def _many(self, requests: List[Tuple[str, str, Optional[bytes]]], *args: object,
+              **kwargs: object) -> List[object]:
+        """The inner transport's ``many`` (pipelined requests), the workers that answered kept likewise."""
+        answers = self.transport.many(requests, *args, **kwargs)  # type: ignore[attr-defined]
+        for (method, _url, _body), answer in zip(requests, answers):
+            worker = answer[2].get(WORKER_HEADER, "") if isinstance(answer, tuple) and method != "GET" else ""
+            if worker.isdigit():
+                with self._lock:
+                    self._pids.add(int(worker))
+        return answers
 
     def strays(self, now: Generation, proc: str = "/proc") -> FrozenSet[int]:
         """The workers that answered a POST or a DELETE and are no longer workers of ``now`` taking

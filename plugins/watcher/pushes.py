@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Iterable, List, Mapping, Optional, Set, Tuple
+from typing import Iterable, List, Mapping, Optional, Set, Tuple, Union
 
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._dyups_client import DyupsClient
 from ansible_collections.swallowkeeper.dyups.plugins.module_utils._dyups_wire import post_body
@@ -25,6 +25,7 @@ from ansible_collections.swallowkeeper.dyups.plugins.watcher import zone_fit
 from ansible_collections.swallowkeeper.dyups.plugins.watcher.metrics import Metrics
 
 log = logging.getLogger("swallowkeeper.watcher")
+PIPELINED_FROM = 16   # changes in one send from which they go pipelined (a lone flip's POST is not held back)
 
 
 def dyups_error_kind(exc: BaseException) -> str:
@@ -98,29 +99,18 @@ class Pushes:
         self.gone -= posted
 
     def send(self, applied: Mapping[str, Upstream], report: SyncReport) -> None:
-        """POST the pending upstreams (as ``applied`` holds them), DELETE the gone ones; what fails stays."""
+        """POST the pending upstreams (as ``applied`` holds them), DELETE the gone ones; what fails stays.
+        ``PIPELINED_FROM`` changes or more go pipelined (DyupsClient.apply_many: a full resync), unless
+        Tengine's zone paces the pushes (zone_fit.Pacer); fewer go one at a time, as a flip's one POST."""
+        posts: List[Tuple[str, Optional[Upstream]]] = []
         for name in sorted(self.pending):
             upstream = applied.get(name)
             if upstream is None:
                 self.pending.discard(name)
                 continue
-            body = post_body(upstream) if self.pacer.unread is not None else None
-            self.pacer.before(name, body)
-            try:
-                self.client.update(upstream, body)
-            except DyupsError as exc:
-                self.pacer.sent(name, upstream, body, answered=False)
-                self._failed(report, name, exc)
-                continue
-            self.pacer.sent(name, upstream, body, answered=True)
-            elapsed = self.metrics.change_applied(name)  # counted, and timed from the Consul answer
-            log.info("upstream %s: %s (%d server(s))%s", name, describe_change(self.pushed.get(name), upstream),
-                     len(upstream.servers), since_answer(elapsed))
-            self.pushed[name] = upstream
-            self.pending.discard(name)
-            self.deleted.discard(name)
-            report.posted.append(name)
+            posts.append((name, upstream))
         live = {name_key(name) for name in applied} if self.gone else set()
+        deletes: List[Tuple[str, Optional[Upstream]]] = []
         for name in sorted(self.gone):
             if name_key(name) in live:
                 # Web gone, web applied: one upstream for the data plane, which the POST of web replaced;
@@ -128,22 +118,49 @@ class Pushes:
                 self.gone.discard(name)
                 self.pushed.pop(name, None)
                 continue
-            self.pacer.before(name, None)
-            try:
-                existed = self.client.delete(name)
-            except DyupsError as exc:
-                self.pacer.sent(name, None, None, answered=False)
-                self._failed(report, name, exc)
-                continue
-            self.pacer.sent(name, None, None, answered=existed)
-            elapsed = self.metrics.change_applied(name)
-            log.info("upstream %s: deleted%s%s", name, "" if existed else " (the interface did not hold it)",
-                     since_answer(elapsed))
-            self.pushed.pop(name, None)
-            self.gone.discard(name)   # no longer owned: an upstream added under this name later is someone else's
-            self.deleted.add(name)
-            report.deleted.append(name)
+            deletes.append((name, None))
+        changes = posts + deletes   # POSTs before DELETEs
+        if self.pacer.unread is None and len(changes) >= PIPELINED_FROM:
+            for (name, upstream), answered in zip(changes, self.client.apply_many(changes)):
+                self._done(report, name, upstream, answered)
+        else:
+            for name, upstream in changes:
+                body = post_body(upstream) if upstream is not None and self.pacer.unread is not None else None
+                self.pacer.before(name, body)
+                outcome: Union[bool, DyupsError]
+                try:
+                    if upstream is None:
+                        outcome = self.client.delete(name)
+                    else:
+                        self.client.update(upstream, body)
+                        outcome = True
+                except DyupsError as exc:
+                    outcome = exc
+                self.pacer.sent(name, upstream, body, answered=outcome is True)
+                self._done(report, name, upstream, outcome)
         self.metrics.set(dyups_up=0 if any(isinstance(e, DyupsUnavailable) for _n, e in report.failed) else 1)
+
+    def _done(self, report: SyncReport, name: str, upstream: Optional[Upstream],
+              outcome: Union[bool, DyupsError]) -> None:
+        """The bookkeeping of one request's ``outcome`` (DyupsClient.apply_many's)."""
+        if isinstance(outcome, DyupsError):
+            self._failed(report, name, outcome)
+            return
+        elapsed = self.metrics.change_applied(name)  # counted, and timed from the Consul answer
+        if upstream is not None:
+            log.info("upstream %s: %s (%d server(s))%s", name, describe_change(self.pushed.get(name), upstream),
+                     len(upstream.servers), since_answer(elapsed))
+            self.pushed[name] = upstream
+            self.pending.discard(name)
+            self.deleted.discard(name)
+            report.posted.append(name)
+            return
+        log.info("upstream %s: deleted%s%s", name, "" if outcome else " (the interface did not hold it)",
+                 since_answer(elapsed))
+        self.pushed.pop(name, None)
+        self.gone.discard(name)   # no longer owned: an upstream added under this name later is someone else's
+        self.deleted.add(name)
+        report.deleted.append(name)
 
     def forget_deleted(self) -> None:
         """A new nginx master read the upstream file, which no longer names what was deleted."""

@@ -1,6 +1,8 @@
-"""How long N POSTs to the dyups interface take over 1, 2, 4 ... kept-alive connections (issue 22 item 3).
+"""How long N POSTs to the dyups interface take over 1, 2, 4 ... kept-alive connections, or pipelined on one
+(issue 22 item 3).
 
     nice -n 10 .venv/bin/python tests/benchmarks/bench_dyups_posts.py --upstreams 5000 --connections 1,2,4,8
+    .venv/bin/python tests/benchmarks/bench_dyups_posts.py --upstreams 5000 --connections 1,pipelined
 
 Per flavor of ``--flavors`` (default ``lua`` and, when ``$TENGINE_BIN`` is set, ``tengine``): one proxy
 with 2 workers on loopback (tests/support/nginx_lua.py with the role's reference configuration, or
@@ -8,7 +10,9 @@ tests/support/tengine.py), started and stopped here; an empty interface. Then, p
 connection count C in turn (the order rotating from round to round): ``--upstreams`` upstreams of 3
 servers POSTed by the watcher's own code (``DyupsClient`` on one ``KeepAliveTransport``, which keeps a
 connection per thread in flight) from C threads, each thread taking the next name; every upstream is
-then deleted (not timed) so that each count starts from an empty interface. A 409 (busy) is retried by
+then deleted (not timed) so that each count starts from an empty interface. ``pipelined`` in place of a
+count: every POST through ``DyupsClient.apply_many`` (what the watcher's full resync does: HTTP/1.1
+pipelining on one connection, module_utils/_http_pipeline.py). A 409 (busy) is retried by
 the client as the watcher retries it; any other failure is counted. Printed: per flavor and C, the
 median wall time of the POSTs over ``--rounds`` and the median of POSTs a second, and the load
 average before and after (the machine may be shared: compare counts within one run).
@@ -47,8 +51,9 @@ def upstreams(count):
 
 
 def post_all(api_url, items, threads):
-    """Wall time of POSTing ``items`` from ``threads`` threads sharing one transport; (seconds, failures)."""
-    transport = KeepAliveTransport(max_idle=max(8, threads))
+    """Wall time of POSTing ``items`` from ``threads`` threads sharing one transport, or all of them pipelined
+    (``threads`` "pipelined"); (seconds, failures)."""
+    transport = KeepAliveTransport(max_idle=8 if threads == "pipelined" else max(8, threads))
     client = DyupsClient(api_url, transport, timeout=10)
     names = iter(items)
     lock = threading.Lock()
@@ -66,11 +71,15 @@ def post_all(api_url, items, threads):
                 failures.append(str(exc))
 
     started = time.perf_counter()
-    workers = [threading.Thread(target=work) for _unused in range(threads)]
-    for worker in workers:
-        worker.start()
-    for worker in workers:
-        worker.join()
+    if threads == "pipelined":
+        failures += [str(outcome) for outcome in client.apply_many([(item.name, item) for item in items])
+                     if outcome is not True]
+    else:
+        workers = [threading.Thread(target=work) for _unused in range(threads)]
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join()
     took = time.perf_counter() - started
     for upstream in items:
         try:
@@ -96,7 +105,7 @@ def main(argv=None):
     parser.add_argument("--json", help="also write the results to this file")
     args = parser.parse_args(argv)
     flavors = (args.flavors or ("lua,tengine" if os.environ.get("TENGINE_BIN") else "lua")).split(",")
-    counts = [int(value) for value in args.connections.split(",")]
+    counts = [value if value == "pipelined" else int(value) for value in args.connections.split(",")]
     items = upstreams(args.upstreams)
     report = {"date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "load_before": os.getloadavg(),
               "upstreams": args.upstreams, "results": {}}
@@ -121,7 +130,7 @@ def main(argv=None):
           f"{' '.join(f'{value:.2f}' for value in report['load_after'])}")
     for flavor, results in report["results"].items():
         for count, figures in results.items():
-            print(f"{flavor:8} {count:>2} connection(s): median {figures['median_s']} s "
+            print(f"{flavor:8} {count:>9} connection(s): median {figures['median_s']} s "
                   f"({figures['posts_per_s']} POSTs/s), runs {figures['runs_s']}, failures {figures['failures']}")
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=1))

@@ -44,7 +44,7 @@ import pytest
 
 from tests.support.nginx_lua import (MODULES, NGINX, _children, end_process_group, http_request,
                                      start_process_group)
-from tests.support.ports import free_port, wait_port
+from tests.support.ports import free_ports, wait_port
 
 _LIVE = set()
 
@@ -65,7 +65,7 @@ class Backends:
     def __init__(self, count=0, workers=1, ports=None):
         self.workers = workers
         self.modes = {}
-        for port in list(ports or []) + [free_port() for _unused in range(count)]:
+        for port in list(ports or []) + free_ports(count):
             self.modes[port] = "up"
         self.prefix = Path(tempfile.mkdtemp(prefix="backends-"))
         self.prefix.chmod(0o755)
@@ -213,7 +213,7 @@ http {{
 
     def add(self, count=1):
         """``count`` more ports, answering; returns them."""
-        new = [free_port() for _unused in range(count)]
+        new = free_ports(count)
         for port in new:
             self.modes[port] = "up"
         self._reload()

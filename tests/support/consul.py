@@ -64,7 +64,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.consul_tls import make_tls_material
-from tests.support.ports import free_port
+from tests.support.ports import free_ports
 
 ROOT = Path(__file__).resolve().parents[2]
 READER_POLICY_FILE = Path(__file__).resolve().parent / "consul_acl_policy.hcl"
@@ -152,7 +152,7 @@ class ConsulAgent:
         if self.process is not None and self.process.poll() is None:
             return self
         if self.ports is None:
-            self.ports = {name: free_port() for name in ("http", "serf_lan", "serf_wan", "server")}
+            self.ports = dict(zip(("http", "serf_lan", "serf_wan", "server"), free_ports(4)))
         command = [
             self.binary, "agent", "-dev", "-node", self.node_name, "-bind", "127.0.0.1", "-client", "127.0.0.1",
             "-http-port", "-1" if self._want_tls else str(self.ports["http"]), "-dns-port", "-1", "-grpc-port", "-1",

@@ -28,7 +28,7 @@ from pathlib import Path
 
 from tests.support.consul import consul_binary
 from tests.support.nginx_lua import end_process_group, start_process_group
-from tests.support.ports import free_port
+from tests.support.ports import free_ports
 
 _LIVE = set()
 
@@ -56,7 +56,7 @@ class Agent:
         self.server = server
         self.dir = Path(workdir) / name
         (self.dir / "data").mkdir(parents=True)
-        self.ports = {key: free_port() for key in ("http", "serf_lan", "serf_wan", "server")}
+        self.ports = dict(zip(("http", "serf_lan", "serf_wan", "server"), free_ports(4)))
         self.join = join
         self.bootstrap_expect = bootstrap_expect
         self.limits = limits

@@ -73,7 +73,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.ports import free_port, wait_port
+from tests.support.ports import free_ports, wait_port
 from tests.support.waiting import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -230,8 +230,9 @@ class NginxLua:
         self.lock_timeout = lock_timeout
         self.worker_header = worker_header
         self.hosts = hosts
-        self.api_port = api_port or free_port()
-        self.proxy_port = proxy_port or free_port()
+        picked = free_ports(2)   # two different ones (free_port() twice can give one port twice)
+        self.api_port = api_port or picked[0]
+        self.proxy_port = proxy_port or picked[1]
         self._own_prefix = prefix is None
         self.prefix = Path(prefix or tempfile.mkdtemp(prefix="nginx-lua-"))
         self.prefix.chmod(0o755)   # workers run as nobody and need the temp paths below

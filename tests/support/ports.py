@@ -10,6 +10,21 @@ def free_port(host="127.0.0.1"):
         return sock.getsockname()[1]
 
 
+def free_ports(count, host="127.0.0.1"):
+    """``count`` different ports that were free a moment ago: all held at once while the kernel picks them,
+    so no two are the same (free_port() called ``count`` times can give one port twice)."""
+    sockets = []
+    try:
+        for _unused in range(count):
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sockets.append(sock)
+            sock.bind((host, 0))
+        return [sock.getsockname()[1] for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
 def wait_port(port, host="127.0.0.1", timeout=10.0):
     """Block until something accepts connections on host:port; raise TimeoutError otherwise."""
     import time

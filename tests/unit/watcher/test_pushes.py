@@ -53,3 +53,42 @@ def test_a_change_caused_by_a_consul_answer_logs_how_long_after_it_the_interface
     after = float(lines["upstream A"].rsplit(", ", 1)[1].split(" ms after Consul's answer")[0])
     assert 250 <= after < 10000, lines["upstream A"]
     assert "Consul's answer" not in lines["upstream B"] and "Consul's answer" not in lines["upstream Old"]
+
+
+class CountingTransport(KeepAliveTransport):
+    """The real transport, counting the requests that went pipelined (``many``) and one at a time."""
+
+    def __init__(self):
+        super().__init__()
+        self.pipelined = 0
+        self.single = 0
+
+    def many(self, requests, timeout, window=64):
+        self.pipelined += len(requests)
+        return super().many(requests, timeout, window)
+
+    def __call__(self, *args, **kwargs):
+        self.single += 1
+        return super().__call__(*args, **kwargs)
+
+
+def test_many_changes_go_pipelined_a_busy_answer_alone_and_a_few_one_at_a_time():
+    applied = {f"U{n}": build_upstream(f"U{n}", [f"10.0.0.{n + 1}:80"]) for n in range(30)}
+    with FakeDyups() as fake:
+        transport = CountingTransport()
+        try:
+            pushes = Pushes(DyupsClient(fake.api_url, transport, timeout=2, busy_backoff=0.001), Metrics(), {},
+                            gone=[f"Old{n}" for n in range(10)])
+            pushes.changed(list(applied), [])
+            fake.busy(2)   # the first two answers: 409
+            report = SyncReport()
+            pushes.send(applied, report)
+            assert (len(report.posted), len(report.deleted), report.failed, len(pushes)) == (30, 10, [], 0)
+            assert [request.method for request in fake.requests] == ["POST"] * 30 + ["DELETE"] * 10 + ["POST"] * 2
+            assert (transport.pipelined, transport.single) == (40, 2)   # the two busy ones again, alone
+            assert sorted(fake.upstreams) == sorted(applied)
+            pushes.changed(["U1"], [])
+            pushes.send(applied, SyncReport())
+            assert (transport.pipelined, transport.single) == (40, 3)   # a flip's one POST: not pipelined
+        finally:
+            transport.close()
