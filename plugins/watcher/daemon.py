@@ -420,6 +420,8 @@ class Daemon:
             return False
         self.metrics.set(config_reload_success=1)
         log.info("SIGHUP: config reloaded from %s; resyncing", self.settings.config_file)
+        if isinstance(self.source, fleet.FleetSource) and isinstance(old[1], fleet.FleetSource):
+            self.source.adopt_session(old[1])   # the publisher stays the publisher (its stop ends no session)
         old[1].stop()
         old[2].close()
         if old[5] is not None:

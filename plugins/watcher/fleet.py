@@ -131,6 +131,26 @@ class FleetSource:
             raise RuntimeError(f"fleet: no Consul reader in the {self.role} role")
         return self.consul
 
+    def adopt_session(self, old: "FleetSource") -> bool:
+        """A SIGHUP reload: take over the session (and with it the lock) of the source this one replaces when
+        both talk to the same lock with the same token and session settings, so that the old one's stop
+        does not end it. Ended, the lock would be free: every follower would read Consul itself until a
+        new publisher took it after the lock delay, the full reads the fleet share exists to save. True
+        when it was taken over."""
+        same = all(getattr(self.settings, name) == getattr(old.settings, name) for name in (
+            "consul_url", "consul_datacenter", "fleet_kv_prefix", "fleet_group", "fleet_session_ttl",
+            "fleet_lock_delay")) and self.kv.token == old.kv.token
+        with old.lock_state:
+            session = old.session if same else None
+            if session is not None:
+                old.session = None
+        if session is None:
+            return False
+        with self.lock_state:
+            self.session = session
+        log.info("fleet: the session %s (and the lock it holds) kept across the reload", session)
+        return True
+
     def refresh_all(self) -> None:
         """The full read of the current role: KV's every upstream (follower), Consul's (the others). The
         first one (before start_watching) follows at once when a publisher with this digest holds the lock."""
@@ -282,7 +302,10 @@ class FleetSource:
         holder = lock.get("Session") if isinstance(lock, dict) else None
         with self.lock_state:
             self.holder = holder if isinstance(holder, str) else None
+            own = self.session is not None and self.holder == self.session
         self._take_journal(entry, None)
+        if own:   # kept across a reload (adopt_session): this watcher publishes, it follows no one
+            return False
         why = self._usable_publisher(self.holder)
         if why is not None:
             log.info("fleet: not following at start: %s", why)

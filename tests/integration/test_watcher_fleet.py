@@ -179,6 +179,32 @@ def test_the_publisher_killed_followers_fall_back_then_one_takes_over(fleet):
     print(f"fallback after {fallback_at}, a new publisher after {took_over:.1f}s")
 
 
+def lock_session(agent):
+    status, text, _headers = agent.request("GET", f"/v1/kv/{PREFIX}/leader")
+    assert status == 200, text
+    return (text if isinstance(text, list) else json.loads(text))[0].get("Session")
+
+
+def test_a_reload_of_the_publisher_keeps_its_lock_and_no_follower_falls_back(fleet):
+    first, first_nginx, second, second_nginx = publisher_and_follower(fleet)
+    session = lock_session(fleet.agent)
+    assert session
+    first.hup()
+    first.wait_for(lambda: "SIGHUP: config reloaded" in first.log_text(), "the reload", timeout=10)
+    roles = set()
+    until = time.monotonic() + 3 * FLEET["fleet_heartbeat"] + 2
+    while time.monotonic() < until:
+        roles.add(role(second))
+        time.sleep(0.05)
+    assert roles == {"follower"}, roles
+    assert metric(second, "fleet_fallbacks_total") == 0
+    assert lock_session(fleet.agent) == session and role(first) == "publisher"
+    fleet.agent.fail_check("w2")   # the reloaded publisher still publishes
+    one = {"Web": {f"{BACKEND}:8001"}}
+    wait_detail(second, second_nginx, one)
+    wait_detail(first, first_nginx, one)
+
+
 def _kv_put(agent, key, value):
     status, text, _headers = agent.request("PUT", f"/v1/kv/{quote(key)}", value)
     assert status == 200, text
