@@ -671,8 +671,16 @@ class FleetSource:
         return holder, held
 
     def _try_acquire(self) -> bool:
+        """Try to take the free lock with this watcher's session (made now when it has none). A session kept
+        from a refused try is renewed first: nothing else renews it while it holds nothing, and Consul
+        ends it within twice its TTL, which a lock delay longer than that outlasts (on the molecule fleet,
+        TTL 10 s and a lock delay of 15 s under load: every watcher went on trying with a session Consul
+        had ended, and the lock stayed free); one Consul no longer knows is replaced."""
         with self.lock_state:
             session = self.session
+        if session is not None and not self.kv.renew(session):
+            with self.lock_state:
+                self.session = session = None
         if session is None:
             session = self.kv.create_session()
             with self.lock_state:

@@ -205,6 +205,34 @@ def test_a_reload_of_the_publisher_keeps_its_lock_and_no_follower_falls_back(fle
     wait_detail(first, first_nginx, one)
 
 
+def test_a_competing_session_consul_ended_is_replaced(fleet):
+    """A watcher that found the lock free keeps trying with the session it made; nothing renews that session
+    while it holds nothing, so Consul ends it after twice its TTL, before a longer lock delay is over (the
+    molecule fleet: TTL 10 s, lock delay 15 s, and under load no watcher ever took the lock again). Here
+    the sessions made in the lock delay are ended by hand (as their TTL would): the watcher must make a new
+    one and take the lock once the delay is over."""
+    fleet.agent.register("Web", "w1", port=8001, address=BACKEND)
+    first, _first_nginx = fleet.add(fleet_lock_delay=5)
+    wait_role(first, "publisher")
+    second, _second_nginx = fleet.add(fleet_lock_delay=5)
+    wait_role(second, "follower")
+    first.process.kill()
+    first.process.wait(timeout=10)
+    status, _text, _headers = fleet.agent.request("PUT", f"/v1/session/destroy/{lock_session(fleet.agent)}")
+    assert status == 200   # the lock is free now, and taken by no one for the 5 s lock delay
+    released = time.monotonic()
+    ended = 0
+    while time.monotonic() - released < 3.0:
+        status, sessions, _headers = fleet.agent.request("GET", "/v1/session/list")
+        for session in sessions or []:
+            fleet.agent.request("PUT", f"/v1/session/destroy/{session['ID']}")
+            ended += 1
+        time.sleep(0.1)
+    assert ended >= 1, "the follower made no session to compete for the free lock"
+    wait_role(second, "publisher", timeout=15)
+    assert lock_session(fleet.agent)
+
+
 def _kv_put(agent, key, value):
     status, text, _headers = agent.request("PUT", f"/v1/kv/{quote(key)}", value)
     assert status == 200, text
