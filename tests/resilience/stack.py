@@ -40,7 +40,7 @@ from pathlib import Path
 from tests.support.backends import Backends
 from tests.support.consul import ConsulAgent
 from tests.support.nginx_lua import NGINX, NginxLua, _children, http_request
-from tests.support.ports import free_port, wait_port
+from tests.support.ports import free_port, free_ports, wait_port
 from tests.support.tengine import Tengine
 from tests.support.watcher import WatcherProcess
 
@@ -494,13 +494,15 @@ def shared_stack(workdir, web_ports=6, ws_ports=5, initial=3, agent=None):
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     agent = agent or ConsulAgent()
-    ws_list = [free_port() for _unused in range(ws_ports)]
     with contextlib.ExitStack() as stack:
         agent.start()
         stack.callback(agent.stop)
         backends = Backends(count=web_ports)
         backends.start()
         stack.callback(backends.stop)
+        # picked once the agent and the backends listen, all at once: picked before them, a port was free again
+        # when the agent or a backend bound it (the CI rehearsal of 2026-12-08: "address already in use")
+        ws_list = free_ports(ws_ports)
         ws = Subprocess([HERE / "ws_echo.py", "--ports", ",".join(map(str, ws_list))], workdir / "ws_echo.log",
                         ready_line="ready")
         stack.callback(ws.stop)
