@@ -60,8 +60,7 @@ class DyupsClient:
             try:
                 status, raw, _headers = self.transport(method, url, data, self.timeout)
             except TransportError as exc:
-                raise DyupsUnavailable(f"the dyups interface at {url} did not answer {method}: {exc.reason}",
-                                       url=url) from None
+                raise _unavailable(method, url, exc) from None
             text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else (raw or "")
             if status != wire.BUSY:
                 return status, text, url
@@ -121,8 +120,16 @@ class DyupsClient:
             raise TypeError("update() takes an Upstream built by build_upstream()")
         path = wire.upstream_path(upstream.name)
         status, text, url = self._call("POST", path, wire.post_body(upstream) if body is None else body)
-        if status != wire.OK:
-            raise self._refused_or_unexpected("POST", url, status, text)
+        self._change_done("POST", url, status, text)
+
+    def _change_done(self, method: str, url: str, status: int, text: str) -> bool:
+        """What the answer to a POST or DELETE of one upstream means: True when done, False for a DELETE of
+        an upstream the interface did not hold; raises the DyupsError of a refusal or an unexpected status."""
+        if status == wire.OK:
+            return True
+        if method == "DELETE" and status == wire.UNKNOWN:
+            return False
+        raise self._refused_or_unexpected(method, url, status, text)
 
     def apply_many(self, changes: Sequence[Tuple[str, Optional[Upstream]]]) -> List[Union[bool, DyupsError]]:
         """POST each ``(name, Upstream)`` and DELETE each ``(name, None)``, in this order, pipelined when the
@@ -142,18 +149,16 @@ class DyupsClient:
         outcomes: List[Union[bool, DyupsError]] = []
         for (name, upstream), (method, url, _body), answer in zip(changes, requests, many(requests, self.timeout)):
             if isinstance(answer, TransportError):
-                outcomes.append(DyupsUnavailable(f"the dyups interface at {url} did not answer {method}: "
-                                                 f"{answer.reason}", url=url))
+                outcomes.append(_unavailable(method, url, answer))
                 continue
             status, raw, _headers = answer
             if status == wire.BUSY:
                 outcomes.append(self._one(name, upstream))   # with the busy retries of a lone request
                 continue
-            text = raw.decode("utf-8", "replace")
-            if status == wire.OK or (upstream is None and status == wire.UNKNOWN):
-                outcomes.append(upstream is not None or status == wire.OK)
-            else:
-                outcomes.append(self._refused_or_unexpected(method, url, status, text))
+            try:
+                outcomes.append(self._change_done(method, url, status, raw.decode("utf-8", "replace")))
+            except DyupsError as exc:
+                outcomes.append(exc)
         return outcomes
 
     def _one(self, name: str, upstream: Optional[Upstream]) -> Union[bool, DyupsError]:
@@ -169,8 +174,8 @@ class DyupsClient:
         """Delete one upstream; False when the interface did not hold it."""
         path = wire.upstream_path(name)
         status, text, url = self._call("DELETE", path)
-        if status == wire.OK:
-            return True
-        if status == wire.UNKNOWN:
-            return False
-        raise self._refused_or_unexpected("DELETE", url, status, text)
+        return self._change_done("DELETE", url, status, text)
+
+
+def _unavailable(method: str, url: str, exc: TransportError) -> DyupsUnavailable:
+    return DyupsUnavailable(f"the dyups interface at {url} did not answer {method}: {exc.reason}", url=url)

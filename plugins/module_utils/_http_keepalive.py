@@ -190,10 +190,7 @@ class KeepAliveTransport:
         if self._closed:
             raise TransportError("the transport was closed (the watcher is stopping or reloading)")
         parts = urlsplit(url)
-        if parts.scheme == "unix":
-            target = split_unix(url)[1]
-        else:
-            target = (parts.path or "/") + ("?" + parts.query if parts.query else "")
+        target = _target(parts)
         headers = dict(self._headers, **(extra_headers or {}))
         deadline = time.monotonic() + timeout
         for attempt in (1, 2):
@@ -242,12 +239,8 @@ class KeepAliveTransport:
             raise TransportError("the transport was closed (the watcher is stopping or reloading)")
         parts = urlsplit(requests[0][1])
         host = "localhost" if parts.scheme == "unix" else parts.netloc
-        framed = []
-        for method, url, body in requests:
-            target = split_unix(url)[1] if parts.scheme == "unix" else urlsplit(url).path or "/"
-            if parts.scheme != "unix" and urlsplit(url).query:
-                target += "?" + urlsplit(url).query
-            framed.append(request_bytes(method, target, host, self._headers, body))
+        framed = [request_bytes(method, _target(urlsplit(url)), host, self._headers, body)
+                  for method, url, body in requests]
         index, error = 0, "no answer"
         while index < len(requests):
             before = index
@@ -309,6 +302,13 @@ class KeepAliveTransport:
                 except OSError:
                     pass
             connection.close()
+
+
+def _target(parts: SplitResult) -> str:
+    """The request target of a split URL: the path and query, or a ``unix:`` URL's request path."""
+    if parts.scheme == "unix":
+        return split_unix(parts.geturl())[1]
+    return (parts.path or "/") + ("?" + parts.query if parts.query else "")
 
 
 def _reason(exc: BaseException) -> str:

@@ -153,21 +153,22 @@ class AnsweringWorkers:
     def __call__(self, method: str, url: str, body: Optional[bytes], timeout: float,
                  extra_headers: Optional[Dict[str, str]] = None) -> Tuple[int, bytes, Dict[str, str]]:
         answer = self.transport(method, url, body, timeout, extra_headers)
-        worker = answer[2].get(WORKER_HEADER, "") if method != "GET" else ""
+        self._keep(method, answer)
+        return answer
+
+    def _keep(self, method: str, answer: object) -> None:
+        """The worker that answered a POST or a DELETE (``answer``: (status, body, headers))."""
+        worker = answer[2].get(WORKER_HEADER, "") if isinstance(answer, tuple) and method != "GET" else ""
         if worker.isdigit():
             with self._lock:
                 self._pids.add(int(worker))
-        return answer
 
     def _many(self, requests: List[Tuple[str, str, Optional[bytes]]], *args: object,
               **kwargs: object) -> List[object]:
         """The inner transport's ``many`` (pipelined requests), the workers that answered kept likewise."""
         answers = self.transport.many(requests, *args, **kwargs)  # type: ignore[attr-defined]
         for (method, _url, _body), answer in zip(requests, answers):
-            worker = answer[2].get(WORKER_HEADER, "") if isinstance(answer, tuple) and method != "GET" else ""
-            if worker.isdigit():
-                with self._lock:
-                    self._pids.add(int(worker))
+            self._keep(method, answer)
         return answers
 
     def strays(self, now: Generation, proc: str = "/proc") -> FrozenSet[int]:
